@@ -1,0 +1,5 @@
+import sys
+
+from procguard.cli import main
+
+sys.exit(main())

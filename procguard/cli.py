@@ -1,0 +1,137 @@
+"""`procguard -c CONFIG [--check]`: run the daemon in the foreground, or validate a config."""
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+import structlog
+
+from procguard.config import Config, describe, load_config
+from procguard.errors import ConfigError
+from procguard.log import configure_logging
+from procguard.osapi import RealOS, become_subreaper, untracked_children
+from procguard.protocol import VERSION
+from procguard.supervisor import Supervisor
+
+log = structlog.get_logger()
+
+# After every program stopped, orphans that no program claims get this long after SIGTERM before SIGKILL.
+ORPHAN_GRACE_S = 5.0
+
+
+class Daemon:
+    """The event loop's owner: signals in, supervisor commands out."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._signals: asyncio.Queue[int] = asyncio.Queue()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        is_subreaper = become_subreaper()
+        osapi = RealOS(loop, self.config.logdir)
+        self.supervisor = sup = Supervisor(self.config, osapi)
+        osapi.on_reaped = sup.child_reaped
+        # The handlers only queue the signal; the main loop below acts on it (never log in a handler).
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
+            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
+        log.info("daemon_started", version=VERSION, pid=os.getpid(), config=self.config.path,
+                 programs=len(self.config.programs), subreaper=is_subreaper)
+        for issue in self.config.warnings:
+            log.warning("config_environment_problem", problem=str(issue))
+        osapi.reap()  # children inherited from before (PID 1 in a container) are reaped too
+        starter = asyncio.create_task(sup.start_autostart())
+        try:
+            while True:
+                sig = await self._signals.get()
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    log.info("shutdown_requested", signal=signal.Signals(sig).name)
+                    break
+                if sig == signal.SIGHUP:
+                    await self._reload()
+                elif sig == signal.SIGUSR2:
+                    log.info("logs_reopened")  # children write to their files directly until #4
+        finally:
+            starter.cancel()
+            try:
+                await starter
+            except asyncio.CancelledError:
+                pass
+            await sup.stop_all()
+            await self._stop_orphans(osapi)
+            for task in list(osapi.tasks):
+                task.cancel()
+        log.info("daemon_stopped")
+        return 0
+
+    async def _reload(self) -> None:
+        try:
+            await self.supervisor.reload()
+        except ConfigError:
+            pass  # logged by reload; the old config keeps running
+
+    async def _stop_orphans(self, osapi: RealOS) -> None:
+        """Stop descendants no program owns (they double-forked out of every group): TERM, then KILL."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ORPHAN_GRACE_S
+        sent_kill = False
+        while True:
+            osapi.reap()
+            left = await asyncio.to_thread(untracked_children, osapi.tracked_pids())
+            if not left:
+                return
+            if loop.time() >= deadline and not sent_kill:
+                sig, sent_kill = signal.SIGKILL, True
+            elif loop.time() < deadline:
+                sig = signal.SIGTERM
+            else:
+                sig = signal.SIGKILL
+            log.info("orphans_signalled", pids=left, signal=sig.name)
+            for pid in left:
+                osapi.send_signal(pid, sig, group=False)
+            # Woken by the reaper (SIGCHLD) or after a short interval to escalate.
+            waiter = asyncio.Event()
+            prev = osapi.on_reaped
+            osapi.on_reaped = lambda pid: (prev(pid), waiter.set())  # type: ignore[func-returns-value]
+            try:
+                async with asyncio.timeout(0.5 if not sent_kill else 1.0):
+                    await waiter.wait()
+            except TimeoutError:
+                pass
+            finally:
+                osapi.on_reaped = prev
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.")
+    parser.add_argument("-c", "--config", required=True, help="main TOML config file")
+    parser.add_argument("--check", action="store_true", help="validate the config, print the programs, exit 0/1")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override loglevel")
+    parser.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    parser.add_argument("--version", action="version", version=f"procguard {VERSION}")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"procguard: refusing config {args.config}:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    if args.check:
+        print(describe(config))
+        if config.warnings:
+            print("\nproblems on this machine:", file=sys.stderr)
+            for issue in config.warnings:
+                print(f"  {issue}", file=sys.stderr)
+            return 1
+        print("\nconfig OK")
+        return 0
+    configure_logging(args.log_level or config.loglevel, args.log_format)
+    return asyncio.run(Daemon(config).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

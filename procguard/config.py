@@ -1,0 +1,657 @@
+"""Parse TOML config files into frozen dataclasses, and diff two configs for reload.
+
+Everything the daemon knows about programs comes from `load_config`, once per load; no raw dict travels
+past this module. Every problem is collected in one pass and raised together as a `ConfigError`, each
+naming the file, the program and the key.
+"""
+
+import enum
+import glob
+import grp
+import os
+import pwd
+import re
+import shlex
+import signal
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from procguard.errors import ConfigError, ConfigIssue
+
+
+class AutoRestart(enum.StrEnum):
+    ALWAYS = "true"
+    NEVER = "false"
+    UNEXPECTED = "unexpected"
+
+
+# Log destinations that are not file paths.
+LOG_AUTO = "AUTO"
+LOG_NONE = "NONE"
+LOG_INHERIT = "inherit"  # the daemon's own stdout/stderr ("journal" is an alias: journald reads those)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Variables copied from the daemon's environment into every child's base environment; nothing else leaks.
+PASSED_THROUGH_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessConfig:
+    """One process of a program, with every template resolved."""
+
+    name: str  # "web" or "worker:worker_00"
+    process_num: int
+    command: tuple[str, ...]
+    directory: str | None
+    environment: tuple[tuple[str, str], ...]
+    stdout_logfile: str  # a path, LOG_NONE or LOG_INHERIT (AUTO is resolved)
+    stderr_logfile: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgramConfig:
+    """A `[program.NAME]` table, resolved. Field names are supervisor's keys."""
+
+    name: str
+    source: str = field(compare=False)
+    processes: tuple[ProcessConfig, ...]
+    user: str | None
+    uid: int | None
+    gid: int | None
+    extra_groups: tuple[int, ...] | None
+    umask: int | None
+    autostart: bool
+    autorestart: AutoRestart
+    exitcodes: tuple[int, ...]
+    startsecs: float
+    startretries: int | None  # None: retry forever (procguard's default; supervisor's is 3)
+    stopsignal: int
+    stopwaitsecs: float
+    stopasgroup: bool
+    killasgroup: bool
+    priority: int
+    redirect_stderr: bool
+    backoff_initial: float
+    backoff_max: float
+    backoff_reset: float
+
+    @property
+    def is_group(self) -> bool:
+        """True when the program's processes are named `program:process`."""
+        return len(self.processes) > 1 or self.processes[0].name != self.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """A whole resolved configuration."""
+
+    path: str
+    logdir: str
+    loglevel: str
+    programs: tuple[ProgramConfig, ...]
+    warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
+
+    def program(self, name: str) -> ProgramConfig | None:
+        for prog in self.programs:
+            if prog.name == name:
+                return prog
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDiff:
+    """What a reload changes: program names in each bucket."""
+
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+def diff_configs(old: Config, new: Config) -> ConfigDiff:
+    """Compare two configs program by program (the `source` file does not count)."""
+    old_by_name = {p.name: p for p in old.programs}
+    new_by_name = {p.name: p for p in new.programs}
+    added = tuple(n for n in new_by_name if n not in old_by_name)
+    removed = tuple(n for n in old_by_name if n not in new_by_name)
+    changed = tuple(n for n in new_by_name if n in old_by_name and new_by_name[n] != old_by_name[n])
+    return ConfigDiff(added=added, changed=changed, removed=removed)
+
+
+# --------------------------------------------------------------------------------------------- units
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re.IGNORECASE)
+# supervisor's sizes are powers of 1024 ("50MB" is 50 * 1024 * 1024); keep its meaning.
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+class _Bad(Exception):
+    """A value was not of the expected form; the message says what was expected."""
+
+
+def parse_duration(value: object) -> float:
+    """Return seconds from 10, 2.5, "500ms", "10s", "2m", "1h" or "1d"."""
+    if isinstance(value, bool):
+        raise _Bad(f'expected a duration like 10 or "500ms", got {value!r}')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise _Bad(f"expected a duration >= 0, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise _Bad(f'expected a duration like 10, "500ms", "10s" or "2m", got {value!r}')
+
+
+def parse_size(value: object) -> int:
+    """Return bytes from 1024, "50MB", "1GB" (powers of 1024, as supervisor)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = m.group(2).upper() if m.group(2) else None
+            return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    raise _Bad(f'expected a size like 1048576 or "50MB", got {value!r}')
+
+
+def parse_signal(value: object) -> int:
+    """Return a signal number from "TERM", "SIGQUIT" or 15."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return int(signal.Signals(value))
+        except ValueError:
+            raise _Bad(f"expected a signal name or number, got {value!r}") from None
+    if isinstance(value, str):
+        name = value.strip().upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        try:
+            return int(signal.Signals[name])
+        except KeyError:
+            pass
+    raise _Bad(f'expected a signal name like "TERM" or "QUIT", got {value!r}')
+
+
+def parse_umask(value: object) -> int:
+    """Return a umask from the octal string "022" or an integer (0o22)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{1,3}", value.strip()):
+        return int(value.strip(), 8)
+    raise _Bad(f'expected an octal umask like "022", got {value!r}')
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise _Bad(f"expected true or false, got {value!r}")
+
+
+def _parse_int(value: object, minimum: int | None = None) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if minimum is not None and value < minimum:
+            raise _Bad(f"expected an integer >= {minimum}, got {value!r}")
+        return value
+    raise _Bad(f"expected an integer, got {value!r}")
+
+
+def _parse_str(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Bad(f"expected a string, got {value!r}")
+
+
+def _parse_autorestart(value: object) -> AutoRestart:
+    if isinstance(value, bool):
+        return AutoRestart.ALWAYS if value else AutoRestart.NEVER
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "unexpected"):
+        return AutoRestart(value.strip().lower())
+    raise _Bad(f'expected true, false or "unexpected", got {value!r}')
+
+
+def _parse_exitcodes(value: object) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str):
+        try:
+            value = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise _Bad(f'expected a list of exit codes like [0, 2], got {value!r}') from None
+    if isinstance(value, list) and value and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value
+    ):
+        return tuple(value)
+    raise _Bad(f"expected a list of exit codes (0-255) like [0, 2], got {value!r}")
+
+
+def _parse_command(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise _Bad(f"cannot split command: {exc}") from None
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        argv = list(value)
+    else:
+        raise _Bad(f"expected a string or an array of strings, got {value!r}")
+    if not argv or not argv[0]:
+        raise _Bad("expected a non-empty command")
+    return tuple(argv)
+
+
+def _parse_environment(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise _Bad(f'expected a table like {{ DJANGO_SETTINGS_MODULE = "app.settings" }}, got {value!r}')
+    out = []
+    for k, v in value.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise _Bad(f"expected variable names of letters, digits and _, got {k!r}")
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        if not isinstance(v, str | int | float):
+            raise _Bad(f"expected string values, got {k} = {v!r}")
+        out.append((k, str(v)))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------ programs
+
+# Keys of [program.NAME] and their defaults where supervisor's default is kept. See docs/configuration.md.
+PROGRAM_KEYS = frozenset(
+    {
+        "command", "directory", "user", "group", "umask", "environment", "autostart", "autorestart",
+        "exitcodes", "startsecs", "startretries", "stopsignal", "stopwaitsecs", "stopasgroup",
+        "killasgroup", "priority", "numprocs", "numprocs_start", "process_name", "redirect_stderr",
+        "stdout_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
+        "stderr_logfile", "stderr_logfile_maxbytes", "stderr_logfile_backups",
+        "backoff_initial", "backoff_max", "backoff_reset",
+    }
+)
+PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel"})
+LOGLEVELS = ("debug", "info", "warning", "error", "critical")
+
+_TEMPLATE_RE = re.compile(r"\{(here|program_name|group_name|process_num|ENV_[A-Za-z_][A-Za-z0-9_]*)(:[0-9<>^=+ -]*d)?\}")
+_PROGRAM_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def expand(template: str, variables: dict[str, object], environ: dict[str, str]) -> str:
+    """Expand {here}, {program_name}, {process_num[:02d]} and {ENV_X}; other braces stay as written.
+
+    Raises _Bad naming an undefined ENV_ variable.
+    """
+
+    def repl(m: re.Match[str]) -> str:
+        name, spec = m.group(1), m.group(2)
+        if name.startswith("ENV_"):
+            var = name[4:]
+            if var not in environ:
+                raise _Bad(f"{{{name}}}: the daemon's environment has no {var}")
+            return environ[var]
+        value = variables[name]
+        if spec:
+            if not isinstance(value, int):
+                raise _Bad(f"{{{name}{spec}}}: a number format needs a number")
+            return format(value, spec[1:])
+        return str(value)
+
+    return _TEMPLATE_RE.sub(repl, template)
+
+
+class _Program:
+    """Collects issues while resolving one [program.NAME] table."""
+
+    def __init__(self, name: str, table: dict[str, Any], source: str, issues: list[ConfigIssue]) -> None:
+        self.name, self.table, self.source, self.issues = name, table, source, issues
+
+    def err(self, key: str | None, message: str) -> None:
+        self.issues.append(ConfigIssue(self.source, self.name, key, message))
+
+    def get(self, key: str, parser: Any, default: Any) -> Any:
+        if key not in self.table:
+            return default
+        try:
+            return parser(self.table[key])
+        except _Bad as exc:
+            self.err(key, str(exc))
+            return default
+
+
+def _resolve_log(value: str, logdir: str, process_name: str, stream: str) -> str:
+    if value.upper() == LOG_AUTO:
+        return os.path.join(logdir, f"{process_name.replace(':', '_')}-{stream}.log")
+    if value.upper() == LOG_NONE:
+        return LOG_NONE
+    if value.lower() in (LOG_INHERIT, "journal"):
+        return LOG_INHERIT
+    return value
+
+
+def _parse_program(
+    name: str, table: Any, source: str, logdir: str, environ: dict[str, str], issues: list[ConfigIssue]
+) -> ProgramConfig | None:
+    p = _Program(name, table if isinstance(table, dict) else {}, source, issues)
+    if not isinstance(table, dict):
+        p.err(None, f"expected a table, got {table!r}")
+        return None
+    if not _PROGRAM_NAME_RE.fullmatch(name):
+        p.err(None, "program names may use only letters, digits, '_', '.' and '-'")
+    for key in sorted(set(table) - PROGRAM_KEYS):
+        p.err(key, "unknown key" + _did_you_mean(key, PROGRAM_KEYS))
+    n_issues = len(issues)
+
+    if "command" not in table:
+        p.err("command", "is required")
+    command = p.get("command", _parse_command, ("",))
+    directory = p.get("directory", _parse_str, None)
+    user = p.get("user", _parse_str, None)
+    group = p.get("group", _parse_str, None)
+    uid = gid = None
+    extra_groups: tuple[int, ...] | None = None
+    home = shell = login = None
+    if user is not None:
+        try:
+            pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        except KeyError:
+            p.err("user", f"no such user {user!r} on this machine")
+        else:
+            uid, gid, home, shell, login = pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell, pw.pw_name
+            # The user's own supplementary groups, never the daemon's (root's).
+            extra_groups = tuple(g for g in os.getgrouplist(pw.pw_name, pw.pw_gid) if g != pw.pw_gid)
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid if not group.isdigit() else grp.getgrgid(int(group)).gr_gid
+        except KeyError:
+            p.err("group", f"no such group {group!r} on this machine")
+    if (user is not None or group is not None) and os.geteuid() != 0:
+        running_as = pwd.getpwuid(os.geteuid()).pw_name
+        if user is not None and uid is not None and uid != os.geteuid():
+            p.err("user", f"the daemon runs as {running_as!r}, not root, so it cannot switch to {user!r}")
+
+    umask = p.get("umask", parse_umask, None)
+    environment = p.get("environment", _parse_environment, ())
+    numprocs = p.get("numprocs", lambda v: _parse_int(v, 1), 1)
+    numprocs_start = p.get("numprocs_start", lambda v: _parse_int(v, 0), 0)
+    default_name = "{program_name}" if numprocs == 1 else "{program_name}_{process_num:02d}"
+    process_name = p.get("process_name", _parse_str, default_name)
+    if numprocs > 1 and "{process_num" not in process_name:
+        p.err("process_name", f"with numprocs = {numprocs} it must contain {{process_num}}, got {process_name!r}")
+    stdout_logfile = p.get("stdout_logfile", _parse_str, LOG_AUTO)
+    stderr_logfile = p.get("stderr_logfile", _parse_str, LOG_AUTO)
+    redirect_stderr = p.get("redirect_stderr", _parse_bool, False)
+    for stream in ("stdout", "stderr"):
+        p.get(f"{stream}_logfile_maxbytes", parse_size, 50 * 1024 * 1024)
+        p.get(f"{stream}_logfile_backups", lambda v: _parse_int(v, 0), 10)
+    if redirect_stderr and "stderr_logfile" in table:
+        p.err("stderr_logfile", "is ignored with redirect_stderr = true; remove one of them")
+
+    here = str(Path(source).resolve().parent)
+    processes = []
+    names_seen: set[str] = set()
+    for num in range(numprocs_start, numprocs_start + numprocs):
+        variables: dict[str, object] = {"here": here, "program_name": name, "group_name": name, "process_num": num}
+
+        def ex(key: str, value: str) -> str:
+            try:
+                return expand(value, variables, environ)
+            except _Bad as exc:
+                p.err(key, str(exc))
+                return value
+
+        pname = ex("process_name", process_name)
+        full = pname if numprocs == 1 and pname == name else f"{name}:{pname}"
+        if pname in names_seen:
+            p.err("process_name", f"{process_name!r} gives the same name {pname!r} to two processes")
+        names_seen.add(pname)
+        env: dict[str, str] = {k: environ[k] for k in PASSED_THROUGH_ENV if k in environ}
+        env.setdefault("PATH", DEFAULT_PATH)
+        if user is not None and home is not None:
+            env.update(HOME=home, USER=login or user, LOGNAME=login or user, SHELL=shell or "/bin/sh")
+        else:
+            me = pwd.getpwuid(os.geteuid())
+            env.update(HOME=me.pw_dir, USER=me.pw_name, LOGNAME=me.pw_name, SHELL=me.pw_shell or "/bin/sh")
+        # supervisor's variables, so scripts that look for them keep working.
+        env.update(
+            SUPERVISOR_ENABLED="1", SUPERVISOR_PROCESS_NAME=pname, SUPERVISOR_GROUP_NAME=name,
+            PROCGUARD_PROCESS=full,
+        )
+        for k, v in environment:
+            env[k] = ex("environment", v)
+        processes.append(
+            ProcessConfig(
+                name=full,
+                process_num=num,
+                command=tuple(ex("command", a) for a in command),
+                directory=ex("directory", directory) if directory is not None else None,
+                environment=tuple(sorted(env.items())),
+                stdout_logfile=_resolve_log(ex("stdout_logfile", stdout_logfile), logdir, full, "stdout"),
+                stderr_logfile=(
+                    LOG_NONE
+                    if redirect_stderr
+                    else _resolve_log(ex("stderr_logfile", stderr_logfile), logdir, full, "stderr")
+                ),
+            )
+        )
+
+    startretries = p.get("startretries", lambda v: _parse_int(v, 0), None)
+    prog = ProgramConfig(
+        name=name,
+        source=source,
+        processes=tuple(processes),
+        user=user,
+        uid=uid,
+        gid=gid,
+        extra_groups=extra_groups,
+        umask=umask,
+        autostart=p.get("autostart", _parse_bool, True),
+        autorestart=p.get("autorestart", _parse_autorestart, AutoRestart.UNEXPECTED),
+        exitcodes=p.get("exitcodes", _parse_exitcodes, (0,)),
+        startsecs=p.get("startsecs", parse_duration, 1.0),
+        startretries=startretries,
+        stopsignal=p.get("stopsignal", parse_signal, int(signal.SIGTERM)),
+        stopwaitsecs=p.get("stopwaitsecs", parse_duration, 10.0),
+        stopasgroup=p.get("stopasgroup", _parse_bool, True),
+        killasgroup=p.get("killasgroup", _parse_bool, True),
+        priority=p.get("priority", _parse_int, 999),
+        redirect_stderr=redirect_stderr,
+        backoff_initial=p.get("backoff_initial", parse_duration, 1.0),
+        backoff_max=p.get("backoff_max", parse_duration, 60.0),
+        backoff_reset=p.get("backoff_reset", parse_duration, 10.0),
+    )
+    if prog.stopasgroup and not prog.killasgroup and "killasgroup" in table:
+        p.err("killasgroup", "must be true when stopasgroup is true (as in supervisor)")
+    return prog if len(issues) == n_issues else None
+
+
+def _did_you_mean(key: str, known: frozenset[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _read_toml(path: Path, issues: list[ConfigIssue]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        issues.append(ConfigIssue(str(path), None, None, "no such file"))
+    except PermissionError:
+        issues.append(ConfigIssue(str(path), None, None, "permission denied"))
+    except IsADirectoryError:
+        issues.append(ConfigIssue(str(path), None, None, "is a directory, expected a TOML file"))
+    except tomllib.TOMLDecodeError as exc:
+        issues.append(ConfigIssue(str(path), None, None, f"invalid TOML: {exc}"))
+    except UnicodeDecodeError as exc:
+        issues.append(ConfigIssue(str(path), None, None, f"not UTF-8: {exc}"))
+    return None
+
+
+def default_logdir() -> str:
+    if os.geteuid() == 0:
+        return "/var/log/procguard"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "procguard", "log")
+
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
+    """Read the main file and its includes; return a resolved Config.
+
+    Raises ConfigError listing every problem (file, program, key) when anything is wrong.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    main = Path(path)
+    issues: list[ConfigIssue] = []
+    data = _read_toml(main, issues)
+    if data is None:
+        raise ConfigError(issues)
+    src = str(main)
+    here = str(main.resolve().parent)
+
+    section = data.get("procguard", {})
+    if not isinstance(section, dict):
+        issues.append(ConfigIssue(src, None, "procguard", "expected a table"))
+        section = {}
+    for key in sorted(set(section) - PROCGUARD_KEYS):
+        issues.append(ConfigIssue(src, None, f"procguard.{key}", "unknown key" + _did_you_mean(key, PROCGUARD_KEYS)))
+    for key in sorted(set(data) - {"procguard", "program"}):
+        issues.append(ConfigIssue(src, None, key, "unknown table (expected [procguard] or [program.NAME])"))
+
+    def expand_here(key: str, value: object) -> str | None:
+        if not isinstance(value, str):
+            issues.append(ConfigIssue(src, None, key, f"expected a string, got {value!r}"))
+            return None
+        try:
+            return expand(value, {"here": here, "program_name": "", "group_name": "", "process_num": 0}, environ)
+        except _Bad as exc:
+            issues.append(ConfigIssue(src, None, key, str(exc)))
+            return None
+
+    logdir = default_logdir()
+    if "logdir" in section:
+        logdir = expand_here("procguard.logdir", section["logdir"]) or logdir
+        logdir = os.path.join(here, logdir)
+    loglevel = section.get("loglevel", "info")
+    if not isinstance(loglevel, str) or loglevel.lower() not in LOGLEVELS:
+        issues.append(ConfigIssue(src, None, "procguard.loglevel", f"expected one of {', '.join(LOGLEVELS)}, got {loglevel!r}"))
+        loglevel = "info"
+
+    files: list[tuple[str, dict[str, Any]]] = [(src, data)]
+    includes = section.get("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(g, str) for g in includes):
+        issues.append(ConfigIssue(src, None, "procguard.include", f"expected a list of globs, got {includes!r}"))
+        includes = []
+    seen_files = {str(main.resolve())}
+    for pattern in includes:
+        expanded = expand_here("procguard.include", pattern)
+        if expanded is None:
+            continue
+        full = os.path.join(here, expanded)
+        matches = sorted(glob.glob(full))
+        if not matches and not glob.has_magic(full):
+            issues.append(ConfigIssue(src, None, "procguard.include", f"{pattern!r}: no such file {full}"))
+        for match in matches:
+            if str(Path(match).resolve()) in seen_files:
+                continue
+            seen_files.add(str(Path(match).resolve()))
+            inc = _read_toml(Path(match), issues)
+            if inc is None:
+                continue
+            for key in sorted(set(inc) - {"program"}):
+                what = "[procguard] belongs in the main file" if key == "procguard" else "unknown table (expected [program.NAME])"
+                issues.append(ConfigIssue(match, None, key, what))
+            files.append((match, inc))
+
+    programs: list[ProgramConfig] = []
+    defined_in: dict[str, str] = {}
+    for source, content in files:
+        tables = content.get("program", {})
+        if not isinstance(tables, dict):
+            issues.append(ConfigIssue(source, None, "program", "expected [program.NAME] tables"))
+            continue
+        for name, table in tables.items():
+            if name in defined_in:
+                issues.append(ConfigIssue(source, name, None, f"program defined twice: also in {defined_in[name]}"))
+                continue
+            defined_in[name] = source
+            prog = _parse_program(name, table, source, logdir, environ, issues)
+            if prog is not None:
+                programs.append(prog)
+    if issues:
+        raise ConfigError(issues)
+    programs.sort(key=lambda p: (p.priority, p.name))
+    return Config(path=src, logdir=logdir, loglevel=loglevel.lower(), programs=tuple(programs),
+                  warnings=tuple(environment_problems(programs, logdir)))
+
+
+def environment_problems(programs: list[ProgramConfig] | tuple[ProgramConfig, ...], logdir: str) -> list[ConfigIssue]:
+    """Return what is missing on this machine (command, directory, log directory).
+
+    These do not stop the daemon (a mount may appear later; the spawn then fails with its reason and
+    backs off), but `--check` reports them and exits 1.
+    """
+    out = []
+    for prog in programs:
+        for proc in prog.processes:
+
+            def bad(key: str, msg: str) -> None:
+                issue = ConfigIssue(prog.source, prog.name, key, msg)
+                if issue not in out:
+                    out.append(issue)
+
+            exe = proc.command[0]
+            if "/" in exe:
+                if not os.path.exists(exe):
+                    bad("command", f"{exe}: no such file")
+                elif not os.access(exe, os.X_OK):
+                    bad("command", f"{exe}: not executable")
+            else:
+                path = dict(proc.environment).get("PATH", DEFAULT_PATH)
+                if not any(os.access(os.path.join(d, exe), os.X_OK) for d in path.split(":") if d):
+                    bad("command", f"{exe}: not found on PATH={path}")
+            if proc.directory is not None and not os.path.isdir(proc.directory):
+                bad("directory", f"{proc.directory}: no such directory")
+            for key, log in (("stdout_logfile", proc.stdout_logfile), ("stderr_logfile", proc.stderr_logfile)):
+                if log not in (LOG_NONE, LOG_INHERIT):
+                    parent = os.path.dirname(os.path.abspath(log))
+                    # AUTO logs go to logdir, which the daemon creates.
+                    if parent != os.path.abspath(logdir) and not os.path.isdir(parent):
+                        bad(key, f"{parent}: no such directory for {log}")
+    return out
+
+
+def describe(config: Config) -> str:
+    """Render the resolved programs for `procguard --check`."""
+    lines = [f"config: {config.path}", f"logdir: {config.logdir}", f"loglevel: {config.loglevel}"]
+    for prog in config.programs:
+        lines.append(f"[program.{prog.name}]  ({prog.source})")
+        attrs = {
+            "user": prog.user, "uid": prog.uid, "gid": prog.gid, "umask": None if prog.umask is None else f"{prog.umask:03o}",
+            "autostart": prog.autostart, "autorestart": prog.autorestart.value, "exitcodes": list(prog.exitcodes),
+            "startsecs": prog.startsecs, "startretries": "forever" if prog.startretries is None else prog.startretries,
+            "stopsignal": signal.Signals(prog.stopsignal).name, "stopwaitsecs": prog.stopwaitsecs,
+            "stopasgroup": prog.stopasgroup, "killasgroup": prog.killasgroup, "priority": prog.priority,
+            "backoff": f"{prog.backoff_initial}s .. {prog.backoff_max}s, reset after {prog.backoff_reset}s up",
+        }
+        lines.extend(f"  {k} = {v}" for k, v in attrs.items() if v is not None)
+        for proc in prog.processes:
+            lines.append(f"  process {proc.name}")
+            lines.append(f"    command = {shlex.join(proc.command)}")
+            if proc.directory:
+                lines.append(f"    directory = {proc.directory}")
+            lines.append(f"    stdout_logfile = {proc.stdout_logfile}")
+            lines.append(f"    stderr_logfile = {proc.stderr_logfile if not prog.redirect_stderr else '(redirected to stdout)'}")
+    return "\n".join(lines)
+
+
+if sys.version_info < (3, 11):  # pragma: no cover - pyproject requires 3.11
+    raise ImportError("procguard needs Python 3.11 or newer")

@@ -1,0 +1,199 @@
+"""The real OS seam: timers on the loop, spawning in a thread, signals, and one reaper for every child.
+
+Why one reaper: the daemon is a child subreaper (prctl(2) PR_SET_CHILD_SUBREAPER), so orphaned
+descendants of any program become its children and must be reaped. Two reapers (pidfds for our own
+children plus waitpid(-1) for orphans) would race for the same zombie, so SIGCHLD wakes the loop and
+`reap()` collects every zombie with waitpid(-1, WNOHANG). Pid reuse cannot bite: a pid is not reused
+until we reap it, and we mark the process gone in the same loop step.
+"""
+
+import asyncio
+import ctypes
+import errno
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import psutil
+import structlog
+
+from procguard.errors import SpawnError
+from procguard.process import Process, Timer
+from procguard.spawn import spawn_process
+
+log = structlog.get_logger()
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants; False where not supported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+class RealOS:
+    """The seam `process.Process` acts through, bound to one asyncio loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, logdir: str) -> None:
+        self._loop = loop
+        self.logdir = logdir
+        self._by_pid: dict[int, Process] = {}
+        self._popens: dict[int, subprocess.Popen[bytes]] = {}
+        self._spawns_in_flight = 0
+        self._early_exits: dict[int, int] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.on_reaped: Callable[[int], None] = lambda pid: None
+
+    # --------------------------------------------------------------------------- seam methods
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
+        return self._loop.call_later(delay_s, callback)
+
+    def spawn(self, process: Process) -> None:
+        self._own(self._spawn(process))
+
+    def send_signal(self, pid: int, sig: int, *, group: bool) -> None:
+        try:
+            if group:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:
+            log.warning("signal_refused", pid=pid, signal=signal.Signals(sig).name, error=str(exc))
+
+    def is_group_alive(self, pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def is_alive(self, pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def find_strays(self, process: Process) -> None:
+        leader = process.pid
+        if leader is None:
+            return
+        tracked = set(self._by_pid)
+        self._own(self._find_strays(process, leader, tracked))
+
+    # ------------------------------------------------------------------------------- internals
+
+    def _own(self, coro: "asyncio._CoroutineLike[None]") -> None:
+        task = self._loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _spawn(self, process: Process) -> None:
+        self._spawns_in_flight += 1
+        try:
+            # fork/exec off the loop (as trio does): a large daemon's fork can take milliseconds.
+            popen = await asyncio.to_thread(spawn_process, process.program, process.config, self.logdir)
+        except SpawnError as exc:
+            log.warning("spawn_failed", program=process.program.name, process=process.name, reason=str(exc))
+            process.spawn_failed(str(exc))
+            return
+        finally:
+            self._spawns_in_flight -= 1
+        pid = popen.pid
+        self._by_pid[pid] = process
+        self._popens[pid] = popen
+        log.info("process_spawned", program=process.program.name, process=process.name, pid=pid)
+        process.spawned(pid)
+        if pid in self._early_exits:
+            # It died before the spawn thread returned; the reaper kept its status for us.
+            self._deliver(pid, self._early_exits.pop(pid))
+        if self._spawns_in_flight == 0:
+            self._early_exits.clear()
+
+    async def _find_strays(self, process: Process, leader: int, tracked: set[int]) -> None:
+        try:
+            pids = await asyncio.to_thread(_scan_strays, leader, process.name, tracked)
+        except Exception:  # task boundary: a failed scan must not kill the stop
+            log.exception("stray_scan_failed", process=process.name)
+            return
+        if pids:
+            log.info("strays_found", process=process.name, pids=sorted(pids))
+        process.add_strays(pids)
+
+    def reap(self) -> None:
+        """Collect every zombie child; called when SIGCHLD wakes the loop."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except OSError as exc:  # pragma: no cover - EINTR is retried by Python
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if pid == 0:
+                return
+            self._deliver(pid, os.waitstatus_to_exitcode(status))
+
+    def _deliver(self, pid: int, code: int) -> None:
+        process = self._by_pid.pop(pid, None)
+        popen = self._popens.pop(pid, None)
+        if popen is not None:
+            popen.returncode = code  # so Popen never waits on a pid that may be reused
+        if process is not None:
+            process.exited(code)
+        elif self._spawns_in_flight:
+            self._early_exits[pid] = code
+        self.on_reaped(pid)
+
+    def tracked_pids(self) -> set[int]:
+        return set(self._by_pid)
+
+
+def _scan_strays(leader: int, name: str, tracked: set[int]) -> set[int]:
+    """Find descendants of `leader` outside its group, and orphans of ours that carry its marker."""
+    found: set[int] = set()
+    try:
+        for child in psutil.Process(leader).children(recursive=True):
+            try:
+                if os.getpgid(child.pid) != leader:
+                    found.add(child.pid)
+            except ProcessLookupError:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    # Orphans were reparented to us (subreaper); the PROCGUARD_PROCESS marker says whose they are.
+    for child in psutil.Process().children():
+        if child.pid in tracked or child.pid == leader:
+            continue
+        try:
+            if child.environ().get("PROCGUARD_PROCESS") == name:
+                found.add(child.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def untracked_children(tracked: set[int]) -> list[int]:
+    """Our direct children that no program owns (orphans reparented to the subreaper)."""
+    out = []
+    for child in psutil.Process().children():
+        if child.pid not in tracked:
+            out.append(child.pid)
+    return out

@@ -1,0 +1,261 @@
+"""Own the programs and their processes; the in-process control API the socket layer adapts.
+
+Every command that takes time (start, stop, restart, reload) is a coroutine that returns when done.
+Commands on one program queue on that program's lock; commands on different programs run at once.
+There is no global busy lock.
+"""
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from procguard.config import Config, ConfigDiff, ProgramConfig, diff_configs, load_config
+from procguard.errors import ConfigError, ControlError
+from procguard.process import OSApi, Process, ProcessState, ProcessStatus, describe_exit
+
+log = structlog.get_logger()
+
+# Stable error codes (the control protocol re-exports them).
+E_NO_SUCH_PROCESS = "no_such_process"
+E_START_FAILED = "start_failed"
+E_BAD_SIGNAL = "bad_signal"
+E_BAD_CONFIG = "bad_config"
+E_NOT_RUNNING = "not_running"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What happened to one process for one command."""
+
+    name: str
+    ok: bool
+    state: ProcessState
+    message: str
+
+
+class Supervisor:
+    """All programs of one config; the daemon's single source of truth about processes."""
+
+    def __init__(self, config: Config, osapi: OSApi, config_loader: Callable[[str], Config] = load_config) -> None:
+        self.config = config
+        self._os = osapi
+        self._load = config_loader
+        self._programs: dict[str, list[Process]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._changed = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        for prog in config.programs:
+            self._add_program(prog)
+
+    # -------------------------------------------------------------------------------- plumbing
+
+    def _add_program(self, prog: ProgramConfig) -> None:
+        self._programs[prog.name] = [Process(prog, pc, self._os, self._on_change) for pc in prog.processes]
+        self._locks.setdefault(prog.name, asyncio.Lock())
+
+    def _on_change(self, proc: Process, old: ProcessState, new: ProcessState) -> None:
+        fields: dict[str, object] = {
+            "program": proc.program.name, "process": proc.name, "pid": proc.pid, "old": str(old), "new": str(new),
+        }
+        if proc.exit_status is not None and new in (ProcessState.EXITED, ProcessState.BACKOFF, ProcessState.FATAL,
+                                                     ProcessState.STOPPED):
+            fields["exit"] = describe_exit(proc.exit_status)
+        if new == ProcessState.BACKOFF and proc.retry_at is not None:
+            fields["retry_in_s"] = round(proc.retry_at - self._os.monotonic(), 3)
+        if proc.reason and new not in (ProcessState.RUNNING, ProcessState.STARTING):
+            fields["reason"] = proc.reason
+        if new == ProcessState.FATAL:
+            log.error("process_state_changed", **fields)
+        elif new == ProcessState.BACKOFF or (new == ProcessState.EXITED and "not expected" in proc.reason):
+            log.warning("process_state_changed", **fields)
+        else:
+            log.info("process_state_changed", **fields)
+        # Wake every waiter; each re-checks its own condition.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait(self, procs: list[Process], done: Callable[[Process], bool], timeout_s: float | None) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not all(done(p) for p in procs):
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def processes(self) -> list[Process]:
+        return [p for procs in self._programs.values() for p in procs]
+
+    def resolve(self, names: Iterable[str]) -> list[Process]:
+        """Map names ("web", "worker:worker_00", "worker:*", "all") to processes, in config order.
+
+        Raises ControlError(no_such_process) naming every unknown name.
+        """
+        names = list(names)
+        if not names or "all" in names:
+            return self.processes()
+        out: list[Process] = []
+        unknown = []
+        for name in names:
+            prog_name, _, proc_name = name.partition(":")
+            procs = self._programs.get(prog_name)
+            if procs is None:
+                unknown.append(name)
+                continue
+            if proc_name in ("", "*"):
+                chosen = procs
+            else:
+                chosen = [p for p in procs if p.name == name or p.name == f"{prog_name}:{proc_name}"]
+                if not chosen:
+                    unknown.append(name)
+            out.extend(p for p in chosen if p not in out)
+        if unknown:
+            raise ControlError(E_NO_SUCH_PROCESS, f"no such process: {', '.join(unknown)}")
+        return out
+
+    async def _per_program(
+        self, procs: list[Process], action: Callable[[list[Process]], Awaitable[list[ActionResult]]]
+    ) -> list[ActionResult]:
+        """Run `action` for each program's share of `procs` under that program's lock, programs in parallel."""
+        by_prog: dict[str, list[Process]] = {}
+        for p in procs:
+            by_prog.setdefault(p.program.name, []).append(p)
+
+        async def one(prog: str, ps: list[Process]) -> list[ActionResult]:
+            async with self._locks[prog]:
+                # After waiting for the lock, drop processes a reload removed meanwhile.
+                live = [p for p in ps if p in self._programs.get(prog, [])]
+                return await action(live)
+
+        results = await asyncio.gather(*(one(k, v) for k, v in by_prog.items()))
+        order = {p.name: i for i, p in enumerate(procs)}
+        return sorted((r for rs in results for r in rs), key=lambda r: order.get(r.name, 0))
+
+    # ---------------------------------------------------------------------------- control API
+
+    def status(self, names: Iterable[str] = ()) -> list[ProcessStatus]:
+        now_m, now_w = self._os.monotonic(), time.time()
+        return [p.status(now_m, now_w) for p in self.resolve(names)]
+
+    async def start(self, names: Iterable[str]) -> list[ActionResult]:
+        """Start processes and wait until each is RUNNING or has failed (BACKOFF, FATAL)."""
+        return await self._per_program(self.resolve(names), self._start_procs)
+
+    async def stop(self, names: Iterable[str]) -> list[ActionResult]:
+        """Stop processes and wait until each is STOPPED (SIGKILL after stopwaitsecs)."""
+        return await self._per_program(self.resolve(names), self._stop_procs)
+
+    async def restart(self, names: Iterable[str]) -> list[ActionResult]:
+        """Stop, then start, each program's processes under one hold of its lock."""
+
+        async def both(procs: list[Process]) -> list[ActionResult]:
+            await self._stop_procs(procs)
+            return await self._start_procs(procs)
+
+        return await self._per_program(self.resolve(names), both)
+
+    def signal(self, sig: int | str, names: Iterable[str]) -> list[ActionResult]:
+        """Send a signal to each named process's main pid."""
+        try:
+            signum = signal.Signals[sig if str(sig).startswith("SIG") else f"SIG{sig}"] if isinstance(sig, str) else signal.Signals(sig)
+        except (KeyError, ValueError):
+            raise ControlError(E_BAD_SIGNAL, f"no such signal: {sig!r}") from None
+        results = []
+        for p in self.resolve(names):
+            sent = p.send(int(signum))
+            results.append(ActionResult(p.name, sent, p.state, f"sent {signum.name}" if sent else "not running"))
+        return results
+
+    async def _start_procs(self, procs: list[Process]) -> list[ActionResult]:
+        for p in procs:
+            p.start()
+
+        def settled(p: Process) -> bool:
+            return p.state not in (ProcessState.STARTING, ProcessState.STOPPING)
+
+        await self._wait(procs, settled, None)
+        results = []
+        for p in procs:
+            if p.state == ProcessState.RUNNING:
+                results.append(ActionResult(p.name, True, p.state, "started"))
+            else:
+                msg = p.reason
+                if p.state == ProcessState.BACKOFF and p.retry_at is not None:
+                    msg += f", retry in {max(0.0, p.retry_at - self._os.monotonic()):.0f}s"
+                results.append(ActionResult(p.name, False, p.state, msg))
+        return results
+
+    async def _stop_procs(self, procs: list[Process]) -> list[ActionResult]:
+        for p in procs:
+            p.stop()
+        await self._wait(procs, lambda p: p.state in (ProcessState.STOPPED, ProcessState.EXITED,
+                                                     ProcessState.FATAL), None)
+        return [ActionResult(p.name, True, p.state, "stopped") for p in procs]
+
+    async def start_autostart(self) -> None:
+        """Start every autostart program in priority order (lowest first).
+
+        Each priority level is spawned (exec'd) before the next begins; programs of one level start
+        together. Readiness ordering is `depends_on`'s job (issue #5), not priority's.
+        """
+        levels: dict[int, list[Process]] = {}
+        for p in self.processes():
+            if p.program.autostart:
+                levels.setdefault(p.program.priority, []).append(p)
+        for prio in sorted(levels):
+            procs = levels[prio]
+            for p in procs:
+                if p.state in (ProcessState.STOPPED, ProcessState.EXITED):
+                    p.start()
+            await self._wait(procs, lambda p: p.pid is not None or p.state != ProcessState.STARTING, None)
+
+    async def stop_all(self) -> None:
+        """Stop everything in reverse priority; one priority level in parallel."""
+        levels: dict[int, list[Process]] = {}
+        for p in self.processes():
+            levels.setdefault(p.program.priority, []).append(p)
+        for prio in sorted(levels, reverse=True):
+            await self._per_program(levels[prio], self._stop_procs)
+
+    async def reload(self, path: str | None = None) -> ConfigDiff:
+        """Re-read the config and apply the difference; touch only added, changed and removed programs.
+
+        Raises ConfigError (and changes nothing) when the new config is bad.
+        """
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(self._load, path or self.config.path)
+            except ConfigError as exc:
+                log.error("config_reload_refused", path=path or self.config.path, errors=[str(i) for i in exc.issues])
+                raise
+            diff = diff_configs(self.config, new)
+            log.info("config_reloading", added=diff.added, changed=diff.changed, removed=diff.removed)
+            new_by_name = {p.name: p for p in new.programs}
+
+            async def replace(name: str) -> None:
+                async with self._locks.setdefault(name, asyncio.Lock()):
+                    old = self._programs.get(name, [])
+                    if old:
+                        await self._stop_procs(old)
+                        del self._programs[name]
+                    if name in new_by_name:
+                        self._add_program(new_by_name[name])
+                        if new_by_name[name].autostart:
+                            await self._start_procs(self._programs[name])
+
+            await asyncio.gather(*(replace(n) for n in (*diff.removed, *diff.changed, *diff.added)))
+            # Keep the dict in the new config's priority order for status listings.
+            self._programs = {p.name: self._programs[p.name] for p in new.programs}
+            self.config = new
+            log.info("config_reloaded", added=diff.added, changed=diff.changed, removed=diff.removed)
+            return diff
+
+    def child_reaped(self, pid: int) -> None:
+        """Tell stopping processes that some child was reaped (a group member or stray may be gone)."""
+        for p in self.processes():
+            if p.state == ProcessState.STOPPING:
+                p.child_reaped(pid)
