@@ -363,8 +363,8 @@ def _parse_program(
             p.err("user", f"no such user {user!r} on this machine")
         else:
             uid, gid, home, shell, login = pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell, pw.pw_name
-            # The user's own supplementary groups, never the daemon's (root's).
-            extra_groups = tuple(g for g in os.getgrouplist(pw.pw_name, pw.pw_gid) if g != pw.pw_gid)
+            # The user's own supplementary groups as initgroups(3) sets them, never the daemon's (root's).
+            extra_groups = tuple(sorted(set(os.getgrouplist(pw.pw_name, pw.pw_gid))))
     if group is not None:
         try:
             gid = grp.getgrnam(group).gr_gid if not group.isdigit() else grp.getgrgid(int(group)).gr_gid

@@ -199,8 +199,8 @@ class Supervisor:
     async def start_autostart(self) -> None:
         """Start every autostart program in priority order (lowest first).
 
-        Each priority level is spawned (exec'd) before the next begins; programs of one level start
-        together. Readiness ordering is `depends_on`'s job (issue #5), not priority's.
+        Programs of one level start together; the next level begins once each of them is RUNNING
+        (up for startsecs) or has failed (BACKOFF, FATAL), so a failing program never blocks boot.
         """
         levels: dict[int, list[Process]] = {}
         for p in self.processes():
@@ -211,7 +211,7 @@ class Supervisor:
             for p in procs:
                 if p.state in (ProcessState.STOPPED, ProcessState.EXITED):
                     p.start()
-            await self._wait(procs, lambda p: p.pid is not None or p.state != ProcessState.STARTING, None)
+            await self._wait(procs, lambda p: p.state != ProcessState.STARTING, None)
 
     async def stop_all(self) -> None:
         """Stop everything in reverse priority; one priority level in parallel."""
