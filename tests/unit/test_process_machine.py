@@ -1,0 +1,265 @@
+"""The state machine on a fake seam: transitions and timers without real processes.
+
+Real-process tests (tests/integration) are the evidence; these pin the rules exactly, including
+jitter bounds and timer arithmetic that real time makes noisy.
+"""
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from procguard.config import AutoRestart, ProcessConfig, ProgramConfig
+from procguard.process import Process, ProcessState
+
+
+@dataclass
+class FakeTimer:
+    at: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class FakeOS:
+    now: float = 0.0
+    timers: list[FakeTimer] = field(default_factory=list)
+    spawned: list[Process] = field(default_factory=list)
+    signals: list[tuple[int, int, bool]] = field(default_factory=list)
+    groups_alive: set[int] = field(default_factory=set)
+    strays_scanned: list[Process] = field(default_factory=list)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> FakeTimer:
+        t = FakeTimer(self.now + delay_s, callback)
+        self.timers.append(t)
+        return t
+
+    def spawn(self, process: Process) -> None:
+        self.spawned.append(process)
+
+    def send_signal(self, pid: int, sig: int, *, group: bool) -> None:
+        self.signals.append((pid, sig, group))
+
+    def is_group_alive(self, pgid: int) -> bool:
+        return pgid in self.groups_alive
+
+    def is_alive(self, pid: int) -> bool:
+        return pid in self.groups_alive
+
+    def find_strays(self, process: Process) -> None:
+        self.strays_scanned.append(process)
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, firing due timers in order."""
+        end = self.now + seconds
+        while True:
+            due = sorted((t for t in self.timers if not t.cancelled and t.at <= end), key=lambda t: t.at)
+            if not due:
+                break
+            t = due[0]
+            self.timers.remove(t)
+            self.now = t.at
+            t.callback()
+        self.now = end
+
+    def pending_delay(self) -> float:
+        live = [t.at - self.now for t in self.timers if not t.cancelled]
+        assert len(live) == 1, live
+        return live[0]
+
+
+def program(**over: object) -> ProgramConfig:
+    base = ProgramConfig(
+        name="web", source="test.toml",
+        processes=(ProcessConfig(name="web", process_num=0, command=("web",), directory=None, environment=(),
+                                 stdout_logfile="NONE", stderr_logfile="NONE"),),
+        user=None, uid=None, gid=None, extra_groups=None, umask=None, autostart=True,
+        autorestart=AutoRestart.UNEXPECTED, exitcodes=(0,), startsecs=1.0, startretries=None,
+        stopsignal=int(signal.SIGTERM), stopwaitsecs=10.0, stopasgroup=True, killasgroup=True, priority=999,
+        redirect_stderr=False, backoff_initial=1.0, backoff_max=60.0, backoff_reset=10.0,
+    )
+    return replace(base, **over)  # type: ignore[arg-type]
+
+
+def make(**over: object) -> tuple[Process, FakeOS, list[tuple[str, str]]]:
+    fos = FakeOS()
+    seen: list[tuple[str, str]] = []
+    prog = program(**over)
+    p = Process(prog, prog.processes[0], fos, lambda proc, old, new: seen.append((str(old), str(new))))
+    return p, fos, seen
+
+
+def test_start_becomes_running_after_startsecs():
+    p, fos, seen = make(startsecs=2.0)
+    p.start()
+    p.spawned(100)
+    assert p.state == ProcessState.STARTING
+    fos.advance(1.9)
+    assert p.state == ProcessState.STARTING
+    fos.advance(0.2)
+    assert p.state == ProcessState.RUNNING
+    assert seen == [("STOPPED", "STARTING"), ("STARTING", "RUNNING")]
+
+
+def test_exit_before_startsecs_backs_off_with_doubling_delays_up_to_the_cap():
+    p, fos, _ = make(backoff_initial=1.0, backoff_max=8.0)
+    p.start()
+    delays = []
+    for pid in range(100, 107):
+        p.spawned(pid)
+        p.exited(1)
+        assert p.state == ProcessState.BACKOFF
+        delays.append(fos.pending_delay())
+        fos.advance(delays[-1])
+        assert p.state == ProcessState.STARTING
+    for got, nominal in zip(delays, [1, 2, 4, 8, 8, 8, 8]):
+        assert nominal * 0.8 <= got <= nominal
+
+
+def test_default_retries_forever_but_startretries_gives_fatal_like_supervisor():
+    forever, fos, _ = make(backoff_initial=0.1, backoff_max=0.1)
+    forever.start()
+    for pid in range(50):
+        forever.spawned(pid)
+        forever.exited(1)
+        fos.advance(0.2)
+    assert forever.state == ProcessState.STARTING
+
+    limited, fos, _ = make(startretries=3, backoff_initial=0.1)
+    limited.start()
+    for pid in range(3):
+        limited.spawned(pid)
+        limited.exited(1)
+        assert limited.state == ProcessState.BACKOFF
+        fos.advance(1.0)
+    limited.spawned(4)
+    limited.exited(1)
+    assert limited.state == ProcessState.FATAL
+    assert "startretries = 3" in limited.reason
+
+
+def test_crash_after_stable_run_restarts_at_once_and_resets_backoff():
+    p, fos, seen = make(backoff_reset=10.0)
+    p.start()
+    p.spawned(1)
+    p.exited(1)  # a quick failure first
+    fos.advance(fos.pending_delay())
+    p.spawned(2)
+    fos.advance(30)
+    assert p.state == ProcessState.RUNNING
+    p.exited(-9)
+    assert p.state == ProcessState.STARTING  # no BACKOFF in between
+    assert seen[-2:] == [("RUNNING", "EXITED"), ("EXITED", "STARTING")]
+    assert p.failures == 0
+
+
+def test_crash_soon_after_running_still_backs_off():
+    p, fos, _ = make(startsecs=1.0, backoff_reset=10.0)
+    p.start()
+    p.spawned(1)
+    fos.advance(2)
+    assert p.state == ProcessState.RUNNING
+    p.exited(1)
+    assert p.state == ProcessState.BACKOFF
+
+
+@pytest.mark.parametrize(
+    ("autorestart", "code", "restarts"),
+    [
+        (AutoRestart.ALWAYS, 0, True),
+        (AutoRestart.NEVER, 1, False),
+        (AutoRestart.UNEXPECTED, 0, False),
+        (AutoRestart.UNEXPECTED, 2, False),
+        (AutoRestart.UNEXPECTED, 1, True),
+        (AutoRestart.UNEXPECTED, -15, True),
+    ],
+)
+def test_autorestart_follows_supervisor_rules(autorestart, code, restarts):
+    p, fos, _ = make(autorestart=autorestart, exitcodes=(0, 2), startsecs=0.0, backoff_reset=0.0)
+    p.start()
+    p.spawned(1)
+    assert p.state == ProcessState.RUNNING
+    p.exited(code)
+    assert p.state == (ProcessState.STARTING if restarts else ProcessState.EXITED)
+
+
+def test_stop_sends_stopsignal_to_group_then_sigkill_after_stopwaitsecs():
+    p, fos, seen = make(stopsignal=int(signal.SIGQUIT), stopwaitsecs=5.0, startsecs=0.0)
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    p.stop()
+    assert fos.signals == [(42, signal.SIGQUIT, True)]
+    fos.advance(4.9)
+    assert p.state == ProcessState.STOPPING
+    fos.advance(0.2)
+    assert fos.signals[-1] == (42, signal.SIGKILL, True)
+    fos.groups_alive.clear()
+    p.exited(-9)
+    assert p.state == ProcessState.STOPPED
+    assert seen[-1] == ("STOPPING", "STOPPED")
+
+
+def test_stopped_only_when_group_and_strays_are_gone():
+    p, fos, _ = make(startsecs=0.0)
+    p.start()
+    p.spawned(42)
+    fos.groups_alive |= {42, 77}
+    p.stop()
+    p.add_strays([77])
+    assert (77, signal.SIGTERM, False) in fos.signals
+    p.exited(0)
+    assert p.state == ProcessState.STOPPING  # workers still in the group
+    fos.groups_alive.discard(42)
+    p.child_reaped(500)
+    assert p.state == ProcessState.STOPPING  # the stray still lives
+    fos.groups_alive.discard(77)
+    p.child_reaped(77)
+    assert p.state == ProcessState.STOPPED
+
+
+def test_stop_during_backoff_cancels_the_retry():
+    p, fos, _ = make()
+    p.start()
+    p.spawned(1)
+    p.exited(1)
+    assert p.state == ProcessState.BACKOFF
+    p.stop()
+    assert p.state == ProcessState.STOPPED
+    fos.advance(120)
+    assert p.state == ProcessState.STOPPED and len(fos.spawned) == 1
+
+
+def test_stop_before_spawn_returns_signals_once_pid_is_known():
+    p, fos, _ = make()
+    p.start()
+    p.stop()
+    assert p.state == ProcessState.STOPPING and fos.signals == []
+    p.spawned(9)
+    assert fos.signals == [(9, signal.SIGTERM, True)]
+    p.exited(-15)
+    assert p.state == ProcessState.STOPPED
+
+
+def test_spawn_failure_is_a_failed_start_with_reason():
+    p, fos, _ = make(startretries=0)
+    p.start()
+    p.spawn_failed("No such file or directory: /x")
+    assert p.state == ProcessState.FATAL
+    assert "spawn failed: No such file or directory: /x" in p.reason
+
+
+def test_leader_exit_kills_leftover_group_before_restart():
+    p, fos, _ = make(startsecs=0.0, backoff_reset=0.0)
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    p.exited(1)
+    assert (42, signal.SIGKILL, True) in fos.signals
