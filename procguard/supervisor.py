@@ -15,16 +15,11 @@ import structlog
 
 from procguard.config import Config, ConfigDiff, ProgramConfig, diff_configs, load_config
 from procguard.errors import ConfigError, ControlError
+from procguard.protocol import E_BAD_SIGNAL, E_NO_SUCH_PROCESS
 from procguard.process import OSApi, Process, ProcessState, ProcessStatus, describe_exit
 
 log = structlog.get_logger()
 
-# Stable error codes (the control protocol re-exports them).
-E_NO_SUCH_PROCESS = "no_such_process"
-E_START_FAILED = "start_failed"
-E_BAD_SIGNAL = "bad_signal"
-E_BAD_CONFIG = "bad_config"
-E_NOT_RUNNING = "not_running"
 
 
 @dataclass(frozen=True, slots=True)
