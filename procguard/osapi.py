@@ -110,20 +110,28 @@ class RealOS:
             # fork/exec off the loop (as trio does): a large daemon's fork can take milliseconds.
             popen = await asyncio.to_thread(spawn_process, process.program, process.config, self.logdir)
         except SpawnError as exc:
+            self._spawn_done()
             log.warning("spawn_failed", program=process.program.name, process=process.name, reason=str(exc))
             process.spawn_failed(str(exc))
             return
-        finally:
-            self._spawns_in_flight -= 1
+        except BaseException:
+            self._spawn_done()
+            raise
         pid = popen.pid
         self._by_pid[pid] = process
         self._popens[pid] = popen
         log.info("process_spawned", program=process.program.name, process=process.name, pid=pid)
         process.spawned(pid)
-        if pid in self._early_exits:
+        early = self._early_exits.pop(pid, None)
+        self._spawn_done()
+        if early is not None:
             # It died before the spawn thread returned; the reaper kept its status for us.
-            self._deliver(pid, self._early_exits.pop(pid))
+            self._deliver(pid, early)
+
+    def _spawn_done(self) -> None:
+        self._spawns_in_flight -= 1
         if self._spawns_in_flight == 0:
+            # Statuses of unknown pids are only kept while a spawn could still claim them.
             self._early_exits.clear()
 
     async def _find_strays(self, process: Process, leader: int, tracked: set[int]) -> None:

@@ -201,12 +201,16 @@ class Supervisor:
         for p in self.processes():
             if p.program.autostart:
                 levels.setdefault(p.program.priority, []).append(p)
-        for prio in sorted(levels):
-            procs = levels[prio]
+        async def start_level(procs: list[Process]) -> list[ActionResult]:
             for p in procs:
                 if p.state in (ProcessState.STOPPED, ProcessState.EXITED):
                     p.start()
             await self._wait(procs, lambda p: p.state != ProcessState.STARTING, None)
+            return []
+
+        for prio in sorted(levels):
+            # Under each program's lock, so a reload meanwhile queues behind (and may drop) this start.
+            await self._per_program(levels[prio], start_level)
 
     async def stop_all(self) -> None:
         """Stop everything in reverse priority; one priority level in parallel."""
