@@ -46,13 +46,13 @@ class Daemon:
         starter = asyncio.create_task(sup.start_autostart())
         try:
             while True:
-                sig = await self._signals.get()
-                if sig in (signal.SIGTERM, signal.SIGINT):
-                    log.info("shutdown_requested", signal=signal.Signals(sig).name)
+                received = await self._signals.get()
+                if received in (signal.SIGTERM, signal.SIGINT):
+                    log.info("shutdown_requested", signal=signal.Signals(received).name)
                     break
-                if sig == signal.SIGHUP:
+                if received == signal.SIGHUP:
                     await self._reload()
-                elif sig == signal.SIGUSR2:
+                elif received == signal.SIGUSR2:
                     log.info("logs_reopened")  # children write to their files directly until #4
         finally:
             starter.cancel()
@@ -83,27 +83,27 @@ class Daemon:
             left = await asyncio.to_thread(untracked_children, osapi.tracked_pids())
             if not left:
                 return
-            if loop.time() >= deadline and not sent_kill:
-                sig, sent_kill = signal.SIGKILL, True
-            elif loop.time() < deadline:
-                sig = signal.SIGTERM
-            else:
-                sig = signal.SIGKILL
+            sig = signal.SIGTERM if loop.time() < deadline else signal.SIGKILL
+            sent_kill = sig == signal.SIGKILL
             log.info("orphans_signalled", pids=left, signal=sig.name)
             for pid in left:
                 osapi.send_signal(pid, sig, group=False)
-            # Woken by the reaper (SIGCHLD) or after a short interval to escalate.
-            waiter = asyncio.Event()
-            prev = osapi.on_reaped
-            osapi.on_reaped = lambda pid: (prev(pid), waiter.set())  # type: ignore[func-returns-value]
+            # Woken by the reaper (SIGCHLD), or after a short interval to escalate.
+            reaped = asyncio.Event()
+            before = osapi.on_reaped
+
+            def on_reaped(pid: int) -> None:
+                before(pid)
+                reaped.set()
+
+            osapi.on_reaped = on_reaped
             try:
                 async with asyncio.timeout(0.5 if not sent_kill else 1.0):
-                    await waiter.wait()
+                    await reaped.wait()
             except TimeoutError:
                 pass
             finally:
-                osapi.on_reaped = prev
-
+                osapi.on_reaped = before
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.")

@@ -297,7 +297,7 @@ class Process:
         Jitter (up to -20%) keeps many programs that failed together (a database blip) from
         retrying in lockstep.
         """
-        base = self.program.backoff_initial * (2 ** max(0, failures - 1))
+        base = self.program.backoff_initial * 2.0 ** max(0, failures - 1)
         return min(self.program.backoff_max, base) * random.uniform(0.8, 1.0)
 
     def _retry(self) -> None:

@@ -33,14 +33,6 @@ def spawn_process(program: ProgramConfig, proc: ProcessConfig, logdir: str) -> s
             stderr: int | IO[bytes] | None = (
                 subprocess.STDOUT if program.redirect_stderr else _open_log(proc.stderr_logfile, stack)
             )
-            kwargs: dict[str, object] = {}
-            if program.uid is not None:
-                kwargs["user"] = program.uid
-                kwargs["extra_groups"] = list(program.extra_groups or ())
-            if program.gid is not None:
-                kwargs["group"] = program.gid
-            if program.umask is not None:
-                kwargs["umask"] = program.umask
             # Popen keywords, not preexec_fn: preexec_fn is unsafe once threads exist (pyzmq starts some).
             return subprocess.Popen(
                 list(proc.command),
@@ -52,7 +44,10 @@ def spawn_process(program: ProgramConfig, proc: ProcessConfig, logdir: str) -> s
                 close_fds=True,
                 process_group=0,
                 restore_signals=True,
-                **kwargs,  # type: ignore[arg-type]
+                user=program.uid,
+                group=program.gid,
+                extra_groups=list(program.extra_groups) if program.extra_groups is not None else None,
+                umask=-1 if program.umask is None else program.umask,
             )
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             raise SpawnError(_reason(exc, proc)) from exc

@@ -291,6 +291,18 @@ def test_sigterm_to_daemon_leaves_zero_processes(daemon):
     assert not alive(daemon_pid)
 
 
+def test_daemon_shutdown_stops_orphans_no_program_claims(daemon):
+    d = daemon()
+    d.write_config(prog("escaper", probe(d.work, "escaper", mode="escape"), startsecs=0))
+    d.start()
+    line = wait_until(lambda: [l for l in d.probe_events() if "escaped" in l], what="escaped grandchild")[0]
+    escaped = int(line.split()[3])
+    wait_until(lambda: psutil.Process(escaped).ppid() == d.proc.pid, what="orphan reparented to the subreaper")
+    assert d.stop() == 0
+    assert not alive(escaped)
+    assert d.events("orphans_signalled")
+
+
 def test_stop_order_is_reverse_priority(daemon):
     d = daemon()
     d.write_config(

@@ -88,6 +88,15 @@ def main() -> None:
                 while True:
                     time.sleep(3600)
             os._exit(0)
+    if args.mode == "escape":
+        # Double-fork, leave the group and drop the environment (so no marker says whose it is).
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                record_pid(d)
+                event(d, args.name, f"escaped {os.getpid()}")
+                os.execve("/bin/sleep", ["sleep", "3600"], {})
+            os._exit(0)
     if args.mode == "group":
         # A worker in the same process group, like an app server's worker.
         if os.fork() == 0:
