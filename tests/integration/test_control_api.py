@@ -168,3 +168,39 @@ def test_reload_applies_the_difference_and_refuses_a_bad_config():
         assert state(sup, "added").state == ProcessState.RUNNING  # old config still in force
 
     run(lambda w: prog("keep", probe(w, "keep")), body)
+
+
+def test_spawn_failures_are_failed_starts_never_a_crash():
+    async def body(sup: Supervisor, work: Path) -> None:
+        [res] = await sup.start(["noexec"])
+        assert not res.ok and "Permission denied" in res.message and "not-executable" in res.message
+        # EMFILE: use up every descriptor the process may open, then try to start.
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top + 8, hard))
+        hogs = []
+        try:
+            while True:
+                try:
+                    hogs.append(os.open("/dev/null", os.O_RDONLY))
+                except OSError:
+                    break
+            [res] = await sup.start(["web"])
+        finally:
+            for fd in hogs:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert not res.ok and "Too many open files" in res.message
+        # Descriptors are back: the retry after backoff succeeds by itself.
+        await until(lambda: state(sup, "web").state == ProcessState.RUNNING)
+
+    def config(w: Path) -> str:
+        target = w / "not-executable"
+        target.write_text("#!/bin/sh\nexit 0\n")
+        target.chmod(0o644)
+        return (prog("noexec", [str(target)], 'autostart = false\nbackoff_initial = "10s"')
+                + prog("web", probe(w, "web"), 'autostart = false\nbackoff_initial = "100ms"'))
+
+    run(config, body)
