@@ -5,9 +5,11 @@ past this module. Every problem is collected in one pass and raised together as 
 naming the file, the program and the key.
 """
 
+import decimal
 import enum
 import glob
 import grp
+import math
 import os
 import pwd
 import re
@@ -129,7 +131,7 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
 
-class _Bad(Exception):
+class _Bad(ValueError):
     """A value was not of the expected form; the message says what was expected."""
 
 
@@ -138,7 +140,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise _Bad(f'expected a duration like 10 or "500ms", got {value!r}')
     if isinstance(value, int | float):
-        if value < 0:
+        if math.isnan(value) or value < 0:
             raise _Bad(f"expected a duration >= 0, got {value!r}")
         return float(value)
     if isinstance(value, str):
@@ -148,15 +150,22 @@ def parse_duration(value: object) -> float:
     raise _Bad(f'expected a duration like 10, "500ms", "10s" or "2m", got {value!r}')
 
 
+_MAX_SIZE = 2**63 - 1
+
+
 def parse_size(value: object) -> int:
     """Return bytes from 1024, "50MB", "1GB" (powers of 1024, as supervisor)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_SIZE:
         return value
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m:
             unit = m.group(2).upper() if m.group(2) else None
-            return int(float(m.group(1)) * _SIZE_UNITS[unit])
+            # Decimal, not float: exact, and no OverflowError on absurd sizes.
+            size = int(decimal.Decimal(m.group(1)) * _SIZE_UNITS[unit])
+            if size <= _MAX_SIZE:
+                return size
+            raise _Bad(f"expected a size up to 8 EiB (a file offset), got {value!r}")
     raise _Bad(f'expected a size like 1048576 or "50MB", got {value!r}')
 
 
@@ -312,7 +321,9 @@ class _Program:
         self.name, self.table, self.source, self.issues = name, table, source, issues
 
     def err(self, key: str | None, message: str) -> None:
-        self.issues.append(ConfigIssue(self.source, self.name, key, message))
+        issue = ConfigIssue(self.source, self.name, key, message)
+        if issue not in self.issues:  # a template shared by numprocs processes fails once, not N times
+            self.issues.append(issue)
 
     def get(self, key: str, parser: Any, default: Any) -> Any:
         if key not in self.table:
@@ -556,8 +567,9 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         if expanded is None:
             continue
         full = os.path.join(here, expanded)
-        matches = sorted(glob.glob(full))
-        if not matches and not glob.has_magic(full):
+        # Escape the directory: a config under "conf[1]/" must not turn into a character class.
+        matches = sorted(glob.glob(os.path.join(glob.escape(here), expanded)))
+        if not matches and not glob.has_magic(expanded):
             issues.append(ConfigIssue(src, None, "procguard.include", f"{pattern!r}: no such file {full}"))
         for match in matches:
             if str(Path(match).resolve()) in seen_files:
@@ -610,6 +622,8 @@ def environment_problems(programs: list[ProgramConfig] | tuple[ProgramConfig, ..
 
             exe = proc.command[0]
             if "/" in exe:
+                # Popen resolves a relative executable against cwd, i.e. the program's directory.
+                exe = os.path.join(proc.directory or os.getcwd(), exe)
                 if not os.path.exists(exe):
                     bad("command", f"{exe}: no such file")
                 elif not os.access(exe, os.X_OK):
