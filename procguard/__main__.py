@@ -1,5 +1,17 @@
+"""Entry point of the daemon (`procguard` and `python -m procguard`)."""
+
 import sys
 
-from procguard.cli import main
 
-sys.exit(main())
+def main() -> int:
+    # The daemon never speaks TLS, but asyncio imports ssl (and OpenSSL) eagerly: 5.5 MiB of RSS on a
+    # 1 GiB server (measured: 26.6 -> 21.1 MiB for `import procguard.cli`). asyncio treats a failed
+    # `import ssl` as "no TLS support". setdefault: an interpreter that already loaded ssl keeps it.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    from procguard.cli import main as run
+
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
