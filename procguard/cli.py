@@ -53,7 +53,8 @@ class Daemon:
                 if received == signal.SIGHUP:
                     await self._reload()
                 elif received == signal.SIGUSR2:
-                    log.info("logs_reopened")  # children write to their files directly until #4
+                    # TODO(#4): reopen log files. Children hold their files open themselves until then.
+                    log.warning("logs_reopen_unsupported", reason="children write to their log files directly")
         finally:
             starter.cancel()
             try:

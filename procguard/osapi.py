@@ -75,22 +75,10 @@ class RealOS:
             log.warning("signal_refused", pid=pid, signal=signal.Signals(sig).name, error=str(exc))
 
     def is_group_alive(self, pgid: int) -> bool:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return _exists(os.killpg, pgid)
 
     def is_alive(self, pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return _exists(os.kill, pid)
 
     def find_strays(self, process: Process) -> None:
         if process.pid is None:
@@ -185,6 +173,17 @@ class RealOS:
 
     def tracked_pids(self) -> set[int]:
         return set(self._by_pid)
+
+
+def _exists(kill: Callable[[int, int], None], ident: int) -> bool:
+    """Signal 0 probes existence (kill(2)); EPERM still means it exists."""
+    try:
+        kill(ident, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _scan_strays(leaders: dict[int, str], tracked: set[int]) -> dict[int, set[int]]:

@@ -171,8 +171,7 @@ class Supervisor:
         return results
 
     async def _start_procs(self, procs: list[Process]) -> list[ActionResult]:
-        for p in procs:
-            p.start()
+        already = {p for p in procs if not p.start() and p.state == ProcessState.RUNNING}
 
         def settled(p: Process) -> bool:
             return p.state not in (ProcessState.STARTING, ProcessState.STOPPING)
@@ -181,7 +180,7 @@ class Supervisor:
         results = []
         for p in procs:
             if p.state == ProcessState.RUNNING:
-                results.append(ActionResult(p.name, True, p.state, "started"))
+                results.append(ActionResult(p.name, True, p.state, "already running" if p in already else "started"))
             else:
                 msg = p.reason
                 if p.state == ProcessState.BACKOFF and p.retry_at is not None:

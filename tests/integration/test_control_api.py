@@ -72,6 +72,8 @@ def test_start_stop_restart_and_status():
         await sup.start_autostart()
         assert [s.state for s in sup.status()] == [ProcessState.RUNNING]
         pid = state(sup, "web").pid
+        [res] = await sup.start(["web"])
+        assert res.ok and res.message == "already running" and state(sup, "web").pid == pid
         [res] = await sup.stop(["web"])
         assert res.ok and res.state == ProcessState.STOPPED
         assert not alive(pid) and state(sup, "web").pid is None
