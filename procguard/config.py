@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from procguard.errors import ConfigError, ConfigIssue
+from procguard.protocol import default_endpoint, resolve_endpoint
 
 
 class AutoRestart(enum.StrEnum):
@@ -87,6 +88,14 @@ class ProgramConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CurveConfig:
+    """CURVE keys for a tcp:// control endpoint (files as written by `procguardctl keygen`)."""
+
+    server_secret_key: str  # NAME.key_secret: the server's key pair
+    authorized_clients: str  # a directory of clients' public NAME.key files
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A whole resolved configuration."""
 
@@ -94,6 +103,10 @@ class Config:
     logdir: str
     loglevel: str
     programs: tuple[ProgramConfig, ...]
+    control: str = field(default_factory=default_endpoint)
+    control_group: str | None = None
+    control_gid: int | None = None
+    curve: CurveConfig | None = None
     warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
 
     def program(self, name: str) -> ProgramConfig | None:
@@ -284,7 +297,8 @@ PROGRAM_KEYS = frozenset(
         "backoff_initial", "backoff_max", "backoff_reset",
     }
 )
-PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel"})
+PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel", "control", "control_group", "curve"})
+CURVE_KEYS = frozenset({"server_secret_key", "authorized_clients", "client_secret_key"})
 LOGLEVELS = ("debug", "info", "warning", "error", "critical")
 
 _TEMPLATE_RE = re.compile(r"\{(here|program_name|group_name|process_num|ENV_[A-Za-z_][A-Za-z0-9_]*)(:[0-9<>^=+ -]*d)?\}")
@@ -554,6 +568,8 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         issues.append(ConfigIssue(src, None, "procguard.loglevel", f"expected one of {', '.join(LOGLEVELS)}, got {loglevel!r}"))
         loglevel = "info"
 
+    control, control_group, control_gid, curve = _parse_control(section, src, here, issues)
+
     files: list[tuple[str, dict[str, Any]]] = [(src, data)]
     includes = section.get("include", [])
     if isinstance(includes, str):
@@ -602,7 +618,58 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         raise ConfigError(issues)
     programs.sort(key=lambda p: (p.priority, p.name))
     return Config(path=src, logdir=logdir, loglevel=loglevel.lower(), programs=tuple(programs),
+                  control=control, control_group=control_group, control_gid=control_gid, curve=curve,
                   warnings=tuple(environment_problems(programs, logdir)))
+
+
+def _parse_control(
+    section: dict[str, Any], src: str, here: str, issues: list[ConfigIssue]
+) -> tuple[str, str | None, int | None, CurveConfig | None]:
+    """Resolve the control endpoint, its admin group and CURVE keys (tcp:// requires them)."""
+
+    def bad(key: str, message: str) -> None:
+        issues.append(ConfigIssue(src, None, f"procguard.{key}", message))
+
+    control = section.get("control", default_endpoint())
+    if not isinstance(control, str) or not re.match(r"^(ipc|tcp)://.+", control):
+        bad("control", f'expected "ipc:///path/to/socket" or "tcp://127.0.0.1:PORT", got {control!r}')
+        control = default_endpoint()
+    control = resolve_endpoint(control, here)
+    group = section.get("control_group")
+    gid = None
+    if group is not None:
+        if not isinstance(group, str):
+            bad("control_group", f"expected a group name, got {group!r}")
+            group = None
+        else:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                bad("control_group", f"no such group {group!r} on this machine")
+    curve = None
+    table = section.get("curve")
+    if table is not None:
+        if not isinstance(table, dict):
+            bad("curve", "expected a table [procguard.curve]")
+        else:
+            for key in sorted(set(table) - CURVE_KEYS):
+                bad(f"curve.{key}", "unknown key" + _did_you_mean(key, CURVE_KEYS))
+            secret, clients = table.get("server_secret_key"), table.get("authorized_clients")
+            if not isinstance(secret, str):
+                bad("curve.server_secret_key", "is required: the server's NAME.key_secret file (procguardctl keygen)")
+            elif not os.path.isfile(os.path.join(here, secret)):
+                bad("curve.server_secret_key", f"{os.path.join(here, secret)}: no such file")
+            if not isinstance(clients, str):
+                bad("curve.authorized_clients", "is required: a directory of clients' public NAME.key files")
+            elif not os.path.isdir(os.path.join(here, clients)):
+                bad("curve.authorized_clients", f"{os.path.join(here, clients)}: no such directory")
+            if isinstance(secret, str) and isinstance(clients, str):
+                curve = CurveConfig(server_secret_key=os.path.join(here, secret),
+                                    authorized_clients=os.path.join(here, clients))
+    if control.startswith("tcp://") and table is None:
+        bad("control", f"{control}: a tcp:// endpoint needs CURVE keys in [procguard.curve] "
+            "(server_secret_key, authorized_clients); use ipc:// for a local socket")
+    return control, group, gid, curve
 
 
 def environment_problems(programs: list[ProgramConfig] | tuple[ProgramConfig, ...], logdir: str) -> list[ConfigIssue]:
@@ -645,7 +712,8 @@ def environment_problems(programs: list[ProgramConfig] | tuple[ProgramConfig, ..
 
 def describe(config: Config) -> str:
     """Render the resolved programs for `procguard --check`."""
-    lines = [f"config: {config.path}", f"logdir: {config.logdir}", f"loglevel: {config.loglevel}"]
+    lines = [f"config: {config.path}", f"logdir: {config.logdir}", f"loglevel: {config.loglevel}",
+             f"control: {config.control}" + (f" (group {config.control_group})" if config.control_group else "")]
     for prog in config.programs:
         lines.append(f"[program.{prog.name}]  ({prog.source})")
         attrs = {

@@ -20,8 +20,12 @@ class ConfigIssue:
         where = self.file
         if self.program is not None:
             where += f": [program.{self.program}]"
-        if self.key is not None:
-            where += f" {self.key}"
+            if self.key is not None:
+                where += f" {self.key}"
+        elif self.key is not None:
+            # "procguard.curve.authorized_clients" reads as "[procguard.curve] authorized_clients".
+            table, _, key = self.key.rpartition(".")
+            where += f": [{table}] {key}" if table else f": {key}"
         return f"{where}: {self.message}"
 
 

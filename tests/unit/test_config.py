@@ -534,7 +534,7 @@ def test_duplicate_program_across_files_names_both_files(tmp_path: Path) -> None
 def test_missing_include_file_is_refused(tmp_path: Path) -> None:
     lines = refusal(tmp_path, '[procguard]\ninclude = ["conf.d/missing.toml"]\n')
     missing = tmp_path.resolve() / "conf.d" / "missing.toml"
-    assert lines == [f"{main_file(tmp_path)} procguard.include: 'conf.d/missing.toml': no such file {missing}"]
+    assert lines == [f"{main_file(tmp_path)}: [procguard] include: 'conf.d/missing.toml': no such file {missing}"]
 
 
 def test_include_glob_matching_nothing_is_fine(tmp_path: Path) -> None:
@@ -544,7 +544,7 @@ def test_include_glob_matching_nothing_is_fine(tmp_path: Path) -> None:
 
 def test_include_must_be_a_list_of_strings(tmp_path: Path) -> None:
     lines = refusal(tmp_path, "[procguard]\ninclude = [1]\n")
-    assert lines == [f"{main_file(tmp_path)} procguard.include: expected a list of globs, got [1]"]
+    assert lines == [f"{main_file(tmp_path)}: [procguard] include: expected a list of globs, got [1]"]
 
 
 @pytest.mark.parametrize("where", ["main", "included"])
@@ -568,30 +568,30 @@ def test_missing_main_file_is_refused(tmp_path: Path) -> None:
 def test_procguard_table_in_an_included_file_is_refused(tmp_path: Path) -> None:
     inc = write(tmp_path / "conf.d" / "web.toml", '[procguard]\nloglevel = "debug"\n')
     lines = refusal(tmp_path, '[procguard]\ninclude = ["conf.d/*.toml"]\n')
-    assert lines == [f"{inc} procguard: [procguard] belongs in the main file"]
+    assert lines == [f"{inc}: procguard: [procguard] belongs in the main file"]
 
 
 def test_unknown_table_in_an_included_file_is_refused(tmp_path: Path) -> None:
     inc = write(tmp_path / "conf.d" / "web.toml", '[programs.web]\ncommand = "/bin/true"\n')
     lines = refusal(tmp_path, '[procguard]\ninclude = ["conf.d/*.toml"]\n')
-    assert lines == [f"{inc} programs: unknown table (expected [program.NAME])"]
+    assert lines == [f"{inc}: programs: unknown table (expected [program.NAME])"]
 
 
 def test_unknown_top_level_table_is_refused(tmp_path: Path) -> None:
     lines = refusal(tmp_path, '[programs.web]\ncommand = "/bin/true"\n')
-    assert lines == [f"{main_file(tmp_path)} programs: unknown table (expected [procguard] or [program.NAME])"]
+    assert lines == [f"{main_file(tmp_path)}: programs: unknown table (expected [procguard] or [program.NAME])"]
 
 
 def test_unknown_procguard_key_is_named_with_did_you_mean(tmp_path: Path) -> None:
     lines = refusal(tmp_path, '[procguard]\nincludes = ["conf.d/*.toml"]\n')
-    assert lines == [f"{main_file(tmp_path)} procguard.includes: unknown key (did you mean 'include'?)"]
+    assert lines == [f"{main_file(tmp_path)}: [procguard] includes: unknown key (did you mean 'include'?)"]
 
 
 @pytest.mark.parametrize("value", ['"verbose"', "10"])
 def test_bad_loglevel_is_refused(tmp_path: Path, value: str) -> None:
     lines = refusal(tmp_path, f"[procguard]\nloglevel = {value}\n")
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"{main_file(tmp_path)} procguard.loglevel: expected one of debug, info, warning, error, critical, got ")
+    assert lines[0].startswith(f"{main_file(tmp_path)}: [procguard] loglevel: expected one of debug, info, warning, error, critical, got ")
 
 
 def test_loglevel_is_case_insensitive_and_defaults_to_info(tmp_path: Path) -> None:
@@ -632,7 +632,7 @@ def test_every_bad_key_in_every_file_is_reported_in_one_error(tmp_path: Path) ->
         load_config(main, environ=ENV)
     lines = str(excinfo.value).splitlines()
     expected_prefixes = [
-        f"{main} procguard.loglevel: ",
+        f"{main}: [procguard] loglevel: ",
         f"{main}: [program.web] stopwaitsecs: ",
         f"{main}: [program.web] stopsignl: ",
         f"{api}: [program.api] umask: ",
@@ -910,3 +910,62 @@ def test_absurd_size_is_refused_not_crashed(tmp_path: Path) -> None:
 def test_undefined_env_variable_with_numprocs_is_reported_once(tmp_path: Path) -> None:
     body = 'command = "/bin/echo {ENV_NOPE}"\nnumprocs = 3'
     assert len(refused_key(tmp_path, body, "command")) == 1
+
+
+# ------------------------------------------------------------------ control socket settings (#3)
+
+
+def test_control_defaults_to_a_private_ipc_socket(tmp_path: Path) -> None:
+    config = load(tmp_path, '[procguard]\n')
+    expected = "/run/procguard/procguard.sock" if os.geteuid() == 0 else None
+    assert config.control.startswith("ipc://") and config.control.endswith("/procguard/procguard.sock")
+    if expected:
+        assert config.control == f"ipc://{expected}"
+    assert (config.control_group, config.control_gid, config.curve) == (None, None, None)
+
+
+def test_a_relative_ipc_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load(tmp_path, '[procguard]\ncontrol = "ipc://run/ctl.sock"\n')
+    assert config.control == f"ipc://{tmp_path}/run/ctl.sock"
+
+
+def test_control_group_resolves_to_its_gid(tmp_path: Path) -> None:
+    name = grp.getgrgid(os.getgid()).gr_name
+    config = load(tmp_path, f'[procguard]\ncontrol_group = "{name}"\n')
+    assert (config.control_group, config.control_gid) == (name, os.getgid())
+
+
+def test_bad_control_settings_are_each_named(tmp_path: Path) -> None:
+    lines = refusal(tmp_path, '[procguard]\ncontrol = "http://x"\ncontrol_group = "no-such-group-pg"\n')
+    f = main_file(tmp_path)
+    assert lines == [
+        f'{f}: [procguard] control: expected "ipc:///path/to/socket" or "tcp://127.0.0.1:PORT", got \'http://x\'',
+        f"{f}: [procguard] control_group: no such group 'no-such-group-pg' on this machine",
+    ]
+
+
+def test_tcp_control_without_curve_keys_is_refused(tmp_path: Path) -> None:
+    [line] = refusal(tmp_path, '[procguard]\ncontrol = "tcp://127.0.0.1:7000"\n')
+    assert line.startswith(f"{main_file(tmp_path)}: [procguard] control: tcp://127.0.0.1:7000: a tcp:// endpoint "
+                           "needs CURVE keys in [procguard.curve]")
+
+
+def test_curve_keys_must_exist_and_be_known(tmp_path: Path) -> None:
+    lines = refusal(tmp_path, '[procguard]\ncontrol = "tcp://127.0.0.1:7000"\n[procguard.curve]\n'
+                              'server_secret_key = "keys/server.key_secret"\nauthorised_clients = "keys/ok"\n')
+    f = main_file(tmp_path)
+    assert lines == [
+        f"{f}: [procguard.curve] authorised_clients: unknown key (did you mean 'authorized_clients'?)",
+        f"{f}: [procguard.curve] server_secret_key: {tmp_path}/keys/server.key_secret: no such file",
+        f"{f}: [procguard.curve] authorized_clients: is required: a directory of clients' public NAME.key files",
+    ]
+
+
+def test_curve_keys_resolve_against_the_config_file(tmp_path: Path) -> None:
+    write(tmp_path / "keys" / "server.key_secret", "x")
+    (tmp_path / "keys" / "clients").mkdir()
+    config = load(tmp_path, '[procguard]\ncontrol = "tcp://127.0.0.1:7000"\n[procguard.curve]\n'
+                            'server_secret_key = "keys/server.key_secret"\nauthorized_clients = "keys/clients"\n')
+    assert config.curve is not None
+    assert config.curve.server_secret_key == f"{tmp_path}/keys/server.key_secret"
+    assert config.curve.authorized_clients == f"{tmp_path}/keys/clients"
