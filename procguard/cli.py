@@ -8,7 +8,8 @@ import sys
 
 import structlog
 
-from procguard.config import Config, describe, load_config
+from procguard.config import Config, ConfigDiff, describe, load_config
+from procguard.control import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
 from procguard.log import configure_logging
 from procguard.osapi import RealOS, become_subreaper, untracked_children
@@ -38,8 +39,17 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
+        control = ControlServer(self.config, sup, self._reload_command,
+                                lambda: self._signals.put_nowait(signal.SIGTERM))
+        try:
+            control.open()
+        except (ControlSetupError, OSError) as exc:
+            # Before any child exists: nothing to clean up, and the other daemon keeps its socket.
+            log.error("control_setup_failed", endpoint=self.config.control, error=str(exc))
+            return 1
+        control.start()
         log.info("daemon_started", version=VERSION, pid=os.getpid(), config=self.config.path,
-                 programs=len(self.config.programs), subreaper=is_subreaper)
+                 programs=len(self.config.programs), subreaper=is_subreaper, control=self.config.control)
         for issue in self.config.warnings:
             log.warning("config_environment_problem", problem=str(issue))
         osapi.reap()  # children inherited from before (PID 1 in a container) are reaped too
@@ -56,6 +66,8 @@ class Daemon:
                     # TODO(#4): reopen log files. Children hold their files open themselves until then.
                     log.warning("logs_reopen_unsupported", reason="children write to their log files directly")
         finally:
+            # status still answers while programs stop; start, restart and reload are refused.
+            control.stopping = True
             starter.cancel()
             try:
                 await starter
@@ -63,6 +75,7 @@ class Daemon:
                 pass
             await sup.stop_all()
             await self._stop_orphans(osapi)
+            await control.close()
             for task in list(osapi.tasks):
                 task.cancel()
         log.info("daemon_stopped")
@@ -70,9 +83,19 @@ class Daemon:
 
     async def _reload(self) -> None:
         try:
-            await self.supervisor.reload()
+            await self._reload_command()
         except ConfigError:
             pass  # logged by reload; the old config keeps running
+
+    async def _reload_command(self) -> ConfigDiff:
+        """Apply the config file's difference (SIGHUP and `procguardctl reload`); raises ConfigError."""
+        diff = await self.supervisor.reload()
+        new = self.supervisor.config
+        if (new.control, new.control_group, new.curve) != (self.config.control, self.config.control_group,
+                                                            self.config.curve):
+            log.warning("control_change_needs_restart", endpoint=self.config.control, new_endpoint=new.control,
+                        reason="the control socket keeps its settings until the daemon restarts")
+        return diff
 
     async def _stop_orphans(self, osapi: RealOS) -> None:
         """Stop descendants no program owns (they double-forked out of every group): TERM, then KILL."""

@@ -149,14 +149,21 @@ class Supervisor:
         """Stop processes and wait until each is STOPPED (SIGKILL after stopwaitsecs)."""
         return await self._per_program(self.resolve(names), self._stop_procs)
 
-    async def restart(self, names: Iterable[str]) -> list[ActionResult]:
-        """Stop, then start, each program's processes under one hold of its lock."""
+    async def restart(self, names: Iterable[str]) -> tuple[list[ActionResult], list[ActionResult]]:
+        """Stop, then start, each program's processes under one hold of its lock.
+
+        Returns the stop results and the start results, each in the order the names resolved to.
+        """
+        stopped: list[ActionResult] = []
 
         async def both(procs: list[Process]) -> list[ActionResult]:
-            await self._stop_procs(procs)
+            stopped.extend(await self._stop_procs(procs))
             return await self._start_procs(procs)
 
-        return await self._per_program(self.resolve(names), both)
+        procs = self.resolve(names)
+        started = await self._per_program(procs, both)
+        order = {p.name: i for i, p in enumerate(procs)}
+        return sorted(stopped, key=lambda r: order.get(r.name, 0)), started
 
     def signal(self, sig: int | str, names: Iterable[str]) -> list[ActionResult]:
         """Send a signal to each named process's main pid."""
@@ -189,10 +196,11 @@ class Supervisor:
         return results
 
     async def _stop_procs(self, procs: list[Process]) -> list[ActionResult]:
+        was_at_rest = {p for p in procs if p.state in RESTING_STATES}
         for p in procs:
             p.stop()
         await self._wait(procs, lambda p: p.state in RESTING_STATES)
-        return [ActionResult(p.name, True, p.state, "stopped") for p in procs]
+        return [ActionResult(p.name, True, p.state, "not running" if p in was_at_rest else "stopped") for p in procs]
 
     async def start_autostart(self) -> None:
         """Start every autostart program in priority order (lowest first).

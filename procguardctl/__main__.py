@@ -1,19 +1,236 @@
-"""procguardctl: the control client. Imports only procguard.protocol (and, with #3, pyzmq)."""
+"""procguardctl: argv -> protocol message -> DEALER -> print.
 
+Exit codes: 0 success; 1 error (unknown name, failed start, refused config, timeout); 2 usage;
+3 from `status` when any listed process is not RUNNING (supervisorctl's LSB convention);
+4 daemon not reachable (not running, no permission, not authorised).
+"""
+
+import argparse
+import json
+import os
 import sys
+from datetime import timedelta
+from typing import Any
 
-from procguard.protocol import VERSION
+from procguard.protocol import VERSION, ClientSettings, client_settings_from_config, default_endpoint, resolve_endpoint
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+DEFAULT_CONFIG = "/etc/procguard/procguard.toml"
+# Commands that reply at once get this timeout by default; start/stop/restart/reload/shutdown wait as
+# long as the command takes (stopwaitsecs can be minutes), like supervisorctl.
+QUICK_TIMEOUT_S = 10.0
+QUICK = frozenset({"status", "pid", "version", "signal"})
+
+COLOURS = {"RUNNING": "32", "STARTING": "33", "BACKOFF": "33", "STOPPING": "33", "FATAL": "31", "EXITED": "31",
+           "UNKNOWN": "31"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="procguardctl",
+        description="Control a running procguard daemon.",
+        epilog="exit codes: 0 ok, 1 error, 2 usage, 3 status: not all RUNNING, 4 daemon not reachable",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", help=f"the daemon's config file, for its endpoint and keys "
+                                              f"(default: $PROCGUARD_CONFIG, else {DEFAULT_CONFIG} if present)")
+    where.add_argument("-s", "--server", metavar="ENDPOINT", help="ipc:///path or tcp://host:port "
+                                                                   "(default: $PROCGUARD_CONTROL)")
+    p.add_argument("--json", action="store_true", help="print the raw result as JSON")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for the reply "
+                   f"(default {QUICK_TIMEOUT_S:g} for status/pid/version/signal, none for the others)")
+    p.add_argument("--server-key", metavar="FILE", help="tcp://: the server's public key file")
+    p.add_argument("--client-key", metavar="FILE", help="tcp://: this client's NAME.key_secret file")
+    p.add_argument("--version", action="version", version=f"procguardctl {VERSION}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("status", help="show processes (exit 3 if any is not RUNNING)")
+    s.add_argument("-l", "--long", action="store_true", help="add CPU%% and RSS of each process tree")
+    s.add_argument("names", nargs="*", help="program, program:process, group:* or all (default all)")
+    for verb, text in (("start", "start processes; reply when RUNNING or failed"),
+                       ("stop", "stop processes; reply when stopped"),
+                       ("restart", "stop, then start processes")):
+        c = sub.add_parser(verb, help=text)
+        c.add_argument("names", nargs="+", help="program, program:process, group:* or all")
+    c = sub.add_parser("signal", help="send a signal to processes")
+    c.add_argument("signal", help="name (HUP, SIGHUP) or number")
+    c.add_argument("names", nargs="+")
+    sub.add_parser("reload", help="re-read the config files and apply the difference")
+    c = sub.add_parser("pid", help="the daemon's pid, or the pids of processes")
+    c.add_argument("names", nargs="*")
+    sub.add_parser("version", help="the daemon's version")
+    sub.add_parser("shutdown", help="stop every program, then the daemon")
+    c = sub.add_parser("keygen", help="write a CURVE key pair NAME.key and NAME.key_secret into DIR")
+    c.add_argument("directory")
+    c.add_argument("name", nargs="?", default="client")
+    return p
+
+
+def settings(ns: argparse.Namespace) -> ClientSettings:
+    """The endpoint and keys: -s, $PROCGUARD_CONTROL, -c / $PROCGUARD_CONFIG / the default config, the default."""
+    server_key, client_key = ns.server_key, ns.client_key or os.environ.get("PROCGUARD_CLIENT_KEY")
+    if ns.server:
+        return ClientSettings(resolve_endpoint(ns.server, os.getcwd()), server_key, client_key)
+    env = os.environ.get("PROCGUARD_CONTROL")
+    if env and not ns.config:
+        return ClientSettings(resolve_endpoint(env, os.getcwd()), server_key, client_key)
+    config = ns.config or os.environ.get("PROCGUARD_CONFIG")
+    if config is None and os.path.exists(DEFAULT_CONFIG):
+        config = DEFAULT_CONFIG
+    if config is None:
+        return ClientSettings(default_endpoint(), server_key, client_key)
+    found = client_settings_from_config(config)
+    return ClientSettings(found.endpoint, server_key or found.server_public_key_file,
+                          client_key or found.client_secret_key_file)
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+
+def paint(text: str, state: str, colour: bool) -> str:
+    code = COLOURS.get(state)
+    return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
+
+
+def describe(st: dict[str, Any]) -> str:
+    """supervisorctl's description column, with the reason for every state that is not RUNNING."""
+    state, pid = st.get("state"), st.get("pid")
+    if state == "RUNNING":
+        uptime = timedelta(seconds=int(st.get("uptime_s") or 0))
+        return f"pid {pid}, uptime {uptime}"
+    if state in ("STARTING", "STOPPING"):
+        return f"pid {pid}, {state.lower()}" if pid else state.lower()
+    desc = str(st.get("reason") or "")
+    if state == "BACKOFF" and st.get("retry_in_s") is not None:
+        desc += f", retry in {st['retry_in_s']:.0f}s"
+    return desc
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{n}B"
+
+
+def print_status(result: list[dict[str, Any]], long: bool, colour: bool) -> int:
+    if long:
+        print(f"{'NAME':<32} {'STATE':<9} {'CPU%':>6} {'RSS':>9} {'PROCS':>5} DESCRIPTION")
+    for st in result:
+        state = str(st.get("state"))
+        name = str(st.get("name"))
+        shown = paint(f"{state:<9}", state, colour)
+        if long:
+            cpu = "-" if st.get("cpu_percent") is None else f"{st['cpu_percent']:.1f}"
+            print(f"{name:<32} {shown} {cpu:>6} {human_bytes(st.get('rss_bytes')):>9} "
+                  f"{st.get('tree_pids') or 0:>5} {describe(st)}")
+        else:
+            print(f"{name:<32} {shown} {describe(st)}".rstrip())
+    return EXIT_OK if all(st.get("state") == "RUNNING" for st in result) else EXIT_NOT_RUNNING
+
+
+def print_actions(result: list[dict[str, Any]]) -> int:
+    code = EXIT_OK
+    for r in result:
+        if r.get("ok"):
+            print(f"{r.get('name')}: {r.get('message')}")
+        else:
+            print(f"{r.get('name')}: ERROR ({r.get('message')})")
+            code = EXIT_ERROR
+    return code
+
+
+def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool) -> int:
+    if command == "status":
+        return print_status(result, ns.long, colour)
+    if command in ("start", "stop", "restart", "signal"):
+        return print_actions(result)
+    if command == "reload":
+        changes = [(n, what) for what in ("removed", "changed", "added") for n in result.get(what, [])]
+        for name, what in changes:
+            print(f"{name}: {what}")
+        if not changes:
+            print("no changes")
+        return EXIT_OK
+    if command == "pid":
+        if isinstance(result, dict):
+            print(result.get("pid"))
+        else:
+            for r in result:
+                print(r.get("pid") or 0)  # supervisorctl prints 0 for a process that is not running
+        return EXIT_OK
+    if command == "version":
+        print(result.get("version"))
+        return EXIT_OK
+    if command == "shutdown":
+        print(f"procguard (pid {result.get('pid')}) is shutting down")
+        return EXIT_OK
+    raise AssertionError(command)
+
+
+def keygen(directory: str, name: str) -> int:
+    import zmq.auth
+
+    os.makedirs(directory, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(directory, name)
+    os.chmod(secret, 0o600)
+    print(f"public key: {public}\nsecret key: {secret} (mode 0600; keep it private)")
+    return EXIT_OK
+
+
+def wire_args(ns: argparse.Namespace) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if getattr(ns, "names", None):
+        args["names"] = list(ns.names)
+    if ns.command == "status" and ns.long:
+        args["long"] = True
+    if ns.command == "signal":
+        args["signal"] = int(ns.signal) if ns.signal.isdigit() else ns.signal.upper()
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args in (["--version"], ["version"]):
-        print(f"procguardctl {VERSION}")
-        return 0
-    # TODO(#3): the control socket client. Until then there is nothing to talk to.
-    print("procguardctl: the control socket is not implemented yet (issue #3); "
-          "use signals: TERM stops, HUP reloads", file=sys.stderr)
-    return 2
+    ns = build_parser().parse_args(argv)
+    if ns.command == "keygen":
+        return keygen(ns.directory, ns.name)
+    try:
+        where = settings(ns)
+    except (OSError, ValueError) as exc:
+        print(f"procguardctl: cannot read the config file: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from procguardctl.client import TimedOut, Unreachable, request  # pyzmq only when talking to a daemon
+
+    timeout = ns.timeout if ns.timeout is not None else (QUICK_TIMEOUT_S if ns.command in QUICK else None)
+    try:
+        reply = request(where.endpoint, ns.command, wire_args(ns), timeout,
+                        where.server_public_key_file, where.client_secret_key_file)
+    except Unreachable as exc:
+        print(f"procguardctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except TimedOut as exc:
+        print(f"procguardctl: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("procguardctl: interrupted; the command goes on in the daemon", file=sys.stderr)
+        return 130
+    if not reply.ok:
+        if ns.json:
+            print(json.dumps({"ok": False, "error": {"code": reply.code, "message": reply.message}}, indent=2))
+        print(f"procguardctl: {reply.message} [{reply.code}]", file=sys.stderr)
+        return EXIT_USAGE if reply.code in ("bad_args", "unknown_command", "bad_signal") else EXIT_ERROR
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    if ns.json:
+        print(json.dumps(reply.result, indent=2))
+        if ns.command == "status":
+            return EXIT_OK if all(st.get("state") == "RUNNING" for st in reply.result) else EXIT_NOT_RUNNING
+        if ns.command in ("start", "stop", "restart", "signal"):
+            return EXIT_OK if all(r.get("ok") for r in reply.result) else EXIT_ERROR
+        return EXIT_OK
+    return print_result(ns.command, reply.result, ns, colour)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,23 @@ def toml_list(argv: list[str]) -> str:
     return json.dumps(argv)
 
 
+def prog(name: str, argv: list[str], **keys: object) -> str:
+    lines = [f"[program.{name}]", f"command = {toml_list(argv)}"]
+    for k, v in keys.items():
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, int | float):
+            lines.append(f"{k} = {v}")
+        elif isinstance(v, dict):
+            inner = ", ".join(f'{ik} = "{iv}"' for ik, iv in v.items())
+            lines.append(f"{k} = {{ {inner} }}")
+        elif isinstance(v, list):
+            lines.append(f"{k} = {v!r}".replace("'", '"'))
+        else:
+            lines.append(f'{k} = "{v}"')
+    return "\n".join(lines) + "\n\n"
+
+
 class DaemonRun:
     """A real `procguard` daemon on a config written into a fresh directory.
 
@@ -66,13 +83,15 @@ class DaemonRun:
         self.work.chmod(0o777)
         self.config = self.work / "procguard.toml"
         self.logfile = self.work / "daemon.log"
+        self.endpoint = f"ipc://{self.work}/control.sock"
         self.proc: subprocess.Popen[bytes] | None = None
         if config_text:
             self.write_config(config_text)
 
     def write_config(self, text: str, name: str = "procguard.toml") -> Path:
         path = self.work / name
-        header = f'[procguard]\nlogdir = "{self.work}/logs"\nloglevel = "debug"\n' if name == "procguard.toml" else ""
+        header = (f'[procguard]\nlogdir = "{self.work}/logs"\nloglevel = "debug"\ncontrol = "{self.endpoint}"\n'
+                  if name == "procguard.toml" else "")
         if name == "procguard.toml" and text.lstrip().startswith("[procguard]"):
             header = ""
         path.write_text(header + text)

@@ -80,9 +80,12 @@ def test_start_stop_restart_and_status():
         [res] = await sup.start(["web"])
         assert res.ok and res.state == ProcessState.RUNNING
         first = state(sup, "web").pid
-        results = await sup.restart(["web"])
-        assert [r.message for r in results] == ["started"]
+        stopped, started = await sup.restart(["web"])
+        assert [r.message for r in stopped] == ["stopped"] and [r.message for r in started] == ["started"]
         assert state(sup, "web").pid not in (None, first)
+        [res] = await sup.stop(["web"])
+        [res] = await sup.stop(["web"])
+        assert res.ok and res.message == "not running"
 
     run(lambda w: prog("web", probe(w, "web")), body)
 
@@ -118,7 +121,7 @@ def test_a_slow_stop_does_not_block_other_programs():
         slow = asyncio.create_task(sup.stop(["slow"]))
         await until(lambda: state(sup, "slow").state == ProcessState.STOPPING)
         # Another program is served while "slow" waits out its stopwaitsecs; status answers at once.
-        [res] = await sup.restart(["fast"])
+        _, [res] = await sup.restart(["fast"])
         assert res.ok
         assert not slow.done() and state(sup, "slow").state == ProcessState.STOPPING
         [res] = await slow

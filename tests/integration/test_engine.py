@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers import PROBE, alive, probe, toml_list, wait_until
+from tests.helpers import PROBE, alive, probe, prog, toml_list, wait_until
 from tests.helpers import probe as base_probe
 
 
@@ -32,23 +32,6 @@ def probe_for_nobody(d):
         return [python, str(copy), *argv[2:]]
 
     return make
-
-
-def prog(name: str, argv: list[str], **keys: object) -> str:
-    lines = [f"[program.{name}]", f"command = {toml_list(argv)}"]
-    for k, v in keys.items():
-        if isinstance(v, bool):
-            lines.append(f"{k} = {'true' if v else 'false'}")
-        elif isinstance(v, int | float):
-            lines.append(f"{k} = {v}")
-        elif isinstance(v, dict):
-            inner = ", ".join(f'{ik} = "{iv}"' for ik, iv in v.items())
-            lines.append(f"{k} = {{ {inner} }}")
-        elif isinstance(v, list):
-            lines.append(f"{k} = {v!r}".replace("'", '"'))
-        else:
-            lines.append(f'{k} = "{v}"')
-    return "\n".join(lines) + "\n\n"
 
 
 def test_autostart_programs_start_in_priority_order(daemon):

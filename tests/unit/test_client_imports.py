@@ -7,11 +7,11 @@ import sys
 
 def test_procguardctl_imports_nothing_heavy():
     code = (
-        "import sys, json; import procguardctl.__main__; "
+        "import sys, json; import procguardctl.__main__, procguardctl.client; "
         "print(json.dumps(sorted(m for m in sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     loaded = set(json.loads(out))
     heavy = {"psutil", "structlog", "asyncio", "procguard.config", "procguard.supervisor", "procguard.osapi",
-             "procguard.process"}
+             "procguard.process", "procguard.control", "zmq.asyncio", "tomllib"}
     assert not (loaded & heavy), sorted(loaded & heavy)

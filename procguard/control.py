@@ -1,0 +1,395 @@
+"""The control socket: a ZeroMQ ROUTER on the event loop, ZAP authentication, dispatch to the Supervisor.
+
+Every request runs in its own task and is answered when its command is done, so a slow stop never
+holds up `status` or commands on other programs; commands on one program queue on that program's
+lock inside the Supervisor. There is no global busy lock.
+
+Safe by default (docs/protocol.md, "Security"):
+- ipc:// sockets live in a 0750 directory, the socket is 0660 and group-owned by control_group;
+- every connection goes through our ZAP handler, which admits by peer uid (root, the daemon's user,
+  members of control_group) for ipc:// and by CURVE public key for tcp://;
+- ZMQ_ZAP_ENFORCE_DOMAIN is set, so if the handler were not running libzmq refuses the connection
+  instead of letting it in (ZAP is fail-open without it: zmq_setsockopt(3), ZMQ_ZAP_ENFORCE_DOMAIN);
+- a lock file taken before bind stops a second daemon from stealing the socket (libzmq unlinks an
+  existing ipc path on bind).
+"""
+
+import asyncio
+import errno
+import fcntl
+import grp
+import os
+import pwd
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import structlog
+import zmq
+import zmq.asyncio
+import zmq.auth
+from zmq.utils import z85
+
+from procguard.config import Config, ConfigDiff
+from procguard.errors import ConfigError, ControlError, ProcguardError
+from procguard.process import ProcessStatus
+from procguard.protocol import (
+    E_BAD_CONFIG, E_BAD_REQUEST, E_INTERNAL, E_SHUTTING_DOWN, MAX_FRAME_BYTES, PROTOCOL_VERSION, VERSION,
+    ProtocolError, Request, decode_request, default_endpoint, encode_reply, ipc_path,
+)
+from procguard.supervisor import ActionResult, Supervisor
+
+log = structlog.get_logger()
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27 (ZAP)
+ZAP_DOMAIN = "procguard"
+# The wide status view samples CPU over this window, off the event loop.
+CPU_SAMPLE_S = 0.2
+# Commands refused once shutdown began (status, pid and version still answer while programs stop).
+REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "reload", "signal"})
+
+
+class ControlSetupError(ProcguardError):
+    """The control socket could not be set up (endpoint in use, bad keys, permissions)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who may talk to the daemon: uids and gids admitted over ipc://, public keys over tcp://."""
+
+    uids: frozenset[int]
+    gid: int | None
+    group_members: frozenset[str]
+    client_keys: frozenset[bytes]
+
+    def admits_ipc(self, uid: int, gid: int) -> bool:
+        if uid in self.uids:
+            return True
+        if self.gid is None:
+            return False
+        if gid == self.gid:
+            return True
+        try:
+            return pwd.getpwuid(uid).pw_name in self.group_members
+        except KeyError:
+            return False
+
+
+def _peer_policy(config: Config) -> Peer:
+    members: frozenset[str] = frozenset()
+    if config.control_gid is not None:
+        try:
+            members = frozenset(grp.getgrgid(config.control_gid).gr_mem)
+        except KeyError:
+            pass
+    keys: frozenset[bytes] = frozenset()
+    if config.curve is not None:
+        keys = frozenset(zmq.auth.load_certificates(config.curve.authorized_clients))
+    return Peer(uids=frozenset({0, os.geteuid()}), gid=config.control_gid, group_members=members, client_keys=keys)
+
+
+def status_dict(st: ProcessStatus) -> dict[str, Any]:
+    return {
+        "name": st.name, "program": st.program, "state": str(st.state), "pid": st.pid,
+        "started_at": st.started_at, "uptime_s": st.uptime_s, "exit_status": st.exit_status,
+        "reason": st.reason, "retry_in_s": st.retry_in_s, "failures": st.failures,
+    }
+
+
+def action_dict(r: ActionResult, action: str) -> dict[str, Any]:
+    return {"name": r.name, "action": action, "ok": r.ok, "state": str(r.state), "message": r.message}
+
+
+def tree_usage(pids: list[int], window_s: float = CPU_SAMPLE_S) -> dict[int, dict[str, Any]]:
+    """RSS and CPU% of each pid's whole process tree, CPU sampled over window_s. Blocking: run off-loop."""
+    trees: dict[int, list[psutil.Process]] = {}
+    for pid in pids:
+        try:
+            leader = psutil.Process(pid)
+            trees[pid] = [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            continue
+
+    def cpu(p: psutil.Process) -> float | None:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            return None
+
+    before = {id(p): cpu(p) for ps in trees.values() for p in ps}
+    t0 = time.monotonic()
+    time.sleep(window_s)
+    elapsed = time.monotonic() - t0
+    out: dict[int, dict[str, Any]] = {}
+    for pid, ps in trees.items():
+        rss = 0
+        cpu_s = 0.0
+        for p in ps:
+            after = cpu(p)
+            start = before.get(id(p))
+            if after is not None and start is not None:
+                cpu_s += max(0.0, after - start)
+            try:
+                rss += p.memory_info().rss
+            except psutil.Error:
+                pass
+        out[pid] = {"rss_bytes": rss, "cpu_percent": round(100.0 * cpu_s / elapsed, 1), "tree_pids": len(ps)}
+    return out
+
+
+class ControlServer:
+    """Serve the control protocol for one Supervisor until closed."""
+
+    def __init__(
+        self,
+        config: Config,
+        supervisor: Supervisor,
+        reload: Callable[[], Awaitable[ConfigDiff]],
+        request_shutdown: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.endpoint = config.control
+        self._sup = supervisor
+        self._reload = reload
+        self._request_shutdown = request_shutdown
+        self._policy = _peer_policy(config)
+        self._ctx = zmq.asyncio.Context()
+        self._router: zmq.asyncio.Socket | None = None
+        self._zap: zmq.asyncio.Socket | None = None
+        self._lock_fd: int | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._serving: list[asyncio.Task[None]] = []
+        self.stopping = False
+
+    # --------------------------------------------------------------------------------- set-up
+
+    def open(self) -> None:
+        """Lock, authenticate, bind. Raises ControlSetupError with the reason; binds nothing on failure."""
+        try:
+            self._open()
+        except BaseException:
+            self._close_sockets()
+            raise
+
+    def _open(self) -> None:
+        path = ipc_path(self.endpoint)
+        if path is not None:
+            self._prepare_ipc(path)
+        # The ZAP handler is bound before the ROUTER exists, so no connection can beat it.
+        zap = self._zap = self._ctx.socket(zmq.REP)
+        zap.linger = 0
+        zap.bind(ZAP_ENDPOINT)
+        router = self._router = self._ctx.socket(zmq.ROUTER)
+        router.linger = 0
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)  # bigger frames drop the peer before buffering
+        router.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # fail closed: no handler means no entry
+        if self.endpoint.startswith("tcp://"):
+            assert self.config.curve is not None  # config.py refuses tcp:// without [procguard.curve]
+            try:
+                public, secret = zmq.auth.load_certificate(self.config.curve.server_secret_key)
+            except (OSError, ValueError) as exc:
+                raise ControlSetupError(f"{self.config.curve.server_secret_key}: cannot load the server key: {exc}") from None
+            if not secret:
+                raise ControlSetupError(f"{self.config.curve.server_secret_key}: no secret key in this file "
+                                        "(use the NAME.key_secret written by procguardctl keygen)")
+            router.curve_server = True
+            router.curve_publickey = public
+            router.curve_secretkey = secret
+        old_umask = os.umask(0o117) if path is not None else None  # the socket is born 0660
+        try:
+            router.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            raise ControlSetupError(f"cannot bind the control socket {self.endpoint}: {exc}") from None
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        if path is not None:
+            os.chmod(path, 0o660)
+            if self.config.control_gid is not None:
+                os.chown(path, -1, self.config.control_gid)
+
+    def _prepare_ipc(self, path: str) -> None:
+        directory = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            os.makedirs(os.path.dirname(directory) or "/", exist_ok=True)
+            try:
+                os.mkdir(directory, 0o750)
+            except FileExistsError:
+                pass
+            os.chmod(directory, 0o750)  # mkdir's mode is filtered by the umask
+            if self.config.control_gid is not None:
+                os.chown(directory, -1, self.config.control_gid)
+        elif self.endpoint == default_endpoint():
+            # Our own runtime directory: keep it private even if something loosened it.
+            os.chmod(directory, 0o750)
+            if self.config.control_gid is not None:
+                os.chown(directory, -1, self.config.control_gid)
+        lock_path = path + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ControlSetupError(f"another procguard (pid {holder}) already serves {self.endpoint}; "
+                                        "refusing to take its socket") from None
+            raise ControlSetupError(f"cannot lock {lock_path}: {exc}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def start(self) -> None:
+        """Start serving requests and authenticating peers on the running loop."""
+        self._serving = [asyncio.create_task(self._zap_loop()), asyncio.create_task(self._serve())]
+        log.info("control_listening", endpoint=self.endpoint, group=self.config.control_group)
+
+    async def close(self) -> None:
+        """Stop serving; cancel requests in flight; unbind and unlink the socket; release the lock."""
+        for task in [*self._serving, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._serving, *self._tasks, return_exceptions=True)
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        for sock in (self._router, self._zap):
+            if sock is not None:
+                sock.close(linger=0)
+        self._router = self._zap = None
+        self._ctx.term()
+        path = ipc_path(self.endpoint)
+        if self._lock_fd is not None and path is not None:
+            # Unlink while still holding the lock, so a daemon starting now cannot lose its fresh socket.
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ------------------------------------------------------------------------------------ ZAP
+
+    async def _zap_loop(self) -> None:
+        assert self._zap is not None
+        while True:
+            frames = await self._zap.recv_multipart()
+            try:
+                reply = self._authenticate(frames)
+            except Exception:  # a reply must go out, or the REP socket wedges and no one gets in
+                log.exception("control_auth_error")
+                reply = [b"1.0", frames[1] if len(frames) > 1 else b"", b"500", b"internal error", b"", b""]
+            await self._zap.send_multipart(reply)
+
+    def _authenticate(self, frames: list[bytes]) -> list[bytes]:
+        """Answer one ZAP request (RFC 27): 200 admits, 400 refuses."""
+        version, request_id, domain, address, _identity, mechanism = frames[:6]
+        credentials = frames[6:]
+
+        def answer(ok: bool, text: str, user: str = "") -> list[bytes]:
+            return [version, request_id, b"200" if ok else b"400", text.encode(), user.encode(), b""]
+
+        if domain != ZAP_DOMAIN.encode():
+            return answer(False, "wrong domain")
+        if mechanism == b"CURVE":
+            key = z85.encode(credentials[0]) if credentials else b""
+            if key in self._policy.client_keys:
+                return answer(True, "OK", f"curve:{key.decode()}")
+            log.warning("control_peer_refused", address=address.decode(errors="replace"), reason="unknown CURVE key")
+            return answer(False, "client key not authorised")
+        if mechanism == b"NULL" and ipc_path(self.endpoint) is not None:
+            # libzmq describes an ipc peer as "localhost:UID:GID:PID" from SO_PEERCRED.
+            parts = address.decode(errors="replace").split(":")
+            try:
+                uid, gid, pid = int(parts[1]), int(parts[2]), int(parts[3])
+            except (IndexError, ValueError):
+                log.warning("control_peer_refused", address=address.decode(errors="replace"), reason="no peer credentials")
+                return answer(False, "no peer credentials")
+            if self._policy.admits_ipc(uid, gid):
+                return answer(True, "OK", str(uid))
+            log.warning("control_peer_refused", uid=uid, gid=gid, pid=pid,
+                        reason="not root, the daemon's user, or in control_group")
+            return answer(False, "uid not authorised")
+        return answer(False, f"mechanism {mechanism.decode(errors='replace')} not accepted here")
+
+    # -------------------------------------------------------------------------------- serving
+
+    async def _serve(self) -> None:
+        assert self._router is not None
+        while True:
+            frames = await self._router.recv_multipart(copy=True)
+            task = asyncio.create_task(self._handle(frames))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, frames: list[bytes]) -> None:
+        identity, rest = frames[0], frames[1:]
+        envelope: list[bytes] = [identity]
+        if len(rest) >= 2 and rest[0] == b"":  # a REQ peer puts an empty delimiter first
+            envelope.append(b"")
+            rest = rest[1:]
+        request_id: str | None = None
+        try:
+            if len(rest) != 1:
+                raise ProtocolError(E_BAD_REQUEST, f"expected one frame per request, got {len(rest)}")
+            req = decode_request(rest[0])
+            request_id = req.id
+            result = await self._dispatch(req)
+            reply = encode_reply(request_id, result)
+        except ProtocolError as exc:
+            log.warning("control_request_rejected", code=exc.code, message=exc.message, size=sum(map(len, rest)))
+            reply = encode_reply(exc.request_id, error=(exc.code, exc.message))
+        except ControlError as exc:
+            reply = encode_reply(request_id, error=(exc.code, exc.message))
+        except ConfigError as exc:
+            reply = encode_reply(request_id, error=(E_BAD_CONFIG, "config refused, the old one keeps running:\n"
+                                                    + "\n".join(str(i) for i in exc.issues)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("control_command_failed", request_id=request_id)
+            reply = encode_reply(request_id, error=(E_INTERNAL, f"internal error: {type(exc).__name__}: {exc}"))
+        if self._router is not None:
+            # A peer that left meanwhile is unknown to the ROUTER, which then drops the reply silently.
+            await self._router.send_multipart([*envelope, reply])
+
+    async def _dispatch(self, req: Request) -> Any:
+        args = req.args
+        names: list[str] = args.get("names", [])
+        if self.stopping and req.cmd in REFUSED_WHILE_STOPPING:
+            raise ControlError(E_SHUTTING_DOWN, f"procguard is shutting down; {req.cmd} refused")
+        log.debug("control_request", cmd=req.cmd, names=names)
+        if req.cmd == "status":
+            statuses = [status_dict(s) for s in self._sup.status(names)]
+            if args.get("long"):
+                pids = [s["pid"] for s in statuses if s["pid"]]
+                usage = await asyncio.to_thread(tree_usage, pids)
+                for s in statuses:
+                    s.update(usage.get(s["pid"], {"rss_bytes": None, "cpu_percent": None, "tree_pids": 0}))
+            return statuses
+        if req.cmd == "start":
+            return [action_dict(r, "start") for r in await self._sup.start(names)]
+        if req.cmd == "stop":
+            return [action_dict(r, "stop") for r in await self._sup.stop(names)]
+        if req.cmd == "restart":
+            stopped, started = await self._sup.restart(names)
+            return [*(action_dict(r, "stop") for r in stopped), *(action_dict(r, "start") for r in started)]
+        if req.cmd == "signal":
+            return [action_dict(r, "signal") for r in self._sup.signal(args["signal"], names)]
+        if req.cmd == "reload":
+            diff = await self._reload()
+            return {"added": list(diff.added), "changed": list(diff.changed), "removed": list(diff.removed)}
+        if req.cmd == "pid":
+            if not names:
+                return {"pid": os.getpid()}
+            return [{"name": s.name, "pid": s.pid} for s in self._sup.status(names)]
+        if req.cmd == "version":
+            return {"version": VERSION, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
+        if req.cmd == "shutdown":
+            # Reply first; the daemon's main loop then stops every program as on SIGTERM.
+            asyncio.get_running_loop().call_soon(self._request_shutdown)
+            return {"shutting_down": True, "pid": os.getpid()}
+        raise AssertionError(f"command {req.cmd} is in COMMANDS but has no handler")

@@ -1,0 +1,177 @@
+"""One request, one reply over a DEALER socket, with the reasons a daemon may be unreachable.
+
+Imports only the standard library, procguard.protocol and pyzmq (a test checks it), so the client
+starts in tens of milliseconds.
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from procguard.protocol import MAX_FRAME_BYTES, encode_request, ipc_path
+
+# How long to wait for the connection and authentication before calling the daemon unreachable.
+CONNECT_TIMEOUT_S = 5.0
+
+
+class Unreachable(Exception):
+    """The daemon could not be reached or refused us; the message names the endpoint and the likely cause."""
+
+
+class TimedOut(Exception):
+    """Connected, but no reply came within the timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    ok: bool
+    result: Any
+    code: str | None
+    message: str | None
+
+
+def precheck_ipc(endpoint: str) -> None:
+    """Connect to an ipc:// path with a plain AF_UNIX socket first: it tells 'not running' from 'no permission'.
+
+    ZeroMQ would just retry quietly in both cases.
+    """
+    path = ipc_path(endpoint)
+    if path is None:
+        return
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except FileNotFoundError:
+        raise Unreachable(f"cannot reach procguard at {endpoint}: no socket there (is the daemon running? "
+                          "is this the endpoint in its config? try -c CONFIG or -s ENDPOINT)") from None
+    except PermissionError:
+        raise Unreachable(f"cannot reach procguard at {endpoint}: permission denied (uid {os.geteuid()}); "
+                          "control is for root, the daemon's user and members of its control_group") from None
+    except ConnectionRefusedError:
+        raise Unreachable(f"cannot reach procguard at {endpoint}: connection refused "
+                          "(a stale socket: the daemon is not running)") from None
+    except OSError as exc:
+        raise Unreachable(f"cannot reach procguard at {endpoint}: {exc.strerror or exc}") from None
+    finally:
+        s.close()
+
+
+def _load_curve(sock: zmq.Socket[bytes], server_key_file: str | None, client_key_file: str | None,
+                endpoint: str) -> None:
+    import zmq.auth  # only tcp:// needs it
+
+    if not server_key_file or not client_key_file:
+        raise Unreachable(f"{endpoint} is a tcp:// endpoint and needs CURVE keys: the server's public key "
+                          "(--server-key, or [procguard.curve] server_secret_key in -c CONFIG) and a client "
+                          "secret key (--client-key or [procguard.curve] client_secret_key)")
+    try:
+        server_public, _ = zmq.auth.load_certificate(server_key_file)
+        client_public, client_secret = zmq.auth.load_certificate(client_key_file)
+    except (OSError, ValueError) as exc:
+        raise Unreachable(f"cannot load CURVE keys: {exc}") from None
+    if client_secret is None:
+        raise Unreachable(f"{client_key_file}: no secret key in this file (use NAME.key_secret)")
+    sock.curve_serverkey = server_public
+    sock.curve_publickey = client_public
+    sock.curve_secretkey = client_secret
+
+
+def monitor_event(frames: list[bytes]) -> int:
+    """The event id of a monitor message: first frame = uint16 event + uint32 value (zmq_socket_monitor(3)).
+
+    Decoded here because zmq.utils.monitor imports zmq.asyncio, and with it all of asyncio (~17 ms).
+    """
+    return int.from_bytes(frames[0][:2], sys.byteorder)
+
+
+def request(endpoint: str, cmd: str, args: dict[str, Any], timeout_s: float | None,
+            server_key_file: str | None = None, client_key_file: str | None = None) -> Reply:
+    """Send one command and wait for its reply.
+
+    Raises Unreachable (no daemon, no permission, refused by authentication) and TimedOut.
+    timeout_s None waits for as long as the command takes, once connected.
+    """
+    precheck_ipc(endpoint)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.setsockopt(zmq.MAXMSGSIZE, 64 * MAX_FRAME_BYTES)
+    monitor = None
+    try:
+        if endpoint.startswith("tcp://"):
+            _load_curve(sock, server_key_file, client_key_file, endpoint)
+        monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
+        )
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise Unreachable(f"bad endpoint {endpoint}: {exc}") from None
+        request_id = os.urandom(6).hex()
+        sock.send(encode_request(cmd, args, request_id))
+        return _await_reply(sock, monitor, endpoint, request_id, timeout_s)
+    finally:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+        sock.close(linger=0)
+        ctx.term()
+
+
+def _await_reply(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str, request_id: str,
+                 timeout_s: float | None) -> Reply:
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
+    start = time.monotonic()
+    connected = False
+    retries = 0
+    while True:
+        now = time.monotonic()
+        if not connected:
+            limit = CONNECT_TIMEOUT_S if timeout_s is None else min(CONNECT_TIMEOUT_S, timeout_s)
+        else:
+            limit = float("inf") if timeout_s is None else timeout_s
+        remaining = start + limit - now
+        if remaining <= 0:
+            if not connected:
+                cause = "connection refused (is the daemon running?)" if retries else "no handshake"
+                raise Unreachable(f"cannot reach procguard at {endpoint}: {cause} within {limit:g}s")
+            raise TimedOut(f"no reply from procguard at {endpoint} within {timeout_s:g}s "
+                           "(the command may still be running; see procguardctl status)")
+        events = dict(poller.poll(None if remaining == float("inf") else int(remaining * 1000) + 1))
+        if sock in events:
+            frame = sock.recv()
+            try:
+                msg = json.loads(frame)
+            except ValueError:
+                raise Unreachable(f"{endpoint} answered with something that is not procguard's protocol") from None
+            if not isinstance(msg, dict) or msg.get("id") not in (request_id, None):
+                continue  # a stray reply to somebody else's id cannot reach a fresh DEALER, but be safe
+            if msg.get("ok"):
+                return Reply(True, msg.get("result"), None, None)
+            err = msg.get("error") or {}
+            return Reply(False, None, str(err.get("code")), str(err.get("message")))
+        if monitor in events:
+            kind = monitor_event(monitor.recv_multipart())
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                connected = True
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                raise Unreachable(f"procguard at {endpoint} refused this client (uid {os.geteuid()}): not authorised; "
+                                  "control is for root, the daemon's user, members of its control_group, "
+                                  "or (tcp://) clients whose public key is in authorized_clients")
+            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                raise Unreachable(f"handshake with {endpoint} failed (wrong CURVE keys, or not a procguard socket)")
+            elif kind == zmq.EVENT_CONNECT_RETRIED:
+                retries += 1
+            elif kind == zmq.EVENT_DISCONNECTED and connected:
+                # The reply would be lost with the connection (a DEALER does not resend), so say so now.
+                raise Unreachable(f"lost the connection to procguard at {endpoint} before its reply "
+                                  "(did the daemon exit? see procguardctl status)")
