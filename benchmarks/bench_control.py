@@ -1,0 +1,463 @@
+"""Control socket benchmarks against a real daemon: `procguardctl status` wall time, server-side latency.
+
+    .venv/bin/python benchmarks/bench_control.py [--quick] [--json OUT]
+
+Issue #3, "Done when": `procguardctl status` under 80 ms with 50 programs, the daemon's side of
+`status` under 20 ms with 1000 processes (supervisorctl status takes ~1.5 s at 1000). Every figure
+comes from a real `python -m procguard` (bench_engine.py's Daemon, whose config gets a
+`control = "ipc://..."` line) with N programs of `sleep 100000` (startsecs = 0, output to NONE), all
+RUNNING (log and psutil agree) before anything is timed. The script prints figures (min / median /
+max) next to the targets, with the ratio median / target; it never asserts speed (DESIGN.md,
+"Tests"). It exits non-zero only when the harness itself fails (a daemon that does not start, a
+client that exits non-zero or prints the wrong number of processes).
+
+What is measured, and how:
+
+1. Client start-up, no daemon involved: wall time from Popen to exit of `python -c pass` (the venv's
+   interpreter, which procguardctl's script uses too) and of `procguardctl --version` (argparse and
+   procguard.protocol, no pyzmq), so the reader sees how much of the CLI's time is the interpreter.
+   Then the import of `procguardctl.client` (pyzmq included), timed with perf_counter around the
+   import in a fresh interpreter, plus one `-X importtime` run naming the costliest imports.
+2. CLI: wall time from Popen to exit of `procguardctl -s ENDPOINT status` (and `--json status`) with
+   stdout to a file, at 50 and 1000 programs. Includes interpreter start-up, imports, connect and
+   ZAP handshake, the request, and printing. Each run must exit 0 and list N processes.
+3. Server side: one pyzmq DEALER in this script, connected and handshaken by a warm-up request, sends
+   `status` (protocol.encode_request, encoded before the clock starts) and blocks on the reply; the
+   round trip send -> recv of the reply frame is the figure (decoding happens after the clock
+   stops). Requests are 5 ms apart so each finds the daemon idle, as an operator's would. Also: the
+   reply's size, and the daemon's CPU time (psutil) over all requests divided by their number.
+4. For information, at 50 programs: one `procguardctl status -l` and one server-side `status` with
+   long = true; both include the daemon's 0.2 s CPU sampling window.
+
+A child's exit is seen through a pidfd, not Popen.wait(timeout), which polls with sleeps of up to 50 ms
+and would quantise every wall time. Full mode: 20 runs of each command, 200 server-side requests;
+--quick: 5 runs and 30 requests, still at 50 and 1000 programs (~6 s on a 2-core box).
+
+Cleanup: each daemon gets SIGTERM after its section (SIGKILL after 60 s); its `sleep` children are
+recorded first and checked with psutil afterwards: any survivor is reported and killed. In `finally`
+(also on Ctrl-C or SIGTERM) bench_engine's Bench stops every daemon still up, kills every recorded
+child still running `sleep 100000`, and removes the temp directory.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine sits beside this file
+from bench_engine import (  # noqa: E402
+    SLEEP_ARGV,
+    Bench,
+    BenchError,
+    Daemon,
+    Interrupted,
+    poll_until,
+    programs_toml,
+    raise_nofile,
+    sigterm_unwinds,
+    sleep_children,
+)
+from procguard.protocol import encode_request  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+# The venv's interpreter as procguardctl's script runs it (its shebang), not the resolved binary:
+# the venv's site-packages (.pth files included) is part of the client's start-up.
+PYTHON = str(REPO / ".venv" / "bin" / "python")
+CTL = str(REPO / ".venv" / "bin" / "procguardctl")
+TARGETS = {
+    "cli_status_50_ms": 80.0,
+    "server_status_1000_ms": 20.0,
+}
+SUPERVISORD_1000_MS = 1500.0  # supervisorctl status at 1000 processes, issue #3
+REQUEST_GAP_S = 0.005
+STARTUP_DEADLINE_S = 300.0
+CLI_TIMEOUT_S = 30.0
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """n, min, median, p90 and max of values."""
+    p90 = statistics.quantiles(values, n=10, method="inclusive")[8] if len(values) > 1 else values[0]
+    return {"n": len(values), "min": min(values), "median": statistics.median(values), "p90": p90,
+            "max": max(values)}
+
+
+def fmt_row(label: str, values: list[float], target: float | None = None, p90: bool = False) -> str:
+    """One figure in ms: min / median (/ p90) / max, then the target and median / target if there is one."""
+    s = stats(values)
+    middle = f"  p90 {s['p90']:>8.2f}" if p90 else ""
+    row = (f"  {label:<44} min {s['min']:>8.2f}  median {s['median']:>8.2f}{middle}  max {s['max']:>8.2f} ms"
+           f"  (n={s['n']})")
+    if target is not None:
+        row += f"  target < {target:g} ms, median/target {s['median'] / target:.2f}"
+    return row
+
+
+# ------------------------------------------------------------------------------------- the client
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without PROCGUARD_* (-s wins anyway) and without colour."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCGUARD_")}
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def wall_ms(argv: list[str], out: Path) -> tuple[float, int]:
+    """Run argv with stdout to `out`; return (ms from Popen to exit, exit code). Never leaves it running."""
+    with open(out, "wb") as f:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=clean_env(),
+                             cwd="/")
+        try:
+            # Not p.wait(timeout): with a timeout it polls with sleeps of up to 50 ms, which would show up
+            # in the figures. A pidfd becomes readable at the exit (pidfd_open(2)), then wait() reaps at once.
+            pidfd = os.pidfd_open(p.pid)
+            try:
+                if not select.select([pidfd], [], [], CLI_TIMEOUT_S)[0]:
+                    raise BenchError(f"{' '.join(argv)} still running after {CLI_TIMEOUT_S}s")
+            finally:
+                os.close(pidfd)
+            code = p.wait()
+            dt = (time.perf_counter() - t0) * 1e3
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return dt, code
+
+
+def time_command(argv: list[str], runs: int, out: Path, expect_lines: int | None = None) -> list[float]:
+    """Wall times of `runs` runs of argv; each must exit 0 (and print expect_lines lines, if given)."""
+    times = []
+    for _ in range(runs):
+        dt, code = wall_ms(argv, out)
+        text = out.read_text(errors="replace")
+        if code != 0:
+            raise BenchError(f"{' '.join(argv)} exited {code}; output:\n{text[-2000:]}")
+        if expect_lines is not None and len(text.splitlines()) != expect_lines:
+            raise BenchError(f"{' '.join(argv)} printed {len(text.splitlines())} lines, expected {expect_lines}; "
+                             f"output:\n{text[-2000:]}")
+        times.append(dt)
+    return times
+
+
+def time_import(runs: int) -> list[float]:
+    """ms to import procguardctl.client in a fresh interpreter (after site, so start-up is excluded)."""
+    code = "import time\nt=time.perf_counter()\nimport procguardctl.client\nprint(time.perf_counter()-t)"
+    out = []
+    for _ in range(runs):
+        r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                           env=clean_env(), cwd="/")
+        if r.returncode != 0:
+            raise BenchError(f"import procguardctl.client failed:\n{r.stderr[-2000:]}")
+        out.append(float(r.stdout.strip()) * 1e3)
+    return out
+
+
+IMPORTTIME_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")
+
+
+def importtime_breakdown() -> dict[str, Any]:
+    """One `-X importtime` run: total for procguardctl.client and its costliest nested imports (ms)."""
+    r = subprocess.run([PYTHON, "-X", "importtime", "-c", "import procguardctl.client"], capture_output=True,
+                       text=True, timeout=CLI_TIMEOUT_S, env=clean_env(), cwd="/")
+    if r.returncode != 0:
+        raise BenchError(f"python -X importtime failed:\n{r.stderr[-2000:]}")
+    entries = []  # (depth, name, cumulative ms) in the order printed: children before their parent
+    for line in r.stderr.splitlines():
+        m = IMPORTTIME_LINE.match(line)
+        if m:
+            # One space after the bar at the top level, two more per level of nesting.
+            entries.append(((len(m.group(3)) - 1) // 2, m.group(4), int(m.group(2)) / 1e3))
+    # Top level (depth 0) entries printed after site's own imports: the ones this -c statement caused.
+    ours = [(name, ms) for depth, name, ms in entries if depth == 0 and name.startswith("procguardctl")]
+    if not ours:
+        raise BenchError(f"no procguardctl line in -X importtime output:\n{r.stderr[-2000:]}")
+    # Direct imports of procguardctl.client: the depth 1 entries between the top-level entry before it
+    # (the procguardctl package) and its own line.
+    end = next(i for i, (d, n, _) in enumerate(entries) if d == 0 and n == "procguardctl.client")
+    start = max((i for i, (d, _, _) in enumerate(entries[:end]) if d == 0), default=-1)
+    direct = sorted(((n, ms) for d, n, ms in entries[start + 1:end] if d == 1), key=lambda x: -x[1])
+    return {"total_ms": sum(ms for _, ms in ours), "top_level": ours, "direct_imports": direct}
+
+
+# -------------------------------------------------------------------------------------- the server
+
+
+class StatusProbe:
+    """A DEALER in this process, connected to the daemon's control socket; times `status` round trips."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.rcvtimeo = int(CLI_TIMEOUT_S * 1000)
+        self.sock.connect(endpoint)
+        self.endpoint = endpoint
+        self._next_id = 0
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+    def status(self, long: bool = False) -> tuple[float, bytes, dict[str, Any]]:
+        """One round trip: (ms from send to the reply frame, the frame, the decoded reply)."""
+        self._next_id += 1
+        rid = f"bench-{self._next_id}"
+        frame = encode_request("status", {"long": True} if long else {}, rid)
+        t0 = time.perf_counter()
+        self.sock.send(frame)
+        try:
+            reply = self.sock.recv()
+        except zmq.Again:
+            raise BenchError(f"no reply to status from {self.endpoint} within {CLI_TIMEOUT_S}s") from None
+        dt = (time.perf_counter() - t0) * 1e3
+        msg = json.loads(reply)
+        if not isinstance(msg, dict) or msg.get("id") != rid or msg.get("ok") is not True:
+            raise BenchError(f"unexpected reply to {rid}: {reply[:500]!r}")
+        return dt, reply, msg
+
+
+def check_all_running(msg: dict[str, Any], n: int) -> None:
+    result = msg.get("result")
+    if not isinstance(result, list) or len(result) != n:
+        raise BenchError(f"status listed {len(result) if isinstance(result, list) else result!r} processes, "
+                         f"expected {n}")
+    bad = [st for st in result if st.get("state") != "RUNNING"]
+    if bad:
+        raise BenchError(f"{len(bad)} processes not RUNNING, e.g. {bad[0]}")
+
+
+def time_server(probe: StatusProbe, daemon_pid: int, n: int, samples: int) -> dict[str, Any]:
+    """`samples` status round trips, REQUEST_GAP_S apart, with the daemon's CPU time over all of them."""
+    _, _, msg = probe.status()  # warm-up: connect and ZAP handshake happen here, outside the figures
+    check_all_running(msg, n)
+    proc = psutil.Process(daemon_pid)
+    cpu0 = proc.cpu_times()
+    times = []
+    size = 0
+    for _ in range(samples):
+        time.sleep(REQUEST_GAP_S)
+        dt, reply, msg = probe.status()
+        check_all_running(msg, n)
+        times.append(dt)
+        size = len(reply)
+    cpu1 = proc.cpu_times()
+    cpu_ms = ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) * 1e3
+    return {"round_trip_ms": times, "reply_bytes": size, "daemon_cpu_ms_per_request": cpu_ms / samples,
+            "cpu_tick_ms": 1e3 / os.sysconf("SC_CLK_TCK")}
+
+
+# ------------------------------------------------------------------------------------------ daemon
+
+
+def start_daemon(bench: Bench, n: int) -> tuple[Daemon, str, float]:
+    """A daemon with n sleep programs and a control socket, all RUNNING; returns it, its endpoint, start s."""
+    raise_nofile(n)
+    d = bench.daemon(f"control-{n}", programs_toml(n, SLEEP_ARGV))
+    endpoint = f"ipc://{d.work}/run/control.sock"
+    # bench_engine's Daemon writes [procguard] without a control endpoint: write the same config with one.
+    d.config.write_text(f'[procguard]\nlogdir = "{d.work}/logs"\nloglevel = "info"\ncontrol = "{endpoint}"\n\n'
+                        f"{programs_toml(n, SLEEP_ARGV)}")
+    d.start()
+    d.wait_event("control_listening", timeout_s=60)
+    running: set[str] = set()
+
+    def all_up() -> bool:
+        for e in d.poll_log():
+            if e.get("event") == "process_state_changed" and e.get("new") == "RUNNING":
+                running.add(e["process"])
+        return len(running) >= n and len(sleep_children(d)) >= n
+
+    poll_until(all_up, STARTUP_DEADLINE_S, f"{n} programs RUNNING (log) and exec'd (psutil)", interval_s=0.01)
+    return d, endpoint, time.monotonic() - d.popen_mono
+
+
+def stop_daemon(d: Daemon) -> list[int]:
+    """SIGTERM (SIGKILL after 60 s); return the pids of its sleep children still alive after, killed."""
+    before = []
+    for c in sleep_children(d):
+        try:
+            before.append(psutil.Process(c.pid))  # remembers create_time: no pid-reuse mistakes below
+        except psutil.NoSuchProcess:
+            pass
+    d.kill()
+    survivors = []
+    for p in before:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                survivors.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    for p in survivors:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(survivors, timeout=5)
+    return [p.pid for p in survivors]
+
+
+@contextmanager
+def probe_for(endpoint: str) -> Iterator[StatusProbe]:
+    probe = StatusProbe(endpoint)
+    try:
+        yield probe
+    finally:
+        probe.close()
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def bench_programs(bench: Bench, n: int, cli_runs: int, samples: int) -> dict[str, Any]:
+    d, endpoint, up_s = start_daemon(bench, n)
+    print(f"{n} programs of `sleep 100000`: all RUNNING {up_s:.2f} s after the daemon's Popen; endpoint {endpoint}")
+    out = bench.root / f"ctl-{n}.out"
+    res: dict[str, Any] = {"n": n, "startup_s": up_s}
+    try:
+        res["cli_status_ms"] = time_command([CTL, "-s", endpoint, "status"], cli_runs, out, expect_lines=n)
+        print(fmt_row("procguardctl status (Popen -> exit)", res["cli_status_ms"],
+                      TARGETS["cli_status_50_ms"] if n == 50 else None))
+        res["cli_status_json_ms"] = time_command([CTL, "-s", endpoint, "--json", "status"], cli_runs, out)
+        if len(json.loads(out.read_text())) != n:
+            raise BenchError(f"procguardctl --json status did not list {n} processes")
+        print(fmt_row("procguardctl --json status", res["cli_status_json_ms"]))
+        with probe_for(endpoint) as probe:
+            res["server"] = srv = time_server(probe, d.pid, n, samples)
+            print(fmt_row("server side: status round trip (DEALER)", srv["round_trip_ms"],
+                          TARGETS["server_status_1000_ms"] if n == 1000 else None, p90=True))
+            print(f"  {'  reply size':<44} {srv['reply_bytes']} bytes ({srv['reply_bytes'] / n:.0f} per process)")
+            print(f"  {'  daemon CPU per request (psutil)':<44} {srv['daemon_cpu_ms_per_request']:.2f} ms "
+                  f"(clock ticks of {srv['cpu_tick_ms']:.0f} ms: resolution {srv['cpu_tick_ms'] / samples:.2f} ms)")
+            if n == 50:
+                dt, code = wall_ms([CTL, "-s", endpoint, "status", "-l"], out)
+                if code != 0 or len(out.read_text().splitlines()) != n + 1:  # a header line, then one per process
+                    raise BenchError(f"procguardctl status -l exited {code}:\n{out.read_text()[-2000:]}")
+                long_ms, _, msg = probe.status(long=True)
+                check_all_running(msg, n)
+                res["cli_status_long_ms"] = dt
+                res["server_status_long_ms"] = long_ms
+                print(f"  {'procguardctl status -l (once; 0.2 s sample)':<44} {dt:.1f} ms")
+                print(f"  {'server side: status long=true (once)':<44} {long_ms:.1f} ms")
+    finally:
+        survivors = stop_daemon(d)
+    res["children_surviving_daemon"] = survivors
+    print(f"  {'sleep children surviving the daemon':<44} {len(survivors)}"
+          + (f"  (killed: {survivors})" if survivors else ""))
+    return res
+
+
+def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
+    quick = args.quick
+    cli_runs = 5 if quick else 20
+    samples = 30 if quick else 200
+    base_runs = 5 if quick else 20
+    results: dict[str, Any] = {
+        "mode": "quick" if quick else "full",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+                    "load_avg_at_start": os.getloadavg()},
+        "targets": TARGETS,
+    }
+    print(f"procguard control benchmark ({results['mode']}): {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, kernel {platform.release()}, load {os.getloadavg()[0]:.2f}")
+    print(f"python: {PYTHON}; procguardctl: {CTL}; temp dir {bench.root}\n")
+
+    out = bench.root / "baseline.out"
+    print("client start-up, no daemon (Popen -> exit):")
+    results["python_pass_ms"] = time_command([PYTHON, "-c", "pass"], base_runs, out)
+    print(fmt_row("python -c pass", results["python_pass_ms"]))
+    results["ctl_version_ms"] = time_command([CTL, "--version"], base_runs, out)
+    print(fmt_row("procguardctl --version (no pyzmq)", results["ctl_version_ms"]))
+    results["import_client_ms"] = time_import(base_runs)
+    print(fmt_row("import procguardctl.client (perf_counter)", results["import_client_ms"]))
+    results["importtime"] = it = importtime_breakdown()
+    direct = ", ".join(f"{name} {ms:.1f}" for name, ms in it["direct_imports"][:4])
+    print(f"  {'  -X importtime, once: total':<44} {it['total_ms']:.1f} ms; costliest direct imports (ms): {direct}")
+    print()
+
+    results["programs"] = {}
+    for n in (50, 1000):
+        results["programs"][str(n)] = bench_programs(bench, n, cli_runs, samples)
+        print()
+
+    print_summary(results)
+    return results
+
+
+def print_summary(res: dict[str, Any]) -> None:
+    p50, p1000 = res["programs"]["50"], res["programs"]["1000"]
+    rows: list[tuple[str, float, float | None, str]] = [
+        ("procguardctl status, 50 programs", statistics.median(p50["cli_status_ms"]), TARGETS["cli_status_50_ms"],
+         ""),
+        ("procguardctl status, 1000 programs", statistics.median(p1000["cli_status_ms"]), None,
+         f"supervisorctl ~{SUPERVISORD_1000_MS:g} ms"),
+        ("server-side status, 1000 processes", statistics.median(p1000["server"]["round_trip_ms"]),
+         TARGETS["server_status_1000_ms"], ""),
+        ("server-side status, 50 processes", statistics.median(p50["server"]["round_trip_ms"]), None, ""),
+        ("python -c pass (interpreter start-up)", statistics.median(res["python_pass_ms"]), None, ""),
+        ("procguardctl --version (start-up, no pyzmq)", statistics.median(res["ctl_version_ms"]), None, ""),
+    ]
+    print("summary, medians in ms (figures only; nothing here fails the run):")
+    print(f"  {'figure':<46} {'median':>8}  {'target':>8}  {'ratio':>5}  verdict  reference")
+    for label, value, target, ref in rows:
+        if target is None:
+            print(f"  {label:<46} {value:>8.2f}  {'-':>8}  {'-':>5}  {'':<7}  {ref}")
+        else:
+            verdict = "within" if value < target else "OVER"
+            print(f"  {label:<46} {value:>8.2f}  {'< ' + format(target, 'g'):>8}  {value / target:>5.2f}  "
+                  f"{verdict:<7}  {ref}")
+    surv = len(p50["children_surviving_daemon"]) + len(p1000["children_surviving_daemon"])
+    print(f"  {'sleep children surviving SIGTERM (both daemons)':<46} {surv:>8}  {'= 0':>8}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark procguard's control socket against a real daemon.")
+    ap.add_argument("--quick", action="store_true", help="5 runs and 30 requests instead of 20 and 200 (~6 s)")
+    ap.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    args = ap.parse_args(argv)
+    bench = Bench()
+    t0 = time.monotonic()
+    try:
+        with sigterm_unwinds():
+            results = run(args, bench)
+    except BenchError as exc:
+        print(f"\nbench_control: cannot measure: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Interrupted):
+        print("\nbench_control: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        # Bounded (TERM, 60 s, KILL); a second Ctrl-C must not leave children behind.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            killed = bench.close()
+        finally:
+            signal.signal(signal.SIGINT, old)
+        if killed:
+            print(f"bench_control: cleanup killed leftover children: {killed}", file=sys.stderr)
+    results["elapsed_s"] = time.monotonic() - t0
+    results["cleanup_killed"] = killed
+    print(f"\nelapsed {results['elapsed_s']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
