@@ -20,6 +20,7 @@ import fcntl
 import grp
 import os
 import pwd
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -214,18 +215,22 @@ class ControlServer:
 
     def _prepare_ipc(self, path: str) -> None:
         directory = os.path.dirname(path) or "."
-        if not os.path.isdir(directory):
+        created = False
+        if not os.path.lexists(directory):
             os.makedirs(os.path.dirname(directory) or "/", exist_ok=True)
             try:
                 os.mkdir(directory, 0o750)
+                created = True
             except FileExistsError:
                 pass
+        # Whoever owns the directory can swap the socket for their own, and the default may sit in /tmp
+        # where someone else could have made it first (or left a symlink): only root or us.
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+            raise ControlSetupError(f"{directory}: not a directory owned by root or uid {os.geteuid()}; "
+                                    "refusing to put the control socket there")
+        if created or self.endpoint == default_endpoint():
             os.chmod(directory, 0o750)  # mkdir's mode is filtered by the umask
-            if self.config.control_gid is not None:
-                os.chown(directory, -1, self.config.control_gid)
-        elif self.endpoint == default_endpoint():
-            # Our own runtime directory: keep it private even if something loosened it.
-            os.chmod(directory, 0o750)
             if self.config.control_gid is not None:
                 os.chown(directory, -1, self.config.control_gid)
         lock_path = path + ".lock"

@@ -72,6 +72,36 @@ def test_status_reads_like_supervisorctl_and_exits_3_when_not_all_running(daemon
     assert r.returncode == 3
 
 
+def test_status_is_coloured_only_on_a_terminal(daemon):
+    d = daemon()
+    d.write_config(prog("web", probe(d.work, "web"), startsecs=0))
+    d.start()
+    running(d, "web")
+    primary, secondary = os.openpty()
+    try:
+        proc = subprocess.run([*CTL, "-s", d.endpoint, "status"], stdout=secondary, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, timeout=30, env={k: v for k, v in os.environ.items()
+                                                                          if k != "NO_COLOR"})
+        os.close(secondary)
+        secondary = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert proc.returncode == 0
+    assert b"\x1b[32mRUNNING  \x1b[0m" in out, out
+    assert "\x1b[" not in ctl(d, "status").stdout
+
+
 def test_status_shows_the_reason_for_backoff_and_fatal(daemon):
     d = daemon()
     d.write_config(prog("crashy", probe(d.work, "crashy", mode="exit", code=3), startsecs="1s",
@@ -330,6 +360,21 @@ def test_socket_and_directory_are_private_by_default(daemon):
     assert stat.S_IMODE(sock.stat().st_mode) == 0o660
     running(d, "web")
     assert ctl(d, "status").returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand a directory to nobody")
+def test_a_socket_directory_owned_by_another_user_is_refused(daemon):
+    d = daemon()
+    theirs = d.work / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, pwd.getpwnam("nobody").pw_uid, -1)  # nobody could swap our socket for theirs
+    d.endpoint = f"ipc://{theirs}/control.sock"
+    d.write_config(prog("web", probe(d.work, "web"), startsecs=0))
+    d.start(wait=False)
+    assert d.proc.wait(30) == 1
+    [ev] = d.events("control_setup_failed")
+    assert f"{theirs}: not a directory owned by root or uid 0" in ev["error"]
+    assert not d.reports("web")
 
 
 def test_a_second_daemon_on_the_same_endpoint_refuses_to_start(daemon):
