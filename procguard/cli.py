@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--config", required=True, help="main TOML config file")
     parser.add_argument("--check", action="store_true", help="validate the config, print the programs, exit 0/1")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override loglevel")
-    parser.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    parser.add_argument("--log-format", choices=("auto", "console", "json", "journal"), default="auto",
+                        help="auto: journal under systemd (JOURNAL_STREAM), console on a TTY, else json")
     parser.add_argument("--version", action="version", version=f"procguard {VERSION}")
     args = parser.parse_args(argv)
     try:

@@ -6,7 +6,7 @@ from typing import Literal
 
 import structlog
 
-Format = Literal["auto", "console", "json"]
+Format = Literal["auto", "console", "json", "journal"]
 
 
 def configure_logging(level: str = "info", fmt: Format = "auto") -> None:
