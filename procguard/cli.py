@@ -40,7 +40,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
         control = ControlServer(self.config, sup, self._reload_command,
-                                lambda: self._signals.put_nowait(signal.SIGTERM))
+                                lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output)
         try:
             control.open()
         except (ControlSetupError, OSError) as exc:
@@ -63,8 +63,7 @@ class Daemon:
                 if received == signal.SIGHUP:
                     await self._reload()
                 elif received == signal.SIGUSR2:
-                    # TODO(#4): reopen log files. Children hold their files open themselves until then.
-                    log.warning("logs_reopen_unsupported", reason="children write to their log files directly")
+                    osapi.output.reopen()  # after an external logrotate moved the files away
         finally:
             # status still answers while programs stop; start, restart and reload are refused.
             control.stopping = True
@@ -75,6 +74,8 @@ class Daemon:
                 pass
             await sup.stop_all()
             await self._stop_orphans(osapi)
+            # Every child is gone: read each pipe to its end so all they wrote is in their files.
+            osapi.output.close()
             await control.close()
             for task in list(osapi.tasks):
                 task.cancel()

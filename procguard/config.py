@@ -77,6 +77,14 @@ class ProgramConfig:
     killasgroup: bool
     priority: int
     redirect_stderr: bool
+    stdout_logfile_maxbytes: int  # 0: never rotate
+    stdout_logfile_backups: int
+    stdout_logfile_timestamps: bool
+    stdout_tail_maxbytes: int  # the in-memory tail buffer behind `procguardctl tail`
+    stderr_logfile_maxbytes: int
+    stderr_logfile_backups: int
+    stderr_logfile_timestamps: bool
+    stderr_tail_maxbytes: int
     backoff_initial: float
     backoff_max: float
     backoff_reset: float
@@ -294,6 +302,7 @@ PROGRAM_KEYS = frozenset(
         "killasgroup", "priority", "numprocs", "numprocs_start", "process_name", "redirect_stderr",
         "stdout_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
         "stderr_logfile", "stderr_logfile_maxbytes", "stderr_logfile_backups",
+        "stdout_logfile_timestamps", "stderr_logfile_timestamps", "stdout_tail_maxbytes", "stderr_tail_maxbytes",
         "backoff_initial", "backoff_max", "backoff_reset",
     }
 )
@@ -411,9 +420,14 @@ def _parse_program(
     stdout_logfile = p.get("stdout_logfile", _parse_str, LOG_AUTO)
     stderr_logfile = p.get("stderr_logfile", _parse_str, LOG_AUTO)
     redirect_stderr = p.get("redirect_stderr", _parse_bool, False)
+    streams: dict[str, Any] = {}
     for stream in ("stdout", "stderr"):
-        p.get(f"{stream}_logfile_maxbytes", parse_size, 50 * 1024 * 1024)
-        p.get(f"{stream}_logfile_backups", lambda v: _parse_int(v, 0), 10)
+        streams[f"{stream}_logfile_maxbytes"] = p.get(f"{stream}_logfile_maxbytes", parse_size, 50 * 1024 * 1024)
+        streams[f"{stream}_logfile_backups"] = p.get(f"{stream}_logfile_backups", lambda v: _parse_int(v, 0), 10)
+        streams[f"{stream}_logfile_timestamps"] = p.get(f"{stream}_logfile_timestamps", _parse_bool, False)
+        tail = streams[f"{stream}_tail_maxbytes"] = p.get(f"{stream}_tail_maxbytes", parse_size, 64 * 1024)
+        if tail > 64 * 1024 * 1024:
+            p.err(f"{stream}_tail_maxbytes", f"at most 64MB (it is kept in memory per process), got {tail}")
     if redirect_stderr and "stderr_logfile" in table:
         p.err("stderr_logfile", "is ignored with redirect_stderr = true; remove one of them")
 
@@ -486,6 +500,7 @@ def _parse_program(
         killasgroup=p.get("killasgroup", _parse_bool, True),
         priority=p.get("priority", _parse_int, 999),
         redirect_stderr=redirect_stderr,
+        **streams,
         backoff_initial=p.get("backoff_initial", parse_duration, 1.0),
         backoff_max=p.get("backoff_max", parse_duration, 60.0),
         backoff_reset=p.get("backoff_reset", parse_duration, 10.0),

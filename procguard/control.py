@@ -15,6 +15,7 @@ Safe by default (docs/protocol.md, "Security"):
 """
 
 import asyncio
+import base64
 import errno
 import fcntl
 import grp
@@ -24,7 +25,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import structlog
@@ -35,9 +36,10 @@ from zmq.utils import z85
 
 from procguard.config import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
+from procguard.output import Output, Stream
 from procguard.process import ProcessStatus
 from procguard.protocol import (
-    E_BAD_CONFIG, E_BAD_REQUEST, E_INTERNAL, E_SHUTTING_DOWN, MAX_FRAME_BYTES, PROTOCOL_VERSION, VERSION,
+    E_BAD_ARGS, E_BAD_CONFIG, E_BAD_REQUEST, E_INTERNAL, E_SHUTTING_DOWN, MAX_FRAME_BYTES, PROTOCOL_VERSION, VERSION,
     ProtocolError, Request, decode_request, default_endpoint, encode_reply, ipc_path,
 )
 from procguard.supervisor import ActionResult, Supervisor
@@ -48,6 +50,12 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27 (ZAP)
 ZAP_DOMAIN = "procguard"
 # The wide status view samples CPU over this window, off the event loop.
 CPU_SAMPLE_S = 0.2
+# tail -f: at most this much per pushed message (a firehose shows its newest bytes and an offset gap),
+# this many messages queued per slow client (ZMQ_SNDHWM) before pushes are dropped, and this many
+# followers per stream.
+FOLLOW_MAX_PUSH = 256 * 1024
+SEND_HWM = 64
+MAX_FOLLOWERS = 16
 # Commands refused once shutdown began (status, pid and version still answer while programs stop).
 REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "reload", "signal"})
 
@@ -150,8 +158,11 @@ class ControlServer:
         supervisor: Supervisor,
         reload: Callable[[], Awaitable[ConfigDiff]],
         request_shutdown: Callable[[], None],
+        output: Output | None = None,
     ) -> None:
         self.config = config
+        self._output = output
+        self._followers: dict[Follow, Stream] = {}
         self.endpoint = config.control
         self._sup = supervisor
         self._reload = reload
@@ -186,6 +197,9 @@ class ControlServer:
         router = self._router = self._ctx.socket(zmq.ROUTER)
         router.linger = 0
         router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)  # bigger frames drop the peer before buffering
+        # Sending to a peer that left raises EHOSTUNREACH instead of vanishing: how tail -f learns it ended.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.sndhwm = SEND_HWM
         router.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # fail closed: no handler means no entry
         if self.endpoint.startswith("tcp://"):
@@ -255,6 +269,8 @@ class ControlServer:
 
     async def close(self) -> None:
         """Stop serving; cancel requests in flight; unbind and unlink the socket; release the lock."""
+        for follow, stream in list(self._followers.items()):
+            follow.end(stream, "procguard is shutting down")
         for task in [*self._serving, *self._tasks]:
             task.cancel()
         await asyncio.gather(*self._serving, *self._tasks, return_exceptions=True)
@@ -337,13 +353,17 @@ class ControlServer:
             envelope.append(b"")
             rest = rest[1:]
         request_id: str | None = None
+        result: Any = None
         try:
             if len(rest) != 1:
                 raise ProtocolError(E_BAD_REQUEST, f"expected one frame per request, got {len(rest)}")
             req = decode_request(rest[0])
             request_id = req.id
             result = await self._dispatch(req)
-            reply = encode_reply(request_id, result)
+            if isinstance(result, FollowStart):
+                reply = encode_reply(request_id, result.first, more=True)
+            else:
+                reply = encode_reply(request_id, result)
         except ProtocolError as exc:
             log.warning("control_request_rejected", code=exc.code, message=exc.message, size=sum(map(len, rest)))
             reply = encode_reply(exc.request_id, error=(exc.code, exc.message))
@@ -358,8 +378,15 @@ class ControlServer:
             log.exception("control_command_failed", request_id=request_id)
             reply = encode_reply(request_id, error=(E_INTERNAL, f"internal error: {type(exc).__name__}: {exc}"))
         if self._router is not None:
-            # A peer that left meanwhile is unknown to the ROUTER, which then drops the reply silently.
-            await self._router.send_multipart([*envelope, reply])
+            try:
+                await self._router.send_multipart([*envelope, reply])
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                log.info("control_client_gone", request_id=request_id)  # it left before its reply
+                return
+            if isinstance(result, FollowStart):
+                self._follow(result, envelope)
 
     async def _dispatch(self, req: Request) -> Any:
         args = req.args
@@ -369,6 +396,9 @@ class ControlServer:
         log.debug("control_request", cmd=req.cmd, names=names)
         if req.cmd == "status":
             statuses = [status_dict(s) for s in self._sup.status(names)]
+            if self._output is not None:
+                for st in statuses:
+                    st["output_dropped_bytes"] = self._output.dropped(st["name"])
             if args.get("long"):
                 pids = [s["pid"] for s in statuses if s["pid"]]
                 usage = await asyncio.to_thread(tree_usage, pids)
@@ -393,8 +423,99 @@ class ControlServer:
             return [{"name": s.name, "pid": s.pid} for s in self._sup.status(names)]
         if req.cmd == "version":
             return {"version": VERSION, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
+        if req.cmd == "tail":
+            return self._tail(args["name"], args.get("stream", "stdout"), bool(args.get("follow")), req.id)
+        if req.cmd == "logreopen":
+            return {"reopened": self._require_output().reopen()}
+        if req.cmd == "logrotate":
+            return {"rotated": self._require_output().rotate(p.name for p in self._sup.resolve(names))}
         if req.cmd == "shutdown":
             # Reply first; the daemon's main loop then stops every program as on SIGTERM.
             asyncio.get_running_loop().call_soon(self._request_shutdown)
             return {"shutting_down": True, "pid": os.getpid()}
         raise AssertionError(f"command {req.cmd} is in COMMANDS but has no handler")
+
+    # ------------------------------------------------------------------------------------ tail
+
+    def _require_output(self) -> Output:
+        if self._output is None:
+            raise ControlError(E_INTERNAL, "this daemon captures no output")
+        return self._output
+
+    def _tail(self, name: str, which: str, follow: bool, request_id: str) -> "dict[str, Any] | FollowStart":
+        procs = self._sup.resolve([name])
+        if len(procs) != 1 or name == "all":
+            raise ControlError(E_BAD_ARGS, f"tail takes one process; {name} is {len(procs)}: "
+                                           + ", ".join(p.name for p in procs[:5]))
+        proc = procs[0]
+        if which == "stderr" and proc.program.redirect_stderr:
+            raise ControlError(E_BAD_ARGS, f"{proc.name} has redirect_stderr = true: its stderr is in stdout")
+        stream = self._require_output().streams_of(proc.program, proc.config)[0 if which == "stdout" else 1]
+        assert stream is not None
+        first = {"name": proc.name, "stream": which, "data": _b64(bytes(stream.tail_buffer)),
+                 "offset": stream.offset, "dropped_bytes": stream.dropped}
+        if not follow:
+            return first
+        if len(stream.followers) >= MAX_FOLLOWERS:
+            raise ControlError(E_BAD_ARGS, f"{proc.name} {which} already has {MAX_FOLLOWERS} followers")
+        return FollowStart(first, stream, request_id)
+
+    def _follow(self, start: "FollowStart", envelope: list[bytes]) -> None:
+        assert self._router is not None
+        follow = Follow(self._router, envelope, start.request_id, self._unfollow)
+        self._followers[follow] = start.stream
+        start.stream.followers.add(follow)
+
+    def _unfollow(self, follow: "Follow") -> None:
+        stream = self._followers.pop(follow, None)
+        if stream is not None:
+            stream.followers.discard(follow)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class FollowStart:
+    """tail -f: the first reply, then the stream to follow once it is sent."""
+
+    first: dict[str, Any]
+    stream: Stream
+    request_id: str
+
+
+class Follow:
+    """One `tail -f` client: every new chunk of its stream is pushed as a reply with "more": true.
+
+    Pushes never wait: a client too slow to keep up (SEND_HWM messages queued) loses chunks, which it
+    sees as a gap in the offsets; a client that left (EHOSTUNREACH) is dropped on the next push.
+    """
+
+    def __init__(self, router: zmq.asyncio.Socket, envelope: list[bytes], request_id: str,
+                 on_gone: Callable[["Follow"], None]) -> None:
+        self._router = router
+        self._envelope = envelope
+        self._request_id = request_id
+        self._on_gone = on_gone
+
+    def __call__(self, data: bytes, offset: int) -> None:
+        if len(data) > FOLLOW_MAX_PUSH:
+            data = data[-FOLLOW_MAX_PUSH:]
+        self._push({"data": _b64(data), "offset": offset}, more=True)
+
+    def end(self, stream: Stream, why: str) -> None:
+        self._push({"data": "", "offset": stream.offset, "end": why}, more=False)
+        self._on_gone(self)
+
+    def _push(self, result: dict[str, Any], more: bool) -> None:
+        frames = [*self._envelope, encode_reply(self._request_id, result, more=more)]
+        # With NOBLOCK, zmq.asyncio returns a future that is already done (sent, Again or EHOSTUNREACH).
+        sent = cast("asyncio.Future[Any]", self._router.send_multipart(frames, flags=zmq.NOBLOCK))
+        sent.add_done_callback(self._sent)
+
+    def _sent(self, fut: "asyncio.Future[Any]") -> None:
+        exc = fut.exception() if not fut.cancelled() else None
+        if isinstance(exc, zmq.ZMQError) and exc.errno == zmq.EHOSTUNREACH:
+            self._on_gone(self)
+        # zmq.Again: the client is behind; this chunk is skipped (its offset shows the gap).

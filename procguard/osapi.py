@@ -20,6 +20,7 @@ import psutil
 import structlog
 
 from procguard.errors import SpawnError
+from procguard.output import Output
 from procguard.process import Process, Timer
 from procguard.spawn import spawn_process
 
@@ -40,9 +41,10 @@ def become_subreaper() -> bool:
 class RealOS:
     """The seam `process.Process` acts through, bound to one asyncio loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, logdir: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, logdir: str, output: Output | None = None) -> None:
         self._loop = loop
         self.logdir = logdir
+        self.output = output if output is not None else Output(loop, logdir)
         self._by_pid: dict[int, Process] = {}
         self._popens: dict[int, subprocess.Popen[bytes]] = {}
         self._spawns_in_flight = 0
@@ -100,16 +102,28 @@ class RealOS:
     async def _spawn(self, process: Process) -> None:
         self._spawns_in_flight += 1
         try:
+            pipes = self.output.open_pipes(process.program, process.config)
+        except OSError as exc:
+            self._spawn_done()
+            reason = f"cannot create output pipes: {exc.strerror or exc}"
+            log.warning("spawn_failed", program=process.program.name, process=process.name, reason=reason)
+            process.spawn_failed(reason)
+            return
+        try:
             # fork/exec off the loop (as trio does): a large daemon's fork can take milliseconds.
-            popen = await asyncio.to_thread(spawn_process, process.program, process.config, self.logdir)
+            popen = await asyncio.to_thread(spawn_process, process.program, process.config,
+                                            pipes.stdout, pipes.stderr)
         except SpawnError as exc:
+            pipes.abandon()
             self._spawn_done()
             log.warning("spawn_failed", program=process.program.name, process=process.name, reason=str(exc))
             process.spawn_failed(str(exc))
             return
         except BaseException:
+            pipes.abandon()
             self._spawn_done()
             raise
+        pipes.attach()
         pid = popen.pid
         self._by_pid[pid] = process
         self._popens[pid] = popen

@@ -47,7 +47,11 @@ COMMANDS: dict[str, frozenset[str]] = {
     "pid": frozenset({"names"}),
     "version": frozenset(),
     "shutdown": frozenset(),
+    "tail": frozenset({"name", "stream", "follow"}),
+    "logreopen": frozenset(),
+    "logrotate": frozenset({"names"}),
 }
+STREAMS = ("stdout", "stderr")
 
 
 class ProtocolError(Exception):
@@ -106,15 +110,26 @@ def decode_request(frame: bytes) -> Request:
         raise ProtocolError(E_BAD_ARGS, '"long" must be true or false', rid)
     if cmd == "signal" and not isinstance(args.get("signal"), str | int):
         raise ProtocolError(E_BAD_ARGS, 'signal needs "signal": a name like "HUP" or a number', rid)
+    if cmd == "tail":
+        if not isinstance(args.get("name"), str) or not args["name"]:
+            raise ProtocolError(E_BAD_ARGS, 'tail needs "name": one process, like "web" or "worker:worker_00"', rid)
+        if args.get("stream", "stdout") not in STREAMS:
+            raise ProtocolError(E_BAD_ARGS, '"stream" must be "stdout" or "stderr"', rid)
+        if not isinstance(args.get("follow", False), bool):
+            raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
     if cmd in ("start", "stop", "restart", "signal") and not names:
         raise ProtocolError(E_BAD_ARGS, f'{cmd} needs "names" (a program, program:process, group:* or all)', rid)
     return Request(id=rid, cmd=cmd, args=args)
 
 
-def encode_reply(request_id: str | None, result: Any = None, error: tuple[str, str] | None = None) -> bytes:
+def encode_reply(request_id: str | None, result: Any = None, error: tuple[str, str] | None = None,
+                 more: bool = False) -> bytes:
+    """One reply; `more` marks a streamed reply (tail follow) after which further ones come."""
     msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id}
     if error is None:
         msg.update(ok=True, result=result)
+        if more:
+            msg["more"] = True
     else:
         msg.update(ok=False, error={"code": error[0], "message": error[1]})
     return json.dumps(msg).encode()

@@ -84,6 +84,9 @@ def program(**over: object) -> ProgramConfig:
         autorestart=AutoRestart.UNEXPECTED, exitcodes=(0,), startsecs=1.0, startretries=None,
         stopsignal=int(signal.SIGTERM), stopwaitsecs=10.0, stopasgroup=True, killasgroup=True, priority=999,
         redirect_stderr=False, backoff_initial=1.0, backoff_max=60.0, backoff_reset=10.0,
+        stdout_logfile_maxbytes=0, stdout_logfile_backups=0, stdout_logfile_timestamps=False,
+        stdout_tail_maxbytes=65536, stderr_logfile_maxbytes=0, stderr_logfile_backups=0,
+        stderr_logfile_timestamps=False, stderr_tail_maxbytes=65536,
     )
     return replace(base, **over)  # type: ignore[arg-type]
 
