@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import os
+import resource
 import signal
 import sys
 
@@ -156,7 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         print("\nconfig OK")
         return 0
     configure_logging(args.log_level or config.loglevel, args.log_format)
+    raise_fd_limit()
     return asyncio.run(Daemon(config).run())
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard one: each process holds 1-2 output pipes in the daemon.
+
+    The default soft limit (1024) would stop a daemon with ~500 programs; systemd's LimitNOFILE sets the
+    hard one. Children inherit the raised soft limit, as they do under systemd's LimitNOFILE.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 if __name__ == "__main__":

@@ -369,3 +369,17 @@ def test_everything_written_before_exit_is_in_the_file_at_shutdown(daemon):
     assert d.stop() == 0
     data = out.read_bytes()
     assert len(data) == 8 * 1024 * 1024 + 4 and data.endswith(b"xbye\n")
+
+
+def test_copytruncate_goes_on_from_the_new_end_without_a_hole(daemon):
+    d = daemon()
+    out = d.work / "app.log"
+    d.write_config(prog("app", writer(d, "app", "on-signal"), startsecs=0, stdout_logfile=str(out)))
+    d.start()
+    wait_until(lambda: any(e.endswith("ready") for e in d.probe_events()), what="writer ready")
+    assert ctl(d, "signal", "USR1", "app").returncode == 0
+    wait_until(lambda: size(out) > 0, what="line 1")
+    os.truncate(out, 0)  # logrotate's copytruncate
+    assert ctl(d, "signal", "USR1", "app").returncode == 0
+    wait_until(lambda: size(out) > 0, what="line 2")
+    assert out.read_bytes().startswith(b"line 2 ")  # not NUL bytes up to the old offset

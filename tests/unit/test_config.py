@@ -969,3 +969,31 @@ def test_curve_keys_resolve_against_the_config_file(tmp_path: Path) -> None:
     assert config.curve is not None
     assert config.curve.server_secret_key == f"{tmp_path}/keys/server.key_secret"
     assert config.curve.authorized_clients == f"{tmp_path}/keys/clients"
+
+
+# ------------------------------------------------------------------------ output keys (#4)
+
+
+def test_output_keys_default_like_supervisor_plus_tail_and_timestamps(tmp_path: Path) -> None:
+    p = load_program(tmp_path, 'command = "/bin/true"')
+    assert (p.stdout_logfile_maxbytes, p.stdout_logfile_backups) == (50 * 1024 * 1024, 10)
+    assert (p.stderr_logfile_maxbytes, p.stderr_logfile_backups) == (50 * 1024 * 1024, 10)
+    assert (p.stdout_logfile_timestamps, p.stderr_logfile_timestamps) == (False, False)
+    assert (p.stdout_tail_maxbytes, p.stderr_tail_maxbytes) == (65536, 65536)
+
+
+def test_output_keys_are_parsed(tmp_path: Path) -> None:
+    p = load_program(tmp_path, 'command = "/bin/true"\nstdout_logfile_maxbytes = "1KB"\nstdout_logfile_backups = 0\n'
+                               'stderr_logfile_timestamps = true\nstdout_tail_maxbytes = "1MB"\n')
+    assert (p.stdout_logfile_maxbytes, p.stdout_logfile_backups) == (1024, 0)
+    assert p.stderr_logfile_timestamps is True and p.stdout_tail_maxbytes == 1024 * 1024
+
+
+def test_bad_output_keys_are_each_named(tmp_path: Path) -> None:
+    lines = refusal(tmp_path, HEADER + '[program.web]\ncommand = "/bin/true"\nstdout_logfile_timestamps = "yes"\n'
+                              'stderr_tail_maxbytes = "1GB"\n')
+    f = main_file(tmp_path)
+    assert lines == [
+        f"{f}: [program.web] stdout_logfile_timestamps: expected true or false, got 'yes'",
+        f"{f}: [program.web] stderr_tail_maxbytes: at most 64MB (it is kept in memory per process), got 1073741824",
+    ]
