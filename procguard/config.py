@@ -54,6 +54,38 @@ class ProcessConfig:
     stderr_logfile: str
 
 
+class Ready(enum.StrEnum):
+    """When a started process counts as RUNNING."""
+
+    STARTSECS = "startsecs"  # up for startsecs (supervisor's rule; the default without a health check)
+    NOTIFY = "notify"  # it sent READY=1 on its NOTIFY_SOCKET (sd_notify; gunicorn, uWSGI speak it)
+    HEALTHCHECK = "healthcheck"  # its health check passed once (the default with a health check)
+
+
+HEALTHCHECK_TYPES = ("http", "tcp", "uwsgi", "exec")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheckConfig:
+    """`[program.NAME.healthcheck]`: how to tell a running process is healthy."""
+
+    type: str  # one of HEALTHCHECK_TYPES
+    url: str | None = None  # http: "http://127.0.0.1:8000/health/"
+    unix_socket: str | None = None  # http over a unix socket (with `path`)
+    address: str | None = None  # tcp and uwsgi: "host:port" (uwsgi also a unix socket path)
+    path: str = "/"  # http with unix_socket, and uwsgi: the request path
+    method: str = "GET"
+    host: str | None = None  # the Host header (default: from the url, or "localhost")
+    expect_status: tuple[int, ...] = (200,)
+    expect_body: str | None = None  # a substring the body must contain
+    command: tuple[str, ...] = ()  # exec: exit 0 = healthy; runs as the program's user
+    interval: float = 10.0
+    timeout: float = 5.0
+    retries: int = 3  # consecutive failures before unhealthy
+    start_period: float = 0.0  # failures in this time after spawn do not count (readiness still waits)
+    on_unhealthy: str = "restart"  # "restart" | "none"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProgramConfig:
     """A `[program.NAME]` table, resolved. Field names are supervisor's keys."""
@@ -88,6 +120,15 @@ class ProgramConfig:
     backoff_initial: float
     backoff_max: float
     backoff_reset: float
+    type: str = "simple"  # "simple" (a service) or "oneshot" (a job: success is an exit code in exitcodes)
+    ready: Ready = Ready.STARTSECS
+    start_timeout: float = 60.0  # notify/healthcheck readiness: not ready by then = a failed start
+    healthcheck: HealthCheckConfig | None = None
+    depends_on: tuple[str, ...] = ()
+    max_memory: int | None = None  # RSS of the whole tree, bytes
+    max_age: float | None = None  # seconds
+    max_age_jitter: float = 0.0
+    resource_check_interval: float = 10.0
 
     @property
     def is_group(self) -> bool:
@@ -304,9 +345,15 @@ PROGRAM_KEYS = frozenset(
         "stderr_logfile", "stderr_logfile_maxbytes", "stderr_logfile_backups",
         "stdout_logfile_timestamps", "stderr_logfile_timestamps", "stdout_tail_maxbytes", "stderr_tail_maxbytes",
         "backoff_initial", "backoff_max", "backoff_reset",
+        "type", "ready", "start_timeout", "healthcheck", "depends_on", "max_memory", "max_age", "max_age_jitter",
+        "resource_check_interval",
     }
 )
 PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel", "control", "control_group", "curve"})
+HEALTHCHECK_KEYS = frozenset({
+    "type", "url", "unix_socket", "address", "path", "method", "host", "expect_status", "expect_body", "command",
+    "interval", "timeout", "retries", "start_period", "on_unhealthy",
+})
 CURVE_KEYS = frozenset({"server_secret_key", "authorized_clients", "client_secret_key"})
 LOGLEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -356,6 +403,95 @@ class _Program:
         except _Bad as exc:
             self.err(key, str(exc))
             return default
+
+
+def _parse_ready(value: object) -> Ready:
+    if isinstance(value, str) and value.lower() in set(Ready):
+        return Ready(value.lower())
+    raise _Bad(f'expected "startsecs", "notify" or "healthcheck", got {value!r}')
+
+
+def _parse_names(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise _Bad(f'expected a list of program names like ["db", "migrate"], got {value!r}')
+
+
+def _parse_status_codes(value: object) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, list) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in value):
+        return tuple(value)
+    raise _Bad(f"expected an HTTP status or a list of them like [200, 204], got {value!r}")
+
+
+def _parse_address(value: object) -> str:
+    if isinstance(value, str):
+        if value.startswith("/") or value.startswith("unix:"):
+            return value
+        host, sep, port = value.rpartition(":")
+        if sep and host and port.isdigit() and 0 < int(port) < 65536:
+            return value
+    raise _Bad(f'expected "host:port" or a unix socket path, got {value!r}')
+
+
+def _parse_healthcheck(p: "_Program", table: object) -> HealthCheckConfig | None:
+    """Resolve [program.NAME.healthcheck]; every problem goes to p as healthcheck.KEY."""
+    if not isinstance(table, dict):
+        p.err("healthcheck", "expected a table [program.NAME.healthcheck]")
+        return None
+    n_before = len(p.issues)
+    for key in sorted(set(table) - HEALTHCHECK_KEYS):
+        p.err(f"healthcheck.{key}", "unknown key" + _did_you_mean(key, HEALTHCHECK_KEYS))
+
+    def get(key: str, parser: Any, default: Any) -> Any:
+        if key not in table:
+            return default
+        try:
+            return parser(table[key])
+        except _Bad as exc:
+            p.err(f"healthcheck.{key}", str(exc))
+            return default
+
+    kind = get("type", _parse_str, None)
+    if kind not in HEALTHCHECK_TYPES:
+        p.err("healthcheck.type", f"expected one of {', '.join(HEALTHCHECK_TYPES)}, got {kind!r}")
+        return None
+    url = get("url", _parse_str, None)
+    unix_socket = get("unix_socket", _parse_str, None)
+    address = get("address", _parse_address, None)
+    command = get("command", _parse_command, ())
+    if kind == "http":
+        if (url is None) == (unix_socket is None):
+            p.err("healthcheck.url", 'http needs either url = "http://127.0.0.1:PORT/path" or unix_socket + path')
+        elif url is not None and not re.match(r"^http://[^/\s]+(/\S*)?$", url):
+            p.err("healthcheck.url", f'expected "http://host:port/path" (plain HTTP), got {url!r}')
+    if kind in ("tcp", "uwsgi") and address is None:
+        p.err("healthcheck.address", f'{kind} needs address = "127.0.0.1:PORT"'
+              + (" or a unix socket path" if kind == "uwsgi" else ""))
+    if kind == "exec" and not command:
+        p.err("healthcheck.command", "exec needs command = [...]: exit 0 means healthy")
+    on_unhealthy = get("on_unhealthy", _parse_str, "restart")
+    if on_unhealthy not in ("restart", "none"):
+        p.err("healthcheck.on_unhealthy", f'expected "restart" or "none", got {on_unhealthy!r}')
+    path = get("path", _parse_str, "/")
+    if not path.startswith("/"):
+        p.err("healthcheck.path", f'expected a path starting with "/", got {path!r}')
+    hc = HealthCheckConfig(
+        type=kind, url=url, unix_socket=unix_socket, address=address, path=path,
+        method=get("method", _parse_str, "GET").upper(), host=get("host", _parse_str, None),
+        expect_status=get("expect_status", _parse_status_codes, (200,)),
+        expect_body=get("expect_body", _parse_str, None), command=command,
+        interval=get("interval", parse_duration, 10.0), timeout=get("timeout", parse_duration, 5.0),
+        retries=get("retries", lambda v: _parse_int(v, 1), 3), start_period=get("start_period", parse_duration, 0.0),
+        on_unhealthy=on_unhealthy,
+    )
+    if hc.interval <= 0 or hc.timeout <= 0:
+        p.err("healthcheck.interval", "interval and timeout must be above 0")
+    return hc if len(p.issues) == n_before else None
 
 
 def _resolve_log(value: str, logdir: str, process_name: str, stream: str) -> str:
@@ -480,6 +616,22 @@ def _parse_program(
         )
 
     startretries = p.get("startretries", lambda v: _parse_int(v, 0), None)
+    kind = p.get("type", _parse_str, "simple")
+    if kind not in ("simple", "oneshot"):
+        p.err("type", f'expected "simple" (a service) or "oneshot" (a job run once), got {kind!r}')
+        kind = "simple"
+    healthcheck = _parse_healthcheck(p, table.get("healthcheck")) if "healthcheck" in table else None
+    ready_default = Ready.HEALTHCHECK if healthcheck is not None else Ready.STARTSECS
+    ready = p.get("ready", _parse_ready, ready_default)
+    if ready == Ready.HEALTHCHECK and healthcheck is None:
+        p.err("ready", 'is "healthcheck" but there is no [program.NAME.healthcheck] table')
+    if kind == "oneshot" and ("ready" in table or healthcheck is not None):
+        p.err("type", "a oneshot is done when it exits; ready and healthcheck do not apply")
+    depends_on = p.get("depends_on", _parse_names, ())
+    max_memory = p.get("max_memory", parse_size, None)
+    max_age = p.get("max_age", parse_duration, None)
+    if kind == "oneshot" and (max_memory is not None or max_age is not None):
+        p.err("type", "max_memory and max_age restart services; a oneshot is not restarted")
     prog = ProgramConfig(
         name=name,
         source=source,
@@ -504,6 +656,15 @@ def _parse_program(
         backoff_initial=p.get("backoff_initial", parse_duration, 1.0),
         backoff_max=p.get("backoff_max", parse_duration, 60.0),
         backoff_reset=p.get("backoff_reset", parse_duration, 10.0),
+        type=kind,
+        ready=ready,
+        start_timeout=p.get("start_timeout", parse_duration, 60.0),
+        healthcheck=healthcheck,
+        depends_on=depends_on,
+        max_memory=max_memory,
+        max_age=max_age,
+        max_age_jitter=p.get("max_age_jitter", parse_duration, 0.0),
+        resource_check_interval=p.get("resource_check_interval", parse_duration, 10.0),
     )
     if prog.stopasgroup and not prog.killasgroup and "killasgroup" in table:
         p.err("killasgroup", "must be true when stopasgroup is true (as in supervisor)")
@@ -629,12 +790,48 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             prog = _parse_program(name, table, source, logdir, environ, issues)
             if prog is not None:
                 programs.append(prog)
+    _check_dependencies(programs, issues)
     if issues:
         raise ConfigError(issues)
     programs.sort(key=lambda p: (p.priority, p.name))
     return Config(path=src, logdir=logdir, loglevel=loglevel.lower(), programs=tuple(programs),
                   control=control, control_group=control_group, control_gid=control_gid, curve=curve,
                   warnings=tuple(environment_problems(programs, logdir)))
+
+
+def _check_dependencies(programs: list[ProgramConfig], issues: list[ConfigIssue]) -> None:
+    """Unknown names and cycles in depends_on are config errors."""
+    by_name = {p.name: p for p in programs}
+    for prog in programs:
+        for dep in prog.depends_on:
+            if dep == prog.name:
+                issues.append(ConfigIssue(prog.source, prog.name, "depends_on", "a program cannot depend on itself"))
+            elif dep not in by_name:
+                issues.append(ConfigIssue(prog.source, prog.name, "depends_on", f"no such program {dep!r}"
+                                          + _did_you_mean(dep, frozenset(by_name))))
+    # Depth-first search for cycles, reported once each with the path.
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    reported: set[frozenset[str]] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in by_name[name].depends_on:
+            if dep not in by_name or dep == name:
+                continue
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    issues.append(ConfigIssue(by_name[dep].source, dep, "depends_on",
+                                              "dependency cycle: " + " -> ".join(cycle)))
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[name] = 2
+
+    for name in by_name:
+        if name not in state:
+            visit(name, [name])
 
 
 def _parse_control(

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("names", nargs="*")
     sub.add_parser("version", help="the daemon's version")
     sub.add_parser("shutdown", help="stop every program, then the daemon")
+    c = sub.add_parser("tail", help="the last output of a process (kept in memory even for NONE/journal)")
+    c.add_argument("-f", "--follow", action="store_true", help="keep printing new output until interrupted")
+    c.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="how many lines (default 10; 0: all kept)")
+    c.add_argument("name", help="one process: program or program:process")
+    c.add_argument("stream", nargs="?", default="stdout", choices=("stdout", "stderr"))
+    sub.add_parser("logreopen", help="reopen every log file (after an external logrotate moved them)")
+    c = sub.add_parser("logrotate", help="rotate the log files of processes now")
+    c.add_argument("names", nargs="*", help="default all")
     c = sub.add_parser("keygen", help="write a CURVE key pair NAME.key and NAME.key_secret into DIR")
     c.add_argument("directory")
     c.add_argument("name", nargs="?", default="client")
@@ -95,14 +103,29 @@ def paint(text: str, state: str, colour: bool) -> str:
 def describe(st: dict[str, Any]) -> str:
     """supervisorctl's description column, with the reason for every state that is not RUNNING."""
     state, pid = st.get("state"), st.get("pid")
+    health, health_reason, status_text = st.get("health"), st.get("health_reason"), st.get("status_text")
+    extra = ""
+    if health == "unhealthy" or (health == "starting" and health_reason):
+        extra += f", {health} ({health_reason})" if health_reason else f", {health}"
+    elif health:
+        extra += f", {health}"
+    if status_text:
+        extra += f", {status_text}"
     if state == "RUNNING":
         uptime = timedelta(seconds=int(st.get("uptime_s") or 0))
-        return f"pid {pid}, uptime {uptime}"
+        return f"pid {pid}, uptime {uptime}{extra}"
     if state in ("STARTING", "STOPPING"):
-        return f"pid {pid}, {state.lower()}" if pid else state.lower()
+        return (f"pid {pid}, {state.lower()}" if pid else state.lower()) + extra
     desc = str(st.get("reason") or "")
     if state == "BACKOFF" and st.get("retry_in_s") is not None:
         desc += f", retry in {st['retry_in_s']:.0f}s"
+    return desc
+
+
+def describe_full(st: dict[str, Any]) -> str:
+    desc = describe(st)
+    if st.get("output_dropped_bytes"):
+        desc += f"; {st['output_dropped_bytes']} bytes of output dropped (see the daemon log)"
     return desc
 
 
@@ -127,9 +150,9 @@ def print_status(result: list[dict[str, Any]], long: bool, colour: bool) -> int:
         if long:
             cpu = "-" if st.get("cpu_percent") is None else f"{st['cpu_percent']:.1f}"
             print(f"{name:<32} {shown} {cpu:>6} {human_bytes(st.get('rss_bytes')):>9} "
-                  f"{st.get('tree_pids') or 0:>5} {describe(st)}")
+                  f"{st.get('tree_pids') or 0:>5} {describe_full(st)}")
         else:
-            print(f"{name:<32} {shown} {describe(st)}".rstrip())
+            print(f"{name:<32} {shown} {describe_full(st)}".rstrip())
     return EXIT_OK if all(st.get("state") == "RUNNING" for st in result) else EXIT_NOT_RUNNING
 
 
@@ -169,6 +192,18 @@ def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool
     if command == "shutdown":
         print(f"procguard (pid {result.get('pid')}) is shutting down")
         return EXIT_OK
+    if command == "tail":
+        TailPrinter(ns.lines)(result)
+        if result.get("end"):
+            print(f"[procguardctl: {result['end']}]", file=sys.stderr)
+        return EXIT_OK
+    if command == "logreopen":
+        print(f"reopened {result.get('reopened')} log files")
+        return EXIT_OK
+    if command == "logrotate":
+        for path in result.get("rotated", []):
+            print(f"rotated {path}")
+        return EXIT_OK
     raise AssertionError(command)
 
 
@@ -190,7 +225,43 @@ def wire_args(ns: argparse.Namespace) -> dict[str, Any]:
         args["long"] = True
     if ns.command == "signal":
         args["signal"] = int(ns.signal) if ns.signal.isdigit() else ns.signal.upper()
+    if ns.command == "tail":
+        args = {"name": ns.name, "stream": ns.stream, "follow": ns.follow}
     return args
+
+
+def last_lines(data: bytes, n: int) -> bytes:
+    """The last n lines of data (a final line without newline counts); n = 0: all of it."""
+    if n <= 0:
+        return data
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    pos = end
+    for _ in range(n):
+        pos = data.rfind(b"\n", 0, pos)
+        if pos < 0:
+            return data
+    return data[pos + 1:]
+
+
+class TailPrinter:
+    """Writes tail output as raw bytes, noting any gap (chunks a slow terminal missed) on stderr."""
+
+    def __init__(self, lines: int) -> None:
+        self.offset: int | None = None
+        self._lines = lines
+
+    def __call__(self, result: dict[str, Any]) -> None:
+        import base64
+
+        data = base64.b64decode(result.get("data") or "")
+        end = int(result.get("offset") or 0)
+        if self.offset is None:
+            data = last_lines(data, self._lines)
+        elif end - len(data) > self.offset:
+            print(f"[procguardctl: {end - len(data) - self.offset} bytes skipped]", file=sys.stderr, flush=True)
+        self.offset = end
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,10 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from procguardctl.client import TimedOut, Unreachable, request  # pyzmq only when talking to a daemon
 
-    timeout = ns.timeout if ns.timeout is not None else (QUICK_TIMEOUT_S if ns.command in QUICK else None)
+    quick = ns.command in QUICK or (ns.command == "tail" and not ns.follow)
+    timeout = ns.timeout if ns.timeout is not None else (QUICK_TIMEOUT_S if quick else None)
+    printer = TailPrinter(ns.lines) if ns.command == "tail" and not ns.json else None
+
+    def more(result: Any) -> None:
+        if printer is not None:
+            printer(result)
+        else:
+            print(json.dumps(result), flush=True)
+
     try:
         reply = request(where.endpoint, ns.command, wire_args(ns), timeout,
-                        where.server_public_key_file, where.client_secret_key_file)
+                        where.server_public_key_file, where.client_secret_key_file, on_more=more)
     except Unreachable as exc:
         print(f"procguardctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -215,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"procguardctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
+        if ns.command == "tail":
+            return EXIT_OK  # the way to end tail -f
         print("procguardctl: interrupted; the command goes on in the daemon", file=sys.stderr)
         return 130
     if not reply.ok:

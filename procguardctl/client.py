@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,11 +92,13 @@ def monitor_event(frames: list[bytes]) -> int:
 
 
 def request(endpoint: str, cmd: str, args: dict[str, Any], timeout_s: float | None,
-            server_key_file: str | None = None, client_key_file: str | None = None) -> Reply:
+            server_key_file: str | None = None, client_key_file: str | None = None,
+            on_more: Callable[[Any], None] | None = None) -> Reply:
     """Send one command and wait for its reply.
 
     Raises Unreachable (no daemon, no permission, refused by authentication) and TimedOut.
-    timeout_s None waits for as long as the command takes, once connected.
+    timeout_s None waits for as long as the command takes, once connected. A streamed command
+    (tail -f) sends replies marked "more": each goes to on_more, without a timeout, until a last one.
     """
     precheck_ipc(endpoint)
     ctx = zmq.Context()
@@ -116,7 +119,7 @@ def request(endpoint: str, cmd: str, args: dict[str, Any], timeout_s: float | No
             raise Unreachable(f"bad endpoint {endpoint}: {exc}") from None
         request_id = os.urandom(6).hex()
         sock.send(encode_request(cmd, args, request_id))
-        return _await_reply(sock, monitor, endpoint, request_id, timeout_s)
+        return _await_reply(sock, monitor, endpoint, request_id, timeout_s, on_more)
     finally:
         if monitor is not None:
             sock.disable_monitor()
@@ -126,7 +129,7 @@ def request(endpoint: str, cmd: str, args: dict[str, Any], timeout_s: float | No
 
 
 def _await_reply(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str, request_id: str,
-                 timeout_s: float | None) -> Reply:
+                 timeout_s: float | None, on_more: Callable[[Any], None] | None) -> Reply:
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(monitor, zmq.POLLIN)
@@ -155,6 +158,10 @@ def _await_reply(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: 
                 raise Unreachable(f"{endpoint} answered with something that is not procguard's protocol") from None
             if not isinstance(msg, dict) or msg.get("id") not in (request_id, None):
                 continue  # a stray reply to somebody else's id cannot reach a fresh DEALER, but be safe
+            if msg.get("ok") and msg.get("more") and on_more is not None:
+                on_more(msg.get("result"))
+                timeout_s = None  # streaming: wait for as long as it goes on
+                continue
             if msg.get("ok"):
                 return Reply(True, msg.get("result"), None, None)
             err = msg.get("error") or {}
