@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from procguard.protocol import encode_request
-from tests.helpers import DaemonRun, probe, prog, wait_until
+from tests.helpers import REPO, DaemonRun, probe, prog, wait_until
 
 CTL = [sys.executable, "-m", "procguardctl"]
 
@@ -394,39 +394,24 @@ def test_a_second_daemon_on_the_same_endpoint_refuses_to_start(daemon):
 
 
 def _run_as_nobody(argv: list[str], group: str | None = None) -> tuple[int, str]:
-    """Run procguardctl's main() in a forked child that dropped to nobody; return (exit code, output).
+    """Run procguardctl as nobody; return (exit code, output).
 
-    A fork, not an exec: the venv's interpreter may sit under /root (0700), where nobody cannot exec it.
+    A fresh interpreter imports the client as root, then drops to nobody and runs it: the venv may sit
+    under /root (0700), where nobody could not even start its python. (Forking pytest itself instead
+    deadlocked now and then: a fork of a threaded process may inherit a held lock.)
     """
-    import procguardctl.__main__ as ctl_main
-    import procguardctl.client  # noqa: F401  (loaded before the fork; nobody may not read it)
-
     nobody = pwd.getpwnam("nobody")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 99
-        try:
-            os.close(read)
-            os.dup2(write, 1)
-            os.dup2(write, 2)
-            sys.stdout = open(1, "w", closefd=False)  # pytest swapped the sys streams for its capture
-            sys.stderr = open(2, "w", closefd=False)
-            os.setgroups([])
-            os.setgid(grp.getgrnam(group).gr_gid if group else nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            code = ctl_main.main(argv)
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-    os.close(write)
-    chunks = []
-    while chunk := os.read(read, 65536):
-        chunks.append(chunk)
-    os.close(read)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode()
+    gid = grp.getgrnam(group).gr_gid if group else nobody.pw_gid
+    code = (
+        "import os, sys\n"
+        "import procguardctl.__main__ as m, procguardctl.client, zmq, json, base64, locale, gettext\n"
+        "m.build_parser().format_help()  # argparse's lazy imports (gettext, locale) while still root\n"
+        f"os.setgroups([]); os.setgid({gid}); os.setuid({nobody.pw_uid})\n"
+        f"sys.exit(m.main({argv!r}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/",
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.DEVNULL)
+    return r.returncode, r.stdout + r.stderr
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as nobody")
