@@ -1,0 +1,850 @@
+"""Output-capture benchmark: one child writes 1 GiB to stdout; procguard and supervisord capture it to a file.
+
+    .venv/bin/python benchmarks/bench_output.py [--quick] [--json OUT]
+
+Issue #4, "Done when": throughput (MiB/s) and daemon CPU seconds per GiB for ONE child writing 1 GiB
+(--quick: 200 MiB) to stdout, captured to a file by (a) procguard without timestamps, (b) procguard with
+`stdout_logfile_timestamps = true`, (c) supervisord 4.x (PyPI `supervisor`, the `bench` extra, run as
+`supervisord -n -c CONF` from the venv), plus (d) a reference with no daemon: the same child with its
+stdout opened on the file by this script (the machine's ceiling for this child and file system). The
+aim stated by the issue is at least 1.5x supervisord's throughput at half its CPU per GiB. Every
+figure comes from real daemons and a real child; the script prints min / median / max and the ratios
+procguard / supervisord; it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when the
+harness itself fails (a daemon that does not start, a control command that fails, a child that never
+writes, a capture that stops growing while the child still runs). Lost bytes are printed, not fatal.
+
+The child (CHILD_SOURCE, written into the temp dir, run as `python -S child.py N SIDE FIFO`, the same
+program and argv shape on every side) first builds its N bytes in memory: lines of exactly 100
+printable bytes `SSSSSS:TTTTT <filler>\\n` (S: block number, T: line in the block), blocks of 16384
+lines = 25 writes of 64 KiB, the last byte of the stream forced to a newline. Every line of the
+stream is distinct, so loss, duplication and reordering all show in the comparison. It then blocks
+reading one byte from a FIFO; this script takes the daemon's CPU times and writes that byte, so
+neither the child's interpreter start-up nor the control command is inside any figure. The child
+appends `start PID T0` (time.monotonic(), system-wide) to SIDE, writes the stream to fd 1 in 64 KiB
+os.write calls, appends `done T1 N`, and exits 0.
+
+What is measured, and how, per run:
+
+- Throughput: N / (time from the child's T0 until the capture file reaches its full size). The size
+  is polled every POLL_S = 2 ms with os.stat (a coarser poll than bench_engine's 0.5 ms: on 2 cores
+  the child and the daemon each want one; the poll error is <= 2 ms of runs of >= 0.2 s). Full size
+  is N, or with timestamps N + lines x len(prefix), the prefix being procguard's
+  `datetime.now().astimezone().isoformat(timespec="milliseconds") + " "` (30 bytes for +HH:MM).
+- Daemon CPU: psutil cpu_times (user + system, the daemon process only, all its threads, not its
+  children) from just before the FIFO byte until the file is full, scaled to seconds per GiB.
+  procguard moves untimestamped bytes pipe -> file with splice(2): that copy is kernel work, counted
+  in the daemon's system time; supervisord's read(2) + write(2) copies are also system time. So is
+  allocating the page-cache pages of the file, which the writer (the daemon; the child in (d)) pays.
+  psutil's times tick at 1/SC_CLK_TCK (10 ms: +-10 % of a --quick figure), so the sum of the daemon's
+  threads' /proc schedstat (ns) over the same window is shown as a cross-check. User and system apart.
+- Also recorded: the child's own write rate (N / (T1 - T0)), how long after the child's last write
+  the file was full, the daemon's RSS at that moment.
+- Zero bytes lost: after the child has exited, the file is read back and compared with the stream the
+  child wrote (the same generator, run again here). With timestamps every line's prefix is checked
+  against the ISO pattern and stripped, then the rest is compared. Bytes lost = N - bytes recovered;
+  also reported: the offset of the first mismatch, bytes in excess, lines without a valid prefix.
+
+Order and state: one daemon per side (two procguards, one per config, and one supervisord), each
+started once and idle (autostart = false) before the first round; each run starts the child with the
+daemon's own control interface (`procguardctl -s ENDPOINT start writer`; `supervisorctl -c CONF start
+writer`), which both answer once the process is RUNNING (startsecs = 0), and only then is the FIFO byte
+written. Rounds are interleaved a, b, c, d, a, b, c, d, ... (3 rounds, --quick: 2). Between runs the
+child is awaited (gone from /proc), the capture and side files are deleted. Daemon start-up is
+therefore outside every figure; the daemons stay resident between runs, so round 1 may carry cold
+effects (Python caches, the first runs of each code path), which the min / median / max show.
+
+Prefault (on unless --no-prefault): after the control command, while the child builds its stream,
+this script touches and frees 1.5 x the file's size of anonymous memory. In a VM whose balloon does
+free-page reporting (virtio-balloon F_REPORTING, as on the Firecracker box this was written on), memory
+freed for more than ~2 s is handed back to the host, and the next first touch of each page is a host
+fault: page-cache allocation then costs the writer several times more system time, at random (direct
+writes ranged 390-4160 MiB/s over six identical runs without prefault, 3190-4230 with). Touching the
+memory just before the run makes the page-cache pages host-backed for every side alike; on bare metal
+it costs ~0.3 s per run and changes nothing. Files are deleted seconds after they are written, far
+below vm.dirty_background_ratio of a large box, so the figures are of the page cache, not the disk
+(the vm.dirty_* settings are in the JSON).
+
+procguard and procguardctl are imported from the checkout holding this script (the daemon runs with
+cwd = that checkout, procguardctl with PYTHONPATH = it), so a snapshot such as `git archive HEAD`
+unpacked elsewhere, with this file copied in, measures that snapshot with the venv's interpreter.
+
+Config choices, and which side each could favour:
+
+- Same child, argv, 64 KiB writes, FIFO start, file system (the temp dir's), and autorestart = false,
+  startsecs = 0 on both daemons; stderr to NONE on both (each still creates a stderr pipe).
+- No rotation: stdout_logfile_maxbytes = 0 on both. For supervisord this also selects its plain
+  FileHandler rather than RotatingFileHandler (its "optimization": no size check per write).
+- supervisord: stdout_capture_maxbytes = 0 (its default: no capture-mode scanning for
+  <!--XSUPERVISOR:BEGIN--> tokens), stdout_events_enabled = false, stdout_syslog = false,
+  strip_ansi = false (defaults), loglevel = info so child output is not copied to its main log (it
+  is at debug/trace). These are supervisord's cheapest settings; they favour supervisord.
+- supervisord's loop is poll(2) with a 1 s timeout and handles readable pipes as they come, so the 1 s
+  tick does not delay output; but it reads at most 128 KiB per wake-up (options.readfd) from a pipe of
+  the kernel's default 64 KiB, appends to a bytes buffer and writes through a buffered file object
+  opened 'ab' and flushed per write. procguard (by design, not by config) raises its pipes to 1 MiB
+  (F_SETPIPE_SZ), splices up to 1 MiB per call and 4 MiB per wake-up, and reads back the last
+  stdout_tail_maxbytes (64 KiB default, kept) of each splice into its tail buffer. Pipe and chunk
+  sizes thus favour procguard; they are what each ships.
+- procguard's timestamps stamp each line with the time its chunk (up to 1 MiB) was read, not the time
+  the line was written; supervisord has no timestamp option, so (b) has no like-for-like opponent and
+  is compared with (c) as the issue asks.
+- Both daemons log at info: procguard JSON to a file (--log-format json), supervisord to its logfile.
+- supervisord runs as whoever runs this script (as root it logs a CRIT warning about running as root);
+  it is the venv's Python, the same interpreter as procguard's.
+
+Cleanup: every daemon (procguard and supervisord) is recorded in bench_engine's Bench; in `finally`
+(also on Ctrl-C or SIGTERM) each gets SIGTERM, then SIGKILL, every recorded child still running the
+child's argv is killed, and the temp directory is removed. The script then checks that no process
+started from its child script survives, and prints how many did (0 expected).
+"""
+
+import argparse
+import errno
+import json
+import mmap
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine sits beside this file
+from bench_engine import (  # noqa: E402
+    CHILD_PYTHON,
+    Bench,
+    BenchError,
+    Daemon,
+    Interrupted,
+    fmt_row,
+    poll_until,
+    sched_ns,
+    sigterm_unwinds,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+# The venv this script runs in (its supervisord, procguardctl); not resolved, or the venv is lost.
+VENV_BIN = Path(sys.executable).parent
+CTL = str(VENV_BIN / "procguardctl")
+# procguardctl (an editable install's script) imports from this checkout, as the daemon does (cwd=REPO).
+CTL_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+SUPERVISORD = str(VENV_BIN / "supervisord")
+SUPERVISORCTL = str(VENV_BIN / "supervisorctl")
+GIB = 1 << 30
+MIB = 1 << 20
+POLL_S = 0.002
+STALL_S = 5.0  # child done and the file unchanged this long: what is missing is lost
+HUNG_S = 60.0  # the file unchanged this long while the child still writes: the harness gives up
+CTL_TIMEOUT_S = 60.0
+READ_BLOCK = 8 * MIB
+TARGETS = {"throughput_ratio_min": 1.5, "cpu_per_gib_ratio_max": 0.5}
+# procguard/output.py timestamp(): ISO 8601, milliseconds, UTC offset, then one space.
+PREFIX_RE = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d(?::\d\d)? \Z")
+
+# Shared by the child (written to a file) and this script's verifier (exec'd below): one generator.
+GEN_SOURCE = r'''
+import os, sys, time
+
+LINE_BYTES = 100
+BLOCK_LINES = 16384  # 16384 * 100 B = 1,638,400 B = 25 writes of 64 KiB
+WRITE_BYTES = 65536
+_FILL = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" * 2)[:86]
+# "SSSSSS:" (7 B, the join separator) + "TTTTT " (6 B) + filler (86 B) + "\n" = 100 B per line.
+_TAILS = [b""] + [b"%05d " % t + _FILL + b"\n" for t in range(BLOCK_LINES)]
+
+
+def blocks(n):
+    """The child's stream, n bytes, as blocks: every line distinct; the last byte is a newline."""
+    s = 0
+    left = n
+    while left > 0:
+        b = (b"%06d:" % s).join(_TAILS)
+        if len(b) >= left:
+            b = b[:left - 1] + b"\n"
+        yield b
+        left -= len(b)
+        s += 1
+'''
+
+CHILD_MAIN = r'''
+
+def main():
+    n, side, fifo = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    data = list(blocks(n))  # built before the start signal: generation is outside the figures
+    fd = os.open(fifo, os.O_RDONLY)
+    os.read(fd, 1)
+    os.close(fd)
+    t0 = time.monotonic()
+    with open(side, "a") as f:
+        f.write("start %d %.9f\n" % (os.getpid(), t0))
+    for b in data:
+        view = memoryview(b)
+        for i in range(0, len(b), WRITE_BYTES):
+            chunk = view[i:i + WRITE_BYTES]
+            while chunk:
+                chunk = chunk[os.write(1, chunk):]
+    t1 = time.monotonic()
+    with open(side, "a") as f:
+        f.write("done %.9f %d\n" % (t1, n))
+
+
+main()
+'''
+CHILD_SOURCE = GEN_SOURCE + CHILD_MAIN
+
+_gen: dict[str, Any] = {}
+exec(GEN_SOURCE, _gen)
+stream_blocks: Callable[[int], Iterator[bytes]] = _gen["blocks"]
+LINE_BYTES: int = _gen["LINE_BYTES"]
+
+
+def prefix_len() -> int:
+    return len(datetime.now().astimezone().isoformat(timespec="milliseconds")) + 1
+
+
+def n_lines(n: int) -> int:
+    return -(-n // LINE_BYTES)  # every line is 100 bytes but the last, which ends the stream with "\n"
+
+
+# ------------------------------------------------------------------------------------------- sides
+
+
+@dataclass(kw_only=True)
+class Side:
+    """One way of capturing the child's stdout: where the file is, how to start the child, whose CPU."""
+
+    key: str
+    label: str
+    work: Path
+    argv: list[str]
+    stamped: bool = False
+    capture: Path = field(init=False)
+    side_file: Path = field(init=False)
+    fifo: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.capture = self.work / "out.log"
+        self.side_file = self.work / "child.side"
+        self.fifo = self.work / "go.fifo"
+
+    def prepare(self, bench: Bench) -> None:
+        """Make the working directory; start the daemon, if any, idle until the first run."""
+        raise NotImplementedError
+
+    def start_child(self) -> None:
+        raise NotImplementedError
+
+    def daemon_pid(self) -> int | None:
+        return None
+
+    def after_child(self) -> None:
+        """The child is gone: let the side reap or forget it before the next run."""
+
+
+def child_argv(script: Path, n: int, work: Path) -> list[str]:
+    return [CHILD_PYTHON, "-S", str(script), str(n), str(work / "child.side"), str(work / "go.fifo")]
+
+
+def run_ctl(argv: list[str], what: str) -> str:
+    try:
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=CTL_TIMEOUT_S, env=CTL_ENV)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{what}: no answer within {CTL_TIMEOUT_S}s: {argv}") from None
+    out = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
+    if p.returncode != 0:
+        raise BenchError(f"{what}: {argv} exited {p.returncode}: {out.strip()}")
+    return out
+
+
+class ProcguardSide(Side):
+    daemon: Daemon
+    endpoint: str
+
+    def prepare(self, bench: Bench) -> None:
+        self.daemon = d = bench.daemon(self.work.name, "")  # its directory: bench.root / work.name
+        self.endpoint = f"ipc://{d.work}/run/control.sock"
+        stamps = "stdout_logfile_timestamps = true\n" if self.stamped else ""
+        # bench_engine's Daemon writes [procguard] without a control endpoint: write the same with one.
+        d.config.write_text(
+            f'[procguard]\nlogdir = "{d.work}/logs"\nloglevel = "info"\ncontrol = "{self.endpoint}"\n\n'
+            f"[program.writer]\ncommand = {json.dumps(self.argv)}\nautostart = false\nautorestart = false\n"
+            f'startsecs = 0\nstdout_logfile = "{self.capture}"\nstdout_logfile_maxbytes = 0\n'
+            f'stderr_logfile = "NONE"\n{stamps}')
+        d.start()
+        d.wait_event("control_listening", timeout_s=60)
+        run_ctl([CTL, "-s", self.endpoint, "pid"], "procguardctl pid")
+
+    def start_child(self) -> None:
+        run_ctl([CTL, "-s", self.endpoint, "start", "writer"], "procguardctl start writer")
+        self.daemon.poll_log()  # raises BenchError if the daemon died
+
+    def daemon_pid(self) -> int | None:
+        return self.daemon.pid
+
+
+class SupervisordSide(Side):
+    daemon: Daemon
+    conf: Path
+
+    def prepare(self, bench: Bench) -> None:
+        # bench_engine's Daemon: its directory, cleanup (TERM, 60 s, KILL) and child recording; its
+        # procguard.toml goes unused. `start` is replaced by supervisord's.
+        self.daemon = d = bench.daemon(self.work.name, "")  # its directory: bench.root / work.name
+        self.conf = d.work / "supervisord.conf"
+        sock = d.work / "supervisor.sock"
+        (d.work / "childlogs").mkdir()
+        # %-free paths: supervisord expands %(here)s-style names in its config.
+        self.conf.write_text(f"""[unix_http_server]
+file={sock}
+
+[supervisord]
+nodaemon=true
+logfile={d.work}/supervisord.log
+pidfile={d.work}/supervisord.pid
+childlogdir={d.work}/childlogs
+loglevel=info
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{sock}
+
+[program:writer]
+command={" ".join(self.argv)}
+autostart=false
+autorestart=false
+startsecs=0
+redirect_stderr=false
+stdout_logfile={self.capture}
+stdout_logfile_maxbytes=0
+stdout_logfile_backups=0
+stdout_capture_maxbytes=0
+stdout_events_enabled=false
+stdout_syslog=false
+stderr_logfile=NONE
+""")
+        with open(d.logfile, "ab") as log:
+            d.popen_wall, d.popen_mono = time.time(), time.monotonic()
+            d.proc = subprocess.Popen([SUPERVISORD, "-n", "-c", str(self.conf)], stdout=log, stderr=log,
+                                      stdin=subprocess.DEVNULL, cwd=str(d.work))
+
+        def answers() -> bool:
+            if d.proc is not None and d.proc.poll() is not None:
+                raise BenchError(f"supervisord exited with {d.proc.returncode}: {d.log_text()[-2000:]}")
+            p = subprocess.run([SUPERVISORCTL, "-c", str(self.conf), "pid"], capture_output=True,
+                               stdin=subprocess.DEVNULL, timeout=CTL_TIMEOUT_S)
+            return p.returncode == 0 and p.stdout.strip().isdigit()
+
+        poll_until(answers, 60, "supervisord answering supervisorctl pid", interval_s=0.1)
+
+    def start_child(self) -> None:
+        out = run_ctl([SUPERVISORCTL, "-c", str(self.conf), "start", "writer"], "supervisorctl start writer")
+        if "started" not in out:
+            raise BenchError(f"supervisorctl start writer: unexpected answer {out!r}")
+
+    def daemon_pid(self) -> int | None:
+        return self.daemon.pid
+
+
+class DirectSide(Side):
+    """Reference: the child's stdout is the file itself (opened by this script), no daemon in between."""
+
+    bench: Bench
+    proc: subprocess.Popen[bytes] | None = None
+
+    def prepare(self, bench: Bench) -> None:
+        self.work.mkdir()
+        self.bench = bench
+
+    def start_child(self) -> None:
+        with open(self.capture, "wb") as out:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.DEVNULL, close_fds=True)
+        self.bench.plain_children.append(self.proc)
+
+    def after_child(self) -> None:
+        if self.proc is not None:
+            self.proc.wait()
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def send_go(fifo: Path, timeout_s: float = 60.0) -> None:
+    """Open the FIFO once the child has it open (ENXIO until then) and write the start byte."""
+    def opened() -> int | None:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no reader yet: the child is still building its stream
+                return None
+            raise
+
+    fd = poll_until(opened, timeout_s, f"the child opening {fifo}", interval_s=0.001)
+    try:
+        os.write(fd, b"g")
+    finally:
+        os.close(fd)
+
+
+def read_side(path: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "start" and len(parts) == 3:
+            out["pid"], out["t0"] = int(parts[1]), float(parts[2])
+        elif parts and parts[0] == "done" and len(parts) == 3:
+            out["t1"], out["n"] = float(parts[1]), int(parts[2])
+    return out
+
+
+def cpu_s(pid: int | None) -> tuple[float, float]:
+    if pid is None:
+        return 0.0, 0.0
+    t = psutil.Process(pid).cpu_times()
+    return t.user, t.system
+
+
+def size_of(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def has_exited(pid: int) -> bool:
+    """Gone, or a zombie its parent has not reaped yet."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def holds_file(pid: int, path: Path) -> bool:
+    """Does pid have an fd open on path (or on its deleted inode)?"""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    target = str(path)
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link == target or link == target + " (deleted)":
+            return True
+    return False
+
+
+def prefault(nbytes: int) -> None:
+    """Touch nbytes of fresh anonymous memory, then free it: the next page-cache pages are host-backed."""
+    page = mmap.PAGESIZE
+    with mmap.mmap(-1, nbytes) as m:
+        for i in range(0, nbytes, page):
+            m[i] = 1
+
+
+def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool = True) -> dict[str, Any]:
+    for p in (side.capture, side.side_file):
+        p.unlink(missing_ok=True)
+    plen = prefix_len() if side.stamped else 0
+    expected_size = n + n_lines(n) * plen
+    pid = side.daemon_pid()
+
+    side.start_child()
+    if do_prefault:
+        prefault(int(expected_size * 1.5))  # while the child builds its stream (see the docstring)
+    cpu0 = cpu_s(pid)
+    sched0 = sched_ns(pid) if pid is not None else 0
+    send_go(side.fifo)
+    go_mono = time.monotonic()
+
+    # Poll the file until it is full. Reading the side file only once growth pauses keeps the poll cheap.
+    last_size, last_change = -1, time.monotonic()
+    t_full: float | None = None
+    cpu1 = cpu0
+    sched1 = sched0
+    rss = 0
+    while True:
+        size = size_of(side.capture)
+        now = time.monotonic()
+        if size >= expected_size:
+            t_full = now
+            cpu1 = cpu_s(pid)
+            sched1 = sched_ns(pid) if pid is not None else 0
+            rss = psutil.Process(pid).memory_info().rss if pid is not None else 0
+            break
+        if size != last_size:
+            last_size, last_change = size, now
+        elif now - last_change > 0.5:
+            info = read_side(side.side_file)
+            if "t1" in info and now - last_change > STALL_S:
+                cpu1 = cpu_s(pid)
+                sched1 = sched_ns(pid) if pid is not None else 0
+                break  # the child is done and nothing more arrives: the rest is lost
+            if "t1" not in info and now - last_change > HUNG_S:
+                raise BenchError(f"{side.label}, round {round_no}: the capture stayed at {size} of "
+                                 f"{expected_size} bytes for {HUNG_S}s while the child had not finished")
+        time.sleep(POLL_S)
+
+    info = poll_until(lambda: (lambda i: i if "t1" in i else None)(read_side(side.side_file)), 120,
+                      f"{side.label}: the child's done marker")
+    child = int(info["pid"])
+    bench.child_pids_seen.add(child)
+    poll_until(lambda: has_exited(child), 30, f"{side.label}: child {child} exiting")
+    side.after_child()
+    poll_until(lambda: not psutil.pid_exists(child), 30, f"{side.label}: child {child} reaped")
+    # procguard closes the file once the pipe reached EOF (output.py _detach); supervisord keeps its
+    # handler until the next spawn. Recorded only: a daemon still writing a deleted inode would show
+    # up next round as a capture that never appears.
+    held_after_exit = False
+    if pid is not None:
+        deadline = time.monotonic() + 2.0
+        while holds_file(pid, side.capture) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        held_after_exit = holds_file(pid, side.capture)
+
+    final_size = size_of(side.capture)
+    check = verify_capture(side.capture, n, side.stamped, plen)
+    side.capture.unlink(missing_ok=True)
+    side.side_file.unlink(missing_ok=True)
+
+    t0, t1 = info["t0"], info["t1"]
+    user = cpu1[0] - cpu0[0]
+    system = cpu1[1] - cpu0[1]
+    res: dict[str, Any] = {
+        "round": round_no,
+        "bytes": n,
+        "expected_file_bytes": expected_size,
+        "final_file_bytes": final_size,
+        "complete": t_full is not None,
+        "seconds": (t_full - t0) if t_full is not None else None,
+        "mib_per_s": n / MIB / (t_full - t0) if t_full is not None else None,
+        "child_write_mib_per_s": n / MIB / (t1 - t0),
+        "full_after_child_done_ms": (t_full - t1) * 1e3 if t_full is not None else None,
+        "go_to_child_t0_ms": (t0 - go_mono) * 1e3,
+        "daemon_user_s": user,
+        "daemon_system_s": system,
+        "daemon_cpu_s_per_gib": (user + system) * GIB / n if pid is not None else None,
+        "daemon_schedstat_s_per_gib": (sched1 - sched0) / 1e9 * GIB / n if pid is not None else None,
+        "daemon_rss_mib": rss / MIB if pid is not None else None,
+        "daemon_holds_file_after_exit": held_after_exit,
+    }
+    res.update(check)
+    return res
+
+
+class Expected:
+    """The child's stream, consumed front to back in pieces of any size."""
+
+    def __init__(self, n: int) -> None:
+        self._blocks = stream_blocks(n)
+        self._buf = b""
+        self._pos = 0
+
+    def take(self, k: int) -> bytes:
+        while len(self._buf) - self._pos < k:
+            nxt = next(self._blocks, None)
+            if nxt is None:
+                break
+            self._buf = self._buf[self._pos:] + nxt
+            self._pos = 0
+        out = self._buf[self._pos:self._pos + k]
+        self._pos += len(out)
+        return out
+
+
+def verify_capture(path: Path, n: int, stamped: bool, plen: int) -> dict[str, Any]:
+    """Compare the file with the child's stream (stamps checked and stripped first); count what differs."""
+    expected = Expected(n)
+    recovered = 0
+    mismatch_at: int | None = None
+    lines = bad_prefix = 0
+    prefixes: set[bytes] = set()
+
+    def compare(piece: bytes) -> None:
+        nonlocal recovered, mismatch_at
+        want = expected.take(len(piece))
+        if mismatch_at is None and want != piece[:len(want)]:
+            i = next(i for i, (a, b) in enumerate(zip(want, piece)) if a != b)
+            mismatch_at = recovered + i
+        if mismatch_at is None and len(want) < len(piece):
+            mismatch_at = recovered + len(want)  # more than the child wrote
+        recovered += len(piece)
+
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return {"bytes_recovered": 0, "bytes_lost": n, "bytes_extra": 0, "first_mismatch_at": 0 if n else None,
+                "content_ok": n == 0, "lines": 0, "lines_bad_prefix": 0}
+    with f:
+        carry = b""
+        while True:
+            block = f.read(READ_BLOCK)
+            if not stamped:
+                if not block:
+                    break
+                compare(block)
+                continue
+            data = carry + block
+            if block:
+                cut = data.rfind(b"\n") + 1
+                data, carry = data[:cut], data[cut:]
+            else:
+                carry = b""
+            if data:
+                parts = data.split(b"\n")
+                last = parts.pop()  # b"" after a final newline; a partial last line at EOF otherwise
+                prefixes.update(p[:plen] for p in parts)
+                bad_prefix += sum(1 for p in parts if len(p) < plen)
+                lines += len(parts)
+                body = b"\n".join(p[plen:] for p in parts) + b"\n" if parts else b""
+                if last:
+                    lines += 1
+                    prefixes.add(last[:plen])
+                    body += last[plen:]
+                compare(body)
+            if not block:
+                break
+    if stamped:
+        bad = {p for p in prefixes if not PREFIX_RE.match(p)}
+        if bad:  # count the lines carrying a malformed prefix (slow path, only when some exist)
+            with open(path, "rb") as f2:
+                bad_prefix = sum(1 for line in f2 if line[:plen] in bad)
+    return {
+        "bytes_recovered": recovered,
+        "bytes_lost": max(0, n - recovered),
+        "bytes_extra": max(0, recovered - n),
+        "first_mismatch_at": mismatch_at,
+        "content_ok": mismatch_at is None and recovered == n,
+        "lines": lines if stamped else n_lines(n),
+        "lines_bad_prefix": bad_prefix,
+    }
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def med(runs: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
+    n = 200 * MIB if args.quick else GIB
+    rounds = 2 if args.quick else 3
+    script = bench.root / "child.py"
+    script.write_text(CHILD_SOURCE)
+
+    sides: list[Side] = []
+    kinds: tuple[tuple[str, str, type[Side], bool], ...] = (
+        ("a", "procguard", ProcguardSide, False),
+        ("b", "procguard, timestamps", ProcguardSide, True),
+        ("c", "supervisord", SupervisordSide, False),
+        ("d", "direct to file (no daemon)", DirectSide, False))
+    for key, label, cls, stamped in kinds:
+        work = bench.root / f"{key}-{cls.__name__.removesuffix('Side').lower()}"
+        argv = child_argv(script, n, work)
+        new = cls(key=key, label=label, work=work, argv=argv, stamped=stamped)
+        bench.known_cmdlines.append(argv)
+        new.prepare(bench)
+        os.mkfifo(new.fifo)
+        sides.append(new)
+
+    sup_version = subprocess.run([SUPERVISORD, "--version"], capture_output=True, text=True).stdout.strip()
+    results: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "bytes_per_run": n,
+        "rounds": rounds,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+                    "load_avg_at_start": os.getloadavg(), "supervisord": sup_version,
+                    "fs": fs_type(bench.root), "vm_dirty": vm_dirty(), "prefault": not args.no_prefault},
+        "targets": TARGETS,
+        "runs": {s.key: [] for s in sides},
+    }
+    print(f"procguard output benchmark ({results['mode']}): {n / MIB:.0f} MiB per run, {rounds} rounds "
+          f"interleaved a,b,c,d; {os.cpu_count()} CPUs, Python {platform.python_version()}, kernel "
+          f"{platform.release()}, supervisord {sup_version}, load {os.getloadavg()[0]:.2f}")
+    print(f"child: {CHILD_PYTHON} -S child.py (64 KiB writes, 100-byte lines); temp dir {bench.root} "
+          f"({results['machine']['fs']}); prefault {'on' if not args.no_prefault else 'off'}\n")
+
+    for r in range(1, rounds + 1):
+        for side in sides:
+            res = one_run(bench, side, n, r, do_prefault=not args.no_prefault)
+            results["runs"][side.key].append(res)
+            mibs = f"{res['mib_per_s']:8.1f} MiB/s" if res["mib_per_s"] else "  incomplete"
+            cpu = (f"{res['daemon_cpu_s_per_gib']:6.2f} CPU s/GiB (user {res['daemon_user_s']:.2f} s, "
+                   f"sys {res['daemon_system_s']:.2f} s)" if res["daemon_cpu_s_per_gib"] is not None else "")
+            print(f"  round {r} ({side.key}) {side.label:<28} {mibs}  {cpu}  lost {res['bytes_lost']} B"
+                  f"{'' if res['content_ok'] else '  CONTENT DIFFERS at ' + str(res['first_mismatch_at'])}")
+    print()
+
+    for side in sides:
+        runs = results["runs"][side.key]
+        print(f"({side.key}) {side.label}:")
+        tp = [x["mib_per_s"] for x in runs if x["mib_per_s"] is not None]
+        if tp:
+            print(fmt_row("throughput, child's first write -> file full", tp, "MiB/s", digits=1))
+        if side.daemon_pid() is not None:
+            print(fmt_row("daemon CPU (user+system) per GiB", [x["daemon_cpu_s_per_gib"] for x in runs], "s"))
+            print(fmt_row("  of which system", [x["daemon_system_s"] * GIB / n for x in runs], "s"))
+            print(fmt_row("  cross-check: schedstat (ns resolution)", [x["daemon_schedstat_s_per_gib"] for x in runs],
+                          "s"))
+            print(fmt_row("daemon RSS when the file was full", [x["daemon_rss_mib"] for x in runs], "MiB", digits=1))
+        print(fmt_row("child's own write rate (into its stdout)", [x["child_write_mib_per_s"] for x in runs],
+                      "MiB/s", digits=1))
+        lag = [x["full_after_child_done_ms"] for x in runs if x["full_after_child_done_ms"] is not None]
+        if lag:
+            print(fmt_row("file full after the child's last write", lag, "ms", digits=1))
+        lost = [x["bytes_lost"] for x in runs]
+        extra = sum(x["bytes_extra"] for x in runs)
+        bad = [x for x in runs if not x["content_ok"]]
+        print(f"  {'bytes lost (all runs)':<46} {sum(lost)}  (per run {lost}); extra {extra}; content "
+              f"{'identical in every run' if not bad else 'DIFFERS in rounds ' + str([x['round'] for x in bad])}")
+        if side.stamped:
+            print(f"  {'lines stamped / expected, bad prefixes':<46} "
+                  f"{[x['lines'] for x in runs]} / {n_lines(n)}, {sum(x['lines_bad_prefix'] for x in runs)}")
+        complaints = daemon_complaints(side)
+        results.setdefault("daemon_warnings", {})[side.key] = complaints
+        if isinstance(side, ProcguardSide):
+            print(f"  {'procguard log events above info':<46} {len(complaints)}"
+                  f"{': ' + ', '.join(sorted({str(e.get('event')) for e in complaints})) if complaints else ''}")
+        held = [x["round"] for x in runs if x["daemon_holds_file_after_exit"]]
+        if held and side.daemon_pid() is not None:
+            print(f"  {'daemon still had the file open 2 s after exit':<46} rounds {held}")
+        print()
+
+    print_summary(results, sides)
+    return results
+
+
+def vm_dirty() -> dict[str, int]:
+    out = {}
+    for name in ("dirty_ratio", "dirty_background_ratio", "dirty_bytes", "dirty_background_bytes",
+                 "dirty_expire_centisecs"):
+        try:
+            out[name] = int(Path(f"/proc/sys/vm/{name}").read_text())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def daemon_complaints(side: Side) -> list[dict[str, Any]]:
+    """procguard's log events above info (log_write_failed and the like) over the whole run."""
+    if not isinstance(side, ProcguardSide):
+        return []
+    side.daemon.poll_log()
+    return [e for e in side.daemon.tail.events if e.get("level") not in ("info", "debug")]
+
+
+def fs_type(path: Path) -> str:
+    best, kind = "", "?"
+    for p in psutil.disk_partitions(all=True):
+        if str(path).startswith(p.mountpoint) and len(p.mountpoint) > len(best):
+            best, kind = p.mountpoint, p.fstype
+    return f"{kind} on {best}"
+
+
+def print_summary(res: dict[str, Any], sides: list[Side]) -> None:
+    runs = res["runs"]
+    sup_tp, sup_cpu = med(runs["c"], "mib_per_s"), med(runs["c"], "daemon_cpu_s_per_gib")
+    res["ratios"] = {}
+    print("summary, medians (figures only; nothing here fails the run):")
+    print(f"  {'side':<30} {'MiB/s':>8} {'CPU s/GiB':>10}  {'tp / sup':>8} {'aim':>6}  {'CPU / sup':>9} {'aim':>6}"
+          f"  lost B")
+    for side in sides:
+        tp, cpu = med(runs[side.key], "mib_per_s"), med(runs[side.key], "daemon_cpu_s_per_gib")
+        lost = sum(x["bytes_lost"] for x in runs[side.key])
+        tp_s = f"{tp:8.1f}" if tp is not None else f"{'-':>8}"
+        cpu_s_ = f"{cpu:10.3f}" if cpu is not None else f"{'-':>10}"
+        ratio_tp = tp / sup_tp if tp is not None and sup_tp else None
+        ratio_cpu = cpu / sup_cpu if cpu is not None and sup_cpu else None
+        aim_tp = aim_cpu = ""
+        if side.key in ("a", "b"):
+            res["ratios"][side.key] = {"throughput": ratio_tp, "cpu_per_gib": ratio_cpu}
+            if ratio_tp is not None:
+                aim_tp = "meets" if ratio_tp >= TARGETS["throughput_ratio_min"] else "MISSES"
+            if ratio_cpu is not None:
+                aim_cpu = "meets" if ratio_cpu <= TARGETS["cpu_per_gib_ratio_max"] else "MISSES"
+        rt = f"{ratio_tp:8.2f}" if ratio_tp is not None else f"{'-':>8}"
+        rc = f"{ratio_cpu:9.2f}" if ratio_cpu is not None else f"{'-':>9}"
+        print(f"  ({side.key}) {side.label:<26} {tp_s} {cpu_s_}  {rt} {aim_tp:>6}  {rc} {aim_cpu:>6}  {lost}")
+    print(f"  aims (issue #4): throughput >= {TARGETS['throughput_ratio_min']:g}x supervisord's, "
+          f"CPU per GiB <= {TARGETS['cpu_per_gib_ratio_max']:g}x supervisord's; 0 bytes lost")
+
+
+def survivors(script: Path, started_wall: float) -> list[int]:
+    """Processes started by this script that still run the child script (should be none)."""
+    out = []
+    for p in psutil.process_iter(["cmdline", "create_time"]):
+        try:
+            if (p.info["create_time"] >= started_wall - 1 and str(script) in (p.info["cmdline"] or [])
+                    and p.status() != psutil.STATUS_ZOMBIE):
+                out.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark procguard's output capture against supervisord's.")
+    ap.add_argument("--quick", action="store_true", help="200 MiB per run, 2 rounds instead of 1 GiB, 3 rounds")
+    ap.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    ap.add_argument("--no-prefault", action="store_true",
+                    help="do not touch and free memory before each run (see the docstring: noisy in some VMs)")
+    args = ap.parse_args(argv)
+    if not os.path.exists(SUPERVISORD):
+        print(f"bench_output: {SUPERVISORD} missing: .venv/bin/python -m pip install -e '.[bench]'",
+              file=sys.stderr)
+        return 2
+    bench = Bench()
+    script = bench.root / "child.py"
+    t0 = time.monotonic()
+    try:
+        with sigterm_unwinds():
+            results = run(args, bench)
+    except BenchError as exc:
+        print(f"\nbench_output: cannot measure: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Interrupted):
+        print("\nbench_output: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        # Bounded (TERM, 60 s, KILL); a second Ctrl-C must not leave children behind.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            killed = bench.close()
+            left = survivors(script, bench.started_wall)
+        finally:
+            signal.signal(signal.SIGINT, old)
+        if killed:
+            print(f"bench_output: cleanup killed leftover children: {killed}", file=sys.stderr)
+        if left:
+            print(f"bench_output: children still alive after cleanup: {left}", file=sys.stderr)
+    results["elapsed_s"] = time.monotonic() - t0
+    results["cleanup_killed"] = killed
+    results["children_surviving"] = left
+    print(f"\nchildren surviving cleanup: {len(left)}; elapsed {results['elapsed_s']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
