@@ -36,6 +36,7 @@ class Daemon:
         osapi = RealOS(loop, self.config.logdir)
         self.supervisor = sup = Supervisor(self.config, osapi)
         osapi.on_reaped = sup.child_reaped
+        osapi.on_spawned = sup.process_spawned
         # The handlers only queue the signal; the main loop below acts on it (never log in a handler).
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)

@@ -420,11 +420,10 @@ def _parse_names(value: object) -> tuple[str, ...]:
 
 
 def _parse_status_codes(value: object) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if isinstance(value, list) and value and all(
-            isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in value):
-        return tuple(value)
+    codes = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(codes, list) and codes and all(
+            isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in codes):
+        return tuple(codes)
     raise _Bad(f"expected an HTTP status or a list of them like [200, 204], got {value!r}")
 
 

@@ -104,6 +104,7 @@ def status_dict(st: ProcessStatus) -> dict[str, Any]:
         "name": st.name, "program": st.program, "state": str(st.state), "pid": st.pid,
         "started_at": st.started_at, "uptime_s": st.uptime_s, "exit_status": st.exit_status,
         "reason": st.reason, "retry_in_s": st.retry_in_s, "failures": st.failures,
+        "health": st.health, "health_reason": st.health_reason, "status_text": st.status_text,
     }
 
 

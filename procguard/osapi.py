@@ -14,12 +14,15 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import psutil
 import structlog
 
 from procguard.errors import SpawnError
+from procguard.config import Ready
+from procguard.notify import NotifySocket
 from procguard.output import Output
 from procguard.process import Process, Timer
 from procguard.spawn import spawn_process
@@ -46,13 +49,16 @@ class RealOS:
         self.logdir = logdir
         self.output = output if output is not None else Output(loop, logdir)
         self._by_pid: dict[int, Process] = {}
-        self._popens: dict[int, subprocess.Popen[bytes]] = {}
+        self._popens: dict[int, subprocess.Popen[Any]] = {}
         self._spawns_in_flight = 0
         self._early_exits: dict[int, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._scan_queue: dict[Process, int] = {}
         self._scanning = False
         self.on_reaped: Callable[[int], None] = lambda pid: None
+        self.on_spawned: Callable[[Process], None] = lambda process: None
+        self._notify: dict[Process, NotifySocket] = {}
+        self._command_exits: dict[int, asyncio.Future[int]] = {}
 
     # --------------------------------------------------------------------------- seam methods
 
@@ -109,10 +115,22 @@ class RealOS:
             log.warning("spawn_failed", program=process.program.name, process=process.name, reason=reason)
             process.spawn_failed(reason)
             return
+        extra_env: dict[str, str] = {}
+        if process.program.ready == Ready.NOTIFY:
+            sock = self._notify.get(process)
+            if sock is None:
+                try:
+                    sock = self._notify[process] = NotifySocket(self._loop, lambda: process.pid, process.notified)
+                except OSError as exc:
+                    pipes.abandon()
+                    self._spawn_done()
+                    process.spawn_failed(f"cannot create its NOTIFY_SOCKET: {exc.strerror or exc}")
+                    return
+            extra_env["NOTIFY_SOCKET"] = sock.name
         try:
             # fork/exec off the loop (as trio does): a large daemon's fork can take milliseconds.
             popen = await asyncio.to_thread(spawn_process, process.program, process.config,
-                                            pipes.stdout, pipes.stderr)
+                                            pipes.stdout, pipes.stderr, extra_env)
         except SpawnError as exc:
             pipes.abandon()
             self._spawn_done()
@@ -129,6 +147,7 @@ class RealOS:
         self._popens[pid] = popen
         log.info("process_spawned", program=process.program.name, process=process.name, pid=pid)
         process.spawned(pid)
+        self.on_spawned(process)
         early = self._early_exits.pop(pid, None)
         self._spawn_done()
         if early is not None:
@@ -179,14 +198,62 @@ class RealOS:
         popen = self._popens.pop(pid, None)
         if popen is not None:
             popen.returncode = code  # so Popen never waits on a pid that may be reused
-        if process is not None:
+        command = self._command_exits.pop(pid, None)
+        if command is not None:
+            if not command.done():
+                command.set_result(code)
+        elif process is not None:
             process.exited(code)
         elif self._spawns_in_flight:
             self._early_exits[pid] = code
         self.on_reaped(pid)
 
+    async def spawn_command(self, argv: Sequence[str], **popen_kwargs: Any) -> "tuple[int, asyncio.Future[int]]":
+        """Start a helper command (an exec health check) off the loop; return its pid and exit future.
+
+        The reaper owns every child's status (waitpid(-1)), so helpers get theirs through here rather
+        than from asyncio's child watcher, which would race it and report 255.
+        """
+        self._spawns_in_flight += 1
+        def popen() -> "subprocess.Popen[bytes]":
+            return subprocess.Popen(list(argv), **popen_kwargs)
+
+        started = asyncio.ensure_future(asyncio.to_thread(popen))
+        try:
+            child = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            # Cancelled while forking: the child exists all the same; kill it, and let the reaper reap it.
+            try:
+                child = await started
+            except Exception:
+                self._spawn_done()
+                raise asyncio.CancelledError from None
+            self._register_command(child)
+            self.send_signal(child.pid, signal.SIGKILL, group=True)
+            raise
+        except BaseException:
+            self._spawn_done()
+            raise
+        return child.pid, self._register_command(child)
+
+    def _register_command(self, popen: "subprocess.Popen[Any]") -> "asyncio.Future[int]":
+        exited: asyncio.Future[int] = self._loop.create_future()
+        self._popens[popen.pid] = popen
+        self._command_exits[popen.pid] = exited
+        early = self._early_exits.pop(popen.pid, None)
+        self._spawn_done()
+        if early is not None:
+            self._deliver(popen.pid, early)
+        return exited
+
+    def forget(self, process: Process) -> None:
+        """The process's program was removed: close what the OS side kept for it."""
+        sock = self._notify.pop(process, None)
+        if sock is not None:
+            sock.close()
+
     def tracked_pids(self) -> set[int]:
-        return set(self._by_pid)
+        return set(self._by_pid) | set(self._command_exits)
 
 
 def _exists(kill: Callable[[int, int], None], ident: int) -> bool:
@@ -242,3 +309,19 @@ def untracked_children(tracked: set[int]) -> list[int]:
         if child.pid not in tracked:
             out.append(child.pid)
     return out
+
+
+def tree_rss(pid: int) -> int | None:
+    """RSS of pid and all its descendants in bytes; None when pid is gone. Blocking: run off-loop."""
+    try:
+        leader = psutil.Process(pid)
+        procs = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total

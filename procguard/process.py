@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from procguard.config import AutoRestart, ProcessConfig, ProgramConfig
+from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, Ready
 
 
 class ProcessState(enum.StrEnum):
@@ -88,6 +88,9 @@ class ProcessStatus:
     reason: str
     retry_in_s: float | None
     failures: int
+    health: str | None = None  # None (no check), "starting", "healthy", "unhealthy"
+    health_reason: str = ""  # the last failed check's reason
+    status_text: str = ""  # the last STATUS= the process sent on its NOTIFY_SOCKET
 
 
 class Process:
@@ -117,6 +120,17 @@ class Process:
         self._timer: Timer | None = None
         self._spawn_pending = False
         self._stop_after_spawn = False
+        self.health: str | None = None
+        self.health_reason = ""
+        self.health_failures = 0
+        self.status_text = ""
+        # After a stop we did not begin for the operator: "restart" (health, max_age, max_memory) or
+        # "fail" (not ready within start_timeout: counts as a failed start).
+        self._after_stop: str | None = None
+        self._pending_reason = ""
+        self._age_timer: Timer | None = None
+        # Health transitions and recycling go to the supervisor's log through this (no I/O here).
+        self.on_event: Callable[["Process", str, dict[str, object]], None] = lambda p, event, fields: None
 
     @property
     def name(self) -> str:
@@ -141,6 +155,11 @@ class Process:
 
     def stop(self) -> bool:
         """Begin stopping; return False if there is nothing to stop."""
+        if self.state == ProcessState.STOPPING and self._after_stop is not None:
+            # The operator's stop wins over a restart or failed start already under way.
+            self._after_stop = None
+            self.reason = "stopped"
+            return True
         if self.state == ProcessState.BACKOFF:
             self._cancel_timer()
             self.reason = "stopped while waiting to retry"
@@ -153,7 +172,8 @@ class Process:
         if self.state not in (ProcessState.STARTING, ProcessState.RUNNING):
             return False
         self._cancel_timer()
-        self.reason = "stopped"
+        # restart() and _start_timed_out() set _after_stop first: the STOPPING event shows their reason.
+        self.reason = self._pending_reason if self._after_stop else "stopped"
         if self._spawn_pending:
             # The pid is not known yet: stop as soon as the spawn reports back.
             self._stop_after_spawn = True
@@ -187,10 +207,87 @@ class Process:
             self._stop_after_spawn = False
             self._begin_stop()
             return
-        if self.program.startsecs <= 0:
+        if self.program.healthcheck is not None:
+            self.health = "starting"
+            self.health_failures = 0
+        if self.program.type == "oneshot":
+            return  # done when it exits
+        if self.program.ready != Ready.STARTSECS:
+            # Ready when it says so (READY=1) or its health check first passes; not by then = failed.
+            self._timer = self._os.call_later(self.program.start_timeout, self._start_timed_out)
+        elif self.program.startsecs <= 0:
             self._become_running()
         else:
             self._timer = self._os.call_later(self.program.startsecs, self._startsecs_elapsed)
+
+    def notified(self, fields: dict[str, str]) -> None:
+        """A message on the process's NOTIFY_SOCKET (READY=1, STATUS=...)."""
+        if "STATUS" in fields:
+            self.status_text = fields["STATUS"][:200]
+        if fields.get("READY") == "1" and self.state == ProcessState.STARTING and self._leader_alive \
+                and self.program.ready == Ready.NOTIFY:
+            self._cancel_timer()
+            self._become_running()
+
+    def health_result(self, ok: bool, reason: str) -> None:
+        """A health check finished. Drives readiness, health and, after `retries` failures, a restart."""
+        hc = self.program.healthcheck
+        if hc is None or self.state not in (ProcessState.STARTING, ProcessState.RUNNING) or not self._leader_alive:
+            return
+        if self.state == ProcessState.STARTING:
+            if ok and self.program.ready == Ready.HEALTHCHECK:
+                self._set_health("healthy", "")
+                self._cancel_timer()
+                self._become_running()
+            elif not ok:
+                self.health_reason = reason  # not ready yet: shown in status, no count
+            return
+        if ok:
+            self.health_failures = 0
+            self._set_health("healthy", "")
+            return
+        self.health_reason = reason
+        if self.spawned_at is not None and self._os.monotonic() - self.spawned_at < hc.start_period:
+            return  # still warming up: failures do not count
+        self.health_failures += 1
+        if self.health_failures >= hc.retries and self.health != "unhealthy":
+            self._set_health("unhealthy", reason)
+            if hc.on_unhealthy == "restart":
+                self.restart(f"unhealthy: {reason}")
+
+    def _set_health(self, new: str, reason: str) -> None:
+        old = self.health
+        self.health = new
+        self.health_reason = reason
+        if old != new:
+            self.on_event(self, "health_changed", {"old": old, "new": new, "reason": reason,
+                                                   "failures": self.health_failures})
+
+    def restart(self, why: str) -> bool:
+        """Stop gracefully and start again (health, max_age, max_memory); False when not running."""
+        if self.state not in (ProcessState.STARTING, ProcessState.RUNNING) or self._spawn_pending:
+            return False
+        self._after_stop = "restart"  # before stop(): a leader already gone is STOPPED within it
+        self._pending_reason = f"restarting: {why}"
+        self.stop()
+        return True
+
+    def _start_timed_out(self) -> None:
+        self._timer = None
+        if self.state != ProcessState.STARTING:
+            return
+        why = "no READY=1" if self.program.ready == Ready.NOTIFY else f"health check: {self.health_reason or 'never passed'}"
+        self._after_stop = "fail"
+        self._pending_reason = f"not ready within start_timeout ({self.program.start_timeout:g}s; {why})"
+        self.stop()
+
+    def _age_exceeded(self) -> None:
+        self._age_timer = None
+        if self.state == ProcessState.RUNNING and self.spawned_at is not None:
+            age = self._os.monotonic() - self.spawned_at
+            self.on_event(self, "process_recycled", {"reason": "max_age", "age_s": round(age, 1),
+                                                     "max_age_s": self.program.max_age})
+            self.restart(f"max_age ({self.program.max_age:g}s) reached")
 
     def spawn_failed(self, reason: str) -> None:
         self._spawn_pending = False
@@ -215,8 +312,19 @@ class Process:
         if self.program.killasgroup and self.pid is not None and self._os.is_group_alive(self.pid):
             # The leader died but left workers behind: they would hold its port and block the restart.
             self._os.send_signal(self.pid, signal.SIGKILL, group=True)
+        if self.state == ProcessState.STARTING and self.program.type == "oneshot":
+            if status in self.program.exitcodes:
+                self.failed_starts = 0
+                self.failures = 0
+                self.reason = f"completed ({what})"
+                self._set(ProcessState.EXITED)
+            else:
+                self.reason = f"failed ({what})"
+                self._failed_start()
+            return
         if self.state == ProcessState.STARTING:
-            self.reason = f"exited too quickly ({what})"
+            self.reason = f"exited too quickly ({what})" if self.program.ready == Ready.STARTSECS \
+                else f"exited before it was ready ({what})"
             self._failed_start()
             return
         # RUNNING -> EXITED, then maybe restart.
@@ -267,6 +375,9 @@ class Process:
         self.failed_starts = 0
         self.reason = ""
         self._set(ProcessState.RUNNING)
+        if self.program.max_age is not None:
+            jitter = random.uniform(0.0, self.program.max_age_jitter)
+            self._age_timer = self._os.call_later(self.program.max_age + jitter, self._age_exceeded)
         # The backoff counter resets only after a stable run (see exited()): a process that dies
         # right after reaching RUNNING is still a crash loop.
 
@@ -279,6 +390,8 @@ class Process:
         self.failures += 1
         self.failed_starts += 1
         limit = self.program.startretries
+        if limit is None and self.program.type == "oneshot":
+            limit = 0  # a job that failed stays failed (and blocks its dependents) unless startretries says
         if limit is not None and self.failed_starts > limit:
             self.reason = f"{self.reason}; gave up after {self.failed_starts} failed starts (startretries = {limit})"
             self._set(ProcessState.FATAL)
@@ -332,7 +445,15 @@ class Process:
         if self.strays:
             return
         self._cancel_timer()
-        self._set(ProcessState.STOPPED)
+        after, self._after_stop = self._after_stop, None
+        if after == "restart":
+            self._set(ProcessState.STOPPED)
+            self._spawn()
+        elif after == "fail":
+            self.reason = self._pending_reason
+            self._failed_start()
+        else:
+            self._set(ProcessState.STOPPED)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -342,6 +463,11 @@ class Process:
     def _set(self, new: ProcessState) -> None:
         old = self.state
         self.state = new
+        if new != ProcessState.RUNNING and self._age_timer is not None:
+            self._age_timer.cancel()
+            self._age_timer = None
+        if new not in (ProcessState.STARTING, ProcessState.RUNNING, ProcessState.STOPPING):
+            self.status_text = ""
         self._on_change(self, old, new)
 
     def status(self, now_monotonic: float, now_wall: float) -> ProcessStatus:
@@ -364,6 +490,9 @@ class Process:
             reason=self.reason,
             retry_in_s=retry_in,
             failures=self.failures,
+            health=self.health if self.state in (ProcessState.STARTING, ProcessState.RUNNING) else None,
+            health_reason=self.health_reason,
+            status_text=self.status_text,
         )
 
 

@@ -6,10 +6,12 @@ from procguard.config import ProcessConfig, ProgramConfig
 from procguard.errors import SpawnError
 
 
-def spawn_process(program: ProgramConfig, proc: ProcessConfig, stdout: int, stderr: int | None) -> subprocess.Popen[bytes]:
+def spawn_process(program: ProgramConfig, proc: ProcessConfig, stdout: int, stderr: int | None,
+                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start the child and return its Popen; blocking, so call it off the event loop.
 
-    stdout and stderr are the write ends of the output pipes (stderr None: redirected to stdout).
+    stdout and stderr are the write ends of the output pipes (stderr None: redirected to stdout);
+    extra_env adds what the daemon provides per spawn (NOTIFY_SOCKET).
     The child gets its own process group, the configured user/group/supplementary groups/umask/
     directory, exactly the resolved environment, /dev/null on stdin, and no descriptor beyond 0/1/2.
     Raises SpawnError with the reason (no such file, permission denied, too many open files, ...).
@@ -19,7 +21,7 @@ def spawn_process(program: ProgramConfig, proc: ProcessConfig, stdout: int, stde
         return subprocess.Popen(
             list(proc.command),
             cwd=proc.directory,
-            env=dict(proc.environment),
+            env=dict(proc.environment) | (extra_env or {}),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=subprocess.STDOUT if stderr is None else stderr,

@@ -16,6 +16,8 @@ import structlog
 from procguard.config import Config, ConfigDiff, ProgramConfig, diff_configs, load_config
 from procguard.errors import ConfigError, ControlError
 from procguard.protocol import E_BAD_SIGNAL, E_NO_SUCH_PROCESS
+from procguard.health import run_check
+from procguard.osapi import tree_rss
 from procguard.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, describe_exit
 
 log = structlog.get_logger()
@@ -46,14 +48,75 @@ class Supervisor:
         self._waiters: dict[Process, list[asyncio.Event]] = {}
         self._stopping: set[Process] = set()
         self._reload_lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task[None]] = set()
         for prog in config.programs:
             self._add_program(prog)
 
     # -------------------------------------------------------------------------------- plumbing
 
     def _add_program(self, prog: ProgramConfig) -> None:
-        self._programs[prog.name] = [Process(prog, pc, self._os, self._on_change) for pc in prog.processes]
+        procs = [Process(prog, pc, self._os, self._on_change) for pc in prog.processes]
+        for p in procs:
+            p.on_event = self._on_event
+        self._programs[prog.name] = procs
         self._locks.setdefault(prog.name, asyncio.Lock())
+
+    def _on_event(self, proc: Process, event: str, fields: dict[str, object]) -> None:
+        level = "warning" if fields.get("new") == "unhealthy" or event == "process_recycled" else "info"
+        getattr(log, level)(event, program=proc.program.name, process=proc.name, pid=proc.pid, **fields)
+
+    def process_spawned(self, proc: Process) -> None:
+        """A child exists (RealOS.on_spawned): start its health check and resource guard, if any."""
+        if proc.program.healthcheck is not None:
+            self._own(self._health_loop(proc, proc.pid))
+        if proc.program.max_memory is not None:
+            self._own(self._memory_loop(proc, proc.pid))
+
+    def _own(self, coro: "asyncio._CoroutineLike[None]") -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _health_loop(self, proc: Process, pid: int | None) -> None:
+        """Check one spawn of a process every interval (twice a second while it is not ready yet)."""
+        hc = proc.program.healthcheck
+        assert hc is not None
+        program = proc.program
+
+        def alive() -> bool:
+            return proc.pid == pid and proc.state in (ProcessState.STARTING, ProcessState.RUNNING)
+
+        try:
+            while alive():
+                result = await run_check(hc, uid=program.uid, gid=program.gid, extra_groups=program.extra_groups,
+                                         env=dict(proc.config.environment), cwd=proc.config.directory,
+                                         spawner=getattr(self._os, "spawn_command", None))
+                if not alive():  # re-check after the await: it may have been stopped or restarted
+                    return
+                if not result.ok:
+                    log.debug("health_check_failed", process=proc.name, pid=pid, reason=result.reason)
+                proc.health_result(result.ok, result.reason)
+                await asyncio.sleep(hc.interval if proc.state == ProcessState.RUNNING else min(hc.interval, 0.5))
+        except Exception:  # task boundary: a checker bug must not go unnoticed, nor kill the daemon
+            log.exception("health_loop_failed", process=proc.name)
+
+    async def _memory_loop(self, proc: Process, pid: int | None) -> None:
+        """Measure the process tree's RSS off the loop every resource_check_interval; recycle above max_memory."""
+        limit = proc.program.max_memory
+        assert limit is not None and pid is not None
+        try:
+            while proc.pid == pid and proc.state in (ProcessState.STARTING, ProcessState.RUNNING):
+                rss = await asyncio.to_thread(tree_rss, pid)
+                if rss is None or proc.pid != pid:
+                    return
+                if rss > limit and proc.state == ProcessState.RUNNING:
+                    log.warning("process_recycled", program=proc.program.name, process=proc.name, pid=pid,
+                                reason="max_memory", rss_bytes=rss, max_memory_bytes=limit)
+                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}")
+                    return
+                await asyncio.sleep(proc.program.resource_check_interval)
+        except Exception:  # task boundary
+            log.exception("memory_loop_failed", process=proc.name)
 
     def _on_change(self, proc: Process, old: ProcessState, new: ProcessState) -> None:
         fields: dict[str, object] = {
@@ -142,8 +205,82 @@ class Supervisor:
         return [p.status(now_m, now_w) for p in self.resolve(names)]
 
     async def start(self, names: Iterable[str]) -> list[ActionResult]:
-        """Start processes and wait until each is RUNNING or has failed (BACKOFF, FATAL)."""
-        return await self._per_program(self.resolve(names), self._start_procs)
+        """Start processes and wait until each is RUNNING or has failed (BACKOFF, FATAL).
+
+        A program's dependencies (depends_on) are brought up first; if one fails, the program is not
+        started and its result says which dependency and why.
+        """
+        procs = self.resolve(names)
+        memo: dict[str, asyncio.Task[tuple[bool, str]]] = {}
+        blocked: dict[str, str] = {}
+        for name in dict.fromkeys(p.program.name for p in procs if p.program.depends_on):
+            ok, why = await self._dependencies_up(name, memo)
+            if not ok:
+                blocked[name] = why
+        results = await self._per_program([p for p in procs if p.program.name not in blocked], self._start_procs)
+        for p in procs:
+            if p.program.name in blocked:
+                p.reason = f"blocked: {blocked[p.program.name]}"
+                results.append(ActionResult(p.name, False, p.state, p.reason))
+        order = {p.name: i for i, p in enumerate(procs)}
+        return sorted(results, key=lambda r: order.get(r.name, 0))
+
+    # ---------------------------------------------------------------------------- dependencies
+
+    @staticmethod
+    def _satisfied(p: Process) -> bool:
+        """A dependency is satisfied by a RUNNING service or a oneshot that completed."""
+        if p.program.type == "oneshot":
+            return p.state == ProcessState.EXITED and p.reason.startswith("completed")
+        return p.state == ProcessState.RUNNING
+
+    @staticmethod
+    def _given_up(p: Process) -> bool:
+        """No longer on its way up: FATAL, or at rest without having completed."""
+        return p.state == ProcessState.FATAL or (p.state in RESTING_STATES and not Supervisor._satisfied(p))
+
+    async def _dependencies_up(self, name: str, memo: dict[str, "asyncio.Task[tuple[bool, str]]"]) -> tuple[bool, str]:
+        """Bring up every dependency of `name` (recursively, each once); (True, "") when all are satisfied."""
+        procs = self._programs.get(name, [])
+        deps = procs[0].program.depends_on if procs else ()
+        for dep in deps:
+            if dep not in memo:
+                memo[dep] = asyncio.get_running_loop().create_task(self._bring_up(dep, memo))
+        for p in procs:
+            if p.state in RESTING_STATES and deps:
+                p.reason = f"waiting for {', '.join(deps)}"
+        for dep in deps:
+            ok, why = await memo[dep]
+            if not ok:
+                return False, f"dependency {dep} failed: {why}"
+        return True, ""
+
+    async def _bring_up(self, name: str, memo: dict[str, "asyncio.Task[tuple[bool, str]]"]) -> tuple[bool, str]:
+        """Start program `name` after its own dependencies; wait until satisfied or given up."""
+        ok, why = await self._dependencies_up(name, memo)
+        procs = self._programs.get(name, [])
+        if not ok:
+            for p in procs:
+                if p.state in RESTING_STATES:
+                    p.reason = f"blocked: {why}"
+            log.error("program_blocked", program=name, reason=why)
+            return False, why
+
+        async def up(ps: list[Process]) -> list[ActionResult]:
+            for p in ps:
+                if p.state in RESTING_STATES and not self._satisfied(p):
+                    p.start()
+            # A service in BACKOFF may still come up: wait for RUNNING, or FATAL / a stop.
+            await self._wait(ps, lambda p: self._satisfied(p) or self._given_up(p))
+            return []
+
+        if procs:
+            await self._per_program(procs, up)
+        procs = self._programs.get(name, [])
+        failed = [p for p in procs if not self._satisfied(p)]
+        if failed:
+            return False, f"{failed[0].state}: {failed[0].reason}"
+        return True, ""
 
     async def stop(self, names: Iterable[str]) -> list[ActionResult]:
         """Stop processes and wait until each is STOPPED (SIGKILL after stopwaitsecs)."""
@@ -203,14 +340,19 @@ class Supervisor:
         return [ActionResult(p.name, True, p.state, "not running" if p in was_at_rest else "stopped") for p in procs]
 
     async def start_autostart(self) -> None:
-        """Start every autostart program in priority order (lowest first).
+        """Start every autostart program: by dependencies where there are some, else by priority.
 
-        Programs of one level start together; the next level begins once each of them is RUNNING
-        (up for startsecs) or has failed (BACKOFF, FATAL), so a failing program never blocks boot.
+        Programs without depends_on start by priority level (lowest first): one level together, the
+        next once each of them is RUNNING (ready) or has failed (BACKOFF, FATAL), so a failing program
+        never blocks boot. A program with depends_on starts once each dependency is RUNNING or, for a
+        oneshot, completed; a dependency that gives up blocks it (its status says why).
         """
+        memo: dict[str, asyncio.Task[tuple[bool, str]]] = {}
+        with_deps = [p.name for p in self.config.programs if p.autostart and p.depends_on]
+        dependents = [asyncio.get_running_loop().create_task(self._bring_up(n, memo)) for n in with_deps]
         levels: dict[int, list[Process]] = {}
         for p in self.processes():
-            if p.program.autostart:
+            if p.program.autostart and not p.program.depends_on:
                 levels.setdefault(p.program.priority, []).append(p)
         async def start_level(procs: list[Process]) -> list[ActionResult]:
             for p in procs:
@@ -219,17 +361,30 @@ class Supervisor:
             await self._wait(procs, lambda p: p.state != ProcessState.STARTING)
             return []
 
-        for prio in sorted(levels):
-            # Under each program's lock, so a reload meanwhile queues behind (and may drop) this start.
-            await self._per_program(levels[prio], start_level)
+        try:
+            for prio in sorted(levels):
+                # Under each program's lock, so a reload meanwhile queues behind (and may drop) this start.
+                await self._per_program(levels[prio], start_level)
+            await asyncio.gather(*dependents)
+        finally:
+            for task in [*dependents, *memo.values()]:
+                task.cancel()
 
     async def stop_all(self) -> None:
-        """Stop everything in reverse priority; one priority level in parallel."""
-        levels: dict[int, list[Process]] = {}
-        for p in self.processes():
-            levels.setdefault(p.program.priority, []).append(p)
-        for prio in sorted(levels, reverse=True):
-            await self._per_program(levels[prio], self._stop_procs)
+        """Stop everything: dependents before what they depend on, otherwise reverse priority.
+
+        Each round stops, in parallel, the highest-priority-number programs among those no remaining
+        program depends on.
+        """
+        remaining = dict(self._programs)
+        while remaining:
+            needed = {d for procs in remaining.values() for d in procs[0].program.depends_on if procs}
+            free = [n for n in remaining if n not in needed] or list(remaining)  # cycles are refused at load
+            top = max(remaining[n][0].program.priority if remaining[n] else 0 for n in free)
+            batch = [n for n in free if (remaining[n][0].program.priority if remaining[n] else 0) == top]
+            await self._per_program([p for n in batch for p in remaining.pop(n)], self._stop_procs)
+        for task in list(self.tasks):
+            task.cancel()
 
     async def reload(self, path: str | None = None) -> ConfigDiff:
         """Re-read the config and apply the difference; touch only added, changed and removed programs.
@@ -252,6 +407,10 @@ class Supervisor:
                     if old:
                         await self._stop_procs(old)
                         del self._programs[name]
+                        forget = getattr(self._os, "forget", None)
+                        for p in old:
+                            if forget is not None:
+                                forget(p)
                     if name in new_by_name:
                         self._add_program(new_by_name[name])
                         if new_by_name[name].autostart:

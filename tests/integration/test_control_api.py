@@ -32,6 +32,7 @@ def run(config_text: Callable[[Path], str], body: Body) -> None:
         osapi = RealOS(loop, str(work / "logs"))
         sup = Supervisor(load_config(cfg), osapi)
         osapi.on_reaped = sup.child_reaped
+        osapi.on_spawned = sup.process_spawned
         loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
         try:
             await body(sup, work)

@@ -997,3 +997,80 @@ def test_bad_output_keys_are_each_named(tmp_path: Path) -> None:
         f"{f}: [program.web] stdout_logfile_timestamps: expected true or false, got 'yes'",
         f"{f}: [program.web] stderr_tail_maxbytes: at most 64MB (it is kept in memory per process), got 1073741824",
     ]
+
+
+# ------------------------------------------------- readiness, health, dependencies, guards (#5)
+
+
+def test_readiness_defaults_follow_the_health_check(tmp_path: Path) -> None:
+    from procguard.config import Ready
+    plain = load_program(tmp_path, 'command = "/bin/true"')
+    assert (plain.ready, plain.healthcheck, plain.type, plain.depends_on) == (Ready.STARTSECS, None, "simple", ())
+    checked = load_program(tmp_path, 'command = "/bin/true"\n[program.web.healthcheck]\ntype = "tcp"\n'
+                                     'address = "127.0.0.1:8000"\n')
+    assert checked.ready == Ready.HEALTHCHECK and checked.healthcheck is not None
+    assert (checked.healthcheck.interval, checked.healthcheck.timeout, checked.healthcheck.retries) == (10.0, 5.0, 3)
+    notify = load_program(tmp_path, 'command = "/bin/true"\nready = "notify"\nstart_timeout = "90s"\n')
+    assert notify.ready == Ready.NOTIFY and notify.start_timeout == 90.0
+
+
+def test_http_healthcheck_keys_are_parsed(tmp_path: Path) -> None:
+    p = load_program(tmp_path, 'command = "/bin/true"\n[program.web.healthcheck]\ntype = "http"\n'
+                               'url = "http://127.0.0.1:8000/health/"\nhost = "example.com"\nexpect_status = [200, 204]\n'
+                               'expect_body = "ok"\ninterval = "5s"\ntimeout = "2s"\nretries = 2\nstart_period = "30s"\n'
+                               'on_unhealthy = "none"\nmethod = "head"\n')
+    hc = p.healthcheck
+    assert hc is not None
+    assert (hc.url, hc.host, hc.expect_status, hc.expect_body, hc.method) == (
+        "http://127.0.0.1:8000/health/", "example.com", (200, 204), "ok", "HEAD")
+    assert (hc.interval, hc.timeout, hc.retries, hc.start_period, hc.on_unhealthy) == (5.0, 2.0, 2, 30.0, "none")
+
+
+def test_bad_healthcheck_tables_name_each_key(tmp_path: Path) -> None:
+    lines = refusal(tmp_path, HEADER + '[program.web]\ncommand = "/bin/true"\n[program.web.healthcheck]\n'
+                              'type = "http"\nurl = "https://x/"\nexpect_status = 99\nretries = 0\ninterva = "1s"\n')
+    f = main_file(tmp_path)
+    assert lines == [
+        f"{f}: [program.web] healthcheck.interva: unknown key (did you mean 'interval'?)",
+        f"{f}: [program.web] healthcheck.url: expected \"http://host:port/path\" (plain HTTP), got 'https://x/'",
+        f"{f}: [program.web] healthcheck.expect_status: expected an HTTP status or a list of them like [200, 204], got 99",
+        f"{f}: [program.web] healthcheck.retries: expected an integer >= 1, got 0",
+    ]
+
+
+def test_healthcheck_type_needs_its_target(tmp_path: Path) -> None:
+    for body, key in (('type = "tcp"', "healthcheck.address"), ('type = "exec"', "healthcheck.command"),
+                      ('type = "uwsgi"', "healthcheck.address"), ('type = "http"', "healthcheck.url"),
+                      ('type = "smtp"', "healthcheck.type")):
+        [line] = refusal(tmp_path, HEADER + f'[program.web]\ncommand = "/bin/true"\n[program.web.healthcheck]\n{body}\n')
+        assert f"[program.web] {key}: " in line, line
+
+
+def test_ready_healthcheck_without_a_check_and_oneshot_misuse_are_refused(tmp_path: Path) -> None:
+    lines = refusal(tmp_path, HEADER + '[program.web]\ncommand = "/bin/true"\nready = "healthcheck"\n'
+                              '[program.job]\ncommand = "/bin/true"\ntype = "oneshot"\nready = "notify"\n'
+                              'max_age = "1d"\n[program.x]\ncommand = "/bin/true"\nready = "soon"\ntype = "daemon"\n')
+    joined = "\n".join(lines)
+    assert "[program.web] ready: is \"healthcheck\" but there is no [program.NAME.healthcheck] table" in joined
+    assert "[program.job] type: a oneshot is done when it exits; ready and healthcheck do not apply" in joined
+    assert "[program.job] type: max_memory and max_age restart services" in joined
+    assert "[program.x] ready: expected \"startsecs\", \"notify\" or \"healthcheck\", got 'soon'" in joined
+    assert "[program.x] type: expected \"simple\"" in joined
+
+
+def test_unknown_dependencies_and_cycles_are_refused(tmp_path: Path) -> None:
+    lines = refusal(tmp_path, HEADER + '[program.a]\ncommand = "/bin/true"\ndepends_on = ["b"]\n'
+                              '[program.b]\ncommand = "/bin/true"\ndepends_on = ["c"]\n'
+                              '[program.c]\ncommand = "/bin/true"\ndepends_on = ["a"]\n'
+                              '[program.d]\ncommand = "/bin/true"\ndepends_on = ["dd", "d"]\n')
+    f = main_file(tmp_path)
+    assert f"{f}: [program.d] depends_on: no such program 'dd' (did you mean 'd'?)" in lines
+    assert f"{f}: [program.d] depends_on: a program cannot depend on itself" in lines
+    assert f"{f}: [program.a] depends_on: dependency cycle: a -> b -> c -> a" in lines
+    assert len(lines) == 3
+
+
+def test_resource_guards_are_parsed(tmp_path: Path) -> None:
+    p = load_program(tmp_path, 'command = "/bin/true"\nmax_memory = "512MB"\nmax_age = "1d"\nmax_age_jitter = "1h"\n'
+                               'resource_check_interval = "5s"\n')
+    assert (p.max_memory, p.max_age, p.max_age_jitter, p.resource_check_interval) == (512 * 1024**2, 86400.0, 3600.0, 5.0)

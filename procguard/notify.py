@@ -1,0 +1,80 @@
+"""NOTIFY_SOCKET for children: a datagram socket per process that takes sd_notify messages.
+
+A program with `ready = "notify"` gets NOTIFY_SOCKET=@procguard/<daemon pid>/<n> (an abstract socket:
+no file to own or clean up, and a child running as another user can reach it). It becomes RUNNING
+when it sends READY=1 (gunicorn and uWSGI do so by themselves); STATUS=... shows in status. Only the
+process's own group may speak for it: the sender's pid comes from SCM_CREDENTIALS (the kernel fills
+it in) and must be the main pid or in its process group, as systemd's NotifyAccess=main/all.
+"""
+
+import asyncio
+import itertools
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+import structlog
+
+log = structlog.get_logger()
+
+_counter = itertools.count(1)
+MAX_DATAGRAM = 4096  # sd_notify messages are short; longer ones are cut
+
+
+class NotifySocket:
+    """One process's NOTIFY_SOCKET; calls on_message(fields) for each datagram its group sends."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner_pid: Callable[[], int | None],
+                 on_message: Callable[[dict[str, str]], None]) -> None:
+        self._loop = loop
+        self._owner_pid = owner_pid
+        self._on_message = on_message
+        self.name = f"@procguard/{os.getpid()}/{next(_counter)}"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        try:
+            self._sock.bind("\0" + self.name[1:])
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        except OSError:
+            self._sock.close()
+            raise
+        loop.add_reader(self._sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, ancdata, _flags, _addr = self._sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(12))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            sender = None
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= 12:
+                    sender, _uid, _gid = struct.unpack("iII", payload[:12])
+            if not self._from_owner(sender):
+                log.warning("notify_message_refused", sender_pid=sender, reason="not the process or its group")
+                continue
+            fields: dict[str, str] = {}
+            for line in data.decode(errors="replace").splitlines():
+                key, sep, value = line.partition("=")
+                if sep:
+                    fields[key.strip()] = value
+            if fields:
+                self._on_message(fields)
+
+    def _from_owner(self, sender: int | None) -> bool:
+        owner = self._owner_pid()
+        if sender is None or owner is None:
+            return False
+        if sender == owner:
+            return True
+        try:
+            return os.getpgid(sender) == owner  # a worker in the main process's group
+        except OSError:
+            return False
