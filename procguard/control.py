@@ -453,7 +453,7 @@ class ControlServer:
             raise ControlError(E_BAD_ARGS, f"{proc.name} has redirect_stderr = true: its stderr is in stdout")
         stream = self._require_output().streams_of(proc.program, proc.config)[0 if which == "stdout" else 1]
         assert stream is not None
-        first = {"name": proc.name, "stream": which, "data": _b64(bytes(stream.tail_buffer)),
+        first = {"name": proc.name, "stream": which, "data": _b64(stream.tail()),
                  "offset": stream.offset, "dropped_bytes": stream.dropped}
         if not follow:
             return first

@@ -153,6 +153,9 @@ def test_logrotate_command_rotates_now(daemon):
     assert ctl(d, "signal", "USR1", "sig").returncode == 0
     wait_until(lambda: size(out) > 0, what="second line")
     assert Path(f"{out}.1").read_bytes().startswith(b"line 1 ") and out.read_bytes().startswith(b"line 2 ")
+    # The tail buffer spans the rotation (its bytes are read back from the file before it moves).
+    tail = ctl(d, "tail", "-n", "2", "sig").stdout
+    assert tail.startswith(b"line 1 ") and b"\nline 2 " in tail
 
 
 # ------------------------------------------------------------------------------------ reopen
