@@ -13,6 +13,7 @@ from procguard.config import Config, ConfigDiff, describe, load_config
 from procguard.control import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
 from procguard.log import configure_logging
+from procguard.notify import SystemdNotifier
 from procguard.osapi import RealOS, become_subreaper, untracked_children
 from procguard.protocol import VERSION
 from procguard.supervisor import Supervisor
@@ -29,9 +30,12 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._signals: asyncio.Queue[int] = asyncio.Queue()
+        self.systemd: SystemdNotifier | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # Read (and removed from our environment) before anything can start a child.
+        self.systemd = systemd = SystemdNotifier.from_environ()
         is_subreaper = become_subreaper()
         osapi = RealOS(loop, self.config.logdir)
         self.supervisor = sup = Supervisor(self.config, osapi)
@@ -55,7 +59,25 @@ class Daemon:
         for issue in self.config.warnings:
             log.warning("config_environment_problem", problem=str(issue))
         osapi.reap()  # children inherited from before (PID 1 in a container) are reaped too
-        starter = asyncio.create_task(sup.start_autostart())
+        watchdog = None
+        if systemd is not None:
+            watchdog = asyncio.create_task(systemd.watchdog())
+            status_pending = False
+
+            def send_status() -> None:
+                nonlocal status_pending
+                status_pending = False
+                systemd.send(f"STATUS={sup.counts()}")
+
+            def status_changed() -> None:
+                # One STATUS= per loop turn, however many processes changed in it (1000 at start-up).
+                nonlocal status_pending
+                if not status_pending:
+                    status_pending = True
+                    loop.call_soon(send_status)
+
+            sup.on_any_change = status_changed
+        starter = asyncio.create_task(self._start(sup))
         try:
             while True:
                 received = await self._signals.get()
@@ -67,6 +89,8 @@ class Daemon:
                 elif received == signal.SIGUSR2:
                     osapi.output.reopen()  # after an external logrotate moved the files away
         finally:
+            if systemd is not None:
+                systemd.stopping()
             # status still answers while programs stop; start, restart and reload are refused.
             control.stopping = True
             starter.cancel()
@@ -79,10 +103,33 @@ class Daemon:
             # Every child is gone: read each pipe to its end so all they wrote is in their files.
             osapi.output.close()
             await control.close()
+            if watchdog is not None:
+                watchdog.cancel()
             for task in list(osapi.tasks):
                 task.cancel()
         log.info("daemon_stopped")
         return 0
+
+    async def _start(self, sup: Supervisor) -> None:
+        """Start the autostart programs; tell systemd we are ready once each is RUNNING, FATAL or blocked.
+
+        A dependent waiting on a crash-looping dependency keeps start_autostart busy for as long as
+        that lasts; readiness comes when every autostart process has settled, whichever is first.
+        """
+        starting = asyncio.create_task(sup.start_autostart())
+        try:
+            while not starting.done():
+                if sup.start_settled():
+                    break
+                changed = asyncio.create_task(sup.wait_change())
+                await asyncio.wait({starting, changed}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+            log.info("daemon_ready", status=sup.counts())
+            if self.systemd is not None:
+                self.systemd.ready(sup.counts())
+            await starting
+        finally:
+            starting.cancel()
 
     async def _reload(self) -> None:
         try:
@@ -92,7 +139,13 @@ class Daemon:
 
     async def _reload_command(self) -> ConfigDiff:
         """Apply the config file's difference (SIGHUP and `procguardctl reload`); raises ConfigError."""
-        diff = await self.supervisor.reload()
+        if self.systemd is not None:
+            self.systemd.reloading()
+        try:
+            diff = await self.supervisor.reload()
+        finally:
+            if self.systemd is not None:
+                self.systemd.ready(self.supervisor.counts())
         new = self.supervisor.config
         if (new.control, new.control_group, new.curve) != (self.config.control, self.config.control_group,
                                                             self.config.curve):

@@ -49,6 +49,8 @@ class Supervisor:
         self._stopping: set[Process] = set()
         self._reload_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.on_any_change: Callable[[], None] = lambda: None  # after every state change (systemd STATUS=)
+        self._changed: list[asyncio.Future[None]] = []
         for prog in config.programs:
             self._add_program(prog)
 
@@ -141,6 +143,37 @@ class Supervisor:
             self._stopping.discard(proc)
         for event in self._waiters.pop(proc, ()):
             event.set()
+        self.on_any_change()
+        changed, self._changed = self._changed, []
+        for fut in changed:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_change(self) -> None:
+        """Return after the next state change of any process."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changed.append(fut)
+        await fut
+
+    def start_settled(self) -> bool:
+        """Initial start-up is done: every autostart process is RUNNING, EXITED, BACKOFF or FATAL, or
+        waits for / is blocked by a dependency (systemd's READY=1 must not wait on a crash loop)."""
+        for p in self.processes():
+            if not p.program.autostart:
+                continue
+            if p.state in (ProcessState.STARTING, ProcessState.STOPPING):
+                return False
+            if p.state == ProcessState.STOPPED and not p.reason.startswith(("waiting for", "blocked")):
+                return False
+        return True
+
+    def counts(self) -> str:
+        """'5 running, 1 backoff': how many processes are in each state, for systemd's STATUS=."""
+        by_state: dict[str, int] = {}
+        for p in self.processes():
+            by_state[str(p.state).lower()] = by_state.get(str(p.state).lower(), 0) + 1
+        order = ["running", "starting", "backoff", "stopping", "stopped", "exited", "fatal"]
+        return ", ".join(f"{by_state[s]} {s}" for s in order if s in by_state) or "no programs"
 
     async def _wait(self, procs: list[Process], done: Callable[[Process], bool]) -> None:
         """Return once done(p) holds for every p; each waits only on its own process's changes."""

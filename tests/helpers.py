@@ -97,8 +97,8 @@ class DaemonRun:
         path.write_text(header + text)
         return path
 
-    def start(self, *extra: str, wait: bool = True) -> "DaemonRun":
-        env = {k: v for k, v in os.environ.items()}
+    def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None) -> "DaemonRun":
+        env = {**os.environ, **(env or {})}
         with open(self.logfile, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "procguard", "-c", str(self.config), "--log-format", "json", *extra],
