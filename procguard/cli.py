@@ -14,6 +14,7 @@ from procguard.control import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
 from procguard.log import configure_logging
 from procguard.notify import SystemdNotifier
+from procguard.sockets import SocketError
 from procguard.osapi import RealOS, become_subreaper, untracked_children
 from procguard.protocol import VERSION
 from procguard.supervisor import Supervisor
@@ -52,6 +53,12 @@ class Daemon:
         except (ControlSetupError, OSError) as exc:
             # Before any child exists: nothing to clean up, and the other daemon keeps its socket.
             log.error("control_setup_failed", endpoint=self.config.control, error=str(exc))
+            return 1
+        try:
+            osapi.sockets.apply(self.config.sockets)
+        except SocketError as exc:
+            log.error("socket_bind_failed", error=str(exc))
+            await control.close()
             return 1
         control.start()
         log.info("daemon_started", version=VERSION, pid=os.getpid(), config=self.config.path,
@@ -103,6 +110,7 @@ class Daemon:
             # Every child is gone: read each pipe to its end so all they wrote is in their files.
             osapi.output.close()
             await control.close()
+            osapi.sockets.close()
             if watchdog is not None:
                 watchdog.cancel()
             for task in list(osapi.tasks):

@@ -129,11 +129,25 @@ class ProgramConfig:
     max_age: float | None = None  # seconds
     max_age_jitter: float = 0.0
     resource_check_interval: float = 10.0
+    sockets: tuple[str, ...] = ()  # held sockets passed as fds 3.. (LISTEN_FDS), {socket.NAME.fd} in command
 
     @property
     def is_group(self) -> bool:
         """True when the program's processes are named `program:process`."""
         return len(self.processes) > 1 or self.processes[0].name != self.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SocketConfig:
+    """`[socket.NAME]`: a listening socket procguard binds and holds across its programs' restarts."""
+
+    name: str
+    source: str = field(compare=False)
+    bind: str  # "tcp://127.0.0.1:8000", "tcp://[::1]:8000" or "unix:/run/app/web.sock"
+    backlog: int = 1024
+    mode: int | None = None  # unix sockets: file mode
+    owner_uid: int | None = None  # unix sockets: chown
+    owner_gid: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +170,7 @@ class Config:
     control_group: str | None = None
     control_gid: int | None = None
     curve: CurveConfig | None = None
+    sockets: tuple[SocketConfig, ...] = ()
     warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
 
     def program(self, name: str) -> ProgramConfig | None:
@@ -180,7 +195,14 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
     new_by_name = {p.name: p for p in new.programs}
     added = tuple(n for n in new_by_name if n not in old_by_name)
     removed = tuple(n for n in old_by_name if n not in new_by_name)
-    changed = tuple(n for n in new_by_name if n in old_by_name and new_by_name[n] != old_by_name[n])
+    old_socks = {s.name: s for s in old.sockets}
+    new_socks = {s.name: s for s in new.sockets}
+
+    def sockets_changed(prog: ProgramConfig) -> bool:
+        return any(old_socks.get(n) != new_socks.get(n) for n in prog.sockets)
+
+    changed = tuple(n for n in new_by_name if n in old_by_name
+                    and (new_by_name[n] != old_by_name[n] or sockets_changed(new_by_name[n])))
     return ConfigDiff(added=added, changed=changed, removed=removed)
 
 
@@ -346,7 +368,7 @@ PROGRAM_KEYS = frozenset(
         "stdout_logfile_timestamps", "stderr_logfile_timestamps", "stdout_tail_maxbytes", "stderr_tail_maxbytes",
         "backoff_initial", "backoff_max", "backoff_reset",
         "type", "ready", "start_timeout", "healthcheck", "depends_on", "max_memory", "max_age", "max_age_jitter",
-        "resource_check_interval",
+        "resource_check_interval", "sockets",
     }
 )
 PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel", "control", "control_group", "curve"})
@@ -357,7 +379,9 @@ HEALTHCHECK_KEYS = frozenset({
 CURVE_KEYS = frozenset({"server_secret_key", "authorized_clients", "client_secret_key"})
 LOGLEVELS = ("debug", "info", "warning", "error", "critical")
 
-_TEMPLATE_RE = re.compile(r"\{(here|program_name|group_name|process_num|ENV_[A-Za-z_][A-Za-z0-9_]*)(:[0-9<>^=+ -]*d)?\}")
+_TEMPLATE_RE = re.compile(
+    r"\{(here|program_name|group_name|process_num|ENV_[A-Za-z_][A-Za-z0-9_]*|socket\.[A-Za-z0-9_.-]+?\.fd)(:[0-9<>^=+ -]*d)?\}"
+)
 _PROGRAM_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -374,6 +398,8 @@ def expand(template: str, variables: dict[str, object], environ: dict[str, str])
             if var not in environ:
                 raise _Bad(f"{{{name}}}: the daemon's environment has no {var}")
             return environ[var]
+        if name.startswith("socket.") and name not in variables:
+            raise _Bad(f"{{{name}}}: socket {name[7:-3]!r} is not in this program's sockets")
         value = variables[name]
         if spec:
             if not isinstance(value, int):
@@ -566,11 +592,14 @@ def _parse_program(
     if redirect_stderr and "stderr_logfile" in table:
         p.err("stderr_logfile", "is ignored with redirect_stderr = true; remove one of them")
 
+    sockets = p.get("sockets", _parse_names, ())
     here = str(Path(source).resolve().parent)
     processes = []
     names_seen: set[str] = set()
     for num in range(numprocs_start, numprocs_start + numprocs):
         variables: dict[str, object] = {"here": here, "program_name": name, "group_name": name, "process_num": num}
+        # Held sockets reach the child as fds 3, 4, ... in the order of `sockets` (systemd's LISTEN_FDS).
+        variables.update({f"socket.{sock}.fd": 3 + i for i, sock in enumerate(sockets)})
 
         def ex(key: str, value: str) -> str:
             try:
@@ -664,6 +693,7 @@ def _parse_program(
         max_age=max_age,
         max_age_jitter=p.get("max_age_jitter", parse_duration, 0.0),
         resource_check_interval=p.get("resource_check_interval", parse_duration, 10.0),
+        sockets=sockets,
     )
     if prog.stopasgroup and not prog.killasgroup and "killasgroup" in table:
         p.err("killasgroup", "must be true when stopasgroup is true (as in supervisor)")
@@ -721,8 +751,8 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         section = {}
     for key in sorted(set(section) - PROCGUARD_KEYS):
         issues.append(ConfigIssue(src, None, f"procguard.{key}", "unknown key" + _did_you_mean(key, PROCGUARD_KEYS)))
-    for key in sorted(set(data) - {"procguard", "program"}):
-        issues.append(ConfigIssue(src, None, key, "unknown table (expected [procguard] or [program.NAME])"))
+    for key in sorted(set(data) - {"procguard", "program", "socket"}):
+        issues.append(ConfigIssue(src, None, key, "unknown table (expected [procguard], [program.NAME] or [socket.NAME])"))
 
     def expand_here(key: str, value: object) -> str | None:
         if not isinstance(value, str):
@@ -769,8 +799,8 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             inc = _read_toml(Path(match), issues)
             if inc is None:
                 continue
-            for key in sorted(set(inc) - {"program"}):
-                what = "[procguard] belongs in the main file" if key == "procguard" else "unknown table (expected [program.NAME])"
+            for key in sorted(set(inc) - {"program", "socket"}):
+                what = "[procguard] belongs in the main file" if key == "procguard" else "unknown table (expected [program.NAME] or [socket.NAME])"
                 issues.append(ConfigIssue(match, None, key, what))
             files.append((match, inc))
 
@@ -789,13 +819,81 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             prog = _parse_program(name, table, source, logdir, environ, issues)
             if prog is not None:
                 programs.append(prog)
+    sockets: list[SocketConfig] = []
+    socket_defined_in: dict[str, str] = {}
+    for source, content in files:
+        tables = content.get("socket", {})
+        if not isinstance(tables, dict):
+            issues.append(ConfigIssue(source, None, "socket", "expected [socket.NAME] tables"))
+            continue
+        for name, table in tables.items():
+            if name in socket_defined_in:
+                issues.append(ConfigIssue(source, None, f"socket.{name}", f"defined twice: also in {socket_defined_in[name]}"))
+                continue
+            socket_defined_in[name] = source
+            sock = _parse_socket(name, table, source, issues)
+            if sock is not None:
+                sockets.append(sock)
+    for prog in programs:
+        for sock_name in prog.sockets:
+            if sock_name not in socket_defined_in:
+                issues.append(ConfigIssue(prog.source, prog.name, "sockets", f"no [socket.{sock_name}] table"
+                                          + _did_you_mean(sock_name, frozenset(socket_defined_in))))
     _check_dependencies(programs, issues)
     if issues:
         raise ConfigError(issues)
     programs.sort(key=lambda p: (p.priority, p.name))
     return Config(path=src, logdir=logdir, loglevel=loglevel.lower(), programs=tuple(programs),
                   control=control, control_group=control_group, control_gid=control_gid, curve=curve,
-                  warnings=tuple(environment_problems(programs, logdir)))
+                  sockets=tuple(sockets), warnings=tuple(environment_problems(programs, logdir)))
+
+
+SOCKET_KEYS = frozenset({"bind", "backlog", "mode", "owner"})
+
+
+def _parse_socket(name: str, table: object, source: str, issues: list[ConfigIssue]) -> SocketConfig | None:
+    """Resolve one [socket.NAME] table; problems are reported as socket.NAME.KEY."""
+    n_before = len(issues)
+
+    def bad(key: str, message: str) -> None:
+        issues.append(ConfigIssue(source, None, f"socket.{name}.{key}", message))
+
+    if not isinstance(table, dict):
+        issues.append(ConfigIssue(source, None, f"socket.{name}", "expected a table"))
+        return None
+    for key in sorted(set(table) - SOCKET_KEYS):
+        bad(key, "unknown key" + _did_you_mean(key, SOCKET_KEYS))
+    bind = table.get("bind")
+    if not isinstance(bind, str) or not (
+        re.fullmatch(r"tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}", bind) or re.fullmatch(r"unix:/\S+", bind)
+    ):
+        bad("bind", f'expected "tcp://127.0.0.1:8000" or "unix:/run/app/web.sock", got {bind!r}')
+    backlog = table.get("backlog", 1024)
+    if not isinstance(backlog, int) or isinstance(backlog, bool) or backlog < 1:
+        bad("backlog", f"expected a positive integer, got {backlog!r}")
+    mode = None
+    if "mode" in table:
+        try:
+            mode = parse_umask(table["mode"])
+        except _Bad:
+            bad("mode", f'expected an octal mode like "0660", got {table["mode"]!r}')
+    uid = gid = None
+    if "owner" in table:
+        owner = table["owner"]
+        user, _, group = str(owner).partition(":")
+        try:
+            pw = pwd.getpwnam(user)
+            uid, gid = pw.pw_uid, pw.pw_gid
+            if group:
+                gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            bad("owner", f'expected "user" or "user:group" that exist on this machine, got {owner!r}')
+    if isinstance(bind, str) and bind.startswith("tcp://") and ("mode" in table or "owner" in table):
+        bad("mode", "mode and owner apply to unix sockets only")
+    if len(issues) != n_before:
+        return None
+    assert isinstance(bind, str) and isinstance(backlog, int)
+    return SocketConfig(name=name, source=source, bind=bind, backlog=backlog, mode=mode, owner_uid=uid, owner_gid=gid)
 
 
 def _check_dependencies(programs: list[ProgramConfig], issues: list[ConfigIssue]) -> None:

@@ -24,6 +24,7 @@ from procguard.errors import SpawnError
 from procguard.config import Ready
 from procguard.notify import NotifySocket
 from procguard.output import Output
+from procguard.sockets import SocketSet
 from procguard.process import Process, Timer
 from procguard.spawn import spawn_process
 
@@ -48,6 +49,7 @@ class RealOS:
         self._loop = loop
         self.logdir = logdir
         self.output = output if output is not None else Output(loop, logdir)
+        self.sockets = SocketSet()
         self._by_pid: dict[int, Process] = {}
         self._popens: dict[int, subprocess.Popen[Any]] = {}
         self._spawns_in_flight = 0
@@ -129,8 +131,9 @@ class RealOS:
             extra_env["NOTIFY_SOCKET"] = sock.name
         try:
             # fork/exec off the loop (as trio does): a large daemon's fork can take milliseconds.
+            fds = self.sockets.fds(process.program.sockets) if process.program.sockets else None
             popen = await asyncio.to_thread(spawn_process, process.program, process.config,
-                                            pipes.stdout, pipes.stderr, extra_env)
+                                            pipes.stdout, pipes.stderr, extra_env, fds)
         except SpawnError as exc:
             pipes.abandon()
             self._spawn_done()

@@ -4,24 +4,32 @@ import subprocess
 
 from procguard.config import ProcessConfig, ProgramConfig
 from procguard.errors import SpawnError
+from procguard.sockets import wrap_command
 
 
 def spawn_process(program: ProgramConfig, proc: ProcessConfig, stdout: int, stderr: int | None,
-                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                  extra_env: dict[str, str] | None = None, fds: list[int] | None = None) -> subprocess.Popen[bytes]:
     """Start the child and return its Popen; blocking, so call it off the event loop.
 
     stdout and stderr are the write ends of the output pipes (stderr None: redirected to stdout);
-    extra_env adds what the daemon provides per spawn (NOTIFY_SOCKET).
+    extra_env adds what the daemon provides per spawn (NOTIFY_SOCKET); fds are held sockets, which
+    the child gets at 3.. with LISTEN_FDS (sockets.wrap_command).
     The child gets its own process group, the configured user/group/supplementary groups/umask/
     directory, exactly the resolved environment, /dev/null on stdin, and no descriptor beyond 0/1/2.
     Raises SpawnError with the reason (no such file, permission denied, too many open files, ...).
     """
     try:
+        env = dict(proc.environment) | (extra_env or {})
+        argv = list(proc.command)
+        if fds:
+            argv = wrap_command(argv, fds, env.get("PATH"))
+            env["LISTEN_FDNAMES"] = ":".join(program.sockets)
         # Popen keywords, not preexec_fn: preexec_fn is unsafe once threads exist (pyzmq starts some).
         return subprocess.Popen(
-            list(proc.command),
+            argv,
+            pass_fds=tuple(fds or ()),
             cwd=proc.directory,
-            env=dict(proc.environment) | (extra_env or {}),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=subprocess.STDOUT if stderr is None else stderr,

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import structlog
 
 from procguard.config import Config, ConfigDiff, ProgramConfig, diff_configs, load_config
-from procguard.errors import ConfigError, ControlError
+from procguard.errors import ConfigError, ConfigIssue, ControlError
 from procguard.protocol import E_BAD_SIGNAL, E_NO_SUCH_PROCESS
 from procguard.health import run_check
+from procguard.sockets import SocketError
 from procguard.osapi import tree_rss
 from procguard.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, describe_exit
 
@@ -430,6 +431,14 @@ class Supervisor:
             except ConfigError as exc:
                 log.error("config_reload_refused", path=path or self.config.path, errors=[str(i) for i in exc.issues])
                 raise
+            apply_sockets = getattr(self._os, "sockets", None)
+            if apply_sockets is not None:
+                try:
+                    apply_sockets.apply(new.sockets)
+                except SocketError as exc:
+                    issue = ConfigIssue(new.path, None, "socket", str(exc))
+                    log.error("config_reload_refused", path=new.path, errors=[str(issue)])
+                    raise ConfigError([issue]) from None
             diff = diff_configs(self.config, new)
             log.info("config_reloading", added=diff.added, changed=diff.changed, removed=diff.removed)
             new_by_name = {p.name: p for p in new.programs}

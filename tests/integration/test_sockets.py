@@ -1,0 +1,149 @@
+"""Held sockets: bound by procguard, passed as fds 3.. with LISTEN_FDS, kept across restarts (issue #6)."""
+
+import http.client
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+
+from tests.helpers import REPO, DaemonRun, prog, wait_until
+
+FDSERVER = str(REPO / "tests" / "programs" / "fdserver.py")
+CTL = [sys.executable, "-m", "procguardctl"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, timeout: float = 10.0) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_a_held_socket_reaches_the_child_as_fd_3_with_listen_fds(daemon):
+    d = daemon()
+    port = free_port()
+    d.write_config(f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\nbacklog = 64\n\n'
+                   + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--name", "web"],
+                          startsecs=0, sockets=["web"]))
+    d.start()
+    [r] = d.wait_reports("web")
+    assert (r["LISTEN_FDS"], r["LISTEN_PID"], r["LISTEN_FDNAMES"]) == ("1", str(r["pid"]), "web")
+    assert r["open_fds"][:4] == [0, 1, 2, 3]
+    assert get(port) == f"web {r['pid']}\n"
+
+
+def test_the_fd_template_and_two_sockets(daemon):
+    d = daemon()
+    p1, p2 = free_port(), free_port()
+    d.write_config(f'[socket.admin]\nbind = "tcp://127.0.0.1:{p1}"\n[socket.web]\nbind = "tcp://127.0.0.1:{p2}"\n\n'
+                   + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--name", "web",
+                                  "--fd", "{socket.web.fd}"], startsecs=0, sockets=["admin", "web"]))
+    d.start()
+    [r] = d.wait_reports("web")
+    assert r["fd"] == 4 and r["LISTEN_FDS"] == "2" and r["LISTEN_FDNAMES"] == "admin:web"
+    assert get(p2).startswith("web ")
+
+
+def test_connections_wait_in_the_backlog_while_the_server_restarts(daemon):
+    d = daemon()
+    port = free_port()
+    d.write_config(f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n'
+                   + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--name", "web"],
+                          startsecs=0, sockets=["web"]))
+    d.start()
+    d.wait_reports("web")
+    results: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                results.append(get(port))
+            except OSError as exc:
+                errors.append(repr(exc))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        wait_until(lambda: len(results) >= 20, what="requests before the restart")
+        for _ in range(3):
+            assert ctl(d, "restart", "web").returncode == 0
+        before = len(results)
+        wait_until(lambda: len(results) >= before + 20, what="requests after the restarts")
+    finally:
+        stop.set()
+        worker.join(30)
+    assert errors == []  # not one connection refused or reset across three restarts
+    assert len({line.split()[1] for line in results}) >= 2  # served by more than one generation
+
+
+def test_a_unix_socket_gets_its_mode_and_is_removed_at_exit(daemon):
+    d = daemon()
+    path = d.work / "web.sock"
+    d.write_config(f'[socket.web]\nbind = "unix:{path}"\nmode = "0660"\n\n'
+                   + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--name", "web", "--unix"],
+                          startsecs=0, sockets=["web"]))
+    d.start()
+    [r] = d.wait_reports("web")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660 and stat.S_ISSOCK(path.stat().st_mode)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.endswith(f"web {r['pid']}\n".encode())
+    assert d.stop() == 0
+    assert not path.exists()
+
+
+def test_a_socket_that_cannot_be_bound_stops_the_daemon_before_any_program(daemon):
+    d = daemon()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d.write_config(f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n'
+                       + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work)], sockets=["web"]))
+        d.start(wait=False)
+        assert d.proc.wait(30) == 1
+    [ev] = d.events("socket_bind_failed")
+    assert f"[socket.web] bind = 'tcp://127.0.0.1:{port}'" in ev["error"] and "in use" in ev["error"]
+    assert not d.reports()
+
+
+def test_socket_config_errors_are_named(tmp_path):
+    from procguard.config import load_config
+    from procguard.errors import ConfigError
+
+    cfg = tmp_path / "procguard.toml"
+    cfg.write_text('[procguard]\nlogdir = "logs"\n[socket.web]\nbind = "http://x"\nbakclog = 5\n'
+                   '[program.a]\ncommand = "/bin/true {socket.api.fd}"\n'
+                   '[program.b]\ncommand = "/bin/true"\nsockets = ["wbe"]\n')
+    try:
+        load_config(cfg)
+    except ConfigError as exc:
+        lines = [str(i) for i in exc.issues]
+    else:
+        raise AssertionError("refused config was accepted")
+    assert f"{cfg}: [socket.web] bakclog: unknown key (did you mean 'backlog'?)" in lines
+    assert any("[socket.web] bind: expected \"tcp://127.0.0.1:8000\"" in line for line in lines)
+    assert f"{cfg}: [program.a] command: {{socket.api.fd}}: socket 'api' is not in this program's sockets" in lines
+    assert any(line.startswith(f"{cfg}: [program.b] sockets: no [socket.wbe] table") for line in lines)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""An HTTP server on an inherited listening socket: fd from --fd N, else LISTEN_FDS (fd 3).
+
+    fdserver.py --dir DIR --name NAME [--fd N] [--unix]
+
+Answers every request with "NAME PID\\n". Records its pid in DIR/pids and a JSON line with its pid and
+LISTEN_* variables in DIR/reports.jsonl. On SIGTERM it finishes the request in hand, then exits 0
+(single-threaded on purpose: a graceful stop drops nothing; new connections wait in the backlog).
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--name", default="web")
+    ap.add_argument("--fd", type=int)
+    ap.add_argument("--unix", action="store_true")
+    args = ap.parse_args()
+    with open(os.path.join(args.dir, "pids"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+    fd = args.fd if args.fd is not None else 3
+    report = {"name": args.name, "pid": os.getpid(), "fd": fd,
+              **{k: os.environ.get(k) for k in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")},
+              "open_fds": sorted(int(x) for x in os.listdir("/proc/self/fd"))}
+    with open(os.path.join(args.dir, "reports.jsonl"), "a") as f:
+        f.write(json.dumps(report) + "\n")
+    family = socket.AF_UNIX if args.unix else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, fileno=fd)
+    body = f"{args.name} {os.getpid()}\n".encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def address_string(self) -> str:
+            return "peer"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = listener
+    signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
+    server.serve_forever(poll_interval=0.05)
+
+
+if __name__ == "__main__":
+    main()
