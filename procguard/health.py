@@ -7,6 +7,7 @@ Scheduling (interval, retries, start_period) and what to do about the result bel
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import re
 import signal
@@ -346,9 +347,16 @@ async def _open_tcp(host: str, port: int, where: str) -> tuple[asyncio.StreamRea
     """Try each address `host` resolves to, in order; "connection refused" wins if any refused."""
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise _Failed(f"cannot resolve {host!r}: {exc.strerror}") from None
+        # A literal address needs no lookup: getaddrinfo runs in asyncio's thread pool and was about a
+        # third of each check's CPU (benchmarks/bench_health.py).
+        literal = ipaddress.ip_address(host)
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        infos: list[Any] = [(family, socket.SOCK_STREAM, 0, "", (host, port))]
+    except ValueError:
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise _Failed(f"cannot resolve {host!r}: {exc.strerror}") from None
     errors: list[OSError] = []
     for family, kind, proto, _, sockaddr in infos:
         # One socket per address, as asyncio.open_connection does, but keeping each error: 3.11 merges

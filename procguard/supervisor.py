@@ -6,6 +6,7 @@ There is no global busy lock.
 """
 
 import asyncio
+import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -89,8 +90,17 @@ class Supervisor:
         def alive() -> bool:
             return proc.pid == pid and proc.state in (ProcessState.STARTING, ProcessState.RUNNING)
 
+        loop = asyncio.get_running_loop()
+        # While starting, check soon and then more slowly (0.1, 0.2, 0.4, 0.5 s ...): a server is
+        # rarely listening the instant it is spawned. Once running, every `interval` from the start of
+        # the previous check (not its end), with a random offset so programs started together are
+        # not checked in lock-step.
+        starting_delay = 0.1
+        first_running = True
         try:
+            await asyncio.sleep(min(hc.interval, 0.05))
             while alive():
+                began = loop.time()
                 result = await run_check(hc, uid=program.uid, gid=program.gid, extra_groups=program.extra_groups,
                                          env=dict(proc.config.environment), cwd=proc.config.directory,
                                          spawner=getattr(self._os, "spawn_command", None))
@@ -99,7 +109,13 @@ class Supervisor:
                 if not result.ok:
                     log.debug("health_check_failed", process=proc.name, pid=pid, reason=result.reason)
                 proc.health_result(result.ok, result.reason)
-                await asyncio.sleep(hc.interval if proc.state == ProcessState.RUNNING else min(hc.interval, 0.5))
+                if proc.state == ProcessState.RUNNING:
+                    delay = hc.interval * (random.uniform(0.5, 1.0) if first_running else 1.0)
+                    first_running = False
+                else:
+                    delay = min(hc.interval, starting_delay)
+                    starting_delay = min(0.5, starting_delay * 2)
+                await asyncio.sleep(max(0.0, began + delay - loop.time()))
         except Exception:  # task boundary: a checker bug must not go unnoticed, nor kill the daemon
             log.exception("health_loop_failed", process=proc.name)
 
