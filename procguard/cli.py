@@ -65,6 +65,8 @@ class Daemon:
                  programs=len(self.config.programs), subreaper=is_subreaper, control=self.config.control)
         for issue in self.config.warnings:
             log.warning("config_environment_problem", problem=str(issue))
+        for issue in self.config.lints:
+            log.warning("config_lint", problem=str(issue))
         osapi.reap()  # children inherited from before (PID 1 in a container) are reaped too
         watchdog = None
         if systemd is not None:
@@ -211,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.check:
         print(describe(config))
+        if config.lints:
+            print("\nwarnings (known traps; the config is accepted):", file=sys.stderr)
+            for issue in config.lints:
+                print(f"  {issue}", file=sys.stderr)
         if config.warnings:
             print("\nproblems on this machine:", file=sys.stderr)
             for issue in config.warnings:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from procguard import servers
 from procguard.errors import ConfigError, ConfigIssue
 from procguard.protocol import default_endpoint, resolve_endpoint
 
@@ -130,6 +131,11 @@ class ProgramConfig:
     max_age_jitter: float = 0.0
     resource_check_interval: float = 10.0
     sockets: tuple[str, ...] = ()  # held sockets passed as fds 3.. (LISTEN_FDS), {socket.NAME.fd} in command
+    # LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES for the sockets, unless the command names its fds itself with
+    # {socket.NAME.fd}: gunicorn given both takes each socket twice and fails (EBADF).
+    listen_env: bool = True
+    server: str | None = None  # uwsgi, gunicorn, daphne, uvicorn, hypercorn: fills in the defaults (servers.py)
+    reload_signal: int | None = None  # reload-app: this signal (graceful in-place reload), else a restart
 
     @property
     def is_group(self) -> bool:
@@ -172,6 +178,7 @@ class Config:
     curve: CurveConfig | None = None
     sockets: tuple[SocketConfig, ...] = ()
     warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
+    lints: tuple[ConfigIssue, ...] = field(default=(), compare=False)  # known traps: warned, not refused
 
     def program(self, name: str) -> ProgramConfig | None:
         for prog in self.programs:
@@ -368,7 +375,7 @@ PROGRAM_KEYS = frozenset(
         "stdout_logfile_timestamps", "stderr_logfile_timestamps", "stdout_tail_maxbytes", "stderr_tail_maxbytes",
         "backoff_initial", "backoff_max", "backoff_reset",
         "type", "ready", "start_timeout", "healthcheck", "depends_on", "max_memory", "max_age", "max_age_jitter",
-        "resource_check_interval", "sockets",
+        "resource_check_interval", "sockets", "server", "reload_signal",
     }
 )
 PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel", "control", "control_group", "curve"})
@@ -644,12 +651,22 @@ def _parse_program(
         )
 
     startretries = p.get("startretries", lambda v: _parse_int(v, 0), None)
+    server = p.get("server", _parse_str, None)
+    prof = None
+    if server is not None:
+        if server not in servers.SERVERS:
+            p.err("server", f"expected one of {', '.join(servers.SERVERS)}, got {server!r}")
+            server = None
+        else:
+            prof = servers.profile(server, processes[0].command if processes else ())
     kind = p.get("type", _parse_str, "simple")
     if kind not in ("simple", "oneshot"):
         p.err("type", f'expected "simple" (a service) or "oneshot" (a job run once), got {kind!r}')
         kind = "simple"
     healthcheck = _parse_healthcheck(p, table.get("healthcheck")) if "healthcheck" in table else None
     ready_default = Ready.HEALTHCHECK if healthcheck is not None else Ready.STARTSECS
+    if prof is not None and healthcheck is None:
+        ready_default = Ready(prof.ready)
     ready = p.get("ready", _parse_ready, ready_default)
     if ready == Ready.HEALTHCHECK and healthcheck is None:
         p.err("ready", 'is "healthcheck" but there is no [program.NAME.healthcheck] table')
@@ -674,8 +691,8 @@ def _parse_program(
         exitcodes=p.get("exitcodes", _parse_exitcodes, (0,)),
         startsecs=p.get("startsecs", parse_duration, 1.0),
         startretries=startretries,
-        stopsignal=p.get("stopsignal", parse_signal, int(signal.SIGTERM)),
-        stopwaitsecs=p.get("stopwaitsecs", parse_duration, 10.0),
+        stopsignal=p.get("stopsignal", parse_signal, prof.stopsignal if prof else int(signal.SIGTERM)),
+        stopwaitsecs=p.get("stopwaitsecs", parse_duration, prof.stopwaitsecs if prof else 10.0),
         stopasgroup=p.get("stopasgroup", _parse_bool, True),
         killasgroup=p.get("killasgroup", _parse_bool, True),
         priority=p.get("priority", _parse_int, 999),
@@ -694,6 +711,9 @@ def _parse_program(
         max_age_jitter=p.get("max_age_jitter", parse_duration, 0.0),
         resource_check_interval=p.get("resource_check_interval", parse_duration, 10.0),
         sockets=sockets,
+        listen_env=not any("{socket." in part for part in command),
+        server=server,
+        reload_signal=p.get("reload_signal", parse_signal, prof.reload_signal if prof else None),
     )
     if prog.stopasgroup and not prog.killasgroup and "killasgroup" in table:
         p.err("killasgroup", "must be true when stopasgroup is true (as in supervisor)")
@@ -843,9 +863,20 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     if issues:
         raise ConfigError(issues)
     programs.sort(key=lambda p: (p.priority, p.name))
+    lints: list[ConfigIssue] = []
+    for prog in programs:
+        hc = prog.healthcheck
+        for message in servers.lint(prog.server, prog.processes[0].command, prog.stopsignal, prog.stopwaitsecs,
+                                    prog.reload_signal, hc.url if hc is not None and hc.type == "http" else None,
+                                    hc.host if hc is not None else None):
+            lints.append(ConfigIssue(prog.source, prog.name, None, message))
+    for message in servers.gunicorn_control_socket_lint(
+            [(p.name, p.server, p.processes[0].command, p.user) for p in programs]):
+        lints.append(ConfigIssue(src, None, None, message))
     return Config(path=src, logdir=logdir, loglevel=loglevel.lower(), programs=tuple(programs),
                   control=control, control_group=control_group, control_gid=control_gid, curve=curve,
-                  sockets=tuple(sockets), warnings=tuple(environment_problems(programs, logdir)))
+                  sockets=tuple(sockets), warnings=tuple(environment_problems(programs, logdir)),
+                  lints=tuple(lints))
 
 
 SOCKET_KEYS = frozenset({"bind", "backlog", "mode", "owner"})

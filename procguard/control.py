@@ -57,7 +57,7 @@ FOLLOW_MAX_PUSH = 256 * 1024
 SEND_HWM = 64
 MAX_FOLLOWERS = 16
 # Commands refused once shutdown began (status, pid and version still answer while programs stop).
-REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "reload", "signal"})
+REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "reload", "signal", "reload_app"})
 
 
 class ControlSetupError(ProcguardError):
@@ -413,6 +413,8 @@ class ControlServer:
         if req.cmd == "restart":
             stopped, started = await self._sup.restart(names)
             return [*(action_dict(r, "stop") for r in stopped), *(action_dict(r, "start") for r in started)]
+        if req.cmd == "reload_app":
+            return [action_dict(r, "reload_app") for r in await self._sup.reload_app(names)]
         if req.cmd == "signal":
             return [action_dict(r, "signal") for r in self._sup.signal(args["signal"], names)]
         if req.cmd == "reload":

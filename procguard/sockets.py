@@ -3,7 +3,8 @@
 The daemon keeps each socket open across restarts of the programs using it, so connections that
 arrive while a server restarts wait in the backlog instead of being refused. A program gets its
 sockets as fds 3, 4, ... in the order of its `sockets` key, with systemd's LISTEN_FDS, LISTEN_PID and
-LISTEN_FDNAMES (sd_listen_fds(3)), and `{socket.NAME.fd}` in its command line.
+LISTEN_FDNAMES (sd_listen_fds(3)), or, when its command names them with `{socket.NAME.fd}`, with
+those numbers only (a server given both would take each socket twice).
 
 Popen cannot place descriptors at chosen numbers without preexec_fn (unsafe with threads), so the
 child first runs a few lines of Python (SHIM) that move the inherited fds to 3.., set LISTEN_PID to
@@ -33,8 +34,9 @@ for fd in fds:
 for i, fd in enumerate(moved):
     os.dup2(fd, 3 + i)
     os.close(fd)
-os.environ["LISTEN_FDS"] = str(n)
-os.environ["LISTEN_PID"] = str(os.getpid())
+if os.environ.get("LISTEN_FDNAMES") is not None:
+    os.environ["LISTEN_FDS"] = str(n)
+    os.environ["LISTEN_PID"] = str(os.getpid())
 argv = sys.argv[2:]
 try:
     os.execvp(argv[0], argv)

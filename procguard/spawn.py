@@ -23,7 +23,8 @@ def spawn_process(program: ProgramConfig, proc: ProcessConfig, stdout: int, stde
         argv = list(proc.command)
         if fds:
             argv = wrap_command(argv, fds, env.get("PATH"))
-            env["LISTEN_FDNAMES"] = ":".join(program.sockets)
+            if program.listen_env:  # the shim adds LISTEN_FDS and LISTEN_PID when this is set
+                env["LISTEN_FDNAMES"] = ":".join(program.sockets)
         # Popen keywords, not preexec_fn: preexec_fn is unsafe once threads exist (pyzmq starts some).
         return subprocess.Popen(
             argv,

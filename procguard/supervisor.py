@@ -352,6 +352,29 @@ class Supervisor:
         order = {p.name: i for i, p in enumerate(procs)}
         return sorted(stopped, key=lambda r: order.get(r.name, 0)), started
 
+    async def reload_app(self, names: Iterable[str]) -> list[ActionResult]:
+        """Reload the app in place where its server can (reload_signal, e.g. gunicorn/uWSGI HUP), else restart.
+
+        A signalled reload returns at once: the server replaces its workers by itself.
+        """
+        procs = self.resolve(names)
+        signalled = [p for p in procs if p.program.reload_signal is not None]
+        restarted = [p for p in procs if p.program.reload_signal is None]
+        results: list[ActionResult] = []
+        for p in signalled:
+            assert p.program.reload_signal is not None
+            sig = signal.Signals(p.program.reload_signal)
+            if p.state == ProcessState.RUNNING and p.send(int(sig)):
+                log.info("process_reload_signalled", process=p.name, pid=p.pid, signal=sig.name)
+                results.append(ActionResult(p.name, True, p.state, f"reloading (sent {sig.name})"))
+            else:
+                results.append(ActionResult(p.name, False, p.state, "not running"))
+        if restarted:
+            _, started = await self.restart([p.name for p in restarted])
+            results.extend(ActionResult(r.name, r.ok, r.state, "restarted" if r.ok else r.message) for r in started)
+        order = {p.name: i for i, p in enumerate(procs)}
+        return sorted(results, key=lambda r: order.get(r.name, 0))
+
     def signal(self, sig: int | str, names: Iterable[str]) -> list[ActionResult]:
         """Send a signal to each named process's main pid."""
         try:

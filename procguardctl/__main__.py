@@ -21,6 +21,18 @@ DEFAULT_CONFIG = "/etc/procguard/procguard.toml"
 QUICK_TIMEOUT_S = 10.0
 QUICK = frozenset({"status", "pid", "version", "signal"})
 
+# supervisorctl's spellings (issue #8): the same wire command where the meaning is the same.
+ALIASES = {"update": "reload", "clear": "logrotate", "avail": "status"}
+# supervisorctl commands with no procguard counterpart: a pointer to what to use instead, and the exit code.
+POINTERS = {
+    "reread": ("procguard has no separate reread step: `procguardctl update` (the same as `procguardctl reload`) "
+               "reads the config and applies what changed in one step, touching only added, changed and removed "
+               "programs. To validate a config without applying it: procguard -c CONFIG --check", EXIT_OK),
+    "maintail": ("procguard writes its own log to its stdout/stderr, not to a file: under systemd "
+                 "`journalctl -u procguard -f` (maintail -f) or `journalctl -u procguard -n 100`; in a container "
+                 "`docker logs -f`. A program's output: procguardctl tail [-f] NAME", EXIT_USAGE),
+}
+
 COLOURS = {"RUNNING": "32", "STARTING": "33", "BACKOFF": "33", "STOPPING": "33", "FATAL": "31", "EXITED": "31",
            "UNKNOWN": "31"}
 
@@ -49,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("names", nargs="*", help="program, program:process, group:* or all (default all)")
     for verb, text in (("start", "start processes; reply when RUNNING or failed"),
                        ("stop", "stop processes; reply when stopped"),
-                       ("restart", "stop, then start processes")):
+                       ("restart", "stop, then start processes"),
+                       ("reload-app", "graceful in-place reload where the server has one (gunicorn/uWSGI HUP), "
+                                      "else a restart")):
         c = sub.add_parser(verb, help=text)
         c.add_argument("names", nargs="+", help="program, program:process, group:* or all")
     c = sub.add_parser("signal", help="send a signal to processes")
@@ -71,6 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("keygen", help="write a CURVE key pair NAME.key and NAME.key_secret into DIR")
     c.add_argument("directory")
     c.add_argument("name", nargs="?", default="client")
+    # Migrating from supervisord (issue #8).
+    c = sub.add_parser("import-supervisor", help="convert a supervisord config into procguard TOML, with a report "
+                       "of every key that has no equivalent")
+    c.add_argument("supervisor_config", metavar="SUPERVISORD_CONF",
+                   help="supervisord's main file, e.g. /etc/supervisor/supervisord.conf ([include] files are read)")
+    c.add_argument("-o", "--output-dir", default="procguard-import", metavar="DIR",
+                   help="where procguard.toml, conf.d/*.toml and IMPORT-REPORT.txt go (default ./procguard-import)")
+    c.add_argument("--force", action="store_true", help="overwrite the files of an earlier import in DIR")
+    c = sub.add_parser("avail", help="supervisorctl's avail: every configured process (all are in use: "
+                       "procguard applies its config on reload)")
+    c.set_defaults(names=[], long=False)
+    sub.add_parser("reread", help="supervisorctl's reread: see update (procguard reads and applies in one step)")
+    c = sub.add_parser("update", help="supervisorctl's update: the same as reload")
+    c.add_argument("names", nargs="*", metavar="all", help="supervisorctl's group names: procguard applies every "
+                   "change, so only `all` (or nothing) is accepted")
+    c = sub.add_parser("maintail", help="supervisorctl's maintail: where procguard's own log is (journald)")
+    c.add_argument("-f", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    c = sub.add_parser("clear", help="supervisorctl's clear: start fresh log files now (the same as logrotate; "
+                       "the old output is kept as FILE.1)")
+    c.add_argument("names", nargs="+", help="program, program:process or all")
     return p
 
 
@@ -167,10 +202,21 @@ def print_actions(result: list[dict[str, Any]]) -> int:
     return code
 
 
+def print_avail(result: list[dict[str, Any]]) -> int:
+    """supervisorctl's avail columns: name, in use, auto/manual, priority (when the daemon reports them)."""
+    for st in result:
+        auto = "-" if st.get("autostart") is None else ("auto" if st["autostart"] else "manual")
+        prio = "-" if st.get("priority") is None else f"{st['priority']}:{st['priority']}"
+        print(f"{st.get('name')!s:<32} {'in use':<9} {auto:<9} {prio}".rstrip())
+    return EXIT_OK
+
+
 def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool) -> int:
+    if command == "status" and getattr(ns, "avail", False):
+        return print_avail(result)
     if command == "status":
         return print_status(result, ns.long, colour)
-    if command in ("start", "stop", "restart", "signal"):
+    if command in ("start", "stop", "restart", "signal", "reload-app"):
         return print_actions(result)
     if command == "reload":
         changes = [(n, what) for what in ("removed", "changed", "added") for n in result.get(what, [])]
@@ -268,6 +314,25 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "keygen":
         return keygen(ns.directory, ns.name)
+    if ns.command == "import-supervisor":
+        from procguardctl.importer import run as import_supervisor  # stdlib only, and only when asked for
+
+        return import_supervisor(ns)
+    if ns.command in POINTERS:
+        text, code = POINTERS[ns.command]
+        print(f"procguardctl {ns.command}: {text}", file=sys.stderr)
+        return code
+    if ns.command == "update" and any(n != "all" for n in ns.names):
+        print("procguardctl update: procguard applies every change of the config at once (reload); "
+              "run `procguardctl update` without names", file=sys.stderr)
+        return EXIT_USAGE
+    if ns.command == "clear":
+        print("procguardctl clear: rotating the log files (procguard keeps the old output as FILE.1 when "
+              "*_logfile_backups > 0, and `tail` still shows the last output)", file=sys.stderr)
+    ns.avail = ns.command == "avail"
+    if ns.command == "update":
+        ns.names = []
+    ns.command = ALIASES.get(ns.command, ns.command)
     try:
         where = settings(ns)
     except (OSError, ValueError) as exc:
@@ -286,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result), flush=True)
 
     try:
-        reply = request(where.endpoint, ns.command, wire_args(ns), timeout,
+        reply = request(where.endpoint, ns.command.replace("-", "_"), wire_args(ns), timeout,
                         where.server_public_key_file, where.client_secret_key_file, on_more=more)
     except Unreachable as exc:
         print(f"procguardctl: {exc}", file=sys.stderr)
@@ -307,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if ns.json:
         print(json.dumps(reply.result, indent=2))
-        if ns.command == "status":
+        if ns.command == "status" and not ns.avail:
             return EXIT_OK if all(st.get("state") == "RUNNING" for st in reply.result) else EXIT_NOT_RUNNING
-        if ns.command in ("start", "stop", "restart", "signal"):
+        if ns.command in ("start", "stop", "restart", "signal", "reload-app"):
             return EXIT_OK if all(r.get("ok") for r in reply.result) else EXIT_ERROR
         return EXIT_OK
     return print_result(ns.command, reply.result, ns, colour)

@@ -874,6 +874,10 @@ def test_check_on_supervisor_seed_config_reports_only_missing_paths(capsys: pyte
     where = f"{SEED}: [program.coffeehouseuwsgi]"
     assert err.splitlines() == [
         "",
+        "warnings (known traps; the config is accepted):",
+        f"  {where}: uWSGI without --need-app starts even when the app fails to import and serves 500s; "
+        "add --need-app",
+        "",
         "problems on this machine:",
         f"  {where} command: /python/beginningdjango/bin/uwsgi: no such file",
         f"  {where} directory: /www/: no such directory",
