@@ -184,7 +184,14 @@ def client_settings_from_config(path: str) -> ClientSettings:
     section = data.get("procguard", {})
     here = os.path.dirname(os.path.abspath(path))
     control = section.get("control")
-    endpoint = resolve_endpoint(control, here) if isinstance(control, str) else default_endpoint()
+    if isinstance(control, str):
+        endpoint = resolve_endpoint(control, here)
+    elif os.stat(path).st_uid == 0:
+        # No control key: the daemon uses its own default. A root-owned config is a root daemon's,
+        # whose default is /run/procguard (not the one for this client's uid).
+        endpoint = "ipc:///run/procguard/procguard.sock"
+    else:
+        endpoint = default_endpoint()
     curve = section.get("curve", {})
     server_public = client_secret = None
     if isinstance(curve, dict):

@@ -180,8 +180,16 @@ class Supervisor:
                 continue
             if p.state in (ProcessState.STARTING, ProcessState.STOPPING):
                 return False
-            if p.state == ProcessState.STOPPED and not p.reason.startswith(("waiting for", "blocked")):
-                return False
+            if p.state == ProcessState.STOPPED and not p.reason.startswith("blocked"):
+                if not p.reason.startswith("waiting for"):
+                    return False
+                # Waiting counts as settled only while every dependency it waits on is itself stuck
+                # (backing off or given up); one that just came up means this one starts next.
+                for dep in p.program.depends_on:
+                    if any(d.state not in (ProcessState.BACKOFF, ProcessState.FATAL)
+                           and not (d.state == ProcessState.STOPPED and d.reason.startswith(("blocked", "waiting for")))
+                           for d in self._programs.get(dep, [])):
+                        return False
         return True
 
     def counts(self) -> str:

@@ -12,10 +12,13 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from procguard.protocol import VERSION, ClientSettings, client_settings_from_config, default_endpoint, resolve_endpoint
+from procguard.protocol import (
+    VERSION, ClientSettings, client_settings_from_config, default_endpoint, ipc_path, resolve_endpoint,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 DEFAULT_CONFIG = "/etc/procguard/procguard.toml"
+SYSTEM_SOCKET = "/run/procguard/procguard.sock"  # the default endpoint of a daemon running as root
 # Commands that reply at once get this timeout by default; start/stop/restart/reload/shutdown wait as
 # long as the command takes (stopwaitsecs can be minutes), like supervisorctl.
 QUICK_TIMEOUT_S = 10.0
@@ -121,7 +124,12 @@ def settings(ns: argparse.Namespace) -> ClientSettings:
     if config is None and os.path.exists(DEFAULT_CONFIG):
         config = DEFAULT_CONFIG
     if config is None:
-        return ClientSettings(default_endpoint(), server_key, client_key)
+        # Our own default, else the system daemon's (for a member of its control_group, not root).
+        endpoint = default_endpoint()
+        own = ipc_path(endpoint)
+        if own is not None and not os.path.exists(own) and os.path.exists(SYSTEM_SOCKET):
+            endpoint = f"ipc://{SYSTEM_SOCKET}"
+        return ClientSettings(endpoint, server_key, client_key)
     found = client_settings_from_config(config)
     return ClientSettings(found.endpoint, server_key or found.server_public_key_file,
                           client_key or found.client_secret_key_file)
@@ -188,7 +196,17 @@ def print_status(result: list[dict[str, Any]], long: bool, colour: bool) -> int:
                   f"{st.get('tree_pids') or 0:>5} {describe_full(st)}")
         else:
             print(f"{name:<32} {shown} {describe_full(st)}".rstrip())
-    return EXIT_OK if all(st.get("state") == "RUNNING" for st in result) else EXIT_NOT_RUNNING
+    return status_code(result)
+
+
+def is_up(st: dict[str, Any]) -> bool:
+    """RUNNING, or a one-shot job that completed (it is done, not down)."""
+    return st.get("state") == "RUNNING" or (
+        st.get("state") == "EXITED" and str(st.get("reason", "")).startswith("completed"))
+
+
+def status_code(result: list[dict[str, Any]]) -> int:
+    return EXIT_OK if all(is_up(st) for st in result) else EXIT_NOT_RUNNING
 
 
 def print_actions(result: list[dict[str, Any]]) -> int:
@@ -373,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.json:
         print(json.dumps(reply.result, indent=2))
         if ns.command == "status" and not ns.avail:
-            return EXIT_OK if all(st.get("state") == "RUNNING" for st in reply.result) else EXIT_NOT_RUNNING
+            return status_code(reply.result)
         if ns.command in ("start", "stop", "restart", "signal", "reload-app"):
             return EXIT_OK if all(r.get("ok") for r in reply.result) else EXIT_ERROR
         return EXIT_OK

@@ -177,6 +177,9 @@ def test_a_successful_oneshot_releases_its_dependent(daemon):
     assert done < began  # despite web's lower priority number
     st = status(d)
     assert st["migrate"]["state"] == "EXITED" and st["migrate"]["reason"] == "completed (exit status 0)"
+    # A completed job is done, not down: status exits 0 (usable as a probe).
+    r = ctl(d, "status")
+    assert r.returncode == 0 and "EXITED    completed (exit status 0)" in r.stdout
 
 
 def test_a_failed_oneshot_blocks_its_dependents(daemon):

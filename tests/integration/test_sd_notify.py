@@ -91,3 +91,14 @@ def test_ready_is_not_held_back_by_a_dependency_that_crash_loops(daemon, systemd
     [(_, ready)] = wait_until(lambda: systemd.having("READY", "1"), 20, "READY=1")
     assert d.state("db") == "BACKOFF" and d.state("web") is None
     assert "1 backoff" in ready["STATUS"] and "1 stopped" in ready["STATUS"]
+
+
+def test_ready_waits_for_dependents_of_a_job_that_completes(daemon, systemd):
+    """Regression: READY=1 came while web still waited for a migrate job that had just completed."""
+    d = daemon()
+    d.write_config(prog("migrate", probe(d.work, "migrate", mode="exit", code=0, after=0.5), type="oneshot")
+                   + prog("web", probe(d.work, "web"), startsecs="300ms", depends_on=["migrate"]))
+    d.start(env={"NOTIFY_SOCKET": systemd.address})
+    [(_, ready)] = wait_until(lambda: systemd.having("READY", "1"), 20, "READY=1")
+    assert ready["STATUS"] == "1 running, 1 exited"
+    assert d.state("web") == "RUNNING"
