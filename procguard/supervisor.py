@@ -82,7 +82,7 @@ class Supervisor:
         task.add_done_callback(self.tasks.discard)
 
     async def _health_loop(self, proc: Process, pid: int | None) -> None:
-        """Check one spawn of a process every interval (twice a second while it is not ready yet)."""
+        """Check one spawn of a process every interval (sooner while it is not ready yet)."""
         hc = proc.program.healthcheck
         assert hc is not None
         program = proc.program
