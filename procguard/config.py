@@ -787,7 +787,8 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     logdir = default_logdir()
     if "logdir" in section:
         logdir = expand_here("procguard.logdir", section["logdir"]) or logdir
-        logdir = os.path.join(here, logdir)
+        # Normalised: output.py compares a log file's directory with it ("../../var/log" was never created).
+        logdir = os.path.normpath(os.path.join(here, logdir))
     loglevel = section.get("loglevel", "info")
     if not isinstance(loglevel, str) or loglevel.lower() not in LOGLEVELS:
         issues.append(ConfigIssue(src, None, "procguard.loglevel", f"expected one of {', '.join(LOGLEVELS)}, got {loglevel!r}"))

@@ -1078,3 +1078,9 @@ def test_resource_guards_are_parsed(tmp_path: Path) -> None:
     p = load_program(tmp_path, 'command = "/bin/true"\nmax_memory = "512MB"\nmax_age = "1d"\nmax_age_jitter = "1h"\n'
                                'resource_check_interval = "5s"\n')
     assert (p.max_memory, p.max_age, p.max_age_jitter, p.resource_check_interval) == (512 * 1024**2, 86400.0, 3600.0, 5.0)
+
+
+def test_logdir_with_dot_dot_is_normalised(tmp_path: Path) -> None:
+    """Regression (#6): output.py compares directories; "../var/log" kept its ".." and was never created."""
+    config = load(tmp_path, '[procguard]\nlogdir = "x/../var/log"\n')
+    assert config.logdir == str(tmp_path / "var" / "log")

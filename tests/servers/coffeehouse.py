@@ -1,0 +1,250 @@
+"""The coffeehouse demo (demo/) under a real daemon, from the conf.d files we ship (issue #6).
+
+`start()` copies conf.d/<server>.toml for each server asked for (plus coffeehouse.toml, which defines the
+migrate and collectstatic jobs) and demo/ into a fresh DaemonRun directory, links `.venv` to the
+running virtualenv, and moves every loopback port to a free one; `{here}/..` then resolves to that
+directory, so the shipped files run unchanged apart from the ports, with their own database and
+static files. "nginx" adds demo/nginx/'s program and nginx.conf (what `./dev run` adds when nginx is
+installed). `stop()` stops the daemon and names every server process that outlived it.
+"""
+
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.helpers import REPO, DaemonRun, wait_until
+
+Status = dict[str, dict[str, Any]]  # `procguardctl --json status` by process name
+
+SERVERS = ("uwsgi", "gunicorn", "daphne", "uvicorn", "hypercorn")
+ASGI_SERVERS = ("daphne", "uvicorn", "hypercorn")
+# The ports conf.d/*.toml document (and `./dev run` prints).
+DEFAULT_PORTS = {"nginx": 8000, "uwsgi": 8001, "gunicorn": 8002, "daphne": 8003, "uvicorn": 8004, "hypercorn": 8005,
+                 "uwsgi_protocol": 8011}
+JOBS = ("coffeehousemigrate", "coffeehousecollectstatic")
+BIN = Path(sys.executable).parent
+CTL = [sys.executable, "-m", "procguardctl"]
+
+
+def program(server: str) -> str:
+    return f"coffeehouse{server}"
+
+
+def nginx_binary() -> str | None:
+    """$PROCGUARD_TEST_NGINX, nginx on PATH or Debian's /usr/sbin/nginx, if executable."""
+    for candidate in (os.environ.get("PROCGUARD_TEST_NGINX"), shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def why_missing(server: str) -> str | None:
+    """Why `server` cannot run here, or None."""
+    try:
+        import django  # noqa: F401
+    except ImportError:
+        return "Django is not installed (pip install -e '.[demo]')"
+    if server == "nginx":
+        if nginx_binary() is None:
+            return ("nginx is not installed (apt install nginx, or PROCGUARD_TEST_NGINX=/path/to/nginx): "
+                    "demo/nginx/ in front of uWSGI is not exercised")
+        return None
+    if not (BIN / server).exists():
+        if server == "uwsgi":
+            return ("uWSGI is not installed: pip builds it from source and needs gcc and Python's headers "
+                    "(python3-dev); pip install -e '.[demo]' says why it failed")
+        return f"{server} is not installed (pip install -e '.[demo]')"
+    return None
+
+
+def free_port() -> int:
+    """A free loopback port below the ephemeral range.
+
+    A port from bind(0) is an ephemeral one: before the daemon binds it, an outgoing connection (a
+    health check, a test's client) may take it as its local port, and the daemon's bind then fails.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    while True:
+        port = random.randrange(10000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def get(port: int, path: str = "/", host: str = "localhost", timeout: float = 30.0) -> tuple[int, bytes]:
+    """GET http://127.0.0.1:port/path with this Host header; (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def get_uwsgi(port: int, path: str, host: str = "localhost") -> bytes:
+    """One request in the uwsgi protocol (what nginx's uwsgi_pass sends); the raw HTTP response."""
+    variables = {"REQUEST_METHOD": "GET", "REQUEST_URI": path, "PATH_INFO": path, "QUERY_STRING": "",
+                 "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": host, "SERVER_PORT": "80", "HTTP_HOST": host,
+                 "REMOTE_ADDR": "127.0.0.1"}
+    block = b"".join(struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
+                     for k, v in variables.items())
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(struct.pack("<BHB", 0, len(block), 0) + block)  # modifier1 0: WSGI
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class Coffeehouse:
+    d: DaemonRun
+    ports: dict[str, int]  # DEFAULT_PORTS' keys -> the free ports this run uses
+    _seen: set[tuple[int, float]] = field(default_factory=set)
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CTL, "-s", self.d.endpoint, *args], capture_output=True, text=True, timeout=180)
+
+    def status(self) -> Status:
+        r = self.ctl("--json", "status")
+        return {s["name"]: s for s in json.loads(r.stdout)}
+
+    def wait_healthy(self, *servers: str, timeout: float = 120.0) -> Status:
+        """Wait until each server's program is RUNNING and healthy; its status rows."""
+        def ready() -> Status | None:
+            st = self.status()
+            ok = all(st.get(program(s), {}).get("state") == "RUNNING"
+                     and st.get(program(s), {}).get("health") == "healthy" for s in servers)
+            return st if ok else None
+
+        st = wait_until(ready, timeout, f"{servers} RUNNING and healthy; log: {self.d.logfile}")
+        assert st is not None
+        self.track()
+        return st
+
+    def children(self, pid: int) -> set[int]:
+        """The direct children (an app server's workers) of pid."""
+        try:
+            return {c.pid for c in psutil.Process(pid).children()}
+        except psutil.NoSuchProcess:
+            return set()
+
+    def track(self) -> None:
+        """Remember every process under the daemon now, to prove at stop() that none survived."""
+        assert self.d.proc is not None
+        try:
+            for p in psutil.Process(self.d.proc.pid).children(recursive=True):
+                try:
+                    self._seen.add((p.pid, p.create_time()))
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            pass
+
+    def stop(self) -> list[str]:
+        """Stop the daemon (its shutdown stops every server), then kill and describe any survivor.
+
+        Survivors are tracked processes still alive (same pid and start time), and any process whose
+        command line names this run's directory (the servers' commands all do, through {here}).
+        """
+        if self.d.proc is not None and self.d.proc.poll() is None:
+            self.track()
+            self.d.stop(timeout=120)
+        left: dict[int, psutil.Process] = {}
+        for pid, created in self._seen:
+            try:
+                p = psutil.Process(pid)
+                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                    left[pid] = p
+            except psutil.NoSuchProcess:
+                pass
+        work = str(self.d.work)
+        for p in psutil.process_iter(["cmdline"]):
+            if any(work in arg for arg in p.info["cmdline"] or ()):
+                left[p.pid] = p
+        out = []
+        for pid, p in left.items():
+            try:
+                out.append(f"{pid} {' '.join(p.cmdline())[:200]}")
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+
+def start(d: DaemonRun, servers: tuple[str, ...], replace: dict[str, str] | None = None) -> Coffeehouse:
+    """Run the shipped conf.d files of `servers` (and coffeehouse.toml's jobs) in d's directory.
+
+    replace: extra text substitutions applied to the copied conf.d files (e.g. a shorter interval).
+    """
+    conf_d = d.work / "conf.d"
+    conf_d.mkdir()
+    shutil.copytree(REPO / "demo", d.work / "demo",
+                    ignore=shutil.ignore_patterns("db.sqlite3", "staticfiles", "health-down", "__pycache__"))
+    (d.work / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    by_default = {str(DEFAULT_PORTS[name]): str(port) for name, port in ports.items()}
+
+    def edit(text: str) -> str:
+        text = re.sub(r"127\.0\.0\.1:(80\d\d)\b", lambda m: f"127.0.0.1:{by_default.get(m[1], m[1])}", text)
+        for old, new in (replace or {}).items():
+            text = text.replace(old, new)
+        return text
+
+    for server in {"coffeehouse", *servers} - {"nginx"}:
+        (conf_d / f"{server}.toml").write_text(edit((REPO / "conf.d" / f"{server}.toml").read_text()))
+    if "nginx" in servers:
+        # demo/nginx/procguard.toml is the main config `./dev run` uses with nginx; its program table
+        # runs here from conf.d/, one directory up from demo/nginx/, with the nginx found here.
+        main = (REPO / "demo" / "nginx" / "procguard.toml").read_text()
+        table = main[main.index("[program.coffeehousenginx]"):]
+        table = (table.replace("{here}/nginx.conf", "{here}/../demo/nginx/nginx.conf")
+                 .replace("{here}/../../", "{here}/../")
+                 .replace("/usr/sbin/nginx", str(nginx_binary())))
+        (conf_d / "nginx.toml").write_text(edit(table))
+        nginx_conf = d.work / "demo" / "nginx" / "nginx.conf"
+        nginx_conf.write_text(edit(nginx_conf.read_text()))
+        (d.work / "var" / "nginx").mkdir(parents=True)
+    d.write_config(f'[procguard]\ninclude = ["conf.d/*.toml"]\nlogdir = "{d.work}/logs"\n'
+                   f'loglevel = "debug"\ncontrol = "{d.endpoint}"\n')
+    d.start()
+    return Coffeehouse(d, ports)
+
+
+def workers(c: Coffeehouse, master: int, count: int, timeout: float = 60.0) -> set[int]:
+    """Wait until master has `count` children (its workers); their pids."""
+    found = wait_until(lambda: (lambda w: w if len(w) == count else None)(c.children(master)), timeout,
+                       f"{count} children of {master}")
+    assert found is not None
+    return found
+
+
+def wait_for_new_children(c: Coffeehouse, master: int, old: set[int], count: int, timeout: float = 90.0) -> set[int]:
+    """Wait until master has `count` children, none of them in `old`."""
+    def replaced() -> set[int] | None:
+        now = c.children(master)
+        return now if len(now) == count and not (now & old) else None
+
+    new = wait_until(replaced, timeout, f"{count} new children of {master} (old {old})")
+    assert new is not None
+    c.track()
+    return new

@@ -1,0 +1,271 @@
+"""The coffeehouse Django demo on uWSGI, Gunicorn, Daphne, Uvicorn and Hypercorn under procguard (issue #6).
+
+Real daemon, real servers, the conf.d files we ship (on free ports, see tests/servers/coffeehouse.py).
+One daemon with all five serves the read-only checks; reloads and restarts get a daemon of their own.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.helpers import REPO, DaemonRun, wait_until
+from tests.servers import websocket_client
+from tests.servers.coffeehouse import (ASGI_SERVERS, DEFAULT_PORTS, JOBS, SERVERS, Coffeehouse, get, get_uwsgi,
+                                       program, start, wait_for_new_children, why_missing, workers)
+
+MakeDaemon = Callable[[], DaemonRun]  # the `daemon` fixture of tests/conftest.py
+StartCoffeehouse = Callable[..., Coffeehouse]  # the `coffeehouse` fixture below
+pytestmark = pytest.mark.skipif(why_missing("gunicorn") is not None, reason=str(why_missing("gunicorn")))
+
+
+def needs(server: str) -> pytest.MarkDecorator:
+    reason = why_missing(server)
+    return pytest.mark.skipif(reason is not None, reason=str(reason))
+
+
+each_server = pytest.mark.parametrize("server", [pytest.param(s, marks=needs(s)) for s in SERVERS])
+each_asgi_server = pytest.mark.parametrize("server", [pytest.param(s, marks=needs(s)) for s in ASGI_SERVERS])
+
+
+@pytest.fixture(scope="module")
+def all_five() -> Iterator[Coffeehouse]:
+    """What `./dev run` starts: every installed server at once, healthy."""
+    available = tuple(s for s in SERVERS if why_missing(s) is None)
+    c = start(DaemonRun(), available)
+    try:
+        c.wait_healthy(*available)
+        yield c
+    finally:
+        survivors = c.stop()
+        c.d.cleanup()
+        assert not survivors, f"server processes outlived the daemon (killed now): {survivors}"
+
+
+@pytest.fixture
+def coffeehouse(daemon: MakeDaemon) -> Iterator[StartCoffeehouse]:
+    """Factory: coffeehouse("gunicorn", ...) runs those servers' conf.d files under a daemon of its own.
+
+    At teardown the daemon stops, and no server process may outlive it.
+    """
+    runs: list[Coffeehouse] = []
+
+    def make(*servers: str, replace: dict[str, str] | None = None) -> Coffeehouse:
+        runs.append(start(daemon(), servers, replace))
+        return runs[-1]
+
+    yield make
+    survivors = [s for c in runs for s in c.stop()]
+    assert not survivors, f"server processes outlived the daemon (killed now): {survivors}"
+
+
+# ------------------------------------------------------------------------------------ all five
+
+
+def test_every_server_is_running_and_healthy_after_the_jobs(all_five: Coffeehouse) -> None:
+    st = all_five.status()
+    for server in SERVERS:
+        if why_missing(server) is None:
+            assert (st[program(server)]["state"], st[program(server)]["health"]) == ("RUNNING", "healthy")
+    for job in JOBS:
+        assert st[job]["state"] == "EXITED" and st[job]["reason"].startswith("completed"), st[job]
+    r = all_five.ctl("status")
+    assert r.returncode == 0, r.stdout  # 0: everything RUNNING (or a completed job)
+
+
+@each_server
+def test_server_serves_the_django_views_and_static_files(all_five: Coffeehouse, server: str) -> None:
+    port = all_five.ports[server]
+    status, body = get(port, "/")
+    assert status == 200 and b"Espresso" in body  # the menu the migrate job seeded
+    assert get(port, "/drinks/flat-white/")[0] == 200
+    status, body = get(port, "/health/")
+    assert status == 200 and body.startswith(b"ok ")
+    status, body = get(port, "/admin/login/")
+    assert status == 200 and b"Django administration" in body
+    status, body = get(port, "/static/admin/css/base.css")  # collected by the collectstatic job
+    assert status == 200 and b"body" in body
+    assert get(port, "/static/menu/style.css")[0] == 200
+    assert get(port, "/", host="evil.example.com")[0] == 400  # ALLOWED_HOSTS is on: health checks need host
+
+
+@needs("uwsgi")
+def test_uwsgi_answers_the_uwsgi_protocol_as_nginx_would(all_five: Coffeehouse) -> None:
+    response = get_uwsgi(all_five.ports["uwsgi_protocol"], "/health/")
+    assert response.startswith(b"HTTP/1.1 200") and b"\r\n\r\nok " in response
+
+
+@needs("uwsgi")
+@needs("nginx")
+def test_nginx_serves_the_static_files_and_passes_the_rest_to_uwsgi(coffeehouse: StartCoffeehouse) -> None:
+    c = coffeehouse("uwsgi", "nginx")
+    c.wait_healthy("uwsgi", "nginx")
+    port = c.ports["nginx"]
+    status, body = get(port, "/")
+    assert status == 200 and b"Espresso" in body
+    assert get(port, "/admin/login/")[0] == 200
+    status, body = get(port, "/static/admin/css/base.css")
+    assert status == 200 and b"body" in body
+    # nginx answered /static/ itself (its access log has it); only the pages reached uWSGI.
+    logs = c.d.work / "logs"
+    wait_until(lambda: "GET /admin/login/" in (logs / "coffeehouseuwsgi-stdout.log").read_text(), 30, "uWSGI's log")
+    wait_until(lambda: "/static/admin/css/base.css" in (logs / "coffeehousenginx-stdout.log").read_text(), 30,
+               "nginx's access log")
+    assert "/static/admin/css/base.css" not in (logs / "coffeehouseuwsgi-stdout.log").read_text()
+
+
+@each_asgi_server
+def test_websocket_echo(all_five: Coffeehouse, server: str) -> None:
+    port = all_five.ports[server]
+    assert websocket_client.echo(port, "/ws/echo/", f"hello {server}") == f"hello {server}"
+    with pytest.raises(ConnectionError, match="handshake refused: HTTP/1.1 403"):
+        websocket_client.echo(port, "/ws/elsewhere/", "nobody listens here")
+
+
+def test_the_shipped_configs_pass_check_without_lints() -> None:
+    for config in ("procguard.toml", "demo/nginx/procguard.toml"):
+        r = subprocess.run([sys.executable, "-m", "procguard", "-c", config, "--check"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+        assert "[program.coffeehouseuwsgi]" in r.stdout, r.stderr
+        assert "known traps" not in r.stderr, r.stderr  # no lint
+        # Allowed: problems of this machine, a missing nginx or uWSGI (demo/nginx/ is for machines with nginx).
+        problems = r.stderr.partition("problems on this machine:")[2].splitlines()
+        allowed = re.compile(r"/usr/sbin/nginx: no such file|bin/uwsgi: no such file")
+        assert all(allowed.search(p) for p in problems if p), r.stderr
+
+
+def test_dev_run_prints_where_each_server_answers() -> None:
+    out = subprocess.run([sys.executable, "demo/ports.py"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    for server in SERVERS:
+        assert re.search(rf"^  {server} +http://127\.0\.0\.1:{DEFAULT_PORTS[server]}/ ", out, re.M), out
+    for server in ASGI_SERVERS:
+        assert f"ws://127.0.0.1:{DEFAULT_PORTS[server]}/ws/echo/" in out
+    assert f"uwsgi://127.0.0.1:{DEFAULT_PORTS['uwsgi_protocol']}" in out
+
+
+# ------------------------------------------------------------------- reloads and restarts
+
+
+def test_gunicorn_reload_app_keeps_the_master_and_replaces_the_workers(coffeehouse: StartCoffeehouse) -> None:
+    c = coffeehouse("gunicorn")
+    master = c.wait_healthy("gunicorn")[program("gunicorn")]["pid"]
+    old = workers(c, master, 2)
+    r = c.ctl("reload-app", program("gunicorn"))
+    assert (r.returncode, r.stdout) == (0, f"{program('gunicorn')}: reloading (sent SIGHUP)\n")
+    wait_for_new_children(c, master, old, 2)
+    assert c.status()[program("gunicorn")]["pid"] == master
+    assert get(c.ports["gunicorn"], "/")[0] == 200
+
+
+@needs("uwsgi")
+def test_uwsgi_reload_app_keeps_the_master_and_replaces_the_workers(coffeehouse: StartCoffeehouse) -> None:
+    c = coffeehouse("uwsgi")
+    master = c.wait_healthy("uwsgi")[program("uwsgi")]["pid"]
+    old = workers(c, master, 2)
+    r = c.ctl("reload-app", program("uwsgi"))
+    assert (r.returncode, r.stdout) == (0, f"{program('uwsgi')}: reloading (sent SIGHUP)\n")
+    # HUP: uWSGI's graceful reload; the master re-executes itself (same pid, same held sockets).
+    wait_for_new_children(c, master, old, 2)
+    st = c.wait_healthy("uwsgi")[program("uwsgi")]
+    assert st["pid"] == master
+    assert get(c.ports["uwsgi"], "/")[0] == 200
+    assert get_uwsgi(c.ports["uwsgi_protocol"], "/health/").startswith(b"HTTP/1.1 200")
+
+
+def test_gunicorn_restart_on_a_held_socket_under_load_drops_no_request(coffeehouse: StartCoffeehouse) -> None:
+    c = coffeehouse("gunicorn")
+    first = c.wait_healthy("gunicorn")[program("gunicorn")]["pid"]
+    port = c.ports["gunicorn"]
+    ok: list[int] = []
+    failed: list[str] = []
+    stop = threading.Event()
+    limit = 3000  # bounded: 4 clients, at most this many requests in all
+
+    def client() -> None:
+        while not stop.is_set() and len(ok) + len(failed) < limit:
+            try:
+                status, _ = get(port, "/")
+            except OSError as exc:
+                failed.append(repr(exc))
+                continue
+            if status == 200:
+                ok.append(status)
+            else:
+                failed.append(f"HTTP {status}")
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(ok) >= 40, 60, "requests before the restart")
+        before = len(ok)
+        r = c.ctl("restart", program("gunicorn"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        during = len(ok) - before
+        wait_until(lambda: len(ok) >= before + during + 40, 60, "requests after the restart")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    c.track()
+    assert c.status()[program("gunicorn")]["pid"] != first  # it really restarted
+    print(f"gunicorn restart under load: {len(ok)} requests answered ({during} while restarting), "
+          f"{len(failed)} failed")
+    assert failed == []
+
+
+def test_asgi_servers_echo_websockets_again_after_reload_app(coffeehouse: StartCoffeehouse) -> None:
+    servers = tuple(s for s in ASGI_SERVERS if why_missing(s) is None)
+    c = coffeehouse(*servers)
+    before = c.wait_healthy(*servers)
+    pid = {s: before[program(s)]["pid"] for s in servers}
+    uvicorn_children = c.children(pid["uvicorn"]) if "uvicorn" in servers else set()
+    expected = {"daphne": "restarted", "hypercorn": "restarted", "uvicorn": "reloading (sent SIGHUP)"}
+    for server in servers:
+        r = c.ctl("reload-app", program(server))
+        assert (r.returncode, r.stdout) == (0, f"{program(server)}: {expected[server]}\n"), r.stderr
+    after = c.wait_healthy(*servers)
+    for server in servers:
+        if server == "uvicorn":  # --workers: its process manager replaced both workers, the master stays
+            assert after[program(server)]["pid"] == pid[server]
+            wait_until(lambda: len(c.children(pid["uvicorn"]) - uvicorn_children) == 2, 60, "new uvicorn workers")
+            c.track()
+        else:
+            assert after[program(server)]["pid"] != pid[server]
+        assert websocket_client.echo(c.ports[server], "/ws/echo/", f"again {server}") == f"again {server}"
+
+
+def test_sigkill_of_each_master_and_the_app_answers_again(coffeehouse: StartCoffeehouse) -> None:
+    servers = tuple(s for s in SERVERS if why_missing(s) is None)
+    c = coffeehouse(*servers)
+    before = c.wait_healthy(*servers)
+    for server in servers:
+        os.kill(before[program(server)]["pid"], signal.SIGKILL)
+    # procguard kills the dead master's leftover workers (killasgroup) and starts it again; the held
+    # socket kept every port open meanwhile.
+    def all_new() -> bool:
+        st = c.status()
+        return all(st[program(s)]["pid"] != before[program(s)]["pid"] for s in servers)
+
+    wait_until(all_new, 60, "new masters")
+    c.wait_healthy(*servers)
+    for server in servers:
+        assert get(c.ports[server], "/health/")[0] == 200
+
+
+def test_health_view_503_makes_procguard_restart_the_server(coffeehouse: StartCoffeehouse) -> None:
+    c = coffeehouse("gunicorn", replace={'interval = "10s"': 'interval = "500ms"'})
+    first = c.wait_healthy("gunicorn")[program("gunicorn")]["pid"]
+    down = c.d.work / "demo" / "health-down"  # settings.HEALTH_DOWN_FILE
+    down.touch()
+    c.d.wait_state(program("gunicorn"), "STOPPING", timeout=60)  # 3 failed checks: a graceful restart
+    assert c.d.events("health_changed", process=program("gunicorn"), new="unhealthy"), c.d.logfile.read_text()
+    down.unlink()
+    st = c.wait_healthy("gunicorn")
+    assert st[program("gunicorn")]["pid"] != first
