@@ -91,6 +91,8 @@ class ProcessStatus:
     health: str | None = None  # None (no check), "starting", "healthy", "unhealthy"
     health_reason: str = ""  # the last failed check's reason
     status_text: str = ""  # the last STATUS= the process sent on its NOTIFY_SOCKET
+    autostart: bool = True
+    priority: int = 999
 
 
 class Process:
@@ -493,6 +495,8 @@ class Process:
             health=self.health if self.state in (ProcessState.STARTING, ProcessState.RUNNING) else None,
             health_reason=self.health_reason,
             status_text=self.status_text,
+            autostart=self.program.autostart,
+            priority=self.program.priority,
         )
 
 
