@@ -551,7 +551,8 @@ class Output:
     # ------------------------------------------------------------------------------ commands
 
     def dropped(self, process: str) -> int:
-        return sum(s.dropped for (p, _), s in self._streams.items() if p == process)
+        # Two lookups, not a scan: status asks for every process (a scan was 40 ms at 1000 processes).
+        return sum(s.dropped for name in ("stdout", "stderr") if (s := self._streams.get((process, name))))
 
     def reopen(self) -> int:
         """Reopen every log file (SIGUSR2, `procguardctl logreopen`); return how many."""
