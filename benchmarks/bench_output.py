@@ -1,12 +1,14 @@
 """Output-capture benchmark: one child writes 1 GiB to stdout; procguard and supervisord capture it to a file.
 
     .venv/bin/python benchmarks/bench_output.py [--quick] [--json OUT]
+    (also `python -m benchmarks --only output`, which runs it beside the other workloads)
 
 Issue #4, "Done when": throughput (MiB/s) and daemon CPU seconds per GiB for ONE child writing 1 GiB
 (--quick: 200 MiB) to stdout, captured to a file by (a) procguard without timestamps, (b) procguard with
 `stdout_logfile_timestamps = true`, (c) supervisord 4.x (PyPI `supervisor`, the `bench` extra, run as
 `supervisord -n -c CONF` from the venv), plus (d) a reference with no daemon: the same child with its
-stdout opened on the file by this script (the machine's ceiling for this child and file system). The
+stdout opened on the file by this script (the machine's ceiling for this child and file system), and
+(e) circus (PyPI `circus`, the `bench` extra, `circusd CONF`; skipped if it is not installed). The
 aim stated by the issue is at least 1.5x supervisord's throughput at half its CPU per GiB. Every
 figure comes from real daemons and a real child; the script prints min / median / max and the ratios
 procguard / supervisord; it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when the
@@ -44,11 +46,14 @@ What is measured, and how, per run:
   against the ISO pattern and stripped, then the rest is compared. Bytes lost = N - bytes recovered;
   also reported: the offset of the first mismatch, bytes in excess, lines without a valid prefix.
 
-Order and state: one daemon per side (two procguards, one per config, and one supervisord), each
-started once and idle (autostart = false) before the first round; each run starts the child with the
-daemon's own control interface (`procguardctl -s ENDPOINT start writer`; `supervisorctl -c CONF start
-writer`), which both answer once the process is RUNNING (startsecs = 0), and only then is the FIFO byte
-written. Rounds are interleaved a, b, c, d, a, b, c, d, ... (3 rounds, --quick: 2). Between runs the
+Order and state: one daemon per side (two procguards, one per config, one supervisord, one circus),
+each started once and idle (autostart = false) before the first round; each run starts the child with
+the daemon's own control interface (`procguardctl -s ENDPOINT start writer`; `supervisorctl -c CONF
+start writer`; `circusctl --endpoint E start writer`), which answer once the process is RUNNING
+(startsecs = 0) or, for circus, spawned, and only then is the FIFO byte written. circus keeps its
+watcher "active" after a respawn = false child exits, so after each run it gets `circusctl stop
+writer`; and it opens its FileStream once, at start, and keeps it open, so its capture is truncated
+in place between runs rather than deleted. Rounds are interleaved a, b, c, d, a, b, c, d, ... (3 rounds, --quick: 2). Between runs the
 child is awaited (gone from /proc), the capture and side files are deleted. Daemon start-up is
 therefore outside every figure; the daemons stay resident between runs, so round 1 may carry cold
 effects (Python caches, the first runs of each code path), which the min / median / max show.
@@ -88,7 +93,13 @@ Config choices, and which side each could favour:
 - procguard's timestamps stamp each line with the time its chunk (up to 1 MiB) was read, not the time
   the line was written; supervisord has no timestamp option, so (b) has no like-for-like opponent and
   is compared with (c) as the issue asks.
-- Both daemons log at info: procguard JSON to a file (--log-format json), supervisord to its logfile.
+- circus: `stdout_stream.class = FileStream`, `max_bytes = 0` (no rotation), no time_format,
+  close_child_stderr = true (stderr to /dev/null: it has no NONE stream), respawn = false. Its
+  Redirector reads at most 1024 bytes per wake-up (circus/stream/redirector.py, `buffer=1024`, not a
+  config key) and FileStream decodes each read to str (utf-8) and writes it through a text file
+  flushed per read: that, not the config, is why it is an order of magnitude slower here.
+- The daemons log at info: procguard JSON to a file (--log-format json), supervisord to its logfile,
+  circus to its logoutput file.
 - supervisord runs as whoever runs this script (as root it logs a CRIT warning about running as root);
   it is the venv's Python, the same interpreter as procguard's.
 
@@ -105,6 +116,7 @@ import mmap
 import os
 import platform
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -139,6 +151,8 @@ CTL = str(VENV_BIN / "procguardctl")
 CTL_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 SUPERVISORD = str(VENV_BIN / "supervisord")
 SUPERVISORCTL = str(VENV_BIN / "supervisorctl")
+CIRCUSD = str(VENV_BIN / "circusd")
+CIRCUSCTL = str(VENV_BIN / "circusctl")
 GIB = 1 << 30
 MIB = 1 << 20
 POLL_S = 0.002
@@ -227,6 +241,7 @@ class Side:
     work: Path
     argv: list[str]
     stamped: bool = False
+    keeps_file_open = False  # the daemon keeps the capture open after the child exits (no 2 s wait for it)
     capture: Path = field(init=False)
     side_file: Path = field(init=False)
     fifo: Path = field(init=False)
@@ -248,6 +263,10 @@ class Side:
 
     def after_child(self) -> None:
         """The child is gone: let the side reap or forget it before the next run."""
+
+    def reset_capture(self) -> None:
+        """Make the capture file absent or empty before a run and after it (it is verified in between)."""
+        self.capture.unlink(missing_ok=True)
 
 
 def child_argv(script: Path, n: int, work: Path) -> list[str]:
@@ -294,6 +313,7 @@ class ProcguardSide(Side):
 class SupervisordSide(Side):
     daemon: Daemon
     conf: Path
+    keeps_file_open = True  # its handler stays open until the next spawn
 
     def prepare(self, bench: Bench) -> None:
         # bench_engine's Daemon: its directory, cleanup (TERM, 60 s, KILL) and child recording; its
@@ -351,6 +371,74 @@ stderr_logfile=NONE
         out = run_ctl([SUPERVISORCTL, "-c", str(self.conf), "start", "writer"], "supervisorctl start writer")
         if "started" not in out:
             raise BenchError(f"supervisorctl start writer: unexpected answer {out!r}")
+
+    def daemon_pid(self) -> int | None:
+        return self.daemon.pid
+
+
+class CircusSide(Side):
+    daemon: Daemon
+    conf: Path
+    endpoint: str
+    keeps_file_open = True  # its FileStream stays open for the daemon's life
+
+    def prepare(self, bench: Bench) -> None:
+        # As SupervisordSide: bench_engine's Daemon for the directory and cleanup; circusd replaces `start`.
+        self.daemon = d = bench.daemon(self.work.name, "")
+        self.conf = d.work / "circus.ini"
+        self.endpoint = f"ipc://{d.work}/control.sock"
+        self.conf.write_text(f"""[circus]
+endpoint = {self.endpoint}
+pubsub_endpoint = ipc://{d.work}/pubsub.sock
+check_delay = 1
+statsd = false
+loglevel = info
+logoutput = {d.work}/circus.log
+
+[watcher:writer]
+cmd = {shlex.join(self.argv)}
+numprocesses = 1
+autostart = false
+respawn = false
+warmup_delay = 0
+copy_env = true
+close_child_stderr = true
+stdout_stream.class = FileStream
+stdout_stream.filename = {self.capture}
+stdout_stream.max_bytes = 0
+""")
+        with open(d.logfile, "ab") as log:
+            d.popen_wall, d.popen_mono = time.time(), time.monotonic()
+            d.proc = subprocess.Popen([CIRCUSD, str(self.conf)], stdout=log, stderr=log,
+                                      stdin=subprocess.DEVNULL, cwd=str(d.work))
+
+        def answers() -> bool:
+            if d.proc is not None and d.proc.poll() is not None:
+                raise BenchError(f"circusd exited with {d.proc.returncode}: {d.log_text()[-2000:]}")
+            p = subprocess.run(self.ctl("status", "writer"), capture_output=True, stdin=subprocess.DEVNULL,
+                               timeout=CTL_TIMEOUT_S)
+            return p.returncode == 0 and p.stdout.strip() == b"stopped"
+
+        poll_until(answers, 60, "circusd answering circusctl status", interval_s=0.1)
+
+    def ctl(self, *args: str) -> list[str]:
+        return [CIRCUSCTL, "--endpoint", self.endpoint, "--timeout", str(int(CTL_TIMEOUT_S)), *args]
+
+    def start_child(self) -> None:
+        out = run_ctl(self.ctl("start", "writer"), "circusctl start writer")
+        if out.strip() != "ok":
+            raise BenchError(f"circusctl start writer: unexpected answer {out!r}")
+
+    def after_child(self) -> None:
+        # With respawn = false the watcher stays "active" after its process exits, and a second
+        # `start` is a no-op: stop it so the next run's `start` spawns again.
+        run_ctl(self.ctl("stop", "writer"), "circusctl stop writer")
+
+    def reset_capture(self) -> None:
+        # circus opens the FileStream once, when it loads the config, and keeps it open (mode 'a+'):
+        # a deleted file would swallow the next run. Truncate in place; O_APPEND writes land at 0.
+        with open(self.capture, "wb"):
+            pass
 
     def daemon_pid(self) -> int | None:
         return self.daemon.pid
@@ -460,8 +548,8 @@ def prefault(nbytes: int) -> None:
 
 
 def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool = True) -> dict[str, Any]:
-    for p in (side.capture, side.side_file):
-        p.unlink(missing_ok=True)
+    side.reset_capture()
+    side.side_file.unlink(missing_ok=True)
     plen = prefix_len() if side.stamped else 0
     expected_size = n + n_lines(n) * plen
     pid = side.daemon_pid()
@@ -514,14 +602,14 @@ def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool =
     # up next round as a capture that never appears.
     held_after_exit = False
     if pid is not None:
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + (0.0 if side.keeps_file_open else 2.0)
         while holds_file(pid, side.capture) and time.monotonic() < deadline:
             time.sleep(0.01)
         held_after_exit = holds_file(pid, side.capture)
 
     final_size = size_of(side.capture)
     check = verify_capture(side.capture, n, side.stamped, plen)
-    side.capture.unlink(missing_ok=True)
+    side.reset_capture()
     side.side_file.unlink(missing_ok=True)
 
     t0, t1 = info["t0"], info["t1"]
@@ -645,19 +733,33 @@ def med(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+SIDES: tuple[tuple[str, str, type[Side], bool], ...] = (
+    ("a", "procguard", ProcguardSide, False),
+    ("b", "procguard, timestamps", ProcguardSide, True),
+    ("c", "supervisord", SupervisordSide, False),
+    ("d", "direct to file (no daemon)", DirectSide, False),
+    ("e", "circus", CircusSide, False))
+
+
 def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
-    n = 200 * MIB if args.quick else GIB
-    rounds = 2 if args.quick else 3
+    keys = "abcde" if os.path.exists(CIRCUSD) else "abcd"
+    return run_sides(bench, 200 * MIB if args.quick else GIB, 2 if args.quick else 3, keys,
+                     prefault_on=not args.no_prefault, mode="quick" if args.quick else "full")
+
+
+def run_sides(bench: Bench, n: int, rounds: int, keys: str, prefault_on: bool = True,
+              mode: str = "full") -> dict[str, Any]:
+    """`rounds` interleaved rounds of n bytes on the sides named by `keys` (SIDES); prints and returns figures.
+
+    Also the entry point of `python -m benchmarks` (its "output" workload).
+    """
     script = bench.root / "child.py"
     script.write_text(CHILD_SOURCE)
 
     sides: list[Side] = []
-    kinds: tuple[tuple[str, str, type[Side], bool], ...] = (
-        ("a", "procguard", ProcguardSide, False),
-        ("b", "procguard, timestamps", ProcguardSide, True),
-        ("c", "supervisord", SupervisordSide, False),
-        ("d", "direct to file (no daemon)", DirectSide, False))
-    for key, label, cls, stamped in kinds:
+    for key, label, cls, stamped in SIDES:
+        if key not in keys:
+            continue
         work = bench.root / f"{key}-{cls.__name__.removesuffix('Side').lower()}"
         argv = child_argv(script, n, work)
         new = cls(key=key, label=label, work=work, argv=argv, stamped=stamped)
@@ -668,24 +770,25 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
 
     sup_version = subprocess.run([SUPERVISORD, "--version"], capture_output=True, text=True).stdout.strip()
     results: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full",
+        "mode": mode,
         "bytes_per_run": n,
         "rounds": rounds,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
                     "load_avg_at_start": os.getloadavg(), "supervisord": sup_version,
-                    "fs": fs_type(bench.root), "vm_dirty": vm_dirty(), "prefault": not args.no_prefault},
+                    "fs": fs_type(bench.root), "vm_dirty": vm_dirty(), "prefault": prefault_on},
         "targets": TARGETS,
         "runs": {s.key: [] for s in sides},
     }
     print(f"procguard output benchmark ({results['mode']}): {n / MIB:.0f} MiB per run, {rounds} rounds "
-          f"interleaved a,b,c,d; {os.cpu_count()} CPUs, Python {platform.python_version()}, kernel "
-          f"{platform.release()}, supervisord {sup_version}, load {os.getloadavg()[0]:.2f}")
+          f"interleaved {','.join(s.key for s in sides)}; {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, kernel {platform.release()}, supervisord {sup_version}, "
+          f"load {os.getloadavg()[0]:.2f}")
     print(f"child: {CHILD_PYTHON} -S child.py (64 KiB writes, 100-byte lines); temp dir {bench.root} "
-          f"({results['machine']['fs']}); prefault {'on' if not args.no_prefault else 'off'}\n")
+          f"({results['machine']['fs']}); prefault {'on' if prefault_on else 'off'}\n")
 
     for r in range(1, rounds + 1):
         for side in sides:
-            res = one_run(bench, side, n, r, do_prefault=not args.no_prefault)
+            res = one_run(bench, side, n, r, do_prefault=prefault_on)
             results["runs"][side.key].append(res)
             mibs = f"{res['mib_per_s']:8.1f} MiB/s" if res["mib_per_s"] else "  incomplete"
             cpu = (f"{res['daemon_cpu_s_per_gib']:6.2f} CPU s/GiB (user {res['daemon_user_s']:.2f} s, "
@@ -726,7 +829,8 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                   f"{': ' + ', '.join(sorted({str(e.get('event')) for e in complaints})) if complaints else ''}")
         held = [x["round"] for x in runs if x["daemon_holds_file_after_exit"]]
         if held and side.daemon_pid() is not None:
-            print(f"  {'daemon still had the file open 2 s after exit':<46} rounds {held}")
+            when = "after the child's exit" if side.keeps_file_open else "2 s after exit"
+            print(f"  {'daemon still had the file open ' + when:<46} rounds {held}")
         print()
 
     print_summary(results, sides)
@@ -762,7 +866,7 @@ def fs_type(path: Path) -> str:
 
 def print_summary(res: dict[str, Any], sides: list[Side]) -> None:
     runs = res["runs"]
-    sup_tp, sup_cpu = med(runs["c"], "mib_per_s"), med(runs["c"], "daemon_cpu_s_per_gib")
+    sup_tp, sup_cpu = med(runs.get("c", []), "mib_per_s"), med(runs.get("c", []), "daemon_cpu_s_per_gib")
     res["ratios"] = {}
     print("summary, medians (figures only; nothing here fails the run):")
     print(f"  {'side':<30} {'MiB/s':>8} {'CPU s/GiB':>10}  {'tp / sup':>8} {'aim':>6}  {'CPU / sup':>9} {'aim':>6}"
