@@ -6,6 +6,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable
 
 import structlog
 
@@ -71,21 +72,7 @@ class Daemon:
         watchdog = None
         if systemd is not None:
             watchdog = asyncio.create_task(systemd.watchdog())
-            status_pending = False
-
-            def send_status() -> None:
-                nonlocal status_pending
-                status_pending = False
-                systemd.send(f"STATUS={sup.counts()}")
-
-            def status_changed() -> None:
-                # One STATUS= per loop turn, however many processes changed in it (1000 at start-up).
-                nonlocal status_pending
-                if not status_pending:
-                    status_pending = True
-                    loop.call_soon(send_status)
-
-            sup.on_any_change = status_changed
+            sup.on_any_change = self._status_reporter(sup, systemd)
         starter = asyncio.create_task(self._start(sup))
         try:
             while True:
@@ -119,6 +106,24 @@ class Daemon:
                 task.cancel()
         log.info("daemon_stopped")
         return 0
+
+    @staticmethod
+    def _status_reporter(sup: Supervisor, systemd: SystemdNotifier) -> Callable[[], None]:
+        """A change callback sending systemd STATUS= counts once per loop turn (1000 changes at start-up)."""
+        pending = False
+
+        def send() -> None:
+            nonlocal pending
+            pending = False
+            systemd.send(f"STATUS={sup.counts()}")
+
+        def changed() -> None:
+            nonlocal pending
+            if not pending:
+                pending = True
+                asyncio.get_running_loop().call_soon(send)
+
+        return changed
 
     async def _start(self, sup: Supervisor) -> None:
         """Start the autostart programs; tell systemd we are ready once each is RUNNING, FATAL or blocked.
