@@ -60,6 +60,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine sits beside this file
 from bench_engine import (  # noqa: E402
+    bench_main,
     SLEEP_ARGV,
     Bench,
     BenchError,
@@ -426,37 +427,8 @@ def print_summary(res: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Benchmark procguard's control socket against a real daemon.")
-    ap.add_argument("--quick", action="store_true", help="5 runs and 30 requests instead of 20 and 200 (~6 s)")
-    ap.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
-    args = ap.parse_args(argv)
-    bench = Bench()
-    t0 = time.monotonic()
-    try:
-        with sigterm_unwinds():
-            results = run(args, bench)
-    except BenchError as exc:
-        print(f"\nbench_control: cannot measure: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Interrupted):
-        print("\nbench_control: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        # Bounded (TERM, 60 s, KILL); a second Ctrl-C must not leave children behind.
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            killed = bench.close()
-        finally:
-            signal.signal(signal.SIGINT, old)
-        if killed:
-            print(f"bench_control: cleanup killed leftover children: {killed}", file=sys.stderr)
-    results["elapsed_s"] = time.monotonic() - t0
-    results["cleanup_killed"] = killed
-    print(f"\nelapsed {results['elapsed_s']:.1f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"figures written to {args.json}")
-    return 0
+    return bench_main("bench_control", "Benchmark procguard's control socket against a real daemon.",
+                      "5 runs and 30 requests instead of 20 and 200 (~6 s)", run, argv)
 
 
 if __name__ == "__main__":

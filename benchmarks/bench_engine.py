@@ -702,21 +702,24 @@ def print_summary(res: dict[str, Any]) -> None:
           f"{'within' if surv == 0 else 'OVER':<7}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Benchmark the procguard engine against a real daemon.")
-    ap.add_argument("--quick", action="store_true", help="fewer samples, 100 programs only (< ~40 s)")
+def bench_main(name: str, description: str, quick_help: str,
+               run_fn: Callable[[argparse.Namespace, "Bench"], dict[str, Any]], argv: list[str] | None) -> int:
+    """The command line every bench_*.py shares: --quick, --json OUT, cleanup on any exit, exit 2 on a
+    harness failure (never on speed)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     args = ap.parse_args(argv)
     bench = Bench()
     t0 = time.monotonic()
     try:
         with sigterm_unwinds():
-            results = run(args, bench)
+            results = run_fn(args, bench)
     except BenchError as exc:
-        print(f"\nbench_engine: cannot measure: {exc}", file=sys.stderr)
+        print(f"\n{name}: cannot measure: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted):
-        print("\nbench_engine: interrupted; cleaning up", file=sys.stderr)
+        print(f"\n{name}: interrupted; cleaning up", file=sys.stderr)
         return 130
     finally:
         # Bounded (TERM, 60 s, KILL); a second Ctrl-C must not leave children behind.
@@ -726,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             signal.signal(signal.SIGINT, old)
         if killed:
-            print(f"bench_engine: cleanup killed leftover children: {killed}", file=sys.stderr)
+            print(f"{name}: cleanup killed leftover children: {killed}", file=sys.stderr)
     results["elapsed_s"] = time.monotonic() - t0
     results["cleanup_killed"] = killed
     print(f"\nelapsed {results['elapsed_s']:.1f} s")
@@ -734,6 +737,11 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {args.json}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main("bench_engine", "Benchmark the procguard engine against a real daemon.",
+                      "fewer samples, 100 programs only (< ~40 s)", run, argv)
 
 
 if __name__ == "__main__":
