@@ -196,9 +196,6 @@ class LogFile:
                 self.size = actual
         return True
 
-    def note_dropped(self, n: int) -> None:
-        self._episode_dropped += n
-
     # --------------------------------------------------------------------------------- writing
 
     def room(self) -> int:
