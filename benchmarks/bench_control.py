@@ -44,7 +44,6 @@ import json
 import os
 import platform
 import re
-import select
 import signal
 import statistics
 import subprocess
@@ -60,6 +59,8 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine sits beside this file
 from bench_engine import (  # noqa: E402
+    wall_ms as shared_wall_ms,
+    kill_survivors,
     bench_main,
     SLEEP_ARGV,
     Bench,
@@ -118,27 +119,8 @@ def clean_env() -> dict[str, str]:
 
 
 def wall_ms(argv: list[str], out: Path) -> tuple[float, int]:
-    """Run argv with stdout to `out`; return (ms from Popen to exit, exit code). Never leaves it running."""
-    with open(out, "wb") as f:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=clean_env(),
-                             cwd="/")
-        try:
-            # Not p.wait(timeout): with a timeout it polls with sleeps of up to 50 ms, which would show up
-            # in the figures. A pidfd becomes readable at the exit (pidfd_open(2)), then wait() reaps at once.
-            pidfd = os.pidfd_open(p.pid)
-            try:
-                if not select.select([pidfd], [], [], CLI_TIMEOUT_S)[0]:
-                    raise BenchError(f"{' '.join(argv)} still running after {CLI_TIMEOUT_S}s")
-            finally:
-                os.close(pidfd)
-            code = p.wait()
-            dt = (time.perf_counter() - t0) * 1e3
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return dt, code
+    """Run argv with stdout to `out`; return (ms from Popen to exit, exit code)."""
+    return shared_wall_ms(argv, out, CLI_TIMEOUT_S, clean_env())
 
 
 def time_command(argv: list[str], runs: int, out: Path, expect_lines: int | None = None) -> list[float]:
@@ -297,20 +279,7 @@ def stop_daemon(d: Daemon) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     d.kill()
-    survivors = []
-    for p in before:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                survivors.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    for p in survivors:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(survivors, timeout=5)
-    return [p.pid for p in survivors]
+    return kill_survivors(before)
 
 
 @contextmanager

@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import resource
+import select
 import shutil
 import signal
 import statistics
@@ -700,6 +701,47 @@ def print_summary(res: dict[str, Any]) -> None:
     surv = sum(len(s["survivors"]) for v in res["shutdown"].values() for s in v["runs"])
     print(f"  {'children surviving shutdown (all daemons)':<50} {surv:>10}  {'= 0':>10}  "
           f"{'within' if surv == 0 else 'OVER':<7}")
+
+
+def wall_ms(argv: list[str], out: Path, timeout_s: float, env: dict[str, str]) -> tuple[float, int]:
+    """Run argv with stdout to `out`; return (ms from Popen to exit, exit code). Never leaves it running."""
+    with open(out, "wb") as f:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env, cwd="/")
+        try:
+            # Not p.wait(timeout): with a timeout it polls with sleeps of up to 50 ms, which would show up
+            # in the figures. A pidfd becomes readable at the exit (pidfd_open(2)), then wait() reaps at once.
+            pidfd = os.pidfd_open(p.pid)
+            try:
+                if not select.select([pidfd], [], [], timeout_s)[0]:
+                    raise BenchError(f"{' '.join(argv)} still running after {timeout_s:g}s")
+            finally:
+                os.close(pidfd)
+            code = p.wait()
+            dt = (time.perf_counter() - t0) * 1e3
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return dt, code
+
+
+def kill_survivors(before: list[psutil.Process]) -> list[int]:
+    """Kill what of `before` (children recorded while their daemon ran) outlived it; return their pids."""
+    survivors = []
+    for p in before:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                survivors.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    for p in survivors:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(survivors, timeout=5)
+    return [p.pid for p in survivors]
 
 
 def bench_main(name: str, description: str, quick_help: str,

@@ -76,6 +76,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine sits beside this file
 from bench_engine import (  # noqa: E402
+    kill_survivors,
     bench_main,
     CHILD_PYTHON,
     Bench,
@@ -225,20 +226,7 @@ def stop_daemon(bench: Bench, d: Daemon, apps: list[App]) -> list[int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
     d.kill()
-    survivors = []
-    for p in before:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                survivors.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    for p in survivors:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(survivors, timeout=5)
-    return [p.pid for p in survivors]
+    return kill_survivors(before)
 
 
 # ---------------------------------------------------------------------------------------- CPU cost

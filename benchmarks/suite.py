@@ -42,7 +42,6 @@ Config choices that could favour a side are listed in peers.py and RESULTS.md.
 
 import http.client
 import os
-import select
 import signal
 import statistics
 import subprocess
@@ -58,6 +57,7 @@ import psutil
 
 import bench_output
 from bench_engine import (
+    wall_ms as shared_wall_ms,
     CHILD_PYTHON,
     SLEEP_ARGV,
     Bench,
@@ -282,24 +282,7 @@ def shutdown_all(ctx: Ctx, up: dict[str, System], workload: str, broken: set[str
 
 def wall_ms(argv: list[str], out: Path) -> tuple[float, int]:
     """Run argv with stdout to `out`; (ms from Popen to exit, exit code). Exit seen through a pidfd."""
-    with open(out, "wb") as f:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=clean_env(),
-                             cwd="/")
-        try:
-            pidfd = os.pidfd_open(p.pid)
-            try:
-                if not select.select([pidfd], [], [], CLI_TIMEOUT_S)[0]:
-                    raise BenchError(f"{' '.join(argv)} still running after {CLI_TIMEOUT_S:g}s")
-            finally:
-                os.close(pidfd)
-            code = p.wait()
-            dt = (time.perf_counter() - t0) * 1e3
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return dt, code
+    return shared_wall_ms(argv, out, CLI_TIMEOUT_S, clean_env())
 
 
 # ---------------------------------------------------------------------------------------- respawn
