@@ -17,6 +17,10 @@ class Profile:
     stopwaitsecs: float
     reload_signal: int | None  # graceful in-place reload (reload-app); None: reload-app restarts
     ready: str  # "notify" or "startsecs"
+    # drain_timeout: servers that cut off connections they accepted but had not answered when they stop
+    # (uWSGI's workers blocked in accept, daphne, uvicorn, hypercorn) need the handover on restart;
+    # gunicorn answers what its workers accepted (0 failed requests in every run under load).
+    drain: float = 0.0
 
 
 def _flag_value(argv: tuple[str, ...], *names: str) -> str | None:
@@ -42,13 +46,29 @@ def _seconds(value: str | None, default: float) -> float:
         return default
 
 
+# uWSGI 2.0 has no graceful stop on a signal by default (TERM: brutal reload, or with --die-on-term a
+# brutal stop; INT and QUIT: kill at once). This hook, run when the master starts, makes TERM a graceful
+# stop: the workers finish their requests (up to --worker-reload-mercy), then the master exits 0.
+UWSGI_GRACEFUL_HOOK = "unix_signal:15 gracefully_kill_them_all"
+
+
+def uwsgi_graceful_term(argv: tuple[str, ...]) -> bool:
+    """True when the command remaps uWSGI's TERM to a graceful stop (UWSGI_GRACEFUL_HOOK)."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--hook-master-start" and i + 1 < len(argv) else \
+            arg.partition("=")[2] if arg.startswith("--hook-master-start=") else None
+        if value is not None and value.split() == UWSGI_GRACEFUL_HOOK.split():
+            return True
+    return False
+
+
 def graceful_timeout(server: str, argv: tuple[str, ...], *, explicit_only: bool = False) -> float:
     """How long the server itself may take to stop gracefully, from its flags or its default.
 
-    explicit_only: 0 unless a flag sets it (uWSGI's QUIT kills at once; only a configured mercy is
-    a promise worth a lint).
+    explicit_only: for uWSGI without its graceful TERM hook, 0 unless a flag sets it (its stop kills
+    at once; only a configured mercy is a promise worth a lint).
     """
-    if explicit_only and server == "uwsgi" and _flag_value(argv, "--worker-reload-mercy", "--reload-mercy") is None:
+    if explicit_only and server == "uwsgi" and not uwsgi_graceful_term(argv) and _flag_value(argv, "--worker-reload-mercy", "--reload-mercy") is None:
         return 0.0
     if server == "gunicorn":
         return _seconds(_flag_value(argv, "--graceful-timeout"), 30.0)  # gunicorn default 30 s
@@ -73,17 +93,24 @@ def profile(server: str, argv: tuple[str, ...]) -> Profile:
         # new code and config; USR2 would fork a new master outside procguard's process group.
         return Profile(int(signal.SIGTERM), wait, int(signal.SIGHUP), "notify")
     if server == "uwsgi":
-        # Without --die-on-term uWSGI (2.0) treats TERM as "brutal reload" and QUIT as a graceful
-        # shutdown; --die-on-term swaps them. HUP: graceful reload. uWSGI speaks sd_notify.
-        stop = signal.SIGTERM if _has(argv, "--die-on-term") else signal.SIGQUIT
-        return Profile(int(stop), wait, int(signal.SIGHUP), "notify")
+        # uWSGI 2.0: TERM is a brutal reload unless --die-on-term (then a brutal stop) or the graceful
+        # hook (a graceful stop); QUIT and INT kill at once. HUP: graceful reload. It speaks sd_notify.
+        graceful = uwsgi_graceful_term(argv)
+        stop = signal.SIGTERM if graceful or _has(argv, "--die-on-term") else signal.SIGQUIT
+        # A worker blocked in accept() when the stop arrives closes what it accepted unanswered.
+        return Profile(int(stop), wait, int(signal.SIGHUP), "notify", grace)
     if server == "daphne":
-        return Profile(int(signal.SIGTERM), wait, None, "startsecs")
+        # TERM cancels every request in flight (kill_all_applications): it has no graceful stop.
+        return Profile(int(signal.SIGTERM), wait, None, "startsecs", grace)
     if server == "uvicorn":
         # With --workers, uvicorn's process manager restarts its workers on HUP; a single process cannot.
-        return Profile(int(signal.SIGTERM), wait, int(signal.SIGHUP) if _has(argv, "--workers") else None, "startsecs")
+        # Its workers can close a connection they accepted but had not read when TERM arrives (a reset).
+        return Profile(int(signal.SIGTERM), wait, int(signal.SIGHUP) if _has(argv, "--workers") else None, "startsecs",
+                       grace)
     if server == "hypercorn":
-        return Profile(int(signal.SIGTERM), wait, None, "startsecs")
+        # TERM closes every connection without a request under way, even one whose request is in its
+        # socket buffer (the keep-alive idle task).
+        return Profile(int(signal.SIGTERM), wait, None, "startsecs", grace)
     raise ValueError(server)
 
 
@@ -109,11 +136,16 @@ def lint(server: str | None, argv: tuple[str, ...], stopsignal: int, stopwaitsec
         if not _has(argv, "--need-app") and not _has(argv, "--ini", "--yaml", "--xml", "--json"):
             out.append("uWSGI without --need-app starts even when the app fails to import and serves 500s; add --need-app")
         die_on_term = _has(argv, "--die-on-term")
-        if stopsignal == signal.SIGTERM and not die_on_term:
+        graceful = uwsgi_graceful_term(argv)
+        config_file = _has(argv, "--ini", "--yaml", "--xml", "--json")
+        if stopsignal == signal.SIGTERM and not die_on_term and not graceful:
             out.append("uWSGI reloads on SIGTERM without --die-on-term, so stopping would never end; "
-                       'use stopsignal = "QUIT" or add --die-on-term')
+                       f'add "--hook-master-start", "{UWSGI_GRACEFUL_HOOK}" (a graceful stop on TERM)')
         if stopsignal == signal.SIGQUIT and die_on_term:
             out.append('uWSGI with --die-on-term treats QUIT as a reload; use stopsignal = "TERM"')
+        if not graceful and not config_file and stopsignal in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+            out.append("uWSGI stops brutally (requests in flight are cut off on every stop and restart); add "
+                       f'"--hook-master-start", "{UWSGI_GRACEFUL_HOOK}" to the command: TERM then waits for them')
         if _has(argv, "--daemonize", "-d", "--daemonize2"):
             out.append("uWSGI --daemonize leaves procguard's watch (the process it started exits at once); remove it")
     if kind == "gunicorn":

@@ -877,6 +877,8 @@ def test_check_on_supervisor_seed_config_reports_only_missing_paths(capsys: pyte
         "warnings (known traps; the config is accepted):",
         f"  {where}: uWSGI without --need-app starts even when the app fails to import and serves 500s; "
         "add --need-app",
+        f"  {where}: uWSGI stops brutally (requests in flight are cut off on every stop and restart); add "
+        '"--hook-master-start", "unix_signal:15 gracefully_kill_them_all" to the command: TERM then waits for them',
         "",
         "problems on this machine:",
         f"  {where} command: /python/beginningdjango/bin/uwsgi: no such file",

@@ -31,12 +31,27 @@ def test_gunicorn_graceful_timeout_sets_stopwaitsecs(tmp_path: Path) -> None:
     assert p.stopwaitsecs == 95.0
 
 
-def test_uwsgi_stop_signal_follows_die_on_term(tmp_path: Path) -> None:
+GRACEFUL = '"--hook-master-start", "unix_signal:15 gracefully_kill_them_all"'
+BRUTAL = "uWSGI stops brutally (requests in flight are cut off on every stop and restart)"
+
+
+def test_uwsgi_stop_signal_follows_die_on_term_and_the_graceful_hook(tmp_path: Path) -> None:
     p, lints = program(tmp_path, 'command = "uwsgi --master --need-app --socket :3031"\nserver = "uwsgi"\n')
     assert (p.stopsignal, p.stopwaitsecs, p.reload_signal, p.ready) == (signal.SIGQUIT, 65.0, signal.SIGHUP, Ready.NOTIFY)
-    assert lints == []
+    assert [m for m in lints if m.startswith(BRUTAL)] == lints and len(lints) == 1
     p, lints = program(tmp_path, 'command = "uwsgi --master --need-app --die-on-term"\nserver = "uwsgi"\n')
+    assert p.stopsignal == signal.SIGTERM and len(lints) == 1 and lints[0].startswith(BRUTAL)
+    # The hook makes TERM a graceful stop (tests/servers/test_django.py restarts it under load).
+    p, lints = program(tmp_path, f'command = ["uwsgi", "--master", "--need-app", {GRACEFUL}]\nserver = "uwsgi"\n')
+    assert (p.stopsignal, p.stopwaitsecs) == (signal.SIGTERM, 65.0) and lints == []
+    p, lints = program(tmp_path, 'command = ["uwsgi", "--master", "--need-app", '
+                                 '"--hook-master-start=unix_signal:15  gracefully_kill_them_all"]\nserver = "uwsgi"\n')
     assert p.stopsignal == signal.SIGTERM and lints == []
+    # Its graceful stop waits up to --worker-reload-mercy (60 s by default): a shorter stopwaitsecs is a trap.
+    _, lints = program(tmp_path, f'command = ["uwsgi", "--master", "--need-app", {GRACEFUL}]\nserver = "uwsgi"\n'
+                                 'stopwaitsecs = 20\n')
+    assert lints == ["stopwaitsecs (20s) is shorter than uwsgi's own graceful timeout (60s): requests in flight "
+                     "are killed; set stopwaitsecs = 65"]
 
 
 def test_asgi_profiles(tmp_path: Path) -> None:
@@ -71,11 +86,15 @@ def test_uwsgi_lints(tmp_path: Path) -> None:
     _, lints = program(tmp_path, 'command = "uwsgi --socket :3031 --daemonize /tmp/u.log"\nstopsignal = "TERM"\n')
     assert any("without --master" in m for m in lints)
     assert any("without --need-app" in m for m in lints)
-    assert any("reloads on SIGTERM without --die-on-term" in m for m in lints)
+    assert any("reloads on SIGTERM without --die-on-term" in m and "gracefully_kill_them_all" in m for m in lints)
     assert any("--daemonize" in m for m in lints)
+    assert any(m.startswith(BRUTAL) for m in lints)
     _, lints = program(tmp_path, 'command = "uwsgi --master --need-app --die-on-term"\nstopsignal = "QUIT"\n'
                                  'stopwaitsecs = 70\n')
-    assert lints == ['uWSGI with --die-on-term treats QUIT as a reload; use stopsignal = "TERM"']
+    assert lints[0] == 'uWSGI with --die-on-term treats QUIT as a reload; use stopsignal = "TERM"'
+    _, lints = program(tmp_path, f'command = ["uwsgi", "--master", "--need-app", {GRACEFUL}]\nstopsignal = "TERM"\n'
+                                 'stopwaitsecs = 70\n')
+    assert lints == []  # the fixed config: no lint
 
 
 def test_gunicorn_lints(tmp_path: Path) -> None:
@@ -114,3 +133,28 @@ def test_check_prints_lints_as_warnings_and_accepts(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "warnings (known traps; the config is accepted):" in r.stderr
     assert "[program.u]: uWSGI reloads on SIGTERM without --die-on-term" in r.stderr
+
+
+def test_drain_timeout_defaults_to_the_servers_grace_where_a_stop_cuts_off_accepted_connections(tmp_path: Path) -> None:
+    sock = '[socket.s]\nbind = "tcp://127.0.0.1:8000"\n'
+    expected = {"uwsgi --master --need-app --worker-reload-mercy 20": 20.0, "daphne app:asgi": 10.0,
+                "uvicorn app:asgi --timeout-graceful-shutdown 7": 7.0, "hypercorn app:asgi": 5.0,
+                "gunicorn --no-control-socket app:wsgi": 0.0}  # gunicorn answers what its workers took
+    for command, drain in expected.items():
+        server = command.split()[0]
+        config = load(tmp_path, sock + f'[program.web]\ncommand = "{command}"\nserver = "{server}"\nsockets = ["s"]\n')
+        assert config.programs[0].drain_timeout == drain, command
+    config = load(tmp_path, sock + '[program.web]\ncommand = "daphne app:asgi"\nserver = "daphne"\nsockets = ["s"]\n'
+                                   'drain_timeout = "2s"\n')
+    assert config.programs[0].drain_timeout == 2.0
+
+
+def test_drain_timeout_without_held_sockets_is_refused(tmp_path: Path) -> None:
+    from procguard.errors import ConfigError
+
+    try:
+        load(tmp_path, '[program.web]\ncommand = "daphne app:asgi"\ndrain_timeout = "5s"\n')
+    except ConfigError as exc:
+        assert "[program.web] drain_timeout: applies to programs with held sockets" in str(exc)
+    else:
+        raise AssertionError("accepted")
