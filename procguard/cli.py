@@ -56,7 +56,7 @@ class Daemon:
             log.error("control_setup_failed", endpoint=self.config.control, error=str(exc))
             return 1
         try:
-            osapi.sockets.apply(self.config.sockets)
+            osapi.sockets.apply(self.config.sockets, self.config.socket_users())
         except SocketError as exc:
             log.error("socket_bind_failed", error=str(exc))
             await control.close()

@@ -136,6 +136,9 @@ class ProgramConfig:
     listen_env: bool = True
     server: str | None = None  # uwsgi, gunicorn, daphne, uvicorn, hypercorn: fills in the defaults (servers.py)
     reload_signal: int | None = None  # reload-app: this signal (graceful in-place reload), else a restart
+    # A restart first moves the held TCP sockets to fresh ones for the next process and waits up to this
+    # long for the old one to finish its connections, then stops it (sockets.py, "handover"). 0: no wait.
+    drain_timeout: float = 0.0
 
     @property
     def is_group(self) -> bool:
@@ -179,6 +182,14 @@ class Config:
     sockets: tuple[SocketConfig, ...] = ()
     warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
     lints: tuple[ConfigIssue, ...] = field(default=(), compare=False)  # known traps: warned, not refused
+
+    def socket_users(self) -> dict[str, int]:
+        """How many processes each held socket is passed to (a handover needs it to be exactly one)."""
+        users: dict[str, int] = {}
+        for prog in self.programs:
+            for name in prog.sockets:
+                users[name] = users.get(name, 0) + len(prog.processes)
+        return users
 
     def program(self, name: str) -> ProgramConfig | None:
         for prog in self.programs:
@@ -375,7 +386,7 @@ PROGRAM_KEYS = frozenset(
         "stdout_logfile_timestamps", "stderr_logfile_timestamps", "stdout_tail_maxbytes", "stderr_tail_maxbytes",
         "backoff_initial", "backoff_max", "backoff_reset",
         "type", "ready", "start_timeout", "healthcheck", "depends_on", "max_memory", "max_age", "max_age_jitter",
-        "resource_check_interval", "sockets", "server", "reload_signal",
+        "resource_check_interval", "sockets", "server", "reload_signal", "drain_timeout",
     }
 )
 PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel", "control", "control_group", "curve"})
@@ -714,7 +725,11 @@ def _parse_program(
         listen_env=not any("{socket." in part for part in command),
         server=server,
         reload_signal=p.get("reload_signal", parse_signal, prof.reload_signal if prof else None),
+        drain_timeout=p.get("drain_timeout", parse_duration, prof.drain if prof else 0.0),
     )
+    if "drain_timeout" in table and not sockets:
+        p.err("drain_timeout", "applies to programs with held sockets (sockets = [...]): it hands their new "
+                               "connections to the next process while the old one finishes its own")
     if prog.stopasgroup and not prog.killasgroup and "killasgroup" in table:
         p.err("killasgroup", "must be true when stopasgroup is true (as in supervisor)")
     return prog if len(issues) == n_issues else None
@@ -1064,6 +1079,11 @@ def describe(config: Config) -> str:
             "stopsignal": signal.Signals(prog.stopsignal).name, "stopwaitsecs": prog.stopwaitsecs,
             "stopasgroup": prog.stopasgroup, "killasgroup": prog.killasgroup, "priority": prog.priority,
             "backoff": f"{prog.backoff_initial}s .. {prog.backoff_max}s, reset after {prog.backoff_reset}s up",
+            "server": prog.server, "ready": prog.ready.value,
+            "reload_signal": None if prog.reload_signal is None else signal.Signals(prog.reload_signal).name,
+            "sockets": list(prog.sockets) or None, "drain_timeout": prog.drain_timeout if prog.sockets else None,
+            "depends_on": list(prog.depends_on) or None,
+            "healthcheck": None if prog.healthcheck is None else prog.healthcheck.type,
         }
         lines.extend(f"  {k} = {v}" for k, v in attrs.items() if v is not None)
         for proc in prog.processes:

@@ -24,7 +24,7 @@ from procguard.errors import SpawnError
 from procguard.config import Ready
 from procguard.notify import NotifySocket
 from procguard.output import Output
-from procguard.sockets import SocketSet
+from procguard.sockets import SocketSet, in_flight
 from procguard.process import Process, Timer
 from procguard.spawn import spawn_process
 
@@ -40,6 +40,10 @@ def become_subreaper() -> bool:
         return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
+
+
+DRAIN_MIN_S = 0.25  # a restart's handover waits at least this long (see RealOS._drain)
+DRAIN_POLL_S = 0.02
 
 
 class RealOS:
@@ -100,7 +104,41 @@ class RealOS:
             self._scanning = True
             self._own(self._find_strays())
 
+    def drain(self, process: Process, done: Callable[[], None]) -> None:
+        self._own(self._drain(process, done))
+
     # ------------------------------------------------------------------------------- internals
+
+    async def _drain(self, process: Process, done: Callable[[], None]) -> None:
+        """Hand the process's held sockets over and wait until it has answered what it took (sockets.py)."""
+        handed = []
+        t0 = time.monotonic()
+        try:
+            for name in process.program.sockets:
+                old = self.sockets.handover(name)
+                if old is not None:
+                    handed.append(old)
+            if not handed:
+                return
+            log.info("process_draining", process=process.name, pid=process.pid,
+                     drain_timeout=process.program.drain_timeout)
+            deadline = t0 + process.program.drain_timeout
+            left = await asyncio.to_thread(in_flight, handed)
+            # DRAIN_MIN_S: a handshake begun on the old socket before the handover completes into it
+            # within a round trip; give it that long (the accept queue is then counted).
+            while process.draining and (left or time.monotonic() - t0 < DRAIN_MIN_S) \
+                    and time.monotonic() < deadline:
+                await asyncio.sleep(DRAIN_POLL_S)
+                left = await asyncio.to_thread(in_flight, handed)
+            log.info("process_drained", process=process.name, pid=process.pid,
+                     waited_ms=round((time.monotonic() - t0) * 1e3), unanswered=left)
+        except Exception as exc:  # never leave the stop waiting: a failed drain is a plain restart
+            log.warning("process_drain_failed", process=process.name, error=repr(exc))
+        finally:
+            for sock in handed:
+                sock.close()
+            done()
+
 
     def _own(self, coro: "asyncio._CoroutineLike[None]") -> None:
         task = self._loop.create_task(coro)

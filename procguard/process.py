@@ -63,6 +63,12 @@ class OSApi(Protocol):
         """Look (off-loop) for descendants that left the process group; report via process.add_strays."""
         ...
 
+    def drain(self, process: "Process", done: Callable[[], None]) -> None:
+        """Before a restart's stop signal: move the process's held sockets to fresh ones (new connections
+        wait there for the next process) and wait, at most program.drain_timeout, until it has finished
+        the connections it has; then call done() (at once when there is nothing to hand over)."""
+        ...
+
 
 def describe_exit(status: int) -> str:
     """Render a waitstatus-derived exit code as 'exit status 1' or 'terminated by SIGKILL'."""
@@ -131,6 +137,8 @@ class Process:
         self._after_stop: str | None = None
         self._pending_reason = ""
         self._age_timer: Timer | None = None
+        self._draining = 0  # non-zero while a restart drains (drain_timeout); the token of that drain
+        self._drains = 0
         # Health transitions and recycling go to the supervisor's log through this (no I/O here).
         self.on_event: Callable[["Process", str, dict[str, object]], None] = lambda p, event, fields: None
 
@@ -140,6 +148,11 @@ class Process:
 
     def __repr__(self) -> str:
         return f"<Process {self.name} {self.state} pid={self.pid}>"
+
+    @property
+    def draining(self) -> bool:
+        """True while a restart waits for the process to finish its connections (drain_timeout)."""
+        return self._draining != 0
 
     # ------------------------------------------------------------------------------------ commands
 
@@ -155,12 +168,23 @@ class Process:
         self._spawn()
         return True
 
-    def stop(self) -> bool:
-        """Begin stopping; return False if there is nothing to stop."""
+    def stop(self, *, drain: bool = False) -> bool:
+        """Begin stopping; return False if there is nothing to stop.
+
+        drain: a restart (the operator's, or health, max_age, max_memory): with drain_timeout, the
+        stop signal waits until the process has finished its connections (OSApi.drain).
+        """
         if self.state == ProcessState.STOPPING and self._after_stop is not None:
             # The operator's stop wins over a restart or failed start already under way.
             self._after_stop = None
             self.reason = "stopped"
+            if self._draining and not drain:
+                self._draining = 0
+                self._begin_stop()
+            return True
+        if self.state == ProcessState.STOPPING and self._draining and not drain:
+            self._draining = 0  # a plain stop does not wait for a restart's drain
+            self._begin_stop()
             return True
         if self.state == ProcessState.BACKOFF:
             self._cancel_timer()
@@ -182,8 +206,20 @@ class Process:
             self._set(ProcessState.STOPPING)
             return True
         self._set(ProcessState.STOPPING)
+        if drain and self.program.drain_timeout > 0 and self.program.sockets:
+            self._drains += 1
+            self._draining = token = self._drains
+            self._os.drain(self, lambda: self._drained(token))
+            return True
         self._begin_stop()
         return True
+
+    def _drained(self, token: int) -> None:
+        if self._draining != token:
+            return  # a stop cut the drain short, or the process exited meanwhile
+        self._draining = 0
+        if self.state == ProcessState.STOPPING and self._leader_alive:
+            self._begin_stop()
 
     def _begin_stop(self) -> None:
         self._signal_all(self.program.stopsignal, group=self.program.stopasgroup)
@@ -271,7 +307,7 @@ class Process:
             return False
         self._after_stop = "restart"  # before stop(): a leader already gone is STOPPED within it
         self._pending_reason = f"restarting: {why}"
-        self.stop()
+        self.stop(drain=True)
         return True
 
     def _start_timed_out(self) -> None:
@@ -440,6 +476,7 @@ class Process:
     def _check_stopped(self) -> None:
         if self.state != ProcessState.STOPPING or self._leader_alive or self._spawn_pending:
             return
+        self._draining = 0
         if self.pid is not None and self.program.stopasgroup and self._os.is_group_alive(self.pid):
             return
         # A stray that is not our child may have been reaped by its own parent: forget it once gone.

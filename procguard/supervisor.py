@@ -352,7 +352,7 @@ class Supervisor:
         stopped: list[ActionResult] = []
 
         async def both(procs: list[Process]) -> list[ActionResult]:
-            stopped.extend(await self._stop_procs(procs))
+            stopped.extend(await self._stop_procs(procs, drain=True))  # drain_timeout: see Process.stop
             return await self._start_procs(procs)
 
         procs = self.resolve(names)
@@ -413,10 +413,10 @@ class Supervisor:
                 results.append(ActionResult(p.name, False, p.state, msg))
         return results
 
-    async def _stop_procs(self, procs: list[Process]) -> list[ActionResult]:
+    async def _stop_procs(self, procs: list[Process], *, drain: bool = False) -> list[ActionResult]:
         was_at_rest = {p for p in procs if p.state in RESTING_STATES}
         for p in procs:
-            p.stop()
+            p.stop(drain=drain)
         await self._wait(procs, lambda p: p.state in RESTING_STATES)
         return [ActionResult(p.name, True, p.state, "not running" if p in was_at_rest else "stopped") for p in procs]
 
@@ -481,7 +481,7 @@ class Supervisor:
             apply_sockets = getattr(self._os, "sockets", None)
             if apply_sockets is not None:
                 try:
-                    apply_sockets.apply(new.sockets)
+                    apply_sockets.apply(new.sockets, new.socket_users())
                 except SocketError as exc:
                     issue = ConfigIssue(new.path, None, "socket", str(exc))
                     log.error("config_reload_refused", path=new.path, errors=[str(issue)])

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """An HTTP server on an inherited listening socket: fd from --fd N, else LISTEN_FDS (fd 3).
 
-    fdserver.py --dir DIR --name NAME [--fd N] [--unix]
+    fdserver.py --dir DIR --name NAME [--fd N] [--unix] [--delay S] [--abrupt]
 
-Answers every request with "NAME PID\\n". Records its pid in DIR/pids and a JSON line with its pid and
-LISTEN_* variables in DIR/reports.jsonl. On SIGTERM it finishes the request in hand, then exits 0
-(single-threaded on purpose: a graceful stop drops nothing; new connections wait in the backlog).
+Answers every request with "NAME PID\\n" (after --delay seconds). Records its pid in DIR/pids and a JSON
+line with its pid and LISTEN_* variables in DIR/reports.jsonl. On SIGTERM it finishes the request in
+hand, then exits 0 (single-threaded on purpose: a graceful stop drops nothing; new connections wait in
+the backlog). With --abrupt it exits at once on SIGTERM instead, cutting off the request in hand, as
+daphne does (it cancels every request in flight).
 """
 
 import argparse
@@ -14,6 +16,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
@@ -23,6 +26,8 @@ def main() -> None:
     ap.add_argument("--name", default="web")
     ap.add_argument("--fd", type=int)
     ap.add_argument("--unix", action="store_true")
+    ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--abrupt", action="store_true")
     args = ap.parse_args()
     with open(os.path.join(args.dir, "pids"), "a") as f:
         f.write(f"{os.getpid()}\n")
@@ -40,6 +45,8 @@ def main() -> None:
         protocol_version = "HTTP/1.0"
 
         def do_GET(self) -> None:
+            if args.delay:
+                time.sleep(args.delay)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -54,7 +61,10 @@ def main() -> None:
     server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = listener
-    signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
+    if args.abrupt:
+        signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    else:
+        signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
     server.serve_forever(poll_interval=0.05)
 
 

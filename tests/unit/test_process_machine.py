@@ -32,6 +32,7 @@ class FakeOS:
     signals: list[tuple[int, int, bool]] = field(default_factory=list)
     groups_alive: set[int] = field(default_factory=set)
     strays_scanned: list[Process] = field(default_factory=list)
+    drains: list[Callable[[], None]] = field(default_factory=list)
 
     def monotonic(self) -> float:
         return self.now
@@ -55,6 +56,9 @@ class FakeOS:
 
     def find_strays(self, process: Process) -> None:
         self.strays_scanned.append(process)
+
+    def drain(self, process: Process, done: Callable[[], None]) -> None:
+        self.drains.append(done)
 
     def advance(self, seconds: float) -> None:
         """Move the clock, firing due timers in order."""
@@ -266,3 +270,62 @@ def test_leader_exit_kills_leftover_group_before_restart():
     fos.groups_alive.add(42)
     p.exited(1)
     assert (42, signal.SIGKILL, True) in fos.signals
+
+
+# ------------------------------------------------------------- restarts that drain first (drain_timeout)
+
+
+def running(**over: object) -> tuple[Process, FakeOS, list[tuple[str, str]]]:
+    p, fos, seen = make(startsecs=0.0, sockets=("web",), drain_timeout=5.0, **over)
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    assert p.state == ProcessState.RUNNING
+    return p, fos, seen
+
+
+def test_restart_with_drain_timeout_signals_only_after_the_drain():
+    p, fos, _ = running()
+    assert p.restart("max_age")
+    assert (p.state, p.draining, fos.signals, len(fos.drains)) == (ProcessState.STOPPING, True, [], 1)
+    fos.advance(100)  # no stopwaitsecs timer runs while draining: the drain itself is bounded
+    assert fos.signals == []
+    fos.drains[0]()
+    assert fos.signals == [(42, signal.SIGTERM, True)] and not p.draining
+    p.exited(0)
+    fos.groups_alive.discard(42)
+    p.child_reaped(42)
+    assert p.state == ProcessState.STARTING and len(fos.spawned) == 2
+
+
+def test_plain_stop_does_not_drain_and_a_stop_cuts_a_drain_short():
+    p, fos, _ = running()
+    assert p.stop()  # the operator's stop: no drain (the held socket keeps new connections waiting)
+    assert fos.drains == [] and fos.signals == [(42, signal.SIGTERM, True)]
+    p, fos, _ = running()
+    p.stop(drain=True)  # the first half of the operator's restart
+    assert fos.signals == [] and p.draining
+    p.stop()  # then a stop (or the daemon shutting down): signal now
+    assert fos.signals == [(42, signal.SIGTERM, True)] and not p.draining
+    fos.drains[0]()  # the drain reports back late: nothing more happens
+    assert fos.signals == [(42, signal.SIGTERM, True)]
+
+
+def test_process_that_exits_while_draining_ends_the_drain():
+    p, fos, _ = running()
+    p.restart("unhealthy: 503")
+    p.exited(-9)
+    fos.groups_alive.discard(42)
+    p.child_reaped(42)
+    assert p.state == ProcessState.STARTING and not p.draining  # the restart goes on
+    fos.drains[0]()
+    assert fos.signals == []
+
+
+def test_no_drain_without_sockets_or_drain_timeout():
+    for over in ({"sockets": ()}, {"drain_timeout": 0.0}):
+        p, fos, _ = make(startsecs=0.0, **{"sockets": ("web",), "drain_timeout": 5.0, **over})
+        p.start()
+        p.spawned(42)
+        p.restart("max_age")
+        assert fos.drains == [] and fos.signals == [(42, signal.SIGTERM, True)]
