@@ -18,6 +18,9 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,10 +194,42 @@ class Coffeehouse:
         return out
 
 
-def start(d: DaemonRun, servers: tuple[str, ...], replace: dict[str, str] | None = None) -> Coffeehouse:
+# What each shipped file says to accept on a held socket, and what a server binding its port itself says
+# instead (held=False below); "{port}"/"{port2}" are the server's port(s). uWSGI's uwsgi-protocol socket
+# is port2.
+_OWN_BIND = {
+    "uwsgi": ((r'"--socket", "fd://\{socket\.coffeehouse_uwsgi\.fd\}"', '"--socket", "127.0.0.1:{port2}"'),
+              (r'"--http-socket", "fd://\{socket\.coffeehouse_uwsgi_http\.fd\}"',
+               '"--http-socket", "127.0.0.1:{port}"')),
+    "gunicorn": ((r'"--bind", "fd://\{socket\.coffeehouse_gunicorn\.fd\}"', '"--bind", "127.0.0.1:{port}"'),),
+    "daphne": ((r'"--fd", "\{socket\.coffeehouse_daphne\.fd\}"', '"--bind", "127.0.0.1", "--port", "{port}"'),),
+    "uvicorn": ((r'"--fd", "\{socket\.coffeehouse_uvicorn\.fd\}"', '"--host", "127.0.0.1", "--port", "{port}"'),),
+    "hypercorn": ((r'"--bind", "fd://\{socket\.coffeehouse_hypercorn\.fd\}"', '"--bind", "127.0.0.1:{port}"'),),
+}
+
+
+def own_bind(server: str, text: str, ports: dict[str, int]) -> str:
+    """conf.d/<server>.toml (ports already moved) with the server binding its port itself: no [socket.*]
+    tables, no `sockets` key, the command's fd:// argument replaced by an address. Raises if the shipped
+    file no longer has what this expects (so a changed conf.d file cannot silently keep its socket)."""
+    for pattern, replacement in _OWN_BIND[server]:
+        text, n = re.subn(pattern, replacement.format(port=ports[server], port2=ports["uwsgi_protocol"]), text)
+        assert n == 1, f"conf.d/{server}.toml: expected one {pattern!r}"
+    text, n = re.subn(r"(?ms)^\[socket\.[^]]+\]\n.*?(?=^\[)", "", text)
+    assert n >= 1, f"conf.d/{server}.toml: no [socket.*] table"
+    text, n = re.subn(r"(?m)^sockets = \[.*\]\n", "", text)
+    assert n == 1, f"conf.d/{server}.toml: no sockets key"
+    assert "{socket." not in text, text
+    return text
+
+
+def start(d: DaemonRun, servers: tuple[str, ...], replace: dict[str, str] | None = None,
+          held: bool = True) -> Coffeehouse:
     """Run the shipped conf.d files of `servers` (and coffeehouse.toml's jobs) in d's directory.
 
     replace: extra text substitutions applied to the copied conf.d files (e.g. a shorter interval).
+    held: False rewrites each server to bind its port itself instead of using procguard's held socket
+    (what a supervisord user has), to show what held sockets avoid.
     """
     conf_d = d.work / "conf.d"
     conf_d.mkdir()
@@ -211,7 +246,10 @@ def start(d: DaemonRun, servers: tuple[str, ...], replace: dict[str, str] | None
         return text
 
     for server in {"coffeehouse", *servers} - {"nginx"}:
-        (conf_d / f"{server}.toml").write_text(edit((REPO / "conf.d" / f"{server}.toml").read_text()))
+        text = edit((REPO / "conf.d" / f"{server}.toml").read_text())
+        if not held and server in _OWN_BIND:
+            text = own_bind(server, text, ports)
+        (conf_d / f"{server}.toml").write_text(text)
     if "nginx" in servers:
         # demo/nginx/procguard.toml is the main config `./dev run` uses with nginx; its program table
         # runs here from conf.d/, one directory up from demo/nginx/, with the nginx found here.
@@ -248,3 +286,57 @@ def wait_for_new_children(c: Coffeehouse, master: int, old: set[int], count: int
     assert new is not None
     c.track()
     return new
+
+
+@dataclass
+class Load:
+    """What under_load() saw: answered requests, failures (as text), and how many were answered
+    between the action's start and its end."""
+
+    ok: int
+    failed: list[str]
+    during: int
+
+
+def under_load(port: int, action: Callable[[], object], settle: Callable[[], object] | None = None,
+               clients: int = 4, interval_s: float = 0.01, limit: int = 5000) -> Load:
+    """Run `action` while `clients` threads GET / on new connections, each starting one request every
+    `interval_s` at most (a refused connection fails at once; unpaced, a client would spin); a request
+    failed when it raised or was not 200. Load runs before (>= 40 answered), during, and after the
+    action (then `settle`, e.g. waiting for new workers, and >= 40 more answered). Bounded: `limit`
+    requests."""
+    ok: list[int] = []
+    failed: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set() and len(ok) + len(failed) < limit:
+            t0 = time.monotonic()
+            try:
+                status, _ = get(port, "/", timeout=30)
+            except OSError as exc:
+                failed.append(repr(exc))
+            else:
+                if status == 200:
+                    ok.append(status)
+                else:
+                    failed.append(f"HTTP {status}")
+            stop.wait(max(0.0, t0 + interval_s - time.monotonic()))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(ok) >= 40 or len(ok) + len(failed) >= limit, 60, "requests before the action")
+        before = len(ok)
+        action()
+        during = len(ok) - before
+        if settle is not None:
+            settle()
+        after = len(ok)
+        wait_until(lambda: len(ok) >= after + 40 or len(ok) + len(failed) >= limit, 90, "requests after the action")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    return Load(len(ok), failed, during)

@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import REPO, DaemonRun, wait_until
 from tests.servers import websocket_client
 from tests.servers.coffeehouse import (ASGI_SERVERS, DEFAULT_PORTS, JOBS, SERVERS, Coffeehouse, get, get_uwsgi,
-                                       program, start, wait_for_new_children, why_missing, workers)
+                                       program, start, under_load, wait_for_new_children, why_missing, workers)
 
 MakeDaemon = Callable[[], DaemonRun]  # the `daemon` fixture of tests/conftest.py
 StartCoffeehouse = Callable[..., Coffeehouse]  # the `coffeehouse` fixture below
@@ -55,8 +55,8 @@ def coffeehouse(daemon: MakeDaemon) -> Iterator[StartCoffeehouse]:
     """
     runs: list[Coffeehouse] = []
 
-    def make(*servers: str, replace: dict[str, str] | None = None) -> Coffeehouse:
-        runs.append(start(daemon(), servers, replace))
+    def make(*servers: str, replace: dict[str, str] | None = None, held: bool = True) -> Coffeehouse:
+        runs.append(start(daemon(), servers, replace, held))
         return runs[-1]
 
     yield make
@@ -178,46 +178,75 @@ def test_uwsgi_reload_app_keeps_the_master_and_replaces_the_workers(coffeehouse:
     assert get_uwsgi(c.ports["uwsgi_protocol"], "/health/").startswith(b"HTTP/1.1 200")
 
 
-def test_gunicorn_restart_on_a_held_socket_under_load_drops_no_request(coffeehouse: StartCoffeehouse) -> None:
-    c = coffeehouse("gunicorn")
-    first = c.wait_healthy("gunicorn")[program("gunicorn")]["pid"]
-    port = c.ports["gunicorn"]
-    ok: list[int] = []
-    failed: list[str] = []
-    stop = threading.Event()
-    limit = 3000  # bounded: 4 clients, at most this many requests in all
+# The servers whose reload-app is a signal (the master stays, the workers are replaced).
+RELOADS_IN_PLACE = ("uwsgi", "gunicorn", "uvicorn")
 
-    def client() -> None:
-        while not stop.is_set() and len(ok) + len(failed) < limit:
-            try:
-                status, _ = get(port, "/")
-            except OSError as exc:
-                failed.append(repr(exc))
-                continue
-            if status == 200:
-                ok.append(status)
-            else:
-                failed.append(f"HTTP {status}")
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        wait_until(lambda: len(ok) >= 40, 60, "requests before the restart")
-        before = len(ok)
-        r = c.ctl("restart", program("gunicorn"))
+@each_server
+def test_restart_and_reload_app_under_load_drop_no_request_on_held_sockets(coffeehouse: StartCoffeehouse,
+                                                                             server: str) -> None:
+    """Issue #6: every request answered 200 across `restart` and `reload-app` (the shipped conf.d file).
+
+    gunicorn and uvicorn finish what they accepted; uWSGI (with its graceful TERM hook), daphne and
+    hypercorn would cut off connections they accepted unanswered, which the handover before their stop
+    (drain_timeout, from the server profile) avoids.
+    """
+    c = coffeehouse(server)
+    name, port = program(server), c.ports[server]
+    first = c.wait_healthy(server)[name]["pid"]
+
+    def restart() -> None:
+        r = c.ctl("restart", name)
         assert r.returncode == 0, r.stdout + r.stderr
-        during = len(ok) - before
-        wait_until(lambda: len(ok) >= before + during + 40, 60, "requests after the restart")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    c.track()
-    assert c.status()[program("gunicorn")]["pid"] != first  # it really restarted
-    print(f"gunicorn restart under load: {len(ok)} requests answered ({during} while restarting), "
-          f"{len(failed)} failed")
-    assert failed == []
+
+    restarted = under_load(port, restart)
+    second = c.wait_healthy(server)[name]["pid"]
+    assert second != first  # it really restarted
+    if server in ("uwsgi", "daphne", "hypercorn"):
+        assert c.d.events("process_drained", process=name), c.d.logfile.read_text()[-3000:]
+    # uvicorn's master also has a multiprocessing helper child: count the workers as new children.
+    old_workers = wait_until(lambda: (lambda k: k if len(k) >= 2 else None)(c.children(second)), 60,
+                             "the workers") if server in RELOADS_IN_PLACE else set()
+
+    def reload_app() -> None:
+        r = c.ctl("reload-app", name)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def settle() -> None:
+        if server in RELOADS_IN_PLACE:  # the master replaces its workers after reload-app returned
+            wait_until(lambda: len(c.children(second) - old_workers) >= 2, 90, "2 new workers")
+            c.track()
+
+    reloaded = under_load(port, reload_app, settle)
+    third = c.wait_healthy(server)[name]["pid"]
+    assert (third == second) == (server in RELOADS_IN_PLACE)
+    print(f"{server}: restart under load, held socket: {restarted.ok} answered ({restarted.during} while "
+          f"restarting), {len(restarted.failed)} failed; reload-app: {reloaded.ok} answered "
+          f"({reloaded.during} while reloading), {len(reloaded.failed)} failed")
+    assert restarted.during > 0 and reloaded.ok > 80
+    assert restarted.failed == [] and reloaded.failed == []
+
+
+@each_server
+def test_restart_under_load_without_held_sockets_reports_what_they_save(coffeehouse: StartCoffeehouse,
+                                                                        server: str) -> None:
+    """The same restart with the server binding its own port (as under supervisord): the failures are
+    reported, not asserted (issue #6); the restart itself must work."""
+    c = coffeehouse(server, held=False)
+    name, port = program(server), c.ports[server]
+    first = c.wait_healthy(server)[name]["pid"]
+
+    def restart() -> None:
+        r = c.ctl("restart", name)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    load = under_load(port, restart)
+    assert c.wait_healthy(server)[name]["pid"] != first
+    assert get(port, "/health/")[0] == 200
+    kinds = sorted({f.split("(")[0] for f in load.failed})
+    print(f"{server}: restart under load, server binds its own port: {load.ok} answered, "
+          f"{len(load.failed)} failed ({', '.join(kinds) or 'none'})")
+    assert load.ok > 80
 
 
 def test_asgi_servers_echo_websockets_again_after_reload_app(coffeehouse: StartCoffeehouse) -> None:
