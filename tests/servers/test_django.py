@@ -249,7 +249,7 @@ def test_restart_under_load_without_held_sockets_reports_what_they_save(coffeeho
     assert load.ok > 80
 
 
-def test_asgi_servers_echo_websockets_again_after_reload_app(coffeehouse: StartCoffeehouse) -> None:
+def test_asgi_servers_echo_websockets_again_after_reload_app_and_restart(coffeehouse: StartCoffeehouse) -> None:
     servers = tuple(s for s in ASGI_SERVERS if why_missing(s) is None)
     c = coffeehouse(*servers)
     before = c.wait_healthy(*servers)
@@ -268,6 +268,13 @@ def test_asgi_servers_echo_websockets_again_after_reload_app(coffeehouse: StartC
         else:
             assert after[program(server)]["pid"] != pid[server]
         assert websocket_client.echo(c.ports[server], "/ws/echo/", f"again {server}") == f"again {server}"
+    for server in servers:  # and after a plain restart (uvicorn's reload-app above was in place)
+        r = c.ctl("restart", program(server))
+        assert r.returncode == 0, r.stdout + r.stderr
+    restarted = c.wait_healthy(*servers)
+    for server in servers:
+        assert restarted[program(server)]["pid"] != after[program(server)]["pid"]
+        assert websocket_client.echo(c.ports[server], "/ws/echo/", f"restarted {server}") == f"restarted {server}"
 
 
 def test_sigkill_of_each_master_and_the_app_answers_again(coffeehouse: StartCoffeehouse) -> None:
