@@ -159,7 +159,7 @@ def test_without_drain_timeout_that_server_cuts_requests_off(daemon):
     results, errors = restarts_under_load(d, port, 3)
     print(f"abrupt server, 3 restarts without a handover: {len(results)} answered, {len(errors)} failed")
     assert d.events("process_draining") == []
-    assert len(d.reports("web")) == 4  # three restarts (a generation cut off at once may answer nothing)
+    d.wait_reports("web", count=4)  # three restarts (a generation cut off at once may answer nothing)
 
 
 def test_a_socket_shared_by_several_processes_is_not_handed_over(daemon):
