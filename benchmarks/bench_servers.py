@@ -1,0 +1,561 @@
+"""App-server benchmarks: requests lost across restart, reload-app and SIGKILL of the coffeehouse demo.
+
+    .venv/bin/python benchmarks/bench_servers.py [--quick] [--only SERVER[,SERVER]] [--json OUT]
+
+Issue #6. For each app server (uwsgi, gunicorn, daphne, uvicorn, hypercorn; each skipped, with the
+reason printed, when tests.servers.coffeehouse.why_missing() names one), the coffeehouse demo runs
+from the conf.d files we ship under a real daemon of its own, started by tests/servers/coffeehouse.py
+(`start()`: fresh directory, free ports, the migrate and collectstatic jobs). The script prints every
+round and the median / max, next to the peers' figures the issue quotes (printed as a reference, not
+measured here); it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when the harness
+itself fails (a daemon or server that never comes up, a command that fails), after measuring the
+other servers; survivors and failed requests are figures, not harness failures.
+
+What is measured, and how (rounds: --quick 1, otherwise 5):
+
+1. Restart under load, held socket (the shipped conf.d file: procguard binds the port and passes it
+   on) and own bind (`start(held=False)`: the server binds its port itself, what a supervisord user
+   has), each on a daemon of its own. The load: 4 client threads, each a GET / with Host: localhost
+   on a new http.client connection every ~10 ms (start to start), 5 s timeout; a request failed on an
+   exception or a status other than 200. A round runs the load until 40 requests answered 200, then
+   `procguardctl restart coffeehouse<server>` (its wall time includes procguardctl's own start-up),
+   then waits until 40 more answered 200 after the command returned, and stops the load: so the
+   load is bounded and covers the whole transition. Figures: failed requests (all of the round's;
+   those failed before the command are also given apart, expected 0), the command's wall time, and
+   the longest gap between two successive 200 responses (by the time each was received) from the
+   last one before the command to the first one after it returned.
+2. `procguardctl reload-app coffeehouse<server>` under the same load, held socket. reload-app sends
+   HUP to gunicorn, uWSGI and uvicorn (with --workers), which replace their workers while the master
+   stays: the command returns once the signal is sent, so the round also waits until every worker
+   the master had before is gone and as many new ones run (uvicorn's multiprocessing resource
+   tracker is a helper, not a worker: it stays) before counting the 40 requests after. Daphne and
+   Hypercorn have no in-place reload: reload-app restarts them and returns when they are RUNNING.
+3. SIGKILL of the server's master (the `pid` of `procguardctl --json status`), held socket, no load.
+   From the kill, one probe at a time: a GET / (Host: localhost) on a new connection with a short
+   timeout (PROBE_TIMEOUT_S), started every PROBE_INTERVAL_S (start to start; at once after a probe
+   that took longer). The port stays open (held socket), so a probe waits in the backlog and is
+   answered as soon as a server accepts again; one at a time, so the probes never queue more work
+   than the demo serves (a probe that timed out leaves one dead request in the backlog). Figures:
+   kill -> first 200 received (whichever process answered it: until procguard kills the old master's
+   group, its orphaned workers may still accept on the held socket); kill -> the daemon's
+   process_state_changed new=RUNNING line for a new pid (the line's own timestamp; the log is read
+   every LOG_POLL_S between probes); probes failed, by kind (TimeoutError: waited longer than
+   PROBE_TIMEOUT_S), from the kill until 40 probes answered 200 after that RUNNING line (the whole
+   transition); the longest time without a 200 from the kill on, and when the 200 that ended it was
+   received (the recovery, when orphaned workers answered first). Each kill waits until the master
+   has been up for the program's backoff_reset (10 s by default) plus STABLE_MARGIN_S: procguard
+   restarts a process that crashed after such a stable run at once, and one that crashed sooner
+   after a backoff doubling per crash in a row; so every round times the usual production crash,
+   not a backoff that grows round by round.
+
+Cleanup: each daemon runs inside try/finally (also on Ctrl-C and SIGTERM, which bench_main turns into
+an exception): the load threads stop, then `Coffeehouse.stop()` stops the daemon and names (and kills)
+every server process that outlived it (printed, counted, in the JSON), then `DaemonRun.cleanup()`
+removes its directory. A second Ctrl-C is ignored while a daemon is being stopped.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import threading
+import time
+import tomllib
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+_HERE = Path(__file__).resolve().parent
+REPO = _HERE.parent
+for _path in (str(REPO), str(_HERE)):  # tests.servers.* from the repo root; bench_engine beside this file
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+from bench_engine import Bench, BenchError, LogTail, bench_main, parse_ts, poll_until  # noqa: E402
+
+from procguard.config import parse_duration  # noqa: E402
+from tests.helpers import DaemonRun  # noqa: E402
+from tests.servers.coffeehouse import SERVERS, Coffeehouse, program, start, why_missing  # noqa: E402
+
+CLIENT_THREADS = 4
+CLIENT_INTERVAL_S = 0.010
+CLIENT_TIMEOUT_S = 5.0
+PRE_OK = 40   # requests answered 200 before the action
+POST_OK = 40  # ... and after it returned (after the transition, for a HUP reload)
+PROBE_INTERVAL_S = 0.005
+PROBE_TIMEOUT_S = 1.0
+SIGKILL_TIMEOUT_S = 120.0
+DEFAULT_BACKOFF_RESET_S = 10.0  # procguard/config.py's default; conf.d files may set their own
+STABLE_MARGIN_S = 0.5  # status's uptime_s and the daemon's own "ran for" are taken at different moments
+LOG_POLL_S = 0.020
+POLL_S = 0.010
+# uvicorn --workers runs multiprocessing's resource tracker beside its workers; HUP keeps it.
+HELPER_MARKERS = ("multiprocessing.resource_tracker",)
+# From the issue; printed as a reference, never measured by this script.
+REFERENCE = {
+    "source": "issue #6, not measured here",
+    "what": "restarting gunicorn under load on this class of machine",
+    "supervisord_failed": 143,
+    "circus_failed": 150,
+    "gap_ms": 700.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One request: monotonic send and completion times, and how it ended."""
+
+    sent: float
+    done: float
+    ok: bool
+    error: str  # "" when ok; "HTTP 502" or the exception's class name otherwise
+
+
+# -------------------------------------------------------------------------------------------- load
+
+
+def get_once(port: int, timeout_s: float) -> Hit:
+    """GET / with Host: localhost on a new connection; a failure is a figure, never raised."""
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("GET", "/", headers={"Host": "localhost"})
+        r = conn.getresponse()
+        r.read()
+        ok, err = r.status == 200, ("" if r.status == 200 else f"HTTP {r.status}")
+    except (OSError, http.client.HTTPException) as exc:
+        ok, err = False, type(exc).__name__
+    finally:
+        conn.close()
+    return Hit(t0, time.monotonic(), ok, err)
+
+
+class Load:
+    """CLIENT_THREADS threads, each a GET / on a new connection every CLIENT_INTERVAL_S, until stopped."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.started = 0.0
+        self.hits: list[Hit] = []  # list.append is atomic under the GIL
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True, name=f"load-{i}")
+                         for i in range(CLIENT_THREADS)]
+
+    def __enter__(self) -> "Load":
+        self.started = time.monotonic()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(CLIENT_TIMEOUT_S + 5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            hit = get_once(self.port, CLIENT_TIMEOUT_S)
+            self.hits.append(hit)
+            self._stop.wait(max(0.0, hit.sent + CLIENT_INTERVAL_S - time.monotonic()))
+
+    def ok_done_after(self, t: float) -> int:
+        return sum(1 for h in list(self.hits) if h.ok and h.done >= t)
+
+
+def longest_gap_ms(hits: list[Hit], t_from: float, t_to: float) -> float:
+    """Longest time between two successive 200s received, from the last one at or before t_from to the
+    first one at or after t_to (t_from or t_to themselves when there is none)."""
+    done = sorted(h.done for h in hits if h.ok)
+    start_at = max((t for t in done if t <= t_from), default=t_from)
+    end_at = min((t for t in done if t >= t_to), default=t_to)
+    points = [start_at, *(t for t in done if start_at < t < end_at), end_at]
+    return max((b - a for a, b in zip(points, points[1:])), default=0.0) * 1e3
+
+
+def recovered_at(hits: list[Hit], t_from: float) -> float:
+    """When the 200 that ended the longest time without one (from t_from on) was received."""
+    done = sorted(h.done for h in hits if h.ok and h.done >= t_from)
+    points = [t_from, *done]
+    return max(zip(points, points[1:]), key=lambda ab: ab[1] - ab[0])[1]
+
+
+def error_counts(hits: list[Hit]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for h in hits:
+        if not h.ok:
+            out[h.error] = out.get(h.error, 0) + 1
+    return out
+
+
+# ------------------------------------------------------------------------------------ one action
+
+
+def status_row(c: Coffeehouse, server: str) -> dict[str, Any]:
+    row = c.status().get(program(server))
+    if row is None:
+        raise BenchError(f"{program(server)} missing from `procguardctl --json status`; log: {c.d.logfile}")
+    return row
+
+
+def workers_of(c: Coffeehouse, pid: int) -> set[int]:
+    """The master's children that serve requests (not helpers such as a resource tracker)."""
+    out = set()
+    for child in c.children(pid):
+        try:
+            if not any(m in " ".join(psutil.Process(child).cmdline()) for m in HELPER_MARKERS):
+                out.add(child)
+        except psutil.Error:  # exited (or a zombie) meanwhile: not a worker any more
+            pass
+    return out
+
+
+def action_under_load(c: Coffeehouse, server: str, verb: str) -> dict[str, Any]:
+    """One round of `procguardctl VERB coffeehouse<server>` under the bounded load (see the docstring)."""
+    before = status_row(c, server)
+    old_pid = int(before["pid"])
+    old_workers = workers_of(c, old_pid)
+    with Load(c.ports[server]) as load:
+        poll_until(lambda: load.ok_done_after(load.started) >= PRE_OK, 60,
+                   f"{server}: {PRE_OK} requests answered before {verb}", interval_s=POLL_S)
+        t0 = time.monotonic()
+        r = c.ctl(verb, program(server))
+        t1 = time.monotonic()
+        if r.returncode != 0:
+            raise BenchError(f"procguardctl {verb} {program(server)} exited {r.returncode}: {r.stdout}{r.stderr}")
+        reply = r.stdout.strip()
+        after = status_row(c, server)
+        new_pid = int(after["pid"]) if after.get("pid") is not None else None
+        t_done = t1
+        if new_pid == old_pid:
+            # An in-place reload (HUP): the command returned once the signal was sent; the transition
+            # ends when the old workers are gone and as many new ones serve.
+            def replaced() -> bool:
+                now = workers_of(c, old_pid)
+                return not (now & old_workers) and len(now) >= len(old_workers)
+
+            poll_until(replaced, 90, f"{server}: the workers {sorted(old_workers)} replaced after {verb}",
+                       interval_s=POLL_S)
+            t_done = time.monotonic()
+        c.track()
+        poll_until(lambda: load.ok_done_after(t_done) >= POST_OK, 60,
+                   f"{server}: {POST_OK} requests answered after {verb}", interval_s=POLL_S)
+    hits = list(load.hits)
+    return {
+        "failed": sum(1 for h in hits if not h.ok),
+        "failed_before_action": sum(1 for h in hits if not h.ok and h.done < t0),
+        "requests": len(hits),
+        "errors": error_counts(hits),
+        "cli_ms": (t1 - t0) * 1e3,
+        "transition_ms": (t_done - t0) * 1e3,
+        "gap_ms": longest_gap_ms(hits, t0, t_done),
+        "slowest_request_ms": max(h.done - h.sent for h in hits) * 1e3,
+        "old_pid": old_pid,
+        "new_pid": new_pid,
+        "reply": reply,
+    }
+
+
+# ----------------------------------------------------------------------------------------- SIGKILL
+
+
+def sigkill_once(c: Coffeehouse, server: str) -> dict[str, Any]:
+    """SIGKILL the master; probe until the replacement is RUNNING and answered POST_OK probes."""
+    name = program(server)
+    port = c.ports[server]
+    before = status_row(c, server)
+    old_pid = int(before["pid"])
+    tail = LogTail(c.d.logfile)
+    tail.poll()  # only lines written after the kill count
+    hits: list[Hit] = []
+    running: dict[str, Any] | None = None
+    running_at = 0.0  # the RUNNING line's timestamp on this script's monotonic clock
+    t_wall = time.time()
+    t_kill = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
+    next_log = t_kill
+    while running is None or sum(1 for h in hits if h.ok and h.done >= running_at) < POST_OK:
+        if time.monotonic() - t_kill > SIGKILL_TIMEOUT_S:
+            raise BenchError(f"{server}: no new RUNNING master answering {POST_OK} probes within "
+                             f"{SIGKILL_TIMEOUT_S:g} s of SIGKILL to {old_pid}; RUNNING line: {running}; last "
+                             f"probes: {hits[-3:]}; log: {c.d.logfile}")
+        hits.append(get_once(port, PROBE_TIMEOUT_S))
+        if running is None and time.monotonic() >= next_log:
+            next_log = time.monotonic() + LOG_POLL_S
+            for e in tail.poll():
+                if (running is None and e.get("event") == "process_state_changed" and e.get("process") == name
+                        and e.get("new") == "RUNNING" and e.get("pid") not in (None, old_pid)):
+                    running = e
+                    running_at = t_kill + parse_ts(e) - t_wall
+        time.sleep(max(0.0, hits[-1].sent + PROBE_INTERVAL_S - time.monotonic()))
+    ok_done = [h.done for h in hits if h.ok]
+    first_200 = min(ok_done)
+    new_pid = int(running["pid"])
+    c.wait_healthy(server)
+    st = status_row(c, server)
+    if st.get("pid") != new_pid:
+        print(f"    note: status shows pid {st.get('pid')} ({st.get('state')}); the log's RUNNING line said {new_pid}")
+    return {
+        "first_200_ms": (first_200 - t_kill) * 1e3,
+        "running_ms": (running_at - t_kill) * 1e3,
+        "failed": sum(1 for h in hits if not h.ok),
+        "failed_before_first_200": sum(1 for h in hits if not h.ok and h.done < first_200),
+        "probes": len(hits),
+        "errors": error_counts(hits),
+        "max_gap_ms": longest_gap_ms(hits, t_kill, max(ok_done)),
+        "recovered_ms": (recovered_at(hits, t_kill) - t_kill) * 1e3,
+        "uptime_before_kill_s": before.get("uptime_s"),
+        "old_pid": old_pid,
+        "new_pid": new_pid,
+    }
+
+
+# ----------------------------------------------------------------------------------------- rounds
+
+
+def med_max(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "max": max(values)} if values else {}
+
+
+def summarize(rounds: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"rounds": rounds}
+    for k in keys:
+        out[k] = med_max([r[k] for r in rounds])
+    return out
+
+
+def load_line(label: str, i: int, r: dict[str, Any]) -> str:
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "no errors"
+    extra = f"; transition {r['transition_ms']:.0f} ms" if r["transition_ms"] > r["cli_ms"] + 1 else ""
+    return (f"  {label:<34} round {i + 1}: failed {r['failed']:>4} of {r['requests']:>5} ({errors}); "
+            f"command {r['cli_ms']:.0f} ms{extra}; longest gap {r['gap_ms']:.0f} ms; "
+            f"slowest request {r['slowest_request_ms']:.0f} ms")
+
+
+def med_max_line(label: str, s: dict[str, Any], keys: tuple[tuple[str, str, str], ...]) -> str:
+    parts = []
+    for key, what, unit in keys:
+        mm = s[key]
+        parts.append(f"{what} {mm['median']:.0f} / {mm['max']:.0f}{unit}")
+    return f"  {label:<34} median / max: " + "; ".join(parts)
+
+
+LOAD_KEYS = ("failed", "cli_ms", "gap_ms", "transition_ms", "slowest_request_ms")
+SIGKILL_KEYS = ("first_200_ms", "running_ms", "failed", "max_gap_ms", "recovered_ms")
+
+
+@contextmanager
+def coffeehouse(server: str, held: bool, survivors: list[str]) -> Iterator[Coffeehouse]:
+    """A daemon of its own running conf.d/<server>.toml (held socket or own bind), RUNNING and healthy.
+
+    Always stopped on the way out (also on Ctrl-C); the processes that outlived it go into `survivors`
+    and are printed.
+    """
+    setup = "held socket" if held else "own bind"
+    print(f"{server}: {setup} " + (f"(conf.d/{server}.toml as shipped)" if held else
+                                   "(the server binds its port itself, no held socket)"), flush=True)
+    d = DaemonRun()
+    c: Coffeehouse | None = None
+    try:
+        c = start(d, (server,), held=held)
+        c.wait_healthy(server)
+        yield c
+    finally:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave servers behind
+        try:
+            if c is not None:
+                survivors.extend(c.stop())
+            survivors.extend(f"{pid} (recorded by a probe)" for pid in d.cleanup())
+        finally:
+            signal.signal(signal.SIGINT, old)
+        if survivors:
+            print(f"  {server} ({setup}): {len(survivors)} process(es) outlived the daemon (killed now):")
+            for line in survivors:
+                print(f"    {line}")
+        else:
+            print(f"  {server} ({setup}): no process outlived the daemon", flush=True)
+
+
+def load_rounds(c: Coffeehouse, server: str, verb: str, label: str, rounds: int) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    for i in range(rounds):
+        c.wait_healthy(server)
+        runs.append(action_under_load(c, server, verb))
+        print(load_line(label, i, runs[-1]), flush=True)
+    out = summarize(runs, LOAD_KEYS)
+    print(med_max_line(label, out, (("failed", "failed", ""), ("cli_ms", "command", " ms"), ("gap_ms", "gap", " ms"))),
+          flush=True)
+    return out
+
+
+def backoff_reset_s(c: Coffeehouse, server: str) -> float:
+    """The program's backoff_reset as this run's conf.d file sets it, else procguard's default."""
+    with open(c.d.work / "conf.d" / f"{server}.toml", "rb") as f:
+        table = tomllib.load(f).get("program", {}).get(program(server), {})
+    return parse_duration(table["backoff_reset"]) if "backoff_reset" in table else DEFAULT_BACKOFF_RESET_S
+
+
+def sigkill_rounds(c: Coffeehouse, server: str, rounds: int) -> dict[str, Any]:
+    label = "SIGKILL of the master, held socket"
+    stable_s = backoff_reset_s(c, server) + STABLE_MARGIN_S
+    kills: list[dict[str, Any]] = []
+    for i in range(rounds):
+        c.wait_healthy(server)
+        # A crash after a stable run (up >= backoff_reset) is restarted at once; an earlier one waits a
+        # backoff that doubles per crash in a row (procguard/process.py, exited()). Every round times
+        # the first case, the usual production crash, instead of a backoff growing round by round.
+        poll_until(lambda: (status_row(c, server).get("uptime_s") or 0.0) >= stable_s, stable_s + 120,
+                   f"{server}: up for {stable_s:g} s (backoff_reset + {STABLE_MARGIN_S:g} s) before SIGKILL "
+                   f"round {i + 1}", interval_s=0.2)
+        kills.append(k := sigkill_once(c, server))
+        errors = ", ".join(f"{e} {n}" for e, n in sorted(k["errors"].items())) or "no errors"
+        print(f"  {label:<34} round {i + 1}: first 200 after {k['first_200_ms']:.0f} ms; RUNNING (new pid) after "
+              f"{k['running_ms']:.0f} ms; failed {k['failed']} of {k['probes']} probes ({errors}); longest "
+              f"without a 200 {k['max_gap_ms']:.0f} ms, ended {k['recovered_ms']:.0f} ms after the kill", flush=True)
+    out = summarize(kills, SIGKILL_KEYS)
+    print(med_max_line(label, out, (("first_200_ms", "first 200", " ms"), ("running_ms", "RUNNING", " ms"),
+                                    ("failed", "failed", ""))), flush=True)
+    return out
+
+
+def bench_server(server: str, rounds: int, out: dict[str, Any]) -> None:
+    """Every measurement of one server into `out` (filled as it goes, so a failure keeps what was done)."""
+    out["survivors"] = {"held": [], "own_bind": []}
+    with coffeehouse(server, True, out["survivors"]["held"]) as c:
+        out["restart_held"] = load_rounds(c, server, "restart", "restart, held socket", rounds)
+        out["reload_app"] = load_rounds(c, server, "reload-app", "reload-app, held socket", rounds)
+        print(f"  {'':<34} reload-app replied: {out['reload_app']['rounds'][-1]['reply']!r}")
+        out["sigkill"] = sigkill_rounds(c, server, rounds)
+    with coffeehouse(server, False, out["survivors"]["own_bind"]) as c:
+        out["restart_own_bind"] = load_rounds(c, server, "restart", "restart, own bind", rounds)
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def print_table(results: dict[str, Any]) -> None:
+    def mm(s: dict[str, Any] | None, key: str) -> str:
+        if not s or not s.get(key):
+            return "-"
+        return f"{s[key]['median']:.0f}/{s[key]['max']:.0f}"
+
+    def med(s: dict[str, Any] | None, key: str) -> str:
+        if not s or not s.get(key):
+            return "-"
+        return f"{s[key]['median']:.0f}"
+
+    cols = ("server", "restart failed held", "restart failed own bind", "gap held/own (ms)", "reload-app failed",
+            "SIGKILL->first 200", "SIGKILL->RUNNING")
+    units = ("", "median/max", "median/max", "median", "median/max", "median ms", "median ms")
+    widths = [max(10, len(c)) for c in cols]
+    rows = []
+    for server, r in results["servers"].items():
+        if r.get("skipped"):
+            rows.append(f"{server:<{widths[0]}} | skipped: {r['skipped']}")
+            continue
+        held, own = r.get("restart_held"), r.get("restart_own_bind")
+        cells = (server, mm(held, "failed"), mm(own, "failed"), f"{med(held, 'gap_ms')}/{med(own, 'gap_ms')}",
+                 mm(r.get("reload_app"), "failed"), med(r.get("sigkill"), "first_200_ms"),
+                 med(r.get("sigkill"), "running_ms"))
+        line = " | ".join(f"{v:<{w}}" for v, w in zip(cells, widths))
+        if r.get("error"):
+            line += f"  (harness error: {r['error'].splitlines()[0][:80]})"
+        rows.append(line)
+    print(f"summary ({results['mode']}, {results['rounds']} round(s) per figure; figures only, none fails the run):")
+    print("  " + " | ".join(f"{c:<{w}}" for c, w in zip(cols, widths)).rstrip())
+    print("  " + " | ".join(f"{u:<{w}}" for u, w in zip(units, widths)).rstrip())
+    print("  " + "-+-".join("-" * w for w in widths))
+    for row in rows:
+        print("  " + row.rstrip())
+    ref = results["reference"]
+    print(f"  reference ({ref['source']}): {ref['what']}, supervisord fails {ref['supervisord_failed']} requests "
+          f"and circus {ref['circus_failed']}, with gaps of about {ref['gap_ms'] / 1e3:.1f} s "
+          f"({ref['gap_ms']:.0f} ms); compare the gunicorn row (own bind is their setup)")
+    for server, r in results["servers"].items():
+        kills = (r.get("sigkill") or {}).get("rounds", [])
+        early = [k for k in kills if k["running_ms"] - k["first_200_ms"] > 100]
+        if early:
+            gaps = statistics.median(k["max_gap_ms"] for k in kills)
+            print(f"  note: {server}: in {len(early)} of {len(kills)} SIGKILL round(s) the first 200 came before the "
+                  f"new master was RUNNING (the old master's orphaned workers answered on the held socket); the "
+                  f"longest time without a 200 was {gaps:.0f} ms (median)")
+    print(f"  server processes that outlived their daemon: {results['survivors_total']}")
+
+
+def run(only: tuple[str, ...], args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
+    rounds = 1 if args.quick else 5
+    results: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "rounds": rounds,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+                    "load_avg_at_start": os.getloadavg()},
+        "load": {"threads": CLIENT_THREADS, "interval_s": CLIENT_INTERVAL_S, "timeout_s": CLIENT_TIMEOUT_S,
+                 "pre_ok": PRE_OK, "post_ok": POST_OK},
+        "probe": {"interval_s": PROBE_INTERVAL_S, "timeout_s": PROBE_TIMEOUT_S, "post_ok": POST_OK},
+        "reference": REFERENCE,
+        "servers": {},
+        "harness_errors": {},
+    }
+    print(f"procguard app-server benchmark ({results['mode']}, {rounds} round(s)): {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, kernel {platform.release()}, load {os.getloadavg()[0]:.2f}")
+    print(f"load: {CLIENT_THREADS} threads, GET / every {CLIENT_INTERVAL_S * 1e3:.0f} ms each on a new connection, "
+          f"{CLIENT_TIMEOUT_S:g} s timeout; {PRE_OK} answered before each action, {POST_OK} after\n", flush=True)
+    for server in only:
+        out: dict[str, Any] = {}
+        results["servers"][server] = out
+        reason = why_missing(server)
+        if reason is not None:
+            out["skipped"] = reason
+            print(f"{server}: skipped: {reason}\n", flush=True)
+            continue
+        try:
+            bench_server(server, rounds, out)
+        # A server's boundary: record why the harness could not measure it (a server that never came
+        # up, a command that failed, a wait that timed out) and go on with the next one; run() then
+        # fails the run. KeyboardInterrupt and bench_main's Interrupted are BaseExceptions: they unwind.
+        except Exception as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"
+            results["harness_errors"][server] = traceback.format_exc()
+            print(f"{server}: cannot measure: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(flush=True)
+    results["survivors_total"] = sum(len(v) for r in results["servers"].values()
+                                     for v in r.get("survivors", {}).values())
+    print_table(results)
+    if results["harness_errors"]:
+        if args.json:  # bench_main writes the JSON only for a run that succeeded
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+            print(f"figures so far written to {args.json}")
+        raise BenchError(f"could not measure {', '.join(results['harness_errors'])} (tracebacks above and in "
+                         f"the JSON's harness_errors)")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    # bench_main owns --quick and --json; --only is this script's own, parsed first.
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--only", metavar="SERVER[,SERVER]")
+    known, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
+    only = tuple(SERVERS)
+    if known.only is not None:
+        only = tuple(s.strip() for s in known.only.split(",") if s.strip())
+        unknown = [s for s in only if s not in SERVERS]
+        if unknown or not only:
+            print(f"bench_servers: --only: expected some of {','.join(SERVERS)}, got {known.only!r}", file=sys.stderr)
+            return 2
+    return bench_main("bench_servers",
+                      "Benchmark restart, reload-app and SIGKILL of the coffeehouse demo on each app server "
+                      f"under procguard. Also: --only SERVER[,SERVER] (of {','.join(SERVERS)}) measures only "
+                      "those, in that order.",
+                      "1 round per figure instead of 5 (~20 s per server instead of ~2 min)", partial(run, only), rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

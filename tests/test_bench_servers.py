@@ -1,0 +1,57 @@
+"""`benchmarks/bench_servers.py --quick --only gunicorn` measures every figure and leaves no server behind.
+
+Speed and failed requests are never asserted (DESIGN.md, "Tests"): the script prints them; this test
+only checks that it ran, that every measurement has its figures as numbers (counts as integers >= 0),
+and that no server process outlived a daemon it started.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+from tests.servers.coffeehouse import why_missing
+
+pytestmark = pytest.mark.skipif(why_missing("gunicorn") is not None, reason=str(why_missing("gunicorn")))
+
+LOAD_FIGURES = ("cli_ms", "gap_ms", "transition_ms", "slowest_request_ms")
+SIGKILL_FIGURES = ("first_200_ms", "running_ms", "max_gap_ms", "recovered_ms")
+
+
+def is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def test_quick_gunicorn_run_has_every_figure_and_no_survivors(tmp_path: Path) -> None:
+    out = tmp_path / "servers.json"
+    # 600 s is a hang guard on a loaded box, not a speed limit (the run takes ~20 s on an idle 2-core one).
+    r = subprocess.run([sys.executable, "benchmarks/bench_servers.py", "--quick", "--only", "gunicorn", "--json",
+                        str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    doc = json.loads(out.read_text())
+    assert doc["harness_errors"] == {}
+    assert list(doc["servers"]) == ["gunicorn"]
+    g = doc["servers"]["gunicorn"]
+    for key in ("restart_held", "restart_own_bind", "reload_app"):
+        rounds = g[key]["rounds"]
+        assert len(rounds) == doc["rounds"] == 1, (key, rounds)
+        for row in rounds:
+            assert is_count(row["failed"]) and is_count(row["requests"]), (key, row)
+            assert all(is_number(row[f]) for f in LOAD_FIGURES), (key, row)
+        assert is_count(g[key]["failed"]["median"]) and is_count(g[key]["failed"]["max"]), (key, g[key]["failed"])
+    for row in g["sigkill"]["rounds"]:
+        assert is_count(row["failed"]) and is_count(row["probes"]), row
+        assert all(is_number(row[f]) for f in SIGKILL_FIGURES), row
+        assert row["new_pid"] != row["old_pid"], row  # the master really was replaced
+    assert len(g["sigkill"]["rounds"]) == 1
+    assert g["survivors"] == {"held": [], "own_bind": []}
+    assert doc["survivors_total"] == 0
+    assert doc["cleanup_killed"] == []
+    assert "summary" in r.stdout and "not measured here" in r.stdout
