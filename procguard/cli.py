@@ -231,7 +231,41 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     configure_logging(args.log_level or config.loglevel, args.log_format)
     raise_fd_limit()
+    reset = reset_inherited_signals()
+    if reset:
+        log.info("inherited_signals_reset", signals=reset)
     return asyncio.run(Daemon(config).run())
+
+
+# Python itself ignores these at start-up; Popen(restore_signals=True) gives children the defaults.
+_PYTHON_IGNORES = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
+
+
+def reset_inherited_signals() -> list[str]:
+    """Undo signal dispositions inherited from whoever started the daemon; the names changed.
+
+    exec keeps an ignored signal ignored and a blocked one blocked, so every program would inherit
+    them: `nohup` ignores HUP (a server's reload signal), a non-interactive shell's background job
+    ignores INT and QUIT (uWSGI's and many apps' stop signal), and QUIT would then never stop them.
+    systemd starts each service with every signal at its default and none blocked; so does this.
+    """
+    def name(sig: int) -> str:
+        try:
+            return signal.Signals(sig).name
+        except ValueError:
+            return f"signal {int(sig)}"  # a real-time signal without a name of its own
+
+    changed = [f"{name(s)} (blocked)" for s in signal.pthread_sigmask(signal.SIG_SETMASK, ())]
+    for sig in signal.valid_signals():
+        if sig in _PYTHON_IGNORES or sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
+                changed.append(f"{name(sig)} (ignored)")
+        except (OSError, ValueError):
+            continue  # one Python may not touch
+    return changed
 
 
 def raise_fd_limit() -> None:

@@ -97,11 +97,14 @@ class DaemonRun:
         path.write_text(header + text)
         return path
 
-    def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None) -> "DaemonRun":
+    def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None,
+              launcher: tuple[str, ...] = ()) -> "DaemonRun":
+        """launcher: argv that runs the daemon's argv (given as its last arguments), e.g. to start it with
+        signals ignored."""
         env = {**os.environ, **(env or {})}
         with open(self.logfile, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "procguard", "-c", str(self.config), "--log-format", "json", *extra],
+                [*launcher, sys.executable, "-m", "procguard", "-c", str(self.config), "--log-format", "json", *extra],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=str(REPO),
             )
         if wait:

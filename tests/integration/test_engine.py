@@ -161,6 +161,31 @@ def test_stopsignal_is_honoured(daemon):
     assert any("got SIGQUIT" in line for line in d.probe_events())
 
 
+# Starts the daemon as `nohup` plus a shell's background job would: HUP, INT and QUIT ignored, USR1 blocked.
+IGNORING_LAUNCHER = (sys.executable, "-c", "import os, signal, sys\n"
+                     "for s in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):\n    signal.signal(s, signal.SIG_IGN)\n"
+                     "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+                     "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def test_children_start_with_default_signals_whatever_the_daemon_inherited(daemon):
+    """exec keeps ignored and blocked signals: without the reset, a program started under `nohup` or
+    from a background job would ignore its stop signal (QUIT: killed after stopwaitsecs instead)."""
+    d = daemon()
+    out = d.work / "app.log"
+    d.write_config(prog("app", ["/bin/sh", "-c", 'grep -E "^Sig(Ign|Blk)" /proc/$$/status; exec sleep 3600'],
+                        stopsignal="QUIT", startsecs=0, stdout_logfile=str(out), stopwaitsecs=60))
+    d.start(launcher=IGNORING_LAUNCHER)
+    [event] = d.events("inherited_signals_reset")
+    assert set(event["signals"]) == {"SIGUSR1 (blocked)", "SIGHUP (ignored)", "SIGINT (ignored)", "SIGQUIT (ignored)"}
+    d.wait_state("app", "RUNNING")
+    masks = wait_until(lambda: out.exists() and out.read_text().count("Sig") == 2 and out.read_text(), 10, "the masks")
+    assert "SigBlk:\t0000000000000000" in masks and "SigIgn:\t0000000000000000" in masks, masks
+    assert d.stop() == 0
+    # QUIT stopped it (ignored, it would be "killed: did not stop within stopwaitsecs" after 60 s).
+    assert [e["reason"] for e in d.events("process_state_changed", process="app", new="STOPPED")] == ["stopped"]
+
+
 def test_stopwaitsecs_escalates_to_sigkill(daemon):
     d = daemon()
     d.write_config(prog("stubborn", probe(d.work, "stubborn", mode="ignore-term"), stopwaitsecs="500ms", startsecs=0))
