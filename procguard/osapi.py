@@ -139,7 +139,6 @@ class RealOS:
                 sock.close()
             done()
 
-
     def _own(self, coro: "asyncio._CoroutineLike[None]") -> None:
         task = self._loop.create_task(coro)
         self.tasks.add(task)

@@ -55,9 +55,13 @@ UWSGI_GRACEFUL_HOOK = "unix_signal:15 gracefully_kill_them_all"
 def uwsgi_graceful_term(argv: tuple[str, ...]) -> bool:
     """True when the command remaps uWSGI's TERM to a graceful stop (UWSGI_GRACEFUL_HOOK)."""
     for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg == "--hook-master-start" and i + 1 < len(argv) else \
-            arg.partition("=")[2] if arg.startswith("--hook-master-start=") else None
-        if value is not None and value.split() == UWSGI_GRACEFUL_HOOK.split():
+        if arg == "--hook-master-start" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--hook-master-start="):
+            value = arg.partition("=")[2]
+        else:
+            continue
+        if value.split() == UWSGI_GRACEFUL_HOOK.split():
             return True
     return False
 
@@ -68,7 +72,8 @@ def graceful_timeout(server: str, argv: tuple[str, ...], *, explicit_only: bool 
     explicit_only: for uWSGI without its graceful TERM hook, 0 unless a flag sets it (its stop kills
     at once; only a configured mercy is a promise worth a lint).
     """
-    if explicit_only and server == "uwsgi" and not uwsgi_graceful_term(argv) and _flag_value(argv, "--worker-reload-mercy", "--reload-mercy") is None:
+    if explicit_only and server == "uwsgi" and not uwsgi_graceful_term(argv) \
+            and _flag_value(argv, "--worker-reload-mercy", "--reload-mercy") is None:
         return 0.0
     if server == "gunicorn":
         return _seconds(_flag_value(argv, "--graceful-timeout"), 30.0)  # gunicorn default 30 s
