@@ -227,6 +227,33 @@ def test_restart_and_reload_app_under_load_drop_no_request_on_held_sockets(coffe
     assert restarted.failed == [] and reloaded.failed == []
 
 
+@needs("uwsgi")
+@needs("nginx")
+def test_uwsgi_behind_nginx_restarts_and_reloads_under_load_with_no_failed_request(coffeehouse: StartCoffeehouse) -> None:
+    """The matrix's sixth cell: the load goes through nginx (uwsgi_pass to procguard's held socket)."""
+    c = coffeehouse("uwsgi", "nginx")
+    name, port = program("uwsgi"), c.ports["nginx"]
+    master = c.wait_healthy("uwsgi", "nginx")[name]["pid"]
+
+    def ctl(verb: str) -> Callable[[], None]:
+        def run() -> None:
+            r = c.ctl(verb, name)
+            assert r.returncode == 0, r.stdout + r.stderr
+        return run
+
+    restarted = under_load(port, ctl("restart"))
+    second = c.wait_healthy("uwsgi")[name]["pid"]
+    assert second != master
+    old_workers = workers(c, second, 2)
+    reloaded = under_load(port, ctl("reload-app"),
+                          lambda: wait_until(lambda: len(c.children(second) - old_workers) >= 2, 90, "new workers"))
+    c.track()
+    print(f"uwsgi behind nginx: restart {restarted.ok} answered ({restarted.during} while restarting), "
+          f"{len(restarted.failed)} failed; reload-app {reloaded.ok} answered, {len(reloaded.failed)} failed")
+    assert restarted.during > 0 and reloaded.ok > 80
+    assert restarted.failed == [] and reloaded.failed == []
+
+
 @each_server
 def test_restart_under_load_without_held_sockets_reports_what_they_save(coffeehouse: StartCoffeehouse,
                                                                         server: str) -> None:
