@@ -494,7 +494,8 @@ class Supervisor:
                 async with self._locks.setdefault(name, asyncio.Lock()):
                     old = self._programs.get(name, [])
                     if old:
-                        await self._stop_procs(old)
+                        # A changed program restarts: like `restart`, it drains first (drain_timeout).
+                        await self._stop_procs(old, drain=name in new_by_name)
                         del self._programs[name]
                         forget = getattr(self._os, "forget", None)
                         for p in old:

@@ -146,6 +146,48 @@ def test_a_restart_hands_new_connections_to_a_fresh_socket_and_lets_the_old_proc
     assert all(e["waited_ms"] < 10_000 for e in drained)  # done when answered, not at drain_timeout
 
 
+def test_a_config_reload_that_changes_the_server_drains_it_too(daemon):
+    """A deploy through `procguardctl reload` (a changed command) restarts the program like `restart`."""
+    d = daemon()
+    port = free_port()
+
+    def config(name: str) -> str:
+        return (f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n'
+                + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--name", name,
+                               "--delay", "0.05", "--abrupt"], startsecs=0, sockets=["web"], drain_timeout="10s"))
+
+    d.write_config(config("v1"))
+    d.start()
+    d.wait_reports("v1")
+    results: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                results.append(get(port))
+            except OSError as exc:
+                errors.append(repr(exc))
+                stop.wait(0.01)
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        wait_until(lambda: len(results) >= 10, 30, "requests to v1")
+        d.write_config(config("v2"))
+        r = ctl(d, "reload")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_until(lambda: sum(line.startswith("v2 ") for line in results) >= 10, 30, "requests to v2")
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+    assert errors == []
+    assert [e["unanswered"] for e in d.events("process_drained", process="web")] == [0]
+
+
 def test_without_drain_timeout_that_server_cuts_requests_off(daemon):
     """The control for the test above: the same server and load, no handover; reported, and it shows
     the failures are real (a request in hand is cut off by TERM)."""
