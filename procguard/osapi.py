@@ -42,7 +42,7 @@ def become_subreaper() -> bool:
         return False
 
 
-DRAIN_MIN_S = 0.25  # a restart's handover waits at least this long (see RealOS._drain)
+DRAIN_MIN_S = 0.25  # how long a handover waits for handshakes under way (see RealOS._drain)
 DRAIN_POLL_S = 0.02
 
 
@@ -113,6 +113,7 @@ class RealOS:
         """Hand the process's held sockets over and wait until it has answered what it took (sockets.py)."""
         handed = []
         t0 = time.monotonic()
+        left = 0
         try:
             for name in process.program.sockets:
                 old = self.sockets.handover(name)
@@ -123,13 +124,18 @@ class RealOS:
             log.info("process_draining", process=process.name, pid=process.pid,
                      drain_timeout=process.program.drain_timeout)
             deadline = t0 + process.program.drain_timeout
-            left = await asyncio.to_thread(in_flight, handed)
-            # DRAIN_MIN_S: a handshake begun on the old socket before the handover completes into it
-            # within a round trip; give it that long (the accept queue is then counted).
-            while process.draining and (left or time.monotonic() - t0 < DRAIN_MIN_S) \
-                    and time.monotonic() < deadline:
-                await asyncio.sleep(DRAIN_POLL_S)
-                left = await asyncio.to_thread(in_flight, handed)
+            # Done after two clean looks in a row: a connection accepted between one look's reading of
+            # the table and of the accept queue shows in the next one (as accepted, or it is answered).
+            # A handshake begun on the old socket before the handover completes into its queue within
+            # a round trip; while any is under way on the address (the table does not say on which
+            # listener), wait up to DRAIN_MIN_S for it.
+            clean = 0
+            while process.draining and clean < 2 and time.monotonic() < deadline:
+                left, handshakes = await asyncio.to_thread(in_flight, handed)
+                busy = left or (handshakes and time.monotonic() - t0 < DRAIN_MIN_S)
+                clean = 0 if busy else clean + 1
+                if clean < 2:
+                    await asyncio.sleep(DRAIN_POLL_S)
             log.info("process_drained", process=process.name, pid=process.pid,
                      waited_ms=round((time.monotonic() - t0) * 1e3), unanswered=left)
         except Exception as exc:  # never leave the stop waiting: a failed drain is a plain restart

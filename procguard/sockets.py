@@ -113,7 +113,7 @@ def accept_queue(sock: socket.socket) -> int:
     return int(struct.unpack_from("I", info, 24)[0])
 
 
-_ESTABLISHED, _CLOSE_WAIT, _LISTEN = "01", "08", "0A"
+_ESTABLISHED, _SYN_RECV, _CLOSE_WAIT, _LISTEN = "01", "03", "08", "0A"
 
 
 def _proc_net_address(hex_addr: str, family: int) -> str:
@@ -123,8 +123,10 @@ def _proc_net_address(hex_addr: str, family: int) -> str:
     return socket.inet_ntop(family, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
 
 
-def tcp_sockets_on(sock: socket.socket) -> tuple[int, int]:
-    """(accepted connections, listening sockets) on sock's local address, from /proc/net/tcp{,6}.
+def tcp_sockets_on(sock: socket.socket) -> tuple[int, int, int]:
+    """(accepted connections, listening sockets, handshakes under way) on sock's local address, from
+    /proc/net/tcp{,6}. A handshake under way (SYN_RECV) belongs to whichever listener the kernel
+    picked for its SYN; the table does not say which.
 
     Accepted: with an inode (a process holds it; one still in an accept queue has none), ESTABLISHED
     (a request under way, or a keep-alive connection: they look the same), or CLOSE_WAIT with bytes
@@ -136,7 +138,7 @@ def tcp_sockets_on(sock: socket.socket) -> tuple[int, int]:
     wildcard = host in ("0.0.0.0", "::")
     table = "/proc/net/tcp" if sock.family == socket.AF_INET else "/proc/net/tcp6"
     port_hex = f"{port:04X}"
-    accepted = listening = 0
+    accepted = listening = handshakes = 0
     with open(table, encoding="ascii") as f:
         next(f, None)
         for line in f:
@@ -147,16 +149,24 @@ def tcp_sockets_on(sock: socket.socket) -> tuple[int, int]:
                 continue
             if state == _LISTEN:
                 listening += 1
+            elif state == _SYN_RECV:
+                handshakes += 1
             elif inode != "0" and (state == _ESTABLISHED
                                    or (state == _CLOSE_WAIT and int(fields[4].partition(":")[2], 16) > 0)):
                 accepted += 1
-    return accepted, listening
+    return accepted, listening, handshakes
 
 
-def in_flight(socks: list[socket.socket]) -> int:
-    """What an old process still has to answer on these (handed-over) sockets: its accept queue, and the
-    connections accepted on their addresses (no other process accepts there until it has stopped)."""
-    return sum(accept_queue(s) + tcp_sockets_on(s)[0] for s in socks)
+def in_flight(socks: list[socket.socket]) -> tuple[int, int]:
+    """What an old process still has to answer on these (handed-over) sockets: its accept queue and the
+    connections accepted on their addresses (no other process accepts there until it has stopped); and
+    the handshakes under way there (one begun on an old socket before the handover ends in its queue)."""
+    left = handshakes = 0
+    for s in socks:
+        accepted, _, shaking = tcp_sockets_on(s)
+        left += accept_queue(s) + accepted
+        handshakes += shaking
+    return left, handshakes
 
 
 class SocketSet:
