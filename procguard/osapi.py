@@ -24,7 +24,7 @@ from procguard.errors import SpawnError
 from procguard.config import Ready
 from procguard.notify import NotifySocket
 from procguard.output import Output
-from procguard.sockets import SocketSet, in_flight
+from procguard.sockets import SocketSet, in_flight, tcp_sockets_on
 from procguard.process import Process, Timer
 from procguard.spawn import spawn_process
 
@@ -115,8 +115,11 @@ class RealOS:
         t0 = time.monotonic()
         left = 0
         try:
-            for name in process.program.sockets:
-                old = self.sockets.handover(name)
+            candidates = [(name, sock) for name in process.program.sockets
+                          if (sock := self.sockets.can_hand_over(name)) is not None]
+            listeners = await asyncio.to_thread(lambda: [tcp_sockets_on(sock)[1] for _, sock in candidates])
+            for (name, _), count in zip(candidates, listeners):
+                old = self.sockets.handover(name, count)
                 if old is not None:
                     handed.append(old)
             if not handed:

@@ -214,21 +214,29 @@ class SocketSet:
             except OSError:
                 pass
 
-    def handover(self, name: str) -> socket.socket | None:
-        """Give `name` a fresh listening socket that takes every new connection (module doc); return the
-        old one, which the caller closes once its process has drained. None (nothing changed) for a
-        unix socket, a socket passed to more than one process, or when the kernel refuses."""
+    def can_hand_over(self, name: str) -> socket.socket | None:
+        """The held socket `name` if a handover may replace it: TCP, passed to exactly one process."""
         held = self._held.get(name)
         if held is None or held[0].bind.startswith("unix:") or self._users.get(name, 0) != 1:
             return None
-        cfg, old = held
+        return held[1]
+
+    def handover(self, name: str, listeners: int) -> socket.socket | None:
+        """Give `name` a fresh listening socket that takes every new connection (module doc); return the
+        old one, which the caller closes once its process has drained. None (nothing changed) unless
+        can_hand_over(name), or when the kernel refuses.
+
+        listeners: how many sockets listen on its address now (tcp_sockets_on, read off the loop).
+        """
+        if self.can_hand_over(name) is None:
+            return None
+        cfg, old = self._held[name]
+        if listeners != 1:
+            # Another socket still listens there (a process that kept an older one): the BPF program's
+            # "socket 1" would not be the fresh one.
+            log.warning("socket_handover_skipped", socket=name, bind=cfg.bind, listeners=listeners)
+            return None
         try:
-            listeners = tcp_sockets_on(old)[1]
-            if listeners != 1:
-                # Another socket still listens there (a process that kept an older one): the BPF
-                # program's "socket 1" would not be the fresh one.
-                log.warning("socket_handover_skipped", socket=name, bind=cfg.bind, listeners=listeners)
-                return None
             new = _bind(cfg)
         except OSError as exc:
             log.warning("socket_handover_failed", socket=name, bind=cfg.bind, error=exc.strerror or str(exc))
