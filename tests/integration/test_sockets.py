@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from tests.helpers import REPO, DaemonRun, prog, wait_until
 
@@ -95,8 +96,10 @@ def test_connections_wait_in_the_backlog_while_the_server_restarts(daemon):
     assert len({line.split()[1] for line in results}) >= 2  # served by more than one generation
 
 
-def restarts_under_load(d: DaemonRun, port: int, restarts: int, name: str = "web") -> tuple[list[str], list[str]]:
-    """`restarts` operator restarts while 4 clients GET / on new connections; (answers, failures)."""
+def load_across(port: int, action: Callable[[], None],
+                after: Callable[[list[str], int], bool]) -> tuple[list[str], list[str]]:
+    """Run `action` while 4 clients GET / on new connections (>= 10 answered first), then load on until
+    after(answers, how many had been answered when the action returned) holds; (answers, failures)."""
     results: list[str] = []
     errors: list[str] = []
     stop = threading.Event()
@@ -113,17 +116,25 @@ def restarts_under_load(d: DaemonRun, port: int, restarts: int, name: str = "web
     for w in workers:
         w.start()
     try:
-        wait_until(lambda: len(results) >= 10, 30, "requests before the restart")
-        for _ in range(restarts):
-            r = ctl(d, "restart", name)
-            assert r.returncode == 0, r.stdout + r.stderr
-        before = len(results)
-        wait_until(lambda: len(results) >= before + 10, 30, "requests after the restarts")
+        wait_until(lambda: len(results) >= 10, 30, "requests before the action")
+        action()
+        returned = len(results)
+        wait_until(lambda: after(results, returned), 30, "requests after the action")
     finally:
         stop.set()
         for w in workers:
             w.join(30)
     return results, errors
+
+
+def restarts_under_load(d: DaemonRun, port: int, restarts: int, name: str = "web") -> tuple[list[str], list[str]]:
+    """`restarts` operator restarts under load_across, then 10 more answers; (answers, failures)."""
+    def restart() -> None:
+        for _ in range(restarts):
+            r = ctl(d, "restart", name)
+            assert r.returncode == 0, r.stdout + r.stderr
+
+    return load_across(port, restart, lambda answers, returned: len(answers) >= returned + 10)
 
 
 def test_a_restart_hands_new_connections_to_a_fresh_socket_and_lets_the_old_process_finish(daemon):
@@ -159,31 +170,13 @@ def test_a_config_reload_that_changes_the_server_drains_it_too(daemon):
     d.write_config(config("v1"))
     d.start()
     d.wait_reports("v1")
-    results: list[str] = []
-    errors: list[str] = []
-    stop = threading.Event()
 
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                results.append(get(port))
-            except OSError as exc:
-                errors.append(repr(exc))
-                stop.wait(0.01)
-
-    workers = [threading.Thread(target=load) for _ in range(4)]
-    for w in workers:
-        w.start()
-    try:
-        wait_until(lambda: len(results) >= 10, 30, "requests to v1")
+    def deploy() -> None:
         d.write_config(config("v2"))
         r = ctl(d, "reload")
         assert r.returncode == 0, r.stdout + r.stderr
-        wait_until(lambda: sum(line.startswith("v2 ") for line in results) >= 10, 30, "requests to v2")
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(30)
+
+    results, errors = load_across(port, deploy, lambda answers, _: sum(a.startswith("v2 ") for a in answers) >= 10)
     assert errors == []
     assert [e["unanswered"] for e in d.events("process_drained", process="web")] == [0]
 
