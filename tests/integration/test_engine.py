@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers import PROBE, alive, probe, prog, toml_list, wait_until
+from tests.helpers import PROBE, alive, probe, prog, wait_until
 from tests.helpers import probe as base_probe
 
 

@@ -1,7 +1,6 @@
 """Held sockets: bound by procguard, passed as fds 3.. with LISTEN_FDS, kept across restarts (issue #6)."""
 
 import http.client
-import json
 import os
 import socket
 import stat
