@@ -77,7 +77,7 @@ def test_connections_wait_in_the_backlog_while_the_server_restarts(daemon):
         while not stop.is_set():
             try:
                 results.append(get(port))
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 errors.append(repr(exc))
 
     worker = threading.Thread(target=load)
@@ -107,7 +107,7 @@ def load_across(port: int, action: Callable[[], None],
         while not stop.is_set():
             try:
                 results.append(get(port))
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut off mid-body
                 errors.append(repr(exc))
                 stop.wait(0.01)
 

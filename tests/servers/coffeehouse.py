@@ -314,7 +314,7 @@ def under_load(port: int, action: Callable[[], object], settle: Callable[[], obj
             t0 = time.monotonic()
             try:
                 status, _ = get(port, "/", timeout=30)
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut off mid-body
                 failed.append(repr(exc))
             else:
                 if status == 200:
