@@ -59,7 +59,7 @@ class RealOS:
         self._spawns_in_flight = 0
         self._early_exits: dict[int, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self._scan_queue: dict[Process, int] = {}
+        self._scan_queue: dict[Process, int | None] = {}
         self._scanning = False
         self.on_reaped: Callable[[int], None] = lambda pid: None
         self.on_spawned: Callable[[Process], None] = lambda process: None
@@ -94,12 +94,10 @@ class RealOS:
     def is_alive(self, pid: int) -> bool:
         return _exists(os.kill, pid)
 
-    def find_strays(self, process: Process) -> None:
-        if process.pid is None:
-            return
+    def find_strays(self, process: Process, *, leader: int | None) -> None:
         # Coalesce: one scan of /proc serves every process stopping meanwhile (a shutdown of 1000
         # programs queued 1000 full scans: 12.9 s of thread time, benchmarks/bench_engine.py).
-        self._scan_queue[process] = process.pid
+        self._scan_queue[process] = leader
         if not self._scanning:
             self._scanning = True
             self._own(self._find_strays())
@@ -213,14 +211,14 @@ class RealOS:
         try:
             while self._scan_queue:
                 batch, self._scan_queue = self._scan_queue, {}
-                leaders = {leader: p.name for p, leader in batch.items()}
+                leaders = {p.name: leader for p, leader in batch.items()}
                 try:
                     found = await asyncio.to_thread(_scan_strays, leaders, set(self._by_pid))
                 except Exception:  # task boundary: a failed scan must not break the stop
-                    log.exception("stray_scan_failed", processes=sorted(leaders.values()))
-                    continue
-                for process, leader in batch.items():
-                    pids = found.get(leader, set())
+                    log.exception("stray_scan_failed", processes=sorted(leaders))
+                    found = {}  # answer all the same: the stop waits for it (and rescans once all is gone)
+                for process in batch:
+                    pids = found.get(process.name, set())
                     if pids:
                         log.info("strays_found", process=process.name, pids=sorted(pids))
                     process.add_strays(pids)
@@ -316,38 +314,48 @@ def _exists(kill: Callable[[int, int], None], ident: int) -> bool:
     return True
 
 
-def _scan_strays(leaders: dict[int, str], tracked: set[int]) -> dict[int, set[int]]:
-    """For each leader pid, find its descendants outside its process group and our orphans with its marker.
+def _scan_strays(leaders: dict[str, int | None], tracked: set[int]) -> dict[str, set[int]]:
+    """For each process, find its leader's descendants outside its process group, and our orphans with its
+    marker together with their descendants.
 
-    One pass over /proc for all leaders (`leaders` maps leader pid to process name).
+    One pass over /proc for all processes (`leaders` maps process name to leader pid, None when the
+    leader is gone). Blocking: run off-loop.
     """
     children_of: dict[int, list[int]] = {}
     for proc in psutil.process_iter(["ppid"]):
         ppid = proc.info["ppid"]
         if ppid is not None:
             children_of.setdefault(ppid, []).append(proc.pid)
-    found: dict[int, set[int]] = {leader: set() for leader in leaders}
-    for leader in leaders:
-        stack = list(children_of.get(leader, ()))
+
+    def descendants(pid: int) -> list[int]:
+        out, stack = [], list(children_of.get(pid, ()))
         while stack:
-            pid = stack.pop()
-            stack.extend(children_of.get(pid, ()))
+            out.append(child := stack.pop())
+            stack.extend(children_of.get(child, ()))
+        return out
+
+    found: dict[str, set[int]] = {name: set() for name in leaders}
+    for name, leader in leaders.items():
+        if leader is None:
+            continue
+        for pid in descendants(leader):
             try:
                 if os.getpgid(pid) != leader:
-                    found[leader].add(pid)
+                    found[name].add(pid)
             except ProcessLookupError:
                 pass
-    # Orphans were reparented to us (subreaper); the PROCGUARD_PROCESS marker says whose they are.
-    by_name = {name: leader for leader, name in leaders.items()}
+    # Orphans were reparented to us (subreaper); the PROCGUARD_PROCESS marker says whose they are, and
+    # whatever they started is theirs too.
     for pid in children_of.get(os.getpid(), ()):
-        if pid in tracked or pid in leaders:
+        if pid in tracked:
             continue
         try:
             owner = psutil.Process(pid).environ().get("PROCGUARD_PROCESS")
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if owner in by_name:
-            found[by_name[owner]].add(pid)
+        if owner in found:
+            found[owner].add(pid)
+            found[owner].update(descendants(pid))
     return found
 
 

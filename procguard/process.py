@@ -36,6 +36,13 @@ class ProcessState(enum.StrEnum):
 RESTING_STATES = frozenset({ProcessState.STOPPED, ProcessState.EXITED, ProcessState.FATAL})
 
 
+class _Scan(enum.Enum):
+    """Which stray scan of a stop is under way."""
+
+    FIRST = enum.auto()  # at the stop signal, while the leader may still live
+    SWEEP = enum.auto()  # once the leader, its group and every known stray are gone
+
+
 class Timer(Protocol):
     def cancel(self) -> None: ...
 
@@ -59,8 +66,14 @@ class OSApi(Protocol):
 
     def is_alive(self, pid: int) -> bool: ...
 
-    def find_strays(self, process: "Process") -> None:
-        """Look (off-loop) for descendants that left the process group; report via process.add_strays."""
+    def find_strays(self, process: "Process", *, leader: int | None) -> None:
+        """Look (off-loop) for the process's descendants that left its process group.
+
+        Walks the descendants of `leader` (None once the leader has been reaped: its pid may be reused)
+        and the daemon's orphans carrying the process's PROCGUARD_PROCESS marker, with their descendants.
+        Answers with process.add_strays(pids) (possibly empty), always, even when the scan fails; the
+        answer may come at once or later, and calls made before an answer may share it.
+        """
         ...
 
     def drain(self, process: "Process", done: Callable[[], None]) -> None:
@@ -124,6 +137,9 @@ class Process:
         self.failed_starts = 0  # consecutive exits before RUNNING (drive FATAL, as supervisor's backoff)
         self.retry_at: float | None = None  # monotonic, while in BACKOFF
         self.strays: set[int] = set()
+        self._scan: _Scan | None = None  # a find_strays call not answered yet
+        self._swept = False  # a scan begun once leader, group and known strays were gone found nothing
+        self._killing = False  # the stop escalated to SIGKILL
         self._leader_alive = False
         self._timer: Timer | None = None
         self._spawn_pending = False
@@ -222,10 +238,16 @@ class Process:
             self._begin_stop()
 
     def _begin_stop(self) -> None:
+        self._swept = False
+        self._killing = False
         self._signal_all(self.program.stopsignal, group=self.program.stopasgroup)
-        self._os.find_strays(self)
         self._timer = self._os.call_later(self.program.stopwaitsecs, self._stop_timed_out)
+        self._find_strays(_Scan.FIRST)
         self._check_stopped()
+
+    def _find_strays(self, scan: "_Scan") -> None:
+        self._scan = scan
+        self._os.find_strays(self, leader=self.pid if self._leader_alive else None)
 
     def send(self, sig: int) -> bool:
         """Send an arbitrary signal to the running process; False when there is no process."""
@@ -389,13 +411,18 @@ class Process:
             self._check_stopped()
 
     def add_strays(self, pids: Iterable[int]) -> None:
-        """Descendants found outside the process group: signal them too and wait for them."""
+        """A stray scan's answer: signal what it found (as the group was) and wait for those too."""
+        scan, self._scan = self._scan, None
         if self.state != ProcessState.STOPPING:
             return
-        new = set(pids) - self.strays
+        found = set(pids)
+        if scan == _Scan.SWEEP and not found:
+            self._swept = True
+        new = found - self.strays
         self.strays |= new
+        sig = signal.SIGKILL if self._killing else self.program.stopsignal
         for pid in new:
-            self._os.send_signal(pid, self.program.stopsignal, group=False)
+            self._os.send_signal(pid, sig, group=False)
         self._check_stopped()
 
     # ------------------------------------------------------------------------------------- helpers
@@ -461,6 +488,7 @@ class Process:
         if self.state != ProcessState.STOPPING:
             return
         self.reason = f"killed: did not stop within stopwaitsecs ({self.program.stopwaitsecs}s)"
+        self._killing = True
         self._signal_all(signal.SIGKILL, group=self.program.killasgroup)
         for pid in self.strays:
             self._os.send_signal(pid, signal.SIGKILL, group=False)
@@ -481,7 +509,12 @@ class Process:
             return
         # A stray that is not our child may have been reaped by its own parent: forget it once gone.
         self.strays = {pid for pid in self.strays if self._os.is_alive(pid)}
-        if self.strays:
+        if self.strays or self._scan is not None:
+            return  # a scan under way may still find strays: they count as much as the group
+        if not self._swept:
+            # Everything known is gone; one more scan catches a descendant that escaped meanwhile (a
+            # double fork racing the first scan). STOPPED only once a scan begun now finds nothing.
+            self._find_strays(_Scan.SWEEP)
             return
         self._cancel_timer()
         after, self._after_stop = self._after_stop, None

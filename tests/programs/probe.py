@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A configurable child for tests: reports who it is, then behaves as told.
 
-    probe.py --dir DIR [--name NAME] [--mode sleep|exit|ignore-term|trap|double-fork|flood]
+    probe.py --dir DIR [--name NAME] [--mode sleep|exit|ignore-term|trap|double-fork|escape-on-term|flood]
              [--code N] [--after S] [--signal QUIT]
 
 Every run appends one JSON line to DIR/reports.jsonl: pid, ppid, pgid, uid, gid, groups, umask, cwd,
@@ -97,6 +97,27 @@ def main() -> None:
                 event(d, args.name, f"escaped {os.getpid()}")
                 os.execve("/bin/sleep", ["sleep", "3600"], {})
             os._exit(0)
+    if args.mode == "escape-on-term":
+        # Escape at the stop itself (issue #14): on SIGTERM a child leaves the group (setsid) and
+        # double-forks, the grandchild keeps running; the leader exits once its child has forked.
+        def escape(signum: int, frame: object) -> None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the escapers die of the next TERM
+            child = os.fork()
+            if child == 0:
+                os.setsid()
+                grandchild = os.fork()
+                if grandchild == 0:
+                    while True:
+                        time.sleep(3600)
+                # Recorded here, so the pid is known by the time the leader exits.
+                with open(os.path.join(d, "pids"), "a") as f:
+                    f.write(f"{grandchild}\n")
+                event(d, args.name, f"escaped {grandchild}")
+                os._exit(0)
+            os.waitpid(child, 0)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, escape)
     if args.mode == "group":
         # A worker in the same process group, like an app server's worker.
         if os.fork() == 0:

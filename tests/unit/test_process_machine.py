@@ -31,8 +31,10 @@ class FakeOS:
     spawned: list[Process] = field(default_factory=list)
     signals: list[tuple[int, int, bool]] = field(default_factory=list)
     groups_alive: set[int] = field(default_factory=set)
-    strays_scanned: list[Process] = field(default_factory=list)
+    strays_scanned: list[tuple[Process, int | None]] = field(default_factory=list)
+    hold_scans: bool = False  # leave scans unanswered until answer_scan() (the real seam answers later)
     drains: list[Callable[[], None]] = field(default_factory=list)
+    answered: int = 0
 
     def monotonic(self) -> float:
         return self.now
@@ -54,8 +56,16 @@ class FakeOS:
     def is_alive(self, pid: int) -> bool:
         return pid in self.groups_alive
 
-    def find_strays(self, process: Process) -> None:
-        self.strays_scanned.append(process)
+    def find_strays(self, process: Process, *, leader: int | None) -> None:
+        self.strays_scanned.append((process, leader))
+        if not self.hold_scans:
+            process.add_strays([])
+
+    def answer_scan(self, pids: list[int]) -> None:
+        """Answer the oldest scan still held."""
+        process, _ = self.strays_scanned[self.answered]
+        self.answered += 1
+        process.add_strays(pids)
 
     def drain(self, process: Process, done: Callable[[], None]) -> None:
         self.drains.append(done)
@@ -329,3 +339,54 @@ def test_no_drain_without_sockets_or_drain_timeout():
         p.spawned(42)
         p.restart("max_age")
         assert fos.drains == [] and fos.signals == [(42, signal.SIGTERM, True)]
+
+
+def test_stopped_waits_for_the_stray_scan_and_a_last_sweep():
+    """Issue #14: a scan answering after the leader was reaped used to find the stray after STOPPED."""
+    p, fos, seen = make(startsecs=0.0)
+    fos.hold_scans = True
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    p.stop()
+    assert fos.strays_scanned == [(p, 42)]  # walk the leader's descendants while it lives
+    fos.groups_alive.clear()
+    p.exited(-15)
+    assert p.state == ProcessState.STOPPING  # leader and group gone, but the scan has not answered
+    fos.groups_alive.add(77)
+    fos.answer_scan([77])
+    assert (77, signal.SIGTERM, False) in fos.signals
+    fos.groups_alive.discard(77)
+    p.child_reaped(77)
+    # All known is gone: one more scan, without the reaped leader's pid (it may be reused).
+    assert p.state == ProcessState.STOPPING and fos.strays_scanned[-1] == (p, None)
+    fos.groups_alive.add(88)  # a descendant that escaped while the first scan ran
+    fos.answer_scan([88])
+    assert (88, signal.SIGTERM, False) in fos.signals and p.state == ProcessState.STOPPING
+    fos.groups_alive.discard(88)
+    p.child_reaped(88)
+    assert p.state == ProcessState.STOPPING and len(fos.strays_scanned) == 3
+    fos.answer_scan([])
+    assert p.state == ProcessState.STOPPED and seen[-1] == ("STOPPING", "STOPPED")
+    assert all(t.cancelled for t in fos.timers)  # the stopwaitsecs timer went with it
+
+
+def test_strays_found_after_the_kill_escalation_get_sigkill_and_restart_waits_for_them():
+    p, fos, _ = make(startsecs=0.0, stopwaitsecs=5.0)
+    fos.hold_scans = True
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    assert p.restart("test")
+    fos.advance(5.0)
+    assert fos.signals[-1] == (42, signal.SIGKILL, True)
+    fos.groups_alive.clear()
+    p.exited(-9)
+    fos.groups_alive.add(99)
+    fos.answer_scan([99])
+    assert fos.signals[-1] == (99, signal.SIGKILL, False)
+    assert len(fos.spawned) == 1  # no new process while the stray lives
+    fos.groups_alive.clear()
+    p.child_reaped(99)
+    fos.answer_scan([])
+    assert p.state == ProcessState.STARTING and len(fos.spawned) == 2

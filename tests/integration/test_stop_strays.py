@@ -1,0 +1,62 @@
+"""STOPPED means every descendant is gone, strays that left the group included (issue #14, item 1).
+
+A real program whose child leaves the process group (setsid) and double-forks; `procguardctl stop`
+must not return, nor status say STOPPED, while that grandchild lives.
+"""
+
+import json
+import subprocess
+import sys
+
+import psutil
+
+from tests.helpers import DaemonRun, alive, probe, prog, wait_until
+
+CTL = [sys.executable, "-m", "procguardctl"]
+
+
+def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def state_of(d: DaemonRun, name: str) -> str:
+    r = ctl(d, "--json", "status", name)
+    assert r.returncode in (0, 3), r.stderr
+    return str(json.loads(r.stdout)[0]["state"])
+
+
+def escaped_pid(d: DaemonRun, name: str) -> int:
+    lines = [line for line in d.probe_events() if line.startswith(f"{name} ") and " escaped " in line]
+    assert lines, d.probe_events()
+    return int(lines[-1].split()[-1])
+
+
+def test_stop_returns_only_when_an_escaped_grandchild_is_gone(daemon):
+    """Regression for issue #14: the stray scan used to land ~20 ms after STOPPED and was ignored."""
+    d = daemon()
+    d.write_config(
+        # escaped long before the stop: the grandchild is an orphan of the subreaper by then
+        prog("early", probe(d.work, "early", mode="double-fork"), startsecs=0, stopwaitsecs=30)
+        # escapes at the stop itself: its TERM handler setsid()s and double-forks, then the leader exits
+        + prog("late", probe(d.work, "late", mode="escape-on-term"), startsecs=0, stopwaitsecs=30)
+    )
+    d.start()
+    line = wait_until(lambda: [l for l in d.probe_events() if l.startswith("early ") and "grandchild" in l],
+                      what="early's grandchild")[0]
+    early = int(line.split()[3])
+    wait_until(lambda: psutil.Process(early).ppid() == d.proc.pid, what="grandchild reparented to the daemon")
+    d.wait_reports("late")
+    wait_until(lambda: state_of(d, "late") == "RUNNING", what="late RUNNING")
+
+    for name, grandchild in (("early", early), ("late", None)):
+        r = ctl(d, "stop", name)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        pid = grandchild if grandchild is not None else escaped_pid(d, name)
+        assert psutil.Process(d.proc.pid).is_running()
+        # Looked at in /proc the moment stop returned: no stopwaitsecs (30 s) had to pass for this.
+        assert not alive(pid), f"{name}'s grandchild {pid} outlived `stop`: {psutil.Process(pid).as_dict(['ppid', 'status'])}"
+        assert state_of(d, name) == "STOPPED"
+        assert d.events("strays_found", process=name)
+        found = d.events("strays_found", process=name)[-1]
+        assert pid in found["pids"]
