@@ -15,6 +15,7 @@ from typing import Any
 from procguard.protocol import (
     VERSION, ClientSettings, client_settings_from_config, default_endpoint, ipc_path, resolve_endpoint,
 )
+from procguardctl.pipes import quiet_on_closed_pipe
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 DEFAULT_CONFIG = "/etc/procguard/procguard.toml"
@@ -328,6 +329,7 @@ class TailPrinter:
         sys.stdout.buffer.flush()
 
 
+@quiet_on_closed_pipe  # every command's output, in one place (issue #14)
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "keygen":
