@@ -19,6 +19,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from procguard import servers
@@ -64,6 +65,10 @@ class Ready(enum.StrEnum):
 
 
 HEALTHCHECK_TYPES = ("http", "tcp", "uwsgi", "exec")
+# A server profile's default check (issue #14): any answer below 500 is healthy (a 404 for "/", or
+# Django's 400 for a Host it does not allow, still proves the app answers); 5xx, no answer or a
+# timeout is not.
+ANY_BELOW_500 = tuple(range(100, 500))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +90,28 @@ class HealthCheckConfig:
     retries: int = 3  # consecutive failures before unhealthy
     start_period: float = 0.0  # failures in this time after spawn do not count (readiness still waits)
     on_unhealthy: str = "restart"  # "restart" | "none"
+    # Filled in by the program's server profile (no [program.NAME.healthcheck] written; default_healthcheck)
+    is_default: bool = field(default=False, compare=False)
+
+    def expected_status_text(self) -> str:
+        """expect_status for people: "200", "200, 204", runs as "100-499"."""
+        runs: list[list[int]] = []
+        for code in sorted(set(self.expect_status)):
+            if runs and code == runs[-1][1] + 1:
+                runs[-1][1] = code
+            else:
+                runs.append([code, code])
+        return ", ".join(f"{a}" if a == b else f"{a}, {b}" if b == a + 1 else f"{a}-{b}" for a, b in runs)
+
+    def target(self) -> str:
+        """Where the check goes, for people: a URL, an address or a command line."""
+        if self.type == "exec":
+            return shlex.join(self.command)
+        if self.type == "http" and self.unix_socket is not None:
+            return f"http+unix:{self.unix_socket} {self.path}"
+        if self.type == "http":
+            return self.url or ""
+        return f"{self.address} {self.path}" if self.type == "uwsgi" else self.address or ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -484,7 +511,8 @@ def _parse_address(value: object) -> str:
 def _parse_healthcheck(p: "_Program", table: object) -> HealthCheckConfig | None:
     """Resolve [program.NAME.healthcheck]; every problem goes to p as healthcheck.KEY."""
     if not isinstance(table, dict):
-        p.err("healthcheck", "expected a table [program.NAME.healthcheck]")
+        p.err("healthcheck", "expected a table [program.NAME.healthcheck], or false (no health check, not "
+                             f"even the one a server profile fills in), got {table!r}")
         return None
     n_before = len(p.issues)
     for key in sorted(set(table) - HEALTHCHECK_KEYS):
@@ -537,6 +565,34 @@ def _parse_healthcheck(p: "_Program", table: object) -> HealthCheckConfig | None
     return hc if len(p.issues) == n_before else None
 
 
+def default_healthcheck(server: str, argv: tuple[str, ...], held: tuple[str, ...],
+                        binds: Mapping[str, str]) -> HealthCheckConfig | None:
+    """The check `server = ...` fills in when no [program.NAME.healthcheck] is written (issue #14).
+
+    GET / with Host: localhost on the first held socket the server answers HTTP or the uwsgi protocol
+    on (servers.checked_socket), healthy on any status below 500; a wildcard bind is asked on loopback
+    and a unix socket over the socket. Interval, timeout, retries and on_unhealthy are a written
+    check's defaults. None when the program holds no such socket (a server binding its own port).
+    """
+    picked = servers.checked_socket(server, argv, held)
+    bind = binds.get(held[picked[0]]) if picked is not None else None
+    if picked is None or bind is None:
+        return None
+    is_http = picked[1] == servers.Protocol.HTTP
+    unix_socket: str | None
+    address: str | None
+    url: str | None
+    if bind.startswith("unix:"):
+        path = bind[len("unix:"):]
+        unix_socket, address, url = (path, None, None) if is_http else (None, path, None)
+    else:
+        host, _, port = bind[len("tcp://"):].rpartition(":")
+        host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)  # a wildcard bind answers on loopback
+        unix_socket, address, url = (None, None, f"http://{host}:{port}/") if is_http else (None, f"{host}:{port}", None)
+    return HealthCheckConfig(type="http" if is_http else "uwsgi", url=url, unix_socket=unix_socket, address=address,
+                             path="/", host="localhost", expect_status=ANY_BELOW_500, is_default=True)
+
+
 def _resolve_log(value: str, logdir: str, process_name: str, stream: str) -> str:
     if value.upper() == LOG_AUTO:
         return os.path.join(logdir, f"{process_name.replace(':', '_')}-{stream}.log")
@@ -548,7 +604,8 @@ def _resolve_log(value: str, logdir: str, process_name: str, stream: str) -> str
 
 
 def _parse_program(
-    name: str, table: Any, source: str, logdir: str, environ: dict[str, str], issues: list[ConfigIssue]
+    name: str, table: Any, source: str, logdir: str, environ: dict[str, str], issues: list[ConfigIssue],
+    binds: Mapping[str, str],
 ) -> ProgramConfig | None:
     p = _Program(name, table if isinstance(table, dict) else {}, source, issues)
     if not isinstance(table, dict):
@@ -674,13 +731,21 @@ def _parse_program(
     if kind not in ("simple", "oneshot"):
         p.err("type", f'expected "simple" (a service) or "oneshot" (a job run once), got {kind!r}')
         kind = "simple"
-    healthcheck = _parse_healthcheck(p, table.get("healthcheck")) if "healthcheck" in table else None
+    written = table.get("healthcheck", True)  # a table; false turns the server profile's default off
+    healthcheck = None
+    if written is True and server is not None and processes:
+        healthcheck = default_healthcheck(server, processes[0].command, sockets, binds)
+    elif written is not True and written is not False:
+        healthcheck = _parse_healthcheck(p, written)
     ready_default = Ready.HEALTHCHECK if healthcheck is not None else Ready.STARTSECS
-    if prof is not None and healthcheck is None:
+    if prof is not None and (healthcheck is None or (healthcheck.is_default and prof.ready == Ready.NOTIFY)):
+        # The profile's readiness, except that a default check beats startsecs; gunicorn and uWSGI
+        # still say READY=1 themselves once their workers booted.
         ready_default = Ready(prof.ready)
     ready = p.get("ready", _parse_ready, ready_default)
     if ready == Ready.HEALTHCHECK and healthcheck is None:
-        p.err("ready", 'is "healthcheck" but there is no [program.NAME.healthcheck] table')
+        p.err("ready", 'is "healthcheck" but there is no [program.NAME.healthcheck] table'
+              + (" (and healthcheck = false)" if written is False else ""))
     if kind == "oneshot" and ("ready" in table or healthcheck is not None):
         p.err("type", "a oneshot is done when it exits; ready and healthcheck do not apply")
     depends_on = p.get("depends_on", _parse_names, ())
@@ -840,21 +905,6 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
                 issues.append(ConfigIssue(match, None, key, what))
             files.append((match, inc))
 
-    programs: list[ProgramConfig] = []
-    defined_in: dict[str, str] = {}
-    for source, content in files:
-        tables = content.get("program", {})
-        if not isinstance(tables, dict):
-            issues.append(ConfigIssue(source, None, "program", "expected [program.NAME] tables"))
-            continue
-        for name, table in tables.items():
-            if name in defined_in:
-                issues.append(ConfigIssue(source, name, None, f"program defined twice: also in {defined_in[name]}"))
-                continue
-            defined_in[name] = source
-            prog = _parse_program(name, table, source, logdir, environ, issues)
-            if prog is not None:
-                programs.append(prog)
     sockets: list[SocketConfig] = []
     socket_defined_in: dict[str, str] = {}
     for source, content in files:
@@ -870,6 +920,23 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             sock = _parse_socket(name, table, source, issues)
             if sock is not None:
                 sockets.append(sock)
+    # Sockets first: a server profile's default health check asks its held socket's address.
+    programs: list[ProgramConfig] = []
+    defined_in: dict[str, str] = {}
+    for source, content in files:
+        tables = content.get("program", {})
+        if not isinstance(tables, dict):
+            issues.append(ConfigIssue(source, None, "program", "expected [program.NAME] tables"))
+            continue
+        for name, table in tables.items():
+            if name in defined_in:
+                issues.append(ConfigIssue(source, name, None, f"program defined twice: also in {defined_in[name]}"))
+                continue
+            defined_in[name] = source
+            prog = _parse_program(name, table, source, logdir, environ, issues,
+                                  {sock.name: sock.bind for sock in sockets})
+            if prog is not None:
+                programs.append(prog)
     for prog in programs:
         for sock_name in prog.sockets:
             if sock_name not in socket_defined_in:
@@ -1066,6 +1133,26 @@ def environment_problems(programs: list[ProgramConfig] | tuple[ProgramConfig, ..
     return out
 
 
+def describe_healthcheck(prog: ProgramConfig, binds: Mapping[str, str]) -> str | None:
+    """One line on the program's health check for `--check`, saying where a default one comes from."""
+    hc = prog.healthcheck
+    if hc is None and prog.server is not None:
+        if default_healthcheck(prog.server, prog.processes[0].command, prog.sockets, binds) is not None:
+            return f"none (healthcheck = false turns off the default of server = {prog.server})"
+        return (f"none (server = {prog.server} has no default: it answers HTTP or the uwsgi protocol on no held "
+                f"socket; write [program.{prog.name}.healthcheck])")
+    if hc is None:
+        return None
+    line = f"{hc.type} {hc.target()}"
+    if hc.type != "exec":
+        line += f", Host {hc.host or 'from the url'}, expect {hc.expected_status_text()}"
+    line += f", every {hc.interval:g}s, unhealthy after {hc.retries}: {hc.on_unhealthy}"
+    if hc.is_default:
+        line += (f"  (the default of server = {prog.server}; write [program.{prog.name}.healthcheck] to change it, "
+                 "healthcheck = false to turn it off)")
+    return line
+
+
 def describe(config: Config) -> str:
     """Render the resolved programs for `procguard --check`."""
     lines = [f"config: {config.path}", f"logdir: {config.logdir}", f"loglevel: {config.loglevel}",
@@ -1083,7 +1170,7 @@ def describe(config: Config) -> str:
             "reload_signal": None if prog.reload_signal is None else signal.Signals(prog.reload_signal).name,
             "sockets": list(prog.sockets) or None, "drain_timeout": prog.drain_timeout if prog.sockets else None,
             "depends_on": list(prog.depends_on) or None,
-            "healthcheck": None if prog.healthcheck is None else prog.healthcheck.type,
+            "healthcheck": describe_healthcheck(prog, {sock.name: sock.bind for sock in config.sockets}),
         }
         lines.extend(f"  {k} = {v}" for k, v in attrs.items() if v is not None)
         for proc in prog.processes:

@@ -209,7 +209,7 @@ async def _read_response(reader: asyncio.StreamReader, hc: HealthCheckConfig, pr
     """Read a response's head (and body when hc.expect_body is set); raise _Failed unless it passes."""
     status, headers = await _read_head(reader, prefix)
     if status not in hc.expect_status:
-        codes = ", ".join(str(c) for c in hc.expect_status)
+        codes = hc.expected_status_text()
         expected = codes if len(hc.expect_status) == 1 else f"one of {codes}"
         raise _Failed(f"{prefix}HTTP {status} (expected {expected})")
     if hc.expect_body is None:

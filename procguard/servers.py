@@ -5,7 +5,9 @@ every one can still be set explicitly. `lint()` finds the traps `procguard --che
 Each server's signal semantics, with sources, are in docs/servers.md.
 """
 
+import enum
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 SERVERS = ("uwsgi", "gunicorn", "daphne", "uvicorn", "hypercorn")
@@ -117,6 +119,61 @@ def profile(server: str, argv: tuple[str, ...]) -> Profile:
         # socket buffer (the keep-alive idle task).
         return Profile(int(signal.SIGTERM), wait, None, "startsecs", grace)
     raise ValueError(server)
+
+
+class Protocol(enum.StrEnum):
+    """What a server speaks on one of its held sockets, as far as a health check cares."""
+
+    HTTP = "http"
+    UWSGI = "uwsgi"  # uWSGI's binary protocol (its --socket), what nginx's uwsgi_pass speaks
+    OTHER = "other"  # FastCGI, SCGI, TLS...: no default check can speak it
+
+
+# uWSGI's socket options by protocol (uWSGI docs, "Configuring uWSGI" / "Native HTTP support").
+_UWSGI_HTTP = ("--http-socket", "--http", "--http11-socket")
+_UWSGI_NATIVE = ("--socket", "-s", "--uwsgi-socket")
+_UWSGI_OTHER = ("--https-socket", "--https", "--fastcgi-socket", "--scgi-socket", "--fastcgi-nph-socket",
+                "--scgi-nph-socket", "--suwsgi-socket", "--ssl-socket", "--raw-socket", "--puwsgi-socket")
+
+
+def socket_protocol(server: str, argv: tuple[str, ...], fd: int) -> Protocol:
+    """What `server` run as `argv` speaks on the held socket it inherits as descriptor `fd`.
+
+    Every server but uWSGI speaks HTTP on it. uWSGI speaks what the option naming `fd://N` says
+    (`--socket`: the uwsgi protocol, `--http-socket`: HTTP); a socket it takes from LISTEN_FDS without
+    naming it speaks `--protocol` (default: the uwsgi protocol).
+    """
+    if server != "uwsgi":
+        return Protocol.HTTP
+    target = f"fd://{fd}"
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if not eq:
+            name, value = arg, argv[i + 1] if i + 1 < len(argv) else ""
+        if value != target:
+            continue
+        if name in _UWSGI_HTTP:
+            return Protocol.HTTP
+        if name in _UWSGI_NATIVE:
+            return Protocol.UWSGI
+        if name in _UWSGI_OTHER:
+            return Protocol.OTHER
+    protocol = _flag_value(argv, "--protocol")
+    if protocol is None or protocol == "uwsgi":
+        return Protocol.UWSGI
+    return Protocol.HTTP if protocol in ("http", "http11") else Protocol.OTHER
+
+
+def checked_socket(server: str, argv: tuple[str, ...], held: Sequence[str]) -> tuple[int, Protocol] | None:
+    """Which of the held sockets (names in fd order: 3, 4, ...) a default health check asks, and how.
+
+    The first one the server speaks HTTP or the uwsgi protocol on; None when there is none.
+    """
+    for index, _ in enumerate(held):
+        protocol = socket_protocol(server, argv, 3 + index)
+        if protocol != Protocol.OTHER:
+            return index, protocol
+    return None
 
 
 def lint(server: str | None, argv: tuple[str, ...], stopsignal: int, stopwaitsecs: float,
