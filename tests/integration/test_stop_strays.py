@@ -60,3 +60,22 @@ def test_stop_returns_only_when_an_escaped_grandchild_is_gone(daemon):
         assert d.events("strays_found", process=name)
         found = d.events("strays_found", process=name)[-1]
         assert pid in found["pids"]
+
+
+def test_restart_starts_the_next_process_only_when_the_escaped_grandchild_is_gone(daemon):
+    d = daemon()
+    d.write_config(prog("again", probe(d.work, "again", mode="escape-on-term"), startsecs=0, stopwaitsecs=30))
+    d.start()
+    first = d.wait_reports("again")[0]["pid"]
+    wait_until(lambda: state_of(d, "again") == "RUNNING", what="again RUNNING")
+    r = ctl(d, "restart", "again")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    grandchild = escaped_pid(d, "again")
+    assert not alive(grandchild) and not alive(first)
+    second = d.wait_reports("again", count=2)[1]["pid"]
+    assert second != first and alive(second)
+    # The old grandchild was gone before the next process was spawned.
+    stopped = d.events("process_state_changed", process="again", new="STOPPED")
+    found = d.events("strays_found", process="again")
+    assert stopped and found and grandchild in found[-1]["pids"]
+    assert d.events("process_spawned", process="again", pid=second)
