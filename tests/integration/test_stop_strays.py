@@ -79,3 +79,18 @@ def test_restart_starts_the_next_process_only_when_the_escaped_grandchild_is_gon
     found = d.events("strays_found", process="again")
     assert stopped and found and grandchild in found[-1]["pids"]
     assert d.events("process_spawned", process="again", pid=second)
+
+
+def test_a_stray_that_ignores_sigterm_is_killed_after_stopwaitsecs_before_stop_returns(daemon):
+    d = daemon()
+    d.write_config(prog("stubborn", probe(d.work, "stubborn", mode="double-fork-stubborn"), startsecs=0,
+                        stopwaitsecs="500ms"))
+    d.start()
+    line = wait_until(lambda: [l for l in d.probe_events() if "grandchild" in l], what="the grandchild")[0]
+    grandchild = int(line.split()[3])
+    wait_until(lambda: psutil.Process(grandchild).ppid() == d.proc.pid, what="grandchild reparented to the daemon")
+    r = ctl(d, "stop", "stubborn")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert not alive(grandchild)
+    st = json.loads(ctl(d, "--json", "status", "stubborn").stdout)[0]
+    assert st["state"] == "STOPPED" and st["reason"].startswith("killed: did not stop within stopwaitsecs"), st

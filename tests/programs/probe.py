@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A configurable child for tests: reports who it is, then behaves as told.
 
-    probe.py --dir DIR [--name NAME] [--mode sleep|exit|ignore-term|trap|double-fork|escape-on-term|flood]
+    probe.py --dir DIR [--name NAME] [--mode sleep|exit|ignore-term|trap|double-fork[-stubborn]|escape-on-term|flood]
              [--code N] [--after S] [--signal QUIT]
 
 Every run appends one JSON line to DIR/reports.jsonl: pid, ppid, pgid, uid, gid, groups, umask, cwd,
@@ -78,11 +78,14 @@ def main() -> None:
     if args.mode == "exit":
         time.sleep(args.after)
         sys.exit(args.code)
-    if args.mode == "double-fork":
-        # Leave the process group and the parent, as a daemonizing worker would.
+    if args.mode in ("double-fork", "double-fork-stubborn"):
+        # Leave the process group and the parent, as a daemonizing worker would (stubborn: one that
+        # ignores SIGTERM, so only the SIGKILL escalation stops it).
         if os.fork() == 0:
             os.setsid()
             if os.fork() == 0:
+                if args.mode == "double-fork-stubborn":
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 record_pid(d)
                 event(d, args.name, f"grandchild {os.getpid()} pgid {os.getpgid(0)}")
                 while True:
