@@ -921,6 +921,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             if sock is not None:
                 sockets.append(sock)
     # Sockets first: a server profile's default health check asks its held socket's address.
+    binds = {sock.name: sock.bind for sock in sockets}
     programs: list[ProgramConfig] = []
     defined_in: dict[str, str] = {}
     for source, content in files:
@@ -933,8 +934,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
                 issues.append(ConfigIssue(source, name, None, f"program defined twice: also in {defined_in[name]}"))
                 continue
             defined_in[name] = source
-            prog = _parse_program(name, table, source, logdir, environ, issues,
-                                  {sock.name: sock.bind for sock in sockets})
+            prog = _parse_program(name, table, source, logdir, environ, issues, binds)
             if prog is not None:
                 programs.append(prog)
     for prog in programs:
