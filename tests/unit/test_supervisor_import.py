@@ -238,6 +238,8 @@ def test_fcgi_program_reading_stdin_runs_through_a_shell(tmp_path: Path, capsys:
                            "stdin": {"bind": f"unix:{here}/stdin.sock", "mode": "0660"}}
     assert shlex.split(imp.programs["stdin"]["command"]) == [
         "/bin/sh", "-c", f"exec {{ENV_PYTHON}} {here}/fcgi_app.py 0<&{{socket.stdin.fd}}"]
+    assert ("[fcgi-program:stdin] command: supervisord passed the socket as fd 0" in imp.report
+            and "The shell reads each {ENV_X} value as shell words" in imp.report)
     # %(ENV_PYTHON)s: expanded before the split at load, as supervisord did (issue #14)
     assert imp.programs["echo"]["command"] == f"{{ENV_PYTHON:split}} {here}/fcgi_app.py --fd {{socket.echo.fd}}"
 
@@ -596,6 +598,18 @@ def test_relative_paths_are_reported(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "[program:rel] directory: 'srv/app' is relative" in changed
     assert "[program:rel] stdout_logfile: 'logs/rel.log' is relative" in changed
     assert "stderr_logfile" not in changed and "[program:abs]" not in changed
+
+
+def test_an_fcgi_program_whose_socket_cannot_be_converted_is_refused_at_load(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Fail closed: never a program that runs without the socket supervisord gave it on fd 0."""
+    conf = write_conf(tmp_path, "[supervisord]\n[fcgi-program:app]\ncommand=/bin/cat\nsocket=%(ENV_NO_SUCH_SOCKET_PG)s\n")
+    imp = run_import(conf, tmp_path / "out", capsys)
+    assert imp.code == 1
+    assert "[fcgi-program:app] socket: %(ENV_NO_SUCH_SOCKET_PG)s: this machine's environment has no" in imp.report
+    assert imp.programs["app"]["sockets"] == ["app"] and imp.sockets == {}
+    with pytest.raises(ConfigError, match=r"\[program.app\] sockets: no \[socket.app\] table"):
+        imp.load()
 
 
 def test_what_supervisord_refuses_is_reported_as_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
