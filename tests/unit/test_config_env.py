@@ -21,12 +21,12 @@ from procguard.config import AutoRestart, ProgramConfig, load_config
 from procguard.errors import ConfigError
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-HEADER = '[procguard]\nlogdir = "logs"\n\n[program.web]\n'
+HEADER = '[procguard]\nlogdir = "logs"\ncontrol = "ipc://{tmp}/control.sock"\n\n[program.web]\n'
 
 
 def config_file(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "procguard.toml"
-    path.write_text(HEADER + textwrap.dedent(body))
+    path.write_text(HEADER.format(tmp=tmp_path) + textwrap.dedent(body))
     return path
 
 
@@ -128,9 +128,9 @@ def test_env_split_is_refused_outside_a_command(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- the daemon's own fds
 
 
-def check(config: Path, stdout: int) -> subprocess.CompletedProcess[str]:
+def check(config: Path, stdout: int, *extra: str) -> subprocess.CompletedProcess[str]:
     """`procguard -c CONFIG --check` with its stdout on the given descriptor; the report comes back on stderr."""
-    return subprocess.run([sys.executable, "-m", "procguard", "-c", str(config), "--check"], stdout=stdout,
+    return subprocess.run([sys.executable, "-m", "procguard", "-c", str(config), *extra], stdout=stdout,
                           stderr=subprocess.PIPE, text=True, timeout=60, env={**os.environ, **ENV})
 
 
@@ -140,13 +140,16 @@ def test_a_log_path_naming_the_daemons_socket_stdout_is_refused(tmp_path: Path, 
     config = config_file(tmp_path, f'command = "/bin/true"\nstdout_logfile = "{path}"\n')
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        r = check(config, theirs.fileno())
-    assert r.returncode == 1
+        r = check(config, theirs.fileno(), "--check")
+        # The daemon itself, started as systemd starts it, refuses before it starts anything.
+        daemon = check(config, theirs.fileno())
+    assert r.returncode == daemon.returncode == 1
+    assert "procguard: refusing config" in daemon.stderr and f"stdout_logfile: {path} is the daemon's own" in daemon.stderr
     assert (f"{config}: [program.web] stdout_logfile: {path} is the daemon's own descriptor and cannot be opened "
             "here (No such device or address; under systemd stdout and stderr are a socket to the journal): "
             'write "inherit"') in r.stderr
     # The same file is fine where stdout can be opened (a pipe, a terminal, a container's log pipe).
-    r = check(config, subprocess.PIPE)
+    r = check(config, subprocess.PIPE, "--check")
     assert r.returncode == 0, r.stderr
 
 
