@@ -1173,12 +1173,13 @@ class Converter:
             self.report.add("error", self.where(section, key), f"{value} is supervisord's own descriptor {fd}; "
                             "procguard has nothing meaningful there: write a file or \"inherit\"")
             return
-        table.set(key, "inherit", f"supervisord wrote to its own {('stdout', 'stderr')[fd - 1]} ({value}) by path; "
-                  f"procguard passes its own {stream} on (a path fails on systemd's journal socket)")
-        if ("stdout", "stderr")[fd - 1] != stream:
-            self.report.add("changed", self.where(section, key), f"{value} is supervisord's "
-                            f"{('stdout', 'stderr')[fd - 1]}; \"inherit\" is procguard's {stream}. Under systemd both "
-                            "go to the journal; in a container, `docker logs` shows this output on the other stream")
+        theirs = ("stdout", "stderr")[fd - 1]
+        table.set(key, "inherit", f"supervisord wrote to its own {theirs} ({value}) by path; procguard passes its "
+                  f"own {stream} on (a path fails on systemd's journal socket)")
+        if theirs != stream:
+            self.report.add("changed", self.where(section, key), f"{value} is supervisord's {theirs}; \"inherit\" is "
+                            f"procguard's {stream}. Under systemd both go to the journal; in a container, `docker "
+                            "logs` shows this output on the other stream")
 
     def syslog(self, table: Table, section: str, key: str, raw: str, exp: Expander, opts: dict[str, str]) -> None:
         if not sv_bool(exp.literal(raw, key)):
