@@ -44,6 +44,7 @@ def supervisord_view(conf: Path, environ: dict[str, str] | None = None) -> Super
     # The corpus names log directories of the machines it came from (/var/log/shop): supervisord checks they
     # exist, which is about this machine, not about what the config means.
     with (mock.patch.object(datatypes, "existing_dirpath", lambda v: v),
+          mock.patch.object(sv_options, "existing_dirpath", lambda v: v),
           mock.patch.object(sv_options, "existing_directory", lambda v: v)):
         try:
             options = ServerOptions()  # reads %(ENV_X)s from os.environ here

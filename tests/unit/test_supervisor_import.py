@@ -347,6 +347,10 @@ def test_environment_quoting_as_supervisord_reads_it(tmp_path: Path, capsys: pyt
     }
     # %(ENV_X)s of the config's own environment= is its value; supervisord expanded before splitting
     assert imp.programs["envref"]["command"] == "/bin/echo hello world en_US.UTF-8"
+    envref = imp.load().program("envref")
+    assert envref is not None
+    assert list(envref.processes[0].command) == supervisord_view(CORPUS / "environment" / "supervisord.conf").argv(
+        "envref") == ["/bin/echo", "hello", "world", "en_US.UTF-8"]
     assert "LC_ALL: from [supervisord] environment" in imp.text("envtest.toml")
     loaded = imp.load().program("envtest")
     assert loaded is not None
