@@ -9,6 +9,7 @@ import configparser
 import dataclasses
 import json
 import os
+import pwd
 import shlex
 import signal
 import subprocess
@@ -484,12 +485,13 @@ SV_VALUES = {"APP_USER": "nobody", "WORKERS": "3", "AUTOSTART": "no", "AUTORESTA
              "UMASK": "027"}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="user=nobody needs root, as under supervisord")
 def test_env_in_user_numprocs_autostart_is_read_at_load_and_fails_closed(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """Never dropped or defaulted: a program meant to run as nobody never runs as root (issue #14)."""
     from supervisor.datatypes import RestartUnconditionally
 
+    # A daemon not run as root can only run programs as itself (as supervisord).
+    values = dict(SV_VALUES, APP_USER="nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name)
     conf = write_conf(tmp_path, SV_FROM_ENV)
     imp = run_import(conf, tmp_path / "out", capsys)  # this process's environment has none of the variables
     assert imp.code == 0, imp.report
@@ -501,13 +503,14 @@ def test_env_in_user_numprocs_autostart_is_read_at_load_and_fails_closed(tmp_pat
                 "environment when it loads the config") in "\n".join(imp.section("Carried over with a difference"))
     assert prog["killasgroup"] == "{ENV_GROUPSTOP}"  # supervisord's default: as stopasgroup
 
-    sv = supervisord_view(conf, SV_VALUES)
-    loaded = imp.load({**ENV, **SV_VALUES}).program("app")
+    sv = supervisord_view(conf, values)
+    loaded = imp.load({**ENV, **values}).program("app")
     assert loaded is not None
     assert [p.name for p in loaded.processes] == [f"app:{n}" for n in sorted(sv.processes)] == [
         "app:app_00", "app:app_01", "app:app_02"]
     one = sv.processes["app_01"]
-    assert (loaded.uid, loaded.autostart, loaded.priority) == (one.uid, one.autostart, one.priority) == (65534, False, 42)
+    uid = pwd.getpwnam(values["APP_USER"]).pw_uid
+    assert (loaded.uid, loaded.autostart, loaded.priority) == (one.uid, one.autostart, one.priority) == (uid, False, 42)
     assert (loaded.autorestart == AutoRestart.ALWAYS) and one.autorestart is RestartUnconditionally
     assert (loaded.startsecs, loaded.startretries, loaded.stopwaitsecs) == (one.startsecs, one.startretries,
                                                                            one.stopwaitsecs) == (0, 7, 5)
@@ -515,7 +518,7 @@ def test_env_in_user_numprocs_autostart_is_read_at_load_and_fails_closed(tmp_pat
     assert (loaded.stopasgroup, loaded.killasgroup) == (one.stopasgroup, one.killasgroup) == (True, True)
 
     # Without the variable both refuse: supervisord at its start, procguard at load (file, program, key named).
-    missing = {k: v for k, v in SV_VALUES.items() if k != "APP_USER"}
+    missing = {k: v for k, v in values.items() if k != "APP_USER"}
     with pytest.raises(SupervisordRefused, match="'%\\(ENV_APP_USER\\)s' for 'program:app.user' contains names"):
         supervisord_view(conf, missing)
     with pytest.raises(ConfigError) as info:
