@@ -455,11 +455,57 @@ def expand(template: str, variables: dict[str, object], environ: dict[str, str])
     return _TEMPLATE_RE.sub(repl, template)
 
 
+# {ENV_X} in any other string-valued program key (user, numprocs, autostart, ...): the daemon's variable,
+# read as supervisord reads its %(ENV_X)s there (issue #14). {ENV_X:split} only in a command string.
+_ENV_RE = re.compile(r"\{ENV_([A-Za-z_][A-Za-z0-9_]*)(:split)?\}")
+# Keys that hold templates expanded per process (with {process_num}, {program_name}, ...) where they are used.
+_PER_PROCESS_KEYS = frozenset({"command", "directory", "process_name", "stdout_logfile", "stderr_logfile"})
+_SV_BOOLEANS = {"yes": True, "on": True, "1": True, "no": False, "off": False, "0": False}
+
+
+def _expand_env(value: str, environ: dict[str, str], split: bool = False) -> str:
+    """Replace {ENV_X} (with split: only {ENV_X:split}) by the daemon's variable X; raises _Bad if unset."""
+
+    def repl(m: re.Match[str]) -> str:
+        if split and not m.group(2):
+            return m.group(0)  # expanded in each argument after the split, as ever
+        if m.group(1) not in environ:
+            raise _Bad(f"{m.group(0)}: the daemon's environment has no {m.group(1)}")
+        return environ[m.group(1)]
+
+    return _ENV_RE.sub(repl, value)
+
+
+def _parse_expanded(parser: Any, template: str, text: str, octal: bool) -> Any:
+    """Parse a value that came from the environment: as text, else as supervisord reads it (an int, a boolean).
+
+    octal: the text is octal digits (umask), so it is never read as a decimal integer.
+    """
+    try:
+        return parser(text)
+    except _Bad as exc:
+        error = exc
+    candidates: list[object] = []
+    if not octal and re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        candidates.append(int(text))
+    if text.strip().lower() in _SV_BOOLEANS:
+        candidates.append(_SV_BOOLEANS[text.strip().lower()])
+    for i, candidate in enumerate(candidates):
+        try:
+            return parser(candidate)
+        except _Bad as exc:
+            if i == 0 and type(candidate) is int:
+                error = exc  # "expected an integer >= 1, got 0" says more than "got '0'"
+    raise _Bad(f"{template}: {error}")
+
+
 class _Program:
     """Collects issues while resolving one [program.NAME] table."""
 
-    def __init__(self, name: str, table: dict[str, Any], source: str, issues: list[ConfigIssue]) -> None:
+    def __init__(self, name: str, table: dict[str, Any], source: str, issues: list[ConfigIssue],
+                 environ: dict[str, str] | None = None) -> None:
         self.name, self.table, self.source, self.issues = name, table, source, issues
+        self.environ = environ if environ is not None else {}
 
     def err(self, key: str | None, message: str) -> None:
         issue = ConfigIssue(self.source, self.name, key, message)
@@ -469,8 +515,16 @@ class _Program:
     def get(self, key: str, parser: Any, default: Any) -> Any:
         if key not in self.table:
             return default
+        value = self.table[key]
         try:
-            return parser(self.table[key])
+            if isinstance(value, str) and "{ENV_" in value:
+                if key != "command" and any(m.group(2) for m in _ENV_RE.finditer(value)):
+                    raise _Bad("{ENV_X:split} is for a command string only")
+                if key == "command":  # {ENV_X:split}: expanded before the split, as supervisord
+                    return parser(_expand_env(value, self.environ, split=True))
+                if key not in _PER_PROCESS_KEYS:
+                    return _parse_expanded(parser, value, _expand_env(value, self.environ), key == "umask")
+            return parser(value)
         except _Bad as exc:
             self.err(key, str(exc))
             return default
@@ -603,11 +657,34 @@ def _resolve_log(value: str, logdir: str, process_name: str, stream: str) -> str
     return value
 
 
+# The daemon's own descriptors named as a path (supervisord's Docker idiom: stdout_logfile=/dev/fd/1).
+_SELF_FD_RE = re.compile(r"/dev/(?:stdout|stderr|fd/\d+)|/proc/(?:self|thread-self)/fd/\d+")
+
+
+def _self_fd_problem(path: str) -> str | None:
+    """Why the daemon cannot write to its own descriptor named by path; None when it can (or it is a file).
+
+    Refused, not warned about: every byte the program writes would be dropped for as long as it runs
+    (a socket, the journal's under systemd, cannot be opened by path: ENXIO), and the daemon's own
+    descriptors do not change while it runs, so nothing would fix it later.
+    """
+    if not _SELF_FD_RE.fullmatch(path):
+        return None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        return (f"{path} is the daemon's own descriptor and cannot be opened here ({exc.strerror}; under "
+                'systemd stdout and stderr are a socket to the journal): write "inherit" for the daemon\'s own '
+                "stdout (stdout_logfile) or stderr (stderr_logfile), or a file")
+    os.close(fd)
+    return None
+
+
 def _parse_program(
     name: str, table: Any, source: str, logdir: str, environ: dict[str, str], issues: list[ConfigIssue],
     binds: Mapping[str, str],
 ) -> ProgramConfig | None:
-    p = _Program(name, table if isinstance(table, dict) else {}, source, issues)
+    p = _Program(name, table if isinstance(table, dict) else {}, source, issues, environ)
     if not isinstance(table, dict):
         p.err(None, f"expected a table, got {table!r}")
         return None
@@ -718,6 +795,11 @@ def _parse_program(
             )
         )
 
+    for proc in processes:
+        for key, log in (("stdout_logfile", proc.stdout_logfile), ("stderr_logfile", proc.stderr_logfile)):
+            problem = _self_fd_problem(log)
+            if problem is not None:
+                p.err(key, problem)
     startretries = p.get("startretries", lambda v: _parse_int(v, 0), None)
     server = p.get("server", _parse_str, None)
     prof = None

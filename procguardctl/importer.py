@@ -53,6 +53,15 @@ EVENTLISTENER_KEYS = {
     "result_handler": "handled the listener's RESULT replies; procguard has no events",
 }
 FCGI_KEYS = ("socket", "socket_backlog", "socket_owner", "socket_mode")
+# [program:x] keys whose %(ENV_X)s is written as {ENV_X} for procguard to read at load (procguard/config.py
+# reads {ENV_X} in every string-valued program key); command, directory, process_name, log paths and
+# environment values are templates anyway.
+DEFERRABLE_KEYS = (
+    "numprocs", "numprocs_start", "priority", "autostart", "startsecs", "startretries", "stopwaitsecs",
+    "autorestart", "exitcodes", "stopsignal", "stopasgroup", "killasgroup", "user", "redirect_stderr",
+    "stdout_logfile_maxbytes", "stderr_logfile_maxbytes", "stdout_logfile_backups", "stderr_logfile_backups",
+    "umask",
+)
 
 APP_SERVERS = ("uwsgi", "gunicorn", "daphne", "uvicorn", "hypercorn")  # procguard's `server` key knows these
 TRUTHY = ("yes", "true", "on", "1")
@@ -64,6 +73,8 @@ LOGLEVELS = {"critical": "critical", "error": "error", "warn": "warning", "warni
 PROGRAM_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 PROCGUARD_TEMPLATE_RE = re.compile(
     r"\{(here|program_name|group_name|process_num|ENV_[A-Za-z_][A-Za-z0-9_]*|socket\.[A-Za-z0-9_.-]+?\.fd)(:[^}]*)?\}")
+ENV_TEMPLATE_RE = re.compile(r"\{ENV_[A-Za-z_][A-Za-z0-9_]*\}")
+ENV_ANY_TEMPLATE_RE = re.compile(r"\{ENV_([A-Za-z_][A-Za-z0-9_]*)(?::split)?\}")
 # A %-expansion as Python's % operator reads it (supervisord expands with `value % expansions`).
 EXPANSION_RE = re.compile(r"%(?:(?P<pct>%)|\((?P<name>[^)]*)\)(?P<flags>[#0\- +]*)(?P<width>\d*)"
                           r"(?P<precision>\.\d+)?(?P<type>[diouxXeEfFgGcrsa]))")
@@ -280,7 +291,19 @@ class Expander:
     def literal(self, value: str, key: str) -> str:
         return "".join(text for text, _ in self.segments(value, key, templatable=False))
 
-    def segments(self, value: str, key: str, templatable: bool) -> list[tuple[str, bool]]:
+    def deferred(self, value: str, key: str) -> str | None:
+        """value with each %(ENV_X)s not known here as {ENV_X}, for procguard to read at load; None if none.
+
+        Used for keys procguard reads {ENV_X} in (every string-valued program key): the variable is read
+        from procguard's environment when it loads the config, as supervisord read it from its own when
+        it started, and an unset one refuses the config instead of leaving a default.
+        """
+        pieces = self.segments(value, key, templatable=False, defer_env=True)
+        if not any(is_template and ENV_TEMPLATE_RE.search(text) for text, is_template in pieces):
+            return None
+        return "".join(text for text, _ in pieces).strip()
+
+    def segments(self, value: str, key: str, templatable: bool, defer_env: bool = False) -> list[tuple[str, bool]]:
         """Split value into (text, is_template) pieces; raises _Bad where supervisord would refuse."""
         out: list[tuple[str, bool]] = []
         pos = 0
@@ -297,11 +320,11 @@ class Expander:
             if m.group("pct"):
                 out.append(("%", False))
                 continue
-            out.append(self._one(m, key, templatable))
+            out.append(self._one(m, key, templatable, defer_env))
         self._check_literal_braces(out, key)
         return [(t, tpl) for t, tpl in out if t]
 
-    def _one(self, m: "re.Match[str]", key: str, templatable: bool) -> tuple[str, bool]:
+    def _one(self, m: "re.Match[str]", key: str, templatable: bool, defer_env: bool) -> tuple[str, bool]:
         name = m.group("name")
         spec = "%" + m.group(0)[m.end("name") + 1 - m.start():]  # "%02d", "%s"
         plain_s = spec == "%s"
@@ -329,7 +352,9 @@ class Expander:
             if not templatable:
                 raise _Bad(f"%(process_num) in {key}: procguard has no per-process value for this key")
             return _process_num_template(m), True
-        if name == "numprocs" and self.numprocs is not None:
+        if name == "numprocs" and self.per_process:
+            if self.numprocs is None:
+                raise _Bad("%(numprocs)d: numprocs comes from the environment, so it is not known at import")
             return fmt(self.numprocs), False
         if name.startswith("ENV_"):
             var = name[4:]
@@ -337,6 +362,9 @@ class Expander:
                 text = fmt(self.env_literals[var])
                 return text, bool(PROCGUARD_TEMPLATE_RE.search(text))
             if templatable and plain_s:
+                # In a command supervisord expanded before splitting: {ENV_X:split} does that at load.
+                return "{" + name + (":split" if key == "command" else "") + "}", True
+            if defer_env and plain_s:
                 return "{" + name + "}", True
             if var not in os.environ:
                 raise _Bad(f"%({name})s: this machine's environment has no {var} (supervisord would refuse too)")
@@ -622,7 +650,7 @@ class Converter:
             rendered = self.convert_program(section, kind, name, group)
             target = _file_name(group.name if group else self.names[section])
             if group is not None and target not in by_file:
-                by_file[target] = [_group_intro(group, self.names)]
+                by_file[target] = [_group_table(group, self.names)]
             by_file.setdefault(target, []).append(rendered)
             file_modes[target] = _mode_of(self.src.sections[section].file)
         for section in sections:
@@ -811,7 +839,8 @@ class Converter:
             priority, explicit = 999, "priority" in opts
             if explicit:
                 try:
-                    priority = sv_int(opts["priority"])
+                    exp = Expander(here=self.src.here, where=self.where(section), report=self.report)
+                    priority = sv_int(exp.literal(opts["priority"], "priority"))
                 except _Bad as exc:
                     self.report.add("error", self.where(section, "priority"), str(exc))
             kept = []
@@ -827,10 +856,14 @@ class Converter:
                     kept.append(member)
             for key in sorted(set(opts) - {"programs", "priority"}):
                 self.drop(section, key, "not a supervisord 4 [group:x] key", opts[key])
+            if not PROGRAM_NAME_RE.fullmatch(name):
+                self.report.add("error", self.where(section), f"group name {name!r}: procguard takes letters, digits, "
+                                "_ . - only; not converted (its programs are converted on their own)")
+                continue
             groups[name] = GroupInfo(name, priority, explicit, kept)
-            self.report.add("changed", self.where(section), f"procguard has no groups: {', '.join(kept) or 'no program'} "
-                            f"became separate programs (`supervisorctl restart {name}:*` is `procguardctl restart "
-                            f"{' '.join(kept)}`, and processes are named without the '{name}:' prefix)")
+            self.report.add("note", self.where(section), f"kept as [group.{name}] (programs {', '.join(kept)}): "
+                            f"processes are named {name}:NAME in status, and {name}:* names the group, as in "
+                            "supervisorctl")
         return groups
 
     def assign_names(self, grouped: dict[str, str]) -> None:
@@ -873,10 +906,13 @@ class Converter:
             self.report.add("error", self.where(section, key), str(exc))
 
         # Keys supervisord reads before expanding per-process values (numprocs decides process_num).
-        numprocs = 1
+        numprocs: int | None = 1  # None: from the environment, read by procguard at load
         if "numprocs" in opts:
             try:
-                numprocs = sv_int(exp.literal(opts["numprocs"], "numprocs"), 1)
+                if exp.deferred(opts["numprocs"], "numprocs") is not None:
+                    numprocs = None
+                else:
+                    numprocs = sv_int(exp.literal(opts["numprocs"], "numprocs"), 1)
             except _Bad as exc:
                 bad("numprocs", exc)
         exp.numprocs = numprocs
@@ -900,11 +936,23 @@ class Converter:
         socket_table: Table | None = None
         if kind == "fcgi-program":
             socket_table = self.fcgi_socket(section, pg, opts, exp)
-            if socket_table is not None:
-                table.set("sockets", [pg], f"[socket.{pg}] above: supervisord's fcgi-program socket")
+            # Written even when the socket could not be converted: procguard then refuses the program
+            # (no [socket.NAME] table) instead of running it without its socket.
+            table.set("sockets", [pg], f"[socket.{pg}] above: supervisord's fcgi-program socket"
+                      if socket_table is not None else "its socket= could not be converted: see the report")
 
         for key, raw in opts.items():
             try:
+                if key in DEFERRABLE_KEYS and not (kind == "eventlistener" and key == "autostart"):
+                    text = exp.deferred(raw, key)
+                    if text is not None:
+                        table.set(key, text, "from procguard's environment when it loads this file (refused "
+                                  "while unset), as supervisord read it from its own")
+                        self.report.add("changed", self.where(section, key), f"written as {text!r}: procguard "
+                                        "reads the variable from its own environment when it loads the config "
+                                        "(set it in the systemd unit's Environment=; procguard refuses the config "
+                                        "while it is unset) instead of supervisord's at its start")
+                        continue
                 if key == "command":
                     command = _one_line(exp.template(raw, key))
                     if kind == "fcgi-program" and socket_table is not None:
@@ -914,21 +962,18 @@ class Converter:
                     else:
                         table.set("command", command)
                     self.server_hint(section, command)
-                    if re.search(r"\{ENV_", command):
-                        self.report.add("note", self.where(section, key), "{ENV_X} is expanded in each argument "
-                                        "after the command is split (supervisord expanded before splitting): a value "
-                                        "with spaces stays one argument")
+                    self.command_paths(section, command, opts)
                 elif key == "process_name":
                     if any(c in raw.strip() for c in " :/"):
                         raise _Bad(f"{raw!r}: space, ':' and '/' are not allowed (supervisord refuses them)")
                     pname = exp.template(raw.strip(), key)
                     table.set(key, pname)
                 elif key == "numprocs":
-                    table.set(key, numprocs)
+                    table.set(key, sv_int(exp.literal(raw, key), 1))
                 elif key == "numprocs_start":
                     table.set(key, sv_int(exp.literal(raw, key), 0))
                 elif key == "priority":
-                    self.priority(table, section, group, sv_int(exp.literal(raw, key)))
+                    table.set(key, sv_int(exp.literal(raw, key)))
                 elif key == "autostart":
                     autostart = sv_bool(exp.literal(raw, key))
                     if kind != "eventlistener":
@@ -975,7 +1020,12 @@ class Converter:
                 elif key == "environment":
                     pass  # written below, merged with [supervisord] environment
                 elif key == "directory":
-                    table.set(key, exp.template(raw, key).strip())
+                    directory = exp.template(raw, key).strip()
+                    table.set(key, directory)
+                    if not directory.startswith(("/", "{")):
+                        self.report.add("changed", self.where(section, key), f"{directory!r} is relative: to "
+                                        "supervisord's working directory there, to procguard's (/ under systemd) "
+                                        "here; write an absolute path")
                 elif key == "umask":
                     table.set(key, f"{sv_octal(exp.literal(raw, key)):03o}")
                 elif key in NO_EQUIVALENT:
@@ -991,9 +1041,12 @@ class Converter:
 
         if "command" not in opts:
             self.report.add("error", where, "no command= (supervisord refuses this)")
-        if numprocs > 1 and "process_name" not in opts:
+        if numprocs is not None and numprocs > 1 and "process_name" not in opts:
             self.report.add("error", self.where(section, "process_name"), "numprocs > 1 needs %(process_num) in "
                             "process_name (supervisord refuses this); procguard names them NAME_00, NAME_01, ...")
+        elif numprocs is None and "process_name" not in opts:
+            # supervisord refuses numprocs > 1 without %(process_num) in process_name; so does procguard with this.
+            table.set("process_name", "{program_name}", "supervisord's default: with numprocs > 1 both refuse it")
         if merged:
             comments = []
             if self.globals.environment:
@@ -1004,9 +1057,8 @@ class Converter:
         for key, value in (("umask", self.globals.umask), ("directory", self.globals.directory)):
             if value is not None and key not in opts and self.globals.applies_daemonized:
                 table.set(key, value, f"[supervisord] {key}: supervisord's own, inherited by its children")
-        if group is not None:
-            self.priority(table, section, group, None)
-        elif kind == "eventlistener" and "priority" not in opts:
+        self.report_env_templates(section, table)
+        if kind == "eventlistener" and "priority" not in opts:
             table.set("priority", -1, "supervisord's default for an eventlistener: started first, stopped last")
         if kind == "eventlistener":
             self.eventlistener(table, section, opts, exp)
@@ -1016,6 +1068,33 @@ class Converter:
             parts.append(socket_table.render())
         parts.append(table.render())
         return "\n".join(parts)
+
+    def report_env_templates(self, section: str, table: Table) -> None:
+        """Say where a written {ENV_X} is read from: procguard's environment at load, not supervisord's."""
+        for key, value, _ in table.entries:
+            if key in DEFERRABLE_KEYS:
+                continue  # reported where it was written
+            texts = list(value.values()) if isinstance(value, dict) else [value] if isinstance(value, str) else []
+            names = sorted({m.group(1) for t in texts for m in ENV_ANY_TEMPLATE_RE.finditer(t)})
+            if not names:
+                continue
+            split = key == "command" and any(":split}" in t for t in texts)
+            self.report.add("changed", self.where(section, key), f"{', '.join(names)}: read from procguard's own "
+                            "environment when it loads the config (set in the systemd unit's Environment=), as "
+                            "supervisord read it from its own when it started; procguard refuses the config while "
+                            "one is unset" + (". {ENV_X:split} is expanded before the command is split, as "
+                                              "supervisord did" if split else ""))
+
+    def command_paths(self, section: str, command: str, opts: dict[str, str]) -> None:
+        """Report a relative program path: it was found from supervisord's working directory."""
+        try:
+            argv = shlex.split(command)
+        except ValueError:
+            return
+        if argv and "/" in argv[0] and not argv[0].startswith(("/", "{")):
+            where = "the program's directory" if "directory" in opts else "procguard's working directory (/ under systemd)"
+            self.report.add("changed", self.where(section, "command"), f"{argv[0]!r} is relative: supervisord looked "
+                            f"for it from its own working directory, procguard from {where}; write an absolute path")
 
     def server_hint(self, section: str, command: str) -> None:
         """Point at procguard's `server` key when the command runs an app server it knows."""
@@ -1055,30 +1134,6 @@ class Converter:
             env[k] = v
         return env
 
-    def priority(self, table: Table, section: str, group: GroupInfo | None, own: int | None) -> None:
-        if group is None:
-            if own is not None:
-                table.set("priority", own)
-            return
-        if "priority" in table.keys:
-            return
-        opts = self.options(section)
-        own_value: int | None = None
-        if "priority" in opts:
-            try:
-                own_value = sv_int(opts["priority"])
-            except _Bad:
-                own_value = None
-        if not group.explicit_priority and own_value is None:
-            return  # 999 either way
-        comment = (f"member of [group:{group.name}] in supervisord: the group's priority {group.priority} ordered "
-                   "it among the other programs")
-        if own_value is not None and own_value != group.priority:
-            comment += f" (its own priority {own_value} only ordered it within the group)"
-            self.report.add("changed", self.where(section, "priority"), f"{own_value} ordered it only within "
-                            f"[group:{group.name}]; written as the group's priority {group.priority}")
-        table.set("priority", group.priority, *_wrap(comment))
-
     def logfile(self, table: Table, section: str, key: str, raw: str, exp: Expander, redirect: bool,
                 opts: dict[str, str]) -> None:
         stream = key.split("_")[0]
@@ -1097,10 +1152,34 @@ class Converter:
                                       "own output, which journald collects under systemd")
             self.report.add("changed", self.where(section, key), "syslog -> \"journal\" (the daemon's output, "
                             "collected by journald under systemd), not the syslog socket")
-        elif value == f"/dev/{stream}":
-            table.set(key, "inherit", f"supervisord wrote to {value} by path; procguard passes its own {stream} on")
+        elif (fd := _own_fd(value)) is not None:
+            self.own_fd_log(table, section, key, value, fd)
         else:
             table.set(key, value)
+            if not value.startswith(("/", "{")):
+                self.report.add("changed", self.where(section, key), f"{value!r} is relative: supervisord opened it "
+                                "relative to its own working directory, procguard relative to its own (/ under "
+                                "systemd); write an absolute path")
+            elif re.fullmatch(r"/proc/\d+/fd/\d+", value):
+                self.report.add("changed", self.where(section, key), f"{value}: a descriptor of that pid. Under "
+                                "systemd pid 1 is systemd; in a container where procguard is pid 1, \"inherit\" says "
+                                "the same and works on any kind of descriptor")
+
+    def own_fd_log(self, table: Table, section: str, key: str, value: str, fd: int) -> None:
+        """/dev/stdout, /dev/fd/1, /proc/self/fd/2, ...: supervisord's own descriptor, opened by path."""
+        stream = key.split("_")[0]
+        if fd not in (1, 2):
+            table.set(key, value, "supervisord's own descriptor: procguard refuses it unless it has one open there")
+            self.report.add("error", self.where(section, key), f"{value} is supervisord's own descriptor {fd}; "
+                            "procguard has nothing meaningful there: write a file or \"inherit\"")
+            return
+        theirs = ("stdout", "stderr")[fd - 1]
+        table.set(key, "inherit", f"supervisord wrote to its own {theirs} ({value}) by path; procguard passes its "
+                  f"own {stream} on (a path fails on systemd's journal socket)")
+        if theirs != stream:
+            self.report.add("changed", self.where(section, key), f"{value} is supervisord's {theirs}; \"inherit\" is "
+                            f"procguard's {stream}. Under systemd both go to the journal; in a container, `docker "
+                            "logs` shows this output on the other stream")
 
     def syslog(self, table: Table, section: str, key: str, raw: str, exp: Expander, opts: dict[str, str]) -> None:
         if not sv_bool(exp.literal(raw, key)):
@@ -1188,6 +1267,10 @@ class Converter:
             stopasgroup = sv_bool(opts.get("stopasgroup", "false"))
         except _Bad:
             pass
+        from_env = next((v for k, v, _ in table.entries if k == "stopasgroup" and isinstance(v, str)), None)
+        if from_env is not None and "killasgroup" not in opts:
+            table.set("killasgroup", from_env, "supervisord's default: as stopasgroup")
+            stopasgroup = True  # killasgroup is written
         if "stopasgroup" not in opts:
             table.set("stopasgroup", False, "supervisord's default: the stop signal goes to the main process only. "
                       "Delete for procguard's", "default (true): the whole process group, so workers stop with "
@@ -1239,16 +1322,25 @@ SUPERVISORD_DROPPED = {
 }
 
 
-def _group_intro(group: GroupInfo, names: dict[str, str]) -> str:
+def _group_table(group: GroupInfo, names: dict[str, str]) -> str:
+    """[group:x] programs=a,b priority=N -> [group.x] with the members' procguard names (they keep their tables)."""
     members = [names.get(f"program:{m}") or names.get(f"fcgi-program:{m}") or m for m in group.members]
-    lines = [
-        f"# [group:{group.name}] programs={','.join(group.members)}"
-        + (f" priority={group.priority}" if group.explicit_priority else ""),
-        "# procguard has no groups: each member below is its own program, named without the group prefix",
-        f"# (`supervisorctl restart {group.name}:*` is `procguardctl restart {' '.join(members)}`).",
-        "",
-    ]
-    return "\n".join(lines)
+    table = Table(f"[group.{toml_key(group.name)}]")
+    table.intro += _wrap(f"[group:{group.name}] in supervisord. Its processes are named {group.name}:NAME, as "
+                         f"in supervisorctl; `procguardctl restart {group.name}:*` restarts them all.")
+    table.set("programs", members)
+    if group.explicit_priority:
+        table.set("priority", group.priority)
+    return table.render()
+
+
+def _own_fd(path: str) -> int | None:
+    """The descriptor number when path names the opening process's own descriptor (/dev/stdout, /dev/fd/1)."""
+    named = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+    if path in named:
+        return named[path]
+    m = re.fullmatch(r"/dev/fd/(\d+)|/proc/(?:self|thread-self)/fd/(\d+)", path)
+    return int(m.group(1) or m.group(2)) if m else None
 
 
 def _listener_hint(command: str) -> str:
@@ -1293,10 +1385,14 @@ def _fcgi_command(command: str, pg: str) -> tuple[str, str]:
                          f"4, ... ({{socket.{pg}.fd}} in a command, else LISTEN_FDS): change the program to use it "
                          "(this command could not be split, so it was not rewritten)")
     inner = f"exec {' '.join(_sh_quote(a) for a in argv)} 0<&{{socket.{pg}.fd}}"
+    # Inside the script the shell splits a variable's value itself: {ENV_X}, not {ENV_X:split}.
+    inner, n_env = re.subn(r"\{(ENV_[A-Za-z0-9_]+):split\}", r"{\1}", inner)
     return "/bin/sh -c " + shlex.quote(inner), (
         "supervisord passed the socket as fd 0 (stdin); procguard passes held sockets as fds 3, 4, ... "
         f"({{socket.{pg}.fd}}). The shell puts it back on fd 0 and execs the program (same pid, same argv); if "
-        "the program takes a socket fd option, use that instead.")
+        "the program takes a socket fd option, use that instead." + (
+            " The shell reads each {ENV_X} value as shell words (quotes, $ and globs are the shell's), where "
+            "supervisord split it with shlex." if n_env else ""))
 
 
 def _sh_quote(arg: str) -> str:

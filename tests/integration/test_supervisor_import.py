@@ -155,3 +155,51 @@ def test_fcgi_programs_get_the_held_socket(daemon: Any) -> None:
     assert psutil.Process(pid).cmdline() == [sys.executable, str(sv / "fcgi_app.py")]
     assert stat.S_IMODE(os.stat(sv / "stdin.sock").st_mode) == 0o660
     assert "serving on fd 0" in (sv / "stdin.log").read_text()
+
+
+ENV_OPTIONS = {"SLEEP_ARGS": "3000 600", "NOTHING": "", "WORKERS": "2", "APP_USER": "nobody", "AUTOSTART": "yes",
+               "STOP": "INT", "PYTHON": sys.executable, "TALK": "--one 'two words' --three"}
+
+
+def check_with(d: DaemonRun, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`procguard --check` with exactly these variables on top of a base environment (none of ENV_OPTIONS)."""
+    base = {k: v for k, v in os.environ.items() if k not in ENV_OPTIONS}
+    return subprocess.run([sys.executable, "-m", "procguard", "-c", str(d.config), "--check"], capture_output=True,
+                          text=True, timeout=60, env={**base, **environ})
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="user=%(ENV_APP_USER)s = nobody needs a root daemon, as under supervisord")
+def test_env_values_are_read_at_load_and_run_as_supervisord_would(daemon: Any) -> None:
+    """%(ENV_X)s in user/numprocs/autostart/stopsignal and commands, /dev/fd/1 logs (issue #14 item 4)."""
+    from tests.supervisord_parser import supervisord_view
+
+    d: DaemonRun = daemon()
+    sv = import_into(d, "env_options")
+    toml = (d.work / "conf.d" / "worker.toml").read_text()
+    assert 'user = "{ENV_APP_USER}"' in toml and 'numprocs = "{ENV_WORKERS}"' in toml
+
+    # Fail closed: without the variable procguard refuses the config, naming file, program and key.
+    r = check_with(d, {k: v for k, v in ENV_OPTIONS.items() if k != "APP_USER"})
+    assert r.returncode == 1
+    assert (f"{d.work / 'conf.d' / 'worker.toml'}: [program.worker] user: {{ENV_APP_USER}}: the daemon's "
+            "environment has no APP_USER") in r.stderr
+    r = check_with(d, ENV_OPTIONS)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    d.start(env=ENV_OPTIONS)
+    expected = supervisord_view(sv / "supervisord.conf", ENV_OPTIONS)
+    assert sorted(expected.processes) == ["talker", "worker_0", "worker_1"]
+    for name in ("worker:worker_0", "worker:worker_1", "talker"):
+        d.wait_state(name, "RUNNING", timeout=20)
+    st = statuses(d)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for name, sv_name in (("worker:worker_0", "worker_0"), ("worker:worker_1", "worker_1"), ("talker", "talker")):
+        proc = psutil.Process(st[name]["pid"])
+        assert proc.cmdline() == expected.argv(sv_name), name  # expanded, then split: as supervisord
+        uid = nobody if name.startswith("worker") else os.geteuid()
+        assert proc.uids().real == proc.uids().effective == uid == (expected.processes[sv_name].uid or 0), name
+    # /dev/fd/1 became "inherit": the output reaches the daemon's own stdout (here its log file).
+    wait_until(lambda: "talker says ['--one', 'two words', '--three']" in d.logfile.read_text(),
+               what="talker's output on the daemon's stdout")
+    assert ctl(d, "stop", "worker").returncode == 0
+    assert statuses(d)["worker:worker_0"]["exit_status"] == -signal.SIGINT == -expected.processes["worker_0"].stopsignal

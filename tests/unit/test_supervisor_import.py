@@ -9,6 +9,7 @@ import configparser
 import dataclasses
 import json
 import os
+import pwd
 import shlex
 import signal
 import subprocess
@@ -20,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from procguard.config import Config, load_config
+from procguard.config import AutoRestart, Config, load_config
 from procguard.errors import ConfigError
 from procguardctl import importer
 from procguardctl.__main__ import main as ctl_main
+from tests.supervisord_parser import SupervisordRefused, supervisord_view
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "supervisord_corpus"
@@ -66,6 +68,13 @@ class Imported:
         out: dict[str, dict[str, Any]] = {}
         for path in sorted((self.out / "conf.d").glob("*.toml")):
             out.update(tomllib.loads(path.read_text()).get("socket", {}))
+        return out
+
+    @property
+    def groups(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for path in sorted((self.out / "conf.d").glob("*.toml")):
+            out.update(tomllib.loads(path.read_text()).get("group", {}))
         return out
 
     def load(self, environ: dict[str, str] | None = None) -> Config:
@@ -113,6 +122,23 @@ def sockets_supported() -> bool:
 
 
 needs_sockets = pytest.mark.skipif(not sockets_supported(), reason="procguard.config does not accept [socket.*] yet")
+
+
+def groups_supported() -> bool:
+    """True once procguard.config accepts [group.NAME] tables (issue #14 item 5, the daemon side, built alongside)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "procguard.toml"
+        path.write_text('[procguard]\nlogdir = "logs"\n[group.g]\nprograms = ["p"]\n[program.p]\ncommand = "sleep 1"\n')
+        try:
+            load_config(path, environ=ENV)
+        except ConfigError:
+            return False
+    return True
+
+
+needs_groups = pytest.mark.skipif(not groups_supported(), reason="procguard.config does not accept [group.*] yet")
 
 
 # ---------------------------------------------------------------------------------------- the seed recipe
@@ -213,7 +239,10 @@ def test_fcgi_program_reading_stdin_runs_through_a_shell(tmp_path: Path, capsys:
                            "stdin": {"bind": f"unix:{here}/stdin.sock", "mode": "0660"}}
     assert shlex.split(imp.programs["stdin"]["command"]) == [
         "/bin/sh", "-c", f"exec {{ENV_PYTHON}} {here}/fcgi_app.py 0<&{{socket.stdin.fd}}"]
-    assert imp.programs["echo"]["command"] == f"{{ENV_PYTHON}} {here}/fcgi_app.py --fd {{socket.echo.fd}}"
+    assert ("[fcgi-program:stdin] command: supervisord passed the socket as fd 0" in imp.report
+            and "The shell reads each {ENV_X} value as shell words" in imp.report)
+    # %(ENV_PYTHON)s: expanded before the split at load, as supervisord did (issue #14)
+    assert imp.programs["echo"]["command"] == f"{{ENV_PYTHON:split}} {here}/fcgi_app.py --fd {{socket.echo.fd}}"
 
 
 def test_numprocs_templates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -240,31 +269,44 @@ def test_numprocs_templates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert (env["WORKER_INDEX"], env["HOME"]) == ("2", "/root")
 
 
-def test_groups_become_separate_programs_with_the_group_priority(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_groups_are_kept_as_group_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """[group:x] programs=a,b priority=N -> [group.x]; members keep their own tables and priority (issue #14)."""
     imp = corpus("groups", tmp_path, capsys)
     assert imp.code == 0, imp.report
-    shop = imp.file("shop.toml")["program"]
-    assert list(shop) == ["shopweb", "shopbeat"]
-    assert shop["shopweb"]["priority"] == shop["shopbeat"]["priority"] == 100
-    assert shop["shopweb"]["command"].endswith("--name shop-{program_name}")  # %(group_name)s is the group
-    assert shop["shopweb"]["stdout_logfile"] == "/var/log/shop/shop-web.log"
-    assert shop["shopbeat"]["startretries"] == 10 and "killasgroup" in shop["shopbeat"]
+    shop = imp.file("shop.toml")
+    assert shop["group"] == {"shop": {"programs": ["shopweb", "shopbeat"], "priority": 100}}
+    assert list(shop["program"]) == ["shopweb", "shopbeat"]
+    web, beat = shop["program"]["shopweb"], shop["program"]["shopbeat"]
+    # supervisord: the group's priority orders the group, each member's its place inside it
+    sv = supervisord_view(CORPUS / "groups" / "supervisord.conf")
+    priority, members = sv.groups["shop"]
+    assert (priority, sorted(members)) == (shop["group"]["shop"]["priority"], sorted(shop["group"]["shop"]["programs"]))
+    assert (beat["priority"], "priority" in web) == (sv.processes["shopbeat"].priority, False) == (5, False)
+    assert sv.processes["shopweb"].priority == 999
+    assert web["command"].endswith("--name shop-{program_name}")  # %(group_name)s is the group
+    assert web["stdout_logfile"] == "/var/log/shop/shop-web.log" == sv.processes["shopweb"].stdout_logfile
+    assert beat["startretries"] == 10 and "killasgroup" in beat
     text = imp.text("shop.toml")
-    assert "# [group:shop] programs=shopweb,shopbeat priority=100" in text
-    assert "procguardctl restart shopweb shopbeat" in text
+    assert text.index("[group.shop]") < text.index("[program.shopweb]")
+    assert "`procguardctl restart\n# shop:*` restarts them all" in text
     # a comment block right above a header belongs to that section
     beat_table = text.index("[program.shopbeat]")
     assert text.index("#   the celery beat scheduler: one process only") in range(text.index("[program.shopweb]"), beat_table)
     assert text.index("[program:shopbeat]") < text.index("#   the celery beat scheduler")
+    assert "group" not in imp.file("standalone.toml")
     assert imp.file("standalone.toml")["program"]["standalone"]["priority"] == 200
     # [supervisord] umask reached every program that had none (its children inherited it)
     assert {p["umask"] for p in imp.programs.values()} == {"002"}
-    changed = "\n".join(imp.section("Carried over with a difference"))
-    assert "[group:shop]: procguard has no groups" in changed
-    assert "[program:shopbeat] priority: 5 ordered it only within [group:shop]" in changed
-    names = [p.name for p in imp.load().programs]
-    assert names[:2] == ["shopbeat", "shopweb"] and names[-1] == "standalone"  # priority 100 before 200
+    assert "procguard has no groups" not in imp.report
+    assert "[group:shop]: kept as [group.shop] (programs shopweb, shopbeat): processes are named shop:NAME" in (
+        "\n".join(imp.section("Notes")))
+
+
+@needs_groups
+def test_groups_load_with_supervisorctl_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = corpus("groups", tmp_path, capsys).load()
+    names = {proc.name for prog in config.programs for proc in prog.processes}
+    assert {"shop:shopweb", "shop:shopbeat", "standalone"} <= names
 
 
 def test_includes_here_and_log_destinations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -306,6 +348,10 @@ def test_environment_quoting_as_supervisord_reads_it(tmp_path: Path, capsys: pyt
     }
     # %(ENV_X)s of the config's own environment= is its value; supervisord expanded before splitting
     assert imp.programs["envref"]["command"] == "/bin/echo hello world en_US.UTF-8"
+    envref = imp.load().program("envref")
+    assert envref is not None
+    assert list(envref.processes[0].command) == supervisord_view(CORPUS / "environment" / "supervisord.conf").argv(
+        "envref") == ["/bin/echo", "hello", "world", "en_US.UTF-8"]
     assert "LC_ALL: from [supervisord] environment" in imp.text("envtest.toml")
     loaded = imp.load().program("envtest")
     assert loaded is not None
@@ -356,12 +402,14 @@ def test_no_key_is_dropped_silently(name: str, tmp_path: Path, capsys: pytest.Ca
     for path in paths:
         parser.read(path)
     programs, sockets = imp.programs, imp.sockets
-    mapped = {"supervisord": {"loglevel", "childlogdir"}, "include": {"files"}, "group": {"programs", "priority"}}
+    mapped = {"supervisord": {"loglevel", "childlogdir"}, "include": {"files"}}
     for section in parser.sections():
         kind, _, pname = section.partition(":")
         table = programs.get(pname, {})
         for key in parser.options(section):
             if kind in ("program", "fcgi-program", "eventlistener") and key in table:
+                continue
+            if kind == "group" and key in imp.groups.get(pname, {}):
                 continue
             if kind == "fcgi-program" and key.startswith("socket") and pname in sockets:
                 continue
@@ -383,6 +431,192 @@ def write_conf(tmp_path: Path, text: str, name: str = "supervisord.conf") -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
     return path
+
+
+# ------------------------------------------------------- silent mis-conversions found on real configs (#14)
+
+
+@pytest.mark.parametrize("value", ["--workers 4 --bind '127.0.0.1:8000'", "", "-v", '--name="a b" -x'])
+def test_env_in_a_command_is_split_as_supervisord_splits_it(value: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Real images put option lists (and whole commands) in variables: expand, then split (issue #14)."""
+    conf = write_conf(tmp_path, """\
+        [supervisord]
+        [program:opts]
+        command=/bin/echo %(ENV_OPTS)s --end
+        [program:whole]
+        command=%(ENV_CMD)s
+        """)
+    imp = run_import(conf, tmp_path / "out", capsys)
+    assert imp.code == 0, imp.report
+    assert imp.programs["opts"]["command"] == "/bin/echo {ENV_OPTS:split} --end"
+    changed = "\n".join(imp.section("Carried over with a difference"))
+    assert ("[program:opts] command: OPTS: read from procguard's own environment when it loads the config" in changed
+            and "{ENV_X:split} is expanded before the command is split, as supervisord did" in changed)
+    environ = {"OPTS": value, "CMD": f"/bin/echo {value} tail"}
+    sv = supervisord_view(conf, environ)
+    loaded = imp.load({**ENV, **environ})
+    for name in ("opts", "whole"):
+        prog = loaded.program(name)
+        assert prog is not None
+        assert list(prog.processes[0].command) == sv.argv(name)
+
+
+SV_FROM_ENV = """\
+    [supervisord]
+    [program:app]
+    command=/bin/sleep 100
+    process_name=%(program_name)s_%(process_num)02d
+    user=%(ENV_APP_USER)s
+    numprocs=%(ENV_WORKERS)s
+    autostart=%(ENV_AUTOSTART)s
+    autorestart=%(ENV_AUTORESTART)s
+    priority=%(ENV_PRIORITY)s
+    startsecs=%(ENV_STARTSECS)s
+    startretries=%(ENV_RETRIES)s
+    stopwaitsecs=%(ENV_WAIT)s
+    stopsignal=%(ENV_SIGNAL)s
+    stopasgroup=%(ENV_GROUPSTOP)s
+    exitcodes=%(ENV_CODES)s
+    umask=%(ENV_UMASK)s
+    """
+SV_VALUES = {"APP_USER": "nobody", "WORKERS": "3", "AUTOSTART": "no", "AUTORESTART": "true", "PRIORITY": "42",
+             "STARTSECS": "0", "RETRIES": "7", "WAIT": "5", "SIGNAL": "INT", "GROUPSTOP": "on", "CODES": "0,3",
+             "UMASK": "027"}
+
+
+def test_env_in_user_numprocs_autostart_is_read_at_load_and_fails_closed(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Never dropped or defaulted: a program meant to run as nobody never runs as root (issue #14)."""
+    from supervisor.datatypes import RestartUnconditionally
+
+    # A daemon not run as root can only run programs as itself (as supervisord).
+    values = dict(SV_VALUES, APP_USER="nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name)
+    conf = write_conf(tmp_path, SV_FROM_ENV)
+    imp = run_import(conf, tmp_path / "out", capsys)  # this process's environment has none of the variables
+    assert imp.code == 0, imp.report
+    prog = imp.programs["app"]
+    for key, var in (("user", "APP_USER"), ("numprocs", "WORKERS"), ("autostart", "AUTOSTART"),
+                     ("umask", "UMASK"), ("stopsignal", "SIGNAL"), ("stopasgroup", "GROUPSTOP")):
+        assert prog[key] == f"{{ENV_{var}}}"
+        assert (f"[program:app] {key}: written as '{{ENV_{var}}}': procguard reads the variable from its own "
+                "environment when it loads the config") in "\n".join(imp.section("Carried over with a difference"))
+    assert prog["killasgroup"] == "{ENV_GROUPSTOP}"  # supervisord's default: as stopasgroup
+
+    sv = supervisord_view(conf, values)
+    loaded = imp.load({**ENV, **values}).program("app")
+    assert loaded is not None
+    assert [p.name for p in loaded.processes] == [f"app:{n}" for n in sorted(sv.processes)] == [
+        "app:app_00", "app:app_01", "app:app_02"]
+    one = sv.processes["app_01"]
+    uid = pwd.getpwnam(values["APP_USER"]).pw_uid
+    assert (loaded.uid, loaded.autostart, loaded.priority) == (one.uid, one.autostart, one.priority) == (uid, False, 42)
+    assert (loaded.autorestart == AutoRestart.ALWAYS) and one.autorestart is RestartUnconditionally
+    assert (loaded.startsecs, loaded.startretries, loaded.stopwaitsecs) == (one.startsecs, one.startretries,
+                                                                           one.stopwaitsecs) == (0, 7, 5)
+    assert (loaded.stopsignal, loaded.umask, list(loaded.exitcodes)) == (one.stopsignal, one.umask, one.exitcodes)
+    assert (loaded.stopasgroup, loaded.killasgroup) == (one.stopasgroup, one.killasgroup) == (True, True)
+
+    # Without the variable both refuse: supervisord at its start, procguard at load (file, program, key named).
+    missing = {k: v for k, v in values.items() if k != "APP_USER"}
+    with pytest.raises(SupervisordRefused, match="'%\\(ENV_APP_USER\\)s' for 'program:app.user' contains names"):
+        supervisord_view(conf, missing)
+    with pytest.raises(ConfigError) as info:
+        imp.load({**ENV, **missing})
+    conf_d = imp.out / "conf.d" / "app.toml"
+    assert str(info.value).splitlines() == [
+        f"{conf_d}: [program.app] user: {{ENV_APP_USER}}: the daemon's environment has no APP_USER"]
+
+
+def test_numprocs_from_the_environment_keeps_supervisords_process_name_rule(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    conf = write_conf(tmp_path, "[supervisord]\n[program:one]\ncommand=/bin/sleep 100\nnumprocs=%(ENV_N)s\n")
+    imp = run_import(conf, tmp_path / "out", capsys)
+    assert imp.code == 0, imp.report
+    assert (imp.programs["one"]["numprocs"], imp.programs["one"]["process_name"]) == ("{ENV_N}", "{program_name}")
+    loaded = imp.load({**ENV, "N": "1"}).program("one")
+    assert loaded is not None and [p.name for p in loaded.processes] == list(supervisord_view(conf, {"N": "1"}).processes)
+    with pytest.raises(SupervisordRefused, match="must be present within process_name when numprocs > 1"):
+        supervisord_view(conf, {"N": "2"})
+    with pytest.raises(ConfigError, match="with numprocs = 2 it must contain {process_num}"):
+        imp.load({**ENV, "N": "2"})
+
+
+def test_log_paths_naming_supervisords_own_descriptors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """/dev/fd/1, /proc/self/fd/2, stderr_logfile=/dev/stdout: supervisord's own stdout/stderr (issue #14).
+
+    Kept as paths they fail under systemd, where stdout is the journal's socket: every byte would be lost.
+    """
+    conf = write_conf(tmp_path, """\
+        [supervisord]
+        [program:fd]
+        command=/bin/true
+        stdout_logfile=/dev/fd/1
+        stderr_logfile=/dev/fd/2
+        [program:proc]
+        command=/bin/true
+        stdout_logfile=/proc/self/fd/1
+        stderr_logfile=/proc/self/fd/2
+        [program:cross]
+        command=/bin/true
+        stdout_logfile=/dev/stdout
+        stderr_logfile=/dev/stdout
+        [program:other]
+        command=/bin/true
+        stdout_logfile=/dev/fd/97
+        [program:pidone]
+        command=/bin/true
+        stdout_logfile=/proc/1/fd/1
+        """)
+    imp = run_import(conf, tmp_path / "out", capsys)
+    sv = supervisord_view(conf)
+    progs = imp.programs
+    for name in ("fd", "proc", "cross"):
+        for stream in ("stdout", "stderr"):
+            # supervisord opened /dev/fd/N in its own process: its own descriptor N; procguard's is "inherit"
+            assert progs[name][f"{stream}_logfile"] == "inherit"
+            assert importer._own_fd(getattr(sv.processes[name], f"{stream}_logfile")) in (1, 2)
+    changed = "\n".join(imp.section("Carried over with a difference"))
+    assert "[program:cross] stderr_logfile: /dev/stdout is supervisord's stdout; \"inherit\" is procguard's stderr" in changed
+    assert "[program:pidone] stdout_logfile: /proc/1/fd/1: a descriptor of that pid" in changed
+    assert imp.code == 1
+    assert ("[program:other] stdout_logfile: /dev/fd/97 is supervisord's own descriptor 97; procguard has nothing "
+            "meaningful there") in "\n".join(imp.section("Errors"))
+    with pytest.raises(ConfigError, match=r"\[program.other\] stdout_logfile: /dev/fd/97 is the daemon's own descriptor"):
+        imp.load()  # (nothing is open on fd 97 here)
+
+
+def test_relative_paths_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Their meaning changes with the working directory (/ under systemd): the report says so (issue #14)."""
+    conf = write_conf(tmp_path, """\
+        [supervisord]
+        [program:rel]
+        command=venv/bin/gunicorn app:wsgi
+        directory=srv/app
+        stdout_logfile=logs/rel.log
+        stderr_logfile=/var/log/rel.err
+        [program:abs]
+        command=/bin/true ./relative/arg
+        stdout_logfile=AUTO
+        """)
+    imp = run_import(conf, tmp_path / "out", capsys)
+    changed = "\n".join(imp.section("Carried over with a difference"))
+    assert "[program:rel] command: 'venv/bin/gunicorn' is relative" in changed
+    assert "[program:rel] directory: 'srv/app' is relative" in changed
+    assert "[program:rel] stdout_logfile: 'logs/rel.log' is relative" in changed
+    assert "stderr_logfile" not in changed and "[program:abs]" not in changed
+
+
+def test_an_fcgi_program_whose_socket_cannot_be_converted_is_refused_at_load(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Fail closed: never a program that runs without the socket supervisord gave it on fd 0."""
+    conf = write_conf(tmp_path, "[supervisord]\n[fcgi-program:app]\ncommand=/bin/cat\nsocket=%(ENV_NO_SUCH_SOCKET_PG)s\n")
+    imp = run_import(conf, tmp_path / "out", capsys)
+    assert imp.code == 1
+    assert "[fcgi-program:app] socket: %(ENV_NO_SUCH_SOCKET_PG)s: this machine's environment has no" in imp.report
+    assert imp.programs["app"]["sockets"] == ["app"] and imp.sockets == {}
+    with pytest.raises(ConfigError, match=r"\[program.app\] sockets: no \[socket.app\] table"):
+        imp.load()
 
 
 def test_what_supervisord_refuses_is_reported_as_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
