@@ -505,17 +505,14 @@ def test_importer_loads_only_the_standard_library() -> None:
 # --------------------------------------------------------------------------------- supervisorctl spellings
 
 
-def test_reread_points_at_update_and_succeeds(capsys: pytest.CaptureFixture[str]) -> None:
-    assert ctl_main(["reread"]) == 0  # so `supervisorctl reread && supervisorctl update` scripts keep working
-    assert "procguardctl update" in capsys.readouterr().err
+def test_a_command_word_with_spaces_is_split_as_supervisorctl_joins_its_arguments() -> None:
+    # Ansible's supervisorctl module sends `signal HUP` as one argument (issue #14).
+    from procguardctl.__main__ import split_command
+
+    assert split_command(["-c", "my conf.toml", "signal HUP", "web"]) == ["-c", "my conf.toml", "signal", "HUP", "web"]
+    assert split_command(["--json", "status"]) == ["--json", "status"]
 
 
-def test_maintail_points_at_journald(capsys: pytest.CaptureFixture[str]) -> None:
-    assert ctl_main(["maintail", "-f"]) == 2
-    assert "journalctl -u procguard -f" in capsys.readouterr().err
-    assert ctl_main(["maintail", "-1600"]) == 2
-
-
-def test_update_refuses_group_names(capsys: pytest.CaptureFixture[str]) -> None:
-    assert ctl_main(["update", "web"]) == 2
-    assert "without names" in capsys.readouterr().err
+def test_maintail_refuses_a_bad_argument_as_supervisorctl(capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl_main(["maintail", "100"]) == 1
+    assert capsys.readouterr().out == "Error: bad argument 100\n"
