@@ -114,7 +114,10 @@ class LogRing:
         if threading.get_ident() == self._loop_thread:
             self._notify(data, offset)
         else:
-            self._loop.call_soon_threadsafe(self._notify, data, offset)
+            try:
+                self._loop.call_soon_threadsafe(self._notify, data, offset)
+            except RuntimeError:  # the loop is closed: the daemon is exiting, nobody follows any more
+                pass
 
     def _notify(self, data: bytes, offset: int) -> None:
         if self._notifying:  # a follower that logs must not feed itself

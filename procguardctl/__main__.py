@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="procguardctl",
         description="Control a running procguard daemon.",
-        epilog="exit codes: 0 ok, 1 error, 2 usage, 3 status: not all RUNNING, 4 daemon not reachable",
+        epilog="exit codes (supervisorctl's): 0 ok, 1 error, 2 usage, 3 status: not all RUNNING, 4 status: no such "
+               "process, or daemon not reachable, 7 not running (signal, pid, failed start)",
     )
     p.add_argument("-c", "--config", "--configuration", help=f"the daemon's config file, for its endpoint and "
                    f"keys (default: $PROCGUARD_CONFIG, else {DEFAULT_CONFIG} if present)")
