@@ -152,6 +152,7 @@ def run_playbook(d: DaemonRun, tmp_path: Path) -> dict[str, dict[str, Any]]:
         "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"), "ANSIBLE_REMOTE_TEMP": str(tmp_path / "ansible-remote"),
         "ANSIBLE_CALLBACK_PLUGINS": str(plugins), "ANSIBLE_CALLBACKS_ENABLED": "pgsnap",
         "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_DEPRECATION_WARNINGS": "0",
+        "ANSIBLE_PIPELINING": "1",  # the module goes to python on stdin: no temporary files per task
         "PGSNAP_MARKER": str(d.work), "PGSNAP_OUT": str(out),
     }
     r = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-e", f"ansible_python_interpreter={PYTHON}",

@@ -35,11 +35,13 @@ def check(d: DaemonRun, rows: list[Row], server: bool = True) -> None:
 
 
 def programs(d: DaemonRun, *, changed: bool) -> str:
-    text = (prog("web", probe(d.work, "web"), startsecs=0)
+    # supervisord's priorities: the group's orders its members among the others (web at 5 first, then
+    # the group at 900), a member's own only inside the group (gb at 1 before ga at 1000).
+    text = (prog("web", probe(d.work, "web"), startsecs=0, priority=5)
             + prog("idle", probe(d.work, "idle" if not changed else "idle2"), autostart=False)
-            + prog("ga", probe(d.work, "ga"), startsecs=0)
-            + prog("gb", probe(d.work, "gb"), startsecs=0, numprocs=2)
-            + '[group.grp]\nprograms = ["ga", "gb"]\n\n')
+            + prog("ga", probe(d.work, "ga"), startsecs=0, priority=1000)
+            + prog("gb", probe(d.work, "gb"), startsecs=0, numprocs=2, priority=1)
+            + '[group.grp]\nprograms = ["ga", "gb"]\npriority = 900\n\n')
     if not changed:
         text += prog("broken", probe(d.work, "broken", mode="exit", code=4), autostart=False, startsecs="1s",
                      backoff_initial="30s")
@@ -59,6 +61,8 @@ def test_supervisorctl_texts_and_exit_codes(daemon: Any) -> None:
     d.start()
     wait_until(lambda: all(state(d, n) == "RUNNING" for n in ("web", "grp:ga", "grp:gb_00", "grp:gb_01")),
                20, "web and grp RUNNING")
+    spawned = [e["process"] for e in d.events("process_spawned")]
+    assert spawned[0] == "web" and set(spawned[1:3]) == {"grp:gb_00", "grp:gb_01"} and spawned[3] == "grp:ga", spawned
     number = re.compile(r"[1-9]\d*\n")
     check(d, [
         # status: unknown names first (4), then the table; a stopped process makes it 3.
@@ -90,8 +94,8 @@ def test_supervisorctl_texts_and_exit_codes(daemon: Any) -> None:
         (("pid", "nope"), "No such process nope\n", 1),
         (("pid",), f"{d.proc.pid}\n" if d.proc else "", 0),
         # groups: GROUP:* and GROUP:PROCESS
-        (("stop", "grp:*"), "grp:ga: stopped\ngrp:gb_00: stopped\ngrp:gb_01: stopped\n", 0),
-        (("start", "grp:"), "grp:ga: started\ngrp:gb_00: started\ngrp:gb_01: started\n", 0),
+        (("stop", "grp:*"), "grp:gb_00: stopped\ngrp:gb_01: stopped\ngrp:ga: stopped\n", 0),
+        (("start", "grp:"), "grp:gb_00: started\ngrp:gb_01: started\ngrp:ga: started\n", 0),
         (("restart", "grp:gb_01"), "grp:gb_01: stopped\ngrp:gb_01: started\n", 0),
         # help
         (("help",), re.compile(r"\ndefault commands \(type help <topic>\):\n=+\n(.*\n)+"), 0),
