@@ -97,6 +97,9 @@ def test_supervisorctl_texts_and_exit_codes(daemon: Any) -> None:
         (("stop", "grp:*"), "grp:gb_00: stopped\ngrp:gb_01: stopped\ngrp:ga: stopped\n", 0),
         (("start", "grp:"), "grp:gb_00: started\ngrp:gb_01: started\ngrp:ga: started\n", 0),
         (("restart", "grp:gb_01"), "grp:gb_01: stopped\ngrp:gb_01: started\n", 0),
+        (("signal", "WINCH", "grp:gb_00", "grp:ga"), "grp:gb_00: signalled\ngrp:ga: signalled\n", 0),
+        (("tail", "grp:gb_00"), "", 0),  # the probe writes nothing on stdout
+        (("pid", "grp:ga"), number, 0),
         # help
         (("help",), re.compile(r"\ndefault commands \(type help <topic>\):\n=+\n(.*\n)+"), 0),
         (("help", "start"), re.compile(r"usage: procguardctl start (.*\n)+"), 0),
