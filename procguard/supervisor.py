@@ -422,6 +422,8 @@ class Supervisor:
             if p.state == ProcessState.RUNNING:
                 results.append(ActionResult(p.name, True, p.state, "already running" if p in already else "started",
                                             E_ALREADY_STARTED if p in already else None))
+            elif p.program.type == "oneshot" and self._satisfied(p):
+                results.append(ActionResult(p.name, True, p.state, p.reason))  # a job that ran: started, and done
             else:
                 msg = p.reason
                 if p.state == ProcessState.BACKOFF and p.retry_at is not None:

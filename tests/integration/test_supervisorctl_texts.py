@@ -41,7 +41,8 @@ def programs(d: DaemonRun, *, changed: bool) -> str:
             + prog("idle", probe(d.work, "idle" if not changed else "idle2"), autostart=False)
             + prog("ga", probe(d.work, "ga"), startsecs=0, priority=1000)
             + prog("gb", probe(d.work, "gb"), startsecs=0, numprocs=2, priority=1)
-            + '[group.grp]\nprograms = ["ga", "gb"]\npriority = 900\n\n')
+            + '[group.grp]\nprograms = ["ga", "gb"]\npriority = 900\n\n'
+            + prog("job", probe(d.work, "job", mode="exit", code=0), type="oneshot", autostart=False))
     if not changed:
         text += prog("broken", probe(d.work, "broken", mode="exit", code=4), autostart=False, startsecs="1s",
                      backoff_initial="30s")
@@ -76,6 +77,8 @@ def test_supervisorctl_texts_and_exit_codes(daemon: Any) -> None:
         (("start", "nope"), "nope: ERROR (no such process)\n", 1),
         (("start", "ghost:*"), "ghost: ERROR (no such group)\n", 2),
         (("start", "broken"), "broken: ERROR (abnormal termination)\n", 7),
+        (("start", "job"), "job: started\n", 0),  # a oneshot that ran and succeeded
+        (("status", "job"), re.compile(r"job +EXITED +completed.*\n"), 0),
         # stop
         (("stop", "idle"), "idle: ERROR (not running)\n", 0),
         (("stop", "nope"), "nope: ERROR (no such process)\n", 1),
