@@ -31,6 +31,8 @@ ERRORS = {
 # The outcome each command does not count as a failure (set_exitstatus_from_xmlrpc_fault's ignored fault).
 IGNORED = {"start": E_ALREADY_STARTED, "stop": E_NOT_RUNNING}
 DEAD_PROGRAM = frozenset({E_START_FAILED, E_NOT_RUNNING})  # supervisorctl's DEAD_PROGRAM_FAULTS: exit 7
+# Commands whose refused request still gets a line per name (the others get procguard's message).
+PER_PROCESS = frozenset({"start", "stop", "restart", "signal", "reload-app", "status", "pid"})
 
 
 @dataclass
@@ -87,6 +89,8 @@ def actions(result: list[dict[str, Any]]) -> Printed:
 def request_failed(command: str, code: str, names: Iterable[str]) -> Printed | None:
     """A whole request refused with a per-name meaning (every name unknown, a bad signal), or None."""
     names = list(names)
+    if command not in PER_PROCESS:
+        return None
     if code == E_BAD_SIGNAL and command == "signal":
         return Printed([f"{n}: ERROR (bad signal name)" for n in names], GENERIC)
     if code != E_NO_SUCH_PROCESS:
