@@ -166,11 +166,35 @@ class ProgramConfig:
     # A restart first moves the held TCP sockets to fresh ones for the next process and waits up to this
     # long for the old one to finish its connections, then stops it (sockets.py, "handover"). 0: no wait.
     drain_timeout: float = 0.0
+    # [group.NAME] this program belongs to (supervisord's [group:x]): its processes are named GROUP:PROCESS
+    # and the group's priority orders it before its own priority does.
+    group: str | None = None
+    group_priority: int | None = None
+
+    @property
+    def process_group(self) -> str:
+        """supervisord's process group: the [group.NAME] it is in, else the program itself."""
+        return self.group or self.name
+
+    @property
+    def start_order(self) -> tuple[int, int]:
+        """Start lowest first, stop highest first: the group's priority, then the program's (supervisord)."""
+        return (self.priority if self.group_priority is None else self.group_priority, self.priority)
 
     @property
     def is_group(self) -> bool:
         """True when the program's processes are named `program:process`."""
         return len(self.processes) > 1 or self.processes[0].name != self.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupConfig:
+    """`[group.NAME]`: supervisord's `[group:NAME]`, programs controlled together under one name."""
+
+    name: str
+    source: str = field(compare=False)
+    programs: tuple[str, ...]
+    priority: int = 999
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,6 +231,7 @@ class Config:
     control_gid: int | None = None
     curve: CurveConfig | None = None
     sockets: tuple[SocketConfig, ...] = ()
+    groups: tuple[GroupConfig, ...] = ()
     warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
     lints: tuple[ConfigIssue, ...] = field(default=(), compare=False)  # known traps: warned, not refused
 
@@ -249,6 +274,30 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
     changed = tuple(n for n in new_by_name if n in old_by_name
                     and (new_by_name[n] != old_by_name[n] or sockets_changed(new_by_name[n])))
     return ConfigDiff(added=added, changed=changed, removed=removed)
+
+
+def process_groups(config: Config) -> dict[str, tuple[str, ...]]:
+    """Each process group (a [group.NAME], or an ungrouped program) and its programs, in config order."""
+    out: dict[str, tuple[str, ...]] = {}
+    for prog in config.programs:
+        out[prog.process_group] = (*out.get(prog.process_group, ()), prog.name)
+    return out
+
+
+def diff_groups(old: Config, new: Config) -> ConfigDiff:
+    """diff_configs by process group, as supervisord's reread reports it (names are group names).
+
+    A group is changed when its programs are not the same ones, or one of them changed.
+    """
+    progs = diff_configs(old, new)
+    touched = {*progs.added, *progs.changed, *progs.removed}
+    before, after = process_groups(old), process_groups(new)
+    return ConfigDiff(
+        added=tuple(g for g in after if g not in before),
+        changed=tuple(g for g in after if g in before
+                      and (set(after[g]) != set(before[g]) or touched & {*after[g], *before[g]})),
+        removed=tuple(g for g in before if g not in after),
+    )
 
 
 # --------------------------------------------------------------------------------------------- units
@@ -416,6 +465,7 @@ PROGRAM_KEYS = frozenset(
         "resource_check_interval", "sockets", "server", "reload_signal", "drain_timeout",
     }
 )
+GROUP_KEYS = frozenset({"programs", "priority"})
 PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel", "control", "control_group", "curve"})
 HEALTHCHECK_KEYS = frozenset({
     "type", "url", "unix_socket", "address", "path", "method", "host", "expect_status", "expect_body", "command",
@@ -682,7 +732,7 @@ def _self_fd_problem(path: str) -> str | None:
 
 def _parse_program(
     name: str, table: Any, source: str, logdir: str, environ: dict[str, str], issues: list[ConfigIssue],
-    binds: Mapping[str, str],
+    binds: Mapping[str, str], in_group: GroupConfig | None = None,
 ) -> ProgramConfig | None:
     p = _Program(name, table if isinstance(table, dict) else {}, source, issues, environ)
     if not isinstance(table, dict):
@@ -749,7 +799,9 @@ def _parse_program(
     processes = []
     names_seen: set[str] = set()
     for num in range(numprocs_start, numprocs_start + numprocs):
-        variables: dict[str, object] = {"here": here, "program_name": name, "group_name": name, "process_num": num}
+        group_name = name if in_group is None else in_group.name
+        variables: dict[str, object] = {"here": here, "program_name": name, "group_name": group_name,
+                                        "process_num": num}
         # Held sockets reach the child as fds 3, 4, ... in the order of `sockets` (systemd's LISTEN_FDS).
         variables.update({f"socket.{sock}.fd": 3 + i for i, sock in enumerate(sockets)})
 
@@ -761,7 +813,10 @@ def _parse_program(
                 return value
 
         pname = ex("process_name", process_name)
-        full = pname if numprocs == 1 and pname == name else f"{name}:{pname}"
+        if in_group is not None:
+            full = f"{in_group.name}:{pname}"  # supervisord's namespec: GROUP:PROCESS, whatever the program
+        else:
+            full = pname if numprocs == 1 and pname == name else f"{name}:{pname}"
         if pname in names_seen:
             p.err("process_name", f"{process_name!r} gives the same name {pname!r} to two processes")
         names_seen.add(pname)
@@ -774,7 +829,7 @@ def _parse_program(
             env.update(HOME=me.pw_dir, USER=me.pw_name, LOGNAME=me.pw_name, SHELL=me.pw_shell or "/bin/sh")
         # supervisor's variables, so scripts that look for them keep working.
         env.update(
-            SUPERVISOR_ENABLED="1", SUPERVISOR_PROCESS_NAME=pname, SUPERVISOR_GROUP_NAME=name,
+            SUPERVISOR_ENABLED="1", SUPERVISOR_PROCESS_NAME=pname, SUPERVISOR_GROUP_NAME=group_name,
             PROCGUARD_PROCESS=full,
         )
         for k, v in environment:
@@ -873,6 +928,8 @@ def _parse_program(
         server=server,
         reload_signal=p.get("reload_signal", parse_signal, prof.reload_signal if prof else None),
         drain_timeout=p.get("drain_timeout", parse_duration, prof.drain if prof else 0.0),
+        group=None if in_group is None else in_group.name,
+        group_priority=None if in_group is None else in_group.priority,
     )
     if "drain_timeout" in table and not sockets:
         p.err("drain_timeout", "applies to programs with held sockets (sockets = [...]): it hands their new "
@@ -933,8 +990,9 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         section = {}
     for key in sorted(set(section) - PROCGUARD_KEYS):
         issues.append(ConfigIssue(src, None, f"procguard.{key}", "unknown key" + _did_you_mean(key, PROCGUARD_KEYS)))
-    for key in sorted(set(data) - {"procguard", "program", "socket"}):
-        issues.append(ConfigIssue(src, None, key, "unknown table (expected [procguard], [program.NAME] or [socket.NAME])"))
+    for key in sorted(set(data) - {"procguard", "program", "socket", "group"}):
+        issues.append(ConfigIssue(src, None, key, "unknown table (expected [procguard], [program.NAME], "
+                                                  "[group.NAME] or [socket.NAME])"))
 
     def expand_here(key: str, value: object) -> str | None:
         if not isinstance(value, str):
@@ -982,11 +1040,14 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             inc = _read_toml(Path(match), issues)
             if inc is None:
                 continue
-            for key in sorted(set(inc) - {"program", "socket"}):
-                what = "[procguard] belongs in the main file" if key == "procguard" else "unknown table (expected [program.NAME] or [socket.NAME])"
+            for key in sorted(set(inc) - {"program", "socket", "group"}):
+                what = ("[procguard] belongs in the main file" if key == "procguard"
+                        else "unknown table (expected [program.NAME], [group.NAME] or [socket.NAME])")
                 issues.append(ConfigIssue(match, None, key, what))
             files.append((match, inc))
 
+    groups = _parse_groups(files, issues)
+    group_of = {prog: g for g in groups for prog in g.programs}
     sockets: list[SocketConfig] = []
     socket_defined_in: dict[str, str] = {}
     for source, content in files:
@@ -1016,7 +1077,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
                 issues.append(ConfigIssue(source, name, None, f"program defined twice: also in {defined_in[name]}"))
                 continue
             defined_in[name] = source
-            prog = _parse_program(name, table, source, logdir, environ, issues, binds)
+            prog = _parse_program(name, table, source, logdir, environ, issues, binds, group_of.get(name))
             if prog is not None:
                 programs.append(prog)
     for prog in programs:
@@ -1024,10 +1085,18 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             if sock_name not in socket_defined_in:
                 issues.append(ConfigIssue(prog.source, prog.name, "sockets", f"no [socket.{sock_name}] table"
                                           + _did_you_mean(sock_name, frozenset(socket_defined_in))))
+    for g in groups:
+        if g.name in defined_in:
+            issues.append(ConfigIssue(g.source, None, f"group.{g.name}",
+                                      f"a group cannot have the name of a program (also in {defined_in[g.name]})"))
+        for member in g.programs:
+            if member not in defined_in:
+                issues.append(ConfigIssue(g.source, None, f"group.{g.name}.programs", f"no such program {member!r}"
+                                          + _did_you_mean(member, frozenset(defined_in))))
     _check_dependencies(programs, issues)
     if issues:
         raise ConfigError(issues)
-    programs.sort(key=lambda p: (p.priority, p.name))
+    programs.sort(key=lambda p: (*p.start_order, p.name))
     lints: list[ConfigIssue] = []
     for prog in programs:
         hc = prog.healthcheck
@@ -1040,11 +1109,62 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         lints.append(ConfigIssue(src, None, None, message))
     return Config(path=src, logdir=logdir, loglevel=loglevel.lower(), programs=tuple(programs),
                   control=control, control_group=control_group, control_gid=control_gid, curve=curve,
-                  sockets=tuple(sockets), warnings=tuple(environment_problems(programs, logdir)),
+                  sockets=tuple(sockets), groups=tuple(groups), warnings=tuple(environment_problems(programs, logdir)),
                   lints=tuple(lints))
 
 
 SOCKET_KEYS = frozenset({"bind", "backlog", "mode", "owner"})
+
+
+def _parse_groups(files: list[tuple[str, dict[str, Any]]], issues: list[ConfigIssue]) -> list[GroupConfig]:
+    """Resolve every [group.NAME] table of every file; problems are reported as group.NAME.KEY."""
+    groups: list[GroupConfig] = []
+    defined_in: dict[str, str] = {}
+    member_of: dict[str, str] = {}
+    for source, content in files:
+        tables = content.get("group", {})
+        if not isinstance(tables, dict):
+            issues.append(ConfigIssue(source, None, "group", "expected [group.NAME] tables"))
+            continue
+        for name, table in tables.items():
+            n_before = len(issues)
+
+            def bad(key: str | None, message: str) -> None:
+                issues.append(ConfigIssue(source, None, f"group.{name}" + (f".{key}" if key else ""), message))
+
+            if name in defined_in:
+                bad(None, f"defined twice: also in {defined_in[name]}")
+                continue
+            defined_in[name] = source
+            if not isinstance(table, dict):
+                bad(None, 'expected a table like { programs = ["web", "worker"] }')
+                continue
+            if not _PROGRAM_NAME_RE.fullmatch(name):
+                bad(None, "group names may use only letters, digits, '_', '.' and '-'")
+            for key in sorted(set(table) - GROUP_KEYS):
+                bad(key, "unknown key" + _did_you_mean(key, GROUP_KEYS))
+            members: tuple[str, ...] = ()
+            if "programs" not in table:
+                bad("programs", 'is required: a list of program names like ["web", "worker"]')
+            else:
+                raw = table["programs"]
+                if not isinstance(raw, list) or not raw or not all(isinstance(m, str) and m for m in raw):
+                    bad("programs", f'expected a non-empty list of program names like ["web", "worker"], got {raw!r}')
+                else:
+                    members = tuple(dict.fromkeys(raw))
+            for member in members:
+                if member in member_of:
+                    bad("programs", f"program {member!r} is already in [group.{member_of[member]}]; "
+                                    "a program belongs to one group at most")
+                else:
+                    member_of[member] = name
+            priority = table.get("priority", 999)
+            if not isinstance(priority, int) or isinstance(priority, bool):
+                bad("priority", f"expected an integer, got {priority!r}")
+            if len(issues) == n_before:
+                assert isinstance(priority, int)
+                groups.append(GroupConfig(name=name, source=source, programs=members, priority=priority))
+    return groups
 
 
 def _parse_socket(name: str, table: object, source: str, issues: list[ConfigIssue]) -> SocketConfig | None:
@@ -1239,6 +1359,10 @@ def describe(config: Config) -> str:
     """Render the resolved programs for `procguard --check`."""
     lines = [f"config: {config.path}", f"logdir: {config.logdir}", f"loglevel: {config.loglevel}",
              f"control: {config.control}" + (f" (group {config.control_group})" if config.control_group else "")]
+    for group in config.groups:
+        lines.append(f"[group.{group.name}]  ({group.source})")
+        lines.append(f"  programs = {', '.join(group.programs)}")
+        lines.append(f"  priority = {group.priority}")
     for prog in config.programs:
         lines.append(f"[program.{prog.name}]  ({prog.source})")
         attrs = {
@@ -1255,6 +1379,8 @@ def describe(config: Config) -> str:
             "healthcheck": describe_healthcheck(prog, {sock.name: sock.bind for sock in config.sockets}),
         }
         lines.extend(f"  {k} = {v}" for k, v in attrs.items() if v is not None)
+        if prog.group is not None:
+            lines.append(f"  group = {prog.group}")
         for proc in prog.processes:
             lines.append(f"  process {proc.name}")
             lines.append(f"    command = {shlex.join(proc.command)}")

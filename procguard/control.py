@@ -25,7 +25,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import psutil
 import structlog
@@ -36,10 +36,12 @@ from zmq.utils import z85
 
 from procguard.config import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
-from procguard.output import Output, Stream
+from procguard.log import LogRing
+from procguard.output import Follower, Output
 from procguard.process import ProcessStatus
 from procguard.protocol import (
-    E_BAD_ARGS, E_BAD_CONFIG, E_BAD_REQUEST, E_INTERNAL, E_SHUTTING_DOWN, MAX_FRAME_BYTES, PROTOCOL_VERSION, VERSION,
+    E_BAD_ARGS, E_BAD_CONFIG, E_BAD_REQUEST, E_INTERNAL, E_NO_SUCH_PROCESS, E_SHUTTING_DOWN, MAX_FRAME_BYTES,
+    PROTOCOL_VERSION, VERSION,
     ProtocolError, Request, decode_request, default_endpoint, encode_reply, ipc_path,
 )
 from procguard.supervisor import ActionResult, Supervisor
@@ -57,7 +59,9 @@ FOLLOW_MAX_PUSH = 256 * 1024
 SEND_HWM = 64
 MAX_FOLLOWERS = 16
 # Commands refused once shutdown began (status, pid and version still answer while programs stop).
-REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "reload", "signal", "reload_app"})
+# Commands acting on named processes (start, stop, ...), as opposed to the daemon or its config.
+ACTIONS = frozenset({"start", "stop", "restart", "signal", "reload_app"})
+REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "reload", "signal", "reload_app", "update", "add"})
 
 
 class ControlSetupError(ProcguardError):
@@ -110,7 +114,22 @@ def status_dict(st: ProcessStatus) -> dict[str, Any]:
 
 
 def action_dict(r: ActionResult, action: str) -> dict[str, Any]:
-    return {"name": r.name, "action": action, "ok": r.ok, "state": str(r.state), "message": r.message}
+    return {"name": r.name, "action": action, "ok": r.ok, "state": str(r.state), "message": r.message,
+            "error": r.error}
+
+
+def unknown_dicts(names: list[str], **fields: Any) -> list[dict[str, Any]]:
+    """One entry per name that matched nothing, after the results of the names that did."""
+    return [{"name": n, **fields, "error": E_NO_SUCH_PROCESS} for n in names]
+
+
+class Followed(Protocol):
+    """What tail -f follows: a process's output Stream, or the daemon's own log (LogRing)."""
+
+    offset: int
+    followers: set[Follower]
+
+    def tail(self) -> bytes: ...
 
 
 def tree_usage(pids: list[int], window_s: float = CPU_SAMPLE_S) -> dict[int, dict[str, Any]]:
@@ -161,10 +180,12 @@ class ControlServer:
         reload: Callable[[], Awaitable[ConfigDiff]],
         request_shutdown: Callable[[], None],
         output: Output | None = None,
+        mainlog: LogRing | None = None,
     ) -> None:
         self.config = config
         self._output = output
-        self._followers: dict[Follow, Stream] = {}
+        self._mainlog = mainlog
+        self._followers: dict[Follow, Followed] = {}
         self.endpoint = config.control
         self._sup = supervisor
         self._reload = reload
@@ -396,39 +417,40 @@ class ControlServer:
         if self.stopping and req.cmd in REFUSED_WHILE_STOPPING:
             raise ControlError(E_SHUTTING_DOWN, f"procguard is shutting down; {req.cmd} refused")
         log.debug("control_request", cmd=req.cmd, names=names)
+        if req.cmd in ACTIONS or (req.cmd in ("status", "pid") and names):
+            # A request naming known and unknown processes acts on the known ones and reports each unknown
+            # name as an entry of its own (supervisorctl does the same); all unknown is no_such_process.
+            names, unknown = self._known(names)
+            if req.cmd == "status":
+                return await self._status(names, bool(args.get("long"))) + unknown_dicts(unknown)
+            if req.cmd == "pid":
+                return [{"name": s.name, "pid": s.pid} for s in self._sup.status(names)] + unknown_dicts(unknown, pid=None)
+            return await self._act(req.cmd, args, names) + unknown_dicts(
+                unknown, action=req.cmd, ok=False, state=None, message="no such process")
         if req.cmd == "status":
-            statuses = [status_dict(s) for s in self._sup.status(names)]
-            if self._output is not None:
-                for st in statuses:
-                    st["output_dropped_bytes"] = self._output.dropped(st["name"])
-            if args.get("long"):
-                pids = [s["pid"] for s in statuses if s["pid"]]
-                usage = await asyncio.to_thread(tree_usage, pids)
-                for s in statuses:
-                    s.update(usage.get(s["pid"], {"rss_bytes": None, "cpu_percent": None, "tree_pids": 0}))
-            return statuses
-        if req.cmd == "start":
-            return [action_dict(r, "start") for r in await self._sup.start(names)]
-        if req.cmd == "stop":
-            return [action_dict(r, "stop") for r in await self._sup.stop(names)]
-        if req.cmd == "restart":
-            stopped, started = await self._sup.restart(names)
-            return [*(action_dict(r, "stop") for r in stopped), *(action_dict(r, "start") for r in started)]
-        if req.cmd == "reload_app":
-            return [action_dict(r, "reload_app") for r in await self._sup.reload_app(names)]
-        if req.cmd == "signal":
-            return [action_dict(r, "signal") for r in self._sup.signal(args["signal"], names)]
+            return await self._status(names, bool(args.get("long")))
         if req.cmd == "reload":
-            diff = await self._reload()
-            return {"added": list(diff.added), "changed": list(diff.changed), "removed": list(diff.removed)}
+            return _diff_dict(await self._reload())
+        if req.cmd == "reread":
+            return _diff_dict(await self._sup.reread())
+        if req.cmd == "update":
+            diff, unknown = await self._sup.update(names)
+            return {**_diff_dict(diff), "unknown": unknown}
+        if req.cmd in ("add", "remove"):
+            change = self._sup.add if req.cmd == "add" else self._sup.remove
+            out = []
+            for name in names:
+                error = await change(name)
+                out.append({"name": name, "action": req.cmd, "ok": error is None, "error": error})
+            return out
         if req.cmd == "pid":
-            if not names:
-                return {"pid": os.getpid()}
-            return [{"name": s.name, "pid": s.pid} for s in self._sup.status(names)]
+            return {"pid": os.getpid()}
         if req.cmd == "version":
             return {"version": VERSION, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
         if req.cmd == "tail":
             return self._tail(args["name"], args.get("stream", "stdout"), bool(args.get("follow")), req.id)
+        if req.cmd == "maintail":
+            return self._maintail(bool(args.get("follow")), req.id)
         if req.cmd == "logreopen":
             return {"reopened": self._require_output().reopen()}
         if req.cmd == "logrotate":
@@ -438,6 +460,37 @@ class ControlServer:
             asyncio.get_running_loop().call_soon(self._request_shutdown)
             return {"shutting_down": True, "pid": os.getpid()}
         raise AssertionError(f"command {req.cmd} is in COMMANDS but has no handler")
+
+    def _known(self, names: list[str]) -> tuple[list[str], list[str]]:
+        """The names to act on and the unknown ones; every name unknown is a no_such_process error."""
+        procs, unknown = self._sup.resolve_known(names)
+        if unknown and not procs:
+            raise ControlError(E_NO_SUCH_PROCESS, f"no such process: {', '.join(unknown)}")
+        return (names if not unknown else [p.name for p in procs]), unknown
+
+    async def _act(self, cmd: str, args: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+        if cmd == "start":
+            return [action_dict(r, "start") for r in await self._sup.start(names)]
+        if cmd == "stop":
+            return [action_dict(r, "stop") for r in await self._sup.stop(names)]
+        if cmd == "restart":
+            stopped, started = await self._sup.restart(names)
+            return [*(action_dict(r, "stop") for r in stopped), *(action_dict(r, "start") for r in started)]
+        if cmd == "reload_app":
+            return [action_dict(r, "reload_app") for r in await self._sup.reload_app(names)]
+        return [action_dict(r, "signal") for r in self._sup.signal(args["signal"], names)]
+
+    async def _status(self, names: list[str], long: bool) -> list[dict[str, Any]]:
+        statuses = [status_dict(s) for s in self._sup.status(names)]
+        if self._output is not None:
+            for st in statuses:
+                st["output_dropped_bytes"] = self._output.dropped(st["name"])
+        if long:
+            pids = [s["pid"] for s in statuses if s["pid"]]
+            usage = await asyncio.to_thread(tree_usage, pids)
+            for s in statuses:
+                s.update(usage.get(s["pid"], {"rss_bytes": None, "cpu_percent": None, "tree_pids": 0}))
+        return statuses
 
     # ------------------------------------------------------------------------------------ tail
 
@@ -464,6 +517,17 @@ class ControlServer:
             raise ControlError(E_BAD_ARGS, f"{proc.name} {which} already has {MAX_FOLLOWERS} followers")
         return FollowStart(first, stream, request_id)
 
+    def _maintail(self, follow: bool, request_id: str) -> "dict[str, Any] | FollowStart":
+        """The daemon's own newest log lines (LogRing), and with follow every new one, as tail -f does."""
+        if self._mainlog is None:
+            raise ControlError(E_INTERNAL, "this daemon keeps no log lines")
+        first = {"name": "procguard", "data": _b64(self._mainlog.tail()), "offset": self._mainlog.offset}
+        if not follow:
+            return first
+        if len(self._mainlog.followers) >= MAX_FOLLOWERS:
+            raise ControlError(E_BAD_ARGS, f"the daemon's log already has {MAX_FOLLOWERS} followers")
+        return FollowStart(first, self._mainlog, request_id)
+
     def _follow(self, start: "FollowStart", envelope: list[bytes]) -> None:
         assert self._router is not None
         follow = Follow(self._router, envelope, start.request_id, self._unfollow)
@@ -476,6 +540,10 @@ class ControlServer:
             stream.followers.discard(follow)
 
 
+def _diff_dict(diff: ConfigDiff) -> dict[str, list[str]]:
+    return {"added": list(diff.added), "changed": list(diff.changed), "removed": list(diff.removed)}
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -485,7 +553,7 @@ class FollowStart:
     """tail -f: the first reply, then the stream to follow once it is sent."""
 
     first: dict[str, Any]
-    stream: Stream
+    stream: Followed
     request_id: str
 
 
@@ -508,7 +576,7 @@ class Follow:
             data = data[-FOLLOW_MAX_PUSH:]
         self._push({"data": _b64(data), "offset": offset}, more=True)
 
-    def end(self, stream: Stream, why: str) -> None:
+    def end(self, stream: Followed, why: str) -> None:
         self._push({"data": "", "offset": stream.offset, "end": why}, more=False)
         self._on_gone(self)
 

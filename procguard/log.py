@@ -1,9 +1,13 @@
 """Configure structlog once for the daemon: journal lines under systemd, console on a TTY, else JSON lines."""
 
+import asyncio
+import collections
 import logging
 import os
+import re
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Literal, TextIO
 
 import structlog
@@ -70,6 +74,81 @@ class JournalRenderer:
         return f"<{priority}>{event}{fields}"
 
 
+# `procguardctl maintail`: the daemon's newest log lines, whatever the log goes to (journald keeps no file
+# supervisorctl could read). Bounded: MAINLOG_LINES lines of at most MAINLOG_LINE_BYTES each.
+MAINLOG_LINES = 500
+MAINLOG_LINE_BYTES = 16 * 1024
+_PRIORITY_PREFIX = re.compile(r"^<[0-7]>")
+Follower = Callable[[bytes, int], None]  # (new bytes, offset of their end), as output.Stream's followers
+
+
+class LogRing:
+    """The daemon's last MAINLOG_LINES rendered log lines in memory, and who follows them (maintail -f).
+
+    Shaped like output.Stream for the control server's tail machinery: tail(), offset (bytes ever
+    appended), followers called with (data, offset). Lines logged off the event loop's thread reach
+    followers through the loop (call_soon_threadsafe), so followers only ever run on the loop.
+    """
+
+    def __init__(self, lines: int = MAINLOG_LINES) -> None:
+        self._lines: collections.deque[bytes] = collections.deque(maxlen=lines)
+        self._lock = threading.Lock()
+        self.offset = 0
+        self.followers: set[Follower] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._notifying = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deliver to followers on `loop` (call from the loop's thread)."""
+        self._loop, self._loop_thread = loop, threading.get_ident()
+
+    def append(self, line: str) -> None:
+        data = (_PRIORITY_PREFIX.sub("", line)[:MAINLOG_LINE_BYTES] + "\n").encode(errors="replace")
+        with self._lock:
+            self._lines.append(data)
+            self.offset += len(data)
+            offset = self.offset
+        if not self.followers or self._loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._notify(data, offset)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._notify, data, offset)
+            except RuntimeError:  # the loop is closed: the daemon is exiting, nobody follows any more
+                pass
+
+    def _notify(self, data: bytes, offset: int) -> None:
+        if self._notifying:  # a follower that logs must not feed itself
+            return
+        self._notifying = True
+        try:
+            for follower in list(self.followers):
+                follower(data, offset)
+        finally:
+            self._notifying = False
+
+    def tail(self) -> bytes:
+        """Every line kept, oldest first (ending at self.offset)."""
+        with self._lock:
+            return b"".join(self._lines)
+
+
+class _TeeLogger(structlog.PrintLogger):
+    """structlog's PrintLogger that also keeps each rendered line in a LogRing."""
+
+    def __init__(self, file: TextIO, ring: LogRing) -> None:
+        super().__init__(file)
+        self._ring = ring
+
+    def msg(self, message: str) -> None:
+        super().msg(message)
+        self._ring.append(message)
+
+    log = debug = info = warn = warning = fatal = failure = err = error = critical = exception = msg
+
+
 def _renderer(fmt: Resolved, stream: TextIO) -> Processor:
     if fmt == "journal":
         return JournalRenderer()
@@ -80,11 +159,12 @@ def _renderer(fmt: Resolved, stream: TextIO) -> Processor:
     return structlog.processors.JSONRenderer()
 
 
-def configure_logging(level: str = "info", fmt: Format = "auto") -> None:
+def configure_logging(level: str = "info", fmt: Format = "auto", ring: LogRing | None = None) -> None:
     """Route structlog to stderr at `level` in `fmt`; call once, before the first event.
 
     `auto` resolves through `choose_format`. Every format renders a logged exception's traceback
     (format_exc_info): JSON and journal escape its newlines, so one event is always one line there.
+    With `ring`, every rendered line is also kept there (maintail).
     """
     stream = sys.stderr
     resolved = choose_format(stream) if fmt == "auto" else fmt
@@ -95,6 +175,6 @@ def configure_logging(level: str = "info", fmt: Format = "auto") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(stream) if ring is None else (lambda *_: _TeeLogger(stream, ring)),
         cache_logger_on_first_use=False,
     )

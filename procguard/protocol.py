@@ -32,6 +32,9 @@ E_START_FAILED = "start_failed"
 E_BAD_SIGNAL = "bad_signal"
 E_BAD_CONFIG = "bad_config"
 E_NOT_RUNNING = "not_running"
+E_ALREADY_STARTED = "already_started"  # per-process outcomes (a result's "error"), not request errors
+E_ALREADY_ADDED = "already_added"
+E_STILL_RUNNING = "still_running"
 E_SHUTTING_DOWN = "shutting_down"
 E_INTERNAL = "internal"
 
@@ -45,10 +48,15 @@ COMMANDS: dict[str, frozenset[str]] = {
     "reload_app": frozenset({"names"}),
     "signal": frozenset({"signal", "names"}),
     "reload": frozenset(),
+    "reread": frozenset(),
+    "add": frozenset({"names"}),
+    "remove": frozenset({"names"}),
+    "update": frozenset({"names"}),
     "pid": frozenset({"names"}),
     "version": frozenset(),
     "shutdown": frozenset(),
     "tail": frozenset({"name", "stream", "follow"}),
+    "maintail": frozenset({"follow"}),
     "logreopen": frozenset(),
     "logrotate": frozenset({"names"}),
 }
@@ -118,7 +126,9 @@ def decode_request(frame: bytes) -> Request:
             raise ProtocolError(E_BAD_ARGS, '"stream" must be "stdout" or "stderr"', rid)
         if not isinstance(args.get("follow", False), bool):
             raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
-    if cmd in ("start", "stop", "restart", "signal", "reload_app") and not names:
+    if cmd == "maintail" and not isinstance(args.get("follow", False), bool):
+        raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
+    if cmd in ("start", "stop", "restart", "signal", "reload_app", "add", "remove") and not names:
         raise ProtocolError(E_BAD_ARGS, f'{cmd} needs "names" (a program, program:process, group:* or all)', rid)
     return Request(id=rid, cmd=cmd, args=args)
 

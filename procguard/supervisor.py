@@ -10,13 +10,15 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
-from procguard.config import Config, ConfigDiff, ProgramConfig, diff_configs, load_config
+from procguard.config import Config, ConfigDiff, ProgramConfig, diff_configs, diff_groups, load_config, process_groups
 from procguard.errors import ConfigError, ConfigIssue, ControlError
-from procguard.protocol import E_BAD_SIGNAL, E_NO_SUCH_PROCESS
+from procguard.protocol import (
+    E_ALREADY_ADDED, E_ALREADY_STARTED, E_BAD_SIGNAL, E_NO_SUCH_PROCESS, E_NOT_RUNNING, E_START_FAILED, E_STILL_RUNNING,
+)
 from procguard.health import run_check
 from procguard.sockets import SocketError
 from procguard.osapi import tree_rss
@@ -34,6 +36,9 @@ class ActionResult:
     ok: bool
     state: ProcessState
     message: str
+    # What the outcome was when it was not a plain success, as a protocol error code (E_ALREADY_STARTED,
+    # E_NOT_RUNNING, E_START_FAILED): clients map it to their texts and exit codes, never the message.
+    error: str | None = None
 
 
 class Supervisor:
@@ -50,6 +55,7 @@ class Supervisor:
         self._waiters: dict[Process, list[asyncio.Event]] = {}
         self._stopping: set[Process] = set()
         self._reload_lock = asyncio.Lock()
+        self._loaded = config  # the config files as last read (reread): what `add` may put into use
         self.tasks: set[asyncio.Task[None]] = set()
         self.on_any_change: Callable[[], None] = lambda: None  # after every state change (systemd STATUS=)
         self._changed: list[asyncio.Future[None]] = []
@@ -212,31 +218,38 @@ class Supervisor:
         return [p for procs in self._programs.values() for p in procs]
 
     def resolve(self, names: Iterable[str]) -> list[Process]:
-        """Map names ("web", "worker:worker_00", "worker:*", "all") to processes, in config order.
+        """Map names to processes, in config order; raise ControlError(no_such_process) naming every unknown name.
 
-        Raises ControlError(no_such_process) naming every unknown name.
+        Names: "all"; a program ("web": all its processes); a process as status names it ("web",
+        "worker:worker_00", "group:web", "group:worker_00"); a group or program with ":*" or ":" (all of
+        it); a [group.NAME] alone; "group:program" (that program's processes in the group).
         """
-        names = list(names)
-        if not names or "all" in names:
-            return self.processes()
-        out: list[Process] = []
-        unknown = []
-        for name in names:
-            prog_name, _, proc_name = name.partition(":")
-            procs = self._programs.get(prog_name)
-            if procs is None:
-                unknown.append(name)
-                continue
-            if proc_name in ("", "*"):
-                chosen = procs
-            else:
-                chosen = [p for p in procs if p.name == name or p.name == f"{prog_name}:{proc_name}"]
-                if not chosen:
-                    unknown.append(name)
-            out.extend(p for p in chosen if p not in out)
+        procs, unknown = self.resolve_known(names)
         if unknown:
             raise ControlError(E_NO_SUCH_PROCESS, f"no such process: {', '.join(unknown)}")
-        return out
+        return procs
+
+    def resolve_known(self, names: Iterable[str]) -> tuple[list[Process], list[str]]:
+        """resolve() that returns the unknown names instead of raising, so a command acts on the known ones."""
+        names = list(names)
+        if not names or "all" in names:
+            return self.processes(), []
+        out: dict[Process, None] = {}
+        unknown = []
+        for name in names:
+            chosen = self._match(name)
+            if not chosen:
+                unknown.append(name)
+            out.update(dict.fromkeys(chosen))
+        return list(out), unknown
+
+    def _match(self, name: str) -> list[Process]:
+        prefix, _, rest = name.partition(":")
+        in_group = [p for p in self.processes() if p.program.group == prefix]
+        procs = in_group or self._programs.get(prefix, [])
+        if rest in ("", "*"):
+            return procs
+        return [p for p in procs if p.name == name or (in_group and p.program.name == rest)]
 
     async def _per_program(
         self, procs: list[Process], action: Callable[[list[Process]], Awaitable[list[ActionResult]]]
@@ -279,7 +292,7 @@ class Supervisor:
         for p in procs:
             if p.program.name in blocked:
                 p.reason = f"blocked: {blocked[p.program.name]}"
-                results.append(ActionResult(p.name, False, p.state, p.reason))
+                results.append(ActionResult(p.name, False, p.state, p.reason, E_START_FAILED))
         order = {p.name: i for i, p in enumerate(procs)}
         return sorted(results, key=lambda r: order.get(r.name, 0))
 
@@ -376,10 +389,11 @@ class Supervisor:
                 log.info("process_reload_signalled", process=p.name, pid=p.pid, signal=sig.name)
                 results.append(ActionResult(p.name, True, p.state, f"reloading (sent {sig.name})"))
             else:
-                results.append(ActionResult(p.name, False, p.state, "not running"))
+                results.append(ActionResult(p.name, False, p.state, "not running", E_NOT_RUNNING))
         if restarted:
             _, started = await self.restart([p.name for p in restarted])
-            results.extend(ActionResult(r.name, r.ok, r.state, "restarted" if r.ok else r.message) for r in started)
+            results.extend(ActionResult(r.name, r.ok, r.state, "restarted" if r.ok else r.message, r.error)
+                           for r in started)
         order = {p.name: i for i, p in enumerate(procs)}
         return sorted(results, key=lambda r: order.get(r.name, 0))
 
@@ -392,7 +406,8 @@ class Supervisor:
         results = []
         for p in self.resolve(names):
             sent = p.send(int(signum))
-            results.append(ActionResult(p.name, sent, p.state, f"sent {signum.name}" if sent else "not running"))
+            results.append(ActionResult(p.name, sent, p.state, f"sent {signum.name}" if sent else "not running",
+                                        None if sent else E_NOT_RUNNING))
         return results
 
     async def _start_procs(self, procs: list[Process]) -> list[ActionResult]:
@@ -405,12 +420,15 @@ class Supervisor:
         results = []
         for p in procs:
             if p.state == ProcessState.RUNNING:
-                results.append(ActionResult(p.name, True, p.state, "already running" if p in already else "started"))
+                results.append(ActionResult(p.name, True, p.state, "already running" if p in already else "started",
+                                            E_ALREADY_STARTED if p in already else None))
+            elif p.program.type == "oneshot" and self._satisfied(p):
+                results.append(ActionResult(p.name, True, p.state, p.reason))  # a job that ran: started, and done
             else:
                 msg = p.reason
                 if p.state == ProcessState.BACKOFF and p.retry_at is not None:
                     msg += f", retry in {max(0.0, p.retry_at - self._os.monotonic()):.0f}s"
-                results.append(ActionResult(p.name, False, p.state, msg))
+                results.append(ActionResult(p.name, False, p.state, msg, E_START_FAILED))
         return results
 
     async def _stop_procs(self, procs: list[Process], *, drain: bool = False) -> list[ActionResult]:
@@ -418,7 +436,8 @@ class Supervisor:
         for p in procs:
             p.stop(drain=drain)
         await self._wait(procs, lambda p: p.state in RESTING_STATES)
-        return [ActionResult(p.name, True, p.state, "not running" if p in was_at_rest else "stopped") for p in procs]
+        return [ActionResult(p.name, True, p.state, "not running" if p in was_at_rest else "stopped",
+                             E_NOT_RUNNING if p in was_at_rest else None) for p in procs]
 
     async def start_autostart(self) -> None:
         """Start every autostart program: by dependencies where there are some, else by priority.
@@ -431,10 +450,10 @@ class Supervisor:
         memo: dict[str, asyncio.Task[tuple[bool, str]]] = {}
         with_deps = [p.name for p in self.config.programs if p.autostart and p.depends_on]
         dependents = [asyncio.get_running_loop().create_task(self._bring_up(n, memo)) for n in with_deps]
-        levels: dict[int, list[Process]] = {}
+        levels: dict[tuple[int, int], list[Process]] = {}
         for p in self.processes():
             if p.program.autostart and not p.program.depends_on:
-                levels.setdefault(p.program.priority, []).append(p)
+                levels.setdefault(p.program.start_order, []).append(p)
         async def start_level(procs: list[Process]) -> list[ActionResult]:
             for p in procs:
                 if p.state in (ProcessState.STOPPED, ProcessState.EXITED):
@@ -461,8 +480,8 @@ class Supervisor:
         while remaining:
             needed = {d for procs in remaining.values() for d in procs[0].program.depends_on if procs}
             free = [n for n in remaining if n not in needed] or list(remaining)  # cycles are refused at load
-            top = max(remaining[n][0].program.priority if remaining[n] else 0 for n in free)
-            batch = [n for n in free if (remaining[n][0].program.priority if remaining[n] else 0) == top]
+            top = max(remaining[n][0].program.start_order if remaining[n] else (0, 0) for n in free)
+            batch = [n for n in free if (remaining[n][0].program.start_order if remaining[n] else (0, 0)) == top]
             await self._per_program([p for n in batch for p in remaining.pop(n)], self._stop_procs)
         for task in list(self.tasks):
             task.cancel()
@@ -473,45 +492,126 @@ class Supervisor:
         Raises ConfigError (and changes nothing) when the new config is bad.
         """
         async with self._reload_lock:
+            new = await self._read(path or self.config.path)
+            self._loaded = new
+            return await self._apply(new, None)
+
+    async def reread(self) -> ConfigDiff:
+        """Read the config files and keep them for `add`; apply nothing (supervisorctl's reread).
+
+        Returns what differs from the programs in use, by process group. Raises ConfigError.
+        """
+        async with self._reload_lock:
+            self._loaded = await self._read(self.config.path)
+            return diff_groups(self.config, self._loaded)
+
+    async def update(self, groups: Iterable[str] = ()) -> tuple[ConfigDiff, list[str]]:
+        """Re-read the config and apply it to the named process groups only (all when none are named).
+
+        Returns the groups applied (by process group) and the names that are neither in use nor added.
+        """
+        async with self._reload_lock:
+            new = self._loaded = await self._read(self.config.path)
+            diff = diff_groups(self.config, new)
+            chosen = set(groups) - {"all"}
+            if not chosen:
+                await self._apply(new, None)
+                return diff, []
+            known = set(process_groups(self.config)) | set(diff.added)
+            await self._apply(new, chosen)
+            return (ConfigDiff(*(tuple(g for g in bucket if g in chosen)
+                                 for bucket in (diff.added, diff.changed, diff.removed))),
+                    [g for g in groups if g not in known])
+
+    async def add(self, group: str) -> str | None:
+        """Put a process group that the last reread found into use (autostart programs start).
+
+        Returns None, or why not as a protocol code: E_ALREADY_ADDED, E_NO_SUCH_PROCESS.
+        """
+        async with self._reload_lock:
+            if group in process_groups(self.config):
+                return E_ALREADY_ADDED
+            if group not in diff_groups(self.config, self._loaded).added:
+                return E_NO_SUCH_PROCESS
+            await self._apply(self._loaded, {group})
+            return None
+
+    async def remove(self, group: str) -> str | None:
+        """Take a stopped process group out of use (it stays in the config: reread shows it available).
+
+        Returns None, or why not as a protocol code: E_NO_SUCH_PROCESS, E_STILL_RUNNING.
+        """
+        async with self._reload_lock:
+            members = process_groups(self.config).get(group)
+            if members is None:
+                return E_NO_SUCH_PROCESS
+            if any(p.state not in RESTING_STATES for n in members for p in self._programs.get(n, [])):
+                return E_STILL_RUNNING
+            without = replace(self.config, programs=tuple(p for p in self.config.programs if p.name not in members))
+            await self._apply(without, {group})
+            return None
+
+    async def _read(self, path: str) -> Config:
+        try:
+            return await asyncio.to_thread(self._load, path)
+        except ConfigError as exc:
+            log.error("config_reload_refused", path=path, errors=[str(i) for i in exc.issues])
+            raise
+
+    async def _apply(self, new: Config, only: set[str] | None) -> ConfigDiff:
+        """Make the programs in use match `new`, for the process groups in `only` (None: all of them).
+
+        Stops removed and changed programs (draining a changed one, as restart does), starts added and
+        changed autostart programs; programs outside `only` keep running as they are. Returns the
+        program-level difference applied. Raises ConfigError when the held sockets cannot be bound.
+        """
+        diff = diff_configs(self.config, new)
+        old_by_name = {p.name: p for p in self.config.programs}
+        new_by_name = {p.name: p for p in new.programs}
+        if only is not None:
+            def chosen(name: str) -> bool:
+                return any(p is not None and p.process_group in only
+                           for p in (old_by_name.get(name), new_by_name.get(name)))
+
+            diff = ConfigDiff(*(tuple(n for n in bucket if chosen(n))
+                                for bucket in (diff.added, diff.changed, diff.removed)))
+        # The config in force afterwards: the new version of what is applied, the old one of the rest.
+        applied = {*diff.added, *diff.changed}
+        kept = [p for p in self.config.programs if p.name not in applied and p.name not in diff.removed]
+        programs = sorted([*kept, *(new_by_name[n] for n in applied)], key=lambda p: (*p.start_order, p.name))
+        result = replace(new, programs=tuple(programs))
+        apply_sockets = getattr(self._os, "sockets", None)
+        if apply_sockets is not None:
             try:
-                new = await asyncio.to_thread(self._load, path or self.config.path)
-            except ConfigError as exc:
-                log.error("config_reload_refused", path=path or self.config.path, errors=[str(i) for i in exc.issues])
-                raise
-            apply_sockets = getattr(self._os, "sockets", None)
-            if apply_sockets is not None:
-                try:
-                    apply_sockets.apply(new.sockets, new.socket_users())
-                except SocketError as exc:
-                    issue = ConfigIssue(new.path, None, "socket", str(exc))
-                    log.error("config_reload_refused", path=new.path, errors=[str(issue)])
-                    raise ConfigError([issue]) from None
-            diff = diff_configs(self.config, new)
-            log.info("config_reloading", added=diff.added, changed=diff.changed, removed=diff.removed)
-            new_by_name = {p.name: p for p in new.programs}
+                apply_sockets.apply(result.sockets, result.socket_users())
+            except SocketError as exc:
+                issue = ConfigIssue(new.path, None, "socket", str(exc))
+                log.error("config_reload_refused", path=new.path, errors=[str(issue)])
+                raise ConfigError([issue]) from None
+        log.info("config_reloading", added=diff.added, changed=diff.changed, removed=diff.removed)
 
-            async def replace(name: str) -> None:
-                async with self._locks.setdefault(name, asyncio.Lock()):
-                    old = self._programs.get(name, [])
-                    if old:
-                        # A changed program restarts: like `restart`, it drains first (drain_timeout).
-                        await self._stop_procs(old, drain=name in new_by_name)
-                        del self._programs[name]
-                        forget = getattr(self._os, "forget", None)
-                        for p in old:
-                            if forget is not None:
-                                forget(p)
-                    if name in new_by_name:
-                        self._add_program(new_by_name[name])
-                        if new_by_name[name].autostart:
-                            await self._start_procs(self._programs[name])
+        async def replace_program(name: str) -> None:
+            async with self._locks.setdefault(name, asyncio.Lock()):
+                old = self._programs.get(name, [])
+                if old:
+                    # A changed program restarts: like `restart`, it drains first (drain_timeout).
+                    await self._stop_procs(old, drain=name in new_by_name)
+                    del self._programs[name]
+                    forget = getattr(self._os, "forget", None)
+                    for p in old:
+                        if forget is not None:
+                            forget(p)
+                if name in applied:
+                    self._add_program(new_by_name[name])
+                    if new_by_name[name].autostart:
+                        await self._start_procs(self._programs[name])
 
-            await asyncio.gather(*(replace(n) for n in (*diff.removed, *diff.changed, *diff.added)))
-            # Keep the dict in the new config's priority order for status listings.
-            self._programs = {p.name: self._programs[p.name] for p in new.programs}
-            self.config = new
-            log.info("config_reloaded", added=diff.added, changed=diff.changed, removed=diff.removed)
-            return diff
+        await asyncio.gather(*(replace_program(n) for n in (*diff.removed, *diff.changed, *diff.added)))
+        # Keep the dict in the new config's priority order for status listings.
+        self._programs = {p.name: self._programs[p.name] for p in result.programs}
+        self.config = result
+        log.info("config_reloaded", added=diff.added, changed=diff.changed, removed=diff.removed)
+        return diff
 
     def child_reaped(self, pid: int) -> None:
         """Tell stopping processes that some child was reaped (a group member or stray may be gone)."""

@@ -1,8 +1,8 @@
 """procguardctl: argv -> protocol message -> DEALER -> print.
 
-Exit codes: 0 success; 1 error (unknown name, failed start, refused config, timeout); 2 usage;
-3 from `status` when any listed process is not RUNNING (supervisorctl's LSB convention);
-4 daemon not reachable (not running, no permission, not authorised).
+Exit codes: supervisorctl's where it has one (procguardctl/supervisorctl.py): 0 success; 1 error;
+2 usage; 3 from `status` when any listed process is not RUNNING; 4 from `status` for an unknown name,
+and whenever the daemon is not reachable; 7 a process not running (signal, pid) or a failed start.
 """
 
 import argparse
@@ -13,8 +13,10 @@ from datetime import timedelta
 from typing import Any
 
 from procguard.protocol import (
-    VERSION, ClientSettings, client_settings_from_config, default_endpoint, ipc_path, resolve_endpoint,
+    E_BAD_ARGS, E_UNKNOWN_COMMAND, VERSION, ClientSettings, client_settings_from_config,
+    default_endpoint, ipc_path, resolve_endpoint,
 )
+from procguardctl import supervisorctl
 from procguardctl.pipes import quiet_on_closed_pipe
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
@@ -26,16 +28,12 @@ QUICK_TIMEOUT_S = 10.0
 QUICK = frozenset({"status", "pid", "version", "signal"})
 
 # supervisorctl's spellings (issue #8): the same wire command where the meaning is the same.
-ALIASES = {"update": "reload", "clear": "logrotate", "avail": "status"}
-# supervisorctl commands with no procguard counterpart: a pointer to what to use instead, and the exit code.
-POINTERS = {
-    "reread": ("procguard has no separate reread step: `procguardctl update` (the same as `procguardctl reload`) "
-               "reads the config and applies what changed in one step, touching only added, changed and removed "
-               "programs. To validate a config without applying it: procguard -c CONFIG --check", EXIT_OK),
-    "maintail": ("procguard writes its own log to its stdout/stderr, not to a file: under systemd "
-                 "`journalctl -u procguard -f` (maintail -f) or `journalctl -u procguard -n 100`; in a container "
-                 "`docker logs -f`. A program's output: procguardctl tail [-f] NAME", EXIT_USAGE),
-}
+ALIASES = {"clear": "logrotate", "avail": "status"}
+# Global options that take a value: the word after them is not the command (see split_command).
+VALUED_OPTIONS = frozenset({"-c", "--config", "--configuration", "-s", "--server", "--serverurl", "-u",
+                            "--username", "-p", "--password", "--timeout", "--server-key", "--client-key"})
+# supervisorctl's tail/maintail without -N show the last 1600 bytes.
+MAINTAIL_DEFAULT_BYTES = 1600
 
 COLOURS = {"RUNNING": "32", "STARTING": "33", "BACKOFF": "33", "STOPPING": "33", "FATAL": "31", "EXITED": "31",
            "UNKNOWN": "31"}
@@ -45,13 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="procguardctl",
         description="Control a running procguard daemon.",
-        epilog="exit codes: 0 ok, 1 error, 2 usage, 3 status: not all RUNNING, 4 daemon not reachable",
+        epilog="exit codes (supervisorctl's): 0 ok, 1 error, 2 usage, 3 status: not all RUNNING, 4 status: no such "
+               "process, or daemon not reachable, 7 not running (signal, pid, failed start)",
     )
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("-c", "--config", help=f"the daemon's config file, for its endpoint and keys "
-                                              f"(default: $PROCGUARD_CONFIG, else {DEFAULT_CONFIG} if present)")
-    where.add_argument("-s", "--server", metavar="ENDPOINT", help="ipc:///path or tcp://host:port "
-                                                                   "(default: $PROCGUARD_CONTROL)")
+    p.add_argument("-c", "--config", "--configuration", help=f"the daemon's config file, for its endpoint and "
+                   f"keys (default: $PROCGUARD_CONFIG, else {DEFAULT_CONFIG} if present)")
+    p.add_argument("-s", "--server", "--serverurl", metavar="ENDPOINT", help="ipc:///path, unix:///path or "
+                   "tcp://host:port (default: $PROCGUARD_CONTROL); wins over -c's endpoint")
+    p.add_argument("-u", "--username", help="accepted for supervisorctl's sake and ignored: procguard "
+                   "authenticates clients by uid (ipc://) or CURVE key (tcp://)")
+    p.add_argument("-p", "--password", help="accepted and ignored, as -u")
     p.add_argument("--json", action="store_true", help="print the raw result as JSON")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for the reply "
                    f"(default {QUICK_TIMEOUT_S:g} for status/pid/version/signal, none for the others)")
@@ -74,6 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("signal", help="name (HUP, SIGHUP) or number")
     c.add_argument("names", nargs="+")
     sub.add_parser("reload", help="re-read the config files and apply the difference")
+    sub.add_parser("reread", help="read the config files and show what changed (NAME: available, changed, "
+                   "disappeared); apply nothing until add, remove or update")
+    c = sub.add_parser("add", help="put a group or program that reread found available into use")
+    c.add_argument("names", nargs="+", metavar="NAME")
+    c = sub.add_parser("remove", help="take a stopped group or program out of use")
+    c.add_argument("names", nargs="+", metavar="NAME")
+    c = sub.add_parser("update", help="re-read the config files and apply them to the named groups and "
+                       "programs, or to all (stops removed and changed ones, starts changed and added ones)")
+    c.add_argument("names", nargs="*", metavar="NAME")
+    c = sub.add_parser("maintail", help="the daemon's own last log lines (kept in memory, whatever the log "
+                       "goes to)")
+    c.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
+    c.add_argument("bytes", nargs="?", metavar="-N", help=f"the last N bytes (default {MAINTAIL_DEFAULT_BYTES})")
+    c = sub.add_parser("help", help="list the commands, or describe one")
+    c.add_argument("topic", nargs="?", metavar="COMMAND")
     c = sub.add_parser("pid", help="the daemon's pid, or the pids of processes")
     c.add_argument("names", nargs="*")
     sub.add_parser("version", help="the daemon's version")
@@ -100,13 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("avail", help="supervisorctl's avail: every configured process (all are in use: "
                        "procguard applies its config on reload)")
     c.set_defaults(names=[], long=False)
-    sub.add_parser("reread", help="supervisorctl's reread: see update (procguard reads and applies in one step)")
-    c = sub.add_parser("update", help="supervisorctl's update: the same as reload")
-    c.add_argument("names", nargs="*", metavar="all", help="supervisorctl's group names: procguard applies every "
-                   "change, so only `all` (or nothing) is accepted")
-    c = sub.add_parser("maintail", help="supervisorctl's maintail: where procguard's own log is (journald)")
-    c.add_argument("-f", action="store_true", help=argparse.SUPPRESS)
-    c.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     c = sub.add_parser("clear", help="supervisorctl's clear: start fresh log files now (the same as logrotate; "
                        "the old output is kept as FILE.1)")
     c.add_argument("names", nargs="+", help="program, program:process or all")
@@ -117,7 +126,11 @@ def settings(ns: argparse.Namespace) -> ClientSettings:
     """The endpoint and keys: -s, $PROCGUARD_CONTROL, -c / $PROCGUARD_CONFIG / the default config, the default."""
     server_key, client_key = ns.server_key, ns.client_key or os.environ.get("PROCGUARD_CLIENT_KEY")
     if ns.server:
-        return ClientSettings(resolve_endpoint(ns.server, os.getcwd()), server_key, client_key)
+        if ns.config:  # -c and -s: the endpoint from -s, the keys from the config file
+            found = client_settings_from_config(ns.config)
+            server_key = server_key or found.server_public_key_file
+            client_key = client_key or found.client_secret_key_file
+        return ClientSettings(resolve_endpoint(server_endpoint(ns.server), os.getcwd()), server_key, client_key)
     env = os.environ.get("PROCGUARD_CONTROL")
     if env and not ns.config:
         return ClientSettings(resolve_endpoint(env, os.getcwd()), server_key, client_key)
@@ -134,6 +147,51 @@ def settings(ns: argparse.Namespace) -> ClientSettings:
     found = client_settings_from_config(config)
     return ClientSettings(found.endpoint, server_key or found.server_public_key_file,
                           client_key or found.client_secret_key_file)
+
+
+def server_endpoint(url: str) -> str:
+    """supervisorctl's `unix:///path` is our `ipc:///path`; other endpoints as given (raises ValueError)."""
+    if url.startswith("unix://"):
+        return "ipc://" + url[len("unix://"):]
+    if url.startswith(("http://", "https://")):
+        raise ValueError(f"-s {url}: procguard serves no HTTP; use unix:///path/to/socket, ipc://... or tcp://...")
+    return url
+
+
+def split_command(argv: list[str]) -> list[str]:
+    """Split a command word holding spaces, as supervisorctl (which joins its arguments) does.
+
+    `procguardctl -c CFG 'signal HUP' web` (one argument, as Ansible sends it) is `signal HUP web`.
+    """
+    out = list(argv)
+    i = 0
+    while i < len(out):
+        word = out[i]
+        if word in VALUED_OPTIONS:
+            i += 2
+            continue
+        if word.startswith("-"):
+            i += 1
+            continue
+        if any(c.isspace() for c in word):
+            out[i:i + 1] = word.split()
+        break
+    return out
+
+
+def print_help(parser: argparse.ArgumentParser, topic: str | None) -> int:
+    """supervisorctl's `help` and `help COMMAND`."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if topic is None:
+        print("\ndefault commands (type help <topic>):\n=====================================")
+        for choice in subparsers._choices_actions:
+            print(f"  {choice.dest:<18} {choice.help}")
+        return EXIT_OK
+    if topic not in subparsers.choices:
+        print(f"*** No help on {topic}")  # cmd.Cmd's words; supervisorctl exits 0
+        return EXIT_OK
+    print(subparsers.choices[topic].format_help(), end="")
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -185,6 +243,11 @@ def human_bytes(n: int | None) -> str:
 
 
 def print_status(result: list[dict[str, Any]], long: bool, colour: bool) -> int:
+    """supervisorctl's status: unknown names first (exit 4), then the table (exit 3 if any is not up)."""
+    unknown = [st for st in result if st.get("error")]
+    result = [st for st in result if not st.get("error")]
+    for st in unknown:
+        print(supervisorctl.no_such(str(st.get("name"))))
     if long:
         print(f"{'NAME':<32} {'STATE':<9} {'CPU%':>6} {'RSS':>9} {'PROCS':>5} DESCRIPTION")
     for st in result:
@@ -197,7 +260,8 @@ def print_status(result: list[dict[str, Any]], long: bool, colour: bool) -> int:
                   f"{st.get('tree_pids') or 0:>5} {describe_full(st)}")
         else:
             print(f"{name:<32} {shown} {describe_full(st)}".rstrip())
-    return status_code(result)
+    code = status_code(result)
+    return supervisorctl.STATUS_UNKNOWN if unknown and code == EXIT_OK else code
 
 
 def is_up(st: dict[str, Any]) -> bool:
@@ -207,18 +271,30 @@ def is_up(st: dict[str, Any]) -> bool:
 
 
 def status_code(result: list[dict[str, Any]]) -> int:
-    return EXIT_OK if all(is_up(st) for st in result) else EXIT_NOT_RUNNING
+    return EXIT_OK if all(is_up(st) for st in result if not st.get("error")) else EXIT_NOT_RUNNING
 
 
-def print_actions(result: list[dict[str, Any]]) -> int:
-    code = EXIT_OK
-    for r in result:
-        if r.get("ok"):
-            print(f"{r.get('name')}: {r.get('message')}")
-        else:
-            print(f"{r.get('name')}: ERROR ({r.get('message')})")
-            code = EXIT_ERROR
-    return code
+def emit(printed: supervisorctl.Printed) -> int:
+    for line in printed.lines:
+        print(line)
+    for note in printed.notes:
+        print(f"procguardctl: {note}", file=sys.stderr)
+    return printed.code
+
+
+def outcome(command: str, result: Any, names: list[str]) -> supervisorctl.Printed | None:
+    """supervisorctl's lines and exit code for the commands that have them (None: procguard's own)."""
+    if command in ("start", "stop", "restart", "signal", "reload-app"):
+        return supervisorctl.actions(result)
+    if command == "pid" and isinstance(result, list):
+        return supervisorctl.pids(result, names)
+    if command == "reread":
+        return supervisorctl.reread(result)
+    if command == "update":
+        return supervisorctl.update(result)
+    if command in ("add", "remove"):
+        return supervisorctl.add_remove(command, result)
+    return None
 
 
 def print_avail(result: list[dict[str, Any]]) -> int:
@@ -235,8 +311,9 @@ def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool
         return print_avail(result)
     if command == "status":
         return print_status(result, ns.long, colour)
-    if command in ("start", "stop", "restart", "signal", "reload-app"):
-        return print_actions(result)
+    printed = outcome(command, result, getattr(ns, "names", None) or [])
+    if printed is not None:
+        return emit(printed)
     if command == "reload":
         changes = [(n, what) for what in ("removed", "changed", "added") for n in result.get(what, [])]
         for name, what in changes:
@@ -245,11 +322,7 @@ def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool
             print("no changes")
         return EXIT_OK
     if command == "pid":
-        if isinstance(result, dict):
-            print(result.get("pid"))
-        else:
-            for r in result:
-                print(r.get("pid") or 0)  # supervisorctl prints 0 for a process that is not running
+        print(result.get("pid"))
         return EXIT_OK
     if command == "version":
         print(result.get("version"))
@@ -257,8 +330,8 @@ def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool
     if command == "shutdown":
         print(f"procguard (pid {result.get('pid')}) is shutting down")
         return EXIT_OK
-    if command == "tail":
-        TailPrinter(ns.lines)(result)
+    if command in ("tail", "maintail"):
+        TailPrinter(ns.lines, ns.max_bytes)(result)
         if result.get("end"):
             print(f"[procguardctl: {result['end']}]", file=sys.stderr)
         return EXIT_OK
@@ -292,6 +365,8 @@ def wire_args(ns: argparse.Namespace) -> dict[str, Any]:
         args["signal"] = int(ns.signal) if ns.signal.isdigit() else ns.signal.upper()
     if ns.command == "tail":
         args = {"name": ns.name, "stream": ns.stream, "follow": ns.follow}
+    if ns.command == "maintail":
+        args = {"follow": ns.follow}
     return args
 
 
@@ -311,9 +386,10 @@ def last_lines(data: bytes, n: int) -> bytes:
 class TailPrinter:
     """Writes tail output as raw bytes, noting any gap (chunks a slow terminal missed) on stderr."""
 
-    def __init__(self, lines: int) -> None:
+    def __init__(self, lines: int, max_bytes: int = 0) -> None:
         self.offset: int | None = None
         self._lines = lines
+        self._max_bytes = max_bytes  # maintail -N: the first reply's last N bytes
 
     def __call__(self, result: dict[str, Any]) -> None:
         import base64
@@ -322,6 +398,8 @@ class TailPrinter:
         end = int(result.get("offset") or 0)
         if self.offset is None:
             data = last_lines(data, self._lines)
+            if self._max_bytes:
+                data = data[-self._max_bytes:]
         elif end - len(data) > self.offset:
             print(f"[procguardctl: {end - len(data) - self.offset} bytes skipped]", file=sys.stderr, flush=True)
         self.offset = end
@@ -331,38 +409,43 @@ class TailPrinter:
 
 @quiet_on_closed_pipe  # every command's output, in one place (issue #14)
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(split_command(sys.argv[1:] if argv is None else argv))
+    if ns.username is not None or ns.password is not None:
+        print("procguardctl: -u/-p ignored: procguard authenticates clients by their uid (ipc://) or CURVE key "
+              "(tcp://), not by password", file=sys.stderr)
+    if ns.command == "help":
+        return print_help(parser, ns.topic)
     if ns.command == "keygen":
         return keygen(ns.directory, ns.name)
     if ns.command == "import-supervisor":
         from procguardctl.importer import run as import_supervisor  # stdlib only, and only when asked for
 
         return import_supervisor(ns)
-    if ns.command in POINTERS:
-        text, code = POINTERS[ns.command]
-        print(f"procguardctl {ns.command}: {text}", file=sys.stderr)
-        return code
-    if ns.command == "update" and any(n != "all" for n in ns.names):
-        print("procguardctl update: procguard applies every change of the config at once (reload); "
-              "run `procguardctl update` without names", file=sys.stderr)
-        return EXIT_USAGE
     if ns.command == "clear":
         print("procguardctl clear: rotating the log files (procguard keeps the old output as FILE.1 when "
               "*_logfile_backups > 0, and `tail` still shows the last output)", file=sys.stderr)
+    ns.max_bytes = 0
+    if ns.command == "maintail":
+        if ns.bytes is not None and not (ns.bytes.startswith("-") and ns.bytes[1:].isdigit()):
+            print(f"Error: bad argument {ns.bytes}")  # supervisorctl's words and exit code
+            return supervisorctl.GENERIC
+        ns.max_bytes = int(ns.bytes[1:]) if ns.bytes else MAINTAIL_DEFAULT_BYTES
+        ns.lines = 0
     ns.avail = ns.command == "avail"
-    if ns.command == "update":
-        ns.names = []
     ns.command = ALIASES.get(ns.command, ns.command)
     try:
         where = settings(ns)
     except (OSError, ValueError) as exc:
-        print(f"procguardctl: cannot read the config file: {exc}", file=sys.stderr)
+        print(f"procguardctl: cannot read the config file: {exc}" if isinstance(exc, OSError)
+              else f"procguardctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from procguardctl.client import TimedOut, Unreachable, request  # pyzmq only when talking to a daemon
 
-    quick = ns.command in QUICK or (ns.command == "tail" and not ns.follow)
+    streaming = ns.command in ("tail", "maintail")
+    quick = ns.command in QUICK or (streaming and not ns.follow)
     timeout = ns.timeout if ns.timeout is not None else (QUICK_TIMEOUT_S if quick else None)
-    printer = TailPrinter(ns.lines) if ns.command == "tail" and not ns.json else None
+    printer = TailPrinter(ns.lines, ns.max_bytes) if streaming and not ns.json else None
 
     def more(result: Any) -> None:
         if printer is not None:
@@ -380,23 +463,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"procguardctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        if ns.command == "tail":
+        if streaming:
             return EXIT_OK  # the way to end tail -f
         print("procguardctl: interrupted; the command goes on in the daemon", file=sys.stderr)
         return 130
+    names = list(getattr(ns, "names", None) or [])
     if not reply.ok:
+        assert reply.code is not None
         if ns.json:
             print(json.dumps({"ok": False, "error": {"code": reply.code, "message": reply.message}}, indent=2))
+        failed = supervisorctl.request_failed(ns.command, reply.code, names)
+        if failed is not None and not ns.json:
+            return emit(failed)
         print(f"procguardctl: {reply.message} [{reply.code}]", file=sys.stderr)
-        return EXIT_USAGE if reply.code in ("bad_args", "unknown_command", "bad_signal") else EXIT_ERROR
+        if failed is not None:
+            return failed.code
+        return EXIT_USAGE if reply.code in (E_BAD_ARGS, E_UNKNOWN_COMMAND) else EXIT_ERROR
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if ns.json:
         print(json.dumps(reply.result, indent=2))
         if ns.command == "status" and not ns.avail:
-            return status_code(reply.result)
-        if ns.command in ("start", "stop", "restart", "signal", "reload-app"):
-            return EXIT_OK if all(r.get("ok") for r in reply.result) else EXIT_ERROR
-        return EXIT_OK
+            unknown = any(st.get("error") for st in reply.result)
+            code = status_code(reply.result)
+            return supervisorctl.STATUS_UNKNOWN if unknown and code == EXIT_OK else code
+        printed = outcome(ns.command, reply.result, names)
+        return printed.code if printed is not None else EXIT_OK
     return print_result(ns.command, reply.result, ns, colour)
 
 

@@ -149,16 +149,18 @@ def test_start_stop_restart_print_supervisorctl_lines(daemon):
     r = ctl(d, "stop", "web")
     assert (r.returncode, r.stdout) == (0, "web: stopped\n")
     assert statuses(d)["web"]["state"] == "STOPPED"
+    # supervisorctl's texts and exit codes (issue #14): a stop of a stopped process and a start of a running
+    # one are errors in the text only.
     r = ctl(d, "stop", "web")
-    assert (r.returncode, r.stdout) == (0, "web: not running\n")
+    assert (r.returncode, r.stdout) == (0, "web: ERROR (not running)\n")
     r = ctl(d, "start", "web")
     assert (r.returncode, r.stdout) == (0, "web: started\n")
     r = ctl(d, "start", "web")
-    assert (r.returncode, r.stdout) == (0, "web: already running\n")
-    # A failed start exits 1 with its reason.
+    assert (r.returncode, r.stdout) == (0, "web: ERROR (already started)\n")
+    # A failed start exits 7 (supervisorctl's not running); procguard's reason goes to stderr and --json.
     r = ctl(d, "start", "broken")
-    assert r.returncode == 1
-    assert r.stdout.startswith("broken: ERROR (exited too quickly (exit status 4), retry in "), r.stdout
+    assert (r.returncode, r.stdout) == (7, "broken: ERROR (abnormal termination)\n")
+    assert r.stderr.startswith("procguardctl: broken: exited too quickly (exit status 4), retry in "), r.stderr
 
 
 def test_names_errors_and_usage_have_their_exit_codes(daemon):
@@ -167,15 +169,17 @@ def test_names_errors_and_usage_have_their_exit_codes(daemon):
     d.start()
     running(d, "web")
     r = ctl(d, "start", "nope")
-    assert r.returncode == 1 and "no such process: nope" in r.stderr and "[no_such_process]" in r.stderr
+    assert (r.returncode, r.stdout) == (1, "nope: ERROR (no such process)\n")
+    r = ctl(d, "--json", "start", "nope")
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["code"] == "no_such_process"
     r = ctl(d, "status", "web", "ghost:*")
-    assert r.returncode == 1 and "ghost:*" in r.stderr
+    assert r.returncode == 4 and r.stdout.splitlines()[0] == "ghost: ERROR (no such group)"
     r = ctl(d, "start")  # no names
     assert r.returncode == 2 and "usage" in r.stderr
     r = ctl(d, "frobnicate")
     assert r.returncode == 2
     r = ctl(d, "signal", "NOTASIG", "web")
-    assert r.returncode == 2 and "bad_signal" in r.stderr
+    assert (r.returncode, r.stdout) == (1, "web: ERROR (bad signal name)\n")
     assert statuses(d)["web"]["state"] == "RUNNING"
 
 
@@ -190,17 +194,17 @@ def test_signal_pid_version_and_json(daemon):
     r = ctl(d, "pid", "trap")
     assert (r.returncode, r.stdout) == (0, f"{pid}\n")
     r = ctl(d, "pid", "idle")
-    assert (r.returncode, r.stdout) == (0, "0\n")
+    assert (r.returncode, r.stdout) == (7, "0\n")  # supervisorctl: not running
     r = ctl(d, "pid")
     assert (r.returncode, r.stdout) == (0, f"{d.proc.pid}\n")
     r = ctl(d, "--json", "version")
     assert json.loads(r.stdout) == {"version": "0.1.0", "protocol": 1, "pid": d.proc.pid}
     r = ctl(d, "signal", "usr1", "trap")
-    assert (r.returncode, r.stdout) == (0, "trap: sent SIGUSR1\n")
+    assert (r.returncode, r.stdout) == (0, "trap: signalled\n")
     wait_until(lambda: f"trap {pid} got SIGUSR1" in d.probe_events(), what="the signal at the child")
     d.wait_state("trap", "EXITED")
     r = ctl(d, "--json", "signal", "HUP", "trap")
-    assert r.returncode == 1 and json.loads(r.stdout)[0]["ok"] is False
+    assert r.returncode == 7 and json.loads(r.stdout)[0]["ok"] is False
 
 
 def test_reload_lists_changes_and_a_refused_config_keeps_the_old_one(daemon):

@@ -197,7 +197,8 @@ def test_a_failed_oneshot_blocks_its_dependents(daemon):
     assert st["worker"]["reason"].startswith("blocked: dependency web failed")
     assert not d.reports("web") and not d.reports("worker")
     r = ctl(d, "start", "worker")  # an operator's start brings up the chain: migrate fails again
-    assert r.returncode == 1 and "dependency web failed" in r.stdout
+    # A failed start: supervisorctl's line and exit code 7 (issue #14), procguard's reason on stderr.
+    assert (r.returncode, r.stdout) == (7, "worker: ERROR (abnormal termination)\n") and "dependency web failed" in r.stderr
 
 
 def test_start_brings_up_dependencies_and_stop_order_is_reversed(daemon):
