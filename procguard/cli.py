@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import structlog
 
+from procguard.alerts import AlertManager
 from procguard.config import Config, ConfigDiff, describe, load_config
 from procguard.control import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
@@ -39,6 +40,7 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.events.attach(loop)
+        self.alerts = alerts = AlertManager(self.config.alerts, self.events)
         # Read (and removed from our environment) before anything can start a child.
         self.systemd = systemd = SystemdNotifier.from_environ()
         is_subreaper = become_subreaper()
@@ -51,7 +53,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
         control = ControlServer(self.config, sup, self._reload_command,
-                                lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output, self.events)
+                                lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output, self.events,
+                                alerts)
         try:
             control.open()
         except (ControlSetupError, OSError) as exc:
@@ -107,6 +110,7 @@ class Daemon:
                 watchdog.cancel()
             for task in list(osapi.tasks):
                 task.cancel()
+            alerts.close()
         log.info("daemon_stopped")
         return 0
 
@@ -165,6 +169,7 @@ class Daemon:
             if self.systemd is not None:
                 self.systemd.ready(self.supervisor.counts())
         new = self.supervisor.config
+        self.alerts.configure(new.alerts)
         if (new.control, new.control_group, new.curve) != (self.config.control, self.config.control_group,
                                                             self.config.curve):
             log.warning("control_change_needs_restart", endpoint=self.config.control, new_endpoint=new.control,

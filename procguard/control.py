@@ -34,6 +34,7 @@ import zmq.asyncio
 import zmq.auth
 from zmq.utils import z85
 
+from procguard.alerts import AlertManager
 from procguard.config import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
 from procguard.events import Event, EventBus
@@ -164,11 +165,13 @@ class ControlServer:
         request_shutdown: Callable[[], None],
         output: Output | None = None,
         events: EventBus | None = None,
+        alerts: AlertManager | None = None,
     ) -> None:
         self.config = config
         self._output = output
         self._followers: dict[Follow, Stream] = {}
         self._events = events
+        self._alerts = alerts
         self._event_followers: dict[Follow, Callable[[], None]] = {}  # -> unsubscribe
         self.endpoint = config.control
         self._sup = supervisor
@@ -439,6 +442,10 @@ class ControlServer:
             return self._tail(args["name"], args.get("stream", "stdout"), bool(args.get("follow")), req.id)
         if req.cmd == "events":
             return self._events_since(names, args.get("limit"), bool(args.get("follow")), req.id)
+        if req.cmd == "alert_test":
+            if self._alerts is None:
+                raise ControlError(E_BAD_ARGS, "this daemon sends no alerts")
+            return await self._alerts.test(args["name"])
         if req.cmd == "logreopen":
             return {"reopened": self._require_output().reopen()}
         if req.cmd == "logrotate":
