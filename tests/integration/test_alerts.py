@@ -307,3 +307,65 @@ def test_https_webhook_and_starttls_email_with_credentials_from_a_file(daemon, t
     finally:
         hook.close()
         mailbox.close()
+
+
+def test_deploy_failed_is_one_alert_until_a_deploy_succeeds(hook):
+    """The deploy engine only logs deploy_failed / deploy_succeeded (branch deploy): those logs alone drive
+    the episode, through the daemon's own logging, bus and alert manager, to a real HTTP receiver."""
+    import asyncio
+
+    import structlog
+
+    from procguard.alerts import AlertManager
+    from procguard.config import AlertConfig, AlertTrigger, AlertType
+    from procguard.events import EventBus
+    from procguard.log import configure_logging
+
+    hook.up()
+    bus = EventBus()
+    configure_logging("warning", "json", bus)
+    cfg = AlertConfig(name="hook", source="test", type=AlertType.WEBHOOK, url=hook.url, batch_window=0.0,
+                      events=(AlertTrigger.DEPLOY_FAILED,))
+
+    async def main() -> None:
+        bus.attach(asyncio.get_running_loop())
+        alerts = AlertManager((cfg,), bus, host="web1")
+        log = structlog.get_logger().bind(program="web")
+        try:
+            log.error("deploy_failed", reason="migrate exited 1")
+            await asyncio.to_thread(wait_until, lambda: len(hook.posts) == 1, 20, "the alert")
+            log.error("deploy_failed", reason="migrate exited 1 again")  # the same episode: no message
+            log.info("deploy_started")
+            log.info("deploy_succeeded")
+            await asyncio.to_thread(wait_until, lambda: len(hook.posts) == 2, 20, "the recovery")
+            log.info("deploy_succeeded")  # no episode open: nothing
+            log.error("deploy_failed", reason="health check never passed")  # a new episode
+            await asyncio.to_thread(wait_until, lambda: len(hook.posts) == 3, 20, "the next alert")
+        finally:
+            alerts.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        structlog.reset_defaults()
+    texts = [p["text"] for p in hook.posts]
+    assert texts[0] == "[web1] deploy of web failed: migrate exited 1"
+    assert texts[1].startswith("[web1] deploy of web succeeded (deploy_failed for ")
+    assert texts[2] == "[web1] deploy of web failed: health check never passed"
+    assert [p["kind"] for p in hook.posts] == ["alert", "recovery", "alert"]
+
+
+def test_dropped_output_alerts_once_per_episode(daemon, hook):
+    hook.up()
+    d = daemon()
+    d.write_config(prog("noisy", ["sh", "-c", "while :; do echo line; sleep 0.02; done"], startsecs=0,
+                        stdout_logfile="/dev/full")
+                   + webhook_alert("hook", hook.url, batch_window="0s"))
+    d.start()
+    wait_until(lambda: hook.posts, 20, "the alert")
+    wait_until(lambda: statuses(d)["noisy"]["output_dropped_bytes"] > 500, 20, "more bytes dropped")
+    assert ctl(d, "alert", "test", "hook").returncode == 0  # behind anything else queued for the receiver
+    alert, test = hook.posts
+    assert alert["notices"][0]["trigger"] == "output_dropped"
+    assert alert["text"].endswith("noisy stdout output is being dropped (write_failed: /dev/full)")
+    assert test["kind"] == "test"
