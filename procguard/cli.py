@@ -10,9 +10,11 @@ from collections.abc import Callable
 
 import structlog
 
+from procguard.alerts import AlertManager
 from procguard.config import Config, ConfigDiff, describe, load_config
 from procguard.control import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
+from procguard.events import EventBus
 from procguard.log import LogRing, configure_logging
 from procguard.notify import SystemdNotifier
 from procguard.sockets import SocketError
@@ -29,8 +31,9 @@ ORPHAN_GRACE_S = 5.0
 class Daemon:
     """The event loop's owner: signals in, supervisor commands out."""
 
-    def __init__(self, config: Config, mainlog: LogRing | None = None) -> None:
+    def __init__(self, config: Config, events: EventBus | None = None, mainlog: LogRing | None = None) -> None:
         self.config = config
+        self.events = events if events is not None else EventBus()
         self.mainlog = mainlog
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self.systemd: SystemdNotifier | None = None
@@ -39,6 +42,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         if self.mainlog is not None:
             self.mainlog.bind(loop)
+        self.events.attach(loop)
+        self.alerts = alerts = AlertManager(self.config.alerts, self.events)
         # Read (and removed from our environment) before anything can start a child.
         self.systemd = systemd = SystemdNotifier.from_environ()
         is_subreaper = become_subreaper()
@@ -51,8 +56,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
         control = ControlServer(self.config, sup, self._reload_command,
-                                lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output,
-                                self.mainlog)
+                                lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output, self.events,
+                                alerts, self.mainlog)
         try:
             control.open()
         except (ControlSetupError, OSError) as exc:
@@ -108,6 +113,7 @@ class Daemon:
                 watchdog.cancel()
             for task in list(osapi.tasks):
                 task.cancel()
+            alerts.close()
         log.info("daemon_stopped")
         return 0
 
@@ -166,6 +172,7 @@ class Daemon:
             if self.systemd is not None:
                 self.systemd.ready(self.supervisor.counts())
         new = self.supervisor.config
+        self.alerts.configure(new.alerts)
         if (new.control, new.control_group, new.curve) != (self.config.control, self.config.control_group,
                                                             self.config.curve):
             log.warning("control_change_needs_restart", endpoint=self.config.control, new_endpoint=new.control,
@@ -233,13 +240,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("\nconfig OK")
         return 0
-    mainlog = LogRing()
-    configure_logging(args.log_level or config.loglevel, args.log_format, mainlog)
+    events, mainlog = EventBus(), LogRing()
+    configure_logging(args.log_level or config.loglevel, args.log_format, ring=mainlog, bus=events)
     raise_fd_limit()
     reset = reset_inherited_signals()
     if reset:
         log.info("inherited_signals_reset", signals=reset)
-    return asyncio.run(Daemon(config, mainlog).run())
+    return asyncio.run(Daemon(config, events, mainlog).run())
 
 
 # Python itself ignores these at start-up; Popen(restore_signals=True) gives children the defaults.

@@ -72,6 +72,7 @@ class Supervisor:
         self._locks.setdefault(prog.name, asyncio.Lock())
 
     def _on_event(self, proc: Process, event: str, fields: dict[str, object]) -> None:
+        """Log a process's event; the log is also the event stream (procguard.events)."""
         level = "warning" if fields.get("new") == "unhealthy" or event == "process_recycled" else "info"
         getattr(log, level)(event, program=proc.program.name, process=proc.name, pid=proc.pid, **fields)
 
@@ -150,13 +151,17 @@ class Supervisor:
         if proc.exit_status is not None and new in (ProcessState.EXITED, ProcessState.BACKOFF, ProcessState.FATAL,
                                                      ProcessState.STOPPED):
             fields["exit"] = describe_exit(proc.exit_status)
+            fields["exit_status"] = proc.exit_status
+        expected = None
+        if new == ProcessState.EXITED and proc.exit_status is not None:
+            fields["expected"] = expected = proc.exit_status in proc.program.exitcodes
         if new == ProcessState.BACKOFF and proc.retry_at is not None:
             fields["retry_in_s"] = round(proc.retry_at - self._os.monotonic(), 3)
         if proc.reason and new not in (ProcessState.RUNNING, ProcessState.STARTING):
             fields["reason"] = proc.reason
         if new == ProcessState.FATAL:
             log.error("process_state_changed", **fields)
-        elif new == ProcessState.BACKOFF or (new == ProcessState.EXITED and "not expected" in proc.reason):
+        elif new == ProcessState.BACKOFF or expected is False:
             log.warning("process_state_changed", **fields)
         else:
             log.info("process_state_changed", **fields)
@@ -369,6 +374,8 @@ class Supervisor:
             return await self._start_procs(procs)
 
         procs = self.resolve(names)
+        for p in procs:
+            self._on_event(p, "process_restarting", {"cause": "restart", "reason": "restart command"})
         started = await self._per_program(procs, both)
         order = {p.name: i for i, p in enumerate(procs)}
         return sorted(stopped, key=lambda r: order.get(r.name, 0)), started
