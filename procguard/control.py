@@ -34,6 +34,7 @@ import zmq.asyncio
 import zmq.auth
 from zmq.utils import z85
 
+from procguard import procfs
 from procguard.config import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
 from procguard.output import Output, Stream
@@ -105,7 +106,7 @@ def status_dict(st: ProcessStatus) -> dict[str, Any]:
         "started_at": st.started_at, "uptime_s": st.uptime_s, "exit_status": st.exit_status,
         "reason": st.reason, "retry_in_s": st.retry_in_s, "failures": st.failures,
         "health": st.health, "health_reason": st.health_reason, "status_text": st.status_text,
-        "autostart": st.autostart, "priority": st.priority,
+        "autostart": st.autostart, "priority": st.priority, "restarts": st.restarts,
     }
 
 
@@ -177,6 +178,8 @@ class ControlServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._serving: list[asyncio.Task[None]] = []
         self.stopping = False
+        # (command, outcome) -> requests answered; outcome "ok" or the error code (metrics).
+        self.requests: dict[tuple[str, str], int] = {}
 
     # --------------------------------------------------------------------------------- set-up
 
@@ -356,11 +359,12 @@ class ControlServer:
             rest = rest[1:]
         request_id: str | None = None
         result: Any = None
+        command, outcome = "invalid", "ok"
         try:
             if len(rest) != 1:
                 raise ProtocolError(E_BAD_REQUEST, f"expected one frame per request, got {len(rest)}")
             req = decode_request(rest[0])
-            request_id = req.id
+            request_id, command = req.id, req.cmd
             result = await self._dispatch(req)
             if isinstance(result, FollowStart):
                 reply = encode_reply(request_id, result.first, more=True)
@@ -368,17 +372,20 @@ class ControlServer:
                 reply = encode_reply(request_id, result)
         except ProtocolError as exc:
             log.warning("control_request_rejected", code=exc.code, message=exc.message, size=sum(map(len, rest)))
-            reply = encode_reply(exc.request_id, error=(exc.code, exc.message))
+            reply, outcome = encode_reply(exc.request_id, error=(exc.code, exc.message)), exc.code
         except ControlError as exc:
-            reply = encode_reply(request_id, error=(exc.code, exc.message))
+            reply, outcome = encode_reply(request_id, error=(exc.code, exc.message)), exc.code
         except ConfigError as exc:
+            outcome = E_BAD_CONFIG
             reply = encode_reply(request_id, error=(E_BAD_CONFIG, "config refused, the old one keeps running:\n"
                                                     + "\n".join(str(i) for i in exc.issues)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("control_command_failed", request_id=request_id)
+            outcome = E_INTERNAL
             reply = encode_reply(request_id, error=(E_INTERNAL, f"internal error: {type(exc).__name__}: {exc}"))
+        self.requests[command, outcome] = self.requests.get((command, outcome), 0) + 1
         if self._router is not None:
             try:
                 await self._router.send_multipart([*envelope, reply])
@@ -406,6 +413,12 @@ class ControlServer:
                 usage = await asyncio.to_thread(tree_usage, pids)
                 for s in statuses:
                     s.update(usage.get(s["pid"], {"rss_bytes": None, "cpu_percent": None, "tree_pids": 0}))
+            elif args.get("usage"):  # procguardctl top: one /proc pass, no sampling window (CPU% from deltas)
+                trees = await asyncio.to_thread(procfs.tree_usage, [s["pid"] for s in statuses if s["pid"]])
+                for s in statuses:
+                    t = trees.get(s["pid"])
+                    s.update({"cpu_s": t.cpu_s, "rss_bytes": t.rss_bytes, "fds": t.fds, "tree_pids": t.pids} if t
+                             else {"cpu_s": None, "rss_bytes": None, "fds": None, "tree_pids": 0})
             return statuses
         if req.cmd == "start":
             return [action_dict(r, "start") for r in await self._sup.start(names)]
