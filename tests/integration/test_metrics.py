@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -178,3 +180,72 @@ def test_the_daemon_without_metrics_never_imports_prometheus_client() -> None:
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('prometheus'))))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert json.loads(out) == []
+
+
+def prometheus_binary() -> str | None:
+    """$PROCGUARD_TEST_PROMETHEUS (./dev test unpacks Debian's in CI), else one on PATH."""
+    for candidate in (os.environ.get("PROCGUARD_TEST_PROMETHEUS"), shutil.which("prometheus")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def query(api: str, promql: str) -> list[dict[str, object]]:
+    url = f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            answer = json.loads(reply.read())
+    except (urllib.error.URLError, ConnectionError):
+        return []  # not up yet
+    assert answer["status"] == "success", answer
+    return list(answer["data"]["result"])
+
+
+@pytest.mark.skipif(prometheus_binary() is None, reason="no Prometheus (./dev test unpacks Debian's in CI; or set "
+                    "PROCGUARD_TEST_PROMETHEUS=/path/to/prometheus)")
+def test_a_real_prometheus_scrapes_the_restart_counter_after_a_crash(daemon: Callable[[str], DaemonRun]) -> None:
+    binary = prometheus_binary()
+    assert binary is not None
+    d = daemon("")
+    d.write_config(f'[procguard]\nlogdir = "{d.work}/logs"\ncontrol = "{d.endpoint}"\nmetrics = "127.0.0.1:0"\n\n'
+                   + prog("web", probe(d.work, "web"), startsecs=0, backoff_initial="0.1s"))
+    d.start()
+    target = metrics_address(d)
+    first = d.wait_reports("web")[0]
+    (d.work / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        f"scrape_configs:\n  - job_name: procguard\n    static_configs:\n      - targets: ['{target}']\n")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    with open(d.work / "prometheus.log", "wb") as out:
+        server = subprocess.Popen([binary, f"--config.file={d.work}/prometheus.yml",
+                                   f"--storage.tsdb.path={d.work}/prometheus-data", f"--web.listen-address=127.0.0.1:{port}"],
+                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        def scraped(promql: str, want: str) -> list[dict[str, object]]:
+            assert server.poll() is None, (d.work / "prometheus.log").read_text()[-3000:]
+            result = query(api, promql)
+            return result if result and result[0]["value"][1] == want else []  # type: ignore[index]
+
+        wait_until(lambda: scraped('up{job="procguard"}', "1"), timeout=60, what="Prometheus scraping procguard")
+        wait_until(lambda: scraped(f'procguard_process_pid{{process="web"}}', str(first["pid"])), timeout=30,
+                   what="web's pid in Prometheus")
+        os.kill(first["pid"], signal.SIGKILL)
+        d.wait_reports("web", count=2)
+        [sample] = wait_until(lambda: scraped('procguard_process_restarts_total{program="web",process="web"}', "1"),
+                              timeout=30, what="the restart counter at 1 in Prometheus")
+        assert sample["metric"]["job"] == "procguard"  # type: ignore[index]
+        assert scraped('procguard_process_exits_total{process="web",reason="signal"}', "1")
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
