@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from procguard.alerts import AlertManager
 from procguard.config import Config, ConfigDiff, describe, load_config
 from procguard.control import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
+from procguard.events import EventBus
 from procguard.log import configure_logging
 from procguard.notify import SystemdNotifier
 from procguard.sockets import SocketError
@@ -33,13 +35,16 @@ ORPHAN_GRACE_S = 5.0
 class Daemon:
     """The event loop's owner: signals in, supervisor commands out."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, events: EventBus | None = None) -> None:
         self.config = config
+        self.events = events if events is not None else EventBus()
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self.systemd: SystemdNotifier | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self.events.attach(loop)
+        self.alerts = alerts = AlertManager(self.config.alerts, self.events)
         # Read (and removed from our environment) before anything can start a child.
         self.systemd = systemd = SystemdNotifier.from_environ()
         is_subreaper = become_subreaper()
@@ -52,7 +57,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
         control = ControlServer(self.config, sup, self._reload_command,
-                                lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output)
+                                lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output, self.events,
+                                alerts)
         try:
             control.open()
         except (ControlSetupError, OSError) as exc:
@@ -118,6 +124,7 @@ class Daemon:
                 watchdog.cancel()
             for task in list(osapi.tasks):
                 task.cancel()
+            alerts.close()
         log.info("daemon_stopped")
         return 0
 
@@ -186,6 +193,7 @@ class Daemon:
             if self.systemd is not None:
                 self.systemd.ready(self.supervisor.counts())
         new = self.supervisor.config
+        self.alerts.configure(new.alerts)
         if (new.control, new.control_group, new.curve) != (self.config.control, self.config.control_group,
                                                             self.config.curve):
             log.warning("control_change_needs_restart", endpoint=self.config.control, new_endpoint=new.control,
@@ -256,12 +264,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("\nconfig OK")
         return 0
-    configure_logging(args.log_level or config.loglevel, args.log_format)
+    events = EventBus()
+    configure_logging(args.log_level or config.loglevel, args.log_format, events)
     raise_fd_limit()
     reset = reset_inherited_signals()
     if reset:
         log.info("inherited_signals_reset", signals=reset)
-    return asyncio.run(Daemon(config).run())
+    return asyncio.run(Daemon(config, events).run())
 
 
 # Python itself ignores these at start-up; Popen(restore_signals=True) gives children the defaults.

@@ -168,6 +168,55 @@ class CurveConfig:
     authorized_clients: str  # a directory of clients' public NAME.key files
 
 
+class AlertTrigger(enum.StrEnum):
+    """What an [alert.NAME] sends a message about (docs/observability.md, "Alerts")."""
+
+    FATAL = "fatal"  # a process gave up (FATAL) ... until it is RUNNING again
+    UNHEALTHY = "unhealthy"  # its health check failed `retries` times ... until healthy again
+    CRASH_LOOP = "crash_loop"  # crash_loop_exits exits within crash_loop_window ... until it runs a window
+    DEPLOY_FAILED = "deploy_failed"  # a deploy failed ... until one succeeds
+    OUTPUT_DROPPED = "output_dropped"  # output could not be written ... until it is again
+    EXITED = "exited"  # every unexpected exit (superlance crashmail); no episode, no recovery
+
+
+class AlertType(enum.StrEnum):
+    WEBHOOK = "webhook"
+    EMAIL = "email"
+
+
+class SmtpSecurity(enum.StrEnum):
+    NONE = "none"  # plain SMTP: a local MTA on localhost
+    STARTTLS = "starttls"  # upgrade on the submission port (587)
+    TLS = "tls"  # implicit TLS (465)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertConfig:
+    """`[alert.NAME]`: where messages about some events of some programs go, and how."""
+
+    name: str
+    source: str = field(compare=False)
+    type: AlertType
+    events: tuple[AlertTrigger, ...] = (AlertTrigger.FATAL, AlertTrigger.UNHEALTHY, AlertTrigger.CRASH_LOOP,
+                                        AlertTrigger.DEPLOY_FAILED, AlertTrigger.OUTPUT_DROPPED)
+    programs: tuple[str, ...] = ()  # empty: every program
+    crash_loop_exits: int = 5
+    crash_loop_window: float = 300.0  # seconds
+    batch_window: float = 10.0  # notices within this window after the first go out as one message
+    retries: int = 5  # after the first attempt, waiting 1, 2, 4 ... (at most 60) seconds between
+    timeout: float = 10.0  # per attempt
+    recovery: bool = True  # a notice when an episode ends
+    url: str | None = None  # webhook: http:// or https://
+    smtp_host: str = "localhost"  # email
+    smtp_port: int = 25
+    security: SmtpSecurity = SmtpSecurity.NONE
+    credentials_file: str | None = None  # "USER:PASSWORD" on one line; mode 0600 (or 0400)
+    ca_file: str | None = None  # a private CA for the smarthost's certificate (default: the system's)
+    sender: str | None = None  # the `from` key; default procguard@HOSTNAME
+    to: tuple[str, ...] = ()
+    subject_prefix: str = "[procguard]"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetricsConfig:
     """`[procguard] metrics`: where the Prometheus endpoint listens (no endpoint without the key)."""
@@ -198,6 +247,7 @@ class Config:
     curve: CurveConfig | None = None
     sockets: tuple[SocketConfig, ...] = ()
     metrics: MetricsConfig | None = None
+    alerts: tuple[AlertConfig, ...] = ()
     warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
     lints: tuple[ConfigIssue, ...] = field(default=(), compare=False)  # known traps: warned, not refused
 
@@ -805,8 +855,9 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         section = {}
     for key in sorted(set(section) - PROCGUARD_KEYS):
         issues.append(ConfigIssue(src, None, f"procguard.{key}", "unknown key" + _did_you_mean(key, PROCGUARD_KEYS)))
-    for key in sorted(set(data) - {"procguard", "program", "socket"}):
-        issues.append(ConfigIssue(src, None, key, "unknown table (expected [procguard], [program.NAME] or [socket.NAME])"))
+    for key in sorted(set(data) - {"procguard", "program", "socket", "alert"}):
+        issues.append(ConfigIssue(src, None, key, "unknown table (expected [procguard], [program.NAME], [socket.NAME] "
+                                                  "or [alert.NAME])"))
 
     def expand_here(key: str, value: object) -> str | None:
         if not isinstance(value, str):
@@ -855,8 +906,9 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
             inc = _read_toml(Path(match), issues)
             if inc is None:
                 continue
-            for key in sorted(set(inc) - {"program", "socket"}):
-                what = "[procguard] belongs in the main file" if key == "procguard" else "unknown table (expected [program.NAME] or [socket.NAME])"
+            for key in sorted(set(inc) - {"program", "socket", "alert"}):
+                what = "[procguard] belongs in the main file" if key == "procguard" else \
+                    "unknown table (expected [program.NAME], [socket.NAME] or [alert.NAME])"
                 issues.append(ConfigIssue(match, None, key, what))
             files.append((match, inc))
 
@@ -896,6 +948,9 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
                 issues.append(ConfigIssue(prog.source, prog.name, "sockets", f"no [socket.{sock_name}] table"
                                           + _did_you_mean(sock_name, frozenset(socket_defined_in))))
     _check_dependencies(programs, issues)
+    from procguard.alertconfig import parse_alerts  # it builds on this module's parsers
+
+    alerts = parse_alerts(files, {p.name for p in programs}, issues)
     if issues:
         raise ConfigError(issues)
     programs.sort(key=lambda p: (p.priority, p.name))
@@ -911,7 +966,8 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         lints.append(ConfigIssue(src, None, None, message))
     return Config(path=src, logdir=logdir, loglevel=loglevel.lower(), programs=tuple(programs),
                   control=control, control_group=control_group, control_gid=control_gid, curve=curve,
-                  sockets=tuple(sockets), metrics=metrics, warnings=tuple(environment_problems(programs, logdir)),
+                  sockets=tuple(sockets), metrics=metrics, alerts=alerts,
+                  warnings=tuple(environment_problems(programs, logdir)),
                   lints=tuple(lints))
 
 

@@ -35,8 +35,10 @@ import zmq.auth
 from zmq.utils import z85
 
 from procguard import procfs
+from procguard.alerts import AlertManager
 from procguard.config import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
+from procguard.events import Event, EventBus
 from procguard.output import Output, Stream
 from procguard.process import ProcessStatus
 from procguard.protocol import (
@@ -57,6 +59,7 @@ CPU_SAMPLE_S = 0.2
 FOLLOW_MAX_PUSH = 256 * 1024
 SEND_HWM = 64
 MAX_FOLLOWERS = 16
+MAX_EVENT_FOLLOWERS = 64  # `events -f` clients (procguardctl top among them)
 # Commands refused once shutdown began (status, pid and version still answer while programs stop).
 REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "reload", "signal", "reload_app"})
 
@@ -162,10 +165,15 @@ class ControlServer:
         reload: Callable[[], Awaitable[ConfigDiff]],
         request_shutdown: Callable[[], None],
         output: Output | None = None,
+        events: EventBus | None = None,
+        alerts: AlertManager | None = None,
     ) -> None:
         self.config = config
         self._output = output
         self._followers: dict[Follow, Stream] = {}
+        self._events = events
+        self._alerts = alerts
+        self._event_followers: dict[Follow, Callable[[], None]] = {}  # -> unsubscribe
         self.endpoint = config.control
         self._sup = supervisor
         self._reload = reload
@@ -276,6 +284,9 @@ class ControlServer:
         """Stop serving; cancel requests in flight; unbind and unlink the socket; release the lock."""
         for follow, stream in list(self._followers.items()):
             follow.end(stream, "procguard is shutting down")
+        for event_follow in list(self._event_followers):
+            assert isinstance(event_follow, EventFollow)
+            event_follow.finish("procguard is shutting down")
         for task in [*self._serving, *self._tasks]:
             task.cancel()
         await asyncio.gather(*self._serving, *self._tasks, return_exceptions=True)
@@ -442,6 +453,12 @@ class ControlServer:
             return {"version": VERSION, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
         if req.cmd == "tail":
             return self._tail(args["name"], args.get("stream", "stdout"), bool(args.get("follow")), req.id)
+        if req.cmd == "events":
+            return self._events_since(names, args.get("limit"), bool(args.get("follow")), req.id)
+        if req.cmd == "alert_test":
+            if self._alerts is None:
+                raise ControlError(E_BAD_ARGS, "this daemon sends no alerts")
+            return await self._alerts.test(args["name"])
         if req.cmd == "logreopen":
             return {"reopened": self._require_output().reopen()}
         if req.cmd == "logrotate":
@@ -477,8 +494,39 @@ class ControlServer:
             raise ControlError(E_BAD_ARGS, f"{proc.name} {which} already has {MAX_FOLLOWERS} followers")
         return FollowStart(first, stream, request_id)
 
+    # ---------------------------------------------------------------------------------- events
+
+    def _events_since(self, names: list[str], limit: int | None, follow: bool,
+                      request_id: str) -> "dict[str, Any] | FollowStart":
+        if self._events is None:
+            raise ControlError(E_INTERNAL, "this daemon publishes no events")
+        recent = self._events.recent(names, limit)
+        first = {"events": [e.to_wire() for e in recent]}
+        if not follow:
+            return first
+        if len(self._event_followers) >= MAX_EVENT_FOLLOWERS:
+            raise ControlError(E_BAD_ARGS, f"the event stream already has {MAX_EVENT_FOLLOWERS} followers")
+        return FollowStart(first, None, request_id, tuple(names), recent[-1].seq if recent else 0)
+
+    def _follow_events(self, start: "FollowStart", envelope: list[bytes]) -> None:
+        """Subscribe once the first reply is out; push what was published meanwhile first (no gap)."""
+        assert self._router is not None and self._events is not None
+        follow = EventFollow(self._router, envelope, start.request_id, self._unfollow_events, start.names)
+        for event in self._events.recent(start.names):
+            if event.seq > start.after_seq:
+                follow.event(event)
+        self._event_followers[follow] = self._events.subscribe(follow.event)
+
+    def _unfollow_events(self, follow: "Follow") -> None:
+        unsubscribe = self._event_followers.pop(follow, None)
+        if unsubscribe is not None:
+            unsubscribe()
+
     def _follow(self, start: "FollowStart", envelope: list[bytes]) -> None:
         assert self._router is not None
+        if start.stream is None:
+            self._follow_events(start, envelope)
+            return
         follow = Follow(self._router, envelope, start.request_id, self._unfollow)
         self._followers[follow] = start.stream
         start.stream.followers.add(follow)
@@ -495,11 +543,13 @@ def _b64(data: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FollowStart:
-    """tail -f: the first reply, then the stream to follow once it is sent."""
+    """tail -f (or events -f): the first reply, then the stream to follow once it is sent."""
 
     first: dict[str, Any]
-    stream: Stream
+    stream: Stream | None  # None: the event stream, of `names`, from after `after_seq`
     request_id: str
+    names: tuple[str, ...] = ()
+    after_seq: int = 0
 
 
 class Follow:
@@ -536,3 +586,20 @@ class Follow:
         if isinstance(exc, zmq.ZMQError) and exc.errno == zmq.EHOSTUNREACH:
             self._on_gone(self)
         # zmq.Again: the client is behind; this chunk is skipped (its offset shows the gap).
+
+
+class EventFollow(Follow):
+    """One `events -f` client: each new event about its names is pushed as {"events": [event]}, "more": true."""
+
+    def __init__(self, router: zmq.asyncio.Socket, envelope: list[bytes], request_id: str,
+                 on_gone: Callable[["Follow"], None], names: tuple[str, ...]) -> None:
+        super().__init__(router, envelope, request_id, on_gone)
+        self._names = names
+
+    def event(self, event: Event) -> None:
+        if event.matches(self._names):
+            self._push({"events": [event.to_wire()]}, more=True)
+
+    def finish(self, why: str) -> None:
+        self._push({"events": [], "end": why}, more=False)
+        self._on_gone(self)

@@ -9,6 +9,8 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from procguard.events import EventBus, level_filter, publisher
+
 Format = Literal["auto", "console", "json", "journal"]
 Resolved = Literal["console", "json", "journal"]
 
@@ -80,21 +82,29 @@ def _renderer(fmt: Resolved, stream: TextIO) -> Processor:
     return structlog.processors.JSONRenderer()
 
 
-def configure_logging(level: str = "info", fmt: Format = "auto") -> None:
+def configure_logging(level: str = "info", fmt: Format = "auto", bus: EventBus | None = None) -> None:
     """Route structlog to stderr at `level` in `fmt`; call once, before the first event.
 
     `auto` resolves through `choose_format`. Every format renders a logged exception's traceback
     (format_exc_info): JSON and journal escape its newlines, so one event is always one line there.
+    With `bus`, the stable events (procguard.events) are published to it whatever `level` hides.
     """
     stream = sys.stderr
     resolved = choose_format(stream) if fmt == "auto" else fmt
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     processors: list[Processor] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
+    if bus is not None:
+        # Stable events are info and above: those reach the publisher, the level then filters the log.
+        processors.append(publisher(bus))
+        if threshold > logging.INFO:
+            processors.append(level_filter(level))
+        threshold = min(threshold, logging.INFO)
     if resolved != "journal":
         processors.append(structlog.processors.TimeStamper(fmt="iso", utc=False))
     processors += [structlog.processors.format_exc_info, _renderer(resolved, stream)]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

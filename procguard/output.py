@@ -19,6 +19,7 @@ every dropped byte is counted (`status` shows it).
 """
 
 import asyncio
+import enum
 import errno
 import fcntl
 import os
@@ -50,6 +51,13 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 EOF, AGAIN, MORE = 0, 1, 2
 
 Follower = Callable[[bytes, int], None]  # (bytes, offset of their end in the stream)
+
+
+class DropCause(enum.StrEnum):
+    """Why output was dropped (the `cause` of an output_dropped event)."""
+
+    WRITE_FAILED = "write_failed"  # the log file could not be written (disk full, permissions)
+    QUEUE_FULL = "queue_full"  # the daemon's own stdout/stderr did not keep up
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,8 +314,9 @@ class InheritWriter:
 class Stream:
     """One process's stdout or stderr across its restarts: destination, tail buffer, followers."""
 
-    def __init__(self, process: str, name: str, settings: StreamSettings, output: "Output") -> None:
+    def __init__(self, process: str, name: str, settings: StreamSettings, output: "Output", program: str) -> None:
         self.process = process
+        self.program = program
         self.name = name
         self._output = output
         self.settings = settings
@@ -315,6 +324,7 @@ class Stream:
         self.tail_buffer = bytearray()
         self.offset = 0  # bytes ever emitted (after timestamps): the end of tail_buffer in the stream
         self.dropped = 0
+        self._episode_dropped = 0  # dropped since output_dropped was logged; 0 when not dropping
         self._at_line_start = True
         # Bytes spliced into our own (unshared) file that tail_buffer does not hold yet: read back
         # from the file only when someone asks (tail) or before the file changes. Copying them back
@@ -409,6 +419,8 @@ class Stream:
                     return EOF
                 f.size += n
                 f._recovered()
+                if self._episode_dropped:
+                    self._account(0, DropCause.WRITE_FAILED)
                 moved += n
                 if not self.followers and f.users == 1:
                     self._in_file += n  # read back lazily (tail); nobody else writes this file
@@ -452,11 +464,23 @@ class Stream:
             return
         if path == LOG_INHERIT:
             writer = self._output.inherit_writer(self.name)
-            if not writer.write(data):
-                self.dropped += len(data)
+            self._account(0 if writer.write(data) else len(data), DropCause.QUEUE_FULL)
             return
         assert self.file is not None
-        self.dropped += self.file.write(data, at_lines=self.settings.timestamps)
+        self._account(self.file.write(data, at_lines=self.settings.timestamps), DropCause.WRITE_FAILED)
+
+    def _account(self, dropped: int, cause: DropCause) -> None:
+        """Count dropped bytes; log output_dropped once when an episode begins, output_recovered at its end."""
+        if dropped:
+            self.dropped += dropped
+            if not self._episode_dropped:
+                log.warning("output_dropped", program=self.program, process=self.process, stream=self.name,
+                            path=self.settings.path, cause=cause, dropped_bytes=dropped)
+            self._episode_dropped += dropped
+        elif self._episode_dropped:
+            log.info("output_recovered", program=self.program, process=self.process, stream=self.name,
+                     path=self.settings.path, dropped_bytes=self._episode_dropped)
+            self._episode_dropped = 0
 
 
 class Output:
@@ -495,15 +519,15 @@ class Output:
 
     def streams_of(self, program: ProgramConfig, proc: ProcessConfig) -> tuple[Stream, Stream | None]:
         """The process's streams, created or updated to its current config (a reload may change it)."""
-        out = self._stream(proc.name, "stdout", settings_for(program, proc, "stdout"))
+        out = self._stream(program.name, proc.name, "stdout", settings_for(program, proc, "stdout"))
         if program.redirect_stderr:
             return out, None
-        return out, self._stream(proc.name, "stderr", settings_for(program, proc, "stderr"))
+        return out, self._stream(program.name, proc.name, "stderr", settings_for(program, proc, "stderr"))
 
-    def _stream(self, process: str, name: str, settings: StreamSettings) -> Stream:
+    def _stream(self, program: str, process: str, name: str, settings: StreamSettings) -> Stream:
         s = self._streams.get((process, name))
         if s is None:
-            s = self._streams[(process, name)] = Stream(process, name, settings, self)
+            s = self._streams[(process, name)] = Stream(process, name, settings, self, program)
         elif s.settings != settings:
             s.configure(settings)
         return s

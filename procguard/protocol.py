@@ -51,6 +51,8 @@ COMMANDS: dict[str, frozenset[str]] = {
     "tail": frozenset({"name", "stream", "follow"}),
     "logreopen": frozenset(),
     "logrotate": frozenset({"names"}),
+    "events": frozenset({"names", "limit", "follow"}),
+    "alert_test": frozenset({"name"}),
 }
 STREAMS = ("stdout", "stderr")
 
@@ -119,6 +121,14 @@ def decode_request(frame: bytes) -> Request:
             raise ProtocolError(E_BAD_ARGS, '"stream" must be "stdout" or "stderr"', rid)
         if not isinstance(args.get("follow", False), bool):
             raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
+    if cmd == "events":
+        limit = args.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise ProtocolError(E_BAD_ARGS, '"limit" must be a non-negative integer', rid)
+        if not isinstance(args.get("follow", False), bool):
+            raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
+    if cmd == "alert_test" and (not isinstance(args.get("name"), str) or not args["name"]):
+        raise ProtocolError(E_BAD_ARGS, 'alert_test needs "name": an [alert.NAME] of the config', rid)
     if cmd in ("start", "stop", "restart", "signal", "reload_app") and not names:
         raise ProtocolError(E_BAD_ARGS, f'{cmd} needs "names" (a program, program:process, group:* or all)', rid)
     return Request(id=rid, cmd=cmd, args=args)

@@ -20,7 +20,9 @@ from procguard.protocol import E_BAD_SIGNAL, E_NO_SUCH_PROCESS
 from procguard.health import run_check
 from procguard.sockets import SocketError
 from procguard.osapi import tree_rss
-from procguard.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, describe_exit
+from procguard.process import (
+    RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, RestartCause, describe_exit,
+)
 
 log = structlog.get_logger()
 
@@ -66,6 +68,7 @@ class Supervisor:
         self._locks.setdefault(prog.name, asyncio.Lock())
 
     def _on_event(self, proc: Process, event: str, fields: dict[str, object]) -> None:
+        """Log a process's event; the log is also the event stream (procguard.events)."""
         level = "warning" if fields.get("new") == "unhealthy" or event == "process_recycled" else "info"
         getattr(log, level)(event, program=proc.program.name, process=proc.name, pid=proc.pid, **fields)
 
@@ -132,7 +135,7 @@ class Supervisor:
                 if rss > limit and proc.state == ProcessState.RUNNING:
                     log.warning("process_recycled", program=proc.program.name, process=proc.name, pid=pid,
                                 reason="max_memory", rss_bytes=rss, max_memory_bytes=limit)
-                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}")
+                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}", RestartCause.MAX_MEMORY)
                     return
                 await asyncio.sleep(proc.program.resource_check_interval)
         except Exception:  # task boundary
@@ -145,13 +148,17 @@ class Supervisor:
         if proc.exit_status is not None and new in (ProcessState.EXITED, ProcessState.BACKOFF, ProcessState.FATAL,
                                                      ProcessState.STOPPED):
             fields["exit"] = describe_exit(proc.exit_status)
+            fields["exit_status"] = proc.exit_status
+        expected = None
+        if new == ProcessState.EXITED and proc.exit_status is not None:
+            fields["expected"] = expected = proc.exit_status in proc.program.exitcodes
         if new == ProcessState.BACKOFF and proc.retry_at is not None:
             fields["retry_in_s"] = round(proc.retry_at - self._os.monotonic(), 3)
         if proc.reason and new not in (ProcessState.RUNNING, ProcessState.STARTING):
             fields["reason"] = proc.reason
         if new == ProcessState.FATAL:
             log.error("process_state_changed", **fields)
-        elif new == ProcessState.BACKOFF or (new == ProcessState.EXITED and "not expected" in proc.reason):
+        elif new == ProcessState.BACKOFF or expected is False:
             log.warning("process_state_changed", **fields)
         else:
             log.info("process_state_changed", **fields)
@@ -353,6 +360,8 @@ class Supervisor:
         stopped: list[ActionResult] = []
 
         async def both(procs: list[Process]) -> list[ActionResult]:
+            for p in procs:
+                self._on_event(p, "process_restarting", {"cause": RestartCause.CONTROL, "reason": "restart command"})
             stopped.extend(await self._stop_procs(procs, drain=True))  # drain_timeout: see Process.stop
             return await self._start_procs(procs)
 

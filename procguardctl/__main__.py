@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "or when not on a TTY)")
     c.add_argument("-n", "--iterations", type=int, metavar="N", help="plain table: stop after N refreshes")
     c.add_argument("names", nargs="*", help="program, program:process, group:* (default all)")
+    c = sub.add_parser("events", help="recent events (state changes, health, restarts, reloads, deploys, alerts)")
+    c.add_argument("-f", "--follow", action="store_true", help="keep printing new events until interrupted")
+    c.add_argument("-n", "--lines", type=int, default=50, metavar="N",
+                   help="how many recent events (default 50; 0: all the daemon keeps)")
+    c.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per event and line")
+    c.add_argument("names", nargs="*", help="program, program:process or group:* (default all)")
+    c = sub.add_parser("alert", help="alerts: `alert test NAME` sends a test message through [alert.NAME]")
+    c.add_argument("action", choices=("test",))
+    c.add_argument("name", help="an [alert.NAME] of the daemon's config")
     sub.add_parser("logreopen", help="reopen every log file (after an external logrotate moved them)")
     c = sub.add_parser("logrotate", help="rotate the log files of processes now")
     c.add_argument("names", nargs="*", help="default all")
@@ -268,6 +277,17 @@ def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool
         if result.get("end"):
             print(f"[procguardctl: {result['end']}]", file=sys.stderr)
         return EXIT_OK
+    if command == "events":
+        EventPrinter(ns.json)(result)
+        if result.get("end"):
+            print(f"[procguardctl: {result['end']}]", file=sys.stderr)
+        return EXIT_OK
+    if command == "alert":
+        if result.get("ok"):
+            print(f"{result.get('alert')}: test message delivered")
+            return EXIT_OK
+        print(f"{result.get('alert')}: ERROR ({result.get('error')})")
+        return EXIT_ERROR
     if command == "logreopen":
         print(f"reopened {result.get('reopened')} log files")
         return EXIT_OK
@@ -298,6 +318,12 @@ def wire_args(ns: argparse.Namespace) -> dict[str, Any]:
         args["signal"] = int(ns.signal) if ns.signal.isdigit() else ns.signal.upper()
     if ns.command == "tail":
         args = {"name": ns.name, "stream": ns.stream, "follow": ns.follow}
+    if ns.command == "events":
+        args["follow"] = ns.follow
+        if ns.lines > 0:
+            args["limit"] = ns.lines
+    if ns.command == "alert":
+        args = {"name": ns.name}
     return args
 
 
@@ -335,6 +361,34 @@ class TailPrinter:
         sys.stdout.buffer.flush()
 
 
+def logfmt(value: object) -> str:
+    """A field value on one line: JSON for lists and objects, quoted when it has spaces or quotes."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    text = value if isinstance(value, str) else json.dumps(value)
+    return json.dumps(text) if not text or any(c in text for c in ' "=\n\t') else text
+
+
+class EventPrinter:
+    """Prints events one a line: `TIME WHO [pid N] EVENT key=value ...`, or JSON lines with --json."""
+
+    def __init__(self, as_json: bool) -> None:
+        self._json = as_json
+
+    def __call__(self, result: dict[str, Any]) -> None:
+        from datetime import datetime
+
+        for ev in result.get("events") or []:
+            if self._json:
+                print(json.dumps(ev), flush=True)
+                continue
+            when = datetime.fromtimestamp(float(ev.get("time") or 0)).astimezone().isoformat(timespec="milliseconds")
+            who = ev.get("process") or ev.get("program") or "procguard"
+            pid = f" pid {ev['pid']}" if ev.get("pid") else ""
+            fields = "".join(f" {k}={logfmt(v)}" for k, v in (ev.get("fields") or {}).items())
+            print(f"{when} {who}{pid} {ev.get('event')}{fields}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "keygen":
@@ -369,9 +423,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return top(where, ns)
 
-    quick = ns.command in QUICK or (ns.command == "tail" and not ns.follow)
+    quick = ns.command in QUICK or (ns.command in ("tail", "events") and not ns.follow)
     timeout = ns.timeout if ns.timeout is not None else (QUICK_TIMEOUT_S if quick else None)
-    printer = TailPrinter(ns.lines) if ns.command == "tail" and not ns.json else None
+    printer: "TailPrinter | EventPrinter | None" = TailPrinter(ns.lines) if ns.command == "tail" and not ns.json else None
+    if ns.command == "events":
+        printer = EventPrinter(ns.json)
 
     def more(result: Any) -> None:
         if printer is not None:
@@ -380,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result), flush=True)
 
     try:
-        reply = request(where.endpoint, ns.command.replace("-", "_"), wire_args(ns), timeout,
+        cmd = "alert_test" if ns.command == "alert" else ns.command.replace("-", "_")
+        reply = request(where.endpoint, cmd, wire_args(ns), timeout,
                         where.server_public_key_file, where.client_secret_key_file, on_more=more)
     except Unreachable as exc:
         print(f"procguardctl: {exc}", file=sys.stderr)
@@ -389,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"procguardctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        if ns.command == "tail":
-            return EXIT_OK  # the way to end tail -f
+        if ns.command in ("tail", "events"):
+            return EXIT_OK  # the way to end tail -f and events -f
         print("procguardctl: interrupted; the command goes on in the daemon", file=sys.stderr)
         return 130
     if not reply.ok:
@@ -399,12 +456,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"procguardctl: {reply.message} [{reply.code}]", file=sys.stderr)
         return EXIT_USAGE if reply.code in ("bad_args", "unknown_command", "bad_signal") else EXIT_ERROR
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    if ns.json and ns.command == "events":
+        return print_result(ns.command, reply.result, ns, colour)  # JSON lines, as when following
     if ns.json:
         print(json.dumps(reply.result, indent=2))
         if ns.command == "status" and not ns.avail:
             return status_code(reply.result)
         if ns.command in ("start", "stop", "restart", "signal", "reload-app"):
             return EXIT_OK if all(r.get("ok") for r in reply.result) else EXIT_ERROR
+        if ns.command == "alert":
+            return EXIT_OK if reply.result.get("ok") else EXIT_ERROR
         return EXIT_OK
     return print_result(ns.command, reply.result, ns, colour)
 

@@ -574,12 +574,12 @@ def test_procguard_table_in_an_included_file_is_refused(tmp_path: Path) -> None:
 def test_unknown_table_in_an_included_file_is_refused(tmp_path: Path) -> None:
     inc = write(tmp_path / "conf.d" / "web.toml", '[programs.web]\ncommand = "/bin/true"\n')
     lines = refusal(tmp_path, '[procguard]\ninclude = ["conf.d/*.toml"]\n')
-    assert lines == [f"{inc}: programs: unknown table (expected [program.NAME] or [socket.NAME])"]
+    assert lines == [f"{inc}: programs: unknown table (expected [program.NAME], [socket.NAME] or [alert.NAME])"]
 
 
 def test_unknown_top_level_table_is_refused(tmp_path: Path) -> None:
     lines = refusal(tmp_path, '[programs.web]\ncommand = "/bin/true"\n')
-    assert lines == [f"{main_file(tmp_path)}: programs: unknown table (expected [procguard], [program.NAME] or [socket.NAME])"]
+    assert lines == [f"{main_file(tmp_path)}: programs: unknown table (expected [procguard], [program.NAME], [socket.NAME] or [alert.NAME])"]
 
 
 def test_unknown_procguard_key_is_named_with_did_you_mean(tmp_path: Path) -> None:
