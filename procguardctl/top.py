@@ -208,8 +208,10 @@ def format_event(e: dict[str, Any]) -> str:
     when = datetime.fromtimestamp(float(e.get("time") or 0)).strftime("%H:%M:%S")
     who = e.get("process") or e.get("program") or "procguard"
     pid = f" pid {e['pid']}" if e.get("pid") else ""
-    fields = " ".join(f"{k}={v}" for k, v in (e.get("fields") or {}).items() if v is not None)
-    return f"{when} {who}{pid} {e.get('event')} {fields}".rstrip()
+    from procguardctl.__main__ import logfmt  # as `procguardctl events` writes a field
+
+    fields = "".join(f" {k}={logfmt(v)}" for k, v in (e.get("fields") or {}).items())
+    return f"{when} {who}{pid} {e.get('event')}{fields}"
 
 
 COLUMNS = (("NAME", 24), ("STATE", 9), ("HEALTH", 9), ("PID", 7), ("UPTIME", 9), ("CPU%", 6), ("RSS", 8),

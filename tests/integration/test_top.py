@@ -112,6 +112,8 @@ def test_top_shows_every_process_restarts_the_selected_one_and_quits_cleanly(
     assert {n: pid_on_screen(screen, n) for n in ("web", "worker:worker_00")} == \
         {n: before[n] for n in ("web", "worker:worker_00")}
     tmux.wait_for(lambda s: "restart worker:worker_01: started" in s, "the restart's outcome on the message line")
+    tmux.wait_for(lambda s: re.search(r"worker:worker_01 pid \d+ process_restarting cause=control", s),
+                  "the restart in the latest events pane")
     # q: back to the shell, whose terminal still echoes and reads lines (curses restored it).
     tmux.keys("q")
     tmux.wait_for(lambda s: "procguard top" not in s and "pgtest$" in s, "the shell again after q")
@@ -144,6 +146,8 @@ def test_top_without_a_terminal_prints_a_plain_table(daemon: Callable[[str], Dae
         [row] = [line for line in block.splitlines() if line.startswith("web ")]
         cells = row.split()
         assert cells[1] == "RUNNING" and int(cells[3]) == pid and cells[7] == "0"
+    events = blocks[0].split("latest events:")[1]
+    assert re.search(rf"web pid {pid} process_state_changed old=STARTING new=RUNNING", events), events
     # CPU% needs two samples: the first block has none, the later ones a number.
     assert re.match(r"^\d+\.\d$", [ln for ln in blocks[2].splitlines() if ln.startswith("web ")][0].split()[5])
 
