@@ -16,7 +16,9 @@ Figures only, never an assertion (DESIGN.md, "Tests"); cleanup as bench_engine's
 """
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -52,11 +54,16 @@ def scrape(url: str) -> tuple[float, str]:
     return (time.perf_counter() - t0) * 1e3, body
 
 
-def server_ms(body: str) -> float | None:
+def sample(body: str, name: str) -> float | None:
     for line in body.splitlines():
-        if line.startswith("procguard_metrics_scrape_seconds "):
-            return float(line.split()[1]) * 1e3
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     return None
+
+
+def server_ms(body: str) -> float | None:
+    seconds = sample(body, "procguard_metrics_scrape_seconds")
+    return None if seconds is None else seconds * 1e3
 
 
 def bench_scrapes(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
@@ -66,6 +73,7 @@ def bench_scrapes(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
     server: list[float] = []
     first_client, body = scrape(url)
     samples = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
+    cpu0 = sample(body, "procguard_daemon_cpu_seconds_total")
     for _ in range(rounds):
         ms, body = scrape(url)
         client.append(ms)
@@ -73,15 +81,20 @@ def bench_scrapes(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
         if previous is not None:
             server.append(previous)
     first_server = server.pop(0)
+    cpu1 = sample(body, "procguard_daemon_cpu_seconds_total")
+    # The daemon's CPU time per scrape (the idle daemon spends ~0 between them): unlike wall time, it does
+    # not grow when other processes compete for the cores.
+    cpu_ms = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) * 1e3 / rounds
     # A state change: the engine families are rendered again on the next scrape.
-    import subprocess
     subprocess.run([sys.executable, "-m", "procguardctl", "-s", f"ipc://{d.work}/control.sock", "restart", "p0000"],
                    check=True, capture_output=True, cwd=str(Path(__file__).resolve().parent.parent))
     changed_client, _ = scrape(url)
     _, body = scrape(url)
     changed_server = server_ms(body)
     d.kill()
-    return {"n": n, "samples": samples, "bytes": len(body), "first_client_ms": first_client,
+    return {"n": n, "samples": samples, "bytes": len(body), "cpu_ms_per_scrape": cpu_ms,
+            "load_average": os.getloadavg(), "processes_on_host": sum(e.isdigit() for e in os.listdir("/proc")),
+            "first_client_ms": first_client,
             "first_server_ms": first_server, "client_ms": client, "server_ms": server,
             "after_change_client_ms": changed_client, "after_change_server_ms": changed_server}
 
@@ -109,11 +122,16 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
               f"max {max(values):7.1f} ms")
 
     row("server side (steady)", s["server_ms"])
+    if s["cpu_ms_per_scrape"] is not None:
+        print(f"  {'daemon CPU per scrape (steady)':<34} {s['cpu_ms_per_scrape']:.1f} ms")
     row("client wall (steady)", s["client_ms"])
     print(f"  {'first scrape (nothing cached)':<34} server {s['first_server_ms']:.1f} ms, client "
           f"{s['first_client_ms']:.1f} ms")
     print(f"  {'after a restart (engine re-render)':<34} server {s['after_change_server_ms']:.1f} ms, client "
           f"{s['after_change_client_ms']:.1f} ms")
+    print(f"  machine load average during the scrapes: {' '.join(f'{x:.2f}' for x in s['load_average'])} "
+          f"({os.cpu_count()} cores); {s['processes_on_host']} processes on the host (a scrape reads each one's "
+          "/proc/PID/stat once)")
     print(f"  target: < {TARGET_SCRAPE_MS:g} ms server side at 1000 processes; median "
           f"{statistics.median(s['server_ms']):.1f} ms")
     return {"idle": idle, "scrape": scrapes}

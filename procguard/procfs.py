@@ -26,10 +26,15 @@ class TreeUsage:
 def _stat(pid: int) -> tuple[int, int, int] | None:
     """(ppid, CPU ticks incl. reaped children, RSS pages) from /proc/PID/stat; None once it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # no Python file object: ~2x faster
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # comm (field 2) may hold spaces and parentheses: the fields after it follow the last ')'.
     rest = data[data.rfind(b")") + 2:].split()
     try:
@@ -40,8 +45,10 @@ def _stat(pid: int) -> tuple[int, int, int] | None:
 
 
 def _fds(pid: int) -> int | None:
+    path = f"/proc/{pid}/fd"
     try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        # Linux >= 6.2 gives the number of open descriptors as the directory's size, without listing it.
+        return os.stat(path).st_size or len(os.listdir(path))
     except OSError:  # gone, or another user's process and we are not root
         return None
 

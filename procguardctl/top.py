@@ -33,7 +33,7 @@ from procguardctl.client import TimedOut, Unreachable, request
 if TYPE_CHECKING:
     import curses
 
-HISTORY = 24  # samples in each sparkline
+HISTORY = 16  # samples in each sparkline
 EVENTS = 8  # events fetched for the pane below the table
 UNICODE_BARS = "▁▂▃▄▅▆▇█"
 ASCII_BARS = "_.-~=+*#"
@@ -157,6 +157,9 @@ class Model:
 
         threading.Thread(target=run, name=f"top-{cmd}", daemon=True).start()
 
+    def name_width(self) -> int:
+        return max(8, min(40, max((len(n) for n in self.order), default=0)))
+
     def summary(self) -> str:
         counts: dict[str, int] = {}
         for name in self.order:
@@ -214,7 +217,7 @@ def format_event(e: dict[str, Any]) -> str:
     return f"{when} {who}{pid} {e.get('event')}{fields}"
 
 
-COLUMNS = (("NAME", 24), ("STATE", 9), ("HEALTH", 9), ("PID", 7), ("UPTIME", 9), ("CPU%", 6), ("RSS", 8),
+COLUMNS = (("NAME", 0), ("STATE", 9), ("HEALTH", 9), ("PID", 7), ("UPTIME", 9), ("CPU%", 6), ("RSS", 8),
            ("RESTARTS", 8))
 
 
@@ -225,9 +228,11 @@ def row_cells(p: Proc) -> list[str]:
             uptime(st), cpu, human_bytes(st.get("rss_bytes")), str(st.get("restarts", 0))]
 
 
-def table_line(cells: list[str]) -> str:
+def table_line(cells: list[str], name_width: int) -> str:
+    """One row: NAME as wide as the longest name (name_width), the other columns fixed."""
     out = []
     for (title, width), cell in zip(COLUMNS, cells):
+        width = width or name_width
         right = title in ("PID", "CPU%", "RSS", "RESTARTS")
         cell = cell if len(cell) <= width else cell[: width - 1] + "~"
         out.append(cell.rjust(width) if right else cell.ljust(width))
@@ -240,8 +245,8 @@ def histories(p: Proc, bars: str) -> str:
     return f"{cpu} {rss}"
 
 
-def header_line() -> str:
-    return table_line([t for t, _ in COLUMNS]) + " " + "CPU history".ljust(HISTORY) + " " + "RSS history"
+def header_line(name_width: int) -> str:
+    return table_line([t for t, _ in COLUMNS], name_width) + " " + "CPU history".ljust(HISTORY) + " " + "RSS history"
 
 
 # ----------------------------------------------------------------------------------------- plain
@@ -259,10 +264,10 @@ def run_plain(model: Model, interval_s: float, iterations: int | None) -> int:
               f"{datetime.now().strftime('%H:%M:%S')}")
         if model.error:
             print(f"error: {model.error}")
-        print(header_line())
+        print(header_line(model.name_width()))
         for name in model.order:
             p = model.procs[name]
-            print((table_line(row_cells(p)) + " " + histories(p, ASCII_BARS)).rstrip())
+            print((table_line(row_cells(p), model.name_width()) + " " + histories(p, ASCII_BARS)).rstrip())
         print("latest events:")
         for line in model.events or [model.events_note or "(none)"]:
             print(f"  {line}")
@@ -372,7 +377,8 @@ class Screen:
         self.put(0, max(0, width - len(clock) - 1), clock)
         status = m.error or m.message
         self.put(1, 0, status, c.A_BOLD if m.error else 0)
-        self.put(2, 0, header_line().ljust(width), c.A_REVERSE)
+        name_width = m.name_width()
+        self.put(2, 0, header_line(name_width).ljust(width), c.A_REVERSE)
         pane = max(3, min(EVENTS + 1, height // 3))
         rows = max(1, height - 4 - pane)
         self.selected_name()
@@ -383,12 +389,12 @@ class Screen:
         for i, name in enumerate(m.order[self.first:self.first + rows]):
             p = m.procs[name]
             y = 3 + i
-            line = table_line(row_cells(p))
+            line = table_line(row_cells(p), name_width)
             chosen = self.first + i == self.selected
             base = c.A_REVERSE if chosen else 0
             self.put(y, 0, line.ljust(width) if chosen else line, base)
             state = str(p.st.get("state"))
-            state_x = COLUMNS[0][1] + 1
+            state_x = name_width + 1
             self.put(y, state_x, state.ljust(COLUMNS[1][1]), base | self.colours.get(state, 0))
             self.put(y, len(line) + 1, histories(p, self.bars), base)
         y = 3 + rows
