@@ -5,7 +5,7 @@ loop (cheap), then reads /proc and renders the text exposition format with the o
 library (prometheus_client) in the loop's default executor, so a thousand processes never stall the
 loop. Families whose values did not change since the last scrape (state, restarts, exits, ...) reuse
 their rendered text: prometheus_client spends ~6 us per sample, and a thousand processes have
-~15000 samples (benchmarks/bench_metrics.py).
+~17000 samples (benchmarks/bench_metrics.py).
 
 This module is imported only when metrics are configured (the daemon without them never loads
 prometheus_client).
@@ -50,7 +50,7 @@ finally:
 from procguard import procfs
 from procguard.config import MetricsConfig
 from procguard.output import Output
-from procguard.process import ExitReason, Process, ProcessState
+from procguard.process import ExitReason, ProcessState
 from procguard.protocol import VERSION
 from procguard.supervisor import Supervisor
 
