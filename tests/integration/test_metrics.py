@@ -155,6 +155,11 @@ def test_metrics_on_a_unix_socket(daemon: Callable[[str], DaemonRun]) -> None:
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK")
     assert value(parse(body.decode()), "procguard_process_pid", program="web", process="web") == pid
+    # A reload keeps the endpoint where it is and says that a new one needs a restart.
+    d.config.write_text(d.config.read_text().replace(str(path), str(d.work / "other.sock")))
+    d.signal(signal.SIGHUP)
+    wait_until(lambda: d.events("metrics_change_needs_restart"), what="metrics_change_needs_restart")
+    assert path.exists() and not (d.work / "other.sock").exists()
     assert d.stop() == 0
     assert not path.exists()
 
