@@ -18,10 +18,10 @@ from procguard.config import (
 from procguard.errors import ConfigIssue
 
 COMMON_KEYS = frozenset({"type", "events", "programs", "crash_loop_exits", "crash_loop_window", "batch_window",
-                         "retries", "timeout", "recovery"})
+                         "retries", "timeout", "recovery", "ca_file"})
 TYPE_KEYS = {
     AlertType.WEBHOOK: frozenset({"url"}),
-    AlertType.EMAIL: frozenset({"smtp", "security", "credentials_file", "ca_file", "from", "to", "subject_prefix"}),
+    AlertType.EMAIL: frozenset({"smtp", "security", "credentials_file", "from", "to", "subject_prefix"}),
 }
 ALL_KEYS = COMMON_KEYS | TYPE_KEYS[AlertType.WEBHOOK] | TYPE_KEYS[AlertType.EMAIL]
 _ADDRESS_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+")
@@ -115,6 +115,14 @@ def _parse_alert(name: str, table: object, source: str, programs: set[str],
         else:
             values["recovery"] = table["recovery"]
 
+    if "ca_file" in table:
+        ca_file = table["ca_file"]
+        if not isinstance(ca_file, str) or not os.path.isabs(ca_file):
+            bad("ca_file", f"expected an absolute path, got {ca_file!r}")
+        elif not os.path.isfile(ca_file):
+            bad("ca_file", f"{ca_file}: no such file")
+        else:
+            values["ca_file"] = ca_file
     if kind == AlertType.WEBHOOK:
         url = table.get("url")
         parts = urlsplit(url) if isinstance(url, str) else None
@@ -147,27 +155,20 @@ def _parse_email(table: dict[str, Any], values: dict[str, Any], bad: Callable[[s
             values["security"] = security = SmtpSecurity(table["security"])
         except ValueError:
             bad("security", f'expected "none", "starttls" or "tls", got {table["security"]!r}')
-            return
-    for key in ("credentials_file", "ca_file"):
-        if key not in table:
-            continue
-        path = table[key]
-        if not isinstance(path, str) or not os.path.isabs(path):
-            bad(key, f"expected an absolute path, got {path!r}")
-            continue
+    if "credentials_file" in table:
+        path = table["credentials_file"]
+        key = "credentials_file"
         try:
-            st = os.stat(path)
+            if not isinstance(path, str) or not os.path.isabs(path):
+                bad(key, f"expected an absolute path, got {path!r}")
+            elif (mode := stat.S_IMODE(os.stat(path).st_mode)) & 0o077:
+                bad(key, f"{path} is readable by others (mode {mode:04o}); chmod 600 it")
+            elif security == SmtpSecurity.NONE and host not in _LOOPBACK:
+                bad(key, 'credentials are never sent unencrypted: set security = "starttls" or "tls"')
+            else:
+                values[key] = path
         except OSError as exc:
             bad(key, f"{path}: {exc.strerror}")
-            continue
-        if key == "credentials_file":
-            if stat.S_IMODE(st.st_mode) & 0o077:
-                bad(key, f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
-                continue
-            if security == SmtpSecurity.NONE and host not in _LOOPBACK:
-                bad(key, 'credentials are never sent unencrypted: set security = "starttls" or "tls"')
-                continue
-        values[key] = path
     sender = table.get("from")
     if sender is not None:
         if not isinstance(sender, str) or not _ADDRESS_RE.fullmatch(sender):

@@ -141,7 +141,7 @@ def _tls_context(ca_file: str | None) -> "ssl.SSLContext":
     return ssl.create_default_context(cafile=ca_file)
 
 
-def _connection(url: str, timeout_s: float) -> "http.client.HTTPConnection":
+def _connection(url: str, timeout_s: float, ca_file: str | None) -> "http.client.HTTPConnection":
     """A plain or TLS (certificate-checked) connection; imported here, on the worker thread, when first needed."""
     import http.client
 
@@ -154,7 +154,7 @@ def _connection(url: str, timeout_s: float) -> "http.client.HTTPConnection":
         # first imported, which at daemon start-up it is not (see allow_tls).
         def connect(self) -> None:
             super().connect()
-            self.sock = _tls_context(None).wrap_socket(self.sock, server_hostname=self.host)
+            self.sock = _tls_context(ca_file).wrap_socket(self.sock, server_hostname=self.host)
 
     return TLSConnection(parts.hostname or "", parts.port or 443, timeout=timeout_s)
 
@@ -167,7 +167,7 @@ def post_webhook(cfg: AlertConfig, msg: Message) -> None:
     url = urlsplit(cfg.url)
     body = json.dumps({"text": msg.text(), "alert": cfg.name, "host": msg.host, "kind": msg.kind,
                        "notices": [n.to_json() for n in msg.notices]}).encode()
-    conn = _connection(cfg.url, cfg.timeout)
+    conn = _connection(cfg.url, cfg.timeout, cfg.ca_file)
     try:
         path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         conn.request("POST", path, body, {"Content-Type": "application/json", "User-Agent": f"procguard/{VERSION}"})
@@ -430,6 +430,9 @@ class AlertChannel:
             error = str(exc)
         except TimeoutError:
             error = f"no answer within {deadline:g}s"
+        except Exception as exc:  # task boundary: a bug in delivery is a failed attempt, not a dead sender
+            log.exception("alert_delivery_error", alert=cfg.name)
+            error = f"{type(exc).__name__}: {exc}"
         fields = {"alert": cfg.name, "kind": msg.kind, "notices": len(msg.notices), "attempts": msg.attempts}
         if error is None:
             log.info("alert_sent", **fields)

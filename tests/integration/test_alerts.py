@@ -1,7 +1,10 @@
 """Alerts against real receivers on loopback: an HTTP server and an SMTP server (aiosmtpd) (issue #18 item 2)."""
 
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from email import message_from_bytes
@@ -22,7 +25,7 @@ class WebhookReceiver:
     listens only once `up()` is called: until then connections are refused, as by a receiver that is down.
     While `hang` is set, each request is held (no answer) until `release` is set."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.posts: list[dict[str, Any]] = []
         self.held = 0
         self.hang = threading.Event()
@@ -47,7 +50,10 @@ class WebhookReceiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
         self.server.server_bind()  # bound, not listening: connections are refused until up()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=x"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/hook?token=x"
         self._thread: threading.Thread | None = None
 
     def up(self) -> None:
@@ -65,7 +71,7 @@ class WebhookReceiver:
 class MailReceiver:
     """aiosmtpd on loopback: every message it accepts, parsed."""
 
-    def __init__(self) -> None:
+    def __init__(self, **smtp: Any) -> None:
         self.mails: list[Message] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         receiver = self
@@ -79,7 +85,7 @@ class MailReceiver:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.controller = aiosmtpd_controller.Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller = aiosmtpd_controller.Controller(Handler(), hostname="127.0.0.1", port=self.port, **smtp)
         self.controller.start()
 
     def close(self) -> None:
@@ -222,8 +228,8 @@ def test_the_daemon_answers_while_a_receiver_hangs(daemon, hook, mailbox):
     assert sum(1 for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "process_restarting") == 3
     assert hook.held == 1 and not hook.posts
     hook.release.set()
-    wait_until(lambda: hook.posts, 20, "the held message, once released")
-    assert sent(d, "hook")[0]["attempts"] == 1
+    [ev] = wait_until(lambda: sent(d, "hook"), 20, "the held message delivered, once released")
+    assert ev["attempts"] == 1 and len(hook.posts) == 1
 
 
 def test_alert_test_reports_delivery_and_unknown_names(daemon, hook):
@@ -259,3 +265,107 @@ def test_a_crash_loop_is_one_alert_and_ends_after_a_quiet_window(daemon, hook):
     assert "loopy is crash-looping: 3 exits in 3s" in alert["text"], alert["text"]
     assert recovery["kind"] == "recovery" and "loopy has run 3s without exiting" in recovery["text"]
     assert statuses(d)["loopy"]["state"] == "RUNNING"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command for a test certificate")
+def test_https_webhook_and_starttls_email_with_credentials_from_a_file(daemon, tmp_path):
+    """TLS the way a smarthost and a hosted webhook need it, in a daemon that starts without ssl loaded."""
+    from aiosmtpd.smtp import AuthResult
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cr:et")
+
+    creds = tmp_path / "smtp.cred"
+    creds.write_text("alerts@example.com:s3cr:et\n")
+    creds.chmod(0o600)
+    hook = WebhookReceiver(tls=server_tls)
+    mailbox = MailReceiver(tls_context=server_tls, require_starttls=True, authenticator=authenticate,
+                           auth_require_tls=True)
+    try:
+        hook.up()
+        d = daemon()
+        d.write_config(prog("web", probe(d.work, "web"), startsecs=0)
+                       + webhook_alert("hook", hook.url, ca_file=str(cert))
+                       + email_alert("mail", mailbox.port, security="starttls", ca_file=str(cert),
+                                     credentials_file=str(creds)))
+        d.start()
+        for name in ("hook", "mail"):
+            r = ctl(d, "alert", "test", name)
+            assert r.returncode == 0, r.stdout + r.stderr + str(d.events("alert_failed"))
+        assert hook.posts[0]["kind"] == "test" and hook.url.startswith("https://")
+        assert logins == [(b"alerts@example.com", b"s3cr:et")]
+        assert mailbox.mails[0]["X-Procguard-Kind"] == "test"
+    finally:
+        hook.close()
+        mailbox.close()
+
+
+def test_deploy_failed_is_one_alert_until_a_deploy_succeeds(hook):
+    """The deploy engine only logs deploy_failed / deploy_succeeded (branch deploy): those logs alone drive
+    the episode, through the daemon's own logging, bus and alert manager, to a real HTTP receiver."""
+    import asyncio
+
+    import structlog
+
+    from procguard.alerts import AlertManager
+    from procguard.config import AlertConfig, AlertTrigger, AlertType
+    from procguard.events import EventBus
+    from procguard.log import configure_logging
+
+    hook.up()
+    bus = EventBus()
+    configure_logging("warning", "json", bus)
+    cfg = AlertConfig(name="hook", source="test", type=AlertType.WEBHOOK, url=hook.url, batch_window=0.0,
+                      events=(AlertTrigger.DEPLOY_FAILED,))
+
+    async def main() -> None:
+        bus.attach(asyncio.get_running_loop())
+        alerts = AlertManager((cfg,), bus, host="web1")
+        log = structlog.get_logger().bind(program="web")
+        try:
+            log.error("deploy_failed", reason="migrate exited 1")
+            await asyncio.to_thread(wait_until, lambda: len(hook.posts) == 1, 20, "the alert")
+            log.error("deploy_failed", reason="migrate exited 1 again")  # the same episode: no message
+            log.info("deploy_started")
+            log.info("deploy_succeeded")
+            await asyncio.to_thread(wait_until, lambda: len(hook.posts) == 2, 20, "the recovery")
+            log.info("deploy_succeeded")  # no episode open: nothing
+            log.error("deploy_failed", reason="health check never passed")  # a new episode
+            await asyncio.to_thread(wait_until, lambda: len(hook.posts) == 3, 20, "the next alert")
+        finally:
+            alerts.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        structlog.reset_defaults()
+    texts = [p["text"] for p in hook.posts]
+    assert texts[0] == "[web1] deploy of web failed: migrate exited 1"
+    assert texts[1].startswith("[web1] deploy of web succeeded (deploy_failed for ")
+    assert texts[2] == "[web1] deploy of web failed: health check never passed"
+    assert [p["kind"] for p in hook.posts] == ["alert", "recovery", "alert"]
+
+
+def test_dropped_output_alerts_once_per_episode(daemon, hook):
+    hook.up()
+    d = daemon()
+    d.write_config(prog("noisy", ["sh", "-c", "while :; do echo line; sleep 0.02; done"], startsecs=0,
+                        stdout_logfile="/dev/full")
+                   + webhook_alert("hook", hook.url, batch_window="0s"))
+    d.start()
+    wait_until(lambda: hook.posts, 20, "the alert")
+    wait_until(lambda: statuses(d)["noisy"]["output_dropped_bytes"] > 500, 20, "more bytes dropped")
+    assert ctl(d, "alert", "test", "hook").returncode == 0  # behind anything else queued for the receiver
+    alert, test = hook.posts
+    assert alert["notices"][0]["trigger"] == "output_dropped"
+    assert alert["text"].endswith("noisy stdout output is being dropped (write_failed: /dev/full)")
+    assert test["kind"] == "test"
