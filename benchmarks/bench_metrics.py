@@ -91,9 +91,10 @@ def bench_scrapes(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
     changed_client, _ = scrape(url)
     _, body = scrape(url)
     changed_server = server_ms(body)
+    host_processes = sum(e.isdigit() for e in os.listdir("/proc"))
     d.kill()
     return {"n": n, "samples": samples, "bytes": len(body), "cpu_ms_per_scrape": cpu_ms,
-            "load_average": os.getloadavg(), "processes_on_host": sum(e.isdigit() for e in os.listdir("/proc")),
+            "load_average": os.getloadavg(), "processes_on_host": host_processes,
             "first_client_ms": first_client,
             "first_server_ms": first_server, "client_ms": client, "server_ms": server,
             "after_change_client_ms": changed_client, "after_change_server_ms": changed_server}
