@@ -372,9 +372,11 @@ class Screen:
         c, m = self.curses, self.model
         self.scr.erase()
         height, width = self.scr.getmaxyx()
-        self.put(0, 0, f"procguard top  {m.where.endpoint}  {m.summary()}", c.A_BOLD)
+        title = f"procguard top  {m.where.endpoint}  {m.summary()}"
+        self.put(0, 0, title, c.A_BOLD)
         clock = datetime.now().strftime("%H:%M:%S")
-        self.put(0, max(0, width - len(clock) - 1), clock)
+        if len(title) + len(clock) + 2 <= width:
+            self.put(0, width - len(clock) - 1, clock)
         status = m.error or m.message
         self.put(1, 0, status, c.A_BOLD if m.error else 0)
         name_width = m.name_width()
