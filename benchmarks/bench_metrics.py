@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 if __package__ in (None, ""):
@@ -66,6 +67,43 @@ def server_ms(body: str) -> float | None:
     return None if seconds is None else seconds * 1e3
 
 
+def best_cpu_ms(fn: Callable[[], object], rounds: int = 5) -> float:
+    """The least CPU time (this thread's) of a few calls: what the work costs when nothing else competes."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - t0)
+    return best * 1e3
+
+
+def component_cpu_ms(pids: list[int]) -> dict[str, float]:
+    """A scrape's two big parts, timed here in CPU time on the daemon's real children: the /proc pass
+    (procfs.tree_usage) and the per-process families (ProcessCollector), steady and with every CPU value
+    changed (the worst case of a busy host: that family is rendered again for every process)."""
+    from procguard import procfs
+    from procguard.metrics import ProcessCollector, Row
+    from procguard.process import ProcessState
+
+    usage = procfs.tree_usage(pids)
+    rows = [Row(program=f"p{i:04d}", process=f"p{i:04d}", state=ProcessState.RUNNING, pid=pid, started_at=1.7e9,
+                healthy=None, health_check_s=None, restarts=0, exits=(0, 0, 0, 0, 0),
+                output=(("stdout", 0, 0), ("stderr", 0, 0))) for i, pid in enumerate(pids)]
+    collector = ProcessCollector()
+    cold = best_cpu_ms(lambda: ProcessCollector()(rows, usage), rounds=2)
+    collector(rows, usage)
+    steady = best_cpu_ms(lambda: collector(rows, usage))
+    flip = [0]
+
+    def cpu_changed() -> None:
+        flip[0] += 1
+        collector(rows, {pid: procfs.TreeUsage(cpu_s=u.cpu_s + flip[0], rss_bytes=u.rss_bytes, fds=u.fds, pids=u.pids)
+                         for pid, u in usage.items()})
+
+    return {"proc_scan": best_cpu_ms(lambda: procfs.tree_usage(pids)), "families_cold": cold,
+            "families_steady": steady, "families_cpu_changed": best_cpu_ms(cpu_changed)}
+
+
 def bench_scrapes(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
     d = metrics_daemon(bench, f"scrape-{n}", n, metrics=True)
     url = "http://" + d.wait_event("metrics_listening")["address"] + "/metrics"
@@ -92,8 +130,9 @@ def bench_scrapes(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
     _, body = scrape(url)
     changed_server = server_ms(body)
     host_processes = sum(e.isdigit() for e in os.listdir("/proc"))
+    parts = component_cpu_ms([c.pid for c in sleep_children(d)])
     d.kill()
-    return {"n": n, "samples": samples, "bytes": len(body), "cpu_ms_per_scrape": cpu_ms,
+    return {"n": n, "samples": samples, "bytes": len(body), "cpu_ms_per_scrape": cpu_ms, "parts_cpu_ms": parts,
             "load_average": os.getloadavg(), "processes_on_host": host_processes,
             "first_client_ms": first_client,
             "first_server_ms": first_server, "client_ms": client, "server_ms": server,
@@ -123,6 +162,10 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
               f"max {max(values):7.1f} ms")
 
     row("server side (steady)", s["server_ms"])
+    parts = s["parts_cpu_ms"]
+    print(f"  {'parts, CPU ms (best of 5, in the bench)':<34} /proc pass {parts['proc_scan']:.1f}, families: "
+          f"steady {parts['families_steady']:.1f}, every CPU value changed {parts['families_cpu_changed']:.1f}, "
+          f"cold {parts['families_cold']:.1f}")
     if s["cpu_ms_per_scrape"] is not None:
         print(f"  {'daemon CPU per scrape (steady)':<34} {s['cpu_ms_per_scrape']:.1f} ms")
     row("client wall (steady)", s["client_ms"])
