@@ -176,6 +176,11 @@ class Process:
         return f"<Process {self.name} {self.state} pid={self.pid}>"
 
     @property
+    def live_pid(self) -> int | None:
+        """The leader's pid while it runs (None once it exited, though its group may still be stopping)."""
+        return self.pid if self._leader_alive else None
+
+    @property
     def draining(self) -> bool:
         """True while a restart waits for the process to finish its connections (drain_timeout)."""
         return self._draining != 0

@@ -56,7 +56,7 @@ def test_a_change_of_one_process_leaves_the_others_lines_as_they_were() -> None:
     collector = ProcessCollector()
     first = collector(rows, usage)
     assert collector(rows, usage) == first  # nothing changed: every part reused
-    rows[10] = Row(**{**{f: getattr(rows[10], f) for f in Row.__slots__}, "state": ProcessState.FATAL, "pid": None})
+    rows[10] = rows[10]._replace(state=ProcessState.FATAL, pid=None)
     changed = collector(rows, usage)
     assert b"".join(changed) == reference(rows, usage)
     # The families process 10's change does not touch (restarts, exits, output, ...) are the same text.
