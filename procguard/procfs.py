@@ -36,7 +36,7 @@ def _stat(pid: int) -> tuple[int, int, int] | None:
     finally:
         os.close(fd)
     # comm (field 2) may hold spaces and parentheses: the fields after it follow the last ')'.
-    rest = data[data.rfind(b")") + 2:].split()
+    rest = data[data.rfind(b")") + 2:].split(None, 22)  # up to rss; the 20-odd fields after it stay unsplit
     try:
         # proc(5): ppid is field 4, utime..cstime 14..17, rss 24; rest[0] is field 3.
         return int(rest[1]), int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14]), int(rest[21])
