@@ -27,7 +27,7 @@ import socket
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -269,6 +269,12 @@ def _settle(fut: "asyncio.Future[None]", error: BaseException | None) -> None:
 # ------------------------------------------------------------------------------------ episodes (loop)
 
 
+def _replace_name(fields: Mapping[str, Any]) -> str:
+    """'deploy', or what else replaced the program by its next generation ('replace (restart)')."""
+    trigger = fields.get("trigger")
+    return "deploy" if trigger in (None, "deploy") else f"replace ({trigger})"
+
+
 @dataclass(slots=True)
 class _Watch:
     """What one alert remembers about one process."""
@@ -311,9 +317,9 @@ class AlertChannel:
                 self._end(AlertTrigger.UNHEALTHY, who, ev, f"{who} is healthy again")
         elif ev.event == "deploy_failed":
             self._begin(AlertTrigger.DEPLOY_FAILED, str(ev.program), ev,
-                        f"deploy of {ev.program} failed: {f.get('reason', 'see procguardctl events')}")
+                        f"{_replace_name(f)} of {ev.program} failed: {f.get('reason', 'see procguardctl events')}")
         elif ev.event == "deploy_succeeded":
-            self._end(AlertTrigger.DEPLOY_FAILED, str(ev.program), ev, f"deploy of {ev.program} succeeded")
+            self._end(AlertTrigger.DEPLOY_FAILED, str(ev.program), ev, f"{_replace_name(f)} of {ev.program} succeeded")
         elif ev.event == "output_dropped":
             self._begin(AlertTrigger.OUTPUT_DROPPED, f"{who} {f.get('stream')}", ev,
                         f"{who} {f.get('stream')} output is being dropped ({f.get('cause')}: {f.get('path')})")

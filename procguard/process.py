@@ -42,15 +42,6 @@ class ExitReason(enum.StrEnum):
     STOPPED = "stopped"  # exited while procguard was stopping it
 
 
-class RestartCause(enum.StrEnum):
-    """Why a process is restarted (the `cause` of a process_restarting event)."""
-
-    CONTROL = "control"
-    UNHEALTHY = "unhealthy"
-    MAX_AGE = "max_age"
-    MAX_MEMORY = "max_memory"
-
-
 # States from which a process is not running and no timer will start it by itself.
 RESTING_STATES = frozenset({ProcessState.STOPPED, ProcessState.EXITED, ProcessState.FATAL})
 
@@ -322,7 +313,7 @@ class Process:
         if self.health_failures >= hc.retries and self.health != "unhealthy":
             self._set_health("unhealthy", reason)
             if hc.on_unhealthy == "restart":
-                self.restart(f"unhealthy: {reason}", RestartCause.UNHEALTHY)
+                self.restart(f"unhealthy: {reason}")
 
     def _set_health(self, new: str, reason: str) -> None:
         old = self.health
@@ -332,11 +323,10 @@ class Process:
             self.on_event(self, "health_changed", {"old": old, "new": new, "reason": reason,
                                                    "failures": self.health_failures})
 
-    def restart(self, why: str, cause: RestartCause) -> bool:
+    def restart(self, why: str) -> bool:
         """Stop gracefully and start again (health, max_age, max_memory); False when not running."""
         if self.state not in (ProcessState.STARTING, ProcessState.RUNNING) or self._spawn_pending:
             return False
-        self.on_event(self, "process_restarting", {"cause": cause, "reason": why})
         self._after_stop = "restart"  # before stop(): a leader already gone is STOPPED within it
         self._pending_reason = f"restarting: {why}"
         self.stop(drain=True)
@@ -357,7 +347,7 @@ class Process:
             age = self._os.monotonic() - self.spawned_at
             self.on_event(self, "process_recycled", {"reason": "max_age", "age_s": round(age, 1),
                                                      "max_age_s": self.program.max_age})
-            self.restart(f"max_age ({self.program.max_age:g}s) reached", RestartCause.MAX_AGE)
+            self.restart(f"max_age ({self.program.max_age:g}s) reached")
 
     def spawn_failed(self, reason: str) -> None:
         self._spawn_pending = False

@@ -114,13 +114,6 @@ def decode_request(frame: bytes) -> Request:
             raise ProtocolError(E_BAD_ARGS, f'"{flag}" must be true or false', rid)
     if cmd == "signal" and not isinstance(args.get("signal"), str | int):
         raise ProtocolError(E_BAD_ARGS, 'signal needs "signal": a name like "HUP" or a number', rid)
-    if cmd == "tail":
-        if not isinstance(args.get("name"), str) or not args["name"]:
-            raise ProtocolError(E_BAD_ARGS, 'tail needs "name": one process, like "web" or "worker:worker_00"', rid)
-        if args.get("stream", "stdout") not in STREAMS:
-            raise ProtocolError(E_BAD_ARGS, '"stream" must be "stdout" or "stderr"', rid)
-        if not isinstance(args.get("follow", False), bool):
-            raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
     if cmd == "events":
         limit = args.get("limit")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
@@ -129,6 +122,13 @@ def decode_request(frame: bytes) -> Request:
             raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
     if cmd == "alert_test" and (not isinstance(args.get("name"), str) or not args["name"]):
         raise ProtocolError(E_BAD_ARGS, 'alert_test needs "name": an [alert.NAME] of the config', rid)
+    if cmd == "tail":
+        if not isinstance(args.get("name"), str) or not args["name"]:
+            raise ProtocolError(E_BAD_ARGS, 'tail needs "name": one process, like "web" or "worker:worker_00"', rid)
+        if args.get("stream", "stdout") not in STREAMS:
+            raise ProtocolError(E_BAD_ARGS, '"stream" must be "stdout" or "stderr"', rid)
+        if not isinstance(args.get("follow", False), bool):
+            raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
     if cmd in ("start", "stop", "restart", "signal", "reload_app") and not names:
         raise ProtocolError(E_BAD_ARGS, f'{cmd} needs "names" (a program, program:process, group:* or all)', rid)
     return Request(id=rid, cmd=cmd, args=args)

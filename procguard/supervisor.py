@@ -20,9 +20,7 @@ from procguard.protocol import E_BAD_SIGNAL, E_NO_SUCH_PROCESS
 from procguard.health import run_check
 from procguard.sockets import SocketError
 from procguard.osapi import tree_rss
-from procguard.process import (
-    RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, RestartCause, describe_exit,
-)
+from procguard.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, describe_exit
 
 log = structlog.get_logger()
 
@@ -135,7 +133,7 @@ class Supervisor:
                 if rss > limit and proc.state == ProcessState.RUNNING:
                     log.warning("process_recycled", program=proc.program.name, process=proc.name, pid=pid,
                                 reason="max_memory", rss_bytes=rss, max_memory_bytes=limit)
-                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}", RestartCause.MAX_MEMORY)
+                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}")
                     return
                 await asyncio.sleep(proc.program.resource_check_interval)
         except Exception:  # task boundary
@@ -360,12 +358,12 @@ class Supervisor:
         stopped: list[ActionResult] = []
 
         async def both(procs: list[Process]) -> list[ActionResult]:
-            for p in procs:
-                self._on_event(p, "process_restarting", {"cause": RestartCause.CONTROL, "reason": "restart command"})
             stopped.extend(await self._stop_procs(procs, drain=True))  # drain_timeout: see Process.stop
             return await self._start_procs(procs)
 
         procs = self.resolve(names)
+        for p in procs:
+            self._on_event(p, "process_restarting", {"cause": "restart", "reason": "restart command"})
         started = await self._per_program(procs, both)
         order = {p.name: i for i, p in enumerate(procs)}
         return sorted(stopped, key=lambda r: order.get(r.name, 0)), started

@@ -298,6 +298,34 @@ def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool
     raise AssertionError(command)
 
 
+def logfmt(value: object) -> str:
+    """A field value on one line: JSON for lists and objects, quoted when it has spaces or quotes."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    text = value if isinstance(value, str) else json.dumps(value)
+    return json.dumps(text) if not text or any(c in text for c in ' "=\n\t') else text
+
+
+class EventPrinter:
+    """Prints events one a line: `TIME WHO [pid N] EVENT key=value ...`, or JSON lines with --json."""
+
+    def __init__(self, as_json: bool) -> None:
+        self._json = as_json
+
+    def __call__(self, result: dict[str, Any]) -> None:
+        from datetime import datetime
+
+        for ev in result.get("events") or []:
+            if self._json:
+                print(json.dumps(ev), flush=True)
+                continue
+            when = datetime.fromtimestamp(float(ev.get("time") or 0)).astimezone().isoformat(timespec="milliseconds")
+            who = ev.get("process") or ev.get("program") or "procguard"
+            pid = f" pid {ev['pid']}" if ev.get("pid") else ""
+            fields = "".join(f" {k}={logfmt(v)}" for k, v in (ev.get("fields") or {}).items())
+            print(f"{when} {who}{pid} {ev.get('event')}{fields}", flush=True)
+
+
 def keygen(directory: str, name: str) -> int:
     import zmq.auth
 
@@ -359,34 +387,6 @@ class TailPrinter:
         self.offset = end
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
-
-
-def logfmt(value: object) -> str:
-    """A field value on one line: JSON for lists and objects, quoted when it has spaces or quotes."""
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    text = value if isinstance(value, str) else json.dumps(value)
-    return json.dumps(text) if not text or any(c in text for c in ' "=\n\t') else text
-
-
-class EventPrinter:
-    """Prints events one a line: `TIME WHO [pid N] EVENT key=value ...`, or JSON lines with --json."""
-
-    def __init__(self, as_json: bool) -> None:
-        self._json = as_json
-
-    def __call__(self, result: dict[str, Any]) -> None:
-        from datetime import datetime
-
-        for ev in result.get("events") or []:
-            if self._json:
-                print(json.dumps(ev), flush=True)
-                continue
-            when = datetime.fromtimestamp(float(ev.get("time") or 0)).astimezone().isoformat(timespec="milliseconds")
-            who = ev.get("process") or ev.get("program") or "procguard"
-            pid = f" pid {ev['pid']}" if ev.get("pid") else ""
-            fields = "".join(f" {k}={logfmt(v)}" for k, v in (ev.get("fields") or {}).items())
-            print(f"{when} {who}{pid} {ev.get('event')}{fields}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,16 +174,20 @@ def test_a_burst_is_one_batched_message(daemon, hook, mailbox):
     hook.up()
     d = daemon()
     d.write_config(prog("burst", ["sh", "-c", "exit 1"], numprocs=4, startretries=0, autostart=False)
+                   + prog("web", probe(d.work, "web"), startsecs=0)
+                   + webhook_alert("webonly", hook.url, batch_window="0s", programs=["web"])  # not burst's
                    + webhook_alert("hook", hook.url, batch_window="3s")
                    + email_alert("mail", mailbox.port, batch_window="3s"))
     d.start()
     assert ctl(d, "start", "burst").returncode == 1  # every one failed
     wait_until(lambda: hook.posts and mailbox.mails, 20, "the batch")
     wait_until(lambda: len(sent(d, "hook")) >= 1 and len(sent(d, "mail")) >= 1, 20, "alert_sent")
-    [batch] = hook.posts
-    assert batch["kind"] == "batch" and len(batch["notices"]) == 4, batch
+    assert ctl(d, "alert", "test", "webonly").returncode == 0  # its sender had nothing queued before
+    batch, test = hook.posts
+    assert test["alert"] == "webonly" and test["kind"] == "test"
+    assert batch["alert"] == "hook" and batch["kind"] == "batch" and len(batch["notices"]) == 4, batch
     assert {n["trigger"] for n in batch["notices"]} == {"fatal"}
-    assert sorted(n["process"] for n in batch["notices"]) == sorted(statuses(d))
+    assert sorted(n["process"] for n in batch["notices"]) == sorted(n for n in statuses(d) if n != "web")
     assert batch["text"].splitlines()[0].endswith("4 notices (4 alerts, 0 recoveries):")
     [mail] = mailbox.mails
     assert mail["Subject"].endswith("4 notices (4 alerts, 0 recoveries)")

@@ -121,19 +121,29 @@ def test_events_follow_ends_with_a_reason_when_the_daemon_stops(daemon):
 
 @pytest.mark.skipif("deploy" not in COMMANDS, reason="enable once the deploy engine (branch deploy) has landed")
 def test_deploy_steps_show_up_in_events_follow(daemon):
+    # The deploy branch's own set-up: a test server on a held socket, reading its release from a file.
+    from tests.integration.test_deploy import free_port, release, web
+
     d = daemon()
-    d.write_config(prog("web", probe(d.work, "web"), startsecs=0))
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port))
     d.start()
-    running(d, "web")
+    d.wait_state("web", "RUNNING")
     follower = Follower(d, "web")
     try:
-        assert ctl(d, "deploy", "web").returncode == 0
+        follower.wait("process_state_changed", process="web", new="RUNNING")  # the stream is connected
+        release(d, "v2")
+        r = ctl(d, "deploy", "web")
+        assert r.returncode == 0, r.stdout + r.stderr
         done = follower.wait("deploy_succeeded", program="web")
-        started = follower.wait("deploy_started", program="web")
-        steps = follower.find("deploy_step", program="web")
     finally:
         follower.close()
-    assert steps and started["seq"] < min(s["seq"] for s in steps) <= max(s["seq"] for s in steps) < done["seq"]
+    started = follower.find("deploy_started", program="web")
+    steps = follower.find("deploy_step", program="web")
+    assert started and steps, [e["event"] for e in follower.events]
+    assert started[0]["seq"] < min(s["seq"] for s in steps) <= max(s["seq"] for s in steps) < done["seq"]
+    assert all(s["fields"].get("step") for s in steps) and done["process"] == "web"
 
 
 @needs_root

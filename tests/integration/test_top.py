@@ -112,7 +112,7 @@ def test_top_shows_every_process_restarts_the_selected_one_and_quits_cleanly(
     assert {n: pid_on_screen(screen, n) for n in ("web", "worker:worker_00")} == \
         {n: before[n] for n in ("web", "worker:worker_00")}
     tmux.wait_for(lambda s: "restart worker:worker_01: started" in s, "the restart's outcome on the message line")
-    tmux.wait_for(lambda s: re.search(r"worker:worker_01 pid \d+ process_restarting cause=control", s),
+    tmux.wait_for(lambda s: re.search(r"worker:worker_01 pid \d+ process_restarting cause=restart", s),
                   "the restart in the latest events pane")
     # q: back to the shell, whose terminal still echoes and reads lines (curses restored it).
     tmux.keys("q")

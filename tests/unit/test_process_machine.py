@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from procguard.config import AutoRestart, ProcessConfig, ProgramConfig
-from procguard.process import Process, ProcessState, RestartCause
+from procguard.process import Process, ProcessState
 
 
 @dataclass
@@ -286,7 +286,7 @@ def running(**over: object) -> tuple[Process, FakeOS, list[tuple[str, str]]]:
 
 def test_restart_with_drain_timeout_signals_only_after_the_drain():
     p, fos, _ = running()
-    assert p.restart("max_age", RestartCause.MAX_AGE)
+    assert p.restart("max_age")
     assert (p.state, p.draining, fos.signals, len(fos.drains)) == (ProcessState.STOPPING, True, [], 1)
     fos.advance(100)  # no stopwaitsecs timer runs while draining: the drain itself is bounded
     assert fos.signals == []
@@ -313,7 +313,7 @@ def test_plain_stop_does_not_drain_and_a_stop_cuts_a_drain_short():
 
 def test_process_that_exits_while_draining_ends_the_drain():
     p, fos, _ = running()
-    p.restart("unhealthy: 503", RestartCause.UNHEALTHY)
+    p.restart("unhealthy: 503")
     p.exited(-9)
     fos.groups_alive.discard(42)
     p.child_reaped(42)
@@ -327,5 +327,5 @@ def test_no_drain_without_sockets_or_drain_timeout():
         p, fos, _ = make(startsecs=0.0, **{"sockets": ("web",), "drain_timeout": 5.0, **over})
         p.start()
         p.spawned(42)
-        p.restart("max_age", RestartCause.MAX_AGE)
+        p.restart("max_age")
         assert fos.drains == [] and fos.signals == [(42, signal.SIGTERM, True)]
