@@ -7,6 +7,7 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,6 +22,9 @@ from procguard.sockets import SocketError
 from procguard.osapi import RealOS, become_subreaper, untracked_children
 from procguard.protocol import VERSION
 from procguard.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from procguard.metrics import MetricsServer
 
 log = structlog.get_logger()
 
@@ -70,6 +74,14 @@ class Daemon:
             log.error("socket_bind_failed", error=str(exc))
             await control.close()
             return 1
+        try:
+            metrics = await self._start_metrics(sup, osapi, control)
+        except OSError as exc:
+            assert self.config.metrics is not None
+            log.error("metrics_setup_failed", address=self.config.metrics.address, error=str(exc))
+            await control.close()
+            osapi.sockets.close()
+            return 1
         control.start()
         log.info("daemon_started", version=VERSION, pid=os.getpid(), config=self.config.path,
                  programs=len(self.config.programs), subreaper=is_subreaper, control=self.config.control)
@@ -108,6 +120,8 @@ class Daemon:
             # Every child is gone: read each pipe to its end so all they wrote is in their files.
             osapi.output.close()
             await control.close()
+            if metrics is not None:
+                await metrics.close()
             osapi.sockets.close()
             if watchdog is not None:
                 watchdog.cancel()
@@ -116,6 +130,16 @@ class Daemon:
             alerts.close()
         log.info("daemon_stopped")
         return 0
+
+    async def _start_metrics(self, sup: Supervisor, osapi: RealOS, control: ControlServer) -> "MetricsServer | None":
+        """Listen for Prometheus scrapes when configured (prometheus_client is imported only then); raises OSError."""
+        if self.config.metrics is None:
+            return None
+        from procguard.metrics import MetricsServer
+
+        server = MetricsServer(self.config.metrics, sup, osapi.output, lambda: control.requests, self.config.control_gid)
+        await server.start()
+        return server
 
     @staticmethod
     def _status_reporter(sup: Supervisor, systemd: SystemdNotifier) -> Callable[[], None]:
@@ -177,6 +201,9 @@ class Daemon:
                                                             self.config.curve):
             log.warning("control_change_needs_restart", endpoint=self.config.control, new_endpoint=new.control,
                         reason="the control socket keeps its settings until the daemon restarts")
+        if new.metrics != self.config.metrics:
+            log.warning("metrics_change_needs_restart", reason="the metrics endpoint keeps its address until the "
+                        "daemon restarts")
         return diff
 
     async def _stop_orphans(self, osapi: RealOS) -> None:

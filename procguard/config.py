@@ -9,6 +9,7 @@ import decimal
 import enum
 import glob
 import grp
+import ipaddress
 import math
 import os
 import pwd
@@ -268,6 +269,22 @@ class AlertConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """`[procguard] metrics`: where the Prometheus endpoint listens (no endpoint without the key)."""
+
+    host: str | None = None  # an IP address ("127.0.0.1", "::1"); None for a unix socket
+    port: int = 0  # 0: any free port (the daemon logs the one it got)
+    path: str | None = None  # a unix socket path, instead of host and port
+    public: bool = False  # metrics_public: listening beyond loopback was asked for explicitly
+
+    @property
+    def address(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if self.host is not None and ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A whole resolved configuration."""
 
@@ -281,6 +298,7 @@ class Config:
     curve: CurveConfig | None = None
     sockets: tuple[SocketConfig, ...] = ()
     groups: tuple[GroupConfig, ...] = ()
+    metrics: MetricsConfig | None = None
     alerts: tuple[AlertConfig, ...] = ()
     warnings: tuple[ConfigIssue, ...] = field(default=(), compare=False)
     lints: tuple[ConfigIssue, ...] = field(default=(), compare=False)  # known traps: warned, not refused
@@ -516,7 +534,8 @@ PROGRAM_KEYS = frozenset(
     }
 )
 GROUP_KEYS = frozenset({"programs", "priority"})
-PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel", "control", "control_group", "curve"})
+PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel", "control", "control_group", "curve", "metrics",
+                            "metrics_public"})
 HEALTHCHECK_KEYS = frozenset({
     "type", "url", "unix_socket", "address", "path", "method", "host", "expect_status", "expect_body", "command",
     "interval", "timeout", "retries", "start_period", "on_unhealthy",
@@ -1065,6 +1084,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         loglevel = "info"
 
     control, control_group, control_gid, curve = _parse_control(section, src, here, issues)
+    metrics = _parse_metrics(section, src, here, issues)
 
     files: list[tuple[str, dict[str, Any]]] = [(src, data)]
     includes = section.get("include", [])
@@ -1162,7 +1182,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
         lints.append(ConfigIssue(src, None, None, message))
     return Config(path=src, logdir=logdir, loglevel=loglevel.lower(), programs=tuple(programs),
                   control=control, control_group=control_group, control_gid=control_gid, curve=curve,
-                  sockets=tuple(sockets), groups=tuple(groups), alerts=alerts,
+                  sockets=tuple(sockets), groups=tuple(groups), metrics=metrics, alerts=alerts,
                   warnings=tuple(environment_problems(programs, logdir)),
                   lints=tuple(lints))
 
@@ -1351,6 +1371,44 @@ def _parse_control(
     return control, group, gid, curve
 
 
+def _parse_metrics(section: dict[str, Any], src: str, here: str, issues: list[ConfigIssue]) -> MetricsConfig | None:
+    """`metrics = "127.0.0.1:9101"` (or "[::1]:9101", a unix socket path); beyond loopback only with metrics_public."""
+
+    def bad(key: str, message: str) -> None:
+        issues.append(ConfigIssue(src, None, f"procguard.{key}", message))
+
+    public = section.get("metrics_public", False)
+    if not isinstance(public, bool):
+        bad("metrics_public", f"expected true or false, got {public!r}")
+        public = False
+    value = section.get("metrics")
+    if value is None:
+        return None
+    expected = 'expected "127.0.0.1:PORT", "[::1]:PORT" or a unix socket path like "/run/procguard/metrics.sock"'
+    if not isinstance(value, str) or not value:
+        bad("metrics", f"{expected}, got {value!r}")
+        return None
+    if value.startswith("unix:") or "/" in value:
+        path = value.removeprefix("unix:")
+        return MetricsConfig(path=os.path.normpath(os.path.join(here, path)), public=public)
+    host, sep, port_text = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        port = int(port_text) if sep and port_text.isdigit() else -1
+        address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else (host or "0.0.0.0"))
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        bad("metrics", f"{expected}, got {value!r}")
+        return None
+    if not address.is_loopback and not public:
+        bad("metrics", f"{value!r} listens beyond loopback, where anyone who reaches the port reads every program's "
+            "name, pid and resources; use 127.0.0.1:PORT (scraped from this host or through a tunnel), or set "
+            "metrics_public = true to allow it (and firewall the port)")
+        return None
+    return MetricsConfig(host=str(address), port=port, public=public)
+
+
 def environment_problems(programs: list[ProgramConfig] | tuple[ProgramConfig, ...], logdir: str) -> list[ConfigIssue]:
     """Return what is missing on this machine (command, directory, log directory).
 
@@ -1417,6 +1475,8 @@ def describe(config: Config) -> str:
         lines.append(f"[group.{group.name}]  ({group.source})")
         lines.append(f"  programs = {', '.join(group.programs)}")
         lines.append(f"  priority = {group.priority}")
+    if config.metrics is not None:
+        lines.append(f"metrics: {config.metrics.address}" + (" (public)" if config.metrics.public else ""))
     for prog in config.programs:
         lines.append(f"[program.{prog.name}]  ({prog.source})")
         attrs = {

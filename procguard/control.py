@@ -34,6 +34,7 @@ import zmq.asyncio
 import zmq.auth
 from zmq.utils import z85
 
+from procguard import procfs
 from procguard.alerts import AlertManager
 from procguard.config import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
@@ -112,7 +113,7 @@ def status_dict(st: ProcessStatus) -> dict[str, Any]:
         "started_at": st.started_at, "uptime_s": st.uptime_s, "exit_status": st.exit_status,
         "reason": st.reason, "retry_in_s": st.retry_in_s, "failures": st.failures,
         "health": st.health, "health_reason": st.health_reason, "status_text": st.status_text,
-        "autostart": st.autostart, "priority": st.priority,
+        "autostart": st.autostart, "priority": st.priority, "restarts": st.restarts,
     }
 
 
@@ -206,6 +207,8 @@ class ControlServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._serving: list[asyncio.Task[None]] = []
         self.stopping = False
+        # (command, outcome) -> requests answered; outcome "ok" or the error code (metrics).
+        self.requests: dict[tuple[str, str], int] = {}
 
     # --------------------------------------------------------------------------------- set-up
 
@@ -388,11 +391,12 @@ class ControlServer:
             rest = rest[1:]
         request_id: str | None = None
         result: Any = None
+        command, outcome = "invalid", "ok"
         try:
             if len(rest) != 1:
                 raise ProtocolError(E_BAD_REQUEST, f"expected one frame per request, got {len(rest)}")
             req = decode_request(rest[0])
-            request_id = req.id
+            request_id, command = req.id, req.cmd
             result = await self._dispatch(req)
             if isinstance(result, FollowStart):
                 reply = encode_reply(request_id, result.first, more=True)
@@ -400,17 +404,20 @@ class ControlServer:
                 reply = encode_reply(request_id, result)
         except ProtocolError as exc:
             log.warning("control_request_rejected", code=exc.code, message=exc.message, size=sum(map(len, rest)))
-            reply = encode_reply(exc.request_id, error=(exc.code, exc.message))
+            reply, outcome = encode_reply(exc.request_id, error=(exc.code, exc.message)), exc.code
         except ControlError as exc:
-            reply = encode_reply(request_id, error=(exc.code, exc.message))
+            reply, outcome = encode_reply(request_id, error=(exc.code, exc.message)), exc.code
         except ConfigError as exc:
+            outcome = E_BAD_CONFIG
             reply = encode_reply(request_id, error=(E_BAD_CONFIG, "config refused, the old one keeps running:\n"
                                                     + "\n".join(str(i) for i in exc.issues)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("control_command_failed", request_id=request_id)
+            outcome = E_INTERNAL
             reply = encode_reply(request_id, error=(E_INTERNAL, f"internal error: {type(exc).__name__}: {exc}"))
+        self.requests[command, outcome] = self.requests.get((command, outcome), 0) + 1
         if self._router is not None:
             try:
                 await self._router.send_multipart([*envelope, reply])
@@ -433,13 +440,14 @@ class ControlServer:
             # name as an entry of its own (supervisorctl does the same); all unknown is no_such_process.
             names, unknown = self._known(names)
             if req.cmd == "status":
-                return await self._status(names, bool(args.get("long"))) + unknown_dicts(unknown)
+                return (await self._status(names, bool(args.get("long")), bool(args.get("usage")))
+                        + unknown_dicts(unknown))
             if req.cmd == "pid":
                 return [{"name": s.name, "pid": s.pid} for s in self._sup.status(names)] + unknown_dicts(unknown, pid=None)
             return await self._act(req.cmd, args, names) + unknown_dicts(
                 unknown, action=req.cmd, ok=False, state=None, message="no such process")
         if req.cmd == "status":
-            return await self._status(names, bool(args.get("long")))
+            return await self._status(names, bool(args.get("long")), bool(args.get("usage")))
         if req.cmd == "reload":
             return _diff_dict(await self._reload())
         if req.cmd == "reread":
@@ -497,16 +505,22 @@ class ControlServer:
             return [action_dict(r, "reload_app") for r in await self._sup.reload_app(names)]
         return [action_dict(r, "signal") for r in self._sup.signal(args["signal"], names)]
 
-    async def _status(self, names: list[str], long: bool) -> list[dict[str, Any]]:
+    async def _status(self, names: list[str], long: bool, usage: bool) -> list[dict[str, Any]]:
         statuses = [status_dict(s) for s in self._sup.status(names)]
         if self._output is not None:
             for st in statuses:
                 st["output_dropped_bytes"] = self._output.dropped(st["name"])
         if long:
             pids = [s["pid"] for s in statuses if s["pid"]]
-            usage = await asyncio.to_thread(tree_usage, pids)
+            sampled = await asyncio.to_thread(tree_usage, pids)
             for s in statuses:
-                s.update(usage.get(s["pid"], {"rss_bytes": None, "cpu_percent": None, "tree_pids": 0}))
+                s.update(sampled.get(s["pid"], {"rss_bytes": None, "cpu_percent": None, "tree_pids": 0}))
+        elif usage:  # procguardctl top: one /proc pass, no sampling window (CPU% from deltas)
+            trees = await asyncio.to_thread(procfs.tree_usage, [s["pid"] for s in statuses if s["pid"]])
+            for s in statuses:
+                t = trees.get(s["pid"])
+                s.update({"cpu_s": t.cpu_s, "rss_bytes": t.rss_bytes, "fds": t.fds, "tree_pids": t.pids} if t
+                         else {"cpu_s": None, "rss_bytes": None, "fds": None, "tree_pids": 0})
         return statuses
 
     # ------------------------------------------------------------------------------------ tail

@@ -32,6 +32,16 @@ class ProcessState(enum.StrEnum):
     FATAL = "FATAL"
 
 
+class ExitReason(enum.StrEnum):
+    """How a process's leader ended, for the exits counter (metrics: procguard_process_exits_total)."""
+
+    EXPECTED = "expected"  # ran, exited with a code in exitcodes (a oneshot that completed)
+    UNEXPECTED = "unexpected"  # ran, exited with a code not in exitcodes
+    SIGNAL = "signal"  # ran, killed by a signal procguard did not send (the OOM killer, kill -9)
+    EARLY = "early"  # exited before it was ready (startsecs, READY=1, health check) or a oneshot failed
+    STOPPED = "stopped"  # exited while procguard was stopping it
+
+
 # States from which a process is not running and no timer will start it by itself.
 RESTING_STATES = frozenset({ProcessState.STOPPED, ProcessState.EXITED, ProcessState.FATAL})
 
@@ -112,6 +122,7 @@ class ProcessStatus:
     status_text: str = ""  # the last STATUS= the process sent on its NOTIFY_SOCKET
     autostart: bool = True
     priority: int = 999
+    restarts: int = 0  # spawns procguard began by itself (see Process.restarts)
 
 
 class Process:
@@ -148,6 +159,12 @@ class Process:
         self.health_reason = ""
         self.health_failures = 0
         self.status_text = ""
+        # Counters for metrics and top; they live as long as the Process (a reload of a changed program
+        # starts them again). restarts: spawns procguard began by itself (after an exit, each BACKOFF
+        # retry, unhealthy, max_age, max_memory), not an operator's start.
+        self.restarts = 0
+        self.exits: dict[ExitReason, int] = dict.fromkeys(ExitReason, 0)
+        self.health_check_s: float | None = None  # how long the last health check took
         # After a stop we did not begin for the operator: "restart" (health, max_age, max_memory) or
         # "fail" (not ready within start_timeout: counts as a failed start).
         self._after_stop: str | None = None
@@ -166,6 +183,11 @@ class Process:
         return f"<Process {self.name} {self.state} pid={self.pid}>"
 
     @property
+    def live_pid(self) -> int | None:
+        """The leader's pid while it runs (None once it exited, though its group may still be stopping)."""
+        return self.pid if self._leader_alive else None
+
+    @property
     def draining(self) -> bool:
         """True while a restart waits for the process to finish its connections (drain_timeout)."""
         return self._draining != 0
@@ -181,7 +203,7 @@ class Process:
             self.failures = 0
             self.failed_starts = 0
         self._cancel_timer()
-        self._spawn()
+        self._spawn(restart=False)
         return True
 
     def stop(self, *, drain: bool = False) -> bool:
@@ -365,6 +387,7 @@ class Process:
         self.exit_status = status
         ran_s = self._os.monotonic() - (self.spawned_at or self._os.monotonic())
         what = describe_exit(status)
+        self.exits[self._exit_reason(status)] += 1
         if self.state == ProcessState.STOPPING:
             self._check_stopped()
             return
@@ -404,6 +427,15 @@ class Process:
             self.failures += 1
             self._backoff()
 
+    def _exit_reason(self, status: int) -> ExitReason:
+        if self.state == ProcessState.STOPPING:
+            return ExitReason.STOPPED
+        if self.state == ProcessState.STARTING and not (self.program.type == "oneshot" and status in self.program.exitcodes):
+            return ExitReason.EARLY
+        if status in self.program.exitcodes:
+            return ExitReason.EXPECTED
+        return ExitReason.SIGNAL if status < 0 else ExitReason.UNEXPECTED
+
     def child_reaped(self, pid: int) -> None:
         """Some other child of the daemon was reaped: maybe one of our strays or group members."""
         self.strays.discard(pid)
@@ -427,7 +459,10 @@ class Process:
 
     # ------------------------------------------------------------------------------------- helpers
 
-    def _spawn(self) -> None:
+    def _spawn(self, *, restart: bool = True) -> None:
+        """Spawn the leader; restart=False only for an operator's (or autostart's) start."""
+        if restart:
+            self.restarts += 1
         self.pid = None
         self.retry_at = None
         self.exit_status = None
@@ -567,7 +602,8 @@ class Process:
             status_text=self.status_text,
             autostart=self.program.autostart,
             priority=self.program.priority,
+            restarts=self.restarts,
         )
 
 
-__all__ = ["OSApi", "Process", "ProcessState", "ProcessStatus", "describe_exit"]
+__all__ = ["ExitReason", "OSApi", "Process", "ProcessState", "ProcessStatus", "describe_exit"]

@@ -41,7 +41,7 @@ E_INTERNAL = "internal"
 # Command name -> allowed argument names. The client's verbs, the wire commands and the daemon's
 # handlers share these names.
 COMMANDS: dict[str, frozenset[str]] = {
-    "status": frozenset({"names", "long"}),
+    "status": frozenset({"names", "long", "usage"}),
     "start": frozenset({"names"}),
     "stop": frozenset({"names"}),
     "restart": frozenset({"names"}),
@@ -117,8 +117,9 @@ def decode_request(frame: bytes) -> Request:
     names = args.get("names", [])
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise ProtocolError(E_BAD_ARGS, '"names" must be a list of non-empty strings', rid)
-    if "long" in args and not isinstance(args["long"], bool):
-        raise ProtocolError(E_BAD_ARGS, '"long" must be true or false', rid)
+    for flag in ("long", "usage"):
+        if flag in args and not isinstance(args[flag], bool):
+            raise ProtocolError(E_BAD_ARGS, f'"{flag}" must be true or false', rid)
     if cmd == "signal" and not isinstance(args.get("signal"), str | int):
         raise ProtocolError(E_BAD_ARGS, 'signal needs "signal": a name like "HUP" or a number', rid)
     if cmd == "events":

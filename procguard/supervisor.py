@@ -113,6 +113,7 @@ class Supervisor:
                                          spawner=getattr(self._os, "spawn_command", None))
                 if not alive():  # re-check after the await: it may have been stopped or restarted
                     return
+                proc.health_check_s = loop.time() - began  # metrics: procguard_process_health_check_seconds
                 if not result.ok:
                     log.debug("health_check_failed", process=proc.name, pid=pid, reason=result.reason)
                 proc.health_result(result.ok, result.reason)

@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="how many lines (default 10; 0: all kept)")
     c.add_argument("name", help="one process: program or program:process")
     c.add_argument("stream", nargs="?", default="stdout", choices=("stdout", "stderr"))
+    c = sub.add_parser("top", help="a live full-screen view: state, health, CPU, RSS and history of every process, "
+                       "the latest events; keys restart, start, stop and tail the selected one")
+    c.add_argument("-d", "--delay", type=float, default=1.0, metavar="S", help="seconds between refreshes (default 1)")
+    c.add_argument("--plain", action="store_true", help="a plain refreshing table (the default on a dumb terminal "
+                   "or when not on a TTY)")
+    c.add_argument("-n", "--iterations", type=int, metavar="N", help="plain table: stop after N refreshes")
+    c.add_argument("names", nargs="*", help="program, program:process, group:* (default all)")
     c = sub.add_parser("events", help="recent events (state changes, health, restarts, reloads, deploys, alerts)")
     c.add_argument("-f", "--follow", action="store_true", help="keep printing new events until interrupted")
     c.add_argument("-n", "--lines", type=int, default=50, metavar="N",
@@ -495,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
               else f"procguardctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from procguardctl.client import TimedOut, Unreachable, request  # pyzmq only when talking to a daemon
+    if ns.command == "top":
+        from procguardctl.top import run as top  # curses only for top
+
+        return top(where, ns)
 
     streaming = ns.command in ("tail", "maintail", "events")
     quick = ns.command in QUICK or (streaming and not ns.follow)

@@ -13,5 +13,7 @@ def test_procguardctl_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     loaded = set(json.loads(out))
     heavy = {"psutil", "structlog", "asyncio", "procguard.config", "procguard.supervisor", "procguard.osapi",
-             "procguard.process", "procguard.control", "zmq.asyncio", "tomllib"}
+             "procguard.process", "procguard.control", "zmq.asyncio", "tomllib",
+             # procguardctl top's screen library and module are for top only; metrics are the daemon's.
+             "curses", "_curses", "procguardctl.top", "prometheus_client", "procguard.metrics"}
     assert not (loaded & heavy), sorted(loaded & heavy)
