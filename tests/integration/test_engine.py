@@ -173,7 +173,11 @@ def test_children_start_with_default_signals_whatever_the_daemon_inherited(daemo
     from a background job would ignore its stop signal (QUIT: killed after stopwaitsecs instead)."""
     d = daemon()
     out = d.work / "app.log"
-    d.write_config(prog("app", ["/bin/sh", "-c", 'grep -E "^Sig(Ign|Blk)" /proc/$$/status; exec sleep 3600'],
+    # The shell reads its own mask with builtins only: while dash forks (a grep), it blocks every signal, so
+    # a forked reader could see that transient mask instead of the one the daemon gave the child.
+    read_masks = ('while read -r key value; do case $key in SigIgn:|SigBlk:) printf "%s\\t%s\\n" "$key" "$value";; '
+                  'esac; done < /proc/$$/status; exec sleep 3600')
+    d.write_config(prog("app", ["/bin/sh", "-c", read_masks],
                         stopsignal="QUIT", startsecs=0, stdout_logfile=str(out), stopwaitsecs=60))
     d.start(launcher=IGNORING_LAUNCHER)
     [event] = d.events("inherited_signals_reset")
