@@ -102,9 +102,11 @@ def test_autorestart_unexpected_honours_exitcodes(daemon):
 def test_quick_failures_back_off_exponentially_and_reset_after_stable_run(daemon):
     d = daemon()
     flag = d.work / "healthy"
-    # Crash at once until the flag file exists, then stay up.
-    script = f"import os, sys, time; sys.exit(1) if not os.path.exists({str(flag)!r}) else time.sleep(3600)"
-    d.write_config(prog("flaky", [sys.executable, "-c", script], startsecs="300ms",
+    # Crash at once until the flag file exists, then stay up. A shell, and startsecs well above its start-up:
+    # at a load of 15 on 2 cores an interpreter took more than 300 ms to exit, reached RUNNING and broke
+    # the BACKOFF sequence this test is about.
+    script = f'[ -e "{flag}" ] && exec sleep 3600; exit 1'
+    d.write_config(prog("flaky", ["/bin/sh", "-c", script], startsecs="2s",
                         backoff_initial="100ms", backoff_max="800ms", backoff_reset="500ms"))
     d.start()
     d.wait_state("flaky", "BACKOFF", timeout=20, count=5)
