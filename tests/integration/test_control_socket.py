@@ -104,9 +104,11 @@ def test_status_is_coloured_only_on_a_terminal(daemon):
 
 def test_status_shows_the_reason_for_backoff_and_fatal(daemon):
     d = daemon()
-    d.write_config(prog("crashy", probe(d.work, "crashy", mode="exit", code=3), startsecs="1s",
+    # startsecs far above a probe's start-up even on a loaded box (both exit at once, so it costs nothing):
+    # a probe slower than startsecs would be RUNNING, then EXITED, not a failed start.
+    d.write_config(prog("crashy", probe(d.work, "crashy", mode="exit", code=3), startsecs="10s",
                         backoff_initial="30s")
-                   + prog("doomed", probe(d.work, "doomed", mode="exit", code=5), startsecs="1s", startretries=0))
+                   + prog("doomed", probe(d.work, "doomed", mode="exit", code=5), startsecs="10s", startretries=0))
     d.start()
     d.wait_state("crashy", "BACKOFF")
     d.wait_state("doomed", "FATAL")
