@@ -28,11 +28,13 @@ def release(d: DaemonRun, name: str, mode: str = "ok") -> None:
     os.replace(tmp, d.work / "release.json")
 
 
-def web(d: DaemonRun, port: int, ready: str = "healthcheck", abrupt: bool = True, **keys: object) -> str:
+def web(d: DaemonRun, port: int, ready: str = "healthcheck", abrupt: bool = True, workers: int = 0,
+        delay: float = 0.02, **keys: object) -> str:
     """The test server on a held socket. abrupt: it cuts off the request in hand on TERM (as daphne does),
-    so only a drain before the stop signal loses nothing."""
+    so only a drain before the stop signal loses nothing. workers: a master forking that many."""
     text = prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--release", str(d.work / "release.json"),
-                        "--delay", "0.02", *(["--abrupt"] if abrupt else [])],
+                        "--delay", str(delay), *(["--abrupt"] if abrupt else []),
+                        *(["--workers", str(workers)] if workers else [])],
                 sockets=["web"], startsecs=0, start_timeout="4s", ready=ready, **keys)
     if ready == "healthcheck":
         text += f'[program.web.healthcheck]\ntype = "http"\nurl = "http://127.0.0.1:{port}/"\ninterval = "1s"\n\n'
@@ -277,3 +279,26 @@ def test_a_unix_socket_switches_by_an_atomic_rename(daemon):
     new = status(d)["pid"]
     assert results[-1] == f"v2 {new}\n" and oct(os.stat(path).st_mode & 0o777) == "0o660"
     wait_until(lambda: not _alive(old), what="the previous generation gone")
+
+
+def test_a_crashed_master_loses_nothing_its_workers_drain_and_get_the_stop_signal(daemon):
+    """The master is SIGKILLed under load while its workers hold requests: the replacement starts at once
+    on a handed-over socket, and the orphaned workers finish, then get TERM (not SIGKILL)."""
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port, ready="notify", abrupt=False, workers=2, delay=0.1))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    master = status(d)["pid"]
+    wait_until(lambda: len(d.recorded_pids()) >= 3, what="two workers")
+    workers = [p for p in d.recorded_pids() if p != master]
+    results, errors = load_across(port, lambda: os.kill(master, signal.SIGKILL),
+                                  lambda answers, returned: len(answers) >= returned + 20)
+    assert errors == []  # not one request lost to the crash
+    d.wait_state("web", "RUNNING", count=2)
+    assert status(d)["pid"] != master
+    wait_until(lambda: not any(_alive(w) for w in workers), what="the orphaned workers gone")
+    terms = {int(line.split()[1]) for line in d.probe_events() if line.startswith("term ")}
+    assert set(workers) <= terms  # each got its stop signal and stopped by itself
+    assert d.events("orphans_draining", process="web")
