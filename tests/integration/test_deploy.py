@@ -302,3 +302,47 @@ def test_a_crashed_master_loses_nothing_its_workers_drain_and_get_the_stop_signa
     terms = {int(line.split()[1]) for line in d.probe_events() if line.startswith("term ")}
     assert set(workers) <= terms  # each got its stop signal and stopped by itself
     assert d.events("orphans_draining", process="web")
+
+
+def test_status_shows_both_generations_and_a_shutdown_mid_deploy_leaves_nothing(daemon):
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port, ready="notify"))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    pid = status(d)["pid"]
+    release(d, "v2", "silent")  # serves, never says READY=1: the replace waits (start_timeout 4s)
+    deploying = subprocess.Popen([*CTL, "-s", d.endpoint, "deploy", "web"], stdout=subprocess.PIPE, text=True)
+    try:
+        st = wait_until(lambda: (s := status(d))["next"] and s["next"]["pid"] and s, what="the next generation")
+        assert (st["state"], st["pid"], st["replace_phase"]) == ("RUNNING", pid, "starting")
+        assert (st["next"]["state"], st["next"]["generation"]) == ("STARTING", 2)
+        text = ctl(d, "status", "web").stdout
+        assert f"pid {pid}" in text and f"next generation 2: STARTING, pid {st['next']['pid']}" in text, text
+        assert d.stop() == 0  # the daemon stops mid-deploy: the next generation goes too (fixture: no survivor)
+    finally:
+        deploying.wait(30)
+    assert not _alive(st["next"]["pid"]) and not _alive(pid)
+
+
+def test_a_reload_and_a_max_age_recycle_replace_the_same_way(daemon):
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    release(d, "v2")
+    d.write_config(web(d, port, max_age="2s"))
+
+    def reload() -> None:
+        r = ctl(d, "reload")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    results, errors = load_across(port, reload, lambda answers, _: len(
+        d.events("deploy_succeeded", process="web")) >= 2 and len(answers) > 30)
+    assert errors == []
+    triggers = [e["trigger"] for e in d.events("deploy_succeeded", process="web")]
+    assert triggers[:2] == ["reload", "max_age"], triggers
+    assert status(d)["last_deploy"]["trigger"] in ("max_age", "reload")
