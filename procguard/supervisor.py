@@ -135,7 +135,7 @@ class Supervisor:
                 if rss > limit and proc.state == ProcessState.RUNNING:
                     log.warning("process_recycled", program=proc.program.name, process=proc.name, pid=pid,
                                 reason="max_memory", rss_bytes=rss, max_memory_bytes=limit)
-                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}")
+                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}", ReplaceTrigger.MAX_MEMORY)
                     return
                 await asyncio.sleep(proc.program.resource_check_interval)
         except Exception:  # task boundary

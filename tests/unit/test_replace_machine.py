@@ -172,3 +172,15 @@ def test_a_recycle_of_an_overlapping_program_asks_for_a_replace_and_does_not_sto
     # The replace could not begin: stop and start in place, as before.
     current.restart("max_age (30s) reached", ReplaceTrigger.MAX_AGE, overlap=False)
     assert current.state == ProcessState.STOPPING
+
+
+def test_an_unhealthy_overlapping_process_asks_for_a_replace():
+    from procguard.config import HealthCheckConfig
+
+    current, nxt, r, fos, phases = setup(healthcheck=HealthCheckConfig(type="tcp", address="127.0.0.1:1", retries=2),
+                                         ready=Ready.STARTSECS)
+    asked: list[ReplaceTrigger] = []
+    current.on_replace = lambda p, why, trigger: asked.append(trigger) or True
+    current.health_result(False, "connection refused")
+    current.health_result(False, "connection refused")
+    assert asked == [ReplaceTrigger.HEALTH] and current.state == ProcessState.RUNNING
