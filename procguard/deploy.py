@@ -125,7 +125,7 @@ class Deployer:
         r = Replacement(proc, nxt, sup._os, trigger, on_phase)
         self._running[proc] = self._running[nxt] = r
         log.info("deploy_started", program=program.name, process=proc.name, generation=nxt.generation,
-                 pid=proc.pid, trigger=str(trigger))
+                 pid=None, previous_pid=proc.pid, trigger=str(trigger))
         try:
             r.begin()
             await done.wait()
@@ -180,13 +180,22 @@ class Deployer:
         sup = self._sup
         await sup._stop_procs(procs, drain=True)
         started = await sup._start_procs(procs)
+        results = []
         for p, r in zip(procs, started):
-            self.outcomes[p.name] = ReplaceOutcome(
-                at=time.time(), ok=r.ok, trigger=trigger, generation=p.generation, pid=p.pid,
-                step=ReplacePhase.SUCCEEDED if r.ok else ReplacePhase.STARTING, reason="" if r.ok else r.message)
-        return [DeployResult(p.name, r.ok, p.state, r.message, p.pid, p.generation,
-                             ReplacePhase.SUCCEEDED if r.ok else ReplacePhase.STARTING, False)
-                for p, r in zip(procs, started)]
+            ok = sup._satisfied(p)  # RUNNING, or a one-shot job that completed
+            step = ReplacePhase.SUCCEEDED if ok else ReplacePhase.STARTING
+            self.outcomes[p.name] = ReplaceOutcome(at=time.time(), ok=ok, trigger=trigger, generation=p.generation,
+                                                   pid=p.pid, step=step, reason="" if ok else r.message)
+            results.append(DeployResult(p.name, ok, p.state, p.reason if ok and not r.ok else r.message, p.pid,
+                                        p.generation, step, False))
+        return results
+
+    def abort(self, procs: list[Process], reason: str) -> None:
+        """Give up the replaces of procs that have not switched yet (an operator's stop)."""
+        for p in procs:
+            r = self._running.get(p)
+            if r is not None:
+                r.abort(reason)
 
     # ------------------------------------------------------------------------------------ deploy
 

@@ -352,8 +352,11 @@ class Supervisor:
         return True, ""
 
     async def stop(self, names: Iterable[str]) -> list[ActionResult]:
-        """Stop processes and wait until each is STOPPED (SIGKILL after stopwaitsecs)."""
-        return await self._per_program(self.resolve(names), self._stop_procs)
+        """Stop processes and wait until each is STOPPED (SIGKILL after stopwaitsecs); a replace of one
+        under way that has not switched yet is given up first (its next generation stops)."""
+        procs = self.resolve(names)
+        self.deployer.abort(procs, "stopped by the operator")
+        return await self._per_program(procs, self._stop_procs)
 
     async def restart(self, names: Iterable[str]) -> tuple[list[ActionResult], list[ActionResult]]:
         """Stop, then start, each program's processes under one hold of its lock; a program on held sockets

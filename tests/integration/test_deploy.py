@@ -320,6 +320,17 @@ def test_status_shows_both_generations_and_a_shutdown_mid_deploy_leaves_nothing(
         assert (st["next"]["state"], st["next"]["generation"]) == ("STARTING", 2)
         text = ctl(d, "status", "web").stdout
         assert f"pid {pid}" in text and f"next generation 2: STARTING, pid {st['next']['pid']}" in text, text
+        # The operator's stop gives the replace up (no wait for start_timeout) and stops both generations.
+        r = ctl(d, "stop", "web")
+        assert r.returncode == 0 and status(d)["state"] == "STOPPED", r.stdout + r.stderr
+        assert deploying.wait(30) == 1
+        assert not _alive(st["next"]["pid"]) and not _alive(pid)
+        release(d, "v1")
+        assert ctl(d, "start", "web").returncode == 0
+        pid = status(d)["pid"]
+        release(d, "v2", "silent")
+        deploying = subprocess.Popen([*CTL, "-s", d.endpoint, "deploy", "web"], stdout=subprocess.PIPE, text=True)
+        st = wait_until(lambda: (s := status(d))["next"] and s["next"]["pid"] and s, what="the next generation")
         assert d.stop() == 0  # the daemon stops mid-deploy: the next generation goes too (fixture: no survivor)
     finally:
         deploying.wait(30)
