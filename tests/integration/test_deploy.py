@@ -35,7 +35,7 @@ def web(d: DaemonRun, port: int, ready: str = "healthcheck", abrupt: bool = True
     text = prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--release", str(d.work / "release.json"),
                         "--delay", str(delay), *(["--abrupt"] if abrupt else []),
                         *(["--workers", str(workers)] if workers else [])],
-                sockets=["web"], startsecs=0, start_timeout="4s", ready=ready, **keys)
+                sockets=["web"], startsecs=0, start_timeout="5s", ready=ready, **keys)
     if ready == "healthcheck":
         text += f'[program.web.healthcheck]\ntype = "http"\nurl = "http://127.0.0.1:{port}/"\ninterval = "1s"\n\n'
     return f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n' + text
@@ -259,7 +259,7 @@ def test_a_unix_socket_switches_by_an_atomic_rename(daemon):
     d.write_config(f'[socket.web]\nbind = "unix:{path}"\nmode = "0660"\n\n'
                    + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--unix",
                                   "--release", str(d.work / "release.json"), "--delay", "0.02", "--abrupt"],
-                          sockets=["web"], start_timeout="4s")
+                          sockets=["web"], start_timeout="5s")
                    + f'[program.web.healthcheck]\ntype = "http"\nunix_socket = "{path}"\npath = "/"\n'
                      'interval = "1s"\n\n')
     d.start()
@@ -312,7 +312,7 @@ def test_status_shows_both_generations_and_a_shutdown_mid_deploy_leaves_nothing(
     d.start()
     d.wait_state("web", "RUNNING")
     pid = status(d)["pid"]
-    release(d, "v2", "silent")  # serves, never says READY=1: the replace waits (start_timeout 4s)
+    release(d, "v2", "silent")  # serves, never says READY=1: the replace waits (start_timeout 5s)
     deploying = subprocess.Popen([*CTL, "-s", d.endpoint, "deploy", "web"], stdout=subprocess.PIPE, text=True)
     try:
         st = wait_until(lambda: (s := status(d))["next"] and s["next"]["pid"] and s, what="the next generation")
