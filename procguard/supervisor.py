@@ -525,10 +525,8 @@ class Supervisor:
                         # A changed program restarts: like `restart`, it drains first (drain_timeout).
                         await self._stop_procs(old, drain=name in new_by_name)
                         del self._programs[name]
-                        forget = getattr(self._os, "forget", None)
                         for p in old:
-                            if forget is not None:
-                                forget(p)
+                            self._os.forget(p)
                     if name in new_by_name:
                         self._add_program(new_by_name[name])
                         if new_by_name[name].autostart:
