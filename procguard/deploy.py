@@ -210,12 +210,17 @@ class Deployer:
             wanted.setdefault(p.program.name, []).append(p)
         results: list[DeployResult] = []
         stopped_at: str | None = None
+        jobs_run: set[str] = set()  # each one-shot job runs once per deploy
         for name in self._dependency_order(list(wanted)):
             if stopped_at is not None:
                 results.extend(DeployResult(p.name, False, p.state, f"not deployed: {stopped_at}", p.pid,
                                             p.generation, ReplacePhase.JOBS, False) for p in wanted[name])
                 continue
-            ok, why = await self._jobs_again(name)
+            if name in jobs_run:
+                results.extend(DeployResult(p.name, True, p.state, f"ran again as a dependency ({p.reason})", p.pid,
+                                            p.generation, ReplacePhase.SUCCEEDED, False) for p in wanted[name])
+                continue
+            ok, why = await self._jobs_again(name, jobs_run)
             if not ok:
                 stopped_at = f"{name}'s {why}"
                 for p in wanted[name]:
@@ -233,6 +238,8 @@ class Deployer:
             results.extend(done)
             if not all(r.ok for r in done):
                 stopped_at = f"{name} failed"
+            elif wanted[name][0].program.type == "oneshot":
+                jobs_run.add(name)  # named itself, and it ran: its dependents need not run it again
         return results
 
     def _dependency_order(self, names: list[str]) -> list[str]:
@@ -255,9 +262,10 @@ class Deployer:
             visit(n, frozenset())
         return order
 
-    async def _jobs_again(self, name: str) -> tuple[bool, str]:
-        """Run `name`'s one-shot dependencies again (transitively, dependencies first), then make sure its
-        other dependencies are up; (False, why) at the first that fails."""
+    async def _jobs_again(self, name: str, jobs_run: set[str]) -> tuple[bool, str]:
+        """Run `name`'s one-shot dependencies again (transitively, dependencies first; those in jobs_run
+        already ran in this deploy), then make sure its other dependencies are up; (False, why) at the
+        first that fails."""
         sup = self._sup
         jobs: list[str] = []
 
@@ -271,7 +279,7 @@ class Deployer:
                         jobs.append(d)
 
         visit(name)
-        for job in jobs:
+        for job in [j for j in jobs if j not in jobs_run]:
             async with sup._locks[job]:
                 procs = sup._programs.get(job, [])
                 log.info("deploy_step", program=name, step=str(ReplacePhase.JOBS), job=job,
@@ -284,6 +292,7 @@ class Deployer:
                 failed = [p for p in procs if not sup._satisfied(p)]
                 if failed:
                     return False, f"job {job} failed: {failed[0].reason}"
+                jobs_run.add(job)
         memo: dict[str, "asyncio.Task[tuple[bool, str]]"] = {}
         ok, why = await sup._dependencies_up(name, memo)
         for task in memo.values():

@@ -157,7 +157,9 @@ def test_a_failing_oneshot_stops_the_deploy_before_the_service_is_touched(daemon
     release(d, "v1")
     flag = d.work / "migrate-fails"
     migrate = [sys.executable, "-c", f"import os, sys; sys.exit(3 if os.path.exists({str(flag)!r}) else 0)"]
-    d.write_config(web(d, port, depends_on=["migrate"]) + prog("migrate", migrate, type="oneshot"))
+    d.write_config(web(d, port, depends_on=["migrate"]) + prog("migrate", migrate, type="oneshot")
+                   + prog("worker", [sys.executable, "-c", "import time; time.sleep(3600)"], depends_on=["migrate"],
+                          startsecs=0))
     d.start()
     d.wait_state("web", "RUNNING")
     pid = status(d)["pid"]
@@ -175,6 +177,14 @@ def test_a_failing_oneshot_stops_the_deploy_before_the_service_is_touched(daemon
     assert len(d.events("process_spawned", process="migrate")) == 3  # at start, the failed deploy, this one
     assert d.state("migrate") == "EXITED"
     assert json.loads(r.stdout)[0]["generation"] == 2 and status(d)["pid"] != pid
+    # All of it: the job runs once for both services (and is not run a second time for itself); the
+    # worker, without held sockets, is stopped, then started.
+    r = ctl(d, "--json", "deploy", "all")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(d.events("process_spawned", process="migrate")) == 4
+    by_name = {row["name"]: row for row in json.loads(r.stdout)}
+    assert by_name["web"]["overlapped"] and by_name["web"]["generation"] == 3
+    assert not by_name["worker"]["overlapped"] and by_name["worker"]["ok"]
 
 
 def test_restart_replaces_by_an_overlapping_next_generation_and_a_broken_one_keeps_the_site_up(daemon):
