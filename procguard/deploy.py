@@ -50,6 +50,7 @@ class Deployer:
         self._sup = sup
         self._running: dict[Process, Replacement] = {}  # by current and by next generation
         self.outcomes: dict[str, ReplaceOutcome] = {}  # by process name
+        self._closing = False  # the daemon is stopping: no replace begins any more
 
     # ------------------------------------------------------------------------------ engine glue
 
@@ -81,6 +82,8 @@ class Deployer:
         return dataclasses.replace(st, next=nxt, replace_phase=phase, last_deploy=self.outcomes.get(proc.name))
 
     def abort_all(self, reason: str) -> None:
+        """The daemon is stopping: give up every replace that has not switched, and begin no other."""
+        self._closing = True
         for r in set(self._running.values()):
             r.abort(reason)
 
@@ -110,6 +113,9 @@ class Deployer:
         has stopped, or when the next generation failed and is gone.
         """
         sup = self._sup
+        if self._closing:
+            return DeployResult(proc.name, False, proc.state, "procguard is shutting down", proc.pid, proc.generation,
+                                ReplacePhase.PREPARING, True)
         program = program or proc.program
         config = next(pc for pc in program.processes if pc.name == proc.name)
         nxt = Process(program, config, sup._os, sup._on_change)
