@@ -367,3 +367,19 @@ def test_a_reload_and_a_max_age_recycle_replace_the_same_way(daemon):
     triggers = [e["trigger"] for e in d.events("deploy_succeeded", process="web")]
     assert triggers[:2] == ["reload", "max_age"], triggers
     assert status(d)["last_deploy"]["trigger"] in ("max_age", "reload")
+
+
+def test_roll_batch_replaces_that_many_processes_at_once(daemon):
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port, ready="notify", abrupt=False, numprocs=2, process_name="web_{process_num}",
+                       roll_batch=2))
+    d.start()
+    for n in range(2):
+        d.wait_state(f"web:web_{n}", "RUNNING")
+    release(d, "v2")
+    r = ctl(d, "deploy", "web")
+    assert r.returncode == 0, r.stdout + r.stderr
+    order = [e["event"] for e in d.events() if e.get("event") in ("deploy_started", "deploy_succeeded")]
+    assert order[:2] == ["deploy_started", "deploy_started"] and order.count("deploy_succeeded") == 2
