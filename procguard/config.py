@@ -65,6 +65,13 @@ class Ready(enum.StrEnum):
     HEALTHCHECK = "healthcheck"  # its health check passed once (the default with a health check)
 
 
+class RestartStrategy(enum.StrEnum):
+    """How a running program on held sockets is replaced (restart, reload, recycles, deploy)."""
+
+    OVERLAP = "overlap"  # the next generation starts beside the current one and takes over once ready
+    RECREATE = "recreate"  # stop, then start (supervisor's way; for a program that cannot run twice)
+
+
 HEALTHCHECK_TYPES = ("http", "tcp", "uwsgi", "exec")
 # A server profile's default check (issue #14): any answer below 500 is healthy (a 404 for "/", or
 # Django's 400 for a Host it does not allow, still proves the app answers); 5xx, no answer or a
@@ -181,6 +188,15 @@ class ProgramConfig:
     def start_order(self) -> tuple[int, int]:
         """Start lowest first, stop highest first: the group's priority, then the program's (supervisord)."""
         return (self.priority if self.group_priority is None else self.group_priority, self.priority)
+    # Held-socket programs are replaced by an overlapping next generation (docs/deploys.md); programs
+    # without held sockets are always stopped, then started.
+    restart_strategy: RestartStrategy = RestartStrategy.OVERLAP
+    roll_batch: int = 1  # numprocs > 1: how many processes a rolling replace replaces at a time
+
+    @property
+    def overlaps(self) -> bool:
+        """True when a restart, reload, recycle or deploy starts the next generation beside this one."""
+        return self.restart_strategy == RestartStrategy.OVERLAP and bool(self.sockets) and self.type != "oneshot"
 
     @property
     def is_group(self) -> bool:
@@ -530,7 +546,8 @@ PROGRAM_KEYS = frozenset(
         "stdout_logfile_timestamps", "stderr_logfile_timestamps", "stdout_tail_maxbytes", "stderr_tail_maxbytes",
         "backoff_initial", "backoff_max", "backoff_reset",
         "type", "ready", "start_timeout", "healthcheck", "depends_on", "max_memory", "max_age", "max_age_jitter",
-        "resource_check_interval", "sockets", "server", "reload_signal", "drain_timeout",
+        "resource_check_interval", "sockets", "server", "reload_signal", "drain_timeout", "restart_strategy",
+        "roll_batch",
     }
 )
 GROUP_KEYS = frozenset({"programs", "priority"})
@@ -648,11 +665,28 @@ class _Program:
             self.err(key, str(exc))
             return default
 
+    def present(self, key: str, parser: Any) -> dict[str, Any]:
+        """{key: parsed value} when the table sets key (and it parses), else {}: the dataclass default."""
+        if key not in self.table:
+            return {}
+        try:
+            return {key: parser(self.table[key])}
+        except _Bad as exc:
+            self.err(key, str(exc))
+            return {}
+
 
 def _parse_ready(value: object) -> Ready:
     if isinstance(value, str) and value.lower() in set(Ready):
         return Ready(value.lower())
     raise _Bad(f'expected "startsecs", "notify" or "healthcheck", got {value!r}')
+
+
+def _parse_restart_strategy(value: object) -> RestartStrategy:
+    if isinstance(value, str) and value in RestartStrategy.__members__.values():
+        return RestartStrategy(value)
+    raise _Bad(f'expected "overlap" (the next generation takes over once ready) or "recreate" (stop, then start), '
+               f"got {value!r}")
 
 
 def _parse_names(value: object) -> tuple[str, ...]:
@@ -999,7 +1033,12 @@ def _parse_program(
         drain_timeout=p.get("drain_timeout", parse_duration, prof.drain if prof else 0.0),
         group=None if in_group is None else in_group.name,
         group_priority=None if in_group is None else in_group.priority,
+        **p.present("restart_strategy", _parse_restart_strategy),
+        **p.present("roll_batch", lambda v: _parse_int(v, 1)),
     )
+    if table.get("restart_strategy") == RestartStrategy.OVERLAP and not prog.overlaps:
+        p.err("restart_strategy", '"overlap" needs held sockets (sockets = [...]) and a service (not a oneshot): '
+                                  "the next generation gets fresh ones; without them it is stopped, then started")
     if "drain_timeout" in table and not sockets:
         p.err("drain_timeout", "applies to programs with held sockets (sockets = [...]): it hands their new "
                                "connections to the next process while the old one finishes its own")
@@ -1177,6 +1216,9 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
                                     prog.reload_signal, hc.url if hc is not None and hc.type == "http" else None,
                                     hc.host if hc is not None else None):
             lints.append(ConfigIssue(prog.source, prog.name, None, message))
+        if prog.overlaps:
+            for message in servers.overlap_lint(prog.server, prog.processes[0].command):
+                lints.append(ConfigIssue(prog.source, prog.name, "restart_strategy", message))
     for message in servers.gunicorn_control_socket_lint(
             [(p.name, p.server, p.processes[0].command, p.user) for p in programs]):
         lints.append(ConfigIssue(src, None, None, message))
@@ -1489,6 +1531,8 @@ def describe(config: Config) -> str:
             "server": prog.server, "ready": prog.ready.value,
             "reload_signal": None if prog.reload_signal is None else signal.Signals(prog.reload_signal).name,
             "sockets": list(prog.sockets) or None, "drain_timeout": prog.drain_timeout if prog.sockets else None,
+            "restart_strategy": (f"{RestartStrategy.OVERLAP} (the next generation starts beside this one and takes "
+                                 "over once ready)" if prog.overlaps else f"{RestartStrategy.RECREATE} (stop, then start)"),
             "depends_on": list(prog.depends_on) or None,
             "healthcheck": describe_healthcheck(prog, {sock.name: sock.bind for sock in config.sockets}),
         }

@@ -45,6 +45,7 @@ COMMANDS: dict[str, frozenset[str]] = {
     "start": frozenset({"names"}),
     "stop": frozenset({"names"}),
     "restart": frozenset({"names"}),
+    "deploy": frozenset({"names"}),
     "reload_app": frozenset({"names"}),
     "signal": frozenset({"signal", "names"}),
     "reload": frozenset(),
@@ -139,7 +140,7 @@ def decode_request(frame: bytes) -> Request:
             raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
     if cmd == "maintail" and not isinstance(args.get("follow", False), bool):
         raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
-    if cmd in ("start", "stop", "restart", "signal", "reload_app", "add", "remove") and not names:
+    if cmd in ("start", "stop", "restart", "signal", "reload_app", "add", "remove", "deploy") and not names:
         raise ProtocolError(E_BAD_ARGS, f'{cmd} needs "names" (a program, program:process, group:* or all)', rid)
     return Request(id=rid, cmd=cmd, args=args)
 

@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("names", nargs="*", help="program, program:process, group:* or all (default all)")
     for verb, text in (("start", "start processes; reply when RUNNING or failed"),
                        ("stop", "stop processes; reply when stopped"),
-                       ("restart", "stop, then start processes"),
+                       ("restart", "stop, then start processes (on held sockets: replace them, as deploy "
+                                   "does without the one-shot jobs)"),
+                       ("deploy", "run one-shot dependencies again, then start each program's next generation "
+                                  "beside the current one and switch to it once ready (exit 1 if it fails)"),
                        ("reload-app", "graceful in-place reload where the server has one (gunicorn/uWSGI HUP), "
                                       "else a restart")):
         c = sub.add_parser(verb, help=text)
@@ -229,6 +232,13 @@ def describe(st: dict[str, Any]) -> str:
         extra += f", {health}"
     if status_text:
         extra += f", {status_text}"
+    nxt = st.get("next")
+    if isinstance(nxt, dict):
+        extra += (f"; next generation {nxt.get('generation')}: {nxt.get('state')}"
+                  + (f", pid {nxt['pid']}" if nxt.get("pid") else "") + f" ({st.get('replace_phase')})")
+    last = st.get("last_deploy")
+    if isinstance(last, dict) and not last.get("ok") and nxt is None:
+        extra += f"; last {last.get('trigger')} failed while {last.get('step')}: {last.get('reason')}"
     if state == "RUNNING":
         uptime = timedelta(seconds=int(st.get("uptime_s") or 0))
         return f"pid {pid}, uptime {uptime}{extra}"
@@ -313,6 +323,23 @@ def outcome(command: str, result: Any, names: list[str]) -> supervisorctl.Printe
     return None
 
 
+def print_deploy(result: list[dict[str, Any]]) -> int:
+    """One line per process; a failure with the last lines of its output, indented."""
+    code = EXIT_OK
+    for r in result:
+        if r.get("ok"):
+            print(f"{r.get('name')}: deployed: {r.get('message')}")
+            continue
+        code = EXIT_ERROR
+        print(f"{r.get('name')}: ERROR ({r.get('message')})")
+        lines = r.get("output") or []
+        if lines:
+            print(f"  last output of {r.get('name')}:")
+            for line in lines:
+                print(f"    {line}")
+    return code
+
+
 def print_avail(result: list[dict[str, Any]]) -> int:
     """supervisorctl's avail columns: name, in use, auto/manual, priority (when the daemon reports them)."""
     for st in result:
@@ -327,6 +354,8 @@ def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool
         return print_avail(result)
     if command == "status":
         return print_status(result, ns.long, colour)
+    if command == "deploy":
+        return print_deploy(result)
     printed = outcome(command, result, getattr(ns, "names", None) or [])
     if printed is not None:
         return emit(printed)
@@ -558,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
             unknown = any(st.get("error") for st in reply.result)
             code = status_code(reply.result)
             return supervisorctl.STATUS_UNKNOWN if unknown and code == EXIT_OK else code
+        if ns.command == "deploy":
+            return EXIT_OK if all(r.get("ok") for r in reply.result) else EXIT_ERROR
         if ns.command == "alert":
             return EXIT_OK if reply.result.get("ok") else EXIT_ERROR
         printed = outcome(ns.command, reply.result, names)
