@@ -63,6 +63,13 @@ class Ready(enum.StrEnum):
     HEALTHCHECK = "healthcheck"  # its health check passed once (the default with a health check)
 
 
+class RestartStrategy(enum.StrEnum):
+    """How a running program on held sockets is replaced (restart, reload, recycles, deploy)."""
+
+    OVERLAP = "overlap"  # the next generation starts beside the current one and takes over once ready
+    RECREATE = "recreate"  # stop, then start (supervisor's way; for a program that cannot run twice)
+
+
 HEALTHCHECK_TYPES = ("http", "tcp", "uwsgi", "exec")
 
 
@@ -139,6 +146,15 @@ class ProgramConfig:
     # A restart first moves the held TCP sockets to fresh ones for the next process and waits up to this
     # long for the old one to finish its connections, then stops it (sockets.py, "handover"). 0: no wait.
     drain_timeout: float = 0.0
+    # Held-socket programs are replaced by an overlapping next generation (docs/deploys.md); programs
+    # without held sockets are always stopped, then started.
+    restart_strategy: RestartStrategy = RestartStrategy.OVERLAP
+    roll_batch: int = 1  # numprocs > 1: how many processes a rolling replace replaces at a time
+
+    @property
+    def overlaps(self) -> bool:
+        """True when a restart, reload, recycle or deploy starts the next generation beside this one."""
+        return self.restart_strategy == RestartStrategy.OVERLAP and bool(self.sockets) and self.type != "oneshot"
 
     @property
     def is_group(self) -> bool:
@@ -386,7 +402,8 @@ PROGRAM_KEYS = frozenset(
         "stdout_logfile_timestamps", "stderr_logfile_timestamps", "stdout_tail_maxbytes", "stderr_tail_maxbytes",
         "backoff_initial", "backoff_max", "backoff_reset",
         "type", "ready", "start_timeout", "healthcheck", "depends_on", "max_memory", "max_age", "max_age_jitter",
-        "resource_check_interval", "sockets", "server", "reload_signal", "drain_timeout",
+        "resource_check_interval", "sockets", "server", "reload_signal", "drain_timeout", "restart_strategy",
+        "roll_batch",
     }
 )
 PROCGUARD_KEYS = frozenset({"include", "logdir", "loglevel", "control", "control_group", "curve"})
@@ -448,11 +465,28 @@ class _Program:
             self.err(key, str(exc))
             return default
 
+    def present(self, key: str, parser: Any) -> dict[str, Any]:
+        """{key: parsed value} when the table sets key (and it parses), else {}: the dataclass default."""
+        if key not in self.table:
+            return {}
+        try:
+            return {key: parser(self.table[key])}
+        except _Bad as exc:
+            self.err(key, str(exc))
+            return {}
+
 
 def _parse_ready(value: object) -> Ready:
     if isinstance(value, str) and value.lower() in set(Ready):
         return Ready(value.lower())
     raise _Bad(f'expected "startsecs", "notify" or "healthcheck", got {value!r}')
+
+
+def _parse_restart_strategy(value: object) -> RestartStrategy:
+    if isinstance(value, str) and value in RestartStrategy.__members__.values():
+        return RestartStrategy(value)
+    raise _Bad(f'expected "overlap" (the next generation takes over once ready) or "recreate" (stop, then start), '
+               f"got {value!r}")
 
 
 def _parse_names(value: object) -> tuple[str, ...]:
@@ -726,7 +760,12 @@ def _parse_program(
         server=server,
         reload_signal=p.get("reload_signal", parse_signal, prof.reload_signal if prof else None),
         drain_timeout=p.get("drain_timeout", parse_duration, prof.drain if prof else 0.0),
+        **p.present("restart_strategy", _parse_restart_strategy),
+        **p.present("roll_batch", lambda v: _parse_int(v, 1)),
     )
+    if prog.restart_strategy == RestartStrategy.OVERLAP and "restart_strategy" in table and not prog.overlaps:
+        p.err("restart_strategy", '"overlap" needs held sockets (sockets = [...]) and a service (not a oneshot): '
+                                  "the next generation gets fresh ones; without them it is stopped, then started")
     if "drain_timeout" in table and not sockets:
         p.err("drain_timeout", "applies to programs with held sockets (sockets = [...]): it hands their new "
                                "connections to the next process while the old one finishes its own")
@@ -1082,6 +1121,8 @@ def describe(config: Config) -> str:
             "server": prog.server, "ready": prog.ready.value,
             "reload_signal": None if prog.reload_signal is None else signal.Signals(prog.reload_signal).name,
             "sockets": list(prog.sockets) or None, "drain_timeout": prog.drain_timeout if prog.sockets else None,
+            "restart_strategy": (f"{RestartStrategy.OVERLAP} (the next generation starts beside this one and takes "
+                                 "over once ready)" if prog.overlaps else f"{RestartStrategy.RECREATE} (stop, then start)"),
             "depends_on": list(prog.depends_on) or None,
             "healthcheck": None if prog.healthcheck is None else prog.healthcheck.type,
         }

@@ -37,11 +37,12 @@ from zmq.utils import z85
 from procguard.config import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
 from procguard.output import Output, Stream
-from procguard.process import ProcessStatus
+from procguard.process import ProcessStatus, ReplaceOutcome
 from procguard.protocol import (
     E_BAD_ARGS, E_BAD_CONFIG, E_BAD_REQUEST, E_INTERNAL, E_SHUTTING_DOWN, MAX_FRAME_BYTES, PROTOCOL_VERSION, VERSION,
     ProtocolError, Request, decode_request, default_endpoint, encode_reply, ipc_path,
 )
+from procguard.deploy import DeployResult
 from procguard.supervisor import ActionResult, Supervisor
 
 log = structlog.get_logger()
@@ -57,7 +58,8 @@ FOLLOW_MAX_PUSH = 256 * 1024
 SEND_HWM = 64
 MAX_FOLLOWERS = 16
 # Commands refused once shutdown began (status, pid and version still answer while programs stop).
-REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "reload", "signal", "reload_app"})
+REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "deploy", "reload", "signal", "reload_app"})
+DEPLOY_OUTPUT_LINES = 20  # a failed deploy's reply carries this many last lines of the process's output
 
 
 class ControlSetupError(ProcguardError):
@@ -99,8 +101,18 @@ def _peer_policy(config: Config) -> Peer:
     return Peer(uids=frozenset({0, os.geteuid()}), gid=config.control_gid, group_members=members, client_keys=keys)
 
 
+def outcome_dict(o: ReplaceOutcome | None) -> dict[str, Any] | None:
+    if o is None:
+        return None
+    return {"at": o.at, "ok": o.ok, "trigger": str(o.trigger), "generation": o.generation, "pid": o.pid,
+            "step": str(o.step), "reason": o.reason}
+
+
 def status_dict(st: ProcessStatus) -> dict[str, Any]:
-    return {
+    replace = {"generation": st.generation, "next": None if st.next is None else status_dict(st.next),
+               "replace_phase": None if st.replace_phase is None else str(st.replace_phase),
+               "last_deploy": outcome_dict(st.last_deploy)}
+    return replace | {
         "name": st.name, "program": st.program, "state": str(st.state), "pid": st.pid,
         "started_at": st.started_at, "uptime_s": st.uptime_s, "exit_status": st.exit_status,
         "reason": st.reason, "retry_in_s": st.retry_in_s, "failures": st.failures,
@@ -414,6 +426,8 @@ class ControlServer:
         if req.cmd == "restart":
             stopped, started = await self._sup.restart(names)
             return [*(action_dict(r, "stop") for r in stopped), *(action_dict(r, "start") for r in started)]
+        if req.cmd == "deploy":
+            return [self._deploy_dict(r) for r in await self._sup.deploy(names)]
         if req.cmd == "reload_app":
             return [action_dict(r, "reload_app") for r in await self._sup.reload_app(names)]
         if req.cmd == "signal":
@@ -438,6 +452,20 @@ class ControlServer:
             asyncio.get_running_loop().call_soon(self._request_shutdown)
             return {"shutting_down": True, "pid": os.getpid()}
         raise AssertionError(f"command {req.cmd} is in COMMANDS but has no handler")
+
+    def _deploy_dict(self, r: DeployResult) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": r.name, "action": "deploy", "ok": r.ok, "state": str(r.state),
+                               "message": r.message, "pid": r.pid, "generation": r.generation, "step": str(r.step),
+                               "overlapped": r.overlapped}
+        if not r.ok and self._output is not None:
+            # The next generation's last words (it wrote into the process's own streams).
+            proc = self._sup.resolve([r.name])[0]
+            lines: list[str] = []
+            for stream in self._output.streams_of(proc.program, proc.config):
+                if stream is not None:
+                    lines += stream.tail().decode(errors="replace").splitlines()[-DEPLOY_OUTPUT_LINES:]
+            out["output"] = lines[-DEPLOY_OUTPUT_LINES:]
+        return out
 
     # ------------------------------------------------------------------------------------ tail
 

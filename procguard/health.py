@@ -7,7 +7,10 @@ Scheduling (interval, retries, start_period) and what to do about the result bel
 
 import asyncio
 import contextlib
+import contextvars
+import errno
 import ipaddress
+import itertools
 import os
 import re
 import signal
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from procguard.config import DEFAULT_PATH, HealthCheckConfig
+from procguard.process import CheckRoute
 
 MAX_BODY = 64 * 1024  # bytes of a response body searched for expect_body
 MAX_HEAD = 64 * 1024  # bytes of status line + headers accepted
@@ -56,6 +60,7 @@ async def run_check(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     spawner: "CommandSpawner | None" = None,
+    route: CheckRoute | None = None,
 ) -> CheckResult:
     """Run `hc` once, bounded by `hc.timeout`.
 
@@ -65,7 +70,10 @@ async def run_check(
     spawner: how exec checks start their command and learn its exit. The daemon passes
     RealOS.spawn_command, because its reaper (waitpid(-1)) owns every child's status; without one,
     asyncio's own child watcher is used (fine outside the daemon).
+    route: the check is of a next generation (docs/deploys.md): its connections take the route that
+    reaches that generation rather than the current one (every connect below reads it from _ROUTE).
     """
+    _ROUTE.set(route)
     started = time.monotonic()
     deadline = asyncio.timeout(hc.timeout)
     try:
@@ -321,6 +329,10 @@ def _excerpt(data: bytes) -> str:
 
 # ----------------------------------------------------------------------------------- connecting
 
+# The route of the check under way (run_check sets it in its own task's context).
+_ROUTE: contextvars.ContextVar[CheckRoute | None] = contextvars.ContextVar("route", default=None)
+_source_turn = itertools.count()
+
 
 async def _connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to "host:port", "[v6]:port", "/path" or "unix:/path"."""
@@ -337,6 +349,9 @@ async def _connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWr
 
 
 async def _open_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    route = _ROUTE.get()
+    if route is not None:
+        path = route.unix_path(path)
     try:
         return await asyncio.open_unix_connection(path, limit=MAX_HEAD)
     except OSError as exc:
@@ -364,6 +379,7 @@ async def _open_tcp(host: str, port: int, where: str) -> tuple[asyncio.StreamRea
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
+            _bind_route_source(sock, family, port)
             await loop.sock_connect(sock, sockaddr)
             return await asyncio.open_connection(sock=sock, limit=MAX_HEAD)
         except OSError as exc:
@@ -376,6 +392,24 @@ async def _open_tcp(host: str, port: int, where: str) -> tuple[asyncio.StreamRea
     if refused or not errors:
         raise _Failed(f"connection refused ({where})")
     raise _Failed(_describe(errors[0], where))
+
+
+def _bind_route_source(sock: socket.socket, family: int, port: int) -> None:
+    """For a next generation's check: connect from loopback and one of the route's source ports, which
+    the held socket's reuseport program sends to that generation (sockets.py, "next generation")."""
+    route = _ROUTE.get()
+    if route is None or port not in route.tcp_ports or not route.source_ports:
+        return
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the daemon holds the port reserved
+    first = next(_source_turn)
+    for i in range(len(route.source_ports)):
+        try:
+            sock.bind((host, route.source_ports[(first + i) % len(route.source_ports)]))
+            return
+        except OSError as exc:  # a connection of an earlier check may still hold that one
+            if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) or i == len(route.source_ports) - 1:
+                raise
 
 
 def _describe(exc: OSError, where: str, *, is_unix: bool = False) -> str:

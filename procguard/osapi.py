@@ -24,8 +24,8 @@ from procguard.errors import SpawnError
 from procguard.config import Ready
 from procguard.notify import NotifySocket
 from procguard.output import Output
-from procguard.sockets import SocketSet, in_flight, tcp_sockets_on
-from procguard.process import Process, Timer
+from procguard.sockets import NextSockets, SocketSet, SocketsNotReady, generation_in_flight, in_flight, tcp_sockets_on
+from procguard.process import CheckRoute, Process, Timer
 from procguard.spawn import spawn_process
 
 log = structlog.get_logger()
@@ -65,6 +65,7 @@ class RealOS:
         self.on_spawned: Callable[[Process], None] = lambda process: None
         self._notify: dict[Process, NotifySocket] = {}
         self._command_exits: dict[int, asyncio.Future[int]] = {}
+        self._next: dict[Process, NextSockets] = {}  # next generations' sockets until their switch
 
     # --------------------------------------------------------------------------- seam methods
 
@@ -107,7 +108,67 @@ class RealOS:
     def drain(self, process: Process, done: Callable[[], None]) -> None:
         self._own(self._drain(process, done))
 
+    def prepare_next(self, process: Process, done: Callable[[str | None], None]) -> None:
+        self._own(self._prepare_next(process, done))
+
+    def switch_to_next(self, current: Process, nxt: Process, done: Callable[[], None]) -> None:
+        sockets = self._next.pop(nxt, None)
+        old = self.sockets.switch_to_next(sockets) if sockets is not None else []
+        log.info("process_switched", process=nxt.name, pid=nxt.pid, previous_pid=current.pid, sockets=len(old))
+        self._own(self._drain_generation(current, old, done))
+
+    def discard_next(self, process: Process) -> None:
+        sockets = self._next.pop(process, None)
+        if sockets is not None:
+            self.sockets.discard_next(sockets)
+
+    def check_route(self, process: Process) -> CheckRoute | None:
+        sockets = self._next.get(process)
+        return sockets.route if sockets is not None else None
+
     # ------------------------------------------------------------------------------- internals
+
+    async def _prepare_next(self, process: Process, done: Callable[[str | None], None]) -> None:
+        names = process.program.sockets
+        try:
+            listeners = await asyncio.to_thread(self.sockets.listener_counts, names)
+            self._next[process] = self.sockets.prepare_next(names, listeners)
+        except SocketsNotReady as exc:
+            done(str(exc))
+            return
+        except Exception as exc:  # task boundary: the replace must hear back
+            log.exception("next_sockets_failed", process=process.name)
+            done(f"cannot prepare sockets for the next generation: {exc!r}")
+            return
+        done(None)
+
+    async def _drain_generation(self, current: Process, old: list[Any], done: Callable[[], None]) -> None:
+        """After a switch: wait until the current generation has answered what it took (as _drain, but
+        counting only its own connections: the next generation accepts on the same address)."""
+        t0 = time.monotonic()
+        left = 0
+        try:
+            if not old:
+                return
+            limit_s = current.program.drain_timeout or current.program.stopwaitsecs
+            leader = current.pid
+            clean = 0
+            while clean < 2 and time.monotonic() < t0 + limit_s and leader is not None \
+                    and self.is_group_alive(leader):
+                left, handshakes = await asyncio.to_thread(
+                    lambda: generation_in_flight(old, _group_pids(leader)))
+                busy = left or (handshakes and time.monotonic() - t0 < DRAIN_MIN_S)
+                clean = 0 if busy else clean + 1
+                if clean < 2:
+                    await asyncio.sleep(DRAIN_POLL_S)
+            log.info("process_drained", process=current.name, pid=current.pid,
+                     waited_ms=round((time.monotonic() - t0) * 1e3), unanswered=left)
+        except Exception as exc:  # never leave the stop waiting
+            log.warning("process_drain_failed", process=current.name, error=repr(exc))
+        finally:
+            for sock in old:
+                sock.close()
+            done()
 
     async def _drain(self, process: Process, done: Callable[[], None]) -> None:
         """Hand the process's held sockets over and wait until it has answered what it took (sockets.py)."""
@@ -177,7 +238,9 @@ class RealOS:
             extra_env["NOTIFY_SOCKET"] = sock.name
         try:
             # fork/exec off the loop (as trio does): a large daemon's fork can take milliseconds.
-            fds = self.sockets.fds(process.program.sockets) if process.program.sockets else None
+            nxt = self._next.get(process)
+            fds = self.sockets.next_fds(nxt) if nxt is not None else \
+                self.sockets.fds(process.program.sockets) if process.program.sockets else None
             popen = await asyncio.to_thread(spawn_process, process.program, process.config,
                                             pipes.stdout, pipes.stderr, extra_env, fds)
         except SpawnError as exc:
@@ -296,7 +359,8 @@ class RealOS:
         return exited
 
     def forget(self, process: Process) -> None:
-        """The process's program was removed: close what the OS side kept for it."""
+        """The process is gone for good: close what the OS side kept for it."""
+        self.discard_next(process)
         sock = self._notify.pop(process, None)
         if sock is not None:
             sock.close()
@@ -349,6 +413,15 @@ def _scan_strays(leaders: dict[int, str], tracked: set[int]) -> dict[int, set[in
         if owner in by_name:
             found[by_name[owner]].add(pid)
     return found
+
+
+def _group_pids(leader: int) -> list[int]:
+    """The leader and its descendants (blocking: reads /proc)."""
+    try:
+        proc = psutil.Process(leader)
+        return [leader, *(c.pid for c in proc.children(recursive=True))]
+    except psutil.Error:
+        return []
 
 
 def untracked_children(tracked: set[int]) -> list[int]:

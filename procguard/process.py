@@ -40,6 +40,34 @@ class Timer(Protocol):
     def cancel(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class CheckRoute:
+    """How a health check reaches one next generation rather than the current one (docs/deploys.md).
+
+    TCP: a check whose port is in tcp_ports connects from 127.0.0.1 (or ::1) and one of source_ports,
+    which the held socket's reuseport program sends to the next generation's socket. Unix: a check of
+    a public path goes to the private path the next generation listens on until the switch.
+    """
+
+    source_ports: tuple[int, ...] = ()
+    tcp_ports: frozenset[int] = frozenset()
+    unix_paths: tuple[tuple[str, str], ...] = ()  # (public path, private path)
+
+    def unix_path(self, path: str) -> str:
+        return dict(self.unix_paths).get(path, path)
+
+
+class ReplaceTrigger(enum.StrEnum):
+    """Why a process is being replaced by its next generation."""
+
+    DEPLOY = "deploy"
+    RESTART = "restart"
+    RELOAD = "reload"
+    HEALTH = "health"
+    MAX_AGE = "max_age"
+    MAX_MEMORY = "max_memory"
+
+
 class OSApi(Protocol):
     """What the state machine needs from the world. `osapi.RealOS` is the real one."""
 
@@ -69,6 +97,28 @@ class OSApi(Protocol):
         the connections it has; then call done() (at once when there is nothing to hand over)."""
         ...
 
+    def prepare_next(self, process: "Process", done: Callable[[str | None], None]) -> None:
+        """Make fresh sockets that get no public traffic for next-generation `process` (off-loop where it
+        must); then done(None), or done(reason) when they cannot be made (nothing changed then)."""
+        ...
+
+    def switch_to_next(self, current: "Process", nxt: "Process", done: Callable[[], None]) -> None:
+        """Send every new connection to nxt's sockets in one step, then wait (at most drain_timeout, else
+        stopwaitsecs) until current has answered what it had taken; then call done()."""
+        ...
+
+    def discard_next(self, process: "Process") -> None:
+        """Next-generation `process` will not take over: close its fresh sockets."""
+        ...
+
+    def check_route(self, process: "Process") -> CheckRoute | None:
+        """How a health check reaches `process` while it is a next generation; None: the public way."""
+        ...
+
+    def forget(self, process: "Process") -> None:
+        """The process is gone for good (its program removed, or a newer generation took over)."""
+        ...
+
 
 def describe_exit(status: int) -> str:
     """Render a waitstatus-derived exit code as 'exit status 1' or 'terminated by SIGKILL'."""
@@ -78,6 +128,31 @@ def describe_exit(status: int) -> str:
         except ValueError:
             return f"terminated by signal {-status}"
     return f"exit status {status}"
+
+
+class ReplacePhase(enum.StrEnum):
+    """Where a replace by a next generation is (replace.py)."""
+
+    JOBS = "jobs"  # a deploy runs the program's one-shot dependencies again first
+    PREPARING = "preparing"
+    STARTING = "starting"
+    SWITCHING = "switching"
+    STOPPING = "stopping"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceOutcome:
+    """How the last replace of one process by its next generation ended (status: last_deploy)."""
+
+    at: float  # wall clock (time.time()) when it ended
+    ok: bool
+    trigger: ReplaceTrigger
+    generation: int  # the next generation's number
+    pid: int | None  # the next generation's pid
+    step: ReplacePhase  # SUCCEEDED, or the phase it failed in
+    reason: str  # why it failed ("" when ok)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +174,10 @@ class ProcessStatus:
     status_text: str = ""  # the last STATUS= the process sent on its NOTIFY_SOCKET
     autostart: bool = True
     priority: int = 999
+    generation: int = 1
+    next: "ProcessStatus | None" = None  # the next generation while a replace runs
+    replace_phase: ReplacePhase | None = None
+    last_deploy: ReplaceOutcome | None = None
 
 
 class Process:
@@ -141,6 +220,14 @@ class Process:
         self._drains = 0
         # Health transitions and recycling go to the supervisor's log through this (no I/O here).
         self.on_event: Callable[["Process", str, dict[str, object]], None] = lambda p, event, fields: None
+        # Generations: 1 for the first process of a slot, +1 per overlapping replace. A trial is a next
+        # generation not yet switched to: it gets no retry (a failed start ends the replace) and no restart.
+        self.generation = 1
+        self.trial = False
+        self.retiring = False  # a newer generation has taken over: this one stops and never restarts
+        # A recycle (health, max_age, max_memory) of an overlapping program asks for a replace through
+        # this; False: none could begin, so restart() stops and starts in place.
+        self.on_replace: Callable[["Process", str, ReplaceTrigger], bool] = lambda p, why, trigger: False
 
     @property
     def name(self) -> str:
@@ -291,7 +378,7 @@ class Process:
         if self.health_failures >= hc.retries and self.health != "unhealthy":
             self._set_health("unhealthy", reason)
             if hc.on_unhealthy == "restart":
-                self.restart(f"unhealthy: {reason}")
+                self.restart(f"unhealthy: {reason}", ReplaceTrigger.HEALTH)
 
     def _set_health(self, new: str, reason: str) -> None:
         old = self.health
@@ -301,10 +388,16 @@ class Process:
             self.on_event(self, "health_changed", {"old": old, "new": new, "reason": reason,
                                                    "failures": self.health_failures})
 
-    def restart(self, why: str) -> bool:
-        """Stop gracefully and start again (health, max_age, max_memory); False when not running."""
-        if self.state not in (ProcessState.STARTING, ProcessState.RUNNING) or self._spawn_pending:
+    def restart(self, why: str, trigger: ReplaceTrigger = ReplaceTrigger.RESTART, *, overlap: bool = True) -> bool:
+        """Replace the process (health, max_age, max_memory): by an overlapping next generation where the
+        program is on held sockets (on_replace), else stop gracefully and start again. False when not
+        running. overlap=False: stop and start in place (an overlapping replace failed)."""
+        if self.state not in (ProcessState.STARTING, ProcessState.RUNNING) or self._spawn_pending or self.trial \
+                or self.retiring:
             return False
+        if overlap and self.program.overlaps and self.state == ProcessState.RUNNING \
+                and self.on_replace(self, why, trigger):
+            return True
         self._after_stop = "restart"  # before stop(): a leader already gone is STOPPED within it
         self._pending_reason = f"restarting: {why}"
         self.stop(drain=True)
@@ -325,7 +418,7 @@ class Process:
             age = self._os.monotonic() - self.spawned_at
             self.on_event(self, "process_recycled", {"reason": "max_age", "age_s": round(age, 1),
                                                      "max_age_s": self.program.max_age})
-            self.restart(f"max_age ({self.program.max_age:g}s) reached")
+            self.restart(f"max_age ({self.program.max_age:g}s) reached", ReplaceTrigger.MAX_AGE)
 
     def spawn_failed(self, reason: str) -> None:
         self._spawn_pending = False
@@ -372,7 +465,7 @@ class Process:
         restart = self.program.autorestart == AutoRestart.ALWAYS or (
             self.program.autorestart == AutoRestart.UNEXPECTED and not expected
         )
-        if not restart:
+        if not restart or self.trial or self.retiring:  # a trial that exits ends its replace
             return
         if ran_s >= self.program.backoff_reset:
             # A crash after a long healthy run: restart at once.
@@ -428,8 +521,13 @@ class Process:
         self.failures += 1
         self.failed_starts += 1
         limit = self.program.startretries
-        if limit is None and self.program.type == "oneshot":
-            limit = 0  # a job that failed stays failed (and blocks its dependents) unless startretries says
+        if (limit is None and self.program.type == "oneshot") or self.trial:
+            # A job that failed stays failed (and blocks its dependents) unless startretries says; a next
+            # generation that failed ends its replace (the current one keeps serving).
+            limit = 0
+        if limit is not None and self.failed_starts > limit and self.trial:
+            self._set(ProcessState.FATAL)
+            return
         if limit is not None and self.failed_starts > limit:
             self.reason = f"{self.reason}; gave up after {self.failed_starts} failed starts (startretries = {limit})"
             self._set(ProcessState.FATAL)
@@ -534,7 +632,9 @@ class Process:
             status_text=self.status_text,
             autostart=self.program.autostart,
             priority=self.program.priority,
+            generation=self.generation,
         )
 
 
-__all__ = ["OSApi", "Process", "ProcessState", "ProcessStatus", "describe_exit"]
+__all__ = ["CheckRoute", "OSApi", "Process", "ProcessState", "ProcessStatus", "ReplaceOutcome", "ReplacePhase",
+           "ReplaceTrigger", "describe_exit"]

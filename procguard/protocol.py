@@ -42,6 +42,7 @@ COMMANDS: dict[str, frozenset[str]] = {
     "start": frozenset({"names"}),
     "stop": frozenset({"names"}),
     "restart": frozenset({"names"}),
+    "deploy": frozenset({"names"}),
     "reload_app": frozenset({"names"}),
     "signal": frozenset({"signal", "names"}),
     "reload": frozenset(),
@@ -118,7 +119,7 @@ def decode_request(frame: bytes) -> Request:
             raise ProtocolError(E_BAD_ARGS, '"stream" must be "stdout" or "stderr"', rid)
         if not isinstance(args.get("follow", False), bool):
             raise ProtocolError(E_BAD_ARGS, '"follow" must be true or false', rid)
-    if cmd in ("start", "stop", "restart", "signal", "reload_app") and not names:
+    if cmd in ("start", "stop", "restart", "deploy", "signal", "reload_app") and not names:
         raise ProtocolError(E_BAD_ARGS, f'{cmd} needs "names" (a program, program:process, group:* or all)', rid)
     return Request(id=rid, cmd=cmd, args=args)
 

@@ -22,7 +22,9 @@ its own pid (which exec keeps) and exec the real command.
 """
 
 import ctypes
+import dataclasses
 import os
+import select
 import shutil
 import socket
 import stat
@@ -32,6 +34,7 @@ import sys
 import structlog
 
 from procguard.config import SocketConfig
+from procguard.process import CheckRoute
 from procguard.errors import ProcguardError
 
 log = structlog.get_logger()
@@ -107,6 +110,49 @@ def _steer_to_second(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
 
 
+# Classic BPF (linux/filter.h): the reuseport program of a next generation's trial (module doc, "Next
+# generation"). SKF_NET_OFF addresses the IP header: the program runs with the packet's data past the
+# TCP header, so only negative offsets reach the addresses and ports (sock_reuseport.c run_bpf_filter).
+_SKF_NET_OFF = -0x100000
+_BPF_LD_W_ABS, _BPF_LD_H_ABS, _BPF_JEQ_K = 0x20, 0x28, 0x15
+CHECKER_PORTS = 4  # source ports the daemon's health checker may use to reach a next generation
+
+
+def _attach(sock: socket.socket, insns: list[tuple[int, int, int, int]]) -> None:
+    program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", code, jt, jf, k & 0xFFFFFFFF)
+                                                   for code, jt, jf, k in insns))
+    fprog = struct.pack("HP", len(insns), ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+def _steer_checker_to_second(sock: socket.socket, ports: tuple[int, ...]) -> None:
+    """Attach to sock's reuseport group a program that sends the connections of the daemon's checker
+    (from the loopback address, one of `ports`) to the group's socket 1 and every other one to socket 0.
+
+    IPv4: source address at IP+12, source port at IP+20 (no IP options: the kernel's own loopback
+    SYNs carry none). IPv6: source address at IP+8..24, source port at IP+40 (no extension headers).
+    """
+    if sock.family == socket.AF_INET:
+        addr_checks = [(_BPF_LD_W_ABS, 0x7F000001, 12)]
+        port_off = 20
+    else:
+        addr_checks = [(_BPF_LD_W_ABS, word, 8 + 4 * i) for i, word in enumerate((0, 0, 0, 1))]
+        port_off = 40
+    # Layout: [ld addr word; jeq word else FAIL]*, ld port, [jeq port -> MATCH]*, FAIL: ret 0, MATCH: ret 1.
+    n_addr = 2 * len(addr_checks)
+    total = n_addr + 1 + len(ports) + 2
+    fail = total - 2
+    insns: list[tuple[int, int, int, int]] = []
+    for _, word, off in addr_checks:
+        insns.append((_BPF_LD_W_ABS, 0, 0, _SKF_NET_OFF + off))
+        insns.append((_BPF_JEQ_K, 0, fail - (len(insns) + 1), word))
+    insns.append((_BPF_LD_H_ABS, 0, 0, _SKF_NET_OFF + port_off))
+    for port in ports:
+        insns.append((_BPF_JEQ_K, total - 1 - (len(insns) + 1), 0, port))
+    insns += [(_BPF_RET_K, 0, 0, 0), (_BPF_RET_K, 0, 0, 1)]
+    _attach(sock, insns)
+
+
 def accept_queue(sock: socket.socket) -> int:
     """Connections waiting in a listening TCP socket's accept queue (tcp_info.tcpi_unacked)."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
@@ -123,7 +169,7 @@ def _proc_net_address(hex_addr: str, family: int) -> str:
     return socket.inet_ntop(family, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
 
 
-def tcp_sockets_on(sock: socket.socket) -> tuple[int, int, int]:
+def tcp_sockets_on(sock: socket.socket, owned: frozenset[str] | None = None) -> tuple[int, int, int]:
     """(accepted connections, listening sockets, handshakes under way) on sock's local address, from
     /proc/net/tcp{,6}. A handshake under way (SYN_RECV) belongs to whichever listener the kernel
     picked for its SYN; the table does not say which.
@@ -133,6 +179,9 @@ def tcp_sockets_on(sock: socket.socket) -> tuple[int, int, int]:
     not yet read (a request sent before the client closed). A CLOSE_WAIT with nothing to read is a
     connection the client has left and the server has not noticed yet (hypercorn closes such a one
     only at its keep-alive timeout): nothing to answer there.
+
+    owned: count only accepted connections with these inodes (one generation's, while another one
+    accepts on the same address: socket_inodes).
     """
     host, port = sock.getsockname()[:2]
     wildcard = host in ("0.0.0.0", "::")
@@ -151,7 +200,7 @@ def tcp_sockets_on(sock: socket.socket) -> tuple[int, int, int]:
                 listening += 1
             elif state == _SYN_RECV:
                 handshakes += 1
-            elif inode != "0" and (state == _ESTABLISHED
+            elif inode != "0" and (owned is None or inode in owned) and (state == _ESTABLISHED
                                    or (state == _CLOSE_WAIT and int(fields[4].partition(":")[2], 16) > 0)):
                 accepted += 1
     return accepted, listening, handshakes
@@ -164,6 +213,41 @@ def in_flight(socks: list[socket.socket]) -> tuple[int, int]:
     left = handshakes = 0
     for s in socks:
         accepted, _, shaking = tcp_sockets_on(s)
+        left += accept_queue(s) + accepted
+        handshakes += shaking
+    return left, handshakes
+
+
+def socket_inodes(pids: list[int]) -> frozenset[str]:
+    """The inodes of every socket these processes hold (/proc/PID/fd links "socket:[INODE]")."""
+    out: set[str] = set()
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in names:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                out.add(link[len("socket:["):-1])
+    return frozenset(out)
+
+
+def generation_in_flight(socks: list[socket.socket], pids: list[int]) -> tuple[int, int]:
+    """What one generation (pids) still has to answer after the switch to the next one: the accept
+    queues of its old sockets and the TCP connections it accepted on their addresses; and the TCP
+    handshakes under way there (in_flight, for one generation among two). Unix sockets count their
+    waiting connections only (a graceful stop answers what was accepted)."""
+    owned = socket_inodes(pids)
+    left = handshakes = 0
+    for s in socks:
+        if s.family == socket.AF_UNIX:
+            left += listening_fds_waiting([s])
+            continue
+        accepted, _, shaking = tcp_sockets_on(s, owned)
         left += accept_queue(s) + accepted
         handshakes += shaking
     return left, handshakes
@@ -250,6 +334,93 @@ class SocketSet:
         self._held[name] = (cfg, new)
         return old
 
+    def prepare_next(self, names: tuple[str, ...], listeners: dict[str, int]) -> "NextSockets":
+        """Fresh sockets for a next generation of a program on `names` (section "next generation" below).
+        Raises SocketsNotReady (and changes nothing) when one cannot be made.
+
+        listeners: how many sockets listen on each TCP socket's address now (tcp_sockets_on, off-loop).
+        """
+        fresh: dict[str, socket.socket] = {}
+        private: dict[str, str] = {}
+        reserved: list[socket.socket] = []
+        tcp_ports: set[int] = set()
+        steered: list[tuple[socket.socket, socket.socket]] = []
+        try:
+            for name in names:
+                cfg, held = self._held[name]
+                if self._users.get(name, 0) != 1:
+                    continue  # shared by several processes: a rolling replace keeps it (section doc)
+                if cfg.bind.startswith("unix:"):
+                    path = _private_path(cfg.bind[len("unix:"):])
+                    fresh[name] = _bind(dataclasses.replace(cfg, bind=f"unix:{path}"))
+                    private[name] = path
+                    continue
+                if listeners.get(name) != 1:
+                    raise SocketsNotReady(f"[socket.{name}] {cfg.bind}: {listeners.get(name)} sockets listen there, "
+                                          "expected 1 (an earlier generation still holds one)")
+                if not reserved:
+                    reserved = _reserve_checker_ports(held.family)
+                ports = tuple(s.getsockname()[1] for s in reserved)
+                # The program first, then the fresh socket: it never takes a public connection.
+                _steer_checker_to_second(held, ports)
+                new = _bind(cfg)
+                steered.append((held, new))
+                fresh[name] = new
+                tcp_ports.add(held.getsockname()[1])
+        except (OSError, SocketsNotReady) as exc:
+            for held, _ in steered:
+                _steer_to_first(held)
+            for s in [*fresh.values(), *reserved]:
+                s.close()
+            for path in private.values():
+                _unlink_socket(path)
+            if isinstance(exc, SocketsNotReady):
+                raise
+            assert isinstance(exc, OSError)
+            raise SocketsNotReady(f"[socket.{name}]: cannot prepare a socket for the next generation: "
+                                  f"{exc.strerror or exc}") from None
+        route = CheckRoute(source_ports=tuple(s.getsockname()[1] for s in reserved), tcp_ports=frozenset(tcp_ports),
+                           unix_paths=tuple((self._held[n][0].bind[len("unix:"):], p) for n, p in private.items()))
+        return NextSockets(names=names, fresh=fresh, private_paths=private, reserved=reserved, route=route)
+
+    def switch_to_next(self, nxt: "NextSockets") -> list[socket.socket]:
+        """New connections go to the next generation from now on; return the current generation's sockets
+        (the caller drains and closes them). The next generation's sockets become the held ones."""
+        old: list[socket.socket] = []
+        for name, new in nxt.fresh.items():
+            cfg, held = self._held[name]
+            if name in nxt.private_paths:
+                os.rename(nxt.private_paths[name], cfg.bind[len("unix:"):])  # atomic: connect() sees one or the other
+            else:
+                _steer_to_second(held)
+            self._held[name] = (cfg, new)
+            old.append(held)
+        nxt.fresh = {}
+        nxt.private_paths = {}
+        _close_reserved(nxt)
+        return old
+
+    def discard_next(self, nxt: "NextSockets") -> None:
+        """The next generation did not take over: close its sockets; the current ones take everything."""
+        for name, new in nxt.fresh.items():
+            held = self._held.get(name)
+            if held is not None and name not in nxt.private_paths:
+                _steer_to_first(held[1])
+            new.close()
+            if name in nxt.private_paths:
+                _unlink_socket(nxt.private_paths[name])
+        nxt.fresh = {}
+        nxt.private_paths = {}
+        _close_reserved(nxt)
+
+    def next_fds(self, nxt: "NextSockets") -> list[int]:
+        return [(nxt.fresh[n] if n in nxt.fresh else self._held[n][1]).fileno() for n in nxt.names]
+
+    def listener_counts(self, names: tuple[str, ...]) -> dict[str, int]:
+        """How many sockets listen on each held TCP socket's address (blocking: reads /proc)."""
+        return {n: tcp_sockets_on(self._held[n][1])[1] for n in names
+                if n in self._held and not self._held[n][0].bind.startswith("unix:")}
+
     def fds(self, names: tuple[str, ...]) -> list[int]:
         return [self._held[n][1].fileno() for n in names]
 
@@ -263,3 +434,87 @@ def wrap_command(argv: list[str], fds: list[int], path: str | None) -> list[str]
     if "/" not in argv[0] and shutil.which(argv[0], path=path) is None:
         raise FileNotFoundError(2, "No such file or directory", argv[0])
     return [sys.executable, "-S", "-c", SHIM, ",".join(map(str, fds)), *argv]
+
+
+# ------------------------------------------------------------------------------ next generation
+#
+# An overlapping replace (docs/deploys.md) starts the next generation beside the current one on fresh
+# sockets that get no public traffic. TCP: the fresh socket joins the held socket's reuseport group as
+# its socket 1, after a program that sends only the daemon's health checker there (from 127.0.0.1 or
+# ::1 and one of CHECKER_PORTS reserved source ports) is attached; everything else still goes to the
+# current generation's socket 0. The switch attaches "return 1": every new connection goes to the next
+# generation in one step. Unix sockets: the fresh socket is bound at a private path beside the public
+# one, and the switch renames it over the public path (rename(2) is atomic). A socket shared by several
+# processes (numprocs) is not duplicated: a rolling replace gives the next process the held socket
+# itself, which the others keep serving from.
+
+
+@dataclasses.dataclass(slots=True)
+class NextSockets:
+    """The sockets of one next generation before (and until) its switch."""
+
+    names: tuple[str, ...]
+    fresh: dict[str, socket.socket]  # socket name -> the next generation's own socket (not shared ones)
+    private_paths: dict[str, str]  # unix socket name -> its private path until the switch
+    reserved: list[socket.socket]  # the checker's source ports, held so no one else takes them
+    route: CheckRoute
+
+
+class SocketsNotReady(SocketError):
+    """A next generation's sockets could not be prepared; nothing was changed."""
+
+
+def _private_path(path: str) -> str:
+    return f"{path}.next"
+
+
+def _reserve_checker_ports(family: int) -> list[socket.socket]:
+    """Bind CHECKER_PORTS sockets to loopback ephemeral ports (not listening: connect() skips ports bound
+    this way, so no other local client gets one as its source port)."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    out = []
+    try:
+        for _ in range(CHECKER_PORTS):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            out.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, 0))
+    except OSError:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+def listening_fds_waiting(socks: list[socket.socket]) -> int:
+    """How many of these listening sockets have a connection waiting to be accepted (poll(2) POLLIN)."""
+    if not socks:
+        return 0
+    poller = select.poll()
+    for s in socks:
+        poller.register(s.fileno(), select.POLLIN)
+    return len(poller.poll(0))
+
+
+def _steer_to_first(sock: socket.socket) -> None:
+    """Every new connection to the group's socket 0 (a next generation's socket 1 is going)."""
+    try:
+        _attach(sock, [(_BPF_RET_K, 0, 0, 0)])
+    except OSError as exc:
+        log.warning("socket_steer_failed", error=exc.strerror or str(exc))
+
+
+def _unlink_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _close_reserved(nxt: NextSockets) -> None:
+    for s in nxt.reserved:
+        s.close()
+    nxt.reserved = []
+
+

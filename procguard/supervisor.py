@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import structlog
 
 from procguard.config import Config, ConfigDiff, ProgramConfig, diff_configs, load_config
+from procguard.deploy import Deployer, DeployResult
 from procguard.errors import ConfigError, ConfigIssue, ControlError
 from procguard.protocol import E_BAD_SIGNAL, E_NO_SUCH_PROCESS
 from procguard.health import run_check
 from procguard.sockets import SocketError
 from procguard.osapi import tree_rss
-from procguard.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, describe_exit
+from procguard.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, ReplaceTrigger, describe_exit
 
 log = structlog.get_logger()
 
@@ -53,6 +54,7 @@ class Supervisor:
         self.tasks: set[asyncio.Task[None]] = set()
         self.on_any_change: Callable[[], None] = lambda: None  # after every state change (systemd STATUS=)
         self._changed: list[asyncio.Future[None]] = []
+        self.deployer = Deployer(self)
         for prog in config.programs:
             self._add_program(prog)
 
@@ -62,6 +64,7 @@ class Supervisor:
         procs = [Process(prog, pc, self._os, self._on_change) for pc in prog.processes]
         for p in procs:
             p.on_event = self._on_event
+            p.on_replace = self.deployer.recycle
         self._programs[prog.name] = procs
         self._locks.setdefault(prog.name, asyncio.Lock())
 
@@ -103,7 +106,8 @@ class Supervisor:
                 began = loop.time()
                 result = await run_check(hc, uid=program.uid, gid=program.gid, extra_groups=program.extra_groups,
                                          env=dict(proc.config.environment), cwd=proc.config.directory,
-                                         spawner=getattr(self._os, "spawn_command", None))
+                                         spawner=getattr(self._os, "spawn_command", None),
+                                         route=self._os.check_route(proc))
                 if not alive():  # re-check after the await: it may have been stopped or restarted
                     return
                 if not result.ok:
@@ -141,6 +145,8 @@ class Supervisor:
         fields: dict[str, object] = {
             "program": proc.program.name, "process": proc.name, "pid": proc.pid, "old": str(old), "new": str(new),
         }
+        if proc.generation > 1:
+            fields["generation"] = proc.generation
         if proc.exit_status is not None and new in (ProcessState.EXITED, ProcessState.BACKOFF, ProcessState.FATAL,
                                                      ProcessState.STOPPED):
             fields["exit"] = describe_exit(proc.exit_status)
@@ -158,6 +164,7 @@ class Supervisor:
             self._stopping.add(proc)
         else:
             self._stopping.discard(proc)
+        self.deployer.changed(proc, new)
         for event in self._waiters.pop(proc, ()):
             event.set()
         self.on_any_change()
@@ -260,7 +267,11 @@ class Supervisor:
 
     def status(self, names: Iterable[str] = ()) -> list[ProcessStatus]:
         now_m, now_w = self._os.monotonic(), time.time()
-        return [p.status(now_m, now_w) for p in self.resolve(names)]
+        return [self.deployer.annotate(p.status(now_m, now_w), p, now_m, now_w) for p in self.resolve(names)]
+
+    async def deploy(self, names: Iterable[str]) -> list[DeployResult]:
+        """Replace programs by their next generation, one-shot dependencies first (deploy.Deployer.deploy)."""
+        return await self.deployer.deploy(names)
 
     async def start(self, names: Iterable[str]) -> list[ActionResult]:
         """Start processes and wait until each is RUNNING or has failed (BACKOFF, FATAL).
@@ -345,13 +356,18 @@ class Supervisor:
         return await self._per_program(self.resolve(names), self._stop_procs)
 
     async def restart(self, names: Iterable[str]) -> tuple[list[ActionResult], list[ActionResult]]:
-        """Stop, then start, each program's processes under one hold of its lock.
+        """Stop, then start, each program's processes under one hold of its lock; a program on held sockets
+        is replaced by its next generation instead (restart_strategy, docs/deploys.md).
 
         Returns the stop results and the start results, each in the order the names resolved to.
         """
         stopped: list[ActionResult] = []
 
         async def both(procs: list[Process]) -> list[ActionResult]:
+            if procs and procs[0].program.overlaps:
+                done = await self.deployer.replace_procs(procs, ReplaceTrigger.RESTART)
+                return [ActionResult(r.name, r.ok, r.state, r.message)
+                        for r in done]
             stopped.extend(await self._stop_procs(procs, drain=True))  # drain_timeout: see Process.stop
             return await self._start_procs(procs)
 
@@ -457,6 +473,7 @@ class Supervisor:
         Each round stops, in parallel, the highest-priority-number programs among those no remaining
         program depends on.
         """
+        self.deployer.abort_all("procguard is shutting down")
         remaining = dict(self._programs)
         while remaining:
             needed = {d for procs in remaining.values() for d in procs[0].program.depends_on if procs}
@@ -493,6 +510,10 @@ class Supervisor:
             async def replace(name: str) -> None:
                 async with self._locks.setdefault(name, asyncio.Lock()):
                     old = self._programs.get(name, [])
+                    if name in new_by_name and self._overlaps_across(old, new_by_name[name]):
+                        # Replaced by a next generation on the new config (a failed one leaves the old running).
+                        await self.deployer.replace_procs(old, ReplaceTrigger.RELOAD, new_by_name[name])
+                        return
                     if old:
                         # A changed program restarts: like `restart`, it drains first (drain_timeout).
                         await self._stop_procs(old, drain=name in new_by_name)
@@ -512,6 +533,14 @@ class Supervisor:
             self.config = new
             log.info("config_reloaded", added=diff.added, changed=diff.changed, removed=diff.removed)
             return diff
+
+    @staticmethod
+    def _overlaps_across(old: list[Process], new: ProgramConfig) -> bool:
+        """A reload can replace `old` by next generations of `new`: both overlap, on the same sockets and
+        processes, and every old one runs (one that does not is simply started again on the new config)."""
+        return bool(old) and old[0].program.overlaps and new.overlaps and old[0].program.sockets == new.sockets \
+            and [p.name for p in old] == [pc.name for pc in new.processes] \
+            and all(p.state == ProcessState.RUNNING for p in old)
 
     def child_reaped(self, pid: int) -> None:
         """Tell stopping processes that some child was reaped (a group member or stray may be gone)."""

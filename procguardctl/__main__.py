@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("names", nargs="*", help="program, program:process, group:* or all (default all)")
     for verb, text in (("start", "start processes; reply when RUNNING or failed"),
                        ("stop", "stop processes; reply when stopped"),
-                       ("restart", "stop, then start processes"),
+                       ("restart", "stop, then start processes (on held sockets: replace them, as deploy "
+                                   "does without the one-shot jobs)"),
+                       ("deploy", "run one-shot dependencies again, then start each program's next generation "
+                                  "beside the current one and switch to it once ready (exit 1 if it fails)"),
                        ("reload-app", "graceful in-place reload where the server has one (gunicorn/uWSGI HUP), "
                                       "else a restart")):
         c = sub.add_parser(verb, help=text)
@@ -154,6 +157,13 @@ def describe(st: dict[str, Any]) -> str:
         extra += f", {health}"
     if status_text:
         extra += f", {status_text}"
+    nxt = st.get("next")
+    if isinstance(nxt, dict):
+        extra += (f"; next generation {nxt.get('generation')}: {nxt.get('state')}"
+                  + (f", pid {nxt['pid']}" if nxt.get("pid") else "") + f" ({st.get('replace_phase')})")
+    last = st.get("last_deploy")
+    if isinstance(last, dict) and not last.get("ok") and nxt is None:
+        extra += f"; last {last.get('trigger')} failed while {last.get('step')}: {last.get('reason')}"
     if state == "RUNNING":
         uptime = timedelta(seconds=int(st.get("uptime_s") or 0))
         return f"pid {pid}, uptime {uptime}{extra}"
@@ -220,6 +230,23 @@ def print_actions(result: list[dict[str, Any]]) -> int:
     return code
 
 
+def print_deploy(result: list[dict[str, Any]]) -> int:
+    """One line per process; a failure with the last lines of its output, indented."""
+    code = EXIT_OK
+    for r in result:
+        if r.get("ok"):
+            print(f"{r.get('name')}: deployed: {r.get('message')}")
+            continue
+        code = EXIT_ERROR
+        print(f"{r.get('name')}: ERROR ({r.get('message')})")
+        lines = r.get("output") or []
+        if lines:
+            print(f"  last output of {r.get('name')}:")
+            for line in lines:
+                print(f"    {line}")
+    return code
+
+
 def print_avail(result: list[dict[str, Any]]) -> int:
     """supervisorctl's avail columns: name, in use, auto/manual, priority (when the daemon reports them)."""
     for st in result:
@@ -236,6 +263,8 @@ def print_result(command: str, result: Any, ns: argparse.Namespace, colour: bool
         return print_status(result, ns.long, colour)
     if command in ("start", "stop", "restart", "signal", "reload-app"):
         return print_actions(result)
+    if command == "deploy":
+        return print_deploy(result)
     if command == "reload":
         changes = [(n, what) for what in ("removed", "changed", "added") for n in result.get(what, [])]
         for name, what in changes:
@@ -392,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(reply.result, indent=2))
         if ns.command == "status" and not ns.avail:
             return status_code(reply.result)
-        if ns.command in ("start", "stop", "restart", "signal", "reload-app"):
+        if ns.command in ("start", "stop", "restart", "deploy", "signal", "reload-app"):
             return EXIT_OK if all(r.get("ok") for r in reply.result) else EXIT_ERROR
         return EXIT_OK
     return print_result(ns.command, reply.result, ns, colour)

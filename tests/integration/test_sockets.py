@@ -9,6 +9,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+import pytest
+
 from tests.helpers import REPO, DaemonRun, prog, wait_until
 
 FDSERVER = str(REPO / "tests" / "programs" / "fdserver.py")
@@ -115,16 +117,18 @@ def test_connections_wait_in_the_backlog_while_the_server_restarts(daemon):
     assert len({line.split()[1] for line in results}) >= 2  # served by more than one generation
 
 
-def test_a_restart_hands_new_connections_to_a_fresh_socket_and_lets_the_old_process_finish(daemon):
+@pytest.mark.parametrize("strategy", ["overlap", "recreate"])
+def test_a_restart_hands_new_connections_to_a_fresh_socket_and_lets_the_old_process_finish(daemon, strategy):
     """Issue #6: a server that cuts off the request in hand when it stops (as daphne does) still drops no
     request across restarts: procguard moves new connections to a fresh socket for the next process
-    and sends TERM only once the old one has answered every connection it had (drain_timeout)."""
+    and sends TERM only once the old one has answered every connection it had (drain_timeout). Issue #16:
+    the same with the overlapping replace (the next process is ready before the switch)."""
     d = daemon()
     port = free_port()
     d.write_config(f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n'
                    + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--name", "web",
                                   "--delay", "0.05", "--abrupt"], startsecs=0, sockets=["web"],
-                          drain_timeout="10s"))
+                          drain_timeout="10s", restart_strategy=strategy))
     d.start()
     d.wait_reports("web")
     results, errors = restarts_under_load(d, port, 3)
@@ -160,13 +164,14 @@ def test_a_config_reload_that_changes_the_server_drains_it_too(daemon):
 
 
 def test_without_drain_timeout_that_server_cuts_requests_off(daemon):
-    """The control for the test above: the same server and load, no handover; reported, and it shows
-    the failures are real (a request in hand is cut off by TERM)."""
+    """The control for the test above: the same server and load, stop-then-start without a handover;
+    reported, and it shows the failures are real (a request in hand is cut off by TERM)."""
     d = daemon()
     port = free_port()
     d.write_config(f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n'
                    + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--name", "web",
-                                  "--delay", "0.05", "--abrupt"], startsecs=0, sockets=["web"]))
+                                  "--delay", "0.05", "--abrupt"], startsecs=0, sockets=["web"],
+                          restart_strategy="recreate"))
     d.start()
     d.wait_reports("web")
     results, errors = restarts_under_load(d, port, 3)

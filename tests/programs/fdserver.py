@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """An HTTP server on an inherited listening socket: fd from --fd N, else LISTEN_FDS (fd 3).
 
-    fdserver.py --dir DIR --name NAME [--fd N] [--unix] [--delay S] [--abrupt]
+    fdserver.py --dir DIR --name NAME [--fd N] [--unix] [--delay S] [--abrupt] [--release FILE]
 
 Answers every request with "NAME PID\\n" (after --delay seconds). Records its pid in DIR/pids and a JSON
 line with its pid and LISTEN_* variables in DIR/reports.jsonl. On SIGTERM it finishes the request in
 hand, then exits 0 (single-threaded on purpose: a graceful stop drops nothing; new connections wait in
 the backlog). With --abrupt it exits at once on SIGTERM instead, cutting off the request in hand, as
 daphne does (it cancels every request in flight).
+
+--release FILE: a release read at start, as a deploy's next generation reads its new code: a JSON object
+with "name" (replaces --name), and "mode": "ok" (answer 200; READY=1 on $NOTIFY_SOCKET once serving),
+"exit" (exit 1 at start, as an ImportError would), "status503" (answer every request 503) or "silent"
+(serve 200 but never send READY=1).
 """
 
 import argparse
@@ -28,7 +33,13 @@ def main() -> None:
     ap.add_argument("--unix", action="store_true")
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--abrupt", action="store_true")
+    ap.add_argument("--release")
     args = ap.parse_args()
+    mode = "ok"
+    if args.release:
+        with open(args.release) as f:
+            release = json.load(f)
+        args.name, mode = release["name"], release["mode"]
     with open(os.path.join(args.dir, "pids"), "a") as f:
         f.write(f"{os.getpid()}\n")
     fd = args.fd if args.fd is not None else 3
@@ -37,6 +48,8 @@ def main() -> None:
               "open_fds": sorted(int(x) for x in os.listdir("/proc/self/fd"))}
     with open(os.path.join(args.dir, "reports.jsonl"), "a") as f:
         f.write(json.dumps(report) + "\n")
+    if mode == "exit":
+        raise SystemExit(f"{args.name}: release is broken (ImportError: no module named 'app')")
     family = socket.AF_UNIX if args.unix else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM, fileno=fd)
     body = f"{args.name} {os.getpid()}\n".encode()
@@ -47,7 +60,7 @@ def main() -> None:
         def do_GET(self) -> None:
             if args.delay:
                 time.sleep(args.delay)
-            self.send_response(200)
+            self.send_response(503 if mode == "status503" else 200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -65,6 +78,10 @@ def main() -> None:
         signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
     else:
         signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
+    notify = os.environ.get("NOTIFY_SOCKET")
+    if notify and mode != "silent":
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as n:
+            n.sendto(b"READY=1", "\0" + notify[1:] if notify.startswith("@") else notify)
     server.serve_forever(poll_interval=0.05)
 
 

@@ -1,0 +1,282 @@
+"""Deploys and overlapping replaces: the supervisor's side of two generations (docs/deploys.md).
+
+`Deployer` runs `deploy` (one-shot dependencies again, then each service replaced by its next
+generation, numprocs rolled a batch at a time) and every other overlapping replace (restart, a reload
+that changes the program, health / max_age / max_memory recycles). Each process's replace is a
+`replace.Replacement`; this module creates the next generation's `Process`, waits for the outcome under
+the program's lock, swaps the next generation into the program's list, and keeps each process's last
+outcome for status. It is the supervisor's friend: it uses its program table, locks and waiters.
+"""
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from procguard.config import ProgramConfig
+from procguard.process import (
+    RESTING_STATES, Process, ProcessState, ProcessStatus, ReplaceOutcome, ReplacePhase, ReplaceTrigger,
+)
+from procguard.replace import Replacement
+
+if TYPE_CHECKING:
+    from procguard.supervisor import Supervisor
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class DeployResult:
+    """What a deploy (or an overlapping restart) did to one process."""
+
+    name: str
+    ok: bool
+    state: ProcessState
+    message: str
+    pid: int | None
+    generation: int
+    step: ReplacePhase  # SUCCEEDED, or where it stopped
+    overlapped: bool  # False: stopped, then started (restart_strategy = "recreate", or no held sockets)
+
+
+class Deployer:
+    """Overlapping replaces for one Supervisor."""
+
+    def __init__(self, sup: "Supervisor") -> None:
+        self._sup = sup
+        self._running: dict[Process, Replacement] = {}  # by current and by next generation
+        self.outcomes: dict[str, ReplaceOutcome] = {}  # by process name
+
+    # ------------------------------------------------------------------------------ engine glue
+
+    def changed(self, proc: Process, new: ProcessState) -> None:
+        """Every state change of every process (Supervisor._on_change) reaches its replace here."""
+        r = self._running.get(proc)
+        if r is None:
+            return
+        if proc is r.next:
+            r.next_changed(new)
+        else:
+            r.current_changed(new)
+
+    def _phase(self, r: Replacement) -> None:
+        fields = {"program": r.current.program.name, "process": r.current.name, "generation": r.next.generation,
+                  "pid": r.next.pid, "previous_pid": r.current.pid, "trigger": str(r.trigger)}
+        if r.phase == ReplacePhase.FAILED:
+            log.warning("deploy_failed", step=str(r.failed_in), reason=r.reason, **fields)
+        elif r.phase == ReplacePhase.SUCCEEDED:
+            log.info("deploy_succeeded", **fields)
+        else:
+            log.info("deploy_step", step=str(r.phase), **fields)
+
+    def annotate(self, st: ProcessStatus, proc: Process, now_m: float, now_w: float) -> ProcessStatus:
+        """The status of a process with its next generation (while a replace runs) and last outcome."""
+        r = self._running.get(proc)
+        nxt = r.next.status(now_m, now_w) if r is not None and not r.done else None
+        phase = r.phase if r is not None and not r.done else None
+        return dataclasses.replace(st, next=nxt, replace_phase=phase, last_deploy=self.outcomes.get(proc.name))
+
+    def abort_all(self, reason: str) -> None:
+        for r in set(self._running.values()):
+            r.abort(reason)
+
+    def recycle(self, proc: Process, why: str, trigger: ReplaceTrigger) -> bool:
+        """Process.on_replace: a health / max_age / max_memory recycle, replaced in the background."""
+        if proc in self._running:
+            return True  # a replace is under way already
+        self._sup._own(self._recycle(proc, why, trigger))
+        return True
+
+    async def _recycle(self, proc: Process, why: str, trigger: ReplaceTrigger) -> None:
+        async with self._sup._locks[proc.program.name]:
+            if proc not in self._sup._programs.get(proc.program.name, []) or proc.state != ProcessState.RUNNING:
+                return
+            log.info("process_replacing", program=proc.program.name, process=proc.name, reason=why)
+            result = await self.replace(proc, trigger)
+        if not result.ok and proc.state == ProcessState.RUNNING:
+            # Its next generation could not take over: recycle as before, stop then start in place.
+            proc.restart(why, trigger, overlap=False)
+
+    # ----------------------------------------------------------------------------------- replace
+
+    async def replace(self, proc: Process, trigger: ReplaceTrigger, program: ProgramConfig | None = None) -> DeployResult:
+        """Replace one RUNNING process by its next generation (with `program`: a reload's new config).
+
+        The caller holds the program's lock. Returns when the next generation serves and the current one
+        has stopped, or when the next generation failed and is gone.
+        """
+        sup = self._sup
+        program = program or proc.program
+        config = next(pc for pc in program.processes if pc.name == proc.name)
+        nxt = Process(program, config, sup._os, sup._on_change)
+        nxt.on_event = sup._on_event
+        nxt.on_replace = self.recycle
+        done = asyncio.Event()
+
+        def on_phase(r: Replacement) -> None:
+            self._phase(r)
+            if r.done:
+                done.set()
+
+        r = Replacement(proc, nxt, sup._os, trigger, on_phase)
+        self._running[proc] = self._running[nxt] = r
+        log.info("deploy_started", program=program.name, process=proc.name, generation=nxt.generation,
+                 pid=proc.pid, trigger=str(trigger))
+        try:
+            r.begin()
+            await done.wait()
+        finally:
+            self._running.pop(proc, None)
+            self._running.pop(nxt, None)
+        ok = r.phase == ReplacePhase.SUCCEEDED
+        if ok:
+            procs = sup._programs.get(program.name, [])
+            if proc in procs:
+                procs[procs.index(proc)] = nxt
+            sup._os.forget(proc)
+        self.outcomes[proc.name] = ReplaceOutcome(
+            at=time.time(), ok=ok, trigger=trigger, generation=nxt.generation, pid=nxt.pid if ok else r.next.pid,
+            step=ReplacePhase.SUCCEEDED if ok else r.failed_in, reason=r.reason)
+        serving = nxt if ok else proc
+        message = (f"generation {nxt.generation} (pid {nxt.pid}) took over from pid {proc.pid}" if ok
+                   else f"generation {nxt.generation} failed while {r.failed_in}: {r.reason}; "
+                        f"generation {proc.generation} (pid {proc.pid}) still serves")
+        return DeployResult(serving.name, ok, serving.state, message, serving.pid, serving.generation,
+                            ReplacePhase.SUCCEEDED if ok else r.failed_in, True)
+
+    async def replace_procs(self, procs: list[Process], trigger: ReplaceTrigger,
+                            program: ProgramConfig | None = None) -> list[DeployResult]:
+        """Replace procs (of one program, lock held): overlapping where it can, a batch (roll_batch) at a time,
+        each gated on the readiness of the one before; the first failure stops the roll."""
+        results: list[DeployResult] = []
+        prog = program or (procs[0].program if procs else None)
+        if prog is None:
+            return results
+        running = [p for p in procs if p.state == ProcessState.RUNNING]
+        others = [p for p in procs if p not in running]
+        if not prog.overlaps or not procs[0].program.overlaps:
+            return await self._recreate(procs, trigger)
+        batch = max(1, prog.roll_batch)
+        for i in range(0, len(running), batch):
+            group = running[i:i + batch]
+            done = await asyncio.gather(*(self.replace(p, trigger, program) for p in group))
+            results.extend(done)
+            if not all(r.ok for r in done):
+                rest = running[i + batch:]
+                results.extend(DeployResult(p.name, False, p.state, "not replaced: the roll stopped at a failure",
+                                            p.pid, p.generation, ReplacePhase.PREPARING, True) for p in rest)
+                return results
+        if others:
+            # Nothing serves there to keep: start them (a deploy also brings up what was down).
+            results.extend(await self._recreate(others, trigger))
+        return results
+
+    async def _recreate(self, procs: list[Process], trigger: ReplaceTrigger) -> list[DeployResult]:
+        """Stop, then start (restart_strategy = "recreate", no held sockets, or nothing running)."""
+        sup = self._sup
+        await sup._stop_procs(procs, drain=True)
+        started = await sup._start_procs(procs)
+        for p, r in zip(procs, started):
+            self.outcomes[p.name] = ReplaceOutcome(
+                at=time.time(), ok=r.ok, trigger=trigger, generation=p.generation, pid=p.pid,
+                step=ReplacePhase.SUCCEEDED if r.ok else ReplacePhase.STARTING, reason="" if r.ok else r.message)
+        return [DeployResult(p.name, r.ok, p.state, r.message, p.pid, p.generation,
+                             ReplacePhase.SUCCEEDED if r.ok else ReplacePhase.STARTING, False)
+                for p, r in zip(procs, started)]
+
+    # ------------------------------------------------------------------------------------ deploy
+
+    async def deploy(self, names: Iterable[str]) -> list[DeployResult]:
+        """`procguardctl deploy`: for each named program in dependency order, its one-shot dependencies
+        again (the first failure stops the deploy before any service is touched), then its processes
+        replaced. Stops at the first program whose next generation failed."""
+        sup = self._sup
+        procs = sup.resolve(names)
+        wanted: dict[str, list[Process]] = {}
+        for p in procs:
+            wanted.setdefault(p.program.name, []).append(p)
+        results: list[DeployResult] = []
+        stopped_at: str | None = None
+        for name in self._dependency_order(list(wanted)):
+            if stopped_at is not None:
+                results.extend(DeployResult(p.name, False, p.state, f"not deployed: {stopped_at}", p.pid,
+                                            p.generation, ReplacePhase.JOBS, False) for p in wanted[name])
+                continue
+            ok, why = await self._jobs_again(name)
+            if not ok:
+                stopped_at = f"{name}'s {why}"
+                for p in wanted[name]:
+                    log.warning("deploy_failed", program=name, process=p.name, generation=p.generation + 1, pid=p.pid,
+                                step=str(ReplacePhase.JOBS), reason=why, trigger=str(ReplaceTrigger.DEPLOY))
+                    self.outcomes[p.name] = ReplaceOutcome(
+                        at=time.time(), ok=False, trigger=ReplaceTrigger.DEPLOY, generation=p.generation + 1,
+                        pid=None, step=ReplacePhase.JOBS, reason=why)
+                    results.append(DeployResult(p.name, False, p.state, f"{why}; nothing was replaced", p.pid,
+                                                p.generation, ReplacePhase.JOBS, False))
+                continue
+            async with sup._locks[name]:
+                live = [p for p in sup._programs.get(name, []) if p.name in {w.name for w in wanted[name]}]
+                done = await self.replace_procs(live, ReplaceTrigger.DEPLOY)
+            results.extend(done)
+            if not all(r.ok for r in done):
+                stopped_at = f"{name} failed"
+        return results
+
+    def _dependency_order(self, names: list[str]) -> list[str]:
+        """names with every program after the named programs it depends on (transitively); else config order."""
+        order: list[str] = []
+
+        def deps(n: str) -> tuple[str, ...]:
+            procs = self._sup._programs.get(n)
+            return procs[0].program.depends_on if procs else ()
+
+        def visit(n: str, seen: frozenset[str]) -> None:
+            if n in order or n in seen:
+                return
+            for d in deps(n):
+                visit(d, seen | {n})
+            if n in names:
+                order.append(n)
+
+        for n in names:
+            visit(n, frozenset())
+        return order
+
+    async def _jobs_again(self, name: str) -> tuple[bool, str]:
+        """Run `name`'s one-shot dependencies again (transitively, dependencies first), then make sure its
+        other dependencies are up; (False, why) at the first that fails."""
+        sup = self._sup
+        jobs: list[str] = []
+
+        def visit(n: str) -> None:
+            procs = sup._programs.get(n)
+            for d in procs[0].program.depends_on if procs else ():
+                dep = sup._programs.get(d)
+                if d not in jobs and dep:
+                    visit(d)
+                    if dep[0].program.type == "oneshot" and d not in jobs:
+                        jobs.append(d)
+
+        visit(name)
+        for job in jobs:
+            async with sup._locks[job]:
+                procs = sup._programs.get(job, [])
+                log.info("deploy_step", program=name, step=str(ReplacePhase.JOBS), job=job,
+                         trigger=str(ReplaceTrigger.DEPLOY), generation=None, pid=None)
+                for p in procs:
+                    if p.state in RESTING_STATES or p.state == ProcessState.BACKOFF:
+                        p.stop()  # BACKOFF -> STOPPED; a resting one stays
+                        p.start()
+                await sup._wait(procs, lambda p: sup._satisfied(p) or sup._given_up(p))
+                failed = [p for p in procs if not sup._satisfied(p)]
+                if failed:
+                    return False, f"job {job} failed: {failed[0].reason}"
+        memo: dict[str, "asyncio.Task[tuple[bool, str]]"] = {}
+        ok, why = await sup._dependencies_up(name, memo)
+        for task in memo.values():
+            task.cancel()
+        return ok, why
