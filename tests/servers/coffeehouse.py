@@ -336,6 +336,8 @@ def start(d: DaemonRun, servers: tuple[str, ...], replace: dict[str, str] | None
             where = f"unix:{uwsgi_unix_socket(d)}"
             text = text.replace(f"tcp://127.0.0.1:{ports['uwsgi_protocol']}", where)
             text = text.replace(f"127.0.0.1:{ports['uwsgi_protocol']}", where)
+            # nginx started as root runs its workers as nobody, who must be able to connect.
+            text = re.sub(r'(?m)^(bind = "unix:.*)$', lambda m: f'{m[1]}\nmode = "0666"', text)
         if releases:
             text = in_release_layout(text, d.work / "shared" / "db.sqlite3")
         for old, new in (replace or {}).items():

@@ -10,12 +10,13 @@ that answered (X-Coffeehouse-Release), so "after the switch the next generation 
 broken release never answered" are read off the responses, not off procguard's own word.
 """
 
+import json
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -43,6 +44,17 @@ def shorter_start_timeout(server: str) -> dict[str, str]:
     return {f'server = "{server}"\n': f'server = "{server}"\nstart_timeout = "{START_TIMEOUT}"\n'}
 
 
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    """`procguardctl --json deploy NAME`: its exit code and its reply for the process (docs/deploys.md)."""
+
+    code: int
+    reply: dict[str, Any]
+
+    def __str__(self) -> str:
+        return json.dumps(self.reply, indent=1)
+
+
 @dataclass
 class Site:
     c: Coffeehouse
@@ -56,14 +68,24 @@ class Site:
     def port(self) -> int:
         return self.c.ports[self.server]
 
-    def deploy(self) -> subprocess.CompletedProcess[str]:
-        return self.c.ctl("deploy", self.name)
+    def deploy(self) -> Deployed:
+        r = self.c.ctl("--json", "deploy", self.name)
+        try:
+            [reply] = json.loads(r.stdout)
+        except ValueError:
+            raise AssertionError(f"procguardctl --json deploy: exit {r.returncode}: {r.stdout}{r.stderr}") from None
+        assert (r.returncode == 0) == reply["ok"], (r.returncode, reply)
+        return Deployed(r.returncode, reply)
 
-    def deploy_under_load(self, port: int | None = None) -> tuple[subprocess.CompletedProcess[str], Load]:
+    def deploy_under_load(self, port: int | None = None) -> tuple[Deployed, Load]:
         """`procguardctl deploy` of the server under under_load() (on `port`, the server's by default)."""
-        done: list[subprocess.CompletedProcess[str]] = []
+        done: list[Deployed] = []
         load = under_load(self.port if port is None else port, lambda: done.append(self.deploy()))
         return done[0], load
+
+    def log(self, program_name: str | None = None) -> str:
+        """The program's output file (redirect_stderr: stdout and stderr)."""
+        return (self.c.d.work / "logs" / f"{program_name or self.name}-stdout.log").read_text(errors="replace")
 
     def tree(self, pid: int) -> dict[int, float]:
         """pid and its descendants now, with their start times (to rule out pid reuse)."""
@@ -125,13 +147,14 @@ def test_deploy_under_load_switches_to_the_next_generation_with_no_failed_reques
     new = c.new_release()
     c.flip(new)
     r, load = site.deploy_under_load()
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert (r.code, r.reply["step"], r.reply["overlapped"]) == (0, "succeeded", True), r
     assert load.failed == [], load.failed[:5]
     assert load.releases(sent_before=load.action_started) == {old}
     # Once deploy returned, new connections reach the next generation only.
     assert load.releases(sent_from=load.action_returned) == {new}, load.releases(sent_from=load.action_returned)
     after = c.wait_healthy(site.server)[site.name]
-    assert after["pid"] not in old_tree
+    assert after["pid"] == r.reply["pid"] and after["pid"] not in old_tree, (after, r)
+    assert after["last_deploy"]["ok"] is True, after
     assert still(old_tree) == [], f"the previous generation {sorted(old_tree)} is still there: {still(old_tree)}"
     # The one-shot jobs ran again with the new code: migrate, and collectstatic into the new release.
     assert len(c.d.events("process_spawned", program="coffeehousemigrate")) == migrations + 1
@@ -153,15 +176,15 @@ def test_a_broken_release_never_goes_live(site: Site, breakage: Breakage) -> Non
         r, load = site.deploy_under_load()
     finally:
         c.flip(good)  # what an operator does next; a crash meanwhile would start the broken release
-    out = r.stdout + r.stderr
-    assert r.returncode != 0, out
-    # The reason, with the next generation's last output lines (the traceback naming the module), or
-    # the health check's answer.
-    assert (MISSING_MODULE if breakage is Breakage.IMPORT_ERROR else "503") in out, out
+    assert (r.code, r.reply["step"], r.reply["pid"]) == (1, "starting", pid), r
+    if breakage is Breakage.IMPORT_ERROR:  # the next generation ran the broken code, and said so
+        assert MISSING_MODULE in site.log(), site.log()[-3000:]
+    else:  # why its health check never passed
+        assert "503" in r.reply["message"], r
     assert load.failed == [], load.failed[:5]
     assert load.releases() == {good}, load.releases()
     st = c.status()[site.name]
-    assert (st["state"], st["pid"]) == ("RUNNING", pid), st
+    assert (st["state"], st["pid"], st["last_deploy"]["ok"]) == ("RUNNING", pid, False), st
     left = wait_until(lambda: not site.running_in(bad), 10, f"no process left in release {bad}")
     assert left, site.running_in(bad)
 
@@ -197,15 +220,14 @@ def test_a_failing_migration_stops_the_deploy_before_any_service_is_replaced(sit
         r, load = site.deploy_under_load()
     finally:
         c.flip(good)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0, out
-    assert "coffeehousemigrate" in out, out
+    assert (r.code, r.reply["step"], r.reply["pid"]) == (1, "jobs", pid), r
+    assert "coffeehousemigrate" in r.reply["message"], r
     assert load.failed == [] and load.releases() == {good}, (load.failed[:5], load.releases())
     # No next generation was even started.
     assert len(c.d.events("process_spawned", program=site.name)) == spawned, c.d.events("process_spawned")
     st = c.status()[site.name]
     assert (st["state"], st["pid"]) == ("RUNNING", pid), st
-    assert FAILING_MIGRATION in (c.d.work / "logs" / "coffeehousemigrate-stdout.log").read_text()
+    assert FAILING_MIGRATION in site.log("coffeehousemigrate")
 
 
 # ------------------------------------------------------------------------- behind nginx, unix socket
@@ -226,12 +248,13 @@ def test_uwsgi_behind_nginx_on_a_unix_socket_deploys_with_no_failed_request(daem
         new = c.new_release()
         c.flip(new)
         r, load = site.deploy_under_load(c.ports["nginx"])
-        assert r.returncode == 0, r.stdout + r.stderr
+        assert (r.code, r.reply["step"]) == (0, "succeeded"), r
         assert load.failed == [], load.failed[:5]
         assert load.releases(sent_before=load.action_started) == {old}
         assert load.releases(sent_from=load.action_returned) == {new}
         assert still(old_tree) == []
         assert get_uwsgi_unix(path).startswith(b"HTTP/1.1 200")  # the public path answers, from the new one
+        assert not Path(f"{path}.next").exists()  # the next generation's private path was renamed over it
         assert get(c.ports["nginx"], "/static/menu/style.css")[0] == 200
         c.track()
     finally:
