@@ -529,8 +529,14 @@ def bench_server(server: str, rounds: int, out: dict[str, Any], bench: Bench) ->
         out["restart_held"] = load_rounds(c, server, "restart", "restart, held socket", rounds, STEADY_OK)
         out["reload_app"] = load_rounds(c, server, "reload-app", "reload-app, held socket", rounds)
         print(f"  {'':<34} reload-app replied: {out['reload_app']['rounds'][-1]['reply']!r}")
-        out["deploy"] = load_rounds(c, server, "deploy", "deploy (next release), held socket", rounds, STEADY_OK,
-                                    Breakage.NONE)
+        out["memory"] = generation_memory(c, server)
+        with peak_rss(c, server, out["memory"]):
+            out["deploy"] = load_rounds(c, server, "deploy", "deploy (next release), held socket", rounds,
+                                        STEADY_OK, Breakage.NONE)
+        m = out["memory"]
+        print(f"  {'memory':<34} one generation: {m['processes']} processes, RSS {m['rss_mib']:.0f} MiB, PSS "
+              f"{m['pss_mib']:.0f} MiB; peak RSS of both generations during the deploys {m['peak_rss_mib']:.0f} MiB",
+              flush=True)
         # One round: the verdict waits for the next generation to fail (start_timeout where it never
         # exits, e.g. uvicorn's workers respawned by its own manager).
         out["deploy_broken"] = load_rounds(c, server, "deploy", "deploy of a release that fails import", 1,
@@ -619,11 +625,66 @@ def print_deploy_table(results: dict[str, Any]) -> None:
             print(f"  {label} | {med(s, 'failed')} [{mx(s, 'failed')}] | {med(s, 'gap_ms')} [{mx(s, 'gap_ms')}] | "
                   f"{med(s, 'across_p50_ms', '.1f')}/{med(s, 'across_p99_ms', '.1f')} | "
                   f"{med(s, 'steady_p50_ms', '.1f')}/{med(s, 'steady_p99_ms', '.1f')} | {med(s, 'cli_ms')}")
+        m = r.get("memory")
+        if m and "peak_rss_mib" in m:
+            print(f"  {server}: memory of one generation: RSS {m['rss_mib']:.0f} MiB, PSS {m['pss_mib']:.0f} MiB "
+                  f"({m['processes']} processes); both generations during the deploys, peak RSS "
+                  f"{m['peak_rss_mib']:.0f} MiB")
         broken = r.get("deploy_broken")
         if broken:
             print(f"  {server}: deploy of a broken release (fails import) | failed {med(broken, 'failed')} | verdict "
                   f"after {broken['cli_ms']['median'] / 1e3:.1f} s | p50/p99 {med(broken, 'across_p50_ms', '.1f')}/"
                   f"{med(broken, 'across_p99_ms', '.1f')}")
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+def generation_memory(c: Coffeehouse, server: str) -> dict[str, float]:
+    """RSS and PSS (MiB) of the serving generation: its master and every descendant."""
+    rss = pss = 0
+    root = psutil.Process(int(status_row(c, server)["pid"]))
+    procs = [root, *root.children(recursive=True)]
+    for proc in procs:
+        try:
+            m = proc.memory_full_info()
+        except psutil.Error:  # exited meanwhile
+            continue
+        rss, pss = rss + m.rss, pss + m.pss
+    return {"processes": len(procs), "rss_mib": rss / 2**20, "pss_mib": pss / 2**20}
+
+
+@contextmanager
+def peak_rss(c: Coffeehouse, server: str, out: dict[str, Any]) -> Iterator[None]:
+    """While the body runs, sample every 5 POLL_S the summed RSS of the process trees of the daemon's
+    children that run this server (both generations during a deploy); the peak goes into
+    out["peak_rss_mib"]."""
+    assert c.d.proc is not None
+    daemon = psutil.Process(c.d.proc.pid)
+    marker = f"/bin/{server}"
+    stop = threading.Event()
+    peak = [0]
+
+    def sample() -> None:
+        while not stop.is_set():
+            total = 0
+            for master in daemon.children():  # each generation's master, then its whole tree
+                try:
+                    if marker in " ".join(master.cmdline()):
+                        total += sum(p.memory_info().rss for p in (master, *master.children(recursive=True)))
+                except psutil.Error:  # exited meanwhile
+                    pass
+            peak[0] = max(peak[0], total)
+            stop.wait(POLL_S * 5)
+
+    thread = threading.Thread(target=sample, daemon=True, name="peak-rss")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+        out["peak_rss_mib"] = peak[0] / 2**20
 
 
 # ------------------------------------------------------------------------------------------- peers

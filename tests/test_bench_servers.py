@@ -53,6 +53,8 @@ def test_quick_gunicorn_run_has_every_figure_and_no_survivors(tmp_path: Path) ->
     # A deploy replaced the master; a broken release's did not; a SIGKILLed master was replaced.
     assert all(r["new_pid"] != r["old_pid"] for k in ("deploy", "sigkill_load") for r in g[k]["rounds"]), g
     assert all(r["new_pid"] == r["old_pid"] for r in g["deploy_broken"]["rounds"]), g["deploy_broken"]
+    memory = g["memory"]
+    assert all(is_number(memory[k]) and memory[k] > 0 for k in ("rss_mib", "pss_mib", "peak_rss_mib")), memory
     for row in g["sigkill"]["rounds"]:
         assert is_count(row["failed"]) and is_count(row["probes"]), row
         assert all(is_number(row[f]) for f in SIGKILL_FIGURES), row
