@@ -763,7 +763,7 @@ def _parse_program(
         **p.present("restart_strategy", _parse_restart_strategy),
         **p.present("roll_batch", lambda v: _parse_int(v, 1)),
     )
-    if prog.restart_strategy == RestartStrategy.OVERLAP and "restart_strategy" in table and not prog.overlaps:
+    if table.get("restart_strategy") == RestartStrategy.OVERLAP and not prog.overlaps:
         p.err("restart_strategy", '"overlap" needs held sockets (sockets = [...]) and a service (not a oneshot): '
                                   "the next generation gets fresh ones; without them it is stopped, then started")
     if "drain_timeout" in table and not sockets:

@@ -66,6 +66,7 @@ class RealOS:
         self._notify: dict[Process, NotifySocket] = {}
         self._command_exits: dict[int, asyncio.Future[int]] = {}
         self._next: dict[Process, NextSockets] = {}  # next generations' sockets until their switch
+        self._handing: dict[Process, asyncio.Future[None]] = {}  # a spawn waits for an orphans' handover
 
     # --------------------------------------------------------------------------- seam methods
 
@@ -122,6 +123,11 @@ class RealOS:
         if sockets is not None:
             self.sockets.discard_next(sockets)
 
+    def drain_orphans(self, process: Process, pgid: int, done: Callable[[], None]) -> None:
+        handed: asyncio.Future[None] = self._loop.create_future()
+        self._handing[process] = handed
+        self._own(self._drain_orphans(process, pgid, handed, done))
+
     def check_route(self, process: Process) -> CheckRoute | None:
         sockets = self._next.get(process)
         return sockets.route if sockets is not None else None
@@ -142,21 +148,42 @@ class RealOS:
             return
         done(None)
 
-    async def _drain_generation(self, current: Process, old: list[Any], done: Callable[[], None]) -> None:
+    async def _drain_orphans(self, process: Process, pgid: int, handed_over: "asyncio.Future[None]",
+                             done: Callable[[], None]) -> None:
+        handed = []
+        try:
+            candidates = [(name, sock) for name in process.program.sockets
+                          if (sock := self.sockets.can_hand_over(name)) is not None]
+            listeners = await asyncio.to_thread(lambda: [tcp_sockets_on(sock)[1] for _, sock in candidates])
+            for (name, _), count in zip(candidates, listeners):
+                old = self.sockets.handover(name, count)
+                if old is not None:
+                    handed.append(old)
+        except Exception as exc:  # the replacement must start all the same
+            log.warning("orphans_handover_failed", process=process.name, error=repr(exc))
+        finally:
+            self._handing.pop(process, None)
+            handed_over.set_result(None)
+        log.info("orphans_draining", process=process.name, pgid=pgid, sockets=len(handed))
+        await self._drain_generation(process, handed, done, leader=pgid)
+
+    async def _drain_generation(self, current: Process, old: list[Any], done: Callable[[], None],
+                                leader: int | None = None) -> None:
         """After a switch: wait until the current generation has answered what it took (as _drain, but
-        counting only its own connections: the next generation accepts on the same address)."""
+        counting only its own connections: the next generation accepts on the same address).
+        leader: the group to wait for (default current.pid's)."""
         t0 = time.monotonic()
         left = 0
         try:
             if not old:
                 return
             limit_s = current.program.drain_timeout or current.program.stopwaitsecs
-            leader = current.pid
+            group = current.pid if leader is None else leader
             clean = 0
-            while clean < 2 and time.monotonic() < t0 + limit_s and leader is not None \
-                    and self.is_group_alive(leader):
+            while clean < 2 and time.monotonic() < t0 + limit_s and group is not None \
+                    and self.is_group_alive(group):
                 left, handshakes = await asyncio.to_thread(
-                    lambda: generation_in_flight(old, _group_pids(leader)))
+                    lambda: generation_in_flight(old, _group_pids(group)))
                 busy = left or (handshakes and time.monotonic() - t0 < DRAIN_MIN_S)
                 clean = 0 if busy else clean + 1
                 if clean < 2:
@@ -215,6 +242,9 @@ class RealOS:
         task.add_done_callback(self.tasks.discard)
 
     async def _spawn(self, process: Process) -> None:
+        handing = self._handing.get(process)
+        if handing is not None:
+            await handing  # the sockets move away from a crashed leader's orphans first (drain_orphans)
         self._spawns_in_flight += 1
         try:
             pipes = self.output.open_pipes(process.program, process.config)
@@ -415,13 +445,16 @@ def _scan_strays(leaders: dict[int, str], tracked: set[int]) -> dict[int, set[in
     return found
 
 
-def _group_pids(leader: int) -> list[int]:
-    """The leader and its descendants (blocking: reads /proc)."""
-    try:
-        proc = psutil.Process(leader)
-        return [leader, *(c.pid for c in proc.children(recursive=True))]
-    except psutil.Error:
-        return []
+def _group_pids(pgid: int) -> list[int]:
+    """The members of process group pgid; its leader may be gone (blocking: reads /proc)."""
+    out: list[int] = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                out.append(proc.pid)
+        except OSError:
+            continue
+    return out
 
 
 def untracked_children(tracked: set[int]) -> list[int]:

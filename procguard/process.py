@@ -111,6 +111,12 @@ class OSApi(Protocol):
         """Next-generation `process` will not take over: close its fresh sockets."""
         ...
 
+    def drain_orphans(self, process: "Process", pgid: int, done: Callable[[], None]) -> None:
+        """The leader of `process` died and its group (pgid) still runs: move the held sockets to fresh ones
+        before the next spawn (which takes them), then wait (at most drain_timeout, else stopwaitsecs)
+        until the orphaned group has answered what it took; then call done()."""
+        ...
+
     def check_route(self, process: "Process") -> CheckRoute | None:
         """How a health check reaches `process` while it is a next generation; None: the public way."""
         ...
@@ -225,6 +231,7 @@ class Process:
         self.generation = 1
         self.trial = False
         self.retiring = False  # a newer generation has taken over: this one stops and never restarts
+        self.orphan_groups: set[int] = set()  # groups of a crashed leader, draining before their stop signal
         # A recycle (health, max_age, max_memory) of an overlapping program asks for a replace through
         # this; False: none could begin, so restart() stops and starts in place.
         self.on_replace: Callable[["Process", str, ReplaceTrigger], bool] = lambda p, why, trigger: False
@@ -440,9 +447,17 @@ class Process:
             self._check_stopped()
             return
         self._cancel_timer()
+        expected = status in self.program.exitcodes
+        orphans = False
         if self.program.killasgroup and self.pid is not None and self._os.is_group_alive(self.pid):
-            # The leader died but left workers behind: they would hold its port and block the restart.
-            self._os.send_signal(self.pid, signal.SIGKILL, group=True)
+            if self._will_restart(expected) and self.state == ProcessState.RUNNING and self.program.overlaps:
+                # A master died while its workers still hold requests: the replacement starts at once on
+                # fresh sockets, and the orphans get their stop signal once they have answered.
+                orphans = True
+                self._retire_orphans(self.pid)
+            else:
+                # The leader died but left workers behind: they would hold its port and block the restart.
+                self._os.send_signal(self.pid, signal.SIGKILL, group=True)
         if self.state == ProcessState.STARTING and self.program.type == "oneshot":
             if status in self.program.exitcodes:
                 self.failed_starts = 0
@@ -459,21 +474,42 @@ class Process:
             self._failed_start()
             return
         # RUNNING -> EXITED, then maybe restart.
-        expected = status in self.program.exitcodes
         self.reason = f"{what}{'' if expected else ', not expected'}"
         self._set(ProcessState.EXITED)
-        restart = self.program.autorestart == AutoRestart.ALWAYS or (
-            self.program.autorestart == AutoRestart.UNEXPECTED and not expected
-        )
-        if not restart or self.trial or self.retiring:  # a trial that exits ends its replace
+        if not self._will_restart(expected):
             return
-        if ran_s >= self.program.backoff_reset:
+        if ran_s >= self.program.backoff_reset or orphans:
             # A crash after a long healthy run: restart at once.
             self.failures = 0
             self._spawn()
         else:
             self.failures += 1
             self._backoff()
+
+    def _will_restart(self, expected: bool) -> bool:
+        """After an exit while RUNNING: does autorestart start it again? Never a trial (its exit ends its
+        replace) nor a retiring generation (a newer one serves)."""
+        restart = self.program.autorestart == AutoRestart.ALWAYS or (
+            self.program.autorestart == AutoRestart.UNEXPECTED and not expected
+        )
+        return restart and not self.trial and not self.retiring
+
+    def _retire_orphans(self, pgid: int) -> None:
+        self.orphan_groups.add(pgid)
+        self.on_event(self, "orphans_draining", {"pgid": pgid})
+        self._os.drain_orphans(self, pgid, lambda: self._orphans_drained(pgid))
+
+    def _orphans_drained(self, pgid: int) -> None:
+        if pgid not in self.orphan_groups:
+            return
+        self._os.send_signal(pgid, self.program.stopsignal, group=True)
+        self._os.call_later(self.program.stopwaitsecs, lambda: self._orphans_timed_out(pgid))
+
+    def _orphans_timed_out(self, pgid: int) -> None:
+        self.orphan_groups.discard(pgid)
+        if self._os.is_group_alive(pgid):
+            self.on_event(self, "orphans_killed", {"pgid": pgid, "stopwaitsecs": self.program.stopwaitsecs})
+            self._os.send_signal(pgid, signal.SIGKILL, group=True)
 
     def child_reaped(self, pid: int) -> None:
         """Some other child of the daemon was reaped: maybe one of our strays or group members."""

@@ -135,7 +135,7 @@ class Supervisor:
                 if rss > limit and proc.state == ProcessState.RUNNING:
                     log.warning("process_recycled", program=proc.program.name, process=proc.name, pid=pid,
                                 reason="max_memory", rss_bytes=rss, max_memory_bytes=limit)
-                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}")
+                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}", ReplaceTrigger.MAX_MEMORY)
                     return
                 await asyncio.sleep(proc.program.resource_check_interval)
         except Exception:  # task boundary
@@ -506,11 +506,15 @@ class Supervisor:
             diff = diff_configs(self.config, new)
             log.info("config_reloading", added=diff.added, changed=diff.changed, removed=diff.removed)
             new_by_name = {p.name: p for p in new.programs}
+            # A socket rebound by apply() above is not the one the running generation holds: no overlap then.
+            old_socks = {c.name: c for c in self.config.sockets}
+            new_socks = {c.name: c for c in new.sockets}
 
             async def replace(name: str) -> None:
                 async with self._locks.setdefault(name, asyncio.Lock()):
                     old = self._programs.get(name, [])
-                    if name in new_by_name and self._overlaps_across(old, new_by_name[name]):
+                    if name in new_by_name and self._overlaps_across(old, new_by_name[name]) \
+                            and all(old_socks.get(n) == new_socks.get(n) for n in new_by_name[name].sockets):
                         # Replaced by a next generation on the new config (a failed one leaves the old running).
                         await self.deployer.replace_procs(old, ReplaceTrigger.RELOAD, new_by_name[name])
                         return

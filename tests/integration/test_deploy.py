@@ -28,9 +28,13 @@ def release(d: DaemonRun, name: str, mode: str = "ok") -> None:
     os.replace(tmp, d.work / "release.json")
 
 
-def web(d: DaemonRun, port: int, ready: str = "healthcheck", **keys: object) -> str:
+def web(d: DaemonRun, port: int, ready: str = "healthcheck", abrupt: bool = True, workers: int = 0,
+        delay: float = 0.02, **keys: object) -> str:
+    """The test server on a held socket. abrupt: it cuts off the request in hand on TERM (as daphne does),
+    so only a drain before the stop signal loses nothing. workers: a master forking that many."""
     text = prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--release", str(d.work / "release.json"),
-                        "--delay", "0.02", "--abrupt"],
+                        "--delay", str(delay), *(["--abrupt"] if abrupt else []),
+                        *(["--workers", str(workers)] if workers else [])],
                 sockets=["web"], startsecs=0, start_timeout="4s", ready=ready, **keys)
     if ready == "healthcheck":
         text += f'[program.web.healthcheck]\ntype = "http"\nurl = "http://127.0.0.1:{port}/"\ninterval = "1s"\n\n'
@@ -171,3 +175,174 @@ def test_a_failing_oneshot_stops_the_deploy_before_the_service_is_touched(daemon
     assert len(d.events("process_spawned", process="migrate")) == 3  # at start, the failed deploy, this one
     assert d.state("migrate") == "EXITED"
     assert json.loads(r.stdout)[0]["generation"] == 2 and status(d)["pid"] != pid
+
+
+def test_restart_replaces_by_an_overlapping_next_generation_and_a_broken_one_keeps_the_site_up(daemon):
+    """`restart` of a program on held sockets is the same replace (without the one-shot jobs)."""
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    pid = status(d)["pid"]
+    release(d, "v2", "status503")
+    r = ctl(d, "restart", "web")
+    assert r.returncode == 1 and "HTTP 503" in r.stdout, r.stdout
+    assert get_any(port) == (200, f"v1 {pid}\n") and status(d)["pid"] == pid
+    release(d, "v3")
+    r = ctl(d, "restart", "web")
+    assert r.returncode == 0, r.stdout + r.stderr
+    [ok] = d.events("deploy_succeeded", process="web")
+    assert ok["trigger"] == "restart" and ok["generation"] == 2 and ok["previous_pid"] == pid
+    # The next generation was RUNNING before the current one was told to stop.
+    changes = d.events("process_state_changed", process="web")
+    ready = next(i for i, e in enumerate(changes) if e.get("generation") == 2 and e["new"] == "RUNNING")
+    stopping = next(i for i, e in enumerate(changes) if e["pid"] == pid and e["new"] == "STOPPING")
+    assert ready < stopping
+    assert get_any(port) == (200, f"v3 {ok['pid']}\n")
+
+
+def rolled(d: DaemonRun) -> list[dict]:
+    return [st for st in json.loads(ctl(d, "--json", "status", "web").stdout)]
+
+
+def test_numprocs_on_one_socket_roll_one_at_a_time_and_a_failure_stops_the_roll(daemon):
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    # On a shared socket the next process takes the held socket itself and the current one cannot be
+    # drained apart from the others: its graceful stop answers what it took (docs/deploys.md).
+    d.write_config(web(d, port, ready="notify", abrupt=False, numprocs=3, process_name="web_{process_num}"))
+    d.start()
+    for n in range(3):
+        d.wait_state(f"web:web_{n}", "RUNNING")
+    before = [st["pid"] for st in rolled(d)]
+    release(d, "v2")
+    out: list[subprocess.CompletedProcess[str]] = []
+    results, errors = load_across(port, lambda: out.append(ctl(d, "deploy", "web")),
+                                  lambda answers, returned: len(answers) >= returned + 10)
+    assert out[0].returncode == 0, out[0].stdout + out[0].stderr
+    assert errors == []
+    after = rolled(d)
+    assert all(st["generation"] == 2 and st["state"] == "RUNNING" for st in after)
+    assert not set(before) & {st["pid"] for st in after}
+    # One at a time: each next generation started after the one before had taken over.
+    order = [(e["event"], e["process"]) for e in d.events() if e.get("event") in ("deploy_started", "deploy_succeeded")]
+    assert order == [(ev, f"web:web_{n}") for n in range(3) for ev in ("deploy_started", "deploy_succeeded")]
+    # A broken release: the first process's next generation fails, the roll stops, all three serve on.
+    release(d, "v3", "exit")
+    r = ctl(d, "deploy", "web")
+    assert r.returncode == 1 and "the roll stopped" in r.stdout, r.stdout
+    assert [st["pid"] for st in rolled(d)] == [st["pid"] for st in after]
+    assert len(d.reports("v3")) == 1
+    assert {get_any(port)[1].split()[0] for _ in range(6)} == {"v2"}
+
+
+def get_unix(path: str) -> str:
+    conn = http.client.HTTPConnection("localhost", timeout=10)
+    conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.sock.settimeout(10)
+    try:
+        conn.sock.connect(path)
+        conn.request("GET", "/")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def test_a_unix_socket_switches_by_an_atomic_rename(daemon):
+    """The next generation listens on PATH.next (its health check goes there), then takes PATH over."""
+    d = daemon()
+    path = str(d.work / "web.sock")
+    release(d, "v1")
+    d.write_config(f'[socket.web]\nbind = "unix:{path}"\nmode = "0660"\n\n'
+                   + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--unix",
+                                  "--release", str(d.work / "release.json"), "--delay", "0.02", "--abrupt"],
+                          sockets=["web"], start_timeout="4s")
+                   + f'[program.web.healthcheck]\ntype = "http"\nunix_socket = "{path}"\npath = "/"\n'
+                     'interval = "1s"\n\n')
+    d.start()
+    d.wait_state("web", "RUNNING")
+    old = status(d)["pid"]
+    release(d, "v2", "status503")
+    r = ctl(d, "deploy", "web")
+    assert r.returncode == 1 and "HTTP 503" in r.stdout, r.stdout
+    assert not os.path.exists(path + ".next") and get_unix(path) == f"v1 {old}\n"
+    release(d, "v2")
+    out: list[subprocess.CompletedProcess[str]] = []
+    results, errors = load_across(0, lambda: out.append(ctl(d, "deploy", "web")),
+                                  lambda answers, _: sum(a.startswith("v2 ") for a in answers) >= 10,
+                                  fetch=lambda: get_unix(path))
+    assert out[0].returncode == 0, out[0].stdout + out[0].stderr
+    assert errors == []
+    new = status(d)["pid"]
+    assert results[-1] == f"v2 {new}\n" and oct(os.stat(path).st_mode & 0o777) == "0o660"
+    wait_until(lambda: not _alive(old), what="the previous generation gone")
+
+
+def test_a_crashed_master_loses_nothing_its_workers_drain_and_get_the_stop_signal(daemon):
+    """The master is SIGKILLed under load while its workers hold requests: the replacement starts at once
+    on a handed-over socket, and the orphaned workers finish, then get TERM (not SIGKILL)."""
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port, ready="notify", abrupt=False, workers=2, delay=0.1))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    master = status(d)["pid"]
+    wait_until(lambda: len(d.recorded_pids()) >= 3, what="two workers")
+    workers = [p for p in d.recorded_pids() if p != master]
+    results, errors = load_across(port, lambda: os.kill(master, signal.SIGKILL),
+                                  lambda answers, returned: len(answers) >= returned + 20)
+    assert errors == []  # not one request lost to the crash
+    d.wait_state("web", "RUNNING", count=2)
+    assert status(d)["pid"] != master
+    wait_until(lambda: not any(_alive(w) for w in workers), what="the orphaned workers gone")
+    terms = {int(line.split()[1]) for line in d.probe_events() if line.startswith("term ")}
+    assert set(workers) <= terms  # each got its stop signal and stopped by itself
+    assert d.events("orphans_draining", process="web")
+
+
+def test_status_shows_both_generations_and_a_shutdown_mid_deploy_leaves_nothing(daemon):
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port, ready="notify"))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    pid = status(d)["pid"]
+    release(d, "v2", "silent")  # serves, never says READY=1: the replace waits (start_timeout 4s)
+    deploying = subprocess.Popen([*CTL, "-s", d.endpoint, "deploy", "web"], stdout=subprocess.PIPE, text=True)
+    try:
+        st = wait_until(lambda: (s := status(d))["next"] and s["next"]["pid"] and s, what="the next generation")
+        assert (st["state"], st["pid"], st["replace_phase"]) == ("RUNNING", pid, "starting")
+        assert (st["next"]["state"], st["next"]["generation"]) == ("STARTING", 2)
+        text = ctl(d, "status", "web").stdout
+        assert f"pid {pid}" in text and f"next generation 2: STARTING, pid {st['next']['pid']}" in text, text
+        assert d.stop() == 0  # the daemon stops mid-deploy: the next generation goes too (fixture: no survivor)
+    finally:
+        deploying.wait(30)
+    assert not _alive(st["next"]["pid"]) and not _alive(pid)
+
+
+def test_a_reload_and_a_max_age_recycle_replace_the_same_way(daemon):
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    release(d, "v2")
+    d.write_config(web(d, port, max_age="2s"))
+
+    def reload() -> None:
+        r = ctl(d, "reload")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    results, errors = load_across(port, reload, lambda answers, _: len(
+        d.events("deploy_succeeded", process="web")) >= 2 and len(answers) > 30)
+    assert errors == []
+    triggers = [e["trigger"] for e in d.events("deploy_succeeded", process="web")]
+    assert triggers[:2] == ["reload", "max_age"], triggers
+    assert status(d)["last_deploy"]["trigger"] in ("max_age", "reload")

@@ -64,9 +64,11 @@ def test_the_fd_template_and_two_sockets(daemon):
 
 
 def load_across(port: int, action: Callable[[], None],
-                after: Callable[[list[str], int], bool]) -> tuple[list[str], list[str]]:
+                after: Callable[[list[str], int], bool],
+                fetch: Callable[[], str] | None = None) -> tuple[list[str], list[str]]:
     """Run `action` while 4 clients GET / on new connections (>= 10 answered first), then load on until
-    after(answers, how many had been answered when the action returned) holds; (answers, failures)."""
+    after(answers, how many had been answered when the action returned) holds; (answers, failures).
+    fetch: how one client asks (default: GET / on 127.0.0.1:port)."""
     results: list[str] = []
     errors: list[str] = []
     stop = threading.Event()
@@ -74,7 +76,7 @@ def load_across(port: int, action: Callable[[], None],
     def load() -> None:
         while not stop.is_set():
             try:
-                results.append(get(port))
+                results.append(fetch() if fetch is not None else get(port))
             except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut off mid-body
                 errors.append(repr(exc))
                 stop.wait(0.01)

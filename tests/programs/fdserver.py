@@ -13,6 +13,10 @@ daphne does (it cancels every request in flight).
 with "name" (replaces --name), and "mode": "ok" (answer 200; READY=1 on $NOTIFY_SOCKET once serving),
 "exit" (exit 1 at start, as an ImportError would), "status503" (answer every request 503) or "silent"
 (serve 200 but never send READY=1).
+
+--workers N: a master that forks N workers serving the socket (answers name the worker's pid); TERM to
+the master is passed on to them; a worker on TERM notes "term PID" in DIR/events.log, finishes the
+request in hand and exits.
 """
 
 import argparse
@@ -34,6 +38,7 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--abrupt", action="store_true")
     ap.add_argument("--release")
+    ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args()
     mode = "ok"
     if args.release:
@@ -52,7 +57,6 @@ def main() -> None:
         raise SystemExit(f"{args.name}: release is broken (ImportError: no module named 'app')")
     family = socket.AF_UNIX if args.unix else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM, fileno=fd)
-    body = f"{args.name} {os.getpid()}\n".encode()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -60,6 +64,7 @@ def main() -> None:
         def do_GET(self) -> None:
             if args.delay:
                 time.sleep(args.delay)
+            body = f"{args.name} {os.getpid()}\n".encode()
             self.send_response(503 if mode == "status503" else 200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -78,11 +83,35 @@ def main() -> None:
         signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
     else:
         signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
+    children = [fork_worker(args.dir, server) for _ in range(args.workers)]
+    if children:
+        signal.signal(signal.SIGTERM, lambda *a: [os.kill(c, signal.SIGTERM) for c in children])
     notify = os.environ.get("NOTIFY_SOCKET")
     if notify and mode != "silent":
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as n:
             n.sendto(b"READY=1", "\0" + notify[1:] if notify.startswith("@") else notify)
+    if children:
+        for child in children:
+            os.waitpid(child, 0)
+        return
     server.serve_forever(poll_interval=0.05)
+
+
+def fork_worker(directory: str, server: HTTPServer) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+
+    def term(*a: object) -> None:
+        with open(os.path.join(directory, "events.log"), "a") as f:
+            f.write(f"term {os.getpid()}\n")
+        threading.Thread(target=server.shutdown).start()
+
+    signal.signal(signal.SIGTERM, term)
+    with open(os.path.join(directory, "pids"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+    server.serve_forever(poll_interval=0.05)
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,186 @@
+"""Two generations of one process (replace.Replacement) on the fake seam (issue #16).
+
+The rules pinned here: the next generation starts only once its sockets are ready; the switch happens
+only when it is RUNNING by its own readiness rule; the current generation is signalled only after the
+switch has drained; a next generation that fails is stopped (group too), its sockets discarded, and the
+current one is never signalled; a trial never retries, and a retired generation never restarts.
+"""
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from procguard.config import Ready
+from procguard.process import Process, ProcessState, ReplacePhase, ReplaceTrigger
+from procguard.replace import Replacement
+from tests.unit.test_process_machine import FakeOS, program
+
+
+@dataclass
+class TwoGenOS(FakeOS):
+    prepared: list[tuple[Process, Callable[[str | None], None]]] = field(default_factory=list)
+    switches: list[tuple[Process, Process, Callable[[], None]]] = field(default_factory=list)
+    discarded: list[Process] = field(default_factory=list)
+    forgotten: list[Process] = field(default_factory=list)
+
+    def prepare_next(self, process: Process, done: Callable[[str | None], None]) -> None:
+        self.prepared.append((process, done))
+
+    def switch_to_next(self, current: Process, nxt: Process, done: Callable[[], None]) -> None:
+        self.switches.append((current, nxt, done))
+
+    def discard_next(self, process: Process) -> None:
+        self.discarded.append(process)
+
+    def check_route(self, process: Process) -> None:
+        return None
+
+    def forget(self, process: Process) -> None:
+        self.forgotten.append(process)
+
+
+def setup(**over: object) -> tuple[Process, Process, Replacement, TwoGenOS, list[str]]:
+    fos = TwoGenOS()
+    prog = program(sockets=("web",), **over)
+    phases: list[str] = []
+    holder: list[Replacement] = []
+
+    def changed(proc: Process, old: ProcessState, new: ProcessState) -> None:
+        if holder:
+            r = holder[0]
+            (r.next_changed if proc is r.next else r.current_changed)(new)
+
+    current = Process(prog, prog.processes[0], fos, changed)
+    current.start()
+    current.spawned(100)
+    if prog.ready == Ready.NOTIFY:
+        current.notified({"READY": "1"})
+    fos.advance(prog.startsecs)
+    assert current.state == ProcessState.RUNNING
+    nxt = Process(prog, prog.processes[0], fos, changed)
+    r = Replacement(current, nxt, fos, ReplaceTrigger.DEPLOY, lambda r: phases.append(str(r.phase)))
+    holder.append(r)
+    return current, nxt, r, fos, phases
+
+
+def signals_to(fos: FakeOS, pid: int) -> list[int]:
+    return [sig for p, sig, _ in fos.signals if p == pid]
+
+
+def test_the_next_generation_starts_after_its_sockets_and_takes_over_once_ready():
+    current, nxt, r, fos, phases = setup(startsecs=1.0)
+    r.begin()
+    assert fos.spawned == [current]  # not yet: its sockets are being prepared
+    fos.prepared[0][1](None)
+    assert fos.spawned == [current, nxt] and nxt.generation == 2 and nxt.trial
+    nxt.spawned(200)
+    fos.advance(0.5)
+    assert fos.switches == [] and current.state == ProcessState.RUNNING  # both alive, only one serves
+    fos.advance(0.6)
+    assert nxt.state == ProcessState.RUNNING and r.phase == ReplacePhase.SWITCHING
+    [(cur, new, drained)] = fos.switches
+    assert (cur, new) == (current, nxt) and not nxt.trial and current.retiring
+    assert signals_to(fos, 100) == []  # the current one drains before any signal
+    drained()
+    assert r.phase == ReplacePhase.STOPPING and signals_to(fos, 100) == [signal.SIGTERM]
+    current.exited(0)
+    assert current.state == ProcessState.STOPPED and r.phase == ReplacePhase.SUCCEEDED
+    assert phases == ["preparing", "starting", "switching", "stopping", "succeeded"]
+    assert nxt.state == ProcessState.RUNNING and signals_to(fos, 200) == []
+
+
+def test_a_next_generation_that_exits_at_start_fails_without_a_retry_and_the_current_is_untouched():
+    current, nxt, r, fos, phases = setup()
+    r.begin()
+    fos.prepared[0][1](None)
+    nxt.spawned(200)
+    fos.groups_alive.add(200)  # a worker it forked outlives it
+    nxt.exited(1)
+    assert r.phase == ReplacePhase.FAILED and r.failed_in == ReplacePhase.STARTING
+    assert "exited too quickly (exit status 1)" in r.reason
+    assert nxt.state == ProcessState.FATAL and (200, signal.SIGKILL, True) in fos.signals  # its group too
+    assert fos.discarded == [nxt] and fos.forgotten == [nxt]
+    fos.advance(120)
+    assert fos.spawned == [current, nxt]  # no retry of a trial
+    assert current.state == ProcessState.RUNNING and signals_to(fos, 100) == [] and not current.retiring
+    assert phases[-1] == "failed"
+
+
+def test_a_next_generation_not_ready_within_start_timeout_is_stopped_then_the_replace_fails():
+    current, nxt, r, fos, phases = setup(ready=Ready.NOTIFY, start_timeout=5.0)
+    r.begin()
+    fos.prepared[0][1](None)
+    nxt.spawned(200)
+    fos.advance(5.1)
+    assert nxt.state == ProcessState.STOPPING and signals_to(fos, 200) == [signal.SIGTERM]
+    assert r.phase == ReplacePhase.STARTING  # it counts as failed once its group is gone
+    assert "failed" not in phases
+    nxt.exited(-15)
+    assert r.phase == ReplacePhase.FAILED and "no READY=1" in r.reason
+    assert fos.discarded == [nxt] and phases.count("failed") == 1
+    assert current.state == ProcessState.RUNNING and signals_to(fos, 100) == []
+
+
+def test_sockets_that_cannot_be_prepared_fail_the_replace_before_anything_starts():
+    current, nxt, r, fos, phases = setup()
+    r.begin()
+    fos.prepared[0][1]("[socket.web] tcp://127.0.0.1:8000: 2 sockets listen there, expected 1")
+    assert r.phase == ReplacePhase.FAILED and fos.spawned == [current] and fos.discarded == []
+    assert "2 sockets listen there" in r.reason
+
+
+def test_an_abort_before_the_switch_stops_the_next_generation_and_keeps_the_current():
+    current, nxt, r, fos, phases = setup(ready=Ready.NOTIFY)
+    r.begin()
+    fos.prepared[0][1](None)
+    nxt.spawned(200)
+    r.abort("procguard is shutting down")
+    assert signals_to(fos, 200) == [signal.SIGTERM] and r.phase == ReplacePhase.FAILED
+    nxt.exited(0)
+    assert nxt.state in (ProcessState.STOPPED, ProcessState.FATAL) and fos.discarded == [nxt]
+    assert current.state == ProcessState.RUNNING
+
+
+def test_the_current_generation_stopped_meanwhile_ends_the_replace():
+    current, nxt, r, fos, phases = setup(ready=Ready.NOTIFY)
+    r.begin()
+    fos.prepared[0][1](None)
+    nxt.spawned(200)
+    current.stop()
+    assert r.phase == ReplacePhase.FAILED and nxt.state == ProcessState.STOPPING
+
+
+def test_a_retiring_generation_that_exits_during_the_drain_is_not_restarted():
+    current, nxt, r, fos, phases = setup(startsecs=0.0)
+    r.begin()
+    fos.prepared[0][1](None)
+    nxt.spawned(200)
+    assert r.phase == ReplacePhase.SWITCHING
+    current.exited(1)  # crashed while draining
+    assert current.state == ProcessState.EXITED and r.phase == ReplacePhase.SUCCEEDED
+    fos.advance(60)
+    assert fos.spawned.count(current) == 1
+
+
+def test_a_recycle_of_an_overlapping_program_asks_for_a_replace_and_does_not_stop():
+    current, nxt, r, fos, phases = setup(max_age=30.0)
+    asked: list[tuple[str, ReplaceTrigger]] = []
+    current.on_replace = lambda p, why, trigger: asked.append((why, trigger)) or True
+    fos.advance(31)
+    assert asked == [("max_age (30s) reached", ReplaceTrigger.MAX_AGE)]
+    assert current.state == ProcessState.RUNNING and signals_to(fos, 100) == []
+    # The replace could not begin: stop and start in place, as before.
+    current.restart("max_age (30s) reached", ReplaceTrigger.MAX_AGE, overlap=False)
+    assert current.state == ProcessState.STOPPING
+
+
+def test_an_unhealthy_overlapping_process_asks_for_a_replace():
+    from procguard.config import HealthCheckConfig
+
+    current, nxt, r, fos, phases = setup(healthcheck=HealthCheckConfig(type="tcp", address="127.0.0.1:1", retries=2),
+                                         ready=Ready.STARTSECS)
+    asked: list[ReplaceTrigger] = []
+    current.on_replace = lambda p, why, trigger: asked.append(trigger) or True
+    current.health_result(False, "connection refused")
+    current.health_result(False, "connection refused")
+    assert asked == [ReplaceTrigger.HEALTH] and current.state == ProcessState.RUNNING
