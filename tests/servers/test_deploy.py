@@ -131,6 +131,7 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
     server: str = request.param
     c = start(DaemonRun(), (server,), replace=shorter_start_timeout(server), releases=True)
     try:
+        assert f'start_timeout = "{START_TIMEOUT}"' in (c.d.work / "conf.d" / f"{server}.toml").read_text()
         c.wait_healthy(server)
         yield Site(c, server)
     finally:
@@ -158,7 +159,7 @@ def test_deploy_under_load_switches_to_the_next_generation_with_no_failed_reques
     assert still(old_tree) == [], f"the previous generation {sorted(old_tree)} is still there: {still(old_tree)}"
     # The one-shot jobs ran again with the new code: migrate, and collectstatic into the new release.
     assert len(c.d.events("process_spawned", program="coffeehousemigrate")) == migrations + 1
-    assert (c.releases / "releases" / new / "staticfiles" / "menu" / "style.css").is_file()  # type: ignore[operator]
+    assert c.releases is not None and (c.releases / "releases" / new / "staticfiles" / "menu" / "style.css").is_file()
     assert get(site.port, "/static/menu/style.css")[0] == 200
     c.track()
 
