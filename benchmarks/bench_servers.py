@@ -207,6 +207,13 @@ def longest_gap_ms(hits: list[Hit], t_from: float, t_to: float) -> float:
     return max((b - a for a, b in zip(points, points[1:])), default=0.0) * 1e3
 
 
+def steady_gap_ms(hits: list[Hit], t0: float) -> float:
+    """The control for longest_gap_ms: the longest time between two successive 200s received before t0
+    (the steady load before the action; on a busy machine, scheduling alone makes gaps)."""
+    done = sorted(h.done for h in hits if h.ok and h.done < t0)
+    return max((b - a for a, b in zip(done, done[1:])), default=0.0) * 1e3
+
+
 def recovered_at(hits: list[Hit], t_from: float) -> float:
     """When the 200 that ended the longest time without one (from t_from on) was received."""
     done = sorted(h.done for h in hits if h.ok and h.done >= t_from)
@@ -315,6 +322,7 @@ def action_under_load(c: Coffeehouse, server: str, verb: str, expect_ok: bool = 
         "cli_ms": (t1 - t0) * 1e3,
         "transition_ms": (t_done - t0) * 1e3,
         "gap_ms": longest_gap_ms(hits, t0, t_done),
+        "steady_gap_ms": steady_gap_ms(hits, t0),
         "slowest_request_ms": max(h.done - h.sent for h in hits) * 1e3,
         "steady_p50_ms": steady["p50_ms"], "steady_p99_ms": steady["p99_ms"],
         "across_p50_ms": across["p50_ms"], "across_p99_ms": across["p99_ms"], "across_requests": across["n"],
@@ -396,7 +404,7 @@ def load_line(label: str, i: int, r: dict[str, Any]) -> str:
     errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "no errors"
     extra = f"; transition {r['transition_ms']:.0f} ms" if r["transition_ms"] > r["cli_ms"] + 1 else ""
     return (f"  {label:<34} round {i + 1}: failed {r['failed']:>4} of {r['requests']:>5} ({errors}); "
-            f"command {r['cli_ms']:.0f} ms{extra}; longest gap {r['gap_ms']:.0f} ms; "
+            f"command {r['cli_ms']:.0f} ms{extra}; longest gap {r['gap_ms']:.0f} ms (steady {r['steady_gap_ms']:.0f}); "
             f"slowest request {r['slowest_request_ms']:.0f} ms; p50/p99 {r['across_p50_ms']:.1f}/"
             f"{r['across_p99_ms']:.1f} ms across ({r['across_requests']} requests), steady "
             f"{r['steady_p50_ms']:.1f}/{r['steady_p99_ms']:.1f} ms")
@@ -410,8 +418,8 @@ def med_max_line(label: str, s: dict[str, Any], keys: tuple[tuple[str, str, str]
     return f"  {label:<34} median / max: " + "; ".join(parts)
 
 
-LOAD_KEYS = ("failed", "cli_ms", "gap_ms", "transition_ms", "slowest_request_ms", "steady_p50_ms", "steady_p99_ms",
-             "across_p50_ms", "across_p99_ms")
+LOAD_KEYS = ("failed", "cli_ms", "gap_ms", "steady_gap_ms", "transition_ms", "slowest_request_ms", "steady_p50_ms",
+             "steady_p99_ms", "across_p50_ms", "across_p99_ms")
 SIGKILL_KEYS = ("first_200_ms", "running_ms", "failed", "max_gap_ms", "recovered_ms")
 
 
@@ -612,7 +620,8 @@ def print_deploy_table(results: dict[str, Any]) -> None:
 
     print("deploys (median; [max] over the rounds; latencies: p50/p99 ms across the action vs the steady load "
           "before it):")
-    head = ("row", "failed [max]", "longest gap ms [max]", "p50/p99 across", "p50/p99 steady", "command ms")
+    head = ("row", "failed [max]", "longest gap ms [max]", "steady gap ms", "p50/p99 across", "p50/p99 steady",
+            "command ms")
     print("  " + " | ".join(head))
     for server, r in results["servers"].items():
         if r.get("skipped"):
@@ -623,6 +632,7 @@ def print_deploy_table(results: dict[str, Any]) -> None:
                  if not s.get("skipped")]
         for label, s in rows:
             print(f"  {label} | {med(s, 'failed')} [{mx(s, 'failed')}] | {med(s, 'gap_ms')} [{mx(s, 'gap_ms')}] | "
+                  f"{med(s, 'steady_gap_ms')} | "
                   f"{med(s, 'across_p50_ms', '.1f')}/{med(s, 'across_p99_ms', '.1f')} | "
                   f"{med(s, 'steady_p50_ms', '.1f')}/{med(s, 'steady_p99_ms', '.1f')} | {med(s, 'cli_ms')}")
         m = r.get("memory")
@@ -750,7 +760,7 @@ def peer_restart_once(system: Any, port: int, label: str) -> dict[str, Any]:
     steady, across = latencies(hits, t0, t_done)
     return {"failed": sum(1 for h in hits if not h.ok), "requests": len(hits), "errors": error_counts(hits),
             "cli_ms": (t1 - t0) * 1e3, "transition_ms": (t_done - t0) * 1e3,
-            "gap_ms": longest_gap_ms(hits, t0, t_done),
+            "gap_ms": longest_gap_ms(hits, t0, t_done), "steady_gap_ms": steady_gap_ms(hits, t0),
             "slowest_request_ms": max(h.done - h.sent for h in hits) * 1e3,
             "steady_p50_ms": steady["p50_ms"], "steady_p99_ms": steady["p99_ms"],
             "across_p50_ms": across["p50_ms"], "across_p99_ms": across["p99_ms"], "across_requests": across["n"]}

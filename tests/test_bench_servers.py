@@ -17,7 +17,7 @@ from tests.servers.coffeehouse import why_missing
 
 pytestmark = pytest.mark.skipif(why_missing("gunicorn") is not None, reason=str(why_missing("gunicorn")))
 
-LOAD_FIGURES = ("cli_ms", "gap_ms", "transition_ms", "slowest_request_ms", "steady_p50_ms", "steady_p99_ms",
+LOAD_FIGURES = ("cli_ms", "gap_ms", "steady_gap_ms", "transition_ms", "slowest_request_ms", "steady_p50_ms", "steady_p99_ms",
                 "across_p50_ms", "across_p99_ms")
 SIGKILL_FIGURES = ("first_200_ms", "running_ms", "max_gap_ms", "recovered_ms")
 
