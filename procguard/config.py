@@ -925,6 +925,9 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
                                     prog.reload_signal, hc.url if hc is not None and hc.type == "http" else None,
                                     hc.host if hc is not None else None):
             lints.append(ConfigIssue(prog.source, prog.name, None, message))
+        if prog.overlaps:
+            for message in servers.overlap_lint(prog.server, prog.processes[0].command):
+                lints.append(ConfigIssue(prog.source, prog.name, "restart_strategy", message))
     for message in servers.gunicorn_control_socket_lint(
             [(p.name, p.server, p.processes[0].command, p.user) for p in programs]):
         lints.append(ConfigIssue(src, None, None, message))

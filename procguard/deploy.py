@@ -50,6 +50,7 @@ class Deployer:
         self._sup = sup
         self._running: dict[Process, Replacement] = {}  # by current and by next generation
         self.outcomes: dict[str, ReplaceOutcome] = {}  # by process name
+        self._closing = False  # the daemon is stopping: no replace begins any more
 
     # ------------------------------------------------------------------------------ engine glue
 
@@ -81,6 +82,8 @@ class Deployer:
         return dataclasses.replace(st, next=nxt, replace_phase=phase, last_deploy=self.outcomes.get(proc.name))
 
     def abort_all(self, reason: str) -> None:
+        """The daemon is stopping: give up every replace that has not switched, and begin no other."""
+        self._closing = True
         for r in set(self._running.values()):
             r.abort(reason)
 
@@ -110,6 +113,9 @@ class Deployer:
         has stopped, or when the next generation failed and is gone.
         """
         sup = self._sup
+        if self._closing:
+            return DeployResult(proc.name, False, proc.state, "procguard is shutting down", proc.pid, proc.generation,
+                                ReplacePhase.PREPARING, True)
         program = program or proc.program
         config = next(pc for pc in program.processes if pc.name == proc.name)
         nxt = Process(program, config, sup._os, sup._on_change)
@@ -125,7 +131,7 @@ class Deployer:
         r = Replacement(proc, nxt, sup._os, trigger, on_phase)
         self._running[proc] = self._running[nxt] = r
         log.info("deploy_started", program=program.name, process=proc.name, generation=nxt.generation,
-                 pid=proc.pid, trigger=str(trigger))
+                 pid=None, previous_pid=proc.pid, trigger=str(trigger))
         try:
             r.begin()
             await done.wait()
@@ -180,13 +186,22 @@ class Deployer:
         sup = self._sup
         await sup._stop_procs(procs, drain=True)
         started = await sup._start_procs(procs)
+        results = []
         for p, r in zip(procs, started):
-            self.outcomes[p.name] = ReplaceOutcome(
-                at=time.time(), ok=r.ok, trigger=trigger, generation=p.generation, pid=p.pid,
-                step=ReplacePhase.SUCCEEDED if r.ok else ReplacePhase.STARTING, reason="" if r.ok else r.message)
-        return [DeployResult(p.name, r.ok, p.state, r.message, p.pid, p.generation,
-                             ReplacePhase.SUCCEEDED if r.ok else ReplacePhase.STARTING, False)
-                for p, r in zip(procs, started)]
+            ok = sup._satisfied(p)  # RUNNING, or a one-shot job that completed
+            step = ReplacePhase.SUCCEEDED if ok else ReplacePhase.STARTING
+            self.outcomes[p.name] = ReplaceOutcome(at=time.time(), ok=ok, trigger=trigger, generation=p.generation,
+                                                   pid=p.pid, step=step, reason="" if ok else r.message)
+            results.append(DeployResult(p.name, ok, p.state, p.reason if ok and not r.ok else r.message, p.pid,
+                                        p.generation, step, False))
+        return results
+
+    def abort(self, procs: list[Process], reason: str) -> None:
+        """Give up the replaces of procs that have not switched yet (an operator's stop)."""
+        for p in procs:
+            r = self._running.get(p)
+            if r is not None:
+                r.abort(reason)
 
     # ------------------------------------------------------------------------------------ deploy
 
@@ -201,12 +216,17 @@ class Deployer:
             wanted.setdefault(p.program.name, []).append(p)
         results: list[DeployResult] = []
         stopped_at: str | None = None
+        jobs_run: set[str] = set()  # each one-shot job runs once per deploy
         for name in self._dependency_order(list(wanted)):
             if stopped_at is not None:
                 results.extend(DeployResult(p.name, False, p.state, f"not deployed: {stopped_at}", p.pid,
                                             p.generation, ReplacePhase.JOBS, False) for p in wanted[name])
                 continue
-            ok, why = await self._jobs_again(name)
+            if name in jobs_run:
+                results.extend(DeployResult(p.name, True, p.state, f"ran again as a dependency ({p.reason})", p.pid,
+                                            p.generation, ReplacePhase.SUCCEEDED, False) for p in wanted[name])
+                continue
+            ok, why = await self._jobs_again(name, jobs_run)
             if not ok:
                 stopped_at = f"{name}'s {why}"
                 for p in wanted[name]:
@@ -224,6 +244,8 @@ class Deployer:
             results.extend(done)
             if not all(r.ok for r in done):
                 stopped_at = f"{name} failed"
+            elif wanted[name][0].program.type == "oneshot":
+                jobs_run.add(name)  # named itself, and it ran: its dependents need not run it again
         return results
 
     def _dependency_order(self, names: list[str]) -> list[str]:
@@ -246,9 +268,10 @@ class Deployer:
             visit(n, frozenset())
         return order
 
-    async def _jobs_again(self, name: str) -> tuple[bool, str]:
-        """Run `name`'s one-shot dependencies again (transitively, dependencies first), then make sure its
-        other dependencies are up; (False, why) at the first that fails."""
+    async def _jobs_again(self, name: str, jobs_run: set[str]) -> tuple[bool, str]:
+        """Run `name`'s one-shot dependencies again (transitively, dependencies first; those in jobs_run
+        already ran in this deploy), then make sure its other dependencies are up; (False, why) at the
+        first that fails."""
         sup = self._sup
         jobs: list[str] = []
 
@@ -262,7 +285,7 @@ class Deployer:
                         jobs.append(d)
 
         visit(name)
-        for job in jobs:
+        for job in [j for j in jobs if j not in jobs_run]:
             async with sup._locks[job]:
                 procs = sup._programs.get(job, [])
                 log.info("deploy_step", program=name, step=str(ReplacePhase.JOBS), job=job,
@@ -275,6 +298,7 @@ class Deployer:
                 failed = [p for p in procs if not sup._satisfied(p)]
                 if failed:
                     return False, f"job {job} failed: {failed[0].reason}"
+                jobs_run.add(job)
         memo: dict[str, "asyncio.Task[tuple[bool, str]]"] = {}
         ok, why = await sup._dependencies_up(name, memo)
         for task in memo.values():

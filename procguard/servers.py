@@ -168,6 +168,25 @@ def lint(server: str | None, argv: tuple[str, ...], stopsignal: int, stopwaitsec
     return out
 
 
+# Flags naming a file or socket of which one generation of a server has one: two generations at once
+# (restart_strategy = "overlap") would overwrite or fight over it.
+_ONE_PER_SERVER_FLAGS = ("--pid", "-p", "--pidfile", "--pidfile2", "--safe-pidfile", "--safe-pidfile2", "--stats",
+                         "--master-fifo", "--control-socket")
+
+
+def overlap_lint(server: str | None, argv: tuple[str, ...]) -> list[str]:
+    """Traps of running two generations of one server at once (docs/deploys.md)."""
+    exe = argv[0].rsplit("/", 1)[-1] if argv else ""
+    out = [f"{flag} {_flag_value(argv, flag)}: the next generation starts while the current one runs, and both use "
+           'it; drop it, or set restart_strategy = "recreate"'
+           for flag in _ONE_PER_SERVER_FLAGS if _flag_value(argv, flag) is not None]
+    if (server == "gunicorn" or exe == "gunicorn") and not _has(argv, "--no-control-socket") \
+            and not _has(argv, "--control-socket"):
+        out.append("gunicorn >= 25.1 opens one control socket per user: the next generation's would collide with "
+                   "the current one's during a deploy; add --no-control-socket")
+    return out
+
+
 def gunicorn_control_socket_lint(programs: list[tuple[str, str | None, tuple[str, ...], str | None]]) -> list[str]:
     """Several gunicorns under one user share gunicorn (>= 25.1)'s control socket unless told not to."""
     by_user: dict[str | None, list[str]] = {}

@@ -236,16 +236,29 @@ def socket_inodes(pids: list[int]) -> frozenset[str]:
     return frozenset(out)
 
 
+def unix_accepted(sock: socket.socket, owned: frozenset[str]) -> int:
+    """Connections accepted from the listening unix socket `sock` that these inodes' holders still have
+    open (/proc/net/unix: an accepted socket shows its listener's path; state 03 is connected)."""
+    path = sock.getsockname()
+    count = 0
+    with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
+        next(f, None)
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and fields[5] == "03" and fields[6] in owned and fields[7] == path:
+                count += 1
+    return count
+
+
 def generation_in_flight(socks: list[socket.socket], pids: list[int]) -> tuple[int, int]:
     """What one generation (pids) still has to answer after the switch to the next one: the accept
-    queues of its old sockets and the TCP connections it accepted on their addresses; and the TCP
-    handshakes under way there (in_flight, for one generation among two). Unix sockets count their
-    waiting connections only (a graceful stop answers what was accepted)."""
+    queues of its old sockets and the connections it accepted from them; and the TCP handshakes under
+    way there (in_flight, for one generation among two)."""
     owned = socket_inodes(pids)
     left = handshakes = 0
     for s in socks:
         if s.family == socket.AF_UNIX:
-            left += listening_fds_waiting([s])
+            left += listening_fds_waiting([s]) + unix_accepted(s, owned)
             continue
         accepted, _, shaking = tcp_sockets_on(s, owned)
         left += accept_queue(s) + accepted

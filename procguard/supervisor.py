@@ -352,8 +352,11 @@ class Supervisor:
         return True, ""
 
     async def stop(self, names: Iterable[str]) -> list[ActionResult]:
-        """Stop processes and wait until each is STOPPED (SIGKILL after stopwaitsecs)."""
-        return await self._per_program(self.resolve(names), self._stop_procs)
+        """Stop processes and wait until each is STOPPED (SIGKILL after stopwaitsecs); a replace of one
+        under way that has not switched yet is given up first (its next generation stops)."""
+        procs = self.resolve(names)
+        self.deployer.abort(procs, "stopped by the operator")
+        return await self._per_program(procs, self._stop_procs)
 
     async def restart(self, names: Iterable[str]) -> tuple[list[ActionResult], list[ActionResult]]:
         """Stop, then start, each program's processes under one hold of its lock; a program on held sockets
@@ -522,10 +525,8 @@ class Supervisor:
                         # A changed program restarts: like `restart`, it drains first (drain_timeout).
                         await self._stop_procs(old, drain=name in new_by_name)
                         del self._programs[name]
-                        forget = getattr(self._os, "forget", None)
                         for p in old:
-                            if forget is not None:
-                                forget(p)
+                            self._os.forget(p)
                     if name in new_by_name:
                         self._add_program(new_by_name[name])
                         if new_by_name[name].autostart:

@@ -35,7 +35,7 @@ def web(d: DaemonRun, port: int, ready: str = "healthcheck", abrupt: bool = True
     text = prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--release", str(d.work / "release.json"),
                         "--delay", str(delay), *(["--abrupt"] if abrupt else []),
                         *(["--workers", str(workers)] if workers else [])],
-                sockets=["web"], startsecs=0, start_timeout="4s", ready=ready, **keys)
+                sockets=["web"], startsecs=0, start_timeout="5s", ready=ready, **keys)
     if ready == "healthcheck":
         text += f'[program.web.healthcheck]\ntype = "http"\nurl = "http://127.0.0.1:{port}/"\ninterval = "1s"\n\n'
     return f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n' + text
@@ -157,7 +157,9 @@ def test_a_failing_oneshot_stops_the_deploy_before_the_service_is_touched(daemon
     release(d, "v1")
     flag = d.work / "migrate-fails"
     migrate = [sys.executable, "-c", f"import os, sys; sys.exit(3 if os.path.exists({str(flag)!r}) else 0)"]
-    d.write_config(web(d, port, depends_on=["migrate"]) + prog("migrate", migrate, type="oneshot"))
+    d.write_config(web(d, port, depends_on=["migrate"]) + prog("migrate", migrate, type="oneshot")
+                   + prog("worker", [sys.executable, "-c", "import time; time.sleep(3600)"], depends_on=["migrate"],
+                          startsecs=0))
     d.start()
     d.wait_state("web", "RUNNING")
     pid = status(d)["pid"]
@@ -175,6 +177,14 @@ def test_a_failing_oneshot_stops_the_deploy_before_the_service_is_touched(daemon
     assert len(d.events("process_spawned", process="migrate")) == 3  # at start, the failed deploy, this one
     assert d.state("migrate") == "EXITED"
     assert json.loads(r.stdout)[0]["generation"] == 2 and status(d)["pid"] != pid
+    # All of it: the job runs once for both services (and is not run a second time for itself); the
+    # worker, without held sockets, is stopped, then started.
+    r = ctl(d, "--json", "deploy", "all")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(d.events("process_spawned", process="migrate")) == 4
+    by_name = {row["name"]: row for row in json.loads(r.stdout)}
+    assert by_name["web"]["overlapped"] and by_name["web"]["generation"] == 3
+    assert not by_name["worker"]["overlapped"] and by_name["worker"]["ok"]
 
 
 def test_restart_replaces_by_an_overlapping_next_generation_and_a_broken_one_keeps_the_site_up(daemon):
@@ -259,7 +269,7 @@ def test_a_unix_socket_switches_by_an_atomic_rename(daemon):
     d.write_config(f'[socket.web]\nbind = "unix:{path}"\nmode = "0660"\n\n'
                    + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--unix",
                                   "--release", str(d.work / "release.json"), "--delay", "0.02", "--abrupt"],
-                          sockets=["web"], start_timeout="4s")
+                          sockets=["web"], start_timeout="5s")
                    + f'[program.web.healthcheck]\ntype = "http"\nunix_socket = "{path}"\npath = "/"\n'
                      'interval = "1s"\n\n')
     d.start()
@@ -312,7 +322,7 @@ def test_status_shows_both_generations_and_a_shutdown_mid_deploy_leaves_nothing(
     d.start()
     d.wait_state("web", "RUNNING")
     pid = status(d)["pid"]
-    release(d, "v2", "silent")  # serves, never says READY=1: the replace waits (start_timeout 4s)
+    release(d, "v2", "silent")  # serves, never says READY=1: the replace waits (start_timeout 5s)
     deploying = subprocess.Popen([*CTL, "-s", d.endpoint, "deploy", "web"], stdout=subprocess.PIPE, text=True)
     try:
         st = wait_until(lambda: (s := status(d))["next"] and s["next"]["pid"] and s, what="the next generation")
@@ -320,6 +330,17 @@ def test_status_shows_both_generations_and_a_shutdown_mid_deploy_leaves_nothing(
         assert (st["next"]["state"], st["next"]["generation"]) == ("STARTING", 2)
         text = ctl(d, "status", "web").stdout
         assert f"pid {pid}" in text and f"next generation 2: STARTING, pid {st['next']['pid']}" in text, text
+        # The operator's stop gives the replace up (no wait for start_timeout) and stops both generations.
+        r = ctl(d, "stop", "web")
+        assert r.returncode == 0 and status(d)["state"] == "STOPPED", r.stdout + r.stderr
+        assert deploying.wait(30) == 1
+        assert not _alive(st["next"]["pid"]) and not _alive(pid)
+        release(d, "v1")
+        assert ctl(d, "start", "web").returncode == 0
+        pid = status(d)["pid"]
+        release(d, "v2", "silent")
+        deploying = subprocess.Popen([*CTL, "-s", d.endpoint, "deploy", "web"], stdout=subprocess.PIPE, text=True)
+        st = wait_until(lambda: (s := status(d))["next"] and s["next"]["pid"] and s, what="the next generation")
         assert d.stop() == 0  # the daemon stops mid-deploy: the next generation goes too (fixture: no survivor)
     finally:
         deploying.wait(30)
@@ -346,3 +367,19 @@ def test_a_reload_and_a_max_age_recycle_replace_the_same_way(daemon):
     triggers = [e["trigger"] for e in d.events("deploy_succeeded", process="web")]
     assert triggers[:2] == ["reload", "max_age"], triggers
     assert status(d)["last_deploy"]["trigger"] in ("max_age", "reload")
+
+
+def test_roll_batch_replaces_that_many_processes_at_once(daemon):
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port, ready="notify", abrupt=False, numprocs=2, process_name="web_{process_num}",
+                       roll_batch=2))
+    d.start()
+    for n in range(2):
+        d.wait_state(f"web:web_{n}", "RUNNING")
+    release(d, "v2")
+    r = ctl(d, "deploy", "web")
+    assert r.returncode == 0, r.stdout + r.stderr
+    order = [e["event"] for e in d.events() if e.get("event") in ("deploy_started", "deploy_succeeded")]
+    assert order[:2] == ["deploy_started", "deploy_started"] and order.count("deploy_succeeded") == 2

@@ -37,3 +37,17 @@ def test_check_says_which_way_each_program_is_replaced(tmp_path: Path, capsys: p
     web, worker = out.split("[program.worker]")
     assert "restart_strategy = overlap (the next generation starts beside this one" in web
     assert "restart_strategy = recreate (stop, then start)" in worker
+
+
+def test_check_warns_of_files_two_generations_would_share(tmp_path: Path) -> None:
+    from tests.unit.test_config import load
+
+    config = load(tmp_path, HEADER + '[program.web]\ncommand = ["/bin/true", "--pidfile", "/run/web.pid"]\n'
+                  'server = "uwsgi"\nsockets = ["web"]\n\n[program.gunicorn]\ncommand = ["gunicorn", "app"]\n'
+                  'sockets = ["g"]\n\n[program.old]\ncommand = ["/bin/true", "--pidfile", "/run/old.pid"]\n'
+                  'sockets = ["o"]\nrestart_strategy = "recreate"\n\n' + SOCKET
+                  + '[socket.g]\nbind = "tcp://127.0.0.1:18001"\n[socket.o]\nbind = "tcp://127.0.0.1:18002"\n')
+    found = {(i.program, i.key): i.message for i in config.lints if i.key == "restart_strategy"}
+    assert "--pidfile /run/web.pid" in found[("web", "restart_strategy")]
+    assert "--no-control-socket" in found[("gunicorn", "restart_strategy")]
+    assert ("old", "restart_strategy") not in found  # recreate: one generation at a time
