@@ -1,8 +1,8 @@
-"""App-server benchmarks: requests lost across restart, reload-app and SIGKILL of the coffeehouse demo.
+"""App-server benchmarks: requests lost across restart, reload-app, deploy and SIGKILL of the coffeehouse demo.
 
     .venv/bin/python benchmarks/bench_servers.py [--quick] [--only SERVER[,SERVER]] [--json OUT]
 
-Issue #6. For each app server (uwsgi, gunicorn, daphne, uvicorn, hypercorn; each skipped, with the
+Issues #6 and #16. For each app server (uwsgi, gunicorn, daphne, uvicorn, hypercorn; each skipped, with the
 reason printed, when tests.servers.coffeehouse.why_missing() names one), the coffeehouse demo runs
 from the conf.d files we ship under a real daemon of its own, started by tests/servers/coffeehouse.py
 (`start()`: fresh directory, free ports, the migrate and collectstatic jobs). The script prints every
@@ -48,6 +48,27 @@ What is measured, and how (rounds: --quick 1, otherwise 5):
    after a backoff doubling per crash in a row; so every round times the usual production crash,
    not a backoff that grows round by round.
 
+4. Deploys (issue #16), held socket, in the release layout (`start(releases=True)`: releases/N and a
+   `current` symlink the programs' directory goes through; the restart and reload-app rounds above run
+   in it too): each round copies demo/ to the next release, flips `current` to it and runs
+   `procguardctl deploy coffeehouse<server>` under the load (the migrate and collectstatic jobs run
+   again, then the next generation starts beside the current one and takes over once healthy). The
+   load first runs until STEADY_OK requests answered: their latencies (those completed before the
+   command) are the steady p50/p99, against the p50/p99 of the requests sent from the command to its
+   return ("across"). The restart rounds get the same steady phase. Figures as in 1.
+5. A broken release: `current` flipped to a copy whose wsgi.py/asgi.py import a module nobody
+   installed, `procguardctl deploy` under the load (it must fail; `current` is flipped back after).
+   Figures: failed requests, and the command's wall time: the seconds to the deploy's verdict (jobs
+   included; start_timeout where the next generation never exits, as uvicorn's process manager keeps
+   respawning workers that cannot import). One round.
+6. SIGKILL of the master under the load (after the same stable uptime as 3): the requests lost, and
+   the longest gap until the new master is RUNNING and 40 more answered.
+7. Peers, gunicorn only: the same gunicorn (conf.d/gunicorn.toml's command, the same release
+   directory and database) under supervisord (gunicorn binds its port: supervisord holds no socket for
+   a [program]) and under circus (its held socket, use_sockets), `restart` under the same load, with
+   the same figures (the transition ends with the first 200 after their ctl returned: both return
+   before the new gunicorn answers). benchmarks/peers.py renders their configs.
+
 Cleanup: each daemon runs inside try/finally (also on Ctrl-C and SIGTERM, which bench_main turns into
 an exception): the load threads stop, then `Coffeehouse.stop()` stops the daemon and names (and kills)
 every server process that outlived it (printed, counted, in the JSON), then `DaemonRun.cleanup()`
@@ -61,6 +82,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -84,12 +106,16 @@ from bench_engine import Bench, BenchError, LogTail, bench_main, parse_ts, poll_
 
 from procguard.config import parse_duration  # noqa: E402
 from tests.helpers import DaemonRun  # noqa: E402
-from tests.servers.coffeehouse import SERVERS, Coffeehouse, program, start, why_missing  # noqa: E402
+from tests.servers.coffeehouse import free_port  # noqa: E402
+from peers import HELD_FD, Program, make, peer_missing  # noqa: E402
+from tests.servers.coffeehouse import SERVERS, Breakage, Coffeehouse, program, start, why_missing  # noqa: E402
 
 CLIENT_THREADS = 4
 CLIENT_INTERVAL_S = 0.010
 CLIENT_TIMEOUT_S = 5.0
 PRE_OK = 40   # requests answered 200 before the action
+STEADY_OK = 400  # ... before a deploy: their latencies are the steady p50/p99 the deploy's are set against
+KILL = "SIGKILL"  # action_under_load's verb for a SIGKILL of the master
 POST_OK = 40  # ... and after it returned (after the transition, for a HUP reload)
 PROBE_INTERVAL_S = 0.005
 PROBE_TIMEOUT_S = 1.0
@@ -181,6 +207,13 @@ def longest_gap_ms(hits: list[Hit], t_from: float, t_to: float) -> float:
     return max((b - a for a, b in zip(points, points[1:])), default=0.0) * 1e3
 
 
+def steady_gap_ms(hits: list[Hit], t0: float) -> float:
+    """The control for longest_gap_ms: the longest time between two successive 200s received before t0
+    (the steady load before the action; on a busy machine, scheduling alone makes gaps)."""
+    done = sorted(h.done for h in hits if h.ok and h.done < t0)
+    return max((b - a for a, b in zip(done, done[1:])), default=0.0) * 1e3
+
+
 def recovered_at(hits: list[Hit], t_from: float) -> float:
     """When the 200 that ended the longest time without one (from t_from on) was received."""
     done = sorted(h.done for h in hits if h.ok and h.done >= t_from)
@@ -218,24 +251,55 @@ def workers_of(c: Coffeehouse, pid: int) -> set[int]:
     return out
 
 
-def action_under_load(c: Coffeehouse, server: str, verb: str) -> dict[str, Any]:
-    """One round of `procguardctl VERB coffeehouse<server>` under the bounded load (see the docstring)."""
+def percentile_ms(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of durations in seconds, in ms; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))] * 1e3
+
+
+def latencies(hits: list[Hit], t0: float, t_done: float) -> tuple[dict[str, float], dict[str, float]]:
+    """p50/p99 latency (ms): steady (the requests completed before the action started at t0) and across
+    the action (those sent from t0 to t_done, when the transition ended), answered or not."""
+    def of(took: list[float]) -> dict[str, float]:
+        return {"p50_ms": percentile_ms(took, 50), "p99_ms": percentile_ms(took, 99), "n": len(took)}
+
+    return (of([h.done - h.sent for h in hits if h.done < t0]),
+            of([h.done - h.sent for h in hits if t0 <= h.sent <= t_done]))
+
+
+def action_under_load(c: Coffeehouse, server: str, verb: str, expect_ok: bool = True,
+                      steady_ok: int = PRE_OK) -> dict[str, Any]:
+    """One round of `procguardctl VERB coffeehouse<server>` (or, for verb KILL, a SIGKILL of its master)
+    under the bounded load (see the docstring). steady_ok: requests answered 200 before the action, whose
+    latencies are the steady p50/p99. expect_ok: the command's exit status expected (0 or not)."""
     before = status_row(c, server)
     old_pid = int(before["pid"])
     old_workers = workers_of(c, old_pid)
     with Load(c.ports[server]) as load:
-        poll_until(lambda: load.ok_done_after(load.started) >= PRE_OK, 60,
-                   f"{server}: {PRE_OK} requests answered before {verb}", interval_s=POLL_S)
+        poll_until(lambda: load.ok_done_after(load.started) >= steady_ok, 120,
+                   f"{server}: {steady_ok} requests answered before {verb}", interval_s=POLL_S)
         t0 = time.monotonic()
-        r = c.ctl(verb, program(server))
+        if verb == KILL:
+            os.kill(old_pid, signal.SIGKILL)
+            reply = f"SIGKILL to {old_pid}"
+        else:
+            r = c.ctl(verb, program(server))
+            reply = (r.stdout + r.stderr).strip()
+            if (r.returncode == 0) != expect_ok:
+                raise BenchError(f"procguardctl {verb} {program(server)} exited {r.returncode}, expected "
+                                 f"{'0' if expect_ok else 'non-zero'}: {reply[-3000:]}")
         t1 = time.monotonic()
-        if r.returncode != 0:
-            raise BenchError(f"procguardctl {verb} {program(server)} exited {r.returncode}: {r.stdout}{r.stderr}")
-        reply = r.stdout.strip()
+        if verb == KILL:  # the transition ends when a new master is RUNNING
+            poll_until(lambda: status_row(c, server).get("pid") not in (None, old_pid)
+                       and status_row(c, server).get("state") == "RUNNING", 120,
+                       f"{server}: a new master RUNNING after SIGKILL", interval_s=POLL_S)
+            t1 = time.monotonic()
         after = status_row(c, server)
         new_pid = int(after["pid"]) if after.get("pid") is not None else None
         t_done = t1
-        if new_pid == old_pid:
+        if new_pid == old_pid and verb != "deploy":
             # An in-place reload (HUP): the command returned once the signal was sent; the transition
             # ends when the old workers are gone and as many new ones serve.
             def replaced() -> bool:
@@ -249,6 +313,7 @@ def action_under_load(c: Coffeehouse, server: str, verb: str) -> dict[str, Any]:
         poll_until(lambda: load.ok_done_after(t_done) >= POST_OK, 60,
                    f"{server}: {POST_OK} requests answered after {verb}", interval_s=POLL_S)
     hits = list(load.hits)
+    steady, across = latencies(hits, t0, t_done)
     return {
         "failed": sum(1 for h in hits if not h.ok),
         "failed_before_action": sum(1 for h in hits if not h.ok and h.done < t0),
@@ -257,7 +322,10 @@ def action_under_load(c: Coffeehouse, server: str, verb: str) -> dict[str, Any]:
         "cli_ms": (t1 - t0) * 1e3,
         "transition_ms": (t_done - t0) * 1e3,
         "gap_ms": longest_gap_ms(hits, t0, t_done),
+        "steady_gap_ms": steady_gap_ms(hits, t0),
         "slowest_request_ms": max(h.done - h.sent for h in hits) * 1e3,
+        "steady_p50_ms": steady["p50_ms"], "steady_p99_ms": steady["p99_ms"],
+        "across_p50_ms": across["p50_ms"], "across_p99_ms": across["p99_ms"], "across_requests": across["n"],
         "old_pid": old_pid,
         "new_pid": new_pid,
         "reply": reply,
@@ -336,8 +404,10 @@ def load_line(label: str, i: int, r: dict[str, Any]) -> str:
     errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "no errors"
     extra = f"; transition {r['transition_ms']:.0f} ms" if r["transition_ms"] > r["cli_ms"] + 1 else ""
     return (f"  {label:<34} round {i + 1}: failed {r['failed']:>4} of {r['requests']:>5} ({errors}); "
-            f"command {r['cli_ms']:.0f} ms{extra}; longest gap {r['gap_ms']:.0f} ms; "
-            f"slowest request {r['slowest_request_ms']:.0f} ms")
+            f"command {r['cli_ms']:.0f} ms{extra}; longest gap {r['gap_ms']:.0f} ms (steady {r['steady_gap_ms']:.0f}); "
+            f"slowest request {r['slowest_request_ms']:.0f} ms; p50/p99 {r['across_p50_ms']:.1f}/"
+            f"{r['across_p99_ms']:.1f} ms across ({r['across_requests']} requests), steady "
+            f"{r['steady_p50_ms']:.1f}/{r['steady_p99_ms']:.1f} ms")
 
 
 def med_max_line(label: str, s: dict[str, Any], keys: tuple[tuple[str, str, str], ...]) -> str:
@@ -348,7 +418,8 @@ def med_max_line(label: str, s: dict[str, Any], keys: tuple[tuple[str, str, str]
     return f"  {label:<34} median / max: " + "; ".join(parts)
 
 
-LOAD_KEYS = ("failed", "cli_ms", "gap_ms", "transition_ms", "slowest_request_ms")
+LOAD_KEYS = ("failed", "cli_ms", "gap_ms", "steady_gap_ms", "transition_ms", "slowest_request_ms", "steady_p50_ms",
+             "steady_p99_ms", "across_p50_ms", "across_p99_ms")
 SIGKILL_KEYS = ("first_200_ms", "running_ms", "failed", "max_gap_ms", "recovered_ms")
 
 
@@ -360,12 +431,12 @@ def coffeehouse(server: str, held: bool, survivors: list[str]) -> Iterator[Coffe
     and are printed.
     """
     setup = "held socket" if held else "own bind"
-    print(f"{server}: {setup} " + (f"(conf.d/{server}.toml as shipped)" if held else
+    print(f"{server}: {setup} " + (f"(conf.d/{server}.toml as shipped, in releases/N + current)" if held else
                                    "(the server binds its port itself, no held socket)"), flush=True)
     d = DaemonRun()
     c: Coffeehouse | None = None
     try:
-        c = start(d, (server,), held=held)
+        c = start(d, (server,), held=held, releases=held)  # deploys need the release layout
         c.wait_healthy(server)
         yield c
     finally:
@@ -384,11 +455,23 @@ def coffeehouse(server: str, held: bool, survivors: list[str]) -> Iterator[Coffe
             print(f"  {server} ({setup}): no process outlived the daemon", flush=True)
 
 
-def load_rounds(c: Coffeehouse, server: str, verb: str, label: str, rounds: int) -> dict[str, Any]:
+def load_rounds(c: Coffeehouse, server: str, verb: str, label: str, rounds: int, steady_ok: int = PRE_OK,
+                breakage: Breakage | None = None) -> dict[str, Any]:
+    """`rounds` of action_under_load. breakage (deploy only): each round deploys a fresh release,
+    Breakage.NONE a good one (it stays), another a broken one (expected to fail; `current` is flipped
+    back to the good release afterwards)."""
     runs: list[dict[str, Any]] = []
     for i in range(rounds):
         c.wait_healthy(server)
-        runs.append(action_under_load(c, server, verb))
+        good = c.current() if c.releases is not None else None
+        if breakage is not None:
+            c.flip(c.new_release(breakage))
+        try:
+            runs.append(action_under_load(c, server, verb, expect_ok=breakage in (None, Breakage.NONE),
+                                          steady_ok=steady_ok))
+        finally:
+            if breakage not in (None, Breakage.NONE) and good is not None:
+                c.flip(good)
         print(load_line(label, i, runs[-1]), flush=True)
     out = summarize(runs, LOAD_KEYS)
     print(med_max_line(label, out, (("failed", "failed", ""), ("cli_ms", "command", " ms"), ("gap_ms", "gap", " ms"))),
@@ -403,18 +486,39 @@ def backoff_reset_s(c: Coffeehouse, server: str) -> float:
     return parse_duration(table["backoff_reset"]) if "backoff_reset" in table else DEFAULT_BACKOFF_RESET_S
 
 
+def wait_stable(c: Coffeehouse, server: str, stable_s: float, what: str) -> None:
+    """Until the master has been up stable_s. A crash after a stable run (up >= backoff_reset) is
+    restarted at once; an earlier one waits a backoff that doubles per crash in a row
+    (procguard/process.py, exited()). Every round times the first case, the usual production crash,
+    instead of a backoff growing round by round."""
+    poll_until(lambda: (status_row(c, server).get("uptime_s") or 0.0) >= stable_s, stable_s + 120,
+               f"{server}: up for {stable_s:g} s (backoff_reset + {STABLE_MARGIN_S:g} s) before {what}",
+               interval_s=0.2)
+
+
+def sigkill_load_rounds(c: Coffeehouse, server: str, rounds: int) -> dict[str, Any]:
+    """SIGKILL of the master under the load: the requests lost (issue #16: a crashed master loses none)."""
+    label = "SIGKILL of the master, under load"
+    stable_s = backoff_reset_s(c, server) + STABLE_MARGIN_S
+    runs: list[dict[str, Any]] = []
+    for i in range(rounds):
+        c.wait_healthy(server)
+        wait_stable(c, server, stable_s, f"SIGKILL under load, round {i + 1}")
+        runs.append(action_under_load(c, server, KILL))
+        print(load_line(label, i, runs[-1]), flush=True)
+    out = summarize(runs, LOAD_KEYS)
+    print(med_max_line(label, out, (("failed", "lost", ""), ("cli_ms", "to RUNNING", " ms"),
+                                    ("gap_ms", "gap", " ms"))), flush=True)
+    return out
+
+
 def sigkill_rounds(c: Coffeehouse, server: str, rounds: int) -> dict[str, Any]:
     label = "SIGKILL of the master, held socket"
     stable_s = backoff_reset_s(c, server) + STABLE_MARGIN_S
     kills: list[dict[str, Any]] = []
     for i in range(rounds):
         c.wait_healthy(server)
-        # A crash after a stable run (up >= backoff_reset) is restarted at once; an earlier one waits a
-        # backoff that doubles per crash in a row (procguard/process.py, exited()). Every round times
-        # the first case, the usual production crash, instead of a backoff growing round by round.
-        poll_until(lambda: (status_row(c, server).get("uptime_s") or 0.0) >= stable_s, stable_s + 120,
-                   f"{server}: up for {stable_s:g} s (backoff_reset + {STABLE_MARGIN_S:g} s) before SIGKILL "
-                   f"round {i + 1}", interval_s=0.2)
+        wait_stable(c, server, stable_s, f"SIGKILL round {i + 1}")
         kills.append(k := sigkill_once(c, server))
         errors = ", ".join(f"{e} {n}" for e, n in sorted(k["errors"].items())) or "no errors"
         print(f"  {label:<34} round {i + 1}: first 200 after {k['first_200_ms']:.0f} ms; RUNNING (new pid) after "
@@ -426,14 +530,29 @@ def sigkill_rounds(c: Coffeehouse, server: str, rounds: int) -> dict[str, Any]:
     return out
 
 
-def bench_server(server: str, rounds: int, out: dict[str, Any]) -> None:
+def bench_server(server: str, rounds: int, out: dict[str, Any], bench: Bench) -> None:
     """Every measurement of one server into `out` (filled as it goes, so a failure keeps what was done)."""
     out["survivors"] = {"held": [], "own_bind": []}
     with coffeehouse(server, True, out["survivors"]["held"]) as c:
-        out["restart_held"] = load_rounds(c, server, "restart", "restart, held socket", rounds)
+        out["restart_held"] = load_rounds(c, server, "restart", "restart, held socket", rounds, STEADY_OK)
         out["reload_app"] = load_rounds(c, server, "reload-app", "reload-app, held socket", rounds)
         print(f"  {'':<34} reload-app replied: {out['reload_app']['rounds'][-1]['reply']!r}")
+        out["memory"] = generation_memory(c, server)
+        with peak_rss(c, server, out["memory"]):
+            out["deploy"] = load_rounds(c, server, "deploy", "deploy (next release), held socket", rounds,
+                                        STEADY_OK, Breakage.NONE)
+        m = out["memory"]
+        print(f"  {'memory':<34} one generation: {m['processes']} processes, RSS {m['rss_mib']:.0f} MiB, PSS "
+              f"{m['pss_mib']:.0f} MiB; peak RSS of both generations during the deploys {m['peak_rss_mib']:.0f} MiB",
+              flush=True)
+        # One round: the verdict waits for the next generation to fail (start_timeout where it never
+        # exits, e.g. uvicorn's workers respawned by its own manager).
+        out["deploy_broken"] = load_rounds(c, server, "deploy", "deploy of a release that fails import", 1,
+                                           PRE_OK, Breakage.IMPORT_ERROR)
         out["sigkill"] = sigkill_rounds(c, server, rounds)
+        out["sigkill_load"] = sigkill_load_rounds(c, server, rounds)
+        if server == "gunicorn":
+            out["peers"] = peer_restarts(c, bench, rounds)
     with coffeehouse(server, False, out["survivors"]["own_bind"]) as c:
         out["restart_own_bind"] = load_rounds(c, server, "restart", "restart, own bind", rounds)
 
@@ -487,7 +606,164 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"  note: {server}: in {len(early)} of {len(kills)} SIGKILL round(s) the first 200 came before the "
                   f"new master was RUNNING (the old master's orphaned workers answered on the held socket); the "
                   f"longest time without a 200 was {gaps:.0f} ms (median)")
+    print_deploy_table(results)
     print(f"  server processes that outlived their daemon: {results['survivors_total']}")
+
+
+def print_deploy_table(results: dict[str, Any]) -> None:
+    """Deploys beside restarts (issue #16): medians, max in brackets where it matters."""
+    def med(s: dict[str, Any] | None, key: str, fmt: str = ".0f") -> str:
+        return format(s[key]["median"], fmt) if s and s.get(key) else "-"
+
+    def mx(s: dict[str, Any] | None, key: str) -> str:
+        return f"{s[key]['max']:.0f}" if s and s.get(key) else "-"
+
+    print("deploys (median; [max] over the rounds; latencies: p50/p99 ms across the action vs the steady load "
+          "before it):")
+    head = ("row", "failed [max]", "longest gap ms [max]", "steady gap ms", "p50/p99 across", "p50/p99 steady",
+            "command ms")
+    print("  " + " | ".join(head))
+    for server, r in results["servers"].items():
+        if r.get("skipped"):
+            continue
+        rows = [(f"{server}: deploy", r.get("deploy")), (f"{server}: restart (held)", r.get("restart_held")),
+                (f"{server}: SIGKILL under load", r.get("sigkill_load"))]
+        rows += [(f"{server} under {kind}: restart", s) for kind, s in (r.get("peers") or {}).items()
+                 if not s.get("skipped")]
+        for label, s in rows:
+            print(f"  {label} | {med(s, 'failed')} [{mx(s, 'failed')}] | {med(s, 'gap_ms')} [{mx(s, 'gap_ms')}] | "
+                  f"{med(s, 'steady_gap_ms')} | "
+                  f"{med(s, 'across_p50_ms', '.1f')}/{med(s, 'across_p99_ms', '.1f')} | "
+                  f"{med(s, 'steady_p50_ms', '.1f')}/{med(s, 'steady_p99_ms', '.1f')} | {med(s, 'cli_ms')}")
+        m = r.get("memory")
+        if m and "peak_rss_mib" in m:
+            print(f"  {server}: memory of one generation: RSS {m['rss_mib']:.0f} MiB, PSS {m['pss_mib']:.0f} MiB "
+                  f"({m['processes']} processes); both generations during the deploys, peak RSS "
+                  f"{m['peak_rss_mib']:.0f} MiB")
+        broken = r.get("deploy_broken")
+        if broken:
+            print(f"  {server}: deploy of a broken release (fails import) | failed {med(broken, 'failed')} | verdict "
+                  f"after {broken['cli_ms']['median'] / 1e3:.1f} s | p50/p99 {med(broken, 'across_p50_ms', '.1f')}/"
+                  f"{med(broken, 'across_p99_ms', '.1f')}")
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+def generation_memory(c: Coffeehouse, server: str) -> dict[str, float]:
+    """RSS and PSS (MiB) of the serving generation: its master and every descendant."""
+    rss = pss = 0
+    root = psutil.Process(int(status_row(c, server)["pid"]))
+    procs = [root, *root.children(recursive=True)]
+    for proc in procs:
+        try:
+            m = proc.memory_full_info()
+        except psutil.Error:  # exited meanwhile
+            continue
+        rss, pss = rss + m.rss, pss + m.pss
+    return {"processes": len(procs), "rss_mib": rss / 2**20, "pss_mib": pss / 2**20}
+
+
+@contextmanager
+def peak_rss(c: Coffeehouse, server: str, out: dict[str, Any]) -> Iterator[None]:
+    """While the body runs, sample every 5 POLL_S the summed RSS of the process trees of the daemon's
+    children that run this server (both generations during a deploy); the peak goes into
+    out["peak_rss_mib"]."""
+    assert c.d.proc is not None
+    daemon = psutil.Process(c.d.proc.pid)
+    marker = f"/bin/{server}"
+    stop = threading.Event()
+    peak = [0]
+
+    def sample() -> None:
+        while not stop.is_set():
+            total = 0
+            for master in daemon.children():  # each generation's master, then its whole tree
+                try:
+                    if marker in " ".join(master.cmdline()):
+                        total += sum(p.memory_info().rss for p in (master, *master.children(recursive=True)))
+                except psutil.Error:  # exited meanwhile
+                    pass
+            peak[0] = max(peak[0], total)
+            stop.wait(POLL_S * 5)
+
+    thread = threading.Thread(target=sample, daemon=True, name="peak-rss")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+        out["peak_rss_mib"] = peak[0] / 2**20
+
+
+# ------------------------------------------------------------------------------------------- peers
+
+
+def peer_restarts(c: Coffeehouse, bench: Bench, rounds: int) -> dict[str, Any]:
+    """The same gunicorn (conf.d/gunicorn.toml's command, the same release directory and database)
+    under supervisord (it binds its port: supervisord holds no socket for a [program]) and circus (its
+    held socket, use_sockets), each `restart` under the same load: their figures beside procguard's."""
+    with open(c.d.work / "conf.d" / "gunicorn.toml", "rb") as f:
+        table = tomllib.load(f)["program"][program("gunicorn")]
+    argv = [a.replace("{here}/..", str(c.d.work)) for a in table["command"]]
+    bind = argv.index("--bind") + 1
+    database = table["environment"]["COFFEEHOUSE_DB"]
+    out: dict[str, Any] = {}
+    for kind, held in (("supervisord", False), ("circus", True)):
+        missing = peer_missing(kind)
+        if missing is not None:
+            out[kind] = {"skipped": missing}
+            print(f"  peer {kind}: skipped: {missing}", flush=True)
+            continue
+        port = free_port()
+        peer_argv = list(argv)
+        peer_argv[bind] = f"fd://{HELD_FD}" if held else f"127.0.0.1:{port}"
+        prog = Program(name="web", argv=("/usr/bin/env", f"COFFEEHOUSE_DB={database}", *peer_argv),
+                       directory=str(c.d.work / "current"), held_socket="web" if held else None,
+                       stdout=str(c.d.work / "logs" / f"peer-{kind}.log"), stopwaitsecs=15.0)
+        system = make(kind, bench, f"coffeehouse-{kind}", [prog], {"web": port} if held else None)
+        system.start()
+        label = f"restart under {kind} ({'held socket' if held else 'gunicorn binds'})"
+        runs: list[dict[str, Any]] = []
+        try:
+            poll_until(lambda: (system.check_alive(), get_once(port, 2.0).ok)[1], 120,
+                       f"{kind}: the coffeehouse gunicorn answering", interval_s=0.1)
+            system.wait_control()
+            for i in range(rounds):
+                runs.append(peer_restart_once(system, port, label))
+                print(load_line(label, i, runs[-1]), flush=True)
+        finally:
+            system.children()  # record them for the bench's cleanup
+            system.terminate(60)
+        out[kind] = summarize(runs, LOAD_KEYS) | {"held": held}
+    return out
+
+
+def peer_restart_once(system: Any, port: int, label: str) -> dict[str, Any]:
+    """`<peer>ctl restart web` under the load: the same figures as action_under_load."""
+    with Load(port) as load:
+        poll_until(lambda: load.ok_done_after(load.started) >= STEADY_OK, 120, f"{label}: steady requests",
+                   interval_s=POLL_S)
+        t0 = time.monotonic()
+        r = subprocess.run(system.ctl("restart", "web"), capture_output=True, text=True, timeout=180,
+                           stdin=subprocess.DEVNULL, cwd="/")
+        t1 = time.monotonic()
+        if r.returncode != 0:
+            raise BenchError(f"{label}: {system.ctl('restart', 'web')} exited {r.returncode}: {r.stdout}{r.stderr}")
+        system.children()
+        poll_until(lambda: load.ok_done_after(t1) >= POST_OK, 120, f"{label}: requests after", interval_s=POLL_S)
+    hits = list(load.hits)
+    # The transition ends with the first 200 after the command returned (supervisord's and circus's
+    # restart return before the new gunicorn answers).
+    t_done = min((h.done for h in hits if h.ok and h.done >= t1), default=t1)
+    steady, across = latencies(hits, t0, t_done)
+    return {"failed": sum(1 for h in hits if not h.ok), "requests": len(hits), "errors": error_counts(hits),
+            "cli_ms": (t1 - t0) * 1e3, "transition_ms": (t_done - t0) * 1e3,
+            "gap_ms": longest_gap_ms(hits, t0, t_done), "steady_gap_ms": steady_gap_ms(hits, t0),
+            "slowest_request_ms": max(h.done - h.sent for h in hits) * 1e3,
+            "steady_p50_ms": steady["p50_ms"], "steady_p99_ms": steady["p99_ms"],
+            "across_p50_ms": across["p50_ms"], "across_p99_ms": across["p99_ms"], "across_requests": across["n"]}
 
 
 def run(only: tuple[str, ...], args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
@@ -517,7 +793,7 @@ def run(only: tuple[str, ...], args: argparse.Namespace, bench: Bench) -> dict[s
             print(f"{server}: skipped: {reason}\n", flush=True)
             continue
         try:
-            bench_server(server, rounds, out)
+            bench_server(server, rounds, out, bench)
         # A server's boundary: record why the harness could not measure it (a server that never came
         # up, a command that failed, a wait that timed out) and go on with the next one; run() then
         # fails the run. KeyboardInterrupt and bench_main's Interrupted are BaseExceptions: they unwind.

@@ -17,7 +17,8 @@ from tests.servers.coffeehouse import why_missing
 
 pytestmark = pytest.mark.skipif(why_missing("gunicorn") is not None, reason=str(why_missing("gunicorn")))
 
-LOAD_FIGURES = ("cli_ms", "gap_ms", "transition_ms", "slowest_request_ms")
+LOAD_FIGURES = ("cli_ms", "gap_ms", "steady_gap_ms", "transition_ms", "slowest_request_ms", "steady_p50_ms", "steady_p99_ms",
+                "across_p50_ms", "across_p99_ms")
 SIGKILL_FIGURES = ("first_200_ms", "running_ms", "max_gap_ms", "recovered_ms")
 
 
@@ -31,7 +32,8 @@ def is_number(value: object) -> bool:
 
 def test_quick_gunicorn_run_has_every_figure_and_no_survivors(tmp_path: Path) -> None:
     out = tmp_path / "servers.json"
-    # 600 s is a hang guard on a loaded box, not a speed limit (the run takes ~20 s on an idle 2-core one).
+    # 600 s is a hang guard on a loaded box, not a speed limit (the run took 165-250 s on a busy 2-core box;
+    # the deploy, broken-release, SIGKILL-under-load and peer rounds of issue #16 are most of it).
     r = subprocess.run([sys.executable, "benchmarks/bench_servers.py", "--quick", "--only", "gunicorn", "--json",
                         str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
@@ -39,13 +41,20 @@ def test_quick_gunicorn_run_has_every_figure_and_no_survivors(tmp_path: Path) ->
     assert doc["harness_errors"] == {}
     assert list(doc["servers"]) == ["gunicorn"]
     g = doc["servers"]["gunicorn"]
-    for key in ("restart_held", "restart_own_bind", "reload_app"):
-        rounds = g[key]["rounds"]
+    peers = [g["peers"][kind] for kind in ("supervisord", "circus")]
+    for key, s in (*((k, g[k]) for k in ("restart_held", "restart_own_bind", "reload_app", "deploy", "deploy_broken",
+                                          "sigkill_load")), ("supervisord", peers[0]), ("circus", peers[1])):
+        rounds = s["rounds"]
         assert len(rounds) == doc["rounds"] == 1, (key, rounds)
         for row in rounds:
             assert is_count(row["failed"]) and is_count(row["requests"]), (key, row)
             assert all(is_number(row[f]) for f in LOAD_FIGURES), (key, row)
-        assert is_count(g[key]["failed"]["median"]) and is_count(g[key]["failed"]["max"]), (key, g[key]["failed"])
+        assert is_count(s["failed"]["median"]) and is_count(s["failed"]["max"]), (key, s["failed"])
+    # A deploy replaced the master; a broken release's did not; a SIGKILLed master was replaced.
+    assert all(r["new_pid"] != r["old_pid"] for k in ("deploy", "sigkill_load") for r in g[k]["rounds"]), g
+    assert all(r["new_pid"] == r["old_pid"] for r in g["deploy_broken"]["rounds"]), g["deploy_broken"]
+    memory = g["memory"]
+    assert all(is_number(memory[k]) and memory[k] > 0 for k in ("rss_mib", "pss_mib", "peak_rss_mib")), memory
     for row in g["sigkill"]["rounds"]:
         assert is_count(row["failed"]) and is_count(row["probes"]), row
         assert all(is_number(row[f]) for f in SIGKILL_FIGURES), row
@@ -55,3 +64,4 @@ def test_quick_gunicorn_run_has_every_figure_and_no_survivors(tmp_path: Path) ->
     assert doc["survivors_total"] == 0
     assert doc["cleanup_killed"] == []
     assert "summary" in r.stdout and "not measured here" in r.stdout
+    assert "gunicorn under supervisord: restart" in r.stdout and "gunicorn: deploy of a broken release" in r.stdout

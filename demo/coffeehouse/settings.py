@@ -26,6 +26,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "coffeehouse.release.release_header",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -81,6 +82,11 @@ STATIC_ROOT = os.environ.get("COFFEEHOUSE_STATIC_ROOT", str(BASE_DIR / "staticfi
 
 # A file whose existence makes /health/ answer 503 (take one server out of rotation by hand).
 HEALTH_DOWN_FILE = os.environ.get("COFFEEHOUSE_HEALTH_DOWN_FILE", str(BASE_DIR / "health-down"))
+
+# Which release this is, sent in every response's X-Coffeehouse-Release header: the name of the release
+# directory (BASE_DIR with symlinks resolved: "3" for /srv/coffeehouse/releases/3 reached through the
+# `current` symlink, docs/deploys.md; "demo" for this checkout), unless COFFEEHOUSE_RELEASE says.
+RELEASE = os.environ.get("COFFEEHOUSE_RELEASE") or BASE_DIR.name
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -20,7 +20,8 @@ def drink(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def health(request: HttpRequest) -> HttpResponse:
-    """200 "ok" when the app can answer from its database; 503 with the reason otherwise.
+    """200 "ok pid PID release RELEASE" when the app can answer from its database; 503 with the reason
+    otherwise (a loop of curl on it shows which generation answers across a deploy, docs/deploys.md).
 
     Kept cheap (one indexed query): procguard runs it every few seconds on every server. The file
     settings.HEALTH_DOWN_FILE makes it fail on purpose, to drain a server or to watch procguard react.
@@ -31,4 +32,4 @@ def health(request: HttpRequest) -> HttpResponse:
         Drink.objects.exists()
     except DatabaseError as exc:
         return HttpResponse(f"database: {exc}\n", status=503, content_type="text/plain")
-    return HttpResponse(f"ok {os.getpid()}\n", content_type="text/plain")
+    return HttpResponse(f"ok pid {os.getpid()} release {settings.RELEASE}\n", content_type="text/plain")
