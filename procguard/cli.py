@@ -13,6 +13,7 @@ import structlog
 from procguard.config import Config, ConfigDiff, describe, load_config
 from procguard.control import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
+from procguard.executor import IdleExitPool
 from procguard.log import configure_logging
 from procguard.notify import SystemdNotifier
 from procguard.sockets import SocketError
@@ -36,6 +37,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(IdleExitPool())  # to_thread workers leave when idle (executor.py)
         # Read (and removed from our environment) before anything can start a child.
         self.systemd = systemd = SystemdNotifier.from_environ()
         is_subreaper = become_subreaper()

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import psutil
 import structlog
 import zmq
 import zmq.asyncio
@@ -115,6 +114,8 @@ def action_dict(r: ActionResult, action: str) -> dict[str, Any]:
 
 def tree_usage(pids: list[int], window_s: float = CPU_SAMPLE_S) -> dict[int, dict[str, Any]]:
     """RSS and CPU% of each pid's whole process tree, CPU sampled over window_s. Blocking: run off-loop."""
+    import psutil  # only `status -l` needs it: the idle daemon never loads it (#17)
+
     trees: dict[int, list[psutil.Process]] = {}
     for pid in pids:
         try:

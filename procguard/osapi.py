@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import psutil
 import structlog
 
 from procguard.errors import SpawnError
@@ -321,6 +320,8 @@ def _scan_strays(leaders: dict[int, str], tracked: set[int]) -> dict[int, set[in
 
     One pass over /proc for all leaders (`leaders` maps leader pid to process name).
     """
+    import psutil  # lazily: only a stop that finds strays loads it, not an idle daemon (#17)
+
     children_of: dict[int, list[int]] = {}
     for proc in psutil.process_iter(["ppid"]):
         ppid = proc.info["ppid"]
@@ -353,15 +354,38 @@ def _scan_strays(leaders: dict[int, str], tracked: set[int]) -> dict[int, set[in
 
 def untracked_children(tracked: set[int]) -> list[int]:
     """Our direct children that no program owns (orphans reparented to the subreaper)."""
-    out = []
-    for child in psutil.Process().children():
-        if child.pid not in tracked:
-            out.append(child.pid)
+    return [pid for pid in direct_children() if pid not in tracked]
+
+
+def direct_children() -> set[int]:
+    """This process's children: /proc/self/task/*/children (proc(5)), not a scan of every process.
+
+    A child is listed under the thread that forked it (or, once that thread ended, the one it was
+    reparented to inside this process), so every thread's list is read. Without CONFIG_PROC_CHILDREN:
+    psutil's scan of /proc.
+    """
+    out: set[int] = set()
+    try:
+        tids = os.listdir("/proc/self/task")
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                    out.update(int(pid) for pid in f.read().split())
+            except FileNotFoundError:
+                if not os.path.exists("/proc/self/task/" + tid):
+                    continue  # that thread ended meanwhile
+                raise
+    except FileNotFoundError:
+        import psutil  # lazily: only where the kernel lacks the children file
+
+        return {child.pid for child in psutil.Process().children()}
     return out
 
 
 def tree_rss(pid: int) -> int | None:
     """RSS of pid and all its descendants in bytes; None when pid is gone. Blocking: run off-loop."""
+    import psutil  # lazily: an idle daemon without memory guards never loads it (#17)
+
     try:
         leader = psutil.Process(pid)
         procs = [leader, *leader.children(recursive=True)]

@@ -33,6 +33,7 @@ from datetime import datetime
 import structlog
 
 from procguard.config import LOG_INHERIT, LOG_NONE, ProcessConfig, ProgramConfig
+from procguard.executor import IDLE_EXIT_S
 
 log = structlog.get_logger()
 
@@ -279,7 +280,10 @@ class InheritWriter:
         while True:
             with self._cond:
                 while not self._queue:
-                    self._cond.wait()
+                    # Idle: leave (write starts another); an idle daemon keeps no thread (#17).
+                    if not self._cond.wait(IDLE_EXIT_S) and not self._queue:
+                        self._thread = None
+                        return
                 data = self._queue.popleft()
             try:
                 view = memoryview(data)
