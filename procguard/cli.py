@@ -20,6 +20,7 @@ from procguard.sockets import SocketError
 from procguard.osapi import RealOS, become_subreaper, untracked_children
 from procguard.protocol import VERSION
 from procguard.supervisor import Supervisor
+from procguard.terminal import HelpFormatter
 
 log = structlog.get_logger()
 
@@ -203,7 +204,8 @@ class Daemon:
                 osapi.on_reaped = before
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.")
+    parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="main TOML config file")
     parser.add_argument("--check", action="store_true", help="validate the config, print the programs, exit 0/1")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override loglevel")

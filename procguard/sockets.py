@@ -23,7 +23,6 @@ its own pid (which exec keeps) and exec the real command.
 
 import ctypes
 import os
-import shutil
 import socket
 import stat
 import struct
@@ -260,6 +259,8 @@ class SocketSet:
 
 def wrap_command(argv: list[str], fds: list[int], path: str | None) -> list[str]:
     """The argv that runs `argv` with `fds` at 3.. (see SHIM). Raises FileNotFoundError early, as Popen would."""
+    import shutil  # here: shutil brings bz2 and lzma, 0.6 MiB an idle daemon without sockets never needs (#17)
+
     if "/" not in argv[0] and shutil.which(argv[0], path=path) is None:
         raise FileNotFoundError(2, "No such file or directory", argv[0])
     return [sys.executable, "-S", "-c", SHIM, ",".join(map(str, fds)), *argv]
