@@ -553,7 +553,9 @@ class Output:
 
     def dropped(self, process: str) -> int:
         # Two lookups, not a scan: status asks for every process (a scan was 40 ms at 1000 processes).
-        return sum(s.dropped for name in ("stdout", "stderr") if (s := self._streams.get((process, name))))
+        out = self._streams.get((process, "stdout"))
+        err = self._streams.get((process, "stderr"))
+        return (out.dropped if out else 0) + (err.dropped if err else 0)  # no generator: 1000 calls a status
 
     def reopen(self) -> int:
         """Reopen every log file (SIGUSR2, `procguardctl logreopen`); return how many."""

@@ -133,7 +133,12 @@ def encode_reply(request_id: str | None, result: Any = None, error: tuple[str, s
             msg["more"] = True
     else:
         msg.update(ok=False, error={"code": error[0], "message": error[1]})
-    return json.dumps(msg).encode()
+    return _ENCODER.encode(msg).encode()
+
+
+# Our replies are trees of fresh dicts and lists: no cycles to look for (a status reply at 1000
+# processes is 1000 dicts), and no blanks after separators (10% of its bytes).
+_ENCODER = json.JSONEncoder(check_circular=False, separators=(",", ":"))
 
 
 # ------------------------------------------------------------------------------------ endpoints
