@@ -50,6 +50,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
+        # 1000 children exiting at once fill asyncio's wakeup socket, and Python then prints a traceback
+        # per dropped byte onto stderr, into the middle of our log lines. A dropped byte loses nothing:
+        # the bytes still queued wake the reaper, which collects every zombie (waitpid loop).
+        signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
         control = ControlServer(self.config, sup, self._reload_command,
                                 lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output)
         try:

@@ -66,3 +66,25 @@ def test_idle_daemon_keeps_only_zmq_threads_and_no_psutil(daemon):
     assert mapped(pid, "_psutil_linux")
     wait_until(lambda: len(threads(pid)) <= IDLE_THREADS_MAX, timeout=20,
                what=f"back to at most {IDLE_THREADS_MAX} threads; now {threads(pid)}")
+
+
+def test_a_mass_exit_keeps_the_daemon_log_one_json_event_per_line(daemon):
+    """500 children exiting at once overflow asyncio's signal wakeup socket; Python's warning about
+    each dropped byte went to stderr in the middle of the log's lines (#17). Every line stays an event,
+    and every process still reaches STOPPED (a dropped wakeup loses no exit)."""
+    d = daemon()
+    n = 500
+    d.write_config('[procguard]\nloglevel = "info"\n'
+                   f'logdir = "{d.work}/logs"\ncontrol = "{d.endpoint}"\n'
+                   + prog("many", ["/bin/sleep", "100000"], startsecs=0, numprocs=n, stdout_logfile="NONE",
+                          stderr_logfile="NONE"))
+    d.start()
+    wait_until(lambda: len(d.events("process_state_changed", new="RUNNING")) == n, timeout=120,
+               what=f"{n} RUNNING")
+    assert d.stop(timeout=120) == 0
+    lines = d.logfile.read_text().splitlines()
+    bad = [line for line in lines if not (line.startswith("{") and line.endswith("}"))]
+    assert not bad, bad[:5]
+    for line in lines:
+        json.loads(line)
+    assert len(d.events("process_state_changed", new="STOPPED")) == n
