@@ -755,7 +755,7 @@ WORKLOAD_PHASES = {
     "status": ("status",),
     "startup": ("fleet", "status"),
     "idle": ("fleet",),
-    "shutdown": ("fleet",),
+    "shutdown": ("fleet", "status"),  # 1000 children: the status phase's big fleets (--full)
     "output": ("output",),
     "restart": ("restart",),
 }
