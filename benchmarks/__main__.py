@@ -37,7 +37,7 @@ from typing import Any
 import psutil
 
 import benchmarks  # noqa: F401  (puts benchmarks/ on sys.path for the bench_* modules)
-from bench_engine import Bench, Interrupted, sigterm_unwinds
+from bench_engine import Bench, Interrupted, installed_bytecode, sigterm_unwinds
 from peers import REPO, SYSTEMS, peer_missing, version_of
 from suite import FULL, PHASES, QUICK, WORKLOAD_PHASES, Ctx, Figure, Results
 
@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", metavar="OUT", help="also write the figures as a Markdown table (RESULTS.md)")
     args = ap.parse_args(argv)
     params = QUICK if args.quick else FULL
+    installed_bytecode()
     wanted = args.only or list(WORKLOAD_PHASES)
     phases = [ph for ph in PHASES if any(ph in WORKLOAD_PHASES[w] for w in wanted)]
 

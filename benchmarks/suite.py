@@ -17,6 +17,9 @@ round, so a burst of load from elsewhere on the machine lands on all of them ali
    pidfd, as bench_control.py), each run must exit 0 and print N lines; then the server side: one
    client in this process (peers.StatusProbe), requests 5 ms apart, each reply checked for N entries.
    At N = 50 and N = 1000 (--quick: 200). 10 CLI runs and 30 requests per system (--quick: 3 and 10).
+   Every CLI run is also divided by a `python -c pass` of the same interpreter run just before it (the
+   floor of any Python CLI: a ratio that holds on a loaded machine), and at N = 50 each CLI's `--help`
+   is timed the same way (issue #17).
 3. start-up: daemon Popen until psutil sees N children of the daemon that have exec'd `sleep 100000`.
    N = 100 (5 rounds) and N = 1000 (3 rounds; --quick: one round each, N = 100 and 200). One daemon
    at a time is starting; the others are idle or stopped.
@@ -285,6 +288,14 @@ def wall_ms(argv: list[str], out: Path) -> tuple[float, int]:
     return shared_wall_ms(argv, out, CLI_TIMEOUT_S, clean_env())
 
 
+def bare_python_ms(out: Path) -> float:
+    """Wall time of `python -c pass` with the venv's interpreter, the one every CLI here runs on."""
+    ms, code = wall_ms([str(VENV_BIN / "python"), "-c", "pass"], out)
+    if code != 0:
+        raise BenchError(f"`python -c pass` exited {code}")
+    return ms
+
+
 # ---------------------------------------------------------------------------------------- respawn
 
 
@@ -360,7 +371,7 @@ def phase_fleet(ctx: Ctx) -> None:
                headline=False)
     res.figure("idle.rss", "idle", "idle: daemon RSS with 100 children", "MiB")
     res.figure("idle.uss", "idle", "idle: daemon USS with 100 children", "MiB")
-    res.figure("idle.threads", "idle", "idle: daemon threads", "", headline=False)
+    res.figure("idle.threads", "idle", "idle: daemon threads", "")
     res.figure("shutdown.100", "shutdown", "shutdown: SIGTERM -> daemon and 100 children gone", "ms")
     res.figure("shutdown.survivors", "shutdown", "shutdown: children alive 1 s after the daemon exited", "")
     broken: set[str] = set()
@@ -412,8 +423,15 @@ def phase_status(ctx: Ctx) -> None:
     """Status (CLI and server side) at 50 and big_n programs; start-up and shutdown at big_n."""
     p, res = ctx.params, ctx.res
     big = p.big_n
+    res.figure("cli.pass", "status", "bare interpreter start: `python -c pass` wall time (the CLIs' floor)", "ms",
+               headline=False)
+    res.figures["cli.pass"].na.update({k: "the same interpreter for every CLI: see procguard's column"
+                                       for k in ctx.systems if k != "procguard"})
+    res.figure("cli.help", "status", "`--help` CLI wall time", "ms", headline=False)
+    res.figure("cli.help_x_pass", "status", "`--help` CLI wall / `python -c pass`", "x")
     for n in (50, big):
         res.figure(f"status.cli.{n}", "status", f"status CLI wall time, {n} programs", "ms")
+        res.figure(f"status.cli_x_pass.{n}", "status", f"status CLI wall / `python -c pass`, {n} programs", "x")
         res.figure(f"status.server.{n}", "status", f"status server side, {n} processes", "ms", headline=(n == big))
     res.figure(f"startup.{big}", "startup", f"start-up: Popen -> {big} `sleep` children exec'd", "ms")
     res.figure(f"shutdown.{big}", "shutdown", f"shutdown: SIGTERM -> daemon and {big} children gone", "ms",
@@ -434,14 +452,26 @@ def phase_status(ctx: Ctx) -> None:
                 wait_fleet(s, n)
                 s.wait_control()
         for r in range(p.cli_runs):
+            # Each CLI sample is set against a bare start of the same interpreter taken just before it, so
+            # the ratio holds on a loaded machine where the absolute times drift.
             for kind in rotated([x for x in up if x not in broken], r):
                 with cell(ctx, "status", kind, broken):
+                    floor_ms = bare_python_ms(out)
+                    if n == 50:
+                        res.add("cli.pass", "procguard", floor_ms)
+                        ms, code = wall_ms(up[kind].ctl("--help"), out)
+                        if code != 0:
+                            raise BenchError(f"`{' '.join(up[kind].ctl('--help'))}` exited {code}")
+                        res.add("cli.help", kind, ms)
+                        res.add("cli.help_x_pass", kind, ms / floor_ms)
+                        floor_ms = bare_python_ms(out)
                     ms, code = wall_ms(up[kind].ctl("status"), out)
                     text = out.read_text(errors="replace")
                     if code != 0 or len(text.splitlines()) != n:
                         raise BenchError(f"`{' '.join(up[kind].ctl('status'))}` exited {code} with "
                                          f"{len(text.splitlines())} lines (expected 0 and {n}):\n{text[-1500:]}")
                     res.add(f"status.cli.{n}", kind, ms)
+                    res.add(f"status.cli_x_pass.{n}", kind, ms / floor_ms)
         probes = {}
         try:
             for kind in [x for x in up if x not in broken]:
@@ -725,7 +755,7 @@ WORKLOAD_PHASES = {
     "status": ("status",),
     "startup": ("fleet", "status"),
     "idle": ("fleet",),
-    "shutdown": ("fleet",),
+    "shutdown": ("fleet", "status"),  # 1000 children: the status phase's big fleets (--full)
     "output": ("output",),
     "restart": ("restart",),
 }

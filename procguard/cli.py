@@ -16,12 +16,14 @@ from procguard.config import Config, ConfigDiff, describe, load_config
 from procguard.control import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
 from procguard.events import EventBus
+from procguard.executor import IdleExitPool
 from procguard.log import LogRing, configure_logging
 from procguard.notify import SystemdNotifier
 from procguard.sockets import SocketError
 from procguard.osapi import RealOS, become_subreaper, untracked_children
 from procguard.protocol import VERSION
 from procguard.supervisor import Supervisor
+from procguard.terminal import HelpFormatter
 
 if TYPE_CHECKING:
     from procguard.metrics import MetricsServer
@@ -44,6 +46,7 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(IdleExitPool())  # to_thread workers leave when idle (executor.py)
         if self.mainlog is not None:
             self.mainlog.bind(loop)
         self.events.attach(loop)
@@ -59,6 +62,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
         loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
+        # 1000 children exiting at once fill asyncio's wakeup socket, and Python then prints a traceback
+        # per dropped byte onto stderr, into the middle of our log lines. A dropped byte loses nothing:
+        # the bytes still queued wake the reaper, which collects every zombie (waitpid loop).
+        signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
         control = ControlServer(self.config, sup, self._reload_command,
                                 lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output, self.events,
                                 alerts, self.mainlog)
@@ -239,7 +246,8 @@ class Daemon:
                 osapi.on_reaped = before
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.")
+    parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="main TOML config file")
     parser.add_argument("--check", action="store_true", help="validate the config, print the programs, exit 0/1")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override loglevel")

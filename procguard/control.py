@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-import psutil
 import structlog
 import zmq
 import zmq.asyncio
@@ -151,6 +150,8 @@ class Followed(Protocol):
 
 def tree_usage(pids: list[int], window_s: float = CPU_SAMPLE_S) -> dict[int, dict[str, Any]]:
     """RSS and CPU% of each pid's whole process tree, CPU sampled over window_s. Blocking: run off-loop."""
+    import psutil  # only `status -l` needs it: the idle daemon never loads it (#17)
+
     trees: dict[int, list[psutil.Process]] = {}
     for pid in pids:
         try:

@@ -9,7 +9,6 @@ outcome for status. It is the supervisor's friend: it uses its program table, lo
 """
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ class Deployer:
         r = self._running.get(proc)
         nxt = r.next.status(now_m, now_w) if r is not None and not r.done else None
         phase = r.phase if r is not None and not r.done else None
-        return dataclasses.replace(st, next=nxt, replace_phase=phase, last_deploy=self.outcomes.get(proc.name))
+        return st._replace(next=nxt, replace_phase=phase, last_deploy=self.outcomes.get(proc.name))
 
     def abort_all(self, reason: str) -> None:
         """The daemon is stopping: give up every replace that has not switched, and begin no other."""

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import psutil
 import structlog
 
 from procguard.errors import SpawnError
@@ -61,7 +60,7 @@ class RealOS:
         self.tasks: set[asyncio.Task[None]] = set()
         self._scan_queue: dict[Process, int | None] = {}
         self._scanning = False
-        self.on_reaped: Callable[[int], None] = lambda pid: None
+        self.on_reaped: Callable[[int], None] = lambda pid: None  # a child that led no process was reaped
         self.on_spawned: Callable[[Process], None] = lambda process: None
         self._notify: dict[Process, NotifySocket] = {}
         self._command_exits: dict[int, asyncio.Future[int]] = {}
@@ -344,6 +343,9 @@ class RealOS:
                 command.set_result(code)
         elif process is not None:
             process.exited(code)
+            # A leader is no other process's group member or stray: telling every stopping process
+            # (on_reaped) made a shutdown of 1000 programs O(N^2), a third of its loop time (#17).
+            return
         elif self._spawns_in_flight:
             self._early_exits[pid] = code
         self.on_reaped(pid)
@@ -415,11 +417,7 @@ def _scan_strays(leaders: dict[str, int | None], tracked: set[int]) -> dict[str,
     One pass over /proc for all processes (`leaders` maps process name to leader pid, None when the
     leader is gone). Blocking: run off-loop.
     """
-    children_of: dict[int, list[int]] = {}
-    for proc in psutil.process_iter(["ppid"]):
-        ppid = proc.info["ppid"]
-        if ppid is not None:
-            children_of.setdefault(ppid, []).append(proc.pid)
+    children_of = _children_by_parent()
 
     def descendants(pid: int) -> list[int]:
         out, stack = [], list(children_of.get(pid, ()))
@@ -440,42 +438,96 @@ def _scan_strays(leaders: dict[str, int | None], tracked: set[int]) -> dict[str,
                 pass
     # Orphans were reparented to us (subreaper); the PROCGUARD_PROCESS marker says whose they are, and
     # whatever they started is theirs too.
+    live_leaders = {leader for leader in leaders.values() if leader is not None}
     for pid in children_of.get(os.getpid(), ()):
-        if pid in tracked:
+        if pid in tracked or pid in live_leaders:
             continue
-        try:
-            owner = psutil.Process(pid).environ().get("PROCGUARD_PROCESS")
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
+        owner = _marker(pid)
         if owner in found:
             found[owner].add(pid)
             found[owner].update(descendants(pid))
     return found
 
 
-def _group_pids(pgid: int) -> list[int]:
-    """The members of process group pgid; its leader may be gone (blocking: reads /proc)."""
-    out: list[int] = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid:
-                out.append(proc.pid)
-        except OSError:
+def _marker(pid: int) -> str | None:
+    """The PROCGUARD_PROCESS marker in pid's environment, or None (gone, unreadable, unmarked)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return None
+    return next((v[len(b"PROCGUARD_PROCESS="):].decode(errors="replace") for v in environ
+                 if v.startswith(b"PROCGUARD_PROCESS=")), None)
+
+
+def _stat_fields() -> "list[tuple[int, list[bytes]]]":
+    """(pid, the /proc/PID/stat fields after comm) for every process; one read each (proc(5)).
+
+    Not psutil.process_iter: its Process objects (create_time, as_dict) made the stray scan the largest
+    part of a 1000-program shutdown after logging, on the spawn pool while the loop stopped the rest (#17).
+    """
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        # comm may hold spaces and parentheses: the fields after it start past the last ')'.
+        out.append((int(name), stat.rpartition(b")")[2].split(None, 3)))
     return out
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children (ppid is stat's field 4)."""
+    children_of: dict[int, list[int]] = {}
+    for pid, fields in _stat_fields():
+        if len(fields) >= 2:
+            children_of.setdefault(int(fields[1]), []).append(pid)
+    return children_of
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """The members of process group pgid (stat's field 5); its leader may be gone. Blocking: reads /proc."""
+    return [pid for pid, fields in _stat_fields() if len(fields) >= 3 and int(fields[2]) == pgid]
 
 
 def untracked_children(tracked: set[int]) -> list[int]:
     """Our direct children that no program owns (orphans reparented to the subreaper)."""
-    out = []
-    for child in psutil.Process().children():
-        if child.pid not in tracked:
-            out.append(child.pid)
+    return [pid for pid in direct_children() if pid not in tracked]
+
+
+def direct_children() -> set[int]:
+    """This process's children: /proc/self/task/*/children (proc(5)), not a scan of every process.
+
+    A child is listed under the thread that forked it (or, once that thread ended, the one it was
+    reparented to inside this process), so every thread's list is read. Without CONFIG_PROC_CHILDREN:
+    psutil's scan of /proc.
+    """
+    out: set[int] = set()
+    try:
+        tids = os.listdir("/proc/self/task")
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                    out.update(int(pid) for pid in f.read().split())
+            except FileNotFoundError:
+                if not os.path.exists("/proc/self/task/" + tid):
+                    continue  # that thread ended meanwhile
+                raise
+    except FileNotFoundError:
+        import psutil  # lazily: only where the kernel lacks the children file
+
+        return {child.pid for child in psutil.Process().children()}
     return out
 
 
 def tree_rss(pid: int) -> int | None:
     """RSS of pid and all its descendants in bytes; None when pid is gone. Blocking: run off-loop."""
+    import psutil  # lazily: an idle daemon without memory guards never loads it (#17)
+
     try:
         leader = psutil.Process(pid)
         procs = [leader, *leader.children(recursive=True)]

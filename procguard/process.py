@@ -17,7 +17,7 @@ import random
 import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, Ready
 
@@ -184,9 +184,12 @@ class ReplaceOutcome:
     reason: str  # why it failed ("" when ok)
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessStatus:
-    """A snapshot of one process for status replies."""
+class ProcessStatus(NamedTuple):
+    """A snapshot of one process for status replies.
+
+    A NamedTuple, not a frozen dataclass: status builds one per process per request, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) cost 3x as much (1000 processes, #17).
+    """
 
     name: str
     program: str

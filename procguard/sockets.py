@@ -25,7 +25,6 @@ import ctypes
 import dataclasses
 import os
 import select
-import shutil
 import socket
 import stat
 import struct
@@ -444,6 +443,8 @@ class SocketSet:
 
 def wrap_command(argv: list[str], fds: list[int], path: str | None) -> list[str]:
     """The argv that runs `argv` with `fds` at 3.. (see SHIM). Raises FileNotFoundError early, as Popen would."""
+    import shutil  # here: shutil brings bz2 and lzma, 0.6 MiB an idle daemon without sockets never needs (#17)
+
     if "/" not in argv[0] and shutil.which(argv[0], path=path) is None:
         raise FileNotFoundError(2, "No such file or directory", argv[0])
     return [sys.executable, "-S", "-c", SHIM, ",".join(map(str, fds)), *argv]

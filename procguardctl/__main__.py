@@ -9,13 +9,13 @@ import argparse
 import json
 import os
 import sys
-from datetime import timedelta
 from typing import Any
 
 from procguard.protocol import (
     E_BAD_ARGS, E_UNKNOWN_COMMAND, VERSION, ClientSettings, client_settings_from_config,
     default_endpoint, ipc_path, resolve_endpoint,
 )
+from procguard.terminal import ArgumentParser
 from procguardctl import supervisorctl
 from procguardctl.pipes import quiet_on_closed_pipe
 
@@ -39,8 +39,65 @@ COLOURS = {"RUNNING": "32", "STARTING": "33", "BACKOFF": "33", "STOPPING": "33",
            "UNKNOWN": "31"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+# Options before COMMAND that take a value: that value is not the command.
+GLOBAL_VALUED = frozenset({"-c", "--config", "-s", "--server", "--timeout", "--server-key", "--client-key"})
+
+
+def command_in(argv: list[str]) -> str | None:
+    """The COMMAND word of argv as argparse will find it; None when there is none before -h/--version.
+
+    Only a hint (abbreviated options can fool it): build_parser falls back to every command when the
+    word names none of them.
+    """
+    takes_value = False
+    for arg in argv:
+        if takes_value:
+            takes_value = False
+        elif arg in GLOBAL_VALUED:
+            takes_value = True
+        elif arg in ("-h", "--help", "--version"):
+            return None
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+class _Skipped(argparse.ArgumentParser):
+    """Stands for the parser of a command this run does not need: takes the calls, builds nothing."""
+
+    def __init__(self) -> None:  # no super().__init__: that setup is what is being saved
+        pass
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def set_defaults(self, **kwargs: Any) -> None:
+        pass
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        return self
+
+
+class _Commands:
+    """add_parser for every command, or (`only`) for one: one subparser of ~25 is a third of
+    procguardctl's own start-up (23 M instructions for all, callgrind; issue #17)."""
+
+    def __init__(self, sub: "argparse._SubParsersAction[argparse.ArgumentParser]", only: str | None) -> None:
+        self._sub, self._only, self.matched = sub, only, False
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if self._only is None or self._only == name or self._only in kwargs.get("aliases", ()):
+            self.matched = True
+            return self._sub.add_parser(name, **kwargs)
+        return _Skipped()
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (`only`) one whose subcommands are just that one, if it is one."""
+    p = ArgumentParser(
         prog="procguardctl",
         description="Control a running procguard daemon.",
         epilog="exit codes (supervisorctl's): 0 ok, 1 error, 2 usage, 3 status: not all RUNNING, 4 status: no such "
@@ -59,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-key", metavar="FILE", help="tcp://: the server's public key file")
     p.add_argument("--client-key", metavar="FILE", help="tcp://: this client's NAME.key_secret file")
     p.add_argument("--version", action="version", version=f"procguardctl {VERSION}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = _Commands(p.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=ArgumentParser), only)
 
     s = sub.add_parser("status", help="show processes (exit 3 if any is not RUNNING)")
     s.add_argument("-l", "--long", action="store_true", help="add CPU%% and RSS of each process tree")
@@ -138,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clear", help="supervisorctl's clear: start fresh log files now (the same as logrotate; "
                        "the old output is kept as FILE.1)")
     c.add_argument("names", nargs="+", help="program, program:process or all")
+    if only is not None and not sub.matched:
+        return build_parser()  # not a command: the full parser says so, with the list
     return p
 
 
@@ -221,6 +281,13 @@ def paint(text: str, state: str, colour: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
 
 
+def uptime(seconds: int) -> str:
+    """str(datetime.timedelta(seconds=...)), as supervisorctl prints it, without importing datetime (#17)."""
+    days, rest = divmod(seconds, 86400)
+    hms = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days} day{'' if days == 1 else 's'}, {hms}" if days else hms
+
+
 def describe(st: dict[str, Any]) -> str:
     """supervisorctl's description column, with the reason for every state that is not RUNNING."""
     state, pid = st.get("state"), st.get("pid")
@@ -240,8 +307,7 @@ def describe(st: dict[str, Any]) -> str:
     if isinstance(last, dict) and not last.get("ok") and nxt is None:
         extra += f"; last {last.get('trigger')} failed while {last.get('step')}: {last.get('reason')}"
     if state == "RUNNING":
-        uptime = timedelta(seconds=int(st.get("uptime_s") or 0))
-        return f"pid {pid}, uptime {uptime}{extra}"
+        return f"pid {pid}, uptime {uptime(int(st.get('uptime_s') or 0))}{extra}"
     if state in ("STARTING", "STOPPING"):
         return (f"pid {pid}, {state.lower()}" if pid else state.lower()) + extra
     desc = str(st.get("reason") or "")
@@ -272,20 +338,22 @@ def print_status(result: list[dict[str, Any]], long: bool, colour: bool) -> int:
     """supervisorctl's status: unknown names first (exit 4), then the table (exit 3 if any is not up)."""
     unknown = [st for st in result if st.get("error")]
     result = [st for st in result if not st.get("error")]
-    for st in unknown:
-        print(supervisorctl.no_such(str(st.get("name"))))
+    lines = [supervisorctl.no_such(str(st.get("name"))) for st in unknown]
+    # One write, not a print per process (1000 prints: a tenth of `status`'s instructions).
     if long:
-        print(f"{'NAME':<32} {'STATE':<9} {'CPU%':>6} {'RSS':>9} {'PROCS':>5} DESCRIPTION")
+        lines.append(f"{'NAME':<32} {'STATE':<9} {'CPU%':>6} {'RSS':>9} {'PROCS':>5} DESCRIPTION")
     for st in result:
         state = str(st.get("state"))
         name = str(st.get("name"))
         shown = paint(f"{state:<9}", state, colour)
         if long:
             cpu = "-" if st.get("cpu_percent") is None else f"{st['cpu_percent']:.1f}"
-            print(f"{name:<32} {shown} {cpu:>6} {human_bytes(st.get('rss_bytes')):>9} "
-                  f"{st.get('tree_pids') or 0:>5} {describe_full(st)}")
+            lines.append(f"{name:<32} {shown} {cpu:>6} {human_bytes(st.get('rss_bytes')):>9} "
+                         f"{st.get('tree_pids') or 0:>5} {describe_full(st)}")
         else:
-            print(f"{name:<32} {shown} {describe_full(st)}".rstrip())
+            lines.append(f"{name:<32} {shown} {describe_full(st)}".rstrip())
+    if lines:
+        print("\n".join(lines))
     code = status_code(result)
     return supervisorctl.STATUS_UNKNOWN if unknown and code == EXIT_OK else code
 
@@ -499,13 +567,13 @@ class TailPrinter:
 
 @quiet_on_closed_pipe  # every command's output, in one place (issue #14)
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(split_command(sys.argv[1:] if argv is None else argv))
+    args = split_command(sys.argv[1:] if argv is None else argv)
+    ns = build_parser(command_in(args)).parse_args(args)
     if ns.username is not None or ns.password is not None:
         print("procguardctl: -u/-p ignored: procguard authenticates clients by their uid (ipc://) or CURVE key "
               "(tcp://), not by password", file=sys.stderr)
     if ns.command == "help":
-        return print_help(parser, ns.topic)
+        return print_help(build_parser(), ns.topic)  # every command's help: the full parser
     if ns.command == "keygen":
         return keygen(ns.directory, ns.name)
     if ns.command == "import-supervisor":

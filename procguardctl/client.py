@@ -4,18 +4,19 @@ Imports only the standard library, procguard.protocol and pyzmq (a test checks i
 starts in tens of milliseconds.
 """
 
+import _socket  # the C module: socket.py's enums cost 14 M instructions of each start (callgrind, #17)
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-import zmq
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from procguard.protocol import MAX_FRAME_BYTES, encode_request, ipc_path
+from procguardctl import zmtp
+
+if TYPE_CHECKING:
+    import zmq  # tcp:// only, imported there: an ipc:// request never loads pyzmq (zmtp.py)
 
 # How long to wait for the connection and authentication before calling the daemon unreachable.
 CONNECT_TIMEOUT_S = 5.0
@@ -29,8 +30,7 @@ class TimedOut(Exception):
     """Connected, but no reply came within the timeout."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):  # not a dataclass: `dataclasses` (and inspect, ast, dis) is ~40 M instructions to import
     ok: bool
     result: Any
     code: str | None
@@ -43,27 +43,73 @@ def precheck_ipc(endpoint: str) -> None:
     ZeroMQ would just retry quietly in both cases.
     """
     path = ipc_path(endpoint)
-    if path is None:
-        return
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if path is not None:
+        _connect_unix(endpoint, path).close()
+
+
+def _connect_unix(endpoint: str, path: str) -> _socket.socket:
+    """A connected AF_UNIX stream socket to the daemon's ipc:// path, or Unreachable saying why not."""
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        s.connect(path)
-    except FileNotFoundError:
-        raise Unreachable(f"cannot reach procguard at {endpoint}: no socket there (is the daemon running? "
-                          "is this the endpoint in its config? try -c CONFIG or -s ENDPOINT)") from None
-    except PermissionError:
-        raise Unreachable(f"cannot reach procguard at {endpoint}: permission denied (uid {os.geteuid()}); "
-                          "control is for root, the daemon's user and members of its control_group") from None
-    except ConnectionRefusedError:
-        raise Unreachable(f"cannot reach procguard at {endpoint}: connection refused "
-                          "(a stale socket: the daemon is not running)") from None
-    except OSError as exc:
-        raise Unreachable(f"cannot reach procguard at {endpoint}: {exc.strerror or exc}") from None
-    finally:
+        try:
+            s.connect(path)
+        except FileNotFoundError:
+            raise Unreachable(f"cannot reach procguard at {endpoint}: no socket there (is the daemon running? "
+                              "is this the endpoint in its config? try -c CONFIG or -s ENDPOINT)") from None
+        except PermissionError:
+            raise Unreachable(f"cannot reach procguard at {endpoint}: permission denied (uid {os.geteuid()}); "
+                              "control is for root, the daemon's user and members of its control_group") from None
+        except ConnectionRefusedError:
+            raise Unreachable(f"cannot reach procguard at {endpoint}: connection refused "
+                              "(a stale socket: the daemon is not running)") from None
+        except OSError as exc:
+            raise Unreachable(f"cannot reach procguard at {endpoint}: {exc.strerror or exc}") from None
+    except BaseException:
         s.close()
+        raise
+    return s
 
 
-def _load_curve(sock: zmq.Socket[bytes], server_key_file: str | None, client_key_file: str | None,
+def _refused(endpoint: str) -> Unreachable:
+    return Unreachable(f"procguard at {endpoint} refused this client (uid {os.geteuid()}): not authorised; "
+                       "control is for root, the daemon's user, members of its control_group, "
+                       "or (tcp://) clients whose public key is in authorized_clients")
+
+
+def _handshake_failed(endpoint: str) -> Unreachable:
+    return Unreachable(f"handshake with {endpoint} failed (wrong CURVE keys, or not a procguard socket)")
+
+
+def _lost(endpoint: str) -> Unreachable:
+    # The reply would be lost with the connection (a DEALER does not resend), so say so now.
+    return Unreachable(f"lost the connection to procguard at {endpoint} before its reply "
+                       "(did the daemon exit? see procguardctl status)")
+
+
+def _timed_out(endpoint: str, timeout_s: float) -> TimedOut:
+    return TimedOut(f"no reply from procguard at {endpoint} within {timeout_s:g}s "
+                    "(the command may still be running; see procguardctl status)")
+
+
+def _reply(frame: bytes, endpoint: str, request_id: str, on_more: Callable[[Any], None] | None) -> Reply | bool:
+    """The reply in `frame`; else True for a streamed part (given to on_more: more is to come) and
+    False for a message that is not ours."""
+    try:
+        msg = json.loads(frame)
+    except ValueError:
+        raise Unreachable(f"{endpoint} answered with something that is not procguard's protocol") from None
+    if not isinstance(msg, dict) or msg.get("id") not in (request_id, None):
+        return False  # a stray reply to somebody else's id cannot reach a fresh DEALER, but be safe
+    if msg.get("ok") and msg.get("more") and on_more is not None:
+        on_more(msg.get("result"))
+        return True
+    if msg.get("ok"):
+        return Reply(True, msg.get("result"), None, None)
+    err = msg.get("error") or {}
+    return Reply(False, None, str(err.get("code")), str(err.get("message")))
+
+
+def _load_curve(sock: "zmq.Socket[bytes]", server_key_file: str | None, client_key_file: str | None,
                 endpoint: str) -> None:
     import zmq.auth  # only tcp:// needs it
 
@@ -100,7 +146,11 @@ def request(endpoint: str, cmd: str, args: dict[str, Any], timeout_s: float | No
     timeout_s None waits for as long as the command takes, once connected. A streamed command
     (tail -f) sends replies marked "more": each goes to on_more, without a timeout, until a last one.
     """
-    precheck_ipc(endpoint)
+    path = ipc_path(endpoint)
+    if path is not None:
+        return _request_ipc(endpoint, path, cmd, args, timeout_s, on_more)
+    import zmq  # tcp:// (CURVE) and abstract ipc://@names
+
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
@@ -128,8 +178,45 @@ def request(endpoint: str, cmd: str, args: dict[str, Any], timeout_s: float | No
         ctx.term()
 
 
-def _await_reply(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: str, request_id: str,
+def _request_ipc(endpoint: str, path: str, cmd: str, args: dict[str, Any], timeout_s: float | None,
+                 on_more: Callable[[Any], None] | None) -> Reply:
+    """request() over ipc://: ZMTP spoken here (zmtp.py), the same replies and errors as through pyzmq."""
+    start = time.monotonic()
+    sock = _connect_unix(endpoint, path)
+    try:
+        dealer = zmtp.Dealer(sock, 64 * MAX_FRAME_BYTES)
+        limit = CONNECT_TIMEOUT_S if timeout_s is None else min(CONNECT_TIMEOUT_S, timeout_s)
+        try:
+            dealer.handshake(start + limit)
+        except TimeoutError:
+            raise Unreachable(f"cannot reach procguard at {endpoint}: no handshake within {limit:g}s") from None
+        except zmtp.Refused:
+            raise _refused(endpoint) from None
+        except (zmtp.NotZmtp, zmtp.Closed, zmtp.TooLarge, ConnectionError):
+            raise _handshake_failed(endpoint) from None
+        request_id = os.urandom(6).hex()
+        dealer.send(encode_request(cmd, args, request_id))
+        while True:
+            try:
+                frame = dealer.recv(None if timeout_s is None else start + timeout_s)
+            except TimeoutError:
+                assert timeout_s is not None
+                raise _timed_out(endpoint, timeout_s) from None
+            except (zmtp.Closed, zmtp.TooLarge, ConnectionError):
+                raise _lost(endpoint) from None
+            reply = _reply(frame, endpoint, request_id, on_more)
+            if isinstance(reply, Reply):
+                return reply
+            if reply:
+                timeout_s = None  # streaming: wait for as long as it goes on
+    finally:
+        sock.close()
+
+
+def _await_reply(sock: "zmq.Socket[bytes]", monitor: "zmq.Socket[bytes]", endpoint: str, request_id: str,
                  timeout_s: float | None, on_more: Callable[[Any], None] | None) -> Reply:
+    import zmq
+
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(monitor, zmq.POLLIN)
@@ -147,38 +234,25 @@ def _await_reply(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], endpoint: 
             if not connected:
                 cause = "connection refused (is the daemon running?)" if retries else "no handshake"
                 raise Unreachable(f"cannot reach procguard at {endpoint}: {cause} within {limit:g}s")
-            raise TimedOut(f"no reply from procguard at {endpoint} within {timeout_s:g}s "
-                           "(the command may still be running; see procguardctl status)")
+            assert timeout_s is not None
+            raise _timed_out(endpoint, timeout_s)
         events = dict(poller.poll(None if remaining == float("inf") else int(remaining * 1000) + 1))
         if sock in events:
-            frame = sock.recv()
-            try:
-                msg = json.loads(frame)
-            except ValueError:
-                raise Unreachable(f"{endpoint} answered with something that is not procguard's protocol") from None
-            if not isinstance(msg, dict) or msg.get("id") not in (request_id, None):
-                continue  # a stray reply to somebody else's id cannot reach a fresh DEALER, but be safe
-            if msg.get("ok") and msg.get("more") and on_more is not None:
-                on_more(msg.get("result"))
+            reply = _reply(sock.recv(), endpoint, request_id, on_more)
+            if isinstance(reply, Reply):
+                return reply
+            if reply:
                 timeout_s = None  # streaming: wait for as long as it goes on
-                continue
-            if msg.get("ok"):
-                return Reply(True, msg.get("result"), None, None)
-            err = msg.get("error") or {}
-            return Reply(False, None, str(err.get("code")), str(err.get("message")))
+            continue
         if monitor in events:
             kind = monitor_event(monitor.recv_multipart())
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 connected = True
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                raise Unreachable(f"procguard at {endpoint} refused this client (uid {os.geteuid()}): not authorised; "
-                                  "control is for root, the daemon's user, members of its control_group, "
-                                  "or (tcp://) clients whose public key is in authorized_clients")
+                raise _refused(endpoint)
             elif kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-                raise Unreachable(f"handshake with {endpoint} failed (wrong CURVE keys, or not a procguard socket)")
+                raise _handshake_failed(endpoint)
             elif kind == zmq.EVENT_CONNECT_RETRIED:
                 retries += 1
             elif kind == zmq.EVENT_DISCONNECTED and connected:
-                # The reply would be lost with the connection (a DEALER does not resend), so say so now.
-                raise Unreachable(f"lost the connection to procguard at {endpoint} before its reply "
-                                  "(did the daemon exit? see procguardctl status)")
+                raise _lost(endpoint)

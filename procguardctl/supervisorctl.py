@@ -6,7 +6,6 @@ reads procguard's human wording, which stays in --json and in status's descripti
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from procguard.protocol import (
@@ -35,13 +34,19 @@ DEAD_PROGRAM = frozenset({E_START_FAILED, E_NOT_RUNNING})  # supervisorctl's DEA
 PER_PROCESS = frozenset({"start", "stop", "restart", "signal", "reload-app", "status", "pid"})
 
 
-@dataclass
 class Printed:
-    """Lines for stdout (and notes for stderr) with the exit code supervisorctl would give."""
+    """Lines for stdout (and notes for stderr) with the exit code supervisorctl would give.
 
-    lines: list[str]
-    code: int = 0
-    notes: tuple[str, ...] = ()
+    A plain class, not a dataclass: importing `dataclasses` (inspect, ast) costs procguardctl more than
+    the rest of `status` (tests/unit/test_client_imports.py, #17).
+    """
+
+    __slots__ = ("lines", "code", "notes")
+
+    def __init__(self, lines: list[str], code: int = 0, notes: tuple[str, ...] = ()) -> None:
+        self.lines = lines
+        self.code = code
+        self.notes = notes
 
     def fail(self, code: int) -> None:
         self.code = code  # as supervisorctl: the last failure sets the exit status

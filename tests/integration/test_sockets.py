@@ -100,8 +100,12 @@ def restarts_under_load(d: DaemonRun, port: int, restarts: int, name: str = "web
     """`restarts` operator restarts under load_across, then 10 more answers; (answers, failures)."""
     def restart() -> None:
         for _ in range(restarts):
+            before = len(d.reports(name))
             r = ctl(d, "restart", name)
             assert r.returncode == 0, r.stdout + r.stderr
+            # startsecs = 0: restart returns at the spawn. Each generation comes up (reports) before the
+            # next restart; back to back, a quick client (#17) TERMed one before it had a TERM handler.
+            d.wait_reports(name, count=before + 1)
 
     return load_across(port, restart, lambda answers, returned: len(answers) >= returned + 10)
 
