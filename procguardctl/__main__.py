@@ -323,13 +323,14 @@ def describe_full(st: dict[str, Any]) -> str:
     return desc
 
 
-def human_bytes(n: int | None) -> str:
+def human_bytes(n: float | None, units: tuple[str, ...] = ("B", "KiB", "MiB", "GiB")) -> str:
+    """n bytes in the largest unit below 1024 of it (top passes one-letter units for its narrow column)."""
     if n is None:
         return "-"
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+    for unit in units:
+        if value < 1024 or unit == units[-1]:
+            return f"{value:.0f}{unit}" if unit == units[0] else f"{value:.1f}{unit}"
         value /= 1024
     return f"{n}B"
 

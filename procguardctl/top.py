@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from procguard.protocol import ClientSettings
+from procguardctl.__main__ import human_bytes as ctl_human_bytes
 from procguardctl.client import TimedOut, Unreachable, request
 
 if TYPE_CHECKING:
@@ -179,14 +180,7 @@ class CommandFailed(Exception):
 
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{n}B"
+    return ctl_human_bytes(n, ("B", "K", "M", "G"))
 
 
 def uptime(st: dict[str, Any]) -> str:
