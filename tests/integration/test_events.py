@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from procguard.protocol import COMMANDS
 from tests.helpers import DaemonRun, probe, prog, wait_until
 from tests.integration.test_control_socket import _has, _run_as_nobody, ctl, needs_root, running, statuses
 
@@ -119,9 +118,8 @@ def test_events_follow_ends_with_a_reason_when_the_daemon_stops(daemon):
     assert not follower.find("shutdown_requested"), "a daemon-wide event passed a names filter"
 
 
-@pytest.mark.skipif("deploy" not in COMMANDS, reason="enable once the deploy engine (branch deploy) has landed")
 def test_deploy_steps_show_up_in_events_follow(daemon):
-    # The deploy branch's own set-up: a test server on a held socket, reading its release from a file.
+    # test_deploy's set-up: a test server on a held socket, reading its release from a file.
     from tests.integration.test_deploy import free_port, release, web
 
     d = daemon()
