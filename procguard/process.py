@@ -32,6 +32,9 @@ class ProcessState(enum.StrEnum):
     FATAL = "FATAL"
 
 
+# Stop signals that need no SIGCONT after them to reach a stopped process.
+_WAKES_ITSELF = frozenset({signal.SIGKILL, signal.SIGCONT})
+
 # States from which a process is not running and no timer will start it by itself.
 RESTING_STATES = frozenset({ProcessState.STOPPED, ProcessState.EXITED, ProcessState.FATAL})
 
@@ -241,6 +244,10 @@ class Process:
         self._swept = False
         self._killing = False
         self._signal_all(self.program.stopsignal, group=self.program.stopasgroup)
+        if self.program.stopsignal not in _WAKES_ITSELF:
+            # A stopped (SIGSTOP, Ctrl-Z, a debugger) process would only see its stop signal at the
+            # SIGKILL; SIGCONT right after lets it run its handler, as systemd does (systemd.kill(5)).
+            self._signal_all(signal.SIGCONT, group=self.program.stopasgroup)
         self._timer = self._os.call_later(self.program.stopwaitsecs, self._stop_timed_out)
         self._find_strays(_Scan.FIRST)
         self._check_stopped()
@@ -423,6 +430,8 @@ class Process:
         sig = signal.SIGKILL if self._killing else self.program.stopsignal
         for pid in new:
             self._os.send_signal(pid, sig, group=False)
+            if sig not in _WAKES_ITSELF:
+                self._os.send_signal(pid, signal.SIGCONT, group=False)
         self._check_stopped()
 
     # ------------------------------------------------------------------------------------- helpers

@@ -1,0 +1,224 @@
+"""Fault injection against the real daemon (issue #20, item 2).
+
+Each test injects one fault and ends the same way: the daemon still serves its control socket, every
+record the children wrote is in their files (tests/invariants.py), nothing outlives the daemon, and the
+fault left a clear line in the daemon's log. The full disk during plain output is
+tests/integration/test_output.py::test_disk_full_then_freed_recovers_and_counts_the_gap; here it is
+during rotation.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import wait_until
+from tests.invariants import DOWN, UP, Expect, Spec, World
+
+CTL = [sys.executable, "-m", "procguardctl"]
+
+
+@pytest.fixture
+def world() -> Iterator[Callable[..., World]]:
+    """Factory for a World (a real daemon on recorder programs); every one is cleaned up and proven empty."""
+    made: list[World] = []
+
+    def make(specs: list[Spec], **kw: object) -> World:
+        w = World.create(specs, **kw)  # type: ignore[arg-type]
+        made.append(w)
+        return w
+
+    yield make
+    leaked = {str(w.run.work): w.cleanup() for w in made}
+    leaked = {k: v for k, v in leaked.items() if v}
+    assert not leaked, f"processes survived their test (killed now): {leaked}"
+
+
+def ctl(w: World, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CTL, "-s", w.run.endpoint, "--timeout", str(timeout), *args], capture_output=True,
+                          text=True, timeout=timeout + 30, stdin=subprocess.DEVNULL)
+
+
+def daemon_fds(w: World) -> int:
+    assert w.run.proc is not None
+    return len(os.listdir(f"/proc/{w.run.proc.pid}/fd"))
+
+
+# ------------------------------------------------------------------------------ child faults
+
+
+def test_a_child_that_ignores_every_signal_but_kill_is_killed_after_stopwaitsecs(world):
+    w = world([Spec("stubborn", ignore_signals=True, worker=True, stopwaitsecs=0.5)])
+    w.start()
+    w.recording("stubborn")
+    w.check()
+    [res] = w.ctl.request("stop", {"names": ["stubborn"]}, 60)["result"]
+    assert res["state"] == "STOPPED"
+    w.check_gone(["stubborn"])
+    [ev] = w.run.events("process_state_changed", process="stubborn", new="STOPPED")
+    assert ev["reason"].startswith("killed: did not stop within stopwaitsecs") and ev["exit"] == "terminated by SIGKILL"
+    w.expect["stubborn"] = Expect(DOWN, "stopped")
+    w.check()
+    assert w.ctl.request("start", {"names": ["stubborn"]})["ok"]
+    w.expect["stubborn"] = Expect(UP, "started")
+    w.check()
+    w.shutdown()  # the daemon's own shutdown has to escalate to SIGKILL too
+
+
+def test_a_sigstopped_child_still_stops_gracefully(world):
+    # stopwaitsecs is long: a stopped child that never saw its SIGTERM would only go at the SIGKILL.
+    w = world([Spec("frozen", worker=True, stopwaitsecs=120)])
+    w.start()
+    pid = w.recording("frozen")
+    w.check()
+    os.kill(pid, 19)  # SIGSTOP
+    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, what="child stopped")
+    [res] = w.ctl.request("stop", {"names": ["frozen"]}, 150)["result"]
+    assert res["state"] == "STOPPED"
+    w.check_gone(["frozen"])
+    st = w.status()["frozen"]
+    # It ran its SIGTERM handler (exit 0, a last record written): SIGCONT followed the stop signal.
+    assert st["exit_status"] == 0, st
+    w.expect["frozen"] = Expect(DOWN, "stopped")
+    w.check()
+    assert w.run.events("process_state_changed", process="frozen", new="STOPPED", exit="exit status 0")
+    w.shutdown()
+
+
+class Silent:
+    """A TCP listener that accepts every connection and never answers; counts what is still open."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.accepted = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted += 1
+            self.conns.append(c)
+
+    def open_now(self) -> int:
+        """Connections the peer has not closed yet."""
+        still = []
+        for c in self.conns:
+            c.setblocking(False)
+            try:
+                while c.recv(65536):  # the request: read and ignore it; b"" is the peer's close
+                    pass
+            except BlockingIOError:
+                still.append(c)
+                continue
+            except OSError:
+                pass
+            c.close()
+        self.conns = still
+        return len(still)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def test_a_health_endpoint_that_accepts_and_never_answers(world):
+    silent = Silent()
+    try:
+        w = world([Spec("web")])
+        toml = w.program_toml(w.specs["web"]).rstrip() + (
+            '\nready = "startsecs"\n\n[program.web.healthcheck]\ntype = "http"\n'
+            f'url = "http://127.0.0.1:{silent.port}/health"\ninterval = "200ms"\ntimeout = "300ms"\nretries = 2\n')
+        w.run.write_config(toml)
+        w.start()
+        first = wait_until(lambda: w.run.events("health_changed", process="web", new="unhealthy"), 30,
+                           "unhealthy after timeouts")[0]
+        assert "timed out" in first["reason"] or "timeout" in first["reason"], first
+        wait_until(lambda: len(w.run.events("process_spawned", process="web")) >= 3, 60, "restarts")
+        # Every connection the checker opened was closed by it at its timeout (at most the current one open).
+        wait_until(lambda: silent.open_now() <= 1, 10, "checker connections closed")
+        assert silent.accepted >= 4
+        baseline = min(daemon_fds(w) for _ in range(20))
+        wait_until(lambda: len(w.run.events("process_spawned", process="web")) >= 5, 60, "more restarts")
+        # Descriptors come back to the baseline (a hung check's socket, a spawn's pipes are transient).
+        wait_until(lambda: daemon_fds(w) <= baseline, 10, f"daemon descriptors back to {baseline}")
+        w.check()
+        w.shutdown()
+    finally:
+        silent.close()
+
+
+# ---------------------------------------------------------------------------- resource limits
+
+
+def test_emfile_fails_spawns_with_a_reason_and_the_daemon_serves_on(world):
+    # 40 descriptors: the daemon needs ~16 of its own, each process 2 pipes and 2 log files, a spawn
+    # about 9 more while it forks: 4 processes fit, not 15.
+    names = [f"p{i:02d}" for i in range(15)]
+    w = world([Spec(n) for n in names])
+    w.start(launcher=("prlimit", "--nofile=40:40", "--"))
+    failed = wait_until(lambda: [e for e in w.run.events("spawn_failed") if "Too many open files" in e["reason"]],
+                        30, "a spawn failing with EMFILE")
+    assert failed[0]["program"] in names
+    w.check()  # the control socket answers (this connection was made before), the rest holds
+    backoff = [n for n, s in w.status().items() if s["state"] == "BACKOFF"]
+    assert backoff, "with 40 descriptors some program must wait"
+    # Free descriptors: stop eleven programs; the other four come up on their next retry.
+    stopped = names[:11]
+    reply = w.ctl.request("stop", {"names": stopped}, 60)
+    assert reply["ok"], reply
+    w.check_gone(stopped)
+    for n in stopped:
+        w.expect[n] = Expect(DOWN, "stopped")
+    wait_until(lambda: all(s["state"] == "RUNNING" for n, s in w.status().items() if n not in stopped), 60,
+               "the rest RUNNING once descriptors are free")
+    w.check()
+    r = ctl(w, "status")  # a new client gets in again
+    assert r.returncode == 3 and r.stdout.count("RUNNING") == 4, r  # 3: not all RUNNING (11 stopped)
+    w.shutdown()
+
+
+def test_fork_failing_with_eagain_backs_off_and_recovers(world):
+    # RLIMIT_NPROC counts the processes of the target uid: execve after setuid fails with EAGAIN past it.
+    user = "games"
+    uid = 5
+    before = sum(1 for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid)
+    names = ["n0", "n1", "n2", "n3", "n4", "n5"]
+    w = world([Spec(n, user=user) for n in names])
+    w.start(launcher=("prlimit", f"--nproc={before + 2}:{before + 2}", "--"))
+    failed = wait_until(lambda: [e for e in w.run.events("spawn_failed") if "temporarily unavailable" in e["reason"]],
+                        30, "a spawn failing with EAGAIN")
+    assert failed[0]["program"] in names
+    w.check()
+    st = w.status()
+    running = [n for n, s in st.items() if s["state"] == "RUNNING"]
+    waiting = [n for n, s in st.items() if s["state"] != "RUNNING"]
+    assert running and waiting, st
+    assert all("temporarily unavailable" in st[n]["reason"] for n in waiting if st[n]["state"] == "BACKOFF"), st
+    reply = w.ctl.request("stop", {"names": running}, 60)
+    assert reply["ok"], reply
+    for n in running:
+        w.expect[n] = Expect(DOWN, "stopped")
+    wait_until(lambda: all(s["state"] == "RUNNING" for n, s in w.status().items() if n not in running), 60,
+               "the others RUNNING once the uid has room")
+    w.check()
+    w.shutdown()
