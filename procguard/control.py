@@ -36,6 +36,7 @@ from zmq.utils import z85
 
 from procguard.config import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
+from procguard.log import dropped_lines as log_dropped_lines
 from procguard.output import Output, Stream
 from procguard.process import ProcessStatus
 from procguard.protocol import (
@@ -426,7 +427,8 @@ class ControlServer:
                 return {"pid": os.getpid()}
             return [{"name": s.name, "pid": s.pid} for s in self._sup.status(names)]
         if req.cmd == "version":
-            return {"version": VERSION, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
+            return {"version": VERSION, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
+                    "log_dropped_lines": log_dropped_lines()}
         if req.cmd == "tail":
             return self._tail(args["name"], args.get("stream", "stdout"), bool(args.get("follow")), req.id)
         if req.cmd == "logreopen":

@@ -222,3 +222,65 @@ def test_fork_failing_with_eagain_backs_off_and_recovers(world):
                "the others RUNNING once the uid has room")
     w.check()
     w.shutdown()
+
+
+# ------------------------------------------------------------------------------ the daemon's log
+
+
+def test_journald_vanishing_under_log_format_journal(world):
+    """The daemon's stderr is a stream socket to journald (as systemd gives it); journald goes away."""
+    w = world([Spec("app"), Spec("other", worker=True)])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    got = bytearray()
+    reading = threading.Event()
+    reading.set()
+
+    def journald() -> None:
+        ours.settimeout(0.05)
+        while reading.is_set():
+            try:
+                chunk = ours.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                return
+            got.extend(chunk)
+
+    reader = threading.Thread(target=journald, daemon=True)
+    reader.start()
+    try:
+        w.run.proc = subprocess.Popen(
+            [sys.executable, "-m", "procguard", "-c", str(w.run.config), "--log-format", "journal"],
+            stdout=theirs, stderr=theirs, stdin=subprocess.DEVNULL)
+        theirs.close()
+        wait_until(lambda: b"<6>daemon_ready" in got, 30, "daemon ready in the journal stream")
+        from tests.invariants import Control
+        w.ctl = Control(w.run.endpoint)
+        w.recording("app")
+        reading.clear()
+        reader.join()
+        ours.close()  # journald is gone: every later write to stderr fails with EPIPE
+        # Log-heavy work after it vanished: restarts, a crash, a reload.
+        assert w.ctl.request("restart", {"names": ["app"]}, 60)["ok"]
+        os.kill(w.recording("other"), 9)
+        assert w.ctl.request("reload", {}, 60)["ok"]
+        assert w.run.proc.poll() is None, "the daemon died when journald went away"
+        wait_until(lambda: w.status()["other"]["state"] == "RUNNING", 30, "other back")
+        assert w.ctl.request("restart", {"names": ["other"]}, 60)["ok"]
+        st = w.status()
+        assert st["app"]["state"] == st["other"]["state"] == "RUNNING"
+        # The records of both programs are intact (tests/invariants.py; its log checks need a JSON log).
+        for name in ("app", "other"):
+            assert not w._record_problems(name, w.owners().get(name, []), final=False) or wait_until(
+                lambda n=name: not w._record_problems(n, w.owners().get(n, []), final=False), 20, "records")
+        reply = w.ctl.request("version", {})
+        assert reply["ok"] and reply["result"].get("log_dropped_lines", 0) > 0, reply
+        w.ctl.close()
+        w.ctl = None
+        assert w.run.stop(timeout=60) == 0
+        left = [p for ps in w.owners().values() for p in ps if psutil.pid_exists(p) and
+                psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert not left
+    finally:
+        reading.clear()
+        ours.close()
