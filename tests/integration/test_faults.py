@@ -284,3 +284,35 @@ def test_journald_vanishing_under_log_format_journal(world):
     finally:
         reading.clear()
         ours.close()
+
+
+# ----------------------------------------------------------------------------- control socket
+
+
+def test_the_control_sockets_directory_removed(world):
+    w = world([Spec("app", worker=True)])
+    w.run.endpoint = f"ipc://{w.run.work}/run/control.sock"
+    w.write_config()
+    w.start()
+    w.recording("app")
+    w.check()
+    import shutil
+    shutil.rmtree(w.run.work / "run")
+    r = ctl(w, "status", timeout=10)
+    assert r.returncode == 4 and "no socket there" in r.stderr, r  # a clear reason, not a hang
+    w.run.signal(1)  # SIGHUP: reload, and re-create the socket
+    [ev] = wait_until(lambda: w.run.events("control_socket_restored"), 30, "control socket restored")
+    assert ev["endpoint"] == w.run.endpoint
+    r = ctl(w, "status")
+    assert r.returncode == 0 and "RUNNING" in r.stdout, r
+    assert oct((w.run.work / "run").stat().st_mode & 0o777) == oct(0o750)
+    assert oct((w.run.work / "run" / "control.sock").stat().st_mode & 0o777) == oct(0o660)
+    from tests.invariants import Control
+    w.ctl.close()
+    w.ctl = Control(w.run.endpoint)
+    w.check()
+    # One daemon per socket still holds: a second one refuses the restored endpoint.
+    second = subprocess.run([sys.executable, "-m", "procguard", "-c", str(w.run.config)], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert second.returncode == 1 and "already serves" in second.stderr + second.stdout
+    w.shutdown()
