@@ -7,6 +7,7 @@ tests/integration/test_output.py::test_disk_full_then_freed_recovers_and_counts_
 during rotation.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -315,4 +316,93 @@ def test_the_control_sockets_directory_removed(world):
     second = subprocess.run([sys.executable, "-m", "procguard", "-c", str(w.run.config)], capture_output=True,
                             text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert second.returncode == 1 and "already serves" in second.stderr + second.stdout
+    w.shutdown()
+
+
+# ------------------------------------------------------------------------------------ scale
+
+
+def sleepers_toml(n: int, **keys: str) -> str:
+    extra = "".join(f"{k} = {v}\n" for k, v in keys.items())
+    return "".join(f'[program.s{i:04d}]\ncommand = ["/bin/sleep", "3600"]\nstartsecs = 0\n'
+                   f'stdout_logfile = "NONE"\nstderr_logfile = "NONE"\n{extra}\n' for i in range(n))
+
+
+def test_2000_programs_in_one_config(daemon):
+    d = daemon()
+    d.write_config(sleepers_toml(2000))
+    d.start()
+    pids: dict[str, int] = {}
+
+    def all_running() -> bool:
+        r = subprocess.run([*CTL, "-s", d.endpoint, "--json", "status"], capture_output=True, text=True,
+                           timeout=120, stdin=subprocess.DEVNULL)
+        st = json.loads(r.stdout)
+        pids.clear()
+        pids.update({s["name"]: s["pid"] for s in st if s["state"] == "RUNNING"})
+        return len(st) == 2000 and len(pids) == 2000
+
+    wait_until(all_running, 180, "2000 programs RUNNING")
+    for name, pid in pids.items():
+        assert os.getpgid(pid) == pid and psutil.Process(pid).ppid() == d.proc.pid, name
+    # A reload that changes one program touches only that one.
+    d.write_config(sleepers_toml(2000).replace('[program.s0007]\ncommand = ["/bin/sleep", "3600"]',
+                                               '[program.s0007]\ncommand = ["/bin/sleep", "3601"]'))
+    r = subprocess.run([*CTL, "-s", d.endpoint, "--json", "reload"], capture_output=True, text=True, timeout=180,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"added": [], "changed": ["s0007"], "removed": []}, r
+    before = dict(pids)
+    wait_until(all_running, 60, "2000 programs RUNNING after the reload")
+    assert {n for n in pids if pids[n] != before[n]} == {"s0007"}
+    assert not psutil.pid_exists(before["s0007"]) or psutil.Process(before["s0007"]).status() == psutil.STATUS_ZOMBIE
+    assert d.stop(timeout=180) == 0
+    left = [p for p in pids.values() if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"{len(left)} of 2000 outlived the daemon"
+    assert d.events("daemon_stopped") and not [e for e in d.events() if "exception" in e]
+
+
+def test_a_config_file_of_10_mb(world):
+    w = world([Spec("app", worker=True)])
+    env = ", ".join(f'V{j:03d} = "{"v" * 60}"' for j in range(72))
+    padding = "".join(f'[program.idle{i:04d}]\ncommand = ["/bin/sleep", "1"]\nautostart = false\n'
+                      f'environment = {{ {env} }}\n# {"-" * 200}\n\n' for i in range(2000))
+    body = "".join(w.program_toml(s) for s in w.specs.values()) + padding
+    w.run.write_config(body)
+    assert w.run.config.stat().st_size > 10 * 2**20
+    check = subprocess.run([sys.executable, "-m", "procguard", "-c", str(w.run.config), "--check"], capture_output=True,
+                           text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert check.returncode == 0 and "config OK" in check.stdout, check.stderr[-2000:]
+    w.start()
+    w.specs.update({f"idle{i:04d}": Spec(f"idle{i:04d}", autostart=False) for i in range(2000)})
+    for i in range(2000):
+        w.expect[f"idle{i:04d}"] = Expect(DOWN, "autostart = false")
+    w.recording("app")
+    # Reload the 10 MB file (one program changed) while another client keeps asking for status: the
+    # parse runs off the event loop, so every status is answered meanwhile.
+    w.run.write_config(body.replace('[program.idle0003]\ncommand = ["/bin/sleep", "1"]',
+                                    '[program.idle0003]\ncommand = ["/bin/sleep", "2"]'))
+    from tests.invariants import Control
+    answered = []
+    done = threading.Event()
+
+    def poll_status() -> None:
+        c = Control(w.run.endpoint)
+        try:
+            while not done.is_set():
+                answered.append(c.request("status", {"names": ["app"]}, 30)["result"][0]["state"])
+        finally:
+            c.close()
+
+    t = threading.Thread(target=poll_status)
+    t.start()
+    try:
+        reply = w.ctl.request("reload", {}, 300)
+    finally:
+        done.set()
+        t.join()
+    assert reply["ok"] and reply["result"] == {"added": [], "changed": ["idle0003"], "removed": []}, reply
+    assert len(answered) >= 2 and set(answered) == {"RUNNING"}
+    [ev] = w.run.events("config_reloaded")
+    assert ev["changed"] == ["idle0003"]
+    w.check(timeout_s=60)
     w.shutdown()
