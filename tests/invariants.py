@@ -67,6 +67,7 @@ class Spec:
     autorestart: str = "true"  # or "unexpected"
     ignore_signals: bool = False
     stopwaitsecs: float = 1.0
+    tick: float = 0.02  # seconds between records
 
 
 def toml_str(s: str) -> str:
@@ -156,6 +157,8 @@ class World:
             argv.append("--worker")
         if s.ignore_signals:
             argv.append("--ignore-signals")
+        if s.tick != 0.02:
+            argv += ["--tick", str(s.tick)]
         lines = [
             f"[program.{s.name}]", f"command = {json.dumps(argv)}", f"user = {toml_str(s.user)}",
             f'umask = "{s.umask:03o}"', f"directory = {toml_str(str(work / s.cwd))}",

@@ -406,3 +406,58 @@ def test_a_config_file_of_10_mb(world):
     assert ev["changed"] == ["idle0003"]
     w.check(timeout_s=60)
     w.shutdown()
+
+
+# ------------------------------------------------------------------------------------- disk
+
+
+def test_a_full_disk_during_rotation_drops_counted_bytes_and_recovers(world):
+    """The disk fills while the log rotates through its backups; freeing space ends the episode.
+
+    Every byte the child wrote is accounted for: in the files, in backups the test deleted to free
+    space, or counted as dropped by the daemon, and nothing else.
+    """
+    w = world([Spec("app", tick=0.0002)], maxbytes=100_000)
+    disk = w.run.work / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    try:
+        out = disk / "app.log"
+        w.run.write_config(w.program_toml(w.specs["app"]).replace(str(w.out_path("app")), str(out)))
+        w.start()
+        [failed] = wait_until(lambda: w.run.events("log_write_failed", path=str(out)), 120, "the disk full")
+        assert "No space left" in failed["error"]
+        assert Path(f"{out}.1").exists(), "the disk should fill after rotations"
+        assert w.ctl.request("status")["ok"] and w.status()["app"]["state"] == "RUNNING"
+        # Free space: delete the oldest backups, as an operator would.
+        deleted = 0
+        backups = sorted(disk.glob("app.log.*"), key=lambda p: -int(p.suffix[1:]))
+        for p in backups[:2]:
+            deleted_data = p.read_bytes()
+            deleted += len(deleted_data)
+            p.unlink()
+        [ev] = wait_until(lambda: w.run.events("log_write_recovered", path=str(out)), 30, "recovery")
+        assert ev["dropped_bytes"] > 0
+        wait_until(lambda: len(list(disk.glob("app.log.*"))) >= len(backups) - 1, 60, "rotating again")
+        [res] = w.ctl.request("stop", {"names": ["app"]}, 60)["result"]
+        assert res["state"] == "STOPPED"
+        dropped = w.status()["app"]["output_dropped_bytes"]
+        assert dropped >= ev["dropped_bytes"]
+        files = [*sorted(disk.glob("app.log.*"), key=lambda p: -int(p.suffix[1:])), out]
+        data = b"".join(p.read_bytes() for p in files)
+        [pid] = w.owners()["app"]
+        from recorder import record
+        written = sum(len(record(pid, s)) for s in range(w.written(pid) + 1))
+        assert len(data) + deleted + dropped == written, (len(data), deleted, dropped, written)
+        # What is in the files is in order: whole records with increasing numbers, gaps only at drops.
+        import re
+        seqs = [int(m.group(1)) for m in re.finditer(rb"R %d (\d+) [0-9a-f]{8} x*\n" % pid, data)]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert seqs[-1] == w.written(pid)  # the last record, written at the stop, is there
+        w.run.stop(timeout=60)
+    finally:
+        if w.run.proc is not None and w.run.proc.poll() is None:
+            w.run.stop(timeout=60)
+        subprocess.run(["umount", str(disk)], check=False)
