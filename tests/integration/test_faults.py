@@ -461,3 +461,64 @@ def test_a_full_disk_during_rotation_drops_counted_bytes_and_recovers(world):
         if w.run.proc is not None and w.run.proc.poll() is None:
             w.run.stop(timeout=60)
         subprocess.run(["umount", str(disk)], check=False)
+
+
+# ------------------------------------------------------------------------------------ clock
+
+
+class WallClock:
+    """Set CLOCK_REALTIME relative to the real time, and always put it back (it is the machine's clock)."""
+
+    def __init__(self) -> None:
+        self.wall0 = time.time()
+        self.mono0 = time.monotonic()
+
+    def real(self) -> float:
+        return self.wall0 + (time.monotonic() - self.mono0)
+
+    def shift(self, offset_s: float) -> None:
+        time.clock_settime(time.CLOCK_REALTIME, self.real() + offset_s)
+
+    def restore(self) -> None:
+        time.clock_settime(time.CLOCK_REALTIME, self.real())
+
+
+def test_the_wall_clock_jumping_an_hour_forward_and_back(world):
+    """Timers (startsecs, backoff, stopwaitsecs, health intervals) run on the monotonic clock."""
+    w = world([Spec("app", autorestart="true"), Spec("stubborn", ignore_signals=True, stopwaitsecs=1.0),
+               Spec("checked", health=True)])
+    w.start()
+    for n in w.specs:
+        w.recording(n)
+    w.check()
+    try:
+        time.clock_settime(time.CLOCK_REALTIME, time.time())
+    except PermissionError as exc:
+        pytest.skip(f"cannot set the wall clock here: {exc}")
+    clock = WallClock()
+    try:
+        for offset in (3600.0, -3600.0):
+            clock.shift(offset)
+            st = w.status()
+            assert all(s["uptime_s"] is not None and 0 <= s["uptime_s"] < 600 for s in st.values()), st
+            # A crash backs off by its monotonic delay (<= backoff_max 0.5 s), not an hour, and comes back.
+            old = w.recording("app")
+            (w.run.work / "cmd" / str(old)).write_text("exit 1")
+            wait_until(lambda: (lambda s: s["state"] == "RUNNING" and s["pid"] != old)(w.status()["app"]), 30,
+                       f"app back after a crash, clock {offset:+.0f}s")
+            # stopwaitsecs ends in the SIGKILL (the reason says so), not an hour later.
+            assert w.ctl.request("stop", {"names": ["stubborn"]}, 30)["result"][0]["state"] == "STOPPED"
+            assert w.ctl.request("start", {"names": ["stubborn"]}, 30)["ok"]
+            # Health checks go on every interval: the count of checks grows.
+            pid = w.status()["checked"]["pid"]
+            mark = w.run.work / "unhealthy-checked"
+            mark.touch()
+            wait_until(lambda: w.status()["checked"]["pid"] != pid, 30, "an unhealthy restart")
+            mark.unlink()
+            clock.restore()
+            w.check()
+    finally:
+        clock.restore()
+    killed = w.run.events("process_state_changed", process="stubborn", new="STOPPED")
+    assert len(killed) == 2 and all(e["reason"].startswith("killed: did not stop within stopwaitsecs") for e in killed)
+    w.shutdown()
