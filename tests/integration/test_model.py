@@ -28,8 +28,8 @@ from tests.helpers import wait_until
 from tests.invariants import DOWN, HEALTH_MARK, UP, Expect, Spec, World
 
 # CI: bounded (about a minute on a loaded 2-core box); the long run sets these (benchmarks/proof.py).
-EXAMPLES = int(os.environ.get("PROCGUARD_MODEL_EXAMPLES", "8"))
-STEPS = int(os.environ.get("PROCGUARD_MODEL_STEPS", "10"))
+EXAMPLES = int(os.environ.get("PROCGUARD_MODEL_EXAMPLES", "12"))
+STEPS = int(os.environ.get("PROCGUARD_MODEL_STEPS", "12"))
 CTL = [sys.executable, "-m", "procguardctl"]
 NAMES = ("a", "b", "c", "d")
 # Extension point: when the daemon reports `deploy` (`procguardctl version` lists commands, or
