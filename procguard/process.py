@@ -428,6 +428,8 @@ class Process:
         new = found - self.strays
         self.strays |= new
         sig = signal.SIGKILL if self._killing else self.program.stopsignal
+        if new and self._killing:
+            self._mark_killed()
         for pid in new:
             self._os.send_signal(pid, sig, group=False)
             if sig not in _WAKES_ITSELF:
@@ -496,13 +498,19 @@ class Process:
         self._timer = None
         if self.state != ProcessState.STOPPING:
             return
-        self.reason = f"killed: did not stop within stopwaitsecs ({self.program.stopwaitsecs}s)"
+        if self._leader_alive or self.strays or (self.pid is not None and self._os.is_group_alive(self.pid)):
+            # Only when something is left to kill: a stop that waits for its stray scan alone (slow on
+            # a busy machine) has killed nothing, and its leader's own exit status says how it ended.
+            self._mark_killed()
         self._killing = True
         self._signal_all(signal.SIGKILL, group=self.program.killasgroup)
         for pid in self.strays:
             self._os.send_signal(pid, signal.SIGKILL, group=False)
         # Keep escalating until everything is gone (a process in D state may take a moment).
         self._timer = self._os.call_later(max(1.0, self.program.stopwaitsecs), self._stop_timed_out)
+
+    def _mark_killed(self) -> None:
+        self.reason = f"killed: did not stop within stopwaitsecs ({self.program.stopwaitsecs}s)"
 
     def _signal_all(self, sig: int, *, group: bool) -> None:
         if self.pid is None:

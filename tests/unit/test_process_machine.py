@@ -390,3 +390,37 @@ def test_strays_found_after_the_kill_escalation_get_sigkill_and_restart_waits_fo
     p.child_reaped(99)
     fos.answer_scan([])
     assert p.state == ProcessState.STARTING and len(fos.spawned) == 2
+
+
+def test_a_stop_waiting_only_for_its_stray_scan_does_not_say_killed():
+    # Seen while timing the model test's steps on a busy machine (#20): the leader exited 0 on
+    # SIGTERM at once, the /proc scans took longer than stopwaitsecs, and status said "killed: did not
+    # stop within stopwaitsecs" with exit status 0.
+    p, fos, seen = make(stopwaitsecs=1.0)
+    fos.hold_scans = True
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    p.stop()
+    fos.groups_alive.clear()
+    p.exited(0)
+    fos.advance(1.5)  # stopwaitsecs passes while the first scan is still out
+    fos.answer_scan([])
+    fos.answer_scan([])  # the sweep
+    assert p.state == ProcessState.STOPPED and p.reason == "stopped" and p.exit_status == 0
+    assert (42, signal.SIGKILL, True) not in fos.signals
+
+
+def test_a_stray_found_after_stopwaitsecs_is_killed_and_says_so():
+    p, fos, seen = make(stopwaitsecs=1.0)
+    fos.hold_scans = True
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    p.stop()
+    fos.groups_alive.clear()
+    p.exited(0)
+    fos.advance(1.5)
+    fos.groups_alive.add(77)
+    fos.answer_scan([77])
+    assert (77, signal.SIGKILL, False) in fos.signals and p.reason.startswith("killed: did not stop")
