@@ -1,6 +1,7 @@
 """procguard side by side with supervisord and circus: one run, the same workloads, interleaved (issue #9).
 
     .venv/bin/python -m benchmarks --quick | --full [--only NAME ...] [--json OUT] [--markdown OUT]
+    .venv/bin/python -m benchmarks model --examples N | soak --minutes N     (issue #20: benchmarks/proof.py)
 
 Workloads (suite.py says how each is measured; peers.py lists the equivalent configs and every
 choice that could favour a side): respawn, status, startup, idle, shutdown, output, restart.
@@ -207,6 +208,10 @@ def leftovers(root: Path, started_wall: float) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("model", "soak"):  # issue #20's long runs: benchmarks/proof.py
+        from proof import main as proof_main
+        return proof_main(argv)
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--quick", action="store_true", help="small sizes, mostly one round (CI; under a minute on 2 cores)")

@@ -109,6 +109,7 @@ class Daemon:
                     log.info("shutdown_requested", signal=signal.Signals(received).name)
                     break
                 if received == signal.SIGHUP:
+                    self._restore_control(control)
                     await self._reload()
                 elif received == signal.SIGUSR2:
                     osapi.output.reopen()  # after an external logrotate moved the files away
@@ -147,6 +148,14 @@ class Daemon:
         server = MetricsServer(self.config.metrics, sup, osapi.output, lambda: control.requests, self.config.control_gid)
         await server.start()
         return server
+
+    @staticmethod
+    def _restore_control(control: ControlServer) -> None:
+        """SIGHUP also re-creates the control socket if it was deleted (tmpfiles cleaning /run, an rm)."""
+        try:
+            control.restore()
+        except (ControlSetupError, OSError) as exc:
+            log.error("control_restore_failed", endpoint=control.endpoint, error=str(exc))
 
     @staticmethod
     def _status_reporter(sup: Supervisor, systemd: SystemdNotifier) -> Callable[[], None]:

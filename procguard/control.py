@@ -39,6 +39,7 @@ from procguard.config import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
 from procguard.events import Event, EventBus
 from procguard.log import LogRing
+from procguard.log import dropped_lines as log_dropped_lines
 from procguard.output import Follower, Output
 from procguard.process import ProcessStatus, ReplaceOutcome
 from procguard.protocol import (
@@ -262,6 +263,9 @@ class ControlServer:
             router.curve_server = True
             router.curve_publickey = public
             router.curve_secretkey = secret
+        self._bind(router, path)
+
+    def _bind(self, router: zmq.asyncio.Socket, path: str | None) -> None:
         old_umask = os.umask(0o117) if path is not None else None  # the socket is born 0660
         try:
             router.bind(self.endpoint)
@@ -274,6 +278,26 @@ class ControlServer:
             os.chmod(path, 0o660)
             if self.config.control_gid is not None:
                 os.chown(path, -1, self.config.control_gid)
+
+    def restore(self) -> bool:
+        """Bind the ipc:// socket again when its path is gone (its directory was removed); True if it was.
+
+        Raises ControlSetupError (another daemon took the endpoint meanwhile) or OSError.
+        """
+        path = ipc_path(self.endpoint)
+        if path is None or self._router is None or os.path.exists(path):
+            return False
+        try:
+            self._router.unbind(self.endpoint)
+        except zmq.ZMQError:
+            pass  # already gone with its file
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # its file went with the directory
+            self._lock_fd = None
+        self._prepare_ipc(path)
+        self._bind(self._router, path)
+        log.warning("control_socket_restored", endpoint=self.endpoint, reason="its path was gone")
+        return True
 
     def _prepare_ipc(self, path: str) -> None:
         directory = os.path.dirname(path) or "."
@@ -479,7 +503,8 @@ class ControlServer:
         if req.cmd == "pid":
             return {"pid": os.getpid()}
         if req.cmd == "version":
-            return {"version": VERSION, "protocol": PROTOCOL_VERSION, "pid": os.getpid()}
+            return {"version": VERSION, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
+                    "log_dropped_lines": log_dropped_lines()}
         if req.cmd == "tail":
             return self._tail(args["name"], args.get("stream", "stdout"), bool(args.get("follow")), req.id)
         if req.cmd == "maintail":

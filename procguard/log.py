@@ -161,6 +161,44 @@ def _renderer(fmt: Resolved, stream: TextIO) -> Processor:
     return structlog.processors.JSONRenderer()
 
 
+class LogStream:
+    """The daemon's stderr for structlog, which never raises: a log line that cannot be written is dropped.
+
+    Under systemd stderr is a stream socket to journald; if journald goes away (or a pipe reader
+    dies), every write fails with EPIPE. An exception out of a log call would abort whatever was
+    logging (a state change, a command's reply), so the line is dropped and counted instead
+    (`dropped_lines`, shown by `procguardctl version`).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.dropped_lines = 0
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # EPIPE, EAGAIN, a closed file
+            self.dropped_lines += text.count("\n")
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
+_stream: LogStream | None = None
+
+
+def dropped_lines() -> int:
+    """Log lines the daemon could not write since it started (its stderr was gone)."""
+    return _stream.dropped_lines if _stream is not None else 0
+
+
 def configure_logging(level: str = "info", fmt: Format = "auto", *, ring: LogRing | None = None,
                       bus: EventBus | None = None) -> None:
     """Route structlog to stderr at `level` in `fmt`; call once, before the first event.
@@ -170,7 +208,9 @@ def configure_logging(level: str = "info", fmt: Format = "auto", *, ring: LogRin
     With `ring`, every rendered line is also kept there (maintail). With `bus`, the stable events
     (procguard.events) are published to it whatever `level` hides.
     """
+    global _stream
     stream = sys.stderr
+    _stream = LogStream(stream)
     resolved = choose_format(stream) if fmt == "auto" else fmt
     threshold = logging.getLevelNamesMapping()[level.upper()]
     processors: list[Processor] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
@@ -186,6 +226,8 @@ def configure_logging(level: str = "info", fmt: Format = "auto", *, ring: LogRin
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.PrintLoggerFactory(stream) if ring is None else (lambda *_: _TeeLogger(stream, ring)),
+        # LogStream: a log line that cannot be written is dropped and counted, never raised.
+        logger_factory=(structlog.PrintLoggerFactory(_stream) if ring is None  # type: ignore[arg-type]
+                        else (lambda *_: _TeeLogger(_stream, ring))),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

@@ -41,6 +41,7 @@ def become_subreaper() -> bool:
         return False
 
 
+STRAY_RETRY_S = 0.2  # after a scan of /proc failed with an OSError (EMFILE)
 DRAIN_MIN_S = 0.25  # how long a handover waits for handshakes under way (see RealOS._drain)
 DRAIN_POLL_S = 0.02
 
@@ -306,6 +307,15 @@ class RealOS:
                 leaders = {p.name: leader for p, leader in batch.items()}
                 try:
                     found = await asyncio.to_thread(_scan_strays, leaders, set(self._by_pid))
+                except OSError as exc:
+                    # Out of descriptors (EMFILE) or memory: /proc could not be read, so nothing is known
+                    # about strays; "found nothing" would let a stop end with one alive. Try again shortly
+                    # (the stop's SIGKILL escalation goes on meanwhile); newer requests take precedence.
+                    log.warning("stray_scan_failed", processes=sorted(leaders), error=exc.strerror or str(exc),
+                                action=f"retrying in {STRAY_RETRY_S}s")
+                    await asyncio.sleep(STRAY_RETRY_S)
+                    self._scan_queue = {**batch, **self._scan_queue}
+                    continue
                 except Exception:  # task boundary: a failed scan must not break the stop
                     log.exception("stray_scan_failed", processes=sorted(leaders))
                     found = {}  # answer all the same: the stop waits for it (and rescans once all is gone)

@@ -124,6 +124,23 @@ class LogFile:
         self.size = st.st_size if self.regular else 0
         self.can_splice = self.regular
 
+    def open_for_spawn(self) -> None:
+        """Open the file before a child writes to it; raise OSError only when out of descriptors.
+
+        Out of descriptors (EMFILE, ENFILE) is a failed spawn that backs off and retries, as for its
+        pipes: a child started anyway would have every byte it writes dropped until a descriptor frees
+        up. Other errors (a missing directory, permissions) keep the dropping path: the child runs,
+        the error is logged once, the bytes are counted (docs/output.md).
+        """
+        if self.fd is not None or (self.failing and time.monotonic() - self._failed_at < RETRY_S):
+            return
+        try:
+            self._open()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise
+            self._fail(exc, 0)
+
     def _before_change(self, readable: bool = True) -> None:
         for listener in list(self.listeners):
             listener(readable)
@@ -544,6 +561,9 @@ class Output:
             pipes.add(out)
             if err is not None:
                 pipes.add(err)
+            for stream in (out, err):
+                if stream is not None and stream.file is not None:
+                    stream.file.open_for_spawn()
         except OSError:
             pipes.abandon()
             raise
@@ -567,11 +587,14 @@ class Output:
         os.close(rfd)
         if stream is not None:
             stream.pipes -= 1
-            f = stream.file
-            # Nobody writes to it now: close it, so a deleted file frees its space (it reopens on output).
-            if f is not None and stream.pipes == 0 and not any(
-                    s.pipes for s in self._streams.values() if s.file is f):
-                f.close()
+            self._close_idle(stream)
+
+    def _close_idle(self, stream: Stream) -> None:
+        """Nobody writes to the stream's file now: close it, so a deleted file frees its space and a
+        failed spawn holds no descriptor (it reopens on output or at the next spawn)."""
+        f = stream.file
+        if f is not None and stream.pipes == 0 and not any(s.pipes for s in self._streams.values() if s.file is f):
+            f.close()
 
     # ------------------------------------------------------------------------------ commands
 
@@ -663,4 +686,6 @@ class SpawnPipes:
         self.close_write_ends()
         for r, _ in self._reads:
             os.close(r)
+        for _, stream in self._reads:
+            self._output._close_idle(stream)
         self._reads = []

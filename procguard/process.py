@@ -42,6 +42,9 @@ class ExitReason(enum.StrEnum):
     STOPPED = "stopped"  # exited while procguard was stopping it
 
 
+# Stop signals that need no SIGCONT after them to reach a stopped process.
+_WAKES_ITSELF = frozenset({signal.SIGKILL, signal.SIGCONT})
+
 # States from which a process is not running and no timer will start it by itself.
 RESTING_STATES = frozenset({ProcessState.STOPPED, ProcessState.EXITED, ProcessState.FATAL})
 
@@ -360,6 +363,10 @@ class Process:
         self._swept = False
         self._killing = False
         self._signal_all(self.program.stopsignal, group=self.program.stopasgroup)
+        if self.program.stopsignal not in _WAKES_ITSELF:
+            # A stopped (SIGSTOP, Ctrl-Z, a debugger) process would only see its stop signal at the
+            # SIGKILL; SIGCONT right after lets it run its handler, as systemd does (systemd.kill(5)).
+            self._signal_all(signal.SIGCONT, group=self.program.stopasgroup)
         self._timer = self._os.call_later(self.program.stopwaitsecs, self._stop_timed_out)
         self._find_strays(_Scan.FIRST)
         self._check_stopped()
@@ -584,8 +591,12 @@ class Process:
         new = found - self.strays
         self.strays |= new
         sig = signal.SIGKILL if self._killing else self.program.stopsignal
+        if new and self._killing:
+            self._mark_killed()
         for pid in new:
             self._os.send_signal(pid, sig, group=False)
+            if sig not in _WAKES_ITSELF:
+                self._os.send_signal(pid, signal.SIGCONT, group=False)
         self._check_stopped()
 
     # ------------------------------------------------------------------------------------- helpers
@@ -658,13 +669,19 @@ class Process:
         self._timer = None
         if self.state != ProcessState.STOPPING:
             return
-        self.reason = f"killed: did not stop within stopwaitsecs ({self.program.stopwaitsecs}s)"
+        if self._leader_alive or self.strays or (self.pid is not None and self._os.is_group_alive(self.pid)):
+            # Only when something is left to kill: a stop that waits for its stray scan alone (slow on
+            # a busy machine) has killed nothing, and its leader's own exit status says how it ended.
+            self._mark_killed()
         self._killing = True
         self._signal_all(signal.SIGKILL, group=self.program.killasgroup)
         for pid in self.strays:
             self._os.send_signal(pid, signal.SIGKILL, group=False)
         # Keep escalating until everything is gone (a process in D state may take a moment).
         self._timer = self._os.call_later(max(1.0, self.program.stopwaitsecs), self._stop_timed_out)
+
+    def _mark_killed(self) -> None:
+        self.reason = f"killed: did not stop within stopwaitsecs ({self.program.stopwaitsecs}s)"
 
     def _signal_all(self, sig: int, *, group: bool) -> None:
         if self.pid is None:

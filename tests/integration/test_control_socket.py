@@ -200,7 +200,8 @@ def test_signal_pid_version_and_json(daemon):
     r = ctl(d, "pid")
     assert (r.returncode, r.stdout) == (0, f"{d.proc.pid}\n")
     r = ctl(d, "--json", "version")
-    assert json.loads(r.stdout) == {"version": "0.1.0", "protocol": 1, "pid": d.proc.pid}
+    assert json.loads(r.stdout) == {"version": "0.1.0", "protocol": 1, "pid": d.proc.pid,
+                                       "log_dropped_lines": 0}
     r = ctl(d, "signal", "usr1", "trap")
     assert (r.returncode, r.stdout) == (0, "trap: signalled\n")
     wait_until(lambda: f"trap {pid} got SIGUSR1" in d.probe_events(), what="the signal at the child")

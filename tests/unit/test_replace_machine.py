@@ -82,7 +82,7 @@ def test_the_next_generation_starts_after_its_sockets_and_takes_over_once_ready(
     assert (cur, new) == (current, nxt) and not nxt.trial and current.retiring
     assert signals_to(fos, 100) == []  # the current one drains before any signal
     drained()
-    assert r.phase == ReplacePhase.STOPPING and signals_to(fos, 100) == [signal.SIGTERM]
+    assert r.phase == ReplacePhase.STOPPING and signals_to(fos, 100) == [signal.SIGTERM, signal.SIGCONT]
     current.exited(0)
     assert current.state == ProcessState.STOPPED and r.phase == ReplacePhase.SUCCEEDED
     assert phases == ["preparing", "starting", "switching", "stopping", "succeeded"]
@@ -112,7 +112,7 @@ def test_a_next_generation_not_ready_within_start_timeout_is_stopped_then_the_re
     fos.prepared[0][1](None)
     nxt.spawned(200)
     fos.advance(5.1)
-    assert nxt.state == ProcessState.STOPPING and signals_to(fos, 200) == [signal.SIGTERM]
+    assert nxt.state == ProcessState.STOPPING and signals_to(fos, 200) == [signal.SIGTERM, signal.SIGCONT]
     assert r.phase == ReplacePhase.STARTING  # it counts as failed once its group is gone
     assert "failed" not in phases
     nxt.exited(-15)
@@ -135,7 +135,7 @@ def test_an_abort_before_the_switch_stops_the_next_generation_and_keeps_the_curr
     fos.prepared[0][1](None)
     nxt.spawned(200)
     r.abort("procguard is shutting down")
-    assert signals_to(fos, 200) == [signal.SIGTERM] and r.phase == ReplacePhase.FAILED
+    assert signals_to(fos, 200) == [signal.SIGTERM, signal.SIGCONT] and r.phase == ReplacePhase.FAILED
     nxt.exited(0)
     assert nxt.state in (ProcessState.STOPPED, ProcessState.FATAL) and fos.discarded == [nxt]
     assert current.state == ProcessState.RUNNING
