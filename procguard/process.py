@@ -499,8 +499,8 @@ class Process:
         orphans = False
         if self.program.killasgroup and self.pid is not None and self._os.is_group_alive(self.pid):
             if self._will_restart(expected) and self.state == ProcessState.RUNNING and self.program.overlaps:
-                # A master died while its workers still hold requests: the replacement starts at once on
-                # fresh sockets, and the orphans get their stop signal once they have answered.
+                # A master died while its workers still hold requests: the replacement starts at once (on
+                # fresh sockets where the orphans keep serving), and the orphans finish what they have.
                 orphans = True
                 self._retire_orphans(self.pid)
             else:
@@ -552,8 +552,15 @@ class Process:
 
     def _retire_orphans(self, pgid: int) -> None:
         self.orphan_groups.add(pgid)
-        self.on_event(self, "orphans_draining", {"pgid": pgid})
-        self._os.drain_orphans(self, pgid, lambda: self._orphans_drained(pgid))
+        serve = self.program.orphans_serve
+        self.on_event(self, "orphans_draining", {"pgid": pgid, "handover": serve})
+        if serve:
+            self._os.drain_orphans(self, pgid, lambda: self._orphans_drained(pgid))
+        else:
+            # They exit by themselves after the request under way (uWSGI): no handover, so what is queued
+            # on the held sockets stays for the replacement, and no stop signal (uWSGI's worker TERM
+            # handler exits at once, cutting that request off); SIGKILL only if still there at stopwaitsecs.
+            self._os.call_later(self.program.stopwaitsecs, lambda: self._orphans_timed_out(pgid))
 
     def _orphans_drained(self, pgid: int) -> None:
         if pgid not in self.orphan_groups:

@@ -390,3 +390,33 @@ def test_strays_found_after_the_kill_escalation_get_sigkill_and_restart_waits_fo
     p.child_reaped(99)
     fos.answer_scan([])
     assert p.state == ProcessState.STARTING and len(fos.spawned) == 2
+
+
+# ------------------------------------------------- a crashed master whose workers exit by themselves (#16)
+
+
+def test_orphans_that_do_not_serve_keep_the_held_sockets_for_the_replacement_and_get_no_stop_signal():
+    """uWSGI's workers exit when their master dies: no handover (its queue stays for the replacement), no
+    TERM (a uWSGI worker's TERM exits at once, cutting its request off); SIGKILL only at stopwaitsecs."""
+    p, fos, _ = make(startsecs=0.0, sockets=("web",), orphans_serve=False, autorestart=AutoRestart.ALWAYS)
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    fos.now = 100.0  # a long healthy run
+    p.exited(-9)
+    assert (len(fos.spawned), fos.signals) == (2, []), fos.signals  # the replacement at once, nothing signalled
+    fos.advance(p.program.stopwaitsecs)
+    assert fos.signals == [(42, signal.SIGKILL, True)]  # still there at stopwaitsecs
+    fos.groups_alive.discard(42)
+
+
+def test_orphans_that_exit_by_themselves_in_time_are_never_killed():
+    p, fos, _ = make(startsecs=0.0, sockets=("web",), orphans_serve=False, autorestart=AutoRestart.ALWAYS)
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    fos.now = 100.0
+    p.exited(-9)
+    fos.groups_alive.discard(42)
+    fos.advance(p.program.stopwaitsecs)
+    assert fos.signals == []
