@@ -408,18 +408,31 @@ class Process:
             self._cancel_timer()
             self._become_running()
 
-    def health_result(self, ok: bool, reason: str) -> None:
-        """A health check finished. Drives readiness, health and, after `retries` failures, a restart."""
+    def health_result(self, ok: bool, reason: str, *, answered: bool = False) -> None:
+        """A health check finished. Drives readiness, health and, after `retries` failures, a restart.
+
+        answered: the server answered and the answer fails the check (an HTTP status not expected). A
+        next generation on trial (ready by its check) whose check fails so `retries` times in a row is
+        refused at once instead of at start_timeout; a refused connection or a timeout only waits.
+        """
         hc = self.program.healthcheck
         if hc is None or self.state not in (ProcessState.STARTING, ProcessState.RUNNING) or not self._leader_alive:
             return
         if self.state == ProcessState.STARTING:
             if ok and self.program.ready == Ready.HEALTHCHECK:
+                self.health_failures = 0
                 self._set_health("healthy", "")
                 self._cancel_timer()
                 self._become_running()
             elif not ok:
-                self.health_reason = reason  # not ready yet: shown in status, no count
+                self.health_reason = reason  # not ready yet: shown in status
+                warming = self.spawned_at is not None and self._os.monotonic() - self.spawned_at < hc.start_period
+                self.health_failures = self.health_failures + 1 if answered and not warming else 0
+                if self.trial and self.program.ready == Ready.HEALTHCHECK and self.health_failures >= hc.retries:
+                    self._cancel_timer()
+                    self._after_stop = "fail"
+                    self._pending_reason = f"health check failed {self.health_failures} times in a row: {reason}"
+                    self.stop()
             return
         if ok:
             self.health_failures = 0

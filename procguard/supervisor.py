@@ -120,7 +120,7 @@ class Supervisor:
                 proc.health_check_s = loop.time() - began  # metrics: procguard_process_health_check_seconds
                 if not result.ok:
                     log.debug("health_check_failed", process=proc.name, pid=pid, reason=result.reason)
-                proc.health_result(result.ok, result.reason)
+                proc.health_result(result.ok, result.reason, answered=result.answered)
                 if proc.state == ProcessState.RUNNING:
                     delay = hc.interval * (random.uniform(0.5, 1.0) if first_running else 1.0)
                     first_running = False

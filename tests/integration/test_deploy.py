@@ -29,7 +29,7 @@ def release(d: DaemonRun, name: str, mode: str = "ok") -> None:
 
 
 def web(d: DaemonRun, port: int, ready: str = "healthcheck", abrupt: bool = True, workers: int = 0,
-        delay: float = 0.02, access_log: bool = False, **keys: object) -> str:
+        delay: float = 0.02, access_log: bool = False, start_timeout: str = "5s", **keys: object) -> str:
     """The test server on a held socket. abrupt: it cuts off the request in hand on TERM (as daphne does),
     so only a drain before the stop signal loses nothing. workers: a master forking that many.
     access_log: a line per request on stderr."""
@@ -37,7 +37,7 @@ def web(d: DaemonRun, port: int, ready: str = "healthcheck", abrupt: bool = True
                         "--delay", str(delay), *(["--abrupt"] if abrupt else []),
                         *(["--access-log"] if access_log else []),
                         *(["--workers", str(workers)] if workers else [])],
-                sockets=["web"], startsecs=0, start_timeout="5s", ready=ready, **keys)
+                sockets=["web"], startsecs=0, start_timeout=start_timeout, ready=ready, **keys)
     if ready == "healthcheck":
         text += f'[program.web.healthcheck]\ntype = "http"\nurl = "http://127.0.0.1:{port}/"\ninterval = "1s"\n\n'
     return f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n' + text
@@ -136,6 +136,23 @@ def test_a_broken_release_never_goes_live(daemon):
     release(d, "v3", "exit")
     r = ctl(d, "deploy", "web")
     assert r.returncode == 1 and "v3: release is broken" in r.stdout, r.stdout
+
+
+def test_a_next_generation_whose_health_check_answers_503_is_refused_without_waiting_for_start_timeout(daemon):
+    """A definite answer that fails the check, `retries` (3) times in a row, is a verdict: no wait for
+    start_timeout (120s here; the deploy would otherwise fail with "not ready within start_timeout")."""
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port, start_timeout="120s"))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    pid = status(d)["pid"]
+    r, results, errors = broken_deploy(d, port, "status503")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "health check failed 3 times in a row: HTTP 503" in r.stdout, r.stdout
+    assert errors == [] and set(results) == {f"v1 {pid}\n"}, (errors[:5], set(results))
+    assert status(d)["last_deploy"]["step"] == "starting"
 
 
 ACCESS_LINE = '"GET / HTTP/1.1" 200 -'  # the current generation's access log (fdserver --access-log)
