@@ -15,11 +15,14 @@ itself through the seam. Every transition is reported to `on_change(process, old
 import enum
 import random
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, Ready
+from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, Ready, SocketConfig
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class ProcessState(enum.StrEnum):
@@ -85,8 +88,28 @@ class ReplaceTrigger(enum.StrEnum):
     MAX_MEMORY = "max_memory"
 
 
+class HeldSockets(Protocol):
+    """The held sockets of the config in force (sockets.SocketSet)."""
+
+    def apply(self, configs: tuple[SocketConfig, ...], users: dict[str, int] | None = None) -> None:
+        """Bind new or changed sockets, close removed ones; raise SocketError (and change nothing) when one
+        cannot be bound. users: how many processes each socket is passed to."""
+        ...
+
+
 class OSApi(Protocol):
-    """What the state machine needs from the world. `osapi.RealOS` is the real one."""
+    """What the state machine (and the supervisor around it) needs from the world. `osapi.RealOS` is the
+    real one."""
+
+    @property
+    def sockets(self) -> HeldSockets:
+        """The held sockets (a reload applies the new config's to them)."""
+        ...
+
+    async def spawn_command(self, argv: Sequence[str], **popen_kwargs: Any) -> "tuple[int, asyncio.Future[int]]":
+        """Start a helper command (an exec health check) off the loop; its pid and a future of its exit code
+        (health.CommandSpawner)."""
+        ...
 
     def monotonic(self) -> float: ...
 

@@ -4,13 +4,15 @@ Real-process tests (tests/integration) are the evidence; these pin the rules exa
 jitter bounds and timer arithmetic that real time makes noisy.
 """
 
+import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
-from procguard.config import AutoRestart, ProcessConfig, ProgramConfig
+from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, SocketConfig
 from procguard.process import Process, ProcessState
 
 
@@ -25,6 +27,14 @@ class FakeTimer:
 
 
 @dataclass
+class FakeSockets:
+    applied: list[tuple[SocketConfig, ...]] = field(default_factory=list)
+
+    def apply(self, configs: tuple[SocketConfig, ...], users: dict[str, int] | None = None) -> None:
+        self.applied.append(configs)
+
+
+@dataclass
 class FakeOS:
     now: float = 0.0
     timers: list[FakeTimer] = field(default_factory=list)
@@ -35,6 +45,14 @@ class FakeOS:
     hold_scans: bool = False  # leave scans unanswered until answer_scan() (the real seam answers later)
     drains: list[Callable[[], None]] = field(default_factory=list)
     answered: int = 0
+    sockets: FakeSockets = field(default_factory=FakeSockets)
+    commands: list[tuple[str, ...]] = field(default_factory=list)  # spawn_command's argv, each run exiting 0
+
+    async def spawn_command(self, argv: Sequence[str], **popen_kwargs: Any) -> "tuple[int, asyncio.Future[int]]":
+        self.commands.append(tuple(argv))
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.set_result(0)
+        return 10_000 + len(self.commands), done
 
     def monotonic(self) -> float:
         return self.now
