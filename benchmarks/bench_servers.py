@@ -550,9 +550,11 @@ def bench_server(server: str, rounds: int, out: dict[str, Any], bench: Bench) ->
         out["deploy_broken"] = load_rounds(c, server, "deploy", "deploy of a release that fails import", 1,
                                            PRE_OK, Breakage.IMPORT_ERROR)
         out["sigkill"] = sigkill_rounds(c, server, rounds)
-        out["sigkill_load"] = sigkill_load_rounds(c, server, rounds)
         if server == "gunicorn":
+            # Their own gunicorn, beside this one: meanwhile the master the SIGKILL above started passes
+            # backoff_reset, so the SIGKILL under load below need not wait for it again.
             out["peers"] = peer_restarts(c, bench, rounds)
+        out["sigkill_load"] = sigkill_load_rounds(c, server, rounds)
     with coffeehouse(server, False, out["survivors"]["own_bind"]) as c:
         out["restart_own_bind"] = load_rounds(c, server, "restart", "restart, own bind", rounds)
 

@@ -173,6 +173,11 @@ class ProgramConfig:
     # A restart first moves the held TCP sockets to fresh ones for the next process and waits up to this
     # long for the old one to finish its connections, then stops it (sockets.py, "handover"). 0: no wait.
     drain_timeout: float = 0.0
+    # After the leader died with its group alive, do the orphans keep serving (servers.Profile.orphans_serve)?
+    # True: the held TCP sockets are handed to the replacement and the orphans drain, then get stopsignal.
+    # False (uWSGI): the replacement takes the held sockets, queue and all, and the orphans exit by
+    # themselves (SIGKILL after stopwaitsecs).
+    orphans_serve: bool = True
     # [group.NAME] this program belongs to (supervisord's [group:x]): its processes are named GROUP:PROCESS
     # and the group's priority orders it before its own priority does.
     group: str | None = None
@@ -835,6 +840,11 @@ def _self_fd_problem(path: str) -> str | None:
     return None
 
 
+def _profile_only(prof: servers.Profile | None) -> dict[str, Any]:
+    """The ProgramConfig fields only a server profile sets (no key of their own): the dataclass default without one."""
+    return {"orphans_serve": prof.orphans_serve} if prof is not None else {}
+
+
 def _parse_program(
     name: str, table: Any, source: str, logdir: str, environ: dict[str, str], issues: list[ConfigIssue],
     binds: Mapping[str, str], in_group: GroupConfig | None = None,
@@ -1033,6 +1043,7 @@ def _parse_program(
         server=server,
         reload_signal=p.get("reload_signal", parse_signal, prof.reload_signal if prof else None),
         drain_timeout=p.get("drain_timeout", parse_duration, prof.drain if prof else 0.0),
+        **_profile_only(prof),
         group=None if in_group is None else in_group.name,
         group_priority=None if in_group is None else in_group.priority,
         **p.present("restart_strategy", _parse_restart_strategy),

@@ -569,7 +569,12 @@ class ControlServer:
                                "message": r.message, "pid": r.pid, "generation": r.generation, "step": str(r.step),
                                "overlapped": r.overlapped}
         if not r.ok and self._output is not None:
-            # The next generation's last words (it wrote into the process's own streams).
+            # The next generation's last words: its own tail (the current generation writes into the same
+            # streams meanwhile); else, stopped then started, the process's.
+            own = None if r.tried is None else self._output.generation_output(r.name, r.tried, DEPLOY_OUTPUT_LINES)
+            if own is not None:
+                out["output"] = own
+                return out
             proc = self._sup.resolve([r.name])[0]
             lines: list[str] = []
             for stream in self._output.streams_of(proc.program, proc.config):

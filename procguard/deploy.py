@@ -40,6 +40,7 @@ class DeployResult:
     generation: int
     step: ReplacePhase  # SUCCEEDED, or where it stopped
     overlapped: bool  # False: stopped, then started (restart_strategy = "recreate", or no held sockets)
+    tried: int | None = None  # the next generation that failed (its own output is the reply's `output`)
 
 
 class Deployer:
@@ -151,7 +152,7 @@ class Deployer:
                    else f"generation {nxt.generation} failed while {r.failed_in}: {r.reason}; "
                         f"generation {proc.generation} (pid {proc.pid}) still serves")
         return DeployResult(serving.name, ok, serving.state, message, serving.pid, serving.generation,
-                            ReplacePhase.SUCCEEDED if ok else r.failed_in, True)
+                            ReplacePhase.SUCCEEDED if ok else r.failed_in, True, None if ok else nxt.generation)
 
     async def replace_procs(self, procs: list[Process], trigger: ReplaceTrigger,
                             program: ProgramConfig | None = None) -> list[DeployResult]:

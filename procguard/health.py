@@ -39,6 +39,9 @@ class CheckResult:
     ok: bool
     reason: str
     duration_s: float
+    # The server answered, and its answer fails the check (an HTTP status not expected): a definite
+    # "no", unlike a refused connection or a timeout (a server may still be binding or booting).
+    answered: bool = False
 
 
 class CommandSpawner(Protocol):
@@ -49,6 +52,10 @@ class CommandSpawner(Protocol):
 
 class _Failed(Exception):
     """The check ran and the service is not healthy; the message is the reason."""
+
+
+class _Answered(_Failed):
+    """The service answered, and its answer fails the check (CheckResult.answered)."""
 
 
 async def run_check(
@@ -90,16 +97,20 @@ async def run_check(
             else:
                 raise _Failed(f"unknown check type {hc.type!r}")
         reason = ""
+        answered = False
     except _Failed as exc:
         reason = str(exc)
+        answered = isinstance(exc, _Answered)
     except TimeoutError:
+        answered = False
         if not deadline.expired():  # TimeoutError is an OSError: a socket's own ETIMEDOUT
             reason = "connection timed out"
         else:
             reason = f"timed out after {_seconds(hc.timeout)}"
     except Exception as exc:  # boundary: callers rely on a result, and a bug here must not stop supervision
         reason = f"internal error: {type(exc).__name__}: {exc}"
-    return CheckResult(ok=not reason, reason=reason, duration_s=time.monotonic() - started)
+        answered = False
+    return CheckResult(ok=not reason, reason=reason, duration_s=time.monotonic() - started, answered=answered)
 
 
 def _seconds(value: float) -> str:
@@ -219,7 +230,7 @@ async def _read_response(reader: asyncio.StreamReader, hc: HealthCheckConfig, pr
     if status not in hc.expect_status:
         codes = hc.expected_status_text()
         expected = codes if len(hc.expect_status) == 1 else f"one of {codes}"
-        raise _Failed(f"{prefix}HTTP {status} (expected {expected})")
+        raise _Answered(f"{prefix}HTTP {status} (expected {expected})")
     if hc.expect_body is None:
         return
     if hc.method == "HEAD" or status in (204, 304):

@@ -245,7 +245,10 @@ class RealOS:
             await handing  # the sockets move away from a crashed leader's orphans first (drain_orphans)
         self._spawns_in_flight += 1
         try:
-            pipes = self.output.open_pipes(process.program, process.config)
+            # A generation on trial keeps its own last output too: a failed deploy's reply shows its last words.
+            tap = self.output.trial_tail(process.program, process.config, process.generation,
+                                         lambda: process.trial) if process.trial else None
+            pipes = self.output.open_pipes(process.program, process.config, tap)
         except OSError as exc:
             self._spawn_done()
             reason = f"cannot create output pipes: {exc.strerror or exc}"

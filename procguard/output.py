@@ -332,6 +332,29 @@ class InheritWriter:
                 self._cond.wait(left)
 
 
+class GenerationTail:
+    """The last output of one generation on trial (a deploy's next generation), apart from its process's
+    shared tail: under load the current generation's access log would push its last words out of that.
+
+    Fed only while `active()` (the generation is on trial): its pipes use the read path meanwhile (no
+    splice), and splice again once it serves.
+    """
+
+    def __init__(self, generation: int, maxbytes: int, active: Callable[[], bool]) -> None:
+        self.generation = generation
+        self.maxbytes = maxbytes
+        self.active = active
+        self.data = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > self.maxbytes:
+            del self.data[: len(self.data) - self.maxbytes]
+
+    def lines(self, n: int) -> list[str]:
+        return self.data.decode(errors="replace").splitlines()[-n:]
+
+
 class Stream:
     """One process's stdout or stderr across its restarts: destination, tail buffer, followers."""
 
@@ -412,14 +435,16 @@ class Stream:
         for follower in list(self.followers):
             follower(data, self.offset)
 
-    def pump(self, rfd: int) -> int:
-        """Move what the pipe holds (up to BUDGET); return EOF, AGAIN (drained for now) or MORE."""
+    def pump(self, rfd: int, tap: GenerationTail | None = None) -> int:
+        """Move what the pipe holds (up to BUDGET); return EOF, AGAIN (drained for now) or MORE.
+        tap: a generation's own tail that gets a copy (through the read path: splice never shows the bytes)."""
         moved = 0
         f = self.file
         if f is not None and not f.failing:
             f.ready()  # opens the file if needed, notices an external truncation
         while moved < BUDGET:
-            if f is not None and not self.settings.timestamps and f.can_splice and not f.failing and f.fd is not None:
+            if tap is None and f is not None and not self.settings.timestamps and f.can_splice and not f.failing \
+                    and f.fd is not None:
                 room = f.room()
                 if room <= 0:
                     f.rotate()
@@ -464,6 +489,8 @@ class Stream:
                 return AGAIN
             if not data:
                 return EOF
+            if tap is not None:
+                tap.add(data)
             self._emit(data)
             moved += len(data)
         return MORE
@@ -514,6 +541,8 @@ class Output:
         self._streams: dict[tuple[str, str], Stream] = {}
         self._files: dict[str, LogFile] = {}
         self._pipes: dict[int, Stream] = {}
+        self._taps: dict[int, GenerationTail] = {}  # by read end: the pipes of a generation on trial
+        self._trials: dict[str, GenerationTail] = {}  # by process: its latest generation on trial
         self._inherit = {"stdout": InheritWriter(stdout_fd), "stderr": InheritWriter(stderr_fd)}
 
     # ------------------------------------------------------------------------------ plumbing
@@ -553,10 +582,25 @@ class Output:
             s.configure(settings)
         return s
 
-    def open_pipes(self, program: ProgramConfig, proc: ProcessConfig) -> "SpawnPipes":
-        """Pipes for one spawn: the write ends go to the child, the read ends to `attach` afterwards."""
+    def trial_tail(self, program: ProgramConfig, proc: ProcessConfig, generation: int,
+                   active: Callable[[], bool]) -> GenerationTail:
+        """A tail of its own for a generation on trial (open_pipes' tap); it replaces the process's last one."""
+        cap = max(s.settings.tail_maxbytes for s in self.streams_of(program, proc) if s is not None)
+        tail = self._trials[proc.name] = GenerationTail(generation, cap, active)
+        return tail
+
+    def generation_output(self, process: str, generation: int, lines: int) -> list[str] | None:
+        """The last lines of that generation on trial of the process (stdout and stderr as they came);
+        None when it has no tail of its own (never spawned on trial, or a newer one replaced it)."""
+        tail = self._trials.get(process)
+        return tail.lines(lines) if tail is not None and tail.generation == generation else None
+
+    def open_pipes(self, program: ProgramConfig, proc: ProcessConfig,
+                   tap: GenerationTail | None = None) -> "SpawnPipes":
+        """Pipes for one spawn: the write ends go to the child, the read ends to `attach` afterwards.
+        tap: also keep what this spawn writes there (trial_tail)."""
         out, err = self.streams_of(program, proc)
-        pipes = SpawnPipes(self)
+        pipes = SpawnPipes(self, tap)
         try:
             pipes.add(out)
             if err is not None:
@@ -569,20 +613,30 @@ class Output:
             raise
         return pipes
 
-    def _attach(self, rfd: int, stream: Stream) -> None:
+    def _attach(self, rfd: int, stream: Stream, tap: GenerationTail | None) -> None:
         self._pipes[rfd] = stream
+        if tap is not None:
+            self._taps[rfd] = tap
         stream.pipes += 1
         self._loop.add_reader(rfd, self._readable, rfd)
+
+    def _tap(self, rfd: int) -> GenerationTail | None:
+        tap = self._taps.get(rfd)
+        if tap is not None and not tap.active():
+            del self._taps[rfd]  # it serves now: splice again
+            return None
+        return tap
 
     def _readable(self, rfd: int) -> None:
         stream = self._pipes.get(rfd)
         if stream is None:
             return
-        if stream.pump(rfd) == EOF:
+        if stream.pump(rfd, self._tap(rfd)) == EOF:
             self._detach(rfd)
 
     def _detach(self, rfd: int) -> None:
         self._loop.remove_reader(rfd)
+        self._taps.pop(rfd, None)
         stream = self._pipes.pop(rfd, None)
         os.close(rfd)
         if stream is not None:
@@ -626,7 +680,7 @@ class Output:
         """Read every pipe to its end (shutdown): all a child wrote before it exited reaches its file."""
         for rfd, stream in list(self._pipes.items()):
             while True:
-                result = stream.pump(rfd)
+                result = stream.pump(rfd, self._tap(rfd))
                 if result == EOF:
                     self._detach(rfd)
                     break
@@ -647,8 +701,9 @@ class Output:
 class SpawnPipes:
     """The pipes of one spawn: write ends for the child, read ends the loop takes over afterwards."""
 
-    def __init__(self, output: Output) -> None:
+    def __init__(self, output: Output, tap: GenerationTail | None = None) -> None:
         self._output = output
+        self._tap = tap
         self.write_fds: list[int] = []
         self._reads: list[tuple[int, Stream]] = []
 
@@ -679,7 +734,7 @@ class SpawnPipes:
     def attach(self) -> None:
         self.close_write_ends()
         for r, stream in self._reads:
-            self._output._attach(r, stream)
+            self._output._attach(r, stream, self._tap)
         self._reads = []
 
     def abandon(self) -> None:

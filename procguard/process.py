@@ -15,11 +15,14 @@ itself through the seam. Every transition is reported to `on_change(process, old
 import enum
 import random
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, Ready
+from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, Ready, SocketConfig
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class ProcessState(enum.StrEnum):
@@ -88,8 +91,28 @@ class ReplaceTrigger(enum.StrEnum):
     MAX_MEMORY = "max_memory"
 
 
+class HeldSockets(Protocol):
+    """The held sockets of the config in force (sockets.SocketSet)."""
+
+    def apply(self, configs: tuple[SocketConfig, ...], users: dict[str, int] | None = None) -> None:
+        """Bind new or changed sockets, close removed ones; raise SocketError (and change nothing) when one
+        cannot be bound. users: how many processes each socket is passed to."""
+        ...
+
+
 class OSApi(Protocol):
-    """What the state machine needs from the world. `osapi.RealOS` is the real one."""
+    """What the state machine (and the supervisor around it) needs from the world. `osapi.RealOS` is the
+    real one."""
+
+    @property
+    def sockets(self) -> HeldSockets:
+        """The held sockets (a reload applies the new config's to them)."""
+        ...
+
+    async def spawn_command(self, argv: Sequence[str], **popen_kwargs: Any) -> "tuple[int, asyncio.Future[int]]":
+        """Start a helper command (an exec health check) off the loop; its pid and a future of its exit code
+        (health.CommandSpawner)."""
+        ...
 
     def monotonic(self) -> float: ...
 
@@ -415,18 +438,31 @@ class Process:
             self._cancel_timer()
             self._become_running()
 
-    def health_result(self, ok: bool, reason: str) -> None:
-        """A health check finished. Drives readiness, health and, after `retries` failures, a restart."""
+    def health_result(self, ok: bool, reason: str, *, answered: bool = False) -> None:
+        """A health check finished. Drives readiness, health and, after `retries` failures, a restart.
+
+        answered: the server answered and the answer fails the check (an HTTP status not expected). A
+        next generation on trial (ready by its check) whose check fails so `retries` times in a row is
+        refused at once instead of at start_timeout; a refused connection or a timeout only waits.
+        """
         hc = self.program.healthcheck
         if hc is None or self.state not in (ProcessState.STARTING, ProcessState.RUNNING) or not self._leader_alive:
             return
         if self.state == ProcessState.STARTING:
             if ok and self.program.ready == Ready.HEALTHCHECK:
+                self.health_failures = 0
                 self._set_health("healthy", "")
                 self._cancel_timer()
                 self._become_running()
             elif not ok:
-                self.health_reason = reason  # not ready yet: shown in status, no count
+                self.health_reason = reason  # not ready yet: shown in status
+                warming = self.spawned_at is not None and self._os.monotonic() - self.spawned_at < hc.start_period
+                self.health_failures = self.health_failures + 1 if answered and not warming else 0
+                if self.trial and self.program.ready == Ready.HEALTHCHECK and self.health_failures >= hc.retries:
+                    self._cancel_timer()
+                    self._after_stop = "fail"
+                    self._pending_reason = f"health check failed {self.health_failures} times in a row: {reason}"
+                    self.stop()
             return
         if ok:
             self.health_failures = 0
@@ -506,8 +542,8 @@ class Process:
         orphans = False
         if self.program.killasgroup and self.pid is not None and self._os.is_group_alive(self.pid):
             if self._will_restart(expected) and self.state == ProcessState.RUNNING and self.program.overlaps:
-                # A master died while its workers still hold requests: the replacement starts at once on
-                # fresh sockets, and the orphans get their stop signal once they have answered.
+                # A master died while its workers still hold requests: the replacement starts at once (on
+                # fresh sockets where the orphans keep serving), and the orphans finish what they have.
                 orphans = True
                 self._retire_orphans(self.pid)
             else:
@@ -559,8 +595,15 @@ class Process:
 
     def _retire_orphans(self, pgid: int) -> None:
         self.orphan_groups.add(pgid)
-        self.on_event(self, "orphans_draining", {"pgid": pgid})
-        self._os.drain_orphans(self, pgid, lambda: self._orphans_drained(pgid))
+        serve = self.program.orphans_serve
+        self.on_event(self, "orphans_draining", {"pgid": pgid, "handover": serve})
+        if serve:
+            self._os.drain_orphans(self, pgid, lambda: self._orphans_drained(pgid))
+        else:
+            # They exit by themselves after the request under way (uWSGI): no handover, so what is queued
+            # on the held sockets stays for the replacement, and no stop signal (uWSGI's worker TERM
+            # handler exits at once, cutting that request off); SIGKILL only if still there at stopwaitsecs.
+            self._os.call_later(self.program.stopwaitsecs, lambda: self._orphans_timed_out(pgid))
 
     def _orphans_drained(self, pgid: int) -> None:
         if pgid not in self.orphan_groups:

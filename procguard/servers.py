@@ -23,6 +23,12 @@ class Profile:
     # (uWSGI's workers blocked in accept, daphne, uvicorn, hypercorn) need the handover on restart;
     # gunicorn answers what its workers accepted (0 failed requests in every run under load).
     drain: float = 0.0
+    # Whether the workers keep serving when their master dies (SIGKILL, OOM). gunicorn's do, until they
+    # notice; uWSGI's exit at once ("the master disconnected from this worker": a worker's read of its
+    # signal socket to the master sees EOF, core/signal.c uwsgi_receive_signal -> end_me), so after a
+    # crashed master the connections still queued on the held socket must stay there for the
+    # replacement (no handover, config.ProgramConfig.orphans_serve).
+    orphans_serve: bool = True
 
 
 def _flag_value(argv: tuple[str, ...], *names: str) -> str | None:
@@ -105,7 +111,7 @@ def profile(server: str, argv: tuple[str, ...]) -> Profile:
         graceful = uwsgi_graceful_term(argv)
         stop = signal.SIGTERM if graceful or _has(argv, "--die-on-term") else signal.SIGQUIT
         # A worker blocked in accept() when the stop arrives closes what it accepted unanswered.
-        return Profile(int(stop), wait, int(signal.SIGHUP), "notify", grace)
+        return Profile(int(stop), wait, int(signal.SIGHUP), "notify", grace, orphans_serve=False)
     if server == "daphne":
         # TERM cancels every request in flight (kill_all_applications): it has no graceful stop.
         return Profile(int(signal.SIGTERM), wait, None, "startsecs", grace)

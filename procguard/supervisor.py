@@ -113,14 +113,14 @@ class Supervisor:
                 began = loop.time()
                 result = await run_check(hc, uid=program.uid, gid=program.gid, extra_groups=program.extra_groups,
                                          env=dict(proc.config.environment), cwd=proc.config.directory,
-                                         spawner=getattr(self._os, "spawn_command", None),
+                                         spawner=self._os.spawn_command,
                                          route=self._os.check_route(proc))
                 if not alive():  # re-check after the await: it may have been stopped or restarted
                     return
                 proc.health_check_s = loop.time() - began  # metrics: procguard_process_health_check_seconds
                 if not result.ok:
                     log.debug("health_check_failed", process=proc.name, pid=pid, reason=result.reason)
-                proc.health_result(result.ok, result.reason)
+                proc.health_result(result.ok, result.reason, answered=result.answered)
                 if proc.state == ProcessState.RUNNING:
                     delay = hc.interval * (random.uniform(0.5, 1.0) if first_running else 1.0)
                     first_running = False
@@ -608,14 +608,12 @@ class Supervisor:
         kept = [p for p in self.config.programs if p.name not in applied and p.name not in diff.removed]
         programs = sorted([*kept, *(new_by_name[n] for n in applied)], key=lambda p: (*p.start_order, p.name))
         result = replace(new, programs=tuple(programs))
-        apply_sockets = getattr(self._os, "sockets", None)
-        if apply_sockets is not None:
-            try:
-                apply_sockets.apply(result.sockets, result.socket_users())
-            except SocketError as exc:
-                issue = ConfigIssue(new.path, None, "socket", str(exc))
-                log.error("config_reload_refused", path=new.path, errors=[str(issue)])
-                raise ConfigError([issue]) from None
+        try:
+            self._os.sockets.apply(result.sockets, result.socket_users())
+        except SocketError as exc:
+            issue = ConfigIssue(new.path, None, "socket", str(exc))
+            log.error("config_reload_refused", path=new.path, errors=[str(issue)])
+            raise ConfigError([issue]) from None
         log.info("config_reloading", added=diff.added, changed=diff.changed, removed=diff.removed)
         # A socket rebound by apply() above is not the one the running generation holds: no overlap then.
         old_socks = {c.name: c for c in self.config.sockets}

@@ -32,8 +32,9 @@ def is_number(value: object) -> bool:
 
 def test_quick_gunicorn_run_has_every_figure_and_no_survivors(tmp_path: Path) -> None:
     out = tmp_path / "servers.json"
-    # 600 s is a hang guard on a loaded box, not a speed limit (the run took 165-250 s on a busy 2-core box;
-    # the deploy, broken-release, SIGKILL-under-load and peer rounds of issue #16 are most of it).
+    # 600 s is a hang guard on a loaded box, not a speed limit (the run took 165-250 s on a busy 2-core box,
+    # 62 s on a quiet one; the deploy, broken-release, SIGKILL-under-load and peer rounds of issue #16 are
+    # most of it).
     r = subprocess.run([sys.executable, "benchmarks/bench_servers.py", "--quick", "--only", "gunicorn", "--json",
                         str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"

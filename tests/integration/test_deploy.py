@@ -29,13 +29,15 @@ def release(d: DaemonRun, name: str, mode: str = "ok") -> None:
 
 
 def web(d: DaemonRun, port: int, ready: str = "healthcheck", abrupt: bool = True, workers: int = 0,
-        delay: float = 0.02, **keys: object) -> str:
+        delay: float = 0.02, access_log: bool = False, start_timeout: str = "5s", **keys: object) -> str:
     """The test server on a held socket. abrupt: it cuts off the request in hand on TERM (as daphne does),
-    so only a drain before the stop signal loses nothing. workers: a master forking that many."""
+    so only a drain before the stop signal loses nothing. workers: a master forking that many.
+    access_log: a line per request on stderr."""
     text = prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--release", str(d.work / "release.json"),
                         "--delay", str(delay), *(["--abrupt"] if abrupt else []),
+                        *(["--access-log"] if access_log else []),
                         *(["--workers", str(workers)] if workers else [])],
-                sockets=["web"], startsecs=0, start_timeout="5s", ready=ready, **keys)
+                sockets=["web"], startsecs=0, start_timeout=start_timeout, ready=ready, **keys)
     if ready == "healthcheck":
         text += f'[program.web.healthcheck]\ntype = "http"\nurl = "http://127.0.0.1:{port}/"\ninterval = "1s"\n\n'
     return f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n' + text
@@ -134,6 +136,54 @@ def test_a_broken_release_never_goes_live(daemon):
     release(d, "v3", "exit")
     r = ctl(d, "deploy", "web")
     assert r.returncode == 1 and "v3: release is broken" in r.stdout, r.stdout
+
+
+def test_a_next_generation_whose_health_check_answers_503_is_refused_without_waiting_for_start_timeout(daemon):
+    """A definite answer that fails the check, `retries` (3) times in a row, is a verdict: no wait for
+    start_timeout (120s here; the deploy would otherwise fail with "not ready within start_timeout")."""
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port, start_timeout="120s"))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    pid = status(d)["pid"]
+    r, results, errors = broken_deploy(d, port, "status503")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "health check failed 3 times in a row: HTTP 503" in r.stdout, r.stdout
+    assert errors == [] and set(results) == {f"v1 {pid}\n"}, (errors[:5], set(results))
+    assert status(d)["last_deploy"]["step"] == "starting"
+
+
+ACCESS_LINE = '"GET / HTTP/1.1" 200 -'  # the current generation's access log (fdserver --access-log)
+
+
+def test_a_failed_deploy_replies_with_the_next_generations_own_last_lines_under_load(daemon):
+    """The current generation logs a line per request into the same output meanwhile; the reply still
+    carries the traceback the next generation printed, not the access log that came after it."""
+    d = daemon()
+    port = free_port()
+    release(d, "v1")
+    d.write_config(web(d, port, ready="notify", access_log=True))
+    d.start()
+    d.wait_state("web", "RUNNING")
+    pid = status(d)["pid"]
+    out: list[subprocess.CompletedProcess[str]] = []
+
+    def deploy() -> None:
+        release(d, "v2", "stuck")  # prints a traceback, then never becomes ready (start_timeout 5s)
+        out.append(ctl(d, "--json", "deploy", "web"))
+
+    results, errors = load_across(port, deploy, lambda answers, returned: len(answers) >= returned + 10)
+    assert errors == [] and set(results) == {f"v1 {pid}\n"}, (errors[:5], set(results))
+    [reply] = json.loads(out[0].stdout)
+    assert (out[0].returncode, reply["ok"], reply["pid"]) == (1, False, pid), reply
+    assert reply["output"][0] == "Traceback (most recent call last):", reply["output"]
+    assert reply["output"][-1] == "ImportError: v2: No module named 'app'", reply["output"]
+    assert not any(ACCESS_LINE in line for line in reply["output"]), reply["output"]
+    # The current generation's access log did go on, in the process's log meanwhile.
+    r = ctl(d, "tail", "web", "stderr")
+    assert ACCESS_LINE in r.stdout.splitlines()[-1], r.stdout[-500:]
 
 
 def test_a_next_generation_that_never_says_ready_is_stopped_at_start_timeout(daemon):

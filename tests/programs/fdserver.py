@@ -12,7 +12,10 @@ daphne does (it cancels every request in flight).
 --release FILE: a release read at start, as a deploy's next generation reads its new code: a JSON object
 with "name" (replaces --name), and "mode": "ok" (answer 200; READY=1 on $NOTIFY_SOCKET once serving),
 "exit" (exit 1 at start, as an ImportError would), "status503" (answer every request 503) or "silent"
-(serve 200 but never send READY=1).
+(serve 200 but never send READY=1) or "stuck" (print a traceback, as a worker failing to boot does, and
+never serve nor send READY=1).
+
+--access-log: a line per request on stderr (http.server's own log_message), as a server's access log.
 
 --workers N: a master that forks N workers serving the socket (answers name the worker's pid); TERM to
 the master is passed on to them; a worker on TERM notes "term PID" in DIR/events.log, finishes the
@@ -24,7 +27,9 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
+import traceback
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -39,6 +44,7 @@ def main() -> None:
     ap.add_argument("--abrupt", action="store_true")
     ap.add_argument("--release")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--access-log", action="store_true")
     args = ap.parse_args()
     mode = "ok"
     if args.release:
@@ -55,6 +61,14 @@ def main() -> None:
         f.write(json.dumps(report) + "\n")
     if mode == "exit":
         raise SystemExit(f"{args.name}: release is broken (ImportError: no module named 'app')")
+    if mode == "stuck":
+        try:
+            raise ImportError(f"{args.name}: No module named 'app'")
+        except ImportError:
+            traceback.print_exc()
+        sys.stderr.flush()
+        while True:
+            time.sleep(60)
     family = socket.AF_UNIX if args.unix else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM, fileno=fd)
 
@@ -73,8 +87,10 @@ def main() -> None:
         def address_string(self) -> str:
             return "peer"
 
-        def log_message(self, *a: object) -> None:
-            pass
+        def log_message(self, format: str, *a: object) -> None:
+            if args.access_log:
+                super().log_message(format, *a)
+                sys.stderr.flush()
 
     server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.socket.close()

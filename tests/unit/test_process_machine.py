@@ -4,13 +4,15 @@ Real-process tests (tests/integration) are the evidence; these pin the rules exa
 jitter bounds and timer arithmetic that real time makes noisy.
 """
 
+import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
-from procguard.config import AutoRestart, ProcessConfig, ProgramConfig
+from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, SocketConfig
 from procguard.process import Process, ProcessState
 
 
@@ -25,6 +27,14 @@ class FakeTimer:
 
 
 @dataclass
+class FakeSockets:
+    applied: list[tuple[SocketConfig, ...]] = field(default_factory=list)
+
+    def apply(self, configs: tuple[SocketConfig, ...], users: dict[str, int] | None = None) -> None:
+        self.applied.append(configs)
+
+
+@dataclass
 class FakeOS:
     now: float = 0.0
     timers: list[FakeTimer] = field(default_factory=list)
@@ -35,6 +45,14 @@ class FakeOS:
     hold_scans: bool = False  # leave scans unanswered until answer_scan() (the real seam answers later)
     drains: list[Callable[[], None]] = field(default_factory=list)
     answered: int = 0
+    sockets: FakeSockets = field(default_factory=FakeSockets)
+    commands: list[tuple[str, ...]] = field(default_factory=list)  # spawn_command's argv, each run exiting 0
+
+    async def spawn_command(self, argv: Sequence[str], **popen_kwargs: Any) -> "tuple[int, asyncio.Future[int]]":
+        self.commands.append(tuple(argv))
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.set_result(0)
+        return 10_000 + len(self.commands), done
 
     def monotonic(self) -> float:
         return self.now
@@ -424,3 +442,33 @@ def test_a_stray_found_after_stopwaitsecs_is_killed_and_says_so():
     fos.groups_alive.add(77)
     fos.answer_scan([77])
     assert (77, signal.SIGKILL, False) in fos.signals and p.reason.startswith("killed: did not stop")
+
+
+# ------------------------------------------------- a crashed master whose workers exit by themselves (#16)
+
+
+def test_orphans_that_do_not_serve_keep_the_held_sockets_for_the_replacement_and_get_no_stop_signal():
+    """uWSGI's workers exit when their master dies: no handover (its queue stays for the replacement), no
+    TERM (a uWSGI worker's TERM exits at once, cutting its request off); SIGKILL only at stopwaitsecs."""
+    p, fos, _ = make(startsecs=0.0, sockets=("web",), orphans_serve=False, autorestart=AutoRestart.ALWAYS)
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    fos.now = 100.0  # a long healthy run
+    p.exited(-9)
+    assert (len(fos.spawned), fos.signals) == (2, []), fos.signals  # the replacement at once, nothing signalled
+    fos.advance(p.program.stopwaitsecs)
+    assert fos.signals == [(42, signal.SIGKILL, True)]  # still there at stopwaitsecs
+    fos.groups_alive.discard(42)
+
+
+def test_orphans_that_exit_by_themselves_in_time_are_never_killed():
+    p, fos, _ = make(startsecs=0.0, sockets=("web",), orphans_serve=False, autorestart=AutoRestart.ALWAYS)
+    p.start()
+    p.spawned(42)
+    fos.groups_alive.add(42)
+    fos.now = 100.0
+    p.exited(-9)
+    fos.groups_alive.discard(42)
+    fos.advance(p.program.stopwaitsecs)
+    assert fos.signals == []

@@ -55,6 +55,8 @@ def setup(**over: object) -> tuple[Process, Process, Replacement, TwoGenOS, list
     current.spawned(100)
     if prog.ready == Ready.NOTIFY:
         current.notified({"READY": "1"})
+    elif prog.ready == Ready.HEALTHCHECK:
+        current.health_result(True, "")
     fos.advance(prog.startsecs)
     assert current.state == ProcessState.RUNNING
     nxt = Process(prog, prog.processes[0], fos, changed)
@@ -184,3 +186,49 @@ def test_an_unhealthy_overlapping_process_asks_for_a_replace():
     current.health_result(False, "connection refused")
     current.health_result(False, "connection refused")
     assert asked == [ReplaceTrigger.HEALTH] and current.state == ProcessState.RUNNING
+
+
+def _checked(retries: int = 3, start_period: float = 0.0) -> tuple[Process, Process, Replacement, TwoGenOS, list[str]]:
+    from procguard.config import HealthCheckConfig
+
+    current, nxt, r, fos, phases = setup(
+        healthcheck=HealthCheckConfig(type="http", url="http://127.0.0.1:1/", retries=retries,
+                                      start_period=start_period),
+        ready=Ready.HEALTHCHECK, start_timeout=60.0)
+    r.begin()
+    fos.prepared[0][1](None)
+    nxt.spawned(200)
+    return current, nxt, r, fos, phases
+
+
+def test_a_next_generation_whose_check_answers_no_retries_times_in_a_row_is_refused_before_start_timeout():
+    current, nxt, r, fos, phases = _checked(retries=3)
+    for _ in range(2):
+        nxt.health_result(False, "HTTP 503 (expected one of 100-499)", answered=True)
+    assert nxt.state == ProcessState.STARTING and signals_to(fos, 200) == []
+    nxt.health_result(False, "HTTP 503 (expected one of 100-499)", answered=True)
+    assert nxt.state == ProcessState.STOPPING and signals_to(fos, 200) == [signal.SIGTERM, signal.SIGCONT]
+    nxt.exited(-15)
+    assert r.phase == ReplacePhase.FAILED and fos.now < 60.0
+    assert r.reason == "health check failed 3 times in a row: HTTP 503 (expected one of 100-499)", r.reason
+    assert current.state == ProcessState.RUNNING and signals_to(fos, 100) == []
+
+
+def test_refused_connections_and_timeouts_wait_for_start_timeout_and_break_a_run_of_answers():
+    current, nxt, r, fos, phases = _checked(retries=2)
+    for answered in (False, True, False, True, False, False):  # never two answers in a row
+        nxt.health_result(False, "HTTP 503" if answered else "connection refused", answered=answered)
+    assert nxt.state == ProcessState.STARTING and r.phase == ReplacePhase.STARTING
+    fos.advance(60.1)
+    assert nxt.state == ProcessState.STOPPING and signals_to(fos, 200) == [signal.SIGTERM, signal.SIGCONT]
+
+
+def test_answers_within_start_period_do_not_count_and_a_pass_starts_a_clean_count():
+    current, nxt, r, fos, phases = _checked(retries=2, start_period=10.0)
+    for _ in range(3):
+        nxt.health_result(False, "HTTP 503", answered=True)
+    assert nxt.state == ProcessState.STARTING
+    fos.advance(10.0)
+    nxt.health_result(False, "HTTP 503", answered=True)
+    nxt.health_result(True, "")
+    assert nxt.state == ProcessState.RUNNING and nxt.health_failures == 0
