@@ -148,15 +148,9 @@ class RealOS:
 
     async def _drain_orphans(self, process: Process, pgid: int, handed_over: "asyncio.Future[None]",
                              done: Callable[[], None]) -> None:
-        handed = []
+        handed: list[Any] = []
         try:
-            candidates = [(name, sock) for name in process.program.sockets
-                          if (sock := self.sockets.can_hand_over(name)) is not None]
-            listeners = await asyncio.to_thread(lambda: [tcp_sockets_on(sock)[1] for _, sock in candidates])
-            for (name, _), count in zip(candidates, listeners):
-                old = self.sockets.handover(name, count)
-                if old is not None:
-                    handed.append(old)
+            await self._hand_over(process, handed)
         except Exception as exc:  # the replacement must start all the same
             log.warning("orphans_handover_failed", process=process.name, error=repr(exc))
         finally:
@@ -164,6 +158,18 @@ class RealOS:
             handed_over.set_result(None)
         log.info("orphans_draining", process=process.name, pgid=pgid, sockets=len(handed))
         await self._drain_generation(process, handed, done, leader=pgid)
+
+    async def _hand_over(self, process: Process, handed: list[Any]) -> None:
+        """Steer new connections on the process's TCP held sockets to fresh ones (sockets.py handover),
+        adding each old socket (what the process has not accepted yet) to `handed` as it goes, so the
+        caller closes every one even when a later handover fails."""
+        candidates = [(name, sock) for name in process.program.sockets
+                      if (sock := self.sockets.can_hand_over(name)) is not None]
+        listeners = await asyncio.to_thread(lambda: [tcp_sockets_on(sock)[1] for _, sock in candidates])
+        for (name, _), count in zip(candidates, listeners):
+            old = self.sockets.handover(name, count)
+            if old is not None:
+                handed.append(old)
 
     async def _drain_generation(self, current: Process, old: list[Any], done: Callable[[], None],
                                 leader: int | None = None) -> None:
@@ -197,17 +203,11 @@ class RealOS:
 
     async def _drain(self, process: Process, done: Callable[[], None]) -> None:
         """Hand the process's held sockets over and wait until it has answered what it took (sockets.py)."""
-        handed = []
+        handed: list[Any] = []
         t0 = time.monotonic()
         left = 0
         try:
-            candidates = [(name, sock) for name in process.program.sockets
-                          if (sock := self.sockets.can_hand_over(name)) is not None]
-            listeners = await asyncio.to_thread(lambda: [tcp_sockets_on(sock)[1] for _, sock in candidates])
-            for (name, _), count in zip(candidates, listeners):
-                old = self.sockets.handover(name, count)
-                if old is not None:
-                    handed.append(old)
+            await self._hand_over(process, handed)
             if not handed:
                 return
             log.info("process_draining", process=process.name, pid=process.pid,

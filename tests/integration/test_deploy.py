@@ -59,13 +59,19 @@ def get_any(port: int) -> tuple[int, str]:
         conn.close()
 
 
-def test_deploy_switches_to_a_ready_next_generation_with_no_failed_request(daemon):
+def serving_v1(daemon, **keys):
+    """A daemon running `web` (fdserver on a held socket of a free port) on release v1: (daemon, port)."""
     d = daemon()
     port = free_port()
     release(d, "v1")
-    d.write_config(web(d, port))
+    d.write_config(web(d, port, **keys))
     d.start()
     d.wait_state("web", "RUNNING")
+    return d, port
+
+
+def test_deploy_switches_to_a_ready_next_generation_with_no_failed_request(daemon):
+    d, port = serving_v1(daemon)
     old_pid = status(d)["pid"]
     release(d, "v2")
     out: list[subprocess.CompletedProcess[str]] = []
@@ -115,12 +121,7 @@ def broken_deploy(d: DaemonRun, port: int, mode: str) -> tuple[subprocess.Comple
 def test_a_broken_release_never_goes_live(daemon):
     """Exit at start, health 503, never READY: each deploy fails with the reason, and every request is
     answered 200 by the current generation, which stays RUNNING."""
-    d = daemon()
-    port = free_port()
-    release(d, "v1")
-    d.write_config(web(d, port))
-    d.start()
-    d.wait_state("web", "RUNNING")
+    d, port = serving_v1(daemon)
     pid = status(d)["pid"]
     for mode, reason in (("exit", "exited before it was ready"), ("status503", "HTTP 503")):
         r, results, errors = broken_deploy(d, port, mode)
@@ -141,12 +142,7 @@ def test_a_broken_release_never_goes_live(daemon):
 def test_a_next_generation_whose_health_check_answers_503_is_refused_without_waiting_for_start_timeout(daemon):
     """A definite answer that fails the check, `retries` (3) times in a row, is a verdict: no wait for
     start_timeout (120s here; the deploy would otherwise fail with "not ready within start_timeout")."""
-    d = daemon()
-    port = free_port()
-    release(d, "v1")
-    d.write_config(web(d, port, start_timeout="120s"))
-    d.start()
-    d.wait_state("web", "RUNNING")
+    d, port = serving_v1(daemon, start_timeout="120s")
     pid = status(d)["pid"]
     r, results, errors = broken_deploy(d, port, "status503")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -161,12 +157,7 @@ ACCESS_LINE = '"GET / HTTP/1.1" 200 -'  # the current generation's access log (f
 def test_a_failed_deploy_replies_with_the_next_generations_own_last_lines_under_load(daemon):
     """The current generation logs a line per request into the same output meanwhile; the reply still
     carries the traceback the next generation printed, not the access log that came after it."""
-    d = daemon()
-    port = free_port()
-    release(d, "v1")
-    d.write_config(web(d, port, ready="notify", access_log=True))
-    d.start()
-    d.wait_state("web", "RUNNING")
+    d, port = serving_v1(daemon, ready="notify", access_log=True)
     pid = status(d)["pid"]
     out: list[subprocess.CompletedProcess[str]] = []
 
@@ -187,12 +178,7 @@ def test_a_failed_deploy_replies_with_the_next_generations_own_last_lines_under_
 
 
 def test_a_next_generation_that_never_says_ready_is_stopped_at_start_timeout(daemon):
-    d = daemon()
-    port = free_port()
-    release(d, "v1")
-    d.write_config(web(d, port, ready="notify"))
-    d.start()
-    d.wait_state("web", "RUNNING")
+    d, port = serving_v1(daemon, ready="notify")
     pid = status(d)["pid"]
     r, results, errors = broken_deploy(d, port, "silent")
     assert r.returncode == 1 and "no READY=1" in r.stdout, r.stdout
@@ -239,12 +225,7 @@ def test_a_failing_oneshot_stops_the_deploy_before_the_service_is_touched(daemon
 
 def test_restart_replaces_by_an_overlapping_next_generation_and_a_broken_one_keeps_the_site_up(daemon):
     """`restart` of a program on held sockets is the same replace (without the one-shot jobs)."""
-    d = daemon()
-    port = free_port()
-    release(d, "v1")
-    d.write_config(web(d, port))
-    d.start()
-    d.wait_state("web", "RUNNING")
+    d, port = serving_v1(daemon)
     pid = status(d)["pid"]
     release(d, "v2", "status503")
     r = ctl(d, "restart", "web")
@@ -344,12 +325,7 @@ def test_a_unix_socket_switches_by_an_atomic_rename(daemon):
 def test_a_crashed_master_loses_nothing_its_workers_drain_and_get_the_stop_signal(daemon):
     """The master is SIGKILLed under load while its workers hold requests: the replacement starts at once
     on a handed-over socket, and the orphaned workers finish, then get TERM (not SIGKILL)."""
-    d = daemon()
-    port = free_port()
-    release(d, "v1")
-    d.write_config(web(d, port, ready="notify", abrupt=False, workers=2, delay=0.1))
-    d.start()
-    d.wait_state("web", "RUNNING")
+    d, port = serving_v1(daemon, ready="notify", abrupt=False, workers=2, delay=0.1)
     master = status(d)["pid"]
     wait_until(lambda: len(d.recorded_pids()) >= 3, what="two workers")
     workers = [p for p in d.recorded_pids() if p != master]
@@ -365,12 +341,7 @@ def test_a_crashed_master_loses_nothing_its_workers_drain_and_get_the_stop_signa
 
 
 def test_status_shows_both_generations_and_a_shutdown_mid_deploy_leaves_nothing(daemon):
-    d = daemon()
-    port = free_port()
-    release(d, "v1")
-    d.write_config(web(d, port, ready="notify"))
-    d.start()
-    d.wait_state("web", "RUNNING")
+    d, port = serving_v1(daemon, ready="notify")
     pid = status(d)["pid"]
     release(d, "v2", "silent")  # serves, never says READY=1: the replace waits (start_timeout 5s)
     deploying = subprocess.Popen([*CTL, "-s", d.endpoint, "deploy", "web"], stdout=subprocess.PIPE, text=True)
@@ -398,12 +369,7 @@ def test_status_shows_both_generations_and_a_shutdown_mid_deploy_leaves_nothing(
 
 
 def test_a_reload_and_a_max_age_recycle_replace_the_same_way(daemon):
-    d = daemon()
-    port = free_port()
-    release(d, "v1")
-    d.write_config(web(d, port))
-    d.start()
-    d.wait_state("web", "RUNNING")
+    d, port = serving_v1(daemon)
     release(d, "v2")
     d.write_config(web(d, port, max_age="2s"))
 

@@ -120,14 +120,9 @@ def test_events_follow_ends_with_a_reason_when_the_daemon_stops(daemon):
 
 def test_deploy_steps_show_up_in_events_follow(daemon):
     # test_deploy's set-up: a test server on a held socket, reading its release from a file.
-    from tests.integration.test_deploy import free_port, release, web
+    from tests.integration.test_deploy import release, serving_v1
 
-    d = daemon()
-    port = free_port()
-    release(d, "v1")
-    d.write_config(web(d, port))
-    d.start()
-    d.wait_state("web", "RUNNING")
+    d, _ = serving_v1(daemon)
     follower = Follower(d, "web")
     try:
         follower.wait("process_state_changed", process="web", new="RUNNING")  # the stream is connected
