@@ -535,21 +535,3 @@ def direct_children() -> set[int]:
 
         return {child.pid for child in psutil.Process().children()}
     return out
-
-
-def tree_rss(pid: int) -> int | None:
-    """RSS of pid and all its descendants in bytes; None when pid is gone. Blocking: run off-loop."""
-    import psutil  # lazily: an idle daemon without memory guards never loads it (#17)
-
-    try:
-        leader = psutil.Process(pid)
-        procs = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return None
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total

@@ -95,3 +95,9 @@ def self_usage() -> tuple[float, int, int]:
     with open("/proc/self/statm", "rb") as f:
         rss_pages = int(f.read().split()[1])
     return times.user + times.system, rss_pages * PAGE_BYTES, len(os.listdir("/proc/self/task"))
+
+
+def tree_rss(pid: int) -> int | None:
+    """RSS of pid and all its descendants in bytes (max_memory); None when pid is gone. Blocking: off-loop."""
+    usage = tree_usage([pid]).get(pid)
+    return None if usage is None else usage.rss_bytes

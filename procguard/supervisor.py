@@ -22,7 +22,7 @@ from procguard.protocol import (
 )
 from procguard.health import run_check
 from procguard.sockets import SocketError
-from procguard.osapi import tree_rss
+from procguard.procfs import tree_rss
 from procguard.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, ReplaceTrigger, describe_exit
 
 log = structlog.get_logger()
