@@ -88,7 +88,7 @@ def run_idle(work: Path, with_alerts: bool, window_s: float) -> dict[str, Any]:
 def publish_cost() -> dict[str, float]:
     import structlog
 
-    from procguard.events import EventBus
+    from procguard.observe.events import EventBus
     from procguard.log import configure_logging
 
     devnull = open(os.devnull, "w")

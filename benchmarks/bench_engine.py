@@ -74,7 +74,7 @@ def installed_bytecode() -> None:
 
     supervisor's and circus's modules sit compiled in site-packages; this checkout is an editable
     install, and under PYTHONDONTWRITEBYTECODE=1 (set on this machine) every daemon and CLI start
-    recompiled each procguard module: +2.2 MiB of daemon RSS and most of procguard.config's import
+    recompiled each procguard module: +2.2 MiB of daemon RSS and most of procguard.config.model's import
     time (issue #17). Compile once into __pycache__ (ignored by git) and let children use it.
     """
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -82,8 +82,8 @@ def component_cpu_ms(pids: list[int]) -> dict[str, float]:
     (procfs.tree_usage) and the per-process families (ProcessCollector), steady and with every CPU value
     changed (the worst case of a busy host: that family is rendered again for every process)."""
     from procguard import procfs
-    from procguard.metrics import ProcessCollector, Row
-    from procguard.process import ProcessState
+    from procguard.observe.metrics import ProcessCollector, Row
+    from procguard.engine.process import ProcessState
 
     usage = procfs.tree_usage(pids)
     rows = [Row(program=f"p{i:04d}", process=f"p{i:04d}", state=ProcessState.RUNNING, pid=pid, started_at=1.7e9,

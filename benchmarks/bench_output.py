@@ -161,7 +161,7 @@ HUNG_S = 60.0  # the file unchanged this long while the child still writes: the 
 CTL_TIMEOUT_S = 60.0
 READ_BLOCK = 8 * MIB
 TARGETS = {"throughput_ratio_min": 1.5, "cpu_per_gib_ratio_max": 0.5}
-# procguard/output.py timestamp(): ISO 8601, milliseconds, UTC offset, then one space.
+# procguard/io/output.py timestamp(): ISO 8601, milliseconds, UTC offset, then one space.
 PREFIX_RE = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d(?::\d\d)? \Z")
 
 # Shared by the child (written to a file) and this script's verifier (exec'd below): one generator.

@@ -104,7 +104,7 @@ for _path in (str(REPO), str(_HERE)):  # tests.servers.* from the repo root; ben
         sys.path.insert(0, _path)
 from bench_engine import Bench, BenchError, LogTail, bench_main, parse_ts, poll_until  # noqa: E402
 
-from procguard.config import parse_duration  # noqa: E402
+from procguard.config.model import parse_duration  # noqa: E402
 from tests.helpers import DaemonRun  # noqa: E402
 from tests.servers.coffeehouse import free_port  # noqa: E402
 from peers import HELD_FD, Program, make, peer_missing  # noqa: E402
@@ -120,7 +120,7 @@ POST_OK = 40  # ... and after it returned (after the transition, for a HUP reloa
 PROBE_INTERVAL_S = 0.005
 PROBE_TIMEOUT_S = 1.0
 SIGKILL_TIMEOUT_S = 120.0
-DEFAULT_BACKOFF_RESET_S = 10.0  # procguard/config.py's default; conf.d files may set their own
+DEFAULT_BACKOFF_RESET_S = 10.0  # procguard/config/model.py's default; conf.d files may set their own
 STABLE_MARGIN_S = 0.5  # status's uptime_s and the daemon's own "ran for" are taken at different moments
 LOG_POLL_S = 0.020
 POLL_S = 0.010
@@ -489,7 +489,7 @@ def backoff_reset_s(c: Coffeehouse, server: str) -> float:
 def wait_stable(c: Coffeehouse, server: str, stable_s: float, what: str) -> None:
     """Until the master has been up stable_s. A crash after a stable run (up >= backoff_reset) is
     restarted at once; an earlier one waits a backoff that doubles per crash in a row
-    (procguard/process.py, exited()). Every round times the first case, the usual production crash,
+    (procguard/engine/process.py, exited()). Every round times the first case, the usual production crash,
     instead of a backoff growing round by round."""
     poll_until(lambda: (status_row(c, server).get("uptime_s") or 0.0) >= stable_s, stable_s + 120,
                f"{server}: up for {stable_s:g} s (backoff_reset + {STABLE_MARGIN_S:g} s) before {what}",

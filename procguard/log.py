@@ -13,7 +13,7 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from procguard.events import EventBus, level_filter, publisher
+from procguard.observe.events import EventBus, level_filter, publisher
 
 Format = Literal["auto", "console", "json", "journal"]
 Resolved = Literal["console", "json", "journal"]
@@ -206,7 +206,7 @@ def configure_logging(level: str = "info", fmt: Format = "auto", *, ring: LogRin
     `auto` resolves through `choose_format`. Every format renders a logged exception's traceback
     (format_exc_info): JSON and journal escape its newlines, so one event is always one line there.
     With `ring`, every rendered line is also kept there (maintail). With `bus`, the stable events
-    (procguard.events) are published to it whatever `level` hides.
+    (procguard.observe.events) are published to it whatever `level` hides.
     """
     global _stream
     stream = sys.stderr

@@ -29,7 +29,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-# The procguard keys a [program.NAME] table may carry that this converter writes (procguard/config.py
+# The procguard keys a [program.NAME] table may carry that this converter writes (procguard/config/model.py
 # PROGRAM_KEYS holds them all); supervisord's keys keep their names.
 SAME_NAME_KEYS = (
     "command", "process_name", "numprocs", "numprocs_start", "priority", "autostart", "startsecs",
@@ -53,7 +53,7 @@ EVENTLISTENER_KEYS = {
     "result_handler": "handled the listener's RESULT replies; procguard has no events",
 }
 FCGI_KEYS = ("socket", "socket_backlog", "socket_owner", "socket_mode")
-# [program:x] keys whose %(ENV_X)s is written as {ENV_X} for procguard to read at load (procguard/config.py
+# [program:x] keys whose %(ENV_X)s is written as {ENV_X} for procguard to read at load (procguard/config/model.py
 # reads {ENV_X} in every string-valued program key); command, directory, process_name, log paths and
 # environment values are templates anyway.
 DEFERRABLE_KEYS = (
@@ -69,7 +69,7 @@ FALSY = ("no", "false", "off", "0")
 LOGLEVELS = {"critical": "critical", "error": "error", "warn": "warning", "warning": "warning", "info": "info",
              "debug": "debug", "trace": "debug", "blather": "debug"}
 
-# procguard's program names (procguard/config.py _PROGRAM_NAME_RE) and its template variables.
+# procguard's program names (procguard/config/model.py _PROGRAM_NAME_RE) and its template variables.
 PROGRAM_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 PROCGUARD_TEMPLATE_RE = re.compile(
     r"\{(here|program_name|group_name|process_num|ENV_[A-Za-z_][A-Za-z0-9_]*|socket\.[A-Za-z0-9_.-]+?\.fd)(:[^}]*)?\}")

@@ -320,9 +320,9 @@ def test_deploy_failed_is_one_alert_until_a_deploy_succeeds(hook):
 
     import structlog
 
-    from procguard.alerts import AlertManager
-    from procguard.config import AlertConfig, AlertTrigger, AlertType
-    from procguard.events import EventBus
+    from procguard.observe.alerts import AlertManager
+    from procguard.config.model import AlertConfig, AlertTrigger, AlertType
+    from procguard.observe.events import EventBus
     from procguard.log import configure_logging
 
     hook.up()

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from procguard.config import load_config
+from procguard.config.model import load_config
 from procguard.errors import ConfigError, ControlError
-from procguard.osapi import RealOS
-from procguard.process import ProcessState
-from procguard.supervisor import Supervisor
+from procguard.runtime.realos import RealOS
+from procguard.engine.process import ProcessState
+from procguard.engine.supervisor import Supervisor
 from tests.helpers import alive, probe, toml_list
 
 Body = Callable[[Supervisor, Path], Awaitable[None]]

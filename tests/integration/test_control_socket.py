@@ -678,10 +678,10 @@ def test_no_authenticator_means_no_entry(tmp_path):
     """ZAP is fail-open in libzmq unless enforced: with our authenticator gone, the socket admits no one."""
     import asyncio
 
-    from procguard.config import load_config
-    from procguard.control import ControlServer
-    from procguard.osapi import RealOS
-    from procguard.supervisor import Supervisor
+    from procguard.config.model import load_config
+    from procguard.control.server import ControlServer
+    from procguard.runtime.realos import RealOS
+    from procguard.engine.supervisor import Supervisor
 
     cfg = tmp_path / "procguard.toml"
     cfg.write_text(f'[procguard]\nlogdir = "{tmp_path}/logs"\ncontrol = "ipc://{tmp_path}/c.sock"\n')

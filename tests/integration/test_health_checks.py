@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from procguard.config import DEFAULT_PATH, HealthCheckConfig
-from procguard.health import CheckResult, run_check
+from procguard.config.model import DEFAULT_PATH, HealthCheckConfig
+from procguard.health.check import CheckResult, run_check
 from tests.helpers import alive, wait_until
 
 

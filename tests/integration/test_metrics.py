@@ -181,7 +181,7 @@ def test_metrics_beyond_loopback_are_refused_unless_public(tmp_path: Path) -> No
 
 
 def test_the_daemon_without_metrics_never_imports_prometheus_client() -> None:
-    code = ("import sys, json; sys.modules.setdefault('ssl', None); import procguard.cli, procguard.control; "
+    code = ("import sys, json; sys.modules.setdefault('ssl', None); import procguard.daemon, procguard.control.server; "
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('prometheus'))))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert json.loads(out) == []

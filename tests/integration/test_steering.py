@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from procguard.sockets import _reserve_checker_ports, _steer_checker_to_second, _steer_to_second
+from procguard.io.listeners import _reserve_checker_ports, _steer_checker_to_second, _steer_to_second
 
 
 @pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])

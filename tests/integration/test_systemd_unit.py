@@ -10,7 +10,7 @@ from unittest import mock
 import pytest
 
 from procguard import protocol
-from procguard.cli import ORPHAN_GRACE_S
+from procguard.daemon import ORPHAN_GRACE_S
 from tests.helpers import REPO
 
 UNIT = REPO / "systemd" / "procguard.service"

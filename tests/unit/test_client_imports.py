@@ -12,10 +12,10 @@ def test_procguardctl_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     loaded = set(json.loads(out))
-    heavy = {"psutil", "structlog", "asyncio", "procguard.config", "procguard.supervisor", "procguard.osapi",
-             "procguard.process", "procguard.control", "zmq.asyncio", "tomllib",
+    heavy = {"psutil", "structlog", "asyncio", "procguard.config.model", "procguard.engine.supervisor", "procguard.runtime.realos",
+             "procguard.engine.process", "procguard.control.server", "zmq.asyncio", "tomllib",
              # procguardctl top's screen library and module are for top only; metrics are the daemon's.
-             "curses", "_curses", "procguardctl.top", "prometheus_client", "procguard.metrics"}
+             "curses", "_curses", "procguardctl.top", "prometheus_client", "procguard.observe.metrics"}
     assert not (loaded & heavy), sorted(loaded & heavy)
 
 
@@ -37,7 +37,7 @@ def test_idle_daemon_imports_only_what_it_runs_on():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 1 and "refusing config" in r.stderr, r
     loaded = set(json.loads(r.stdout.splitlines()[-1]))
-    assert "procguard.supervisor" in loaded and "zmq" in loaded  # the daemon itself did load
+    assert "procguard.engine.supervisor" in loaded and "zmq" in loaded  # the daemon itself did load
     lazy = {"psutil", "shutil", "bz2", "lzma", "decimal", "ssl", "twisted"}
     assert not (loaded & lazy), sorted(loaded & lazy)
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from procguard import cli
-from procguard.config import (
+from procguard import daemon
+from procguard.config.model import (
     LOG_INHERIT,
     LOG_NONE,
     AutoRestart,
@@ -810,7 +810,7 @@ def test_parse_umask_reads_three_octal_digits(mask: int) -> None:
 
 def test_check_prints_the_resolved_program_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(main_file(tmp_path), HEADER + '[program.sleeper]\ncommand = "/bin/sleep 60"\nstopsignal = "INT"\n')
-    assert cli.main(["-c", str(path), "--check"]) == 0
+    assert daemon.main(["-c", str(path), "--check"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
     assert f"[program.sleeper]  ({path})" in out
@@ -825,7 +825,7 @@ def test_check_refuses_a_bad_config_naming_file_program_and_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write(main_file(tmp_path), HEADER + '[program.web]\ncommand = "/bin/sleep 60"\nstopwaitsecs = "ten"\n')
-    assert cli.main(["-c", str(path), "--check"]) == 1
+    assert daemon.main(["-c", str(path), "--check"]) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
@@ -836,13 +836,13 @@ def test_check_refuses_a_bad_config_naming_file_program_and_key(
 
 def test_check_refuses_a_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "nope.toml"
-    assert cli.main(["-c", str(path), "--check"]) == 1
+    assert daemon.main(["-c", str(path), "--check"]) == 1
     assert capsys.readouterr().err.splitlines() == [f"procguard: refusing config {path}:", f"  {path}: no such file"]
 
 
 def test_check_reports_a_command_missing_on_this_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(main_file(tmp_path), HEADER + '[program.web]\ncommand = "no-such-binary-pg --serve"\n')
-    assert cli.main(["-c", str(path), "--check"]) == 1
+    assert daemon.main(["-c", str(path), "--check"]) == 1
     out, err = capsys.readouterr()
     assert "[program.web]" in out and "config OK" not in out
     assert f"  {path}: [program.web] command: no-such-binary-pg: not found on PATH=" in err
@@ -869,7 +869,7 @@ def test_check_on_supervisor_seed_config_reports_only_missing_paths(capsys: pyte
         pwd.getpwnam("www-data")
     except KeyError:
         pytest.skip("no user www-data on this machine")
-    assert cli.main(["-c", str(SEED), "--check"]) == 1
+    assert daemon.main(["-c", str(SEED), "--check"]) == 1
     out, err = capsys.readouterr()
     assert "refusing" not in err
     assert "[program.coffeehouseuwsgi]" in out and "  user = www-data" in out and "  umask = 022" in out
@@ -1011,7 +1011,7 @@ def test_bad_output_keys_are_each_named(tmp_path: Path) -> None:
 
 
 def test_readiness_defaults_follow_the_health_check(tmp_path: Path) -> None:
-    from procguard.config import Ready
+    from procguard.config.model import Ready
     plain = load_program(tmp_path, 'command = "/bin/true"')
     assert (plain.ready, plain.healthcheck, plain.type, plain.depends_on) == (Ready.STARTSECS, None, "simple", ())
     checked = load_program(tmp_path, 'command = "/bin/true"\n[program.web.healthcheck]\ntype = "tcp"\n'

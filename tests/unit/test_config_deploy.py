@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from procguard import cli
-from procguard.config import RestartStrategy
+from procguard import daemon
+from procguard.config.model import RestartStrategy
 from tests.unit.test_config import HEADER, load_program, main_file, refused_key, write
 
 SOCKET = '[socket.web]\nbind = "tcp://127.0.0.1:18000"\n'
@@ -32,7 +32,7 @@ def test_bad_strategy_and_overlap_without_sockets_are_refused_by_key(tmp_path: P
 def test_check_says_which_way_each_program_is_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(main_file(tmp_path), HEADER + '[program.web]\ncommand = "/bin/true"\nsockets = ["web"]\n\n'
           '[program.worker]\ncommand = "/bin/true"\n\n' + SOCKET)
-    assert cli.main(["-c", str(main_file(tmp_path)), "--check"]) == 0
+    assert daemon.main(["-c", str(main_file(tmp_path)), "--check"]) == 0
     out = capsys.readouterr().out
     web, worker = out.split("[program.worker]")
     assert "restart_strategy = overlap (the next generation starts beside this one" in web

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from procguard.config import AutoRestart, ProgramConfig, load_config
+from procguard.config.model import AutoRestart, ProgramConfig, load_config
 from procguard.errors import ConfigError
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from procguard.config import ANY_BELOW_500, ConfigError, Ready, load_config
+from procguard.config.model import ANY_BELOW_500, ConfigError, Ready, load_config
 from tests.helpers import REPO
 
 HEADER = '[procguard]\nlogdir = "logs"\n\n'

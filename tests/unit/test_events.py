@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from procguard.events import EventBus, Event
+from procguard.observe.events import EventBus, Event
 from procguard.log import configure_logging
 
 

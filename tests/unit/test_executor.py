@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from procguard.executor import IdleExitPool
+from procguard.runtime.executor import IdleExitPool
 from tests.helpers import wait_until
 
 

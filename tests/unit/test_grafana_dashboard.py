@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily
 
-from procguard.metrics import PROCESS_FAMILIES, DaemonFacts, daemon_families
+from procguard.observe.metrics import PROCESS_FAMILIES, DaemonFacts, daemon_families
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana-procguard.json"
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from procguard.config import MetricsConfig
+from procguard.config.model import MetricsConfig
 from tests.unit.test_config import load, main_file, refusal
 
 

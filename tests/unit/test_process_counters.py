@@ -2,7 +2,7 @@
 
 import signal
 
-from procguard.process import ExitReason
+from procguard.engine.process import ExitReason
 from tests.unit.test_process_machine import make
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, SocketConfig
-from procguard.process import Process, ProcessState
+from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, SocketConfig
+from procguard.engine.process import Process, ProcessState
 
 
 @dataclass

@@ -10,9 +10,9 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from procguard.config import Ready
-from procguard.process import Process, ProcessState, ReplacePhase, ReplaceTrigger
-from procguard.replace import Replacement
+from procguard.config.model import Ready
+from procguard.engine.process import Process, ProcessState, ReplacePhase, ReplaceTrigger
+from procguard.engine.replace import Replacement
 from tests.unit.test_process_machine import FakeOS, program
 
 
@@ -177,7 +177,7 @@ def test_a_recycle_of_an_overlapping_program_asks_for_a_replace_and_does_not_sto
 
 
 def test_an_unhealthy_overlapping_process_asks_for_a_replace():
-    from procguard.config import HealthCheckConfig
+    from procguard.config.model import HealthCheckConfig
 
     current, nxt, r, fos, phases = setup(healthcheck=HealthCheckConfig(type="tcp", address="127.0.0.1:1", retries=2),
                                          ready=Ready.STARTSECS)
@@ -189,7 +189,7 @@ def test_an_unhealthy_overlapping_process_asks_for_a_replace():
 
 
 def _checked(retries: int = 3, start_period: float = 0.0) -> tuple[Process, Process, Replacement, TwoGenOS, list[str]]:
-    from procguard.config import HealthCheckConfig
+    from procguard.config.model import HealthCheckConfig
 
     current, nxt, r, fos, phases = setup(
         healthcheck=HealthCheckConfig(type="http", url="http://127.0.0.1:1/", retries=retries,

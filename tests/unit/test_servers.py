@@ -4,7 +4,7 @@ import signal
 import textwrap
 from pathlib import Path
 
-from procguard.config import Ready, load_config
+from procguard.config.model import Ready, load_config
 
 HEADER = '[procguard]\nlogdir = "logs"\n\n'
 

@@ -1216,7 +1216,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
                 issues.append(ConfigIssue(g.source, None, f"group.{g.name}.programs", f"no such program {member!r}"
                                           + _did_you_mean(member, frozenset(defined_in))))
     _check_dependencies(programs, issues)
-    from procguard.alertconfig import parse_alerts  # it builds on this module's parsers
+    from procguard.config.alerts import parse_alerts  # it builds on this module's parsers
 
     alerts = parse_alerts(files, {p.name for p in programs}, issues)
     if issues:

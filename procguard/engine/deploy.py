@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from procguard.config import ProgramConfig
-from procguard.process import (
+from procguard.config.model import ProgramConfig
+from procguard.engine.process import (
     RESTING_STATES, Process, ProcessState, ProcessStatus, ReplaceOutcome, ReplacePhase, ReplaceTrigger,
 )
-from procguard.replace import Replacement
+from procguard.engine.replace import Replacement
 
 if TYPE_CHECKING:
-    from procguard.supervisor import Supervisor
+    from procguard.engine.supervisor import Supervisor
 
 log = structlog.get_logger()
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from procguard.config import AutoRestart, ProcessConfig, ProgramConfig, Ready, SocketConfig
+from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, Ready, SocketConfig
 
 if TYPE_CHECKING:
     import asyncio

@@ -2,9 +2,9 @@
 
 import subprocess
 
-from procguard.config import ProcessConfig, ProgramConfig
+from procguard.config.model import ProcessConfig, ProgramConfig
 from procguard.errors import SpawnError
-from procguard.sockets import wrap_command
+from procguard.io.listeners import wrap_command
 
 
 def spawn_process(program: ProgramConfig, proc: ProcessConfig, stdout: int, stderr: int | None,

@@ -47,12 +47,12 @@ finally:
     if _ssl_blocked:
         sys.modules["ssl"] = None  # type: ignore[assignment]
 
-from procguard import procfs
-from procguard.config import MetricsConfig
-from procguard.output import Output
-from procguard.process import ExitReason, ProcessState
+from procguard.runtime import procfs
+from procguard.config.model import MetricsConfig
+from procguard.io.output import Output
+from procguard.engine.process import ExitReason, ProcessState
 from procguard.protocol import VERSION
-from procguard.supervisor import Supervisor
+from procguard.engine.supervisor import Supervisor
 
 log = structlog.get_logger()
 

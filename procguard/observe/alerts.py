@@ -1,6 +1,6 @@
 """Alerts: `[alert.NAME]` turns events into messages to a webhook or a mailbox.
 
-Each alert follows the event stream (procguard.events) and keeps **episodes**: a FATAL process, an
+Each alert follows the event stream (procguard.observe.events) and keeps **episodes**: a FATAL process, an
 unhealthy one, a crash loop, a failed deploy, dropped output. An episode sends one notice when it
 begins, whatever repeats meanwhile, and (with `recovery`) one when it ends. Notices are batched:
 the first starts a `batch_window`, and everything noticed within it goes out as one message
@@ -34,9 +34,9 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from procguard.config import AlertConfig, AlertTrigger, AlertType, SmtpSecurity
+from procguard.config.model import AlertConfig, AlertTrigger, AlertType, SmtpSecurity
 from procguard.errors import ControlError
-from procguard.events import Event, EventBus
+from procguard.observe.events import Event, EventBus
 from procguard.protocol import E_BAD_ARGS, VERSION
 
 if TYPE_CHECKING:

@@ -32,8 +32,8 @@ import sys
 
 import structlog
 
-from procguard.config import SocketConfig
-from procguard.process import CheckRoute
+from procguard.config.model import SocketConfig
+from procguard.engine.process import CheckRoute
 from procguard.errors import ProcguardError
 
 log = structlog.get_logger()

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from procguard.config import DEFAULT_PATH, HealthCheckConfig
-from procguard.process import CheckRoute
+from procguard.config.model import DEFAULT_PATH, HealthCheckConfig
+from procguard.engine.process import CheckRoute
 
 MAX_BODY = 64 * 1024  # bytes of a response body searched for expect_body
 MAX_HEAD = 64 * 1024  # bytes of status line + headers accepted

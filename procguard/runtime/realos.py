@@ -20,12 +20,12 @@ from typing import Any
 import structlog
 
 from procguard.errors import SpawnError
-from procguard.config import Ready
-from procguard.notify import NotifySocket
-from procguard.output import Output
-from procguard.sockets import NextSockets, SocketSet, SocketsNotReady, generation_in_flight, in_flight, tcp_sockets_on
-from procguard.process import CheckRoute, Process, Timer
-from procguard.spawn import spawn_process
+from procguard.config.model import Ready
+from procguard.io.notify import NotifySocket
+from procguard.io.output import Output
+from procguard.io.listeners import NextSockets, SocketSet, SocketsNotReady, generation_in_flight, in_flight, tcp_sockets_on
+from procguard.engine.process import CheckRoute, Process, Timer
+from procguard.runtime.spawn import spawn_process
 
 log = structlog.get_logger()
 

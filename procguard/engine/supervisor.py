@@ -14,16 +14,16 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from procguard.config import Config, ConfigDiff, ProgramConfig, diff_configs, diff_groups, load_config, process_groups
-from procguard.deploy import Deployer, DeployResult
+from procguard.config.model import Config, ConfigDiff, ProgramConfig, diff_configs, diff_groups, load_config, process_groups
+from procguard.engine.deploy import Deployer, DeployResult
 from procguard.errors import ConfigError, ConfigIssue, ControlError
 from procguard.protocol import (
     E_ALREADY_ADDED, E_ALREADY_STARTED, E_BAD_SIGNAL, E_NO_SUCH_PROCESS, E_NOT_RUNNING, E_START_FAILED, E_STILL_RUNNING,
 )
-from procguard.health import run_check
-from procguard.sockets import SocketError
-from procguard.procfs import tree_rss
-from procguard.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, ReplaceTrigger, describe_exit
+from procguard.health.check import run_check
+from procguard.io.listeners import SocketError
+from procguard.runtime.procfs import tree_rss
+from procguard.engine.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, ReplaceTrigger, describe_exit
 
 log = structlog.get_logger()
 
@@ -75,7 +75,7 @@ class Supervisor:
         self._locks.setdefault(prog.name, asyncio.Lock())
 
     def _on_event(self, proc: Process, event: str, fields: dict[str, object]) -> None:
-        """Log a process's event; the log is also the event stream (procguard.events)."""
+        """Log a process's event; the log is also the event stream (procguard.observe.events)."""
         level = "warning" if fields.get("new") == "unhealthy" or event == "process_recycled" else "info"
         getattr(log, level)(event, program=proc.program.name, process=proc.name, pid=proc.pid, **fields)
 

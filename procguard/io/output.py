@@ -33,8 +33,8 @@ from datetime import datetime
 
 import structlog
 
-from procguard.config import LOG_INHERIT, LOG_NONE, ProcessConfig, ProgramConfig
-from procguard.executor import IDLE_EXIT_S
+from procguard.config.model import LOG_INHERIT, LOG_NONE, ProcessConfig, ProgramConfig
+from procguard.runtime.executor import IDLE_EXIT_S
 
 log = structlog.get_logger()
 

@@ -1,4 +1,4 @@
-"""Parse `[alert.NAME]` tables into AlertConfig (procguard.config holds the dataclasses and their defaults).
+"""Parse `[alert.NAME]` tables into AlertConfig (procguard.config.model holds the dataclasses and their defaults).
 
 Problems are reported like every other key: `procguard.toml: [alert.ops] url: expected ...`. Secrets never
 live in the config: SMTP credentials come from `credentials_file`, which must not be readable by others,
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from procguard.config import (
+from procguard.config.model import (
     AlertConfig, AlertTrigger, AlertType, SmtpSecurity, _Bad, _did_you_mean, parse_duration,
 )
 from procguard.errors import ConfigIssue

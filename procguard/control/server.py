@@ -33,22 +33,22 @@ import zmq.asyncio
 import zmq.auth
 from zmq.utils import z85
 
-from procguard import procfs
-from procguard.alerts import AlertManager
-from procguard.config import Config, ConfigDiff
+from procguard.runtime import procfs
+from procguard.observe.alerts import AlertManager
+from procguard.config.model import Config, ConfigDiff
 from procguard.errors import ConfigError, ControlError, ProcguardError
-from procguard.events import Event, EventBus
+from procguard.observe.events import Event, EventBus
 from procguard.log import LogRing
 from procguard.log import dropped_lines as log_dropped_lines
-from procguard.output import Follower, Output
-from procguard.process import ProcessStatus, ReplaceOutcome
+from procguard.io.output import Follower, Output
+from procguard.engine.process import ProcessStatus, ReplaceOutcome
 from procguard.protocol import (
     E_BAD_ARGS, E_BAD_CONFIG, E_BAD_REQUEST, E_INTERNAL, E_NO_SUCH_PROCESS, E_SHUTTING_DOWN, MAX_FRAME_BYTES,
     PROTOCOL_VERSION, VERSION,
     ProtocolError, Request, decode_request, default_endpoint, encode_reply, ipc_path,
 )
-from procguard.deploy import DeployResult
-from procguard.supervisor import ActionResult, Supervisor
+from procguard.engine.deploy import DeployResult
+from procguard.engine.supervisor import ActionResult, Supervisor
 
 log = structlog.get_logger()
 

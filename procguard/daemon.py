@@ -11,22 +11,22 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from procguard.alerts import AlertManager
-from procguard.config import Config, ConfigDiff, describe, load_config
-from procguard.control import ControlServer, ControlSetupError
+from procguard.observe.alerts import AlertManager
+from procguard.config.model import Config, ConfigDiff, describe, load_config
+from procguard.control.server import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
-from procguard.events import EventBus
-from procguard.executor import IdleExitPool
+from procguard.observe.events import EventBus
+from procguard.runtime.executor import IdleExitPool
 from procguard.log import LogRing, configure_logging
-from procguard.notify import SystemdNotifier
-from procguard.sockets import SocketError
-from procguard.osapi import RealOS, become_subreaper, untracked_children
+from procguard.io.notify import SystemdNotifier
+from procguard.io.listeners import SocketError
+from procguard.runtime.realos import RealOS, become_subreaper, untracked_children
 from procguard.protocol import VERSION
-from procguard.supervisor import Supervisor
+from procguard.engine.supervisor import Supervisor
 from procguard.terminal import HelpFormatter
 
 if TYPE_CHECKING:
-    from procguard.metrics import MetricsServer
+    from procguard.observe.metrics import MetricsServer
 
 log = structlog.get_logger()
 
@@ -143,7 +143,7 @@ class Daemon:
         """Listen for Prometheus scrapes when configured (prometheus_client is imported only then); raises OSError."""
         if self.config.metrics is None:
             return None
-        from procguard.metrics import MetricsServer
+        from procguard.observe.metrics import MetricsServer
 
         server = MetricsServer(self.config.metrics, sup, osapi.output, lambda: control.requests, self.config.control_gid)
         await server.start()

@@ -1,0 +1,1 @@
+"""Parse and describe configuration: frozen dataclasses, keys, programs and sections."""

@@ -1,0 +1,1 @@
+"""The control socket: ZeroMQ server, authentication and command handlers."""

@@ -1,0 +1,1 @@
+"""The engine: state machines, the supervisor's registry and commands, deploys."""

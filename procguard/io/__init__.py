@@ -1,0 +1,1 @@
+"""Descriptors a child talks through: output pipes, held sockets, notify sockets."""

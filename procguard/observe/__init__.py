@@ -1,0 +1,1 @@
+"""Seeing the daemon: the event stream, alerts and Prometheus metrics."""
