@@ -3,7 +3,7 @@
 import signal
 
 from procguard.engine.process import ExitReason
-from tests.unit.test_process_machine import make
+from procguard.testing import make
 
 
 def exits(p: object) -> dict[str, int]:

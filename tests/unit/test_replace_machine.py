@@ -13,30 +13,7 @@ from dataclasses import dataclass, field
 from procguard.config.model import Ready
 from procguard.engine.process import Process, ProcessState, ReplacePhase, ReplaceTrigger
 from procguard.engine.replace import Replacement
-from tests.unit.test_process_machine import FakeOS, program
-
-
-@dataclass
-class TwoGenOS(FakeOS):
-    prepared: list[tuple[Process, Callable[[str | None], None]]] = field(default_factory=list)
-    switches: list[tuple[Process, Process, Callable[[], None]]] = field(default_factory=list)
-    discarded: list[Process] = field(default_factory=list)
-    forgotten: list[Process] = field(default_factory=list)
-
-    def prepare_next(self, process: Process, done: Callable[[str | None], None]) -> None:
-        self.prepared.append((process, done))
-
-    def switch_to_next(self, current: Process, nxt: Process, done: Callable[[], None]) -> None:
-        self.switches.append((current, nxt, done))
-
-    def discard_next(self, process: Process) -> None:
-        self.discarded.append(process)
-
-    def check_route(self, process: Process) -> None:
-        return None
-
-    def forget(self, process: Process) -> None:
-        self.forgotten.append(process)
+from procguard.testing import FakeOS, TwoGenOS, program
 
 
 def setup(**over: object) -> tuple[Process, Process, Replacement, TwoGenOS, list[str]]:
