@@ -24,6 +24,9 @@ from procguard.runtime.realos import RealOS, become_subreaper, untracked_childre
 from procguard.protocol import VERSION
 from procguard.engine.supervisor import Supervisor
 from procguard.terminal import HelpFormatter
+from procguard.upgrade import adopt
+from procguard.upgrade.handoff import ADOPT_FLAG, Reexec
+from procguard.upgrade.state import Snapshot, StateError
 
 if TYPE_CHECKING:
     from procguard.observe.metrics import MetricsServer
@@ -37,8 +40,11 @@ ORPHAN_GRACE_S = 5.0
 class Daemon:
     """The event loop's owner: signals in, supervisor commands out."""
 
-    def __init__(self, config: Config, events: EventBus | None = None, mainlog: LogRing | None = None) -> None:
+    def __init__(self, config: Config, events: EventBus | None = None, mainlog: LogRing | None = None,
+                 argv: list[str] | None = None, adopted: "Snapshot | None" = None) -> None:
         self.config = config
+        self.argv = argv if argv is not None else sys.argv[1:]  # what a re-exec runs again
+        self.adopted = adopted  # the state a previous image handed over (upgrade/adopt.py)
         self.events = events if events is not None else EventBus()
         self.mainlog = mainlog
         self._signals: asyncio.Queue[int] = asyncio.Queue()
@@ -52,12 +58,15 @@ class Daemon:
         self.events.attach(loop)
         self.alerts = alerts = AlertManager(self.config.alerts, self.events)
         # Read (and removed from our environment) before anything can start a child.
-        self.systemd = systemd = SystemdNotifier.from_environ()
+        self.systemd = systemd = SystemdNotifier.from_environ() if self.adopted is None \
+            else adopt.systemd_notifier(self.adopted)
         is_subreaper = become_subreaper()
         osapi = RealOS(loop, self.config.logdir)
         self.supervisor = sup = Supervisor(self.config, osapi)
         osapi.on_reaped = sup.child_reaped
         osapi.on_spawned = sup.process_spawned
+        if self.adopted is not None:  # before any reaping: an exit during the exec is a known pid's
+            adopt.adopt_processes(self.adopted, sup, osapi, loop)
         # The handlers only queue the signal; the main loop below acts on it (never log in a handler).
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
@@ -69,12 +78,17 @@ class Daemon:
         control = ControlServer(self.config, sup, self._reload_command,
                                 lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output, self.events,
                                 alerts, self.mainlog)
+        control.handoff = None if self.adopted is None else adopt.control_handoff(self.adopted)
+        control.on_reexec = Reexec(config=self.config, supervisor=sup, osapi=osapi, control=control,
+                                   systemd=lambda: self.systemd, argv=self.argv).request
         try:
             control.open()
         except (ControlSetupError, OSError) as exc:
             # Before any child exists: nothing to clean up, and the other daemon keeps its socket.
             log.error("control_setup_failed", endpoint=self.config.control, error=str(exc))
             return 1
+        if self.adopted is not None:
+            adopt.adopt_sockets(self.adopted, osapi.sockets, self.config)
         try:
             osapi.sockets.apply(self.config.sockets, self.config.socket_users())
         except SocketError as exc:
@@ -101,7 +115,7 @@ class Daemon:
         if systemd is not None:
             watchdog = asyncio.create_task(systemd.watchdog())
             sup.on_any_change = self._status_reporter(sup, systemd)
-        starter = asyncio.create_task(self._start(sup))
+        starter = asyncio.create_task(self._start(sup) if self.adopted is None else self._adopted(sup))
         try:
             while True:
                 received = await self._signals.get()
@@ -196,6 +210,12 @@ class Daemon:
         finally:
             starting.cancel()
 
+    async def _adopted(self, sup: Supervisor) -> None:
+        """After a re-exec: nothing to start (every process was adopted as it was); tell systemd we are back."""
+        log.info("daemon_ready", status=sup.counts(), adopted_from=self.adopted.version if self.adopted else None)
+        if self.systemd is not None:
+            self.systemd.ready(sup.counts())
+
     async def _reload(self) -> None:
         try:
             await self._reload_command()
@@ -263,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", choices=("auto", "console", "json", "journal"), default="auto",
                         help="auto: journal under systemd (JOURNAL_STREAM), console on a TTY, else json")
     parser.add_argument("--version", action="version", version=f"procguard {VERSION}")
+    parser.add_argument(ADOPT_FLAG, type=int, metavar="FD", help=argparse.SUPPRESS)  # a re-exec's state
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -286,11 +307,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     events, mainlog = EventBus(), LogRing()
     configure_logging(args.log_level or config.loglevel, args.log_format, ring=mainlog, bus=events)
+    adopted = None
+    if args.adopt_state_fd is not None:
+        try:
+            adopted = adopt.read_snapshot(args.adopt_state_fd)
+        except (StateError, OSError) as exc:
+            log.error("reexec_adopt_failed", error=str(exc))
+            return 1
     raise_fd_limit()
     reset = reset_inherited_signals()
     if reset:
         log.info("inherited_signals_reset", signals=reset)
-    return asyncio.run(Daemon(config, events, mainlog).run())
+    return asyncio.run(Daemon(config, events, mainlog, sys.argv[1:] if argv is None else argv, adopted).run())
 
 
 # Python itself ignores these at start-up; Popen(restore_signals=True) gives children the defaults.

@@ -35,6 +35,7 @@ E_ALREADY_STARTED = "already_started"  # per-process outcomes (a result's "error
 E_ALREADY_ADDED = "already_added"
 E_STILL_RUNNING = "still_running"
 E_SHUTTING_DOWN = "shutting_down"
+E_REEXEC_REFUSED = "reexec_refused"  # the installed procguard cannot take over (docs/upgrade.md); nothing changed
 E_INTERNAL = "internal"
 
 # Command name -> allowed argument names. The client's verbs, the wire commands and the daemon's
@@ -61,6 +62,7 @@ COMMANDS: dict[str, frozenset[str]] = {
     "logrotate": frozenset({"names"}),
     "events": frozenset({"names", "limit", "follow"}),
     "alert_test": frozenset({"name"}),
+    "reexec": frozenset(),
 }
 STREAMS = ("stdout", "stderr")
 

@@ -155,6 +155,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("names", nargs="*")
     sub.add_parser("version", help="the daemon's version")
     sub.add_parser("shutdown", help="stop every program, then the daemon")
+    sub.add_parser("reexec", help="run the installed procguard in place of the daemon (same pid), keeping every "
+                   "program, pipe and socket (after a package upgrade: docs/upgrade.md)")
     c = sub.add_parser("tail", help="the last output of a process (kept in memory even for NONE/journal)")
     c.add_argument("-f", "--follow", action="store_true", help="keep printing new output until interrupted")
     c.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="how many lines (default 10; 0: all kept)")
@@ -647,6 +649,10 @@ def main(argv: list[str] | None = None) -> int:
         if failed is not None:
             return failed.code
         return EXIT_USAGE if reply.code in (E_BAD_ARGS, E_UNKNOWN_COMMAND) else EXIT_ERROR
+    if ns.command == "reexec" and not ns.json:
+        from procguardctl.reexec import wait_for_new_image
+
+        return wait_for_new_image(where, reply.result)
     colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if ns.json and ns.command == "events":
         return print_result(ns.command, reply.result, ns, colour)  # JSON lines, as when following

@@ -49,6 +49,7 @@ from procguard.protocol import (
 )
 from procguard.engine.deploy import DeployResult
 from procguard.engine.supervisor import ActionResult, Supervisor
+from procguard.upgrade.fds import unix_listener
 
 log = structlog.get_logger()
 
@@ -67,7 +68,8 @@ MAX_EVENT_FOLLOWERS = 64  # `events -f` clients (procguardctl top among them)
 # Commands acting on named processes (start, stop, ...), as opposed to the daemon or its config.
 ACTIONS = frozenset({"start", "stop", "restart", "deploy", "signal", "reload_app"})
 REFUSED_WHILE_STOPPING = frozenset({"start", "restart", "deploy", "reload", "signal", "reload_app", "update",
-                                    "add"})
+                                    "add", "reexec"})
+DETACH_LINGER_MS = 2000  # a re-exec flushes the replies already sent for at most this long
 DEPLOY_OUTPUT_LINES = 20  # a failed deploy's reply carries this many last lines of the process's output
 
 
@@ -219,6 +221,11 @@ class ControlServer:
         self._router: zmq.asyncio.Socket | None = None
         self._zap: zmq.asyncio.Socket | None = None
         self._lock_fd: int | None = None
+        # ipc://: the listening socket is ours (ZMQ_USE_FD), so a re-exec keeps it open and its backlog
+        # holds the connections made meanwhile; handoff: (lock fd, listening fd) a previous image left.
+        self.listen_fd: int | None = None
+        self.handoff: tuple[int, int] | None = None
+        self.on_reexec: Callable[[], Awaitable[AfterReply]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._serving: list[asyncio.Task[None]] = []
         self.stopping = False
@@ -264,10 +271,14 @@ class ControlServer:
             router.curve_publickey = public
             router.curve_secretkey = secret
         self._bind(router, path)
+        self.handoff = None
 
     def _bind(self, router: zmq.asyncio.Socket, path: str | None) -> None:
         old_umask = os.umask(0o117) if path is not None else None  # the socket is born 0660
         try:
+            if path is not None:
+                self.listen_fd = self.handoff[1] if self.handoff is not None else unix_listener(path)
+                router.setsockopt(zmq.USE_FD, self.listen_fd)  # libzmq owns (and closes) it from here
             router.bind(self.endpoint)
         except zmq.ZMQError as exc:
             raise ControlSetupError(f"cannot bind the control socket {self.endpoint}: {exc}") from None
@@ -300,6 +311,9 @@ class ControlServer:
         return True
 
     def _prepare_ipc(self, path: str) -> None:
+        if self.handoff is not None:
+            self._lock_fd = self.handoff[0]  # still locked: the lock belongs to the open file, which exec keeps
+            return
         directory = os.path.dirname(path) or "."
         created = False
         if not os.path.lexists(directory):
@@ -366,6 +380,23 @@ class ControlServer:
                 pass
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def detach(self) -> tuple[int, int] | None:
+        """Stop serving for a re-exec (upgrade/handoff.py): flush the replies sent, close the ZeroMQ sockets,
+        and return (lock fd, listening fd) still open for the next image; None for tcp://."""
+        keep = None
+        if self.listen_fd is not None and self._lock_fd is not None:
+            keep = (self._lock_fd, os.dup(self.listen_fd))
+        for task in self._serving:
+            task.cancel()
+        for sock in (self._router, self._zap):
+            if sock is not None:
+                sock.close(linger=DETACH_LINGER_MS)
+        self._router = self._zap = None
+        self._ctx.term()  # blocks until the replies are out (or DETACH_LINGER_MS)
+        self._ctx = zmq.asyncio.Context()
+        self._lock_fd = self.listen_fd = None
+        return keep
 
     # ------------------------------------------------------------------------------------ ZAP
 
@@ -438,6 +469,8 @@ class ControlServer:
             result = await self._dispatch(req)
             if isinstance(result, FollowStart):
                 reply = encode_reply(request_id, result.first, more=True)
+            elif isinstance(result, AfterReply):
+                reply = encode_reply(request_id, result.result)
             else:
                 reply = encode_reply(request_id, result)
         except ProtocolError as exc:
@@ -466,6 +499,8 @@ class ControlServer:
                 return
             if isinstance(result, FollowStart):
                 self._follow(result, envelope)
+            elif isinstance(result, AfterReply):
+                result.then()
 
     async def _dispatch(self, req: Request) -> Any:
         args = req.args
@@ -519,6 +554,10 @@ class ControlServer:
             return {"reopened": self._require_output().reopen()}
         if req.cmd == "logrotate":
             return {"rotated": self._require_output().rotate(p.name for p in self._sup.resolve(names))}
+        if req.cmd == "reexec":
+            if self.on_reexec is None:
+                raise ControlError(E_INTERNAL, "this daemon cannot re-exec")
+            return await self.on_reexec()
         if req.cmd == "shutdown":
             # Reply first; the daemon's main loop then stops every program as on SIGTERM.
             asyncio.get_running_loop().call_soon(self._request_shutdown)
@@ -668,6 +707,14 @@ def _diff_dict(diff: ConfigDiff) -> dict[str, list[str]]:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class AfterReply:
+    """A result, and what to do once its reply is sent (reexec: exec the next image)."""
+
+    result: dict[str, Any]
+    then: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -773,6 +773,28 @@ class Process:
             self.status_text = ""
         self._on_change(self, old, new)
 
+    def resume(self, *, leader_alive: bool) -> None:
+        """Re-arm the timers of a process whose fields an adopting image restored (upgrade/adopt.py).
+
+        The deadlines are those the previous image set: CLOCK_MONOTONIC goes on across exec.
+        """
+        self._leader_alive = leader_alive
+        now = self._os.monotonic()
+
+        def at(deadline: float, callback: Callable[[], None]) -> Timer:
+            return self._os.call_later(max(0.0, deadline - now), callback)
+
+        if self.state == ProcessState.BACKOFF and self.retry_at is not None:
+            self._timer = at(self.retry_at, self._retry)
+        elif self.state == ProcessState.STARTING and leader_alive and self.spawned_at is not None \
+                and self.program.type != "oneshot":
+            if self.program.ready != Ready.STARTSECS:
+                self._timer = at(self.spawned_at + self.program.start_timeout, self._start_timed_out)
+            else:
+                self._timer = at(self.spawned_at + self.program.startsecs, self._startsecs_elapsed)
+        elif self.state == ProcessState.RUNNING and self.program.max_age is not None and self.spawned_at is not None:
+            self._age_timer = at(self.spawned_at + self.program.max_age, self._age_exceeded)
+
     def status(self, now_monotonic: float, now_wall: float) -> ProcessStatus:
         uptime = None
         started = None

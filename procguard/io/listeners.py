@@ -436,6 +436,14 @@ class SocketSet:
     def fds(self, names: tuple[str, ...]) -> list[int]:
         return [self._held[n][1].fileno() for n in names]
 
+    def held(self) -> dict[str, socket.socket]:
+        """Each held socket by name (upgrade/handoff.py keeps them open across a re-exec)."""
+        return {name: sock for name, (_, sock) in self._held.items()}
+
+    def adopt(self, sockets: dict[str, tuple[SocketConfig, socket.socket]]) -> None:
+        """Hold sockets a previous image of this daemon bound (upgrade/adopt.py); apply() keeps them."""
+        self._held.update(sockets)
+
     def close(self) -> None:
         for name in list(self._held):
             self._close(name)

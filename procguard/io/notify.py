@@ -41,6 +41,24 @@ class NotifySocket:
             raise
         loop.add_reader(self._sock.fileno(), self._readable)
 
+    @classmethod
+    def adopt(cls, loop: asyncio.AbstractEventLoop, fd: int, name: str, owner_pid: Callable[[], int | None],
+              on_message: Callable[[dict[str, str]], None]) -> "NotifySocket":
+        """The socket a previous image of this daemon bound as `name` (same pid: upgrade/adopt.py)."""
+        global _counter
+        adopted = cls.__new__(cls)
+        adopted._loop, adopted._owner_pid, adopted._on_message, adopted.name = loop, owner_pid, on_message, name
+        adopted._sock = socket.socket(fileno=fd)
+        serial = int(name.rsplit("/", 1)[1])
+        # Names are per daemon pid, which exec keeps: new ones must not take an adopted one's number.
+        _counter = itertools.count(max(serial + 1, next(_counter)))
+        loop.add_reader(fd, adopted._readable)
+        return adopted
+
+    @property
+    def fd(self) -> int:
+        return self._sock.fileno()
+
     def close(self) -> None:
         if self._sock.fileno() >= 0:
             self._loop.remove_reader(self._sock.fileno())

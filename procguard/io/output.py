@@ -650,6 +650,14 @@ class Output:
         if f is not None and stream.pipes == 0 and not any(s.pipes for s in self._streams.values() if s.file is f):
             f.close()
 
+    def pipes(self) -> dict[int, Stream]:
+        """Every pipe being read (its read end) and its stream (upgrade/handoff.py keeps them across exec)."""
+        return dict(self._pipes)
+
+    def adopt_pipe(self, rfd: int, stream: Stream) -> None:
+        """Read a pipe a previous image of this daemon read (upgrade/adopt.py)."""
+        self._attach(rfd, stream, None)
+
     # ------------------------------------------------------------------------------ commands
 
     def dropped(self, process: str) -> int:

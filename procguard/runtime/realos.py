@@ -408,6 +408,17 @@ class RealOS:
         if sock is not None:
             sock.close()
 
+    def adopt(self, process: Process, pid: int | None, notify: NotifySocket | None) -> None:
+        """Own what a previous image of this daemon started (upgrade/adopt.py): its pid's exit comes to
+        `process`, and its NOTIFY_SOCKET stays the one the child knows."""
+        if pid is not None:
+            self._by_pid[pid] = process
+        if notify is not None:
+            self._notify[process] = notify
+
+    def notify_socket(self, process: Process) -> "NotifySocket | None":
+        return self._notify.get(process)
+
     def tracked_pids(self) -> set[int]:
         return set(self._by_pid) | set(self._command_exits)
 

@@ -1,0 +1,139 @@
+"""The next image's side of a re-exec: rebuild the daemon's state from the snapshot, spawning nothing.
+
+Each process gets back its state, pid, spawn time, counters, health and timers (Process.resume: the
+deadlines the previous image set); its pid is the reaper's again, so an exit during the exec (a zombie
+waiting since) is handled as any exit once the daemon reaps; its output pipes are read again with
+their tail buffers and offsets; its NOTIFY_SOCKET is the same socket. Held sockets and the control
+socket's listener and lock are the inherited descriptors (daemon.py passes them on).
+"""
+
+import asyncio
+import os
+import signal
+import socket
+
+import structlog
+
+from procguard.config.model import Config, SocketConfig
+from procguard.engine.process import ExitReason, Process, ProcessState, ReplaceOutcome, ReplacePhase, ReplaceTrigger
+from procguard.engine.supervisor import Supervisor
+from procguard.io.listeners import SocketSet
+from procguard.io.notify import NotifySocket, SystemdNotifier
+from procguard.runtime.realos import RealOS
+from procguard.upgrade.fds import close_on_exec, read_state_fd
+from procguard.upgrade.state import SavedProcess, Snapshot, loads
+
+log = structlog.get_logger()
+
+
+def read_snapshot(fd: int) -> Snapshot:
+    """The state the previous image left at fd; raises StateError."""
+    return loads(read_state_fd(fd))
+
+
+def systemd_notifier(snap: Snapshot) -> SystemdNotifier | None:
+    """NOTIFY_SOCKET was removed from the environment by the first image: it comes from the state."""
+    if snap.systemd_address is None:
+        return None
+    return SystemdNotifier(snap.systemd_address, snap.watchdog_s)
+
+
+def control_handoff(snap: Snapshot) -> tuple[int, int] | None:
+    if snap.control_lock_fd is None or snap.control_listen_fd is None:
+        return None
+    return snap.control_lock_fd, snap.control_listen_fd
+
+
+def adopt_sockets(snap: Snapshot, sockets: SocketSet, config: Config) -> None:
+    """Hold the inherited held sockets under the config's settings; apply() then binds only what is new."""
+    by_name = {c.name: c for c in config.sockets}
+    held: dict[str, tuple[SocketConfig, socket.socket]] = {}
+    for name, fd in snap.sockets.items():
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        cfg = by_name.get(name)
+        if cfg is None:
+            log.warning("reexec_socket_dropped", socket=name, reason="not in the config any more")
+            sock.close()
+            continue
+        held[name] = (cfg, sock)
+    sockets.adopt(held)
+
+
+def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS, loop: asyncio.AbstractEventLoop) -> int:
+    """Give every process of the config its saved state; return how many were adopted.
+
+    A saved process the config no longer has (it cannot happen after the pre-flight's check, but a state
+    file is input) is stopped: nothing would supervise it.
+    """
+    by_name = {p.name: p for p in sup.processes()}
+    adopted = 0
+    for saved in snap.processes:
+        proc = by_name.get(saved.name)
+        if proc is None:
+            _orphaned(saved, osapi)
+            continue
+        _restore(proc, saved)
+        notify = None
+        if saved.notify_fd is not None and saved.notify_name is not None:
+            notify = NotifySocket.adopt(loop, saved.notify_fd, saved.notify_name,
+                                        lambda proc=proc: proc.pid, proc.notified)  # type: ignore[misc]
+        osapi.adopt(proc, saved.pid if saved.leader_alive else None, notify)
+        streams = {s.name: s for s in osapi.output.streams_of(proc.program, proc.config) if s is not None}
+        for saved_stream in saved.streams:
+            stream = streams.get(saved_stream.name)
+            if stream is None:
+                _close_all(saved_stream.pipe_fds)
+                continue
+            stream.tail_buffer = bytearray(saved_stream.tail)
+            stream.offset = saved_stream.offset
+            stream.dropped = saved_stream.dropped
+            for rfd in saved_stream.pipe_fds:
+                osapi.output.adopt_pipe(rfd, stream)
+        proc.resume(leader_alive=saved.leader_alive)
+        if saved.leader_alive:
+            sup.process_spawned(proc)  # its health check and memory guard go on
+        adopted += 1
+    for o in snap.outcomes:
+        sup.deployer.outcomes[o.process] = ReplaceOutcome(
+            at=o.at, ok=o.ok, trigger=ReplaceTrigger(o.trigger), generation=o.generation, pid=o.pid,
+            step=ReplacePhase(o.step), reason=o.reason)
+    close_on_exec([fd for fd in snap.fds() if fd not in snap.sockets.values()])
+    return adopted
+
+
+def _restore(proc: Process, saved: SavedProcess) -> None:
+    proc.state = ProcessState(saved.state)
+    proc.pid = saved.pid
+    proc.spawned_at = saved.spawned_at
+    proc.exit_status = saved.exit_status
+    proc.reason = saved.reason
+    proc.failures = saved.failures
+    proc.failed_starts = saved.failed_starts
+    proc.retry_at = saved.retry_at
+    proc.health = saved.health
+    proc.health_reason = saved.health_reason
+    proc.health_failures = saved.health_failures
+    proc.status_text = saved.status_text
+    proc.restarts = saved.restarts
+    proc.generation = saved.generation
+    proc.exits = {reason: saved.exits.get(str(reason), 0) for reason in ExitReason}
+
+
+def _orphaned(saved: SavedProcess, osapi: RealOS) -> None:
+    log.error("reexec_process_unknown", process=saved.name, pid=saved.pid,
+              reason="the saved state names a process the config does not have; stopping it")
+    if saved.pid is not None and saved.leader_alive:
+        osapi.send_signal(saved.pid, signal.SIGTERM, group=True)
+    fds = [fd for s in saved.streams for fd in s.pipe_fds]
+    if saved.notify_fd is not None:
+        fds.append(saved.notify_fd)
+    _close_all(fds)
+
+
+def _close_all(fds: "tuple[int, ...] | list[int]") -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
