@@ -6,7 +6,7 @@ The order (docs/upgrade.md):
 2. pre-flight in a child process: the installed procguard imports, loads the config as --check does,
    and reads this state format (`python -m procguard.upgrade.preflight`); its words are the refusal;
 3. reply; then, in one step of the loop: RELOADING=1 to systemd, close the ZeroMQ sockets (the replies
-   flushed, the listening socket and its lock kept), reap what exited so far, save the state into a
+   flushed, the listening socket and its lock kept), save the state into a
    memfd, clear FD_CLOEXEC on every descriptor the state names, and execv `python -m procguard` with the
    same arguments plus `--adopt-state-fd N`. Same pid: children see nothing, and what they exit with
    meanwhile waits as a zombie for the next image's reaper.
@@ -113,15 +113,17 @@ class Reexec:
     def exec_now(self) -> None:
         """Save the state and exec the installed procguard in place. Returns only when exec failed (logged;
         the daemon then serves on as it was)."""
-        reason = self._busy()  # the loop ran while the reply went out
+        # Nothing awaited since request()'s last check, unless the reply's send had to wait (a full queue).
+        reason = self._busy()
         if reason is not None:
-            log.warning("reexec_refused", reason=reason)
+            log.warning("reexec_aborted", reason=reason)
             return
         systemd = self._systemd()
         if systemd is not None:
             systemd.reloading()
         control = self._control.detach()
-        self._os.reap()  # what exited so far is handled by this image; the rest waits as zombies
+        # No reaping here: an exit handled now could begin a spawn that exec would cut off. Children that
+        # exit from now on wait as zombies for the next image's reaper (the daemon is their parent).
         snap = snapshot(self._sup, self._os, control, systemd, self._argv)
         fd = state_fd(dumps(snap))
         keep = [*snap.fds(), fd]

@@ -1,0 +1,193 @@
+"""`procguardctl reexec` with N programs: how long the control socket does not answer, and failed requests.
+
+    .venv/bin/python benchmarks/bench_reexec.py [--programs 1000] [--runs 3] [--clients 2]
+
+Issue #19, "Done when": the time the control socket is unavailable during a re-exec with 1000 programs
+(aim: under 300 ms) and zero failed requests. A real `python -m procguard` supervises N programs of
+`sleep 100000` (startsecs = 0, output to NONE); once all are RUNNING, `clients` threads send `version`
+back to back through procguardctl's own client (procguardctl.client.request, 30 s timeout) while this
+script asks for `reexec`. Figures per run:
+
+- unavailable: from the `reexec` reply to the first `version` reply of the new image (a prober that
+  sends the next request as soon as one ends; its requests wait in the socket's backlog meanwhile);
+- the daemon's own split from its log: reply -> exec (daemon_reexec) and exec -> ready (daemon_ready);
+- longest gap between two replies any client saw, and the requests that ended in an error (a
+  connection the old image had accepted, closed by exec) or a timeout (a hang: must be 0);
+- every pid the same before and after (checked, else the run fails).
+
+Prints figures, never asserts speed. Cleanup: SIGTERM to the daemon (SIGKILL after 60 s), then every
+recorded child still alive is killed; the temp directory is removed.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import psutil  # noqa: E402
+
+from procguardctl.client import TimedOut, Unreachable, request  # noqa: E402
+
+AIM_MS = 300.0
+
+
+class Clients:
+    """Threads sending `version` back to back; each outcome with its time."""
+
+    def __init__(self, endpoint: str, n: int) -> None:
+        self.endpoint = endpoint
+        self.replies: list[float] = []
+        self.errors: list[str] = []
+        self.hangs = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ok = request(self.endpoint, "version", {}, 30.0).ok
+                with self._lock:
+                    self.replies.append(time.monotonic()) if ok else self.errors.append("error reply")
+            except Unreachable as exc:
+                with self._lock:
+                    self.errors.append(str(exc))
+            except TimedOut:
+                with self._lock:
+                    self.hangs += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+
+def status(endpoint: str) -> list[dict[str, Any]]:
+    reply = request(endpoint, "status", {}, 60.0)
+    assert reply.ok, reply.message
+    return list(reply.result)
+
+
+def log_time(logfile: Path, event: str, nth: int) -> float | None:
+    """Wall time (epoch s) of the nth (1-based) `event` line of the daemon's JSON log."""
+    seen = 0
+    for line in logfile.read_text(errors="replace").splitlines():
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if ev.get("event") == event:
+            seen += 1
+            if seen == nth:
+                return datetime.fromisoformat(ev["timestamp"]).timestamp()
+    return None
+
+
+def wait(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise SystemExit(f"bench_reexec: timed out waiting for {what}")
+
+
+def run(programs: int, runs: int, clients: int) -> int:
+    work = Path(tempfile.mkdtemp(prefix="procguard-bench-reexec-"))
+    endpoint = f"ipc://{work}/control.sock"
+    config = work / "procguard.toml"
+    lines = [f'[procguard]\nlogdir = "{work}/logs"\ncontrol = "{endpoint}"\n']
+    for i in range(programs):
+        lines.append(f'[program.p{i:04d}]\ncommand = ["sleep", "100000"]\nstartsecs = 0\nstdout_logfile = "NONE"\n'
+                     'stderr_logfile = "NONE"\n')
+    config.write_text("\n".join(lines))
+    logfile = work / "daemon.log"
+    children: set[int] = set()
+    with open(logfile, "ab") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "procguard", "-c", str(config), "--log-format", "json"],
+                                  stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(REPO))
+    try:
+        wait(lambda: logfile.exists() and "daemon_started" in logfile.read_text(errors="replace"), 60, "start")
+        wait(lambda: sum(s["state"] == "RUNNING" for s in status(endpoint)) == programs, 120, "all RUNNING")
+        print(f"bench_reexec: {programs} programs RUNNING under pid {daemon.pid}; {clients} clients; {runs} runs")
+        rows = []
+        for n in range(1, runs + 1):
+            before = {s["name"]: s["pid"] for s in status(endpoint)}
+            children.update(before.values())
+            load = Clients(endpoint, clients)
+            wait(lambda: len(load.replies) >= 5, 30, "clients answered")
+            reply = request(endpoint, "reexec", {}, 120.0)
+            replied = time.monotonic()
+            if not reply.ok:
+                load.stop()
+                raise SystemExit(f"bench_reexec: reexec refused: {reply.message}")
+            while True:  # the prober: the first answer from the new image
+                try:
+                    if request(endpoint, "version", {}, 60.0).ok:
+                        break
+                except Unreachable:
+                    continue
+            unavailable_ms = (time.monotonic() - replied) * 1e3
+            wait(lambda: len(load.replies) > 0 and load.replies[-1] > replied + 0.2, 30, "clients after the exec")
+            load.stop()
+            after = {s["name"]: s["pid"] for s in status(endpoint)}
+            if after != before:
+                raise SystemExit(f"bench_reexec: pids changed across the re-exec: "
+                                 f"{sum(before[k] != after.get(k) for k in before)} of {len(before)}")
+            times = sorted(load.replies)
+            gap_ms = max((b - a for a, b in zip(times, times[1:])), default=0.0) * 1e3
+            t_exec, t_ready = log_time(logfile, "daemon_reexec", n), log_time(logfile, "daemon_ready", n + 1)
+            split = f"exec->ready {(t_ready - t_exec) * 1e3:.0f} ms" if t_exec and t_ready else "split n/a"
+            rows.append((unavailable_ms, gap_ms, len(load.replies), len(load.errors), load.hangs))
+            print(f"  run {n}: unavailable {unavailable_ms:.0f} ms (aim {AIM_MS:.0f}: ratio "
+                  f"{unavailable_ms / AIM_MS:.2f}); {split}; longest gap {gap_ms:.0f} ms; "
+                  f"{len(load.replies)} replies, {len(load.errors)} errors, {load.hangs} timeouts; pids kept")
+        med = statistics.median(r[0] for r in rows)
+        print(f"bench_reexec: unavailable median {med:.0f} ms over {runs} runs (aim {AIM_MS:.0f} ms, ratio "
+              f"{med / AIM_MS:.2f}); failed requests {sum(r[3] for r in rows)} errors + "
+              f"{sum(r[4] for r in rows)} timeouts of {sum(r[2] + r[3] + r[4] for r in rows)}")
+        return 0
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        for pid in children:  # only one that survived the daemon's shutdown, and still ours (not a reused pid)
+            try:
+                if psutil.Process(pid).cmdline() == ["sleep", "100000"]:
+                    os.kill(pid, signal.SIGKILL)
+                    print(f"bench_reexec: killed a survivor, pid {pid}", file=sys.stderr)
+            except (psutil.Error, ProcessLookupError):
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--programs", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=2)
+    args = ap.parse_args()
+    return run(args.programs, args.runs, args.clients)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
