@@ -45,13 +45,16 @@ AIM_MS = 300.0
 
 
 class Clients:
-    """Threads sending `version` back to back; each outcome with its time."""
+    """Threads sending `cmd` back to back through procguardctl's client; each reply's time, each error.
+    (tests/integration/test_reexec.py uses it too.)"""
 
-    def __init__(self, endpoint: str, n: int) -> None:
+    def __init__(self, endpoint: str, n: int, cmd: str = "version") -> None:
         self.endpoint = endpoint
+        self.cmd = cmd
         self.replies: list[float] = []
-        self.errors: list[str] = []
-        self.hangs = 0
+        self.errors: list[str] = []  # error replies, and connections closed by the exec (Unreachable)
+        self.hangs = 0  # requests that timed out (30 s)
+        self.crashes: list[str] = []  # anything else the client raised: a bug of its own
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
@@ -61,15 +64,18 @@ class Clients:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                ok = request(self.endpoint, "version", {}, 30.0).ok
+                reply = request(self.endpoint, self.cmd, {}, 30.0)
                 with self._lock:
-                    self.replies.append(time.monotonic()) if ok else self.errors.append("error reply")
+                    self.replies.append(time.monotonic()) if reply.ok else self.errors.append(str(reply.message))
             except Unreachable as exc:
                 with self._lock:
                     self.errors.append(str(exc))
             except TimedOut:
                 with self._lock:
                     self.hangs += 1
+            except Exception as exc:
+                with self._lock:
+                    self.crashes.append(repr(exc))
 
     def stop(self) -> None:
         self._stop.set()

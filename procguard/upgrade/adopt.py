@@ -102,21 +102,15 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS, loop: asynci
     return adopted
 
 
+# Process attributes that hold the saved fields of the same name (the state machine's public fields).
+RESTORED = ("pid", "spawned_at", "exit_status", "reason", "failures", "failed_starts", "retry_at", "health",
+            "health_reason", "health_failures", "status_text", "restarts", "generation")
+
+
 def _restore(proc: Process, saved: SavedProcess) -> None:
     proc.state = ProcessState(saved.state)
-    proc.pid = saved.pid
-    proc.spawned_at = saved.spawned_at
-    proc.exit_status = saved.exit_status
-    proc.reason = saved.reason
-    proc.failures = saved.failures
-    proc.failed_starts = saved.failed_starts
-    proc.retry_at = saved.retry_at
-    proc.health = saved.health
-    proc.health_reason = saved.health_reason
-    proc.health_failures = saved.health_failures
-    proc.status_text = saved.status_text
-    proc.restarts = saved.restarts
-    proc.generation = saved.generation
+    for name in RESTORED:
+        setattr(proc, name, getattr(saved, name))
     proc.exits = {reason: saved.exits.get(str(reason), 0) for reason in ExitReason}
 
 

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from procguardctl.client import TimedOut, Unreachable, request
+from benchmarks.bench_reexec import Clients
 from tests.helpers import REPO, DaemonRun, alive, prog, wait_until
 from tests.integration.test_sd_notify import FakeSystemd
 
@@ -83,41 +82,6 @@ def get(port: int) -> str:
         return str(r.read().decode())
 
 
-class Flood:
-    """Clients sending `status` over and over until stopped; every request must end in a reply or an error."""
-
-    def __init__(self, endpoint: str, clients: int = 4) -> None:
-        self.endpoint = endpoint
-        self.replies = 0
-        self.errors: list[str] = []
-        self.hangs: list[str] = []
-        self.crashes: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-        for t in self._threads:
-            t.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                reply = request(self.endpoint, "status", {}, 60.0)
-                if reply.ok:
-                    self.replies += 1
-                else:
-                    self.errors.append(f"{reply.code}: {reply.message}")
-            except Unreachable as exc:  # the connection the old image had was closed by exec: an error
-                self.errors.append(str(exc))
-            except TimedOut as exc:
-                self.hangs.append(str(exc))
-            except Exception as exc:  # anything else the client raises is a bug of its own
-                self.crashes.append(repr(exc))
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(120)
-
-
 def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_the_gap(daemon, tmp_path):
     d: DaemonRun = daemon()
     port, health_port = free_port(), free_port()
@@ -152,19 +116,18 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         ticks_before = ticks.read_bytes().count(b"\n")
         health_events = len(d.events("health_changed"))
 
-        flood = Flood(d.endpoint)
+        flood = Clients(d.endpoint, 4, "status")  # every request ends in a reply or an error, never a hang
         try:
-            wait_until(lambda: flood.replies >= 4, 30, "the flood answered before the re-exec")
+            wait_until(lambda: len(flood.replies) >= 4, 30, "the flood answered before the re-exec")
             r = ctl(d, "reexec")
-            replies_at_reexec = flood.replies
+            replies_at_reexec = len(flood.replies)
             assert r.returncode == 0, r.stderr
             assert f"procguard (pid {daemon_pid}) re-executed: " in r.stdout
-            wait_until(lambda: flood.replies > replies_at_reexec + 4, 30, "the flood answered after the re-exec")
+            wait_until(lambda: len(flood.replies) > replies_at_reexec + 4, 30, "the flood answered after the re-exec")
         finally:
             flood.stop()
-        assert flood.hangs == [] and flood.crashes == [], (flood.hangs, flood.crashes)
-        print("flood", flood.replies, "replies", len(flood.errors), "errors", flood.errors[:3])
-        assert flood.replies > 8
+        assert flood.hangs == 0 and flood.crashes == [], (flood.hangs, flood.crashes)
+        assert len(flood.replies) > 8
 
         # systemd: the same main pid says RELOADING=1, then READY=1 again.
         reloading = fake_systemd.having("RELOADING", "1")
