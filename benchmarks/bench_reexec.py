@@ -10,7 +10,9 @@ script asks for `reexec`. Figures per run:
 
 - unavailable: from the `reexec` reply to the first `version` reply of the new image (a prober that
   sends the next request as soon as one ends; its requests wait in the socket's backlog meanwhile);
-- the daemon's own split from its log: reply -> exec (daemon_reexec) and exec -> ready (daemon_ready);
+- the daemon's own split from its log: saving the state (daemon_reexec's saved_ms), the new image's
+  start until it adopted (interpreter, imports, config), adopting (processes_adopted's took_ms), and
+  adopted -> ready (daemon_ready);
 - longest gap between two replies any client saw, and the requests that ended in an error (a
   connection the old image had accepted, closed by exec) or a timeout (a hang: must be 0);
 - every pid the same before and after (checked, else the run fails).
@@ -89,8 +91,8 @@ def status(endpoint: str) -> list[dict[str, Any]]:
     return list(reply.result)
 
 
-def log_time(logfile: Path, event: str, nth: int) -> float | None:
-    """Wall time (epoch s) of the nth (1-based) `event` line of the daemon's JSON log."""
+def log_event(logfile: Path, event: str, nth: int) -> dict[str, Any]:
+    """The nth (1-based) `event` line of the daemon's JSON log, with its wall time as "at" (epoch s)."""
     seen = 0
     for line in logfile.read_text(errors="replace").splitlines():
         try:
@@ -100,14 +102,28 @@ def log_time(logfile: Path, event: str, nth: int) -> float | None:
         if ev.get("event") == event:
             seen += 1
             if seen == nth:
-                return datetime.fromisoformat(ev["timestamp"]).timestamp()
-    return None
+                return dict(ev, at=datetime.fromisoformat(ev["timestamp"]).timestamp())
+    raise SystemExit(f"bench_reexec: no {event} #{nth} in {logfile}")
+
+
+def phases(logfile: Path, n: int) -> str:
+    """The daemon's own split of the nth re-exec, from its log: saving, the new image's start (interpreter,
+    imports, config) until it adopted, adopting, and serving again."""
+    saved = log_event(logfile, "daemon_reexec", n)
+    adopted = log_event(logfile, "processes_adopted", n)
+    ready = log_event(logfile, "daemon_ready", n + 1)
+    return (f"save {saved['saved_ms']:.0f} ms ({saved['state_bytes']} bytes), exec->adopt "
+            f"{(adopted['at'] - saved['at']) * 1e3 - adopted['took_ms']:.0f} ms, adopt {adopted['took_ms']:.0f} ms, "
+            f"adopted->ready {(ready['at'] - adopted['at']) * 1e3:.0f} ms")
 
 
 def wait(pred: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = pred()
+        try:
+            value = pred()
+        except Unreachable:  # a daemon still starting (or a very busy machine): ask again
+            value = None
         if value:
             return value
         time.sleep(0.05)
@@ -158,8 +174,7 @@ def run(programs: int, runs: int, clients: int) -> int:
                                  f"{sum(before[k] != after.get(k) for k in before)} of {len(before)}")
             times = sorted(load.replies)
             gap_ms = max((b - a for a, b in zip(times, times[1:])), default=0.0) * 1e3
-            t_exec, t_ready = log_time(logfile, "daemon_reexec", n), log_time(logfile, "daemon_ready", n + 1)
-            split = f"exec->ready {(t_ready - t_exec) * 1e3:.0f} ms" if t_exec and t_ready else "split n/a"
+            split = phases(logfile, n)
             rows.append((unavailable_ms, gap_ms, len(load.replies), len(load.errors), load.hangs))
             print(f"  run {n}: unavailable {unavailable_ms:.0f} ms (aim {AIM_MS:.0f}: ratio "
                   f"{unavailable_ms / AIM_MS:.2f}); {split}; longest gap {gap_ms:.0f} ms; "

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+import time
 
 import structlog
 
@@ -66,6 +67,7 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS, loop: asynci
     A saved process the config no longer has (it cannot happen after the pre-flight's check, but a state
     file is input) is stopped: nothing would supervise it.
     """
+    began = time.monotonic()
     by_name = {p.name: p for p in sup.processes()}
     adopted = 0
     for saved in snap.processes:
@@ -99,6 +101,8 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS, loop: asynci
             at=o.at, ok=o.ok, trigger=ReplaceTrigger(o.trigger), generation=o.generation, pid=o.pid,
             step=ReplacePhase(o.step), reason=o.reason)
     close_on_exec([fd for fd in snap.fds() if fd not in snap.sockets.values()])
+    log.info("processes_adopted", processes=adopted, saved=len(snap.processes), from_version=snap.version,
+             took_ms=round((time.monotonic() - began) * 1e3, 1))
     return adopted
 
 

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 
 import structlog
@@ -118,6 +119,7 @@ class Reexec:
         if reason is not None:
             log.warning("reexec_aborted", reason=reason)
             return
+        began = time.monotonic()
         systemd = self._systemd()
         if systemd is not None:
             systemd.reloading()
@@ -125,12 +127,13 @@ class Reexec:
         # No reaping here: an exit handled now could begin a spawn that exec would cut off. Children that
         # exit from now on wait as zombies for the next image's reaper (the daemon is their parent).
         snap = snapshot(self._sup, self._os, control, systemd, self._argv)
-        fd = state_fd(dumps(snap))
+        data = dumps(snap)
+        fd = state_fd(data)
         keep = [*snap.fds(), fd]
         keep_across_exec(keep)
         argv = [sys.executable, "-m", "procguard", *self._argv, ADOPT_FLAG, str(fd)]
         log.info("daemon_reexec", version=VERSION, pid=os.getpid(), processes=len(snap.processes), fds=len(keep),
-                 argv=argv)
+                 state_bytes=len(data), saved_ms=round((time.monotonic() - began) * 1e3, 1), argv=argv)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
