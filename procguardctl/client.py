@@ -195,7 +195,10 @@ def _request_ipc(endpoint: str, path: str, cmd: str, args: dict[str, Any], timeo
         except (zmtp.NotZmtp, zmtp.Closed, zmtp.TooLarge, ConnectionError):
             raise _handshake_failed(endpoint) from None
         request_id = os.urandom(6).hex()
-        dealer.send(encode_request(cmd, args, request_id))
+        try:
+            dealer.send(encode_request(cmd, args, request_id))
+        except ConnectionError:  # closed after the handshake (a daemon exiting or re-executing): not our stdout
+            raise _lost(endpoint) from None
         while True:
             try:
                 frame = dealer.recv(None if timeout_s is None else start + timeout_s)

@@ -107,6 +107,12 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         before = status_when(d, lambda s: s["app"]["health"] == "healthy" and s["flaky"]["state"] == "BACKOFF"
                              and all(s[n]["state"] == "RUNNING" for n in ("web", "ticker", "gap")),
                              "every program up, flaky backing off")
+        # A deploy first: its outcome (status' last_deploy) is part of the state too.
+        deployed = ctl(d, "deploy", "web")
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        before = status_when(d, lambda s: s["web"]["state"] == "RUNNING" and s["web"]["generation"] == 2
+                             and s["web"]["last_deploy"] is not None and s["web"]["replace_phase"] is None,
+                             "web deployed")
         daemon_pid = d.proc.pid
         web_pid = before["web"]["pid"]
         held = socket_inode(web_pid, 3)
@@ -143,6 +149,7 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
             assert (after[name]["pid"], after[name]["state"]) == (before[name]["pid"], before[name]["state"]), name
             assert abs(after[name]["started_at"] - before[name]["started_at"]) < 0.01, name  # now - uptime
         assert socket_inode(web_pid, 3) == held and held in socket_inodes(daemon_pid)
+        assert (after["web"]["generation"], after["web"]["last_deploy"]) == (2, before["web"]["last_deploy"])
         assert get(port) == f"web {web_pid}\n"
         # BACKOFF keeps its schedule and its counters.
         assert after["flaky"]["state"] == "BACKOFF"
