@@ -13,7 +13,7 @@ does not know, which the pre-flight asks before anything is saved (`readable`).
 
 import base64
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT = 2
@@ -105,16 +105,17 @@ class Snapshot:
 
 
 def dumps(snapshot: Snapshot) -> bytes:
-    def encode(value: Any) -> Any:
+    # json's default hook converts one level at a time: dataclasses.asdict (a deep copy) took 3/4 of the
+    # time of saving 1000 processes (cProfile: 186 ms CPU in all).
+    def encode(value: object) -> object:
         if isinstance(value, bytes):
             return {"b64": base64.b64encode(value).decode("ascii")}
-        if isinstance(value, dict):
-            return {k: encode(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [encode(v) for v in value]
-        return value
+        names = getattr(type(value), "__dataclass_fields__", None)
+        if names is None:
+            raise TypeError(f"cannot save {type(value).__name__}")
+        return {name: getattr(value, name) for name in names}
 
-    return json.dumps(encode(asdict(snapshot)), separators=(",", ":")).encode()
+    return json.dumps(snapshot, default=encode, separators=(",", ":")).encode()
 
 
 def readable(fmt: int) -> bool:
