@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -92,6 +91,8 @@ class Reexec:
 
     async def _preflight(self) -> str | None:
         """Run the installed procguard's pre-flight in a child; its output when it refuses, else None."""
+        import tempfile  # on demand: it imports shutil, bz2 and lzma, which an idle daemon does without (#17)
+
         argv = [sys.executable, "-m", "procguard.upgrade.preflight", "-c", self._sup.config.path,
                 "--state-format", str(FORMAT)]
         with tempfile.TemporaryFile() as out:
