@@ -10,6 +10,8 @@ script asks for `reexec`. Figures per run:
 
 - unavailable: from the `reexec` reply to the first `version` reply of the new image (a prober that
   sends the next request as soon as one ends; its requests wait in the socket's backlog meanwhile);
+- the daemon's CPU time (user + system, psutil; it goes on across exec) over the same span: what the
+  unavailable time comes to on an otherwise idle machine;
 - the daemon's own split from its log: saving the state (daemon_reexec's saved_ms), the new image's
   start until it adopted (interpreter, imports, config), adopting (processes_adopted's took_ms), and
   adopted -> ready (daemon_ready);
@@ -17,7 +19,7 @@ script asks for `reexec`. Figures per run:
   connection the old image had accepted, closed by exec) or a timeout (a hang: must be 0);
 - every pid the same before and after (checked, else the run fails).
 
-Prints figures, never asserts speed. Cleanup: SIGTERM to the daemon (SIGKILL after 60 s), then every
+The package's bytecode is compiled first, as pip does on install. Prints figures, never asserts speed. Cleanup: SIGTERM to the daemon (SIGKILL after 60 s), then every
 recorded child still alive is killed; the temp directory is removed.
 """
 
@@ -131,6 +133,10 @@ def wait(pred: Any, timeout: float, what: str) -> Any:
 
 
 def run(programs: int, runs: int, clients: int) -> int:
+    # An installed procguard has its bytecode compiled (pip does it); a checkout run with
+    # PYTHONDONTWRITEBYTECODE would compile every module again at each exec and time that instead.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "procguard"), str(REPO / "procguardctl")],
+                   check=True)
     work = Path(tempfile.mkdtemp(prefix="procguard-bench-reexec-"))
     endpoint = f"ipc://{work}/control.sock"
     config = work / "procguard.toml"
@@ -156,6 +162,7 @@ def run(programs: int, runs: int, clients: int) -> int:
             wait(lambda: len(load.replies) >= 5, 30, "clients answered")
             reply = request(endpoint, "reexec", {}, 120.0)
             replied = time.monotonic()
+            cpu_before = sum(psutil.Process(daemon.pid).cpu_times()[:2])
             if not reply.ok:
                 load.stop()
                 raise SystemExit(f"bench_reexec: reexec refused: {reply.message}")
@@ -166,6 +173,7 @@ def run(programs: int, runs: int, clients: int) -> int:
                 except Unreachable:
                     continue
             unavailable_ms = (time.monotonic() - replied) * 1e3
+            cpu_ms = (sum(psutil.Process(daemon.pid).cpu_times()[:2]) - cpu_before) * 1e3
             wait(lambda: len(load.replies) > 0 and load.replies[-1] > replied + 0.2, 30, "clients after the exec")
             load.stop()
             after = {s["name"]: s["pid"] for s in status(endpoint)}
@@ -175,13 +183,14 @@ def run(programs: int, runs: int, clients: int) -> int:
             times = sorted(load.replies)
             gap_ms = max((b - a for a, b in zip(times, times[1:])), default=0.0) * 1e3
             split = phases(logfile, n)
-            rows.append((unavailable_ms, gap_ms, len(load.replies), len(load.errors), load.hangs))
+            rows.append((unavailable_ms, gap_ms, len(load.replies), len(load.errors), load.hangs, cpu_ms))
             print(f"  run {n}: unavailable {unavailable_ms:.0f} ms (aim {AIM_MS:.0f}: ratio "
-                  f"{unavailable_ms / AIM_MS:.2f}); {split}; longest gap {gap_ms:.0f} ms; "
+                  f"{unavailable_ms / AIM_MS:.2f}), daemon CPU meanwhile {cpu_ms:.0f} ms; {split}; longest gap {gap_ms:.0f} ms; "
                   f"{len(load.replies)} replies, {len(load.errors)} errors, {load.hangs} timeouts; pids kept")
         med = statistics.median(r[0] for r in rows)
         print(f"bench_reexec: unavailable median {med:.0f} ms over {runs} runs (aim {AIM_MS:.0f} ms, ratio "
-              f"{med / AIM_MS:.2f}); failed requests {sum(r[3] for r in rows)} errors + "
+              f"{med / AIM_MS:.2f}; the daemon's CPU meanwhile, median {statistics.median(r[5] for r in rows):.0f} "
+              f"ms: the figure on an idle machine); failed requests {sum(r[3] for r in rows)} errors + "
               f"{sum(r[4] for r in rows)} timeouts of {sum(r[2] + r[3] + r[4] for r in rows)}")
         return 0
     finally:
