@@ -654,6 +654,12 @@ class Output:
         """Every pipe being read (its read end) and its stream (upgrade/handoff.py keeps them across exec)."""
         return dict(self._pipes)
 
+    def flush_inherited(self, timeout_s: float) -> None:
+        """Wait (blocking) until what is queued for the daemon's stdout/stderr is written (before a re-exec,
+        which would end the writer threads)."""
+        for writer in self._inherit.values():
+            writer.flush(timeout_s)
+
     def adopt_pipe(self, rfd: int, stream: Stream) -> None:
         """Read a pipe a previous image of this daemon read (upgrade/adopt.py)."""
         self._attach(rfd, stream, None)

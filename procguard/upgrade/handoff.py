@@ -38,6 +38,7 @@ log = structlog.get_logger()
 PREFLIGHT_TIMEOUT_S = 60.0
 PREFLIGHT_OUTPUT_LINES = 12  # of the pre-flight's output, in a refusal
 ADOPT_FLAG = "--adopt-state-fd"
+INHERIT_FLUSH_S = 5.0  # at most this long for a stalled journal (the bytes are dropped then, as output.py does)
 
 
 class Reexec:
@@ -125,6 +126,9 @@ class Reexec:
         if systemd is not None:
             systemd.reloading()
         control = self._control.detach()
+        # Output bound for the daemon's own stdout/stderr (inherit, journal) waits in a writer thread's queue,
+        # which exec would drop: write it first. The pipes keep what is not read yet.
+        self._os.output.flush_inherited(INHERIT_FLUSH_S)
         # No reaping here: an exit handled now could begin a spawn that exec would cut off. Children that
         # exit from now on wait as zombies for the next image's reaper (the daemon is their parent).
         snap = snapshot(self._sup, self._os, control, systemd, self._argv)

@@ -92,6 +92,8 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--name", "web"], startsecs=0, sockets=["web"])
         + prog("ticker", [sys.executable, WRITER, "--dir", str(d.work), "--name", "ticker", "tick"], startsecs=0,
                stdout_logfile=str(ticks), stdout_logfile_maxbytes=0)
+        + prog("jticker", [sys.executable, WRITER, "--dir", str(d.work), "--name", "jticker", "tick"], startsecs=0,
+               stdout_logfile="inherit")
         + prog("flaky", ["sh", "-c", "exit 1"], startsecs="1s", backoff_initial="40s", backoff_max="40s",
                startretries=5)
         + prog("app", [sys.executable, HEALTHSERVER, "--dir", str(d.work), "--name", "app", "--port", str(health_port)])
@@ -105,7 +107,7 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
     try:
         # (No READY=1 yet: waiter stays STARTING until told to send its own READY=1.)
         before = status_when(d, lambda s: s["app"]["health"] == "healthy" and s["flaky"]["state"] == "BACKOFF"
-                             and all(s[n]["state"] == "RUNNING" for n in ("web", "ticker", "gap")),
+                             and all(s[n]["state"] == "RUNNING" for n in ("web", "ticker", "jticker", "gap")),
                              "every program up, flaky backing off")
         # A deploy first: its outcome (status' last_deploy) is part of the state too.
         deployed = ctl(d, "deploy", "web")
@@ -145,7 +147,7 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
 
         after = status(d)
         # Every child is the same process, never signalled; the held socket is the same socket.
-        for name in ("web", "ticker", "app", "waiter"):
+        for name in ("web", "ticker", "jticker", "app", "waiter"):
             assert (after[name]["pid"], after[name]["state"]) == (before[name]["pid"], before[name]["state"]), name
             assert abs(after[name]["started_at"] - before[name]["started_at"]) < 0.01, name  # now - uptime
         assert socket_inode(web_pid, 3) == held and held in socket_inodes(daemon_pid)
@@ -174,6 +176,10 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         assert lines == [f"tick {k}" for k in range(1, len(lines) + 1)]
         tail = json.loads(ctl(d, "--json", "tail", "ticker").stdout)
         assert tail["offset"] == ticks.stat().st_size  # the stream's offset went on across the exec
+        # The same for output passed to the daemon's own stdout (journal): the new image reads the same pipe.
+        assert ctl(d, "stop", "jticker").returncode == 0
+        jticks = [line for line in d.logfile.read_text().splitlines() if line.startswith("tick ")]
+        assert len(jticks) > ticks_before and jticks == [f"tick {k}" for k in range(1, len(jticks) + 1)]
     finally:
         fake_systemd.close()
 
