@@ -426,6 +426,24 @@ class Stream:
                 data = b""
         self._remember(data, 0)
 
+    def saved(self) -> tuple[bytes, int, bool]:
+        """What a re-exec hands over (upgrade/handoff.py), without reading the file: the tail buffer, how many
+        newer bytes are only in the file (_in_file), and whether the next byte begins a line (timestamps)."""
+        return bytes(self.tail_buffer), self._in_file, self._at_line_start
+
+    def restore(self, tail: bytes, in_file: int, at_line_start: bool) -> None:
+        """Take over a previous image's saved() (upgrade/adopt.py). The file is opened now, at the size the
+        previous image left (its pipes are not read yet), so the bytes only there can be read back."""
+        self.tail_buffer = bytearray(tail)
+        self._at_line_start = at_line_start
+        f = self.file
+        if in_file and f is not None:
+            try:
+                f.open_for_spawn()
+            except OSError:
+                pass
+        self._in_file = in_file if f is not None and f.fd is not None else 0
+
     def tail(self) -> bytes:
         """The newest tail_maxbytes of the stream (ending at self.offset)."""
         self._settle(True)

@@ -87,7 +87,7 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS, loop: asynci
             if stream is None:
                 _close_all(saved_stream.pipe_fds)
                 continue
-            stream.tail_buffer = bytearray(saved_stream.tail)
+            stream.restore(saved_stream.tail, saved_stream.in_file, saved_stream.at_line_start)
             stream.offset = saved_stream.offset
             stream.dropped = saved_stream.dropped
             for rfd in saved_stream.pipe_fds:

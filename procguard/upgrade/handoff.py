@@ -189,9 +189,12 @@ def snapshot(sup: Supervisor, osapi: RealOS, control: tuple[int, int] | None, sy
 
 
 def _saved(p: Process, osapi: RealOS, pipes: dict[int, list[int]]) -> SavedProcess:
-    streams = tuple(SavedStream(name=s.name, tail=s.tail(), offset=s.offset, dropped=s.dropped,
-                                pipe_fds=tuple(pipes.get(id(s), ())))
-                    for s in osapi.output.streams_of(p.program, p.config) if s is not None)
+    streams = []
+    for s in osapi.output.streams_of(p.program, p.config):
+        if s is not None:
+            tail, in_file, at_line_start = s.saved()
+            streams.append(SavedStream(name=s.name, tail=tail, in_file=in_file, at_line_start=at_line_start,
+                                       offset=s.offset, dropped=s.dropped, pipe_fds=tuple(pipes.get(id(s), ()))))
     notify = osapi.notify_socket(p)
     return SavedProcess(
         name=p.name, program=p.program.name, state=str(p.state), pid=p.pid, leader_alive=p.live_pid is not None,
@@ -200,5 +203,5 @@ def _saved(p: Process, osapi: RealOS, pipes: dict[int, list[int]]) -> SavedProce
         health_failures=p.health_failures, status_text=p.status_text, restarts=p.restarts,
         generation=p.generation, exits={str(k): v for k, v in p.exits.items()},
         notify_fd=None if notify is None else notify.fd, notify_name=None if notify is None else notify.name,
-        streams=streams,
+        streams=tuple(streams),
     )

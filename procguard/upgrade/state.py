@@ -30,6 +30,8 @@ class SavedStream:
 
     name: str  # "stdout" or "stderr"
     tail: bytes = b""
+    in_file: int = 0  # newer bytes of the tail that are only in the log file (read back when asked)
+    at_line_start: bool = True  # timestamps: the next byte gets a timestamp
     offset: int = 0
     dropped: int = 0
     pipe_fds: tuple[int, ...] = ()

@@ -4,12 +4,15 @@ Real daemon, real children, the real control socket. One daemon per test carries
 under way is the expensive part.
 """
 
+import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -103,6 +106,16 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         + prog("gap", [sys.executable, "-c", GAP_CHILD, str(gap_marker)], startsecs=0, autorestart=False))
     (d.work / "health").write_text("ok")
     fake_systemd = FakeSystemd(str(tmp_path / "notify.sock"))
+    # Read it as systemd does, at once: the daemon's sd_notify socket blocks once 10 datagrams wait unread
+    # (net.unix.max_dgram_qlen), which would stall its loop until this test reads them.
+    reading = threading.Event()
+
+    def read() -> None:
+        while not reading.wait(0.01):
+            fake_systemd.poll()
+
+    reader = threading.Thread(target=read)
+    reader.start()
     d.start(env={"NOTIFY_SOCKET": fake_systemd.address})
     try:
         # (No READY=1 yet: waiter stays STARTING until told to send its own READY=1.)
@@ -149,7 +162,7 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         # Every child is the same process, never signalled; the held socket is the same socket.
         for name in ("web", "ticker", "jticker", "app", "waiter"):
             assert (after[name]["pid"], after[name]["state"]) == (before[name]["pid"], before[name]["state"]), name
-            assert abs(after[name]["started_at"] - before[name]["started_at"]) < 0.01, name  # now - uptime
+            assert abs(after[name]["started_at"] - before[name]["started_at"]) < 0.25, name  # now - uptime, two clock reads
         assert socket_inode(web_pid, 3) == held and held in socket_inodes(daemon_pid)
         assert (after["web"]["generation"], after["web"]["last_deploy"]) == (2, before["web"]["last_deploy"])
         assert get(port) == f"web {web_pid}\n"
@@ -176,11 +189,17 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         assert lines == [f"tick {k}" for k in range(1, len(lines) + 1)]
         tail = json.loads(ctl(d, "--json", "tail", "ticker").stdout)
         assert tail["offset"] == ticks.stat().st_size  # the stream's offset went on across the exec
+        # ...and its tail buffer: the bytes from before the exec (saved, or left in the file) are in it.
+        data = base64.b64decode(tail["data"])
+        assert len(data) == min(ticks.stat().st_size, 64 * 1024) and ticks.read_bytes().endswith(data)
         # The same for output passed to the daemon's own stdout (journal): the new image reads the same pipe.
         assert ctl(d, "stop", "jticker").returncode == 0
-        jticks = [line for line in d.logfile.read_text().splitlines() if line.startswith("tick ")]
-        assert len(jticks) > ticks_before and jticks == [f"tick {k}" for k in range(1, len(jticks) + 1)]
+        # (The daemon's log shares that file: a tick may land between a log line and its newline.)
+        jticks = re.findall(r"tick (\d+)\n", d.logfile.read_text())
+        assert len(jticks) > ticks_before and jticks == [str(k) for k in range(1, len(jticks) + 1)]
     finally:
+        reading.set()
+        reader.join()
         fake_systemd.close()
 
 
@@ -217,7 +236,7 @@ def test_reexec_refusals_leave_the_daemon_as_it_was_then_a_new_version_takes_ove
         assert d.proc.poll() is None
         after = status(d)
         assert after["sleeper"]["pid"] == before["sleeper"]["pid"]
-        assert abs(after["sleeper"]["started_at"] - before["sleeper"]["started_at"]) < 0.01
+        assert abs(after["sleeper"]["started_at"] - before["sleeper"]["started_at"]) < 0.25
         assert json.loads(ctl(d, "--json", "version").stdout)["version"] == "0.1.0"
         assert not d.events("daemon_reexec")
 
@@ -245,7 +264,7 @@ def test_reexec_refusals_leave_the_daemon_as_it_was_then_a_new_version_takes_ove
     assert json.loads(ctl(d, "--json", "version").stdout)["version"] == "0.1.1"
     after = status(d)
     assert (after["sleeper"]["pid"], after["sleeper"]["state"]) == (before["sleeper"]["pid"], "RUNNING")
-    assert abs(after["sleeper"]["started_at"] - before["sleeper"]["started_at"]) < 0.01
+    assert abs(after["sleeper"]["started_at"] - before["sleeper"]["started_at"]) < 0.25
     assert alive(before["sleeper"]["pid"])
 
 
