@@ -26,7 +26,7 @@ from procguard.engine.supervisor import Supervisor
 from procguard.terminal import HelpFormatter
 
 if TYPE_CHECKING:
-    from procguard.observe.metrics import MetricsServer
+    from procguard.observe.metrics_server import MetricsServer
 
 log = structlog.get_logger()
 
@@ -143,7 +143,7 @@ class Daemon:
         """Listen for Prometheus scrapes when configured (prometheus_client is imported only then); raises OSError."""
         if self.config.metrics is None:
             return None
-        from procguard.observe.metrics import MetricsServer
+        from procguard.observe.metrics_server import MetricsServer
 
         server = MetricsServer(self.config.metrics, sup, osapi.output, lambda: control.requests, self.config.control_gid)
         await server.start()
