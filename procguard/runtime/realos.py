@@ -49,7 +49,9 @@ DRAIN_POLL_S = 0.02
 class RealOS:
     """The seam `process.Process` acts through, bound to one asyncio loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, logdir: str, output: Output | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, logdir: str, output: Output | None = None, *,
+                 on_reaped: Callable[[int], None] = lambda pid: None,
+                 on_spawned: Callable[[Process], None] = lambda process: None) -> None:
         self._loop = loop
         self.logdir = logdir
         self.output = output if output is not None else Output(loop, logdir)
@@ -61,8 +63,8 @@ class RealOS:
         self.tasks: set[asyncio.Task[None]] = set()
         self._scan_queue: dict[Process, int | None] = {}
         self._scanning = False
-        self.on_reaped: Callable[[int], None] = lambda pid: None  # a child that led no process was reaped
-        self.on_spawned: Callable[[Process], None] = lambda process: None
+        self.on_reaped = on_reaped  # a child that led no process was reaped
+        self.on_spawned = on_spawned
         self._notify: dict[Process, NotifySocket] = {}
         self._command_exits: dict[int, asyncio.Future[int]] = {}
         self._next: dict[Process, NextSockets] = {}  # next generations' sockets until their switch
