@@ -110,6 +110,7 @@ class Handlers:
         self._mainlog = mainlog
 
     def table(self) -> dict[str, Handler]:
+        """Each command's method, by the command's name (the server's dispatch table)."""
         handlers: dict[str, Handler] = {name: getattr(self, name) for name in handler_names()}
         return handlers
 
