@@ -1,7 +1,7 @@
 """`procguardctl import-supervisor`: supervisord configs from tests/supervisord_corpus -> procguard TOML (issue #8).
 
 Each corpus config is converted into tmp_path; the TOML is read back with tomllib and compared value by
-value, then loaded with procguard.config.model.load_config to prove procguard accepts it. The report (stderr and
+value, then loaded with procguard.config.load.load_config to prove procguard accepts it. The report (stderr and
 IMPORT-REPORT.txt) is asserted as the lines an operator reads. Nothing here starts a process.
 """
 
@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from procguard.config.model import AutoRestart, Config, load_config
+from procguard.config.load import load_config
+from procguard.config.model import AutoRestart, Config
 from procguard.errors import ConfigError
 from procguardctl import importer
 from procguardctl.__main__ import main as ctl_main
