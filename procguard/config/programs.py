@@ -85,8 +85,7 @@ def _account(p: ProgramReader) -> tuple[dict[str, Any], dict[str, str]]:
     user = p.given("user", parse_str).get("user")
     group = p.given("group", parse_str).get("group")
     fields: dict[str, Any] = {}
-    me = machine.daemon_account()
-    env = _account_variables(me, me.pw_name)
+    env: dict[str, str] | None = None
     if user is not None:
         fields["user"] = user
         pw = machine.find_user(user)
@@ -102,10 +101,14 @@ def _account(p: ProgramReader) -> tuple[dict[str, Any], dict[str, str]]:
         else:
             fields["gid"] = gid
     if (user is not None or group is not None) and not machine.is_root():
+        me = machine.daemon_account()
         uid = fields.get("uid")
         if user is not None and uid is not None and uid != me.pw_uid:
             p.err("user", f"the daemon runs as {me.pw_name!r}, not root, so it cannot switch to {user!r}")
     fields.update(p.given("umask", parse_umask))
+    if env is None:  # no user, or none found: the daemon's own
+        me = machine.daemon_account()
+        env = _account_variables(me, me.pw_name)
     return fields, env
 
 
