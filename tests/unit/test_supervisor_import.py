@@ -694,6 +694,28 @@ def test_process_num_formats(spec: str, expected: str) -> None:
     assert exp.template(spec, "process_name") == expected
 
 
+def test_importer_writes_the_keys_and_flags_the_templates_config_reads() -> None:
+    """One vocabulary (procguard.config.keys, issue #15): every supervisord key the importer carries over is a
+    procguard key, and every brace config would expand is flagged in text the importer writes literally."""
+    from procguard.config import keys
+    from procguardctl.importer.programs import DEFERRABLE_KEYS
+
+    assert keys.SUPERVISOR_PROGRAM_KEYS <= keys.PROGRAM_KEYS
+    assert DEFERRABLE_KEYS == keys.SUPERVISOR_PROGRAM_KEYS - keys.PER_PROCESS_KEYS - {"environment"}
+    expanded_by_config = ["{here}", "{program_name}", "{group_name}", "{process_num:02d}", "{ENV_X}",
+                          "{ENV_X:split}", "{socket.web.fd}"]
+    for text in expanded_by_config:
+        assert keys.TEMPLATE_RE.search(text) or keys.ENV_RE.search(text), text
+        assert keys.TEMPLATE_ANY_SPEC_RE.search(text), text
+    # The importer flags more than config expands: {here:x} is left as written by config, still refused here.
+    assert keys.TEMPLATE_ANY_SPEC_RE.search("{here:x}") and not keys.TEMPLATE_RE.search("{here:x}")
+    exp = expansions.Expander(here="/h", where="w", report=Report(), program_name="p", per_process=True)
+    exp.literal("echo {here:x} {process_num}", "user")
+    assert [f.message for f in exp.report.findings if f.level == "error"] == [
+        "'echo {here:x} {process_num}' contains a procguard template ({...}) that procguard would expand; "
+        "rewrite it by hand"]
+
+
 # --------------------------------------------------------------------------------- supervisorctl spellings
 
 
