@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 from procguard.observe.alerts import AlertManager
-from procguard.config.model import Config, ConfigDiff, describe, load_config
+from procguard.config.describe import describe
+from procguard.config.load import load_config
+from procguard.config.model import Config, ConfigDiff
 from procguard.control.server import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
 from procguard.observe.events import EventBus

@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from procguard.config.model import Config, ConfigDiff, ProgramConfig, diff_configs, diff_groups, load_config, process_groups
+from procguard.config.diff import diff_configs, diff_groups, process_groups
+from procguard.config.load import load_config
+from procguard.config.model import Config, ConfigDiff, ProgramConfig
 from procguard.engine.deploy import Deployer, DeployResult
 from procguard.errors import ConfigError, ConfigIssue, ControlError
 from procguard.protocol import (

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from procguard.config.model import load_config
+from procguard.config.load import load_config
 from procguard.errors import ConfigError, ControlError
 from procguard.runtime.realos import RealOS
 from procguard.engine.process import ProcessState

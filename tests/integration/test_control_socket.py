@@ -678,7 +678,7 @@ def test_no_authenticator_means_no_entry(tmp_path):
     """ZAP is fail-open in libzmq unless enforced: with our authenticator gone, the socket admits no one."""
     import asyncio
 
-    from procguard.config.model import load_config
+    from procguard.config.load import load_config
     from procguard.control.server import ControlServer
     from procguard.runtime.realos import RealOS
     from procguard.engine.supervisor import Supervisor
