@@ -114,7 +114,7 @@ class ControlServer:
         router.setsockopt_string(zmq.ZAP_DOMAIN, auth.ZAP_DOMAIN)
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # fail closed: no handler means no entry
         if self.endpoint.startswith("tcp://"):
-            assert self.config.curve is not None  # config.py refuses tcp:// without [procguard.curve]
+            assert self.config.curve is not None  # config/sections.py refuses tcp:// without [procguard.curve]
             try:
                 public, secret = zmq.auth.load_certificate(self.config.curve.server_secret_key)
             except (OSError, ValueError) as exc:
