@@ -3,7 +3,7 @@
 Every function here takes the decoded `result` of a reply (docs/protocol.md) and either returns the
 lines with the exit status they mean (a supervisorctl.Printed) or, for the streams (tail, maintail,
 events), writes them as they come. supervisorctl's own wordings live in supervisorctl.py; this module
-adds procguard's. Nothing is decided on a human-readable message: only on fields and protocol codes.
+adds procguard's. Exit statuses follow fields and protocol codes, with one exception (is_up).
 datetime and base64 are imported where used: `status`, the common case, needs neither (#17).
 """
 
@@ -109,6 +109,8 @@ def human_bytes(n: float | None, units: tuple[str, ...] = ("B", "KiB", "MiB", "G
 
 def is_up(st: dict[str, Any]) -> bool:
     """RUNNING, or a one-shot job that completed (it is done, not down)."""
+    # TODO(#15): the status reply has no field saying "completed" (the engine knows it as a Hold), so this
+    # reads the reason; a field would add a key to `status --json`, an output change this issue rules out.
     return st.get("state") == "RUNNING" or (
         st.get("state") == "EXITED" and str(st.get("reason", "")).startswith("completed"))
 
