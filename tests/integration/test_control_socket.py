@@ -411,7 +411,7 @@ def _run_as_nobody(argv: list[str], group: str | None = None) -> tuple[int, str]
     gid = grp.getgrnam(group).gr_gid if group else nobody.pw_gid
     code = (
         "import os, sys\n"
-        "import procguardctl.__main__ as m, procguardctl.client, zmq, json, base64, locale, gettext\n"
+        "import procguardctl.cli as m, procguardctl.client, zmq, json, base64, locale, gettext\n"
         "m.build_parser().format_help()  # argparse's lazy imports (gettext, locale) while still root\n"
         f"os.setgroups([]); os.setgid({gid}); os.setuid({nobody.pw_uid})\n"
         f"sys.exit(m.main({argv!r}))\n"

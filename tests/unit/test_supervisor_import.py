@@ -721,7 +721,7 @@ def test_importer_writes_the_keys_and_flags_the_templates_config_reads() -> None
 
 def test_a_command_word_with_spaces_is_split_as_supervisorctl_joins_its_arguments() -> None:
     # Ansible's supervisorctl module sends `signal HUP` as one argument (issue #14).
-    from procguardctl.__main__ import split_command
+    from procguardctl.cli import split_command
 
     assert split_command(["-c", "my conf.toml", "signal HUP", "web"]) == ["-c", "my conf.toml", "signal", "HUP", "web"]
     assert split_command(["--json", "status"]) == ["--json", "status"]
