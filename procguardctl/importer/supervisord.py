@@ -3,6 +3,7 @@
 import grp
 import pwd
 
+from procguard.protocol import ROOT_ENDPOINT
 from procguardctl.importer.context import Context
 from procguardctl.importer.datatypes import sv_bool, sv_octal
 from procguardctl.importer.expansions import Expander
@@ -94,7 +95,7 @@ def _control(ctx: Context, table: Table, notes: list[str]) -> None:
     group = _unix_http_server(ctx, unix, comments) if unix is not None else None
     if inet is not None:
         _inet_http_server(ctx, inet, comments)
-    table.set("control", "ipc:///run/procguard/procguard.sock", *comments)
+    table.set("control", ROOT_ENDPOINT, *comments)
     if group is not None:
         try:
             grp.getgrnam(group)
@@ -112,8 +113,8 @@ def _unix_http_server(ctx: Context, unix: str, comments: list[str]) -> str | Non
     opts = ctx.options(unix)
     comments.append(f"[unix_http_server] file={opts.get('file', '?')}: procguard's control socket "
                     "(procguardctl finds it with -c this file)")
-    ctx.report.add("changed", ctx.where(unix, "file"), "the control socket is "
-                   "ipc:///run/procguard/procguard.sock, mode 0660 in a 0750 directory; scripts use "
+    ctx.report.add("changed", ctx.where(unix, "file"), f"the control socket is "
+                   f"{ROOT_ENDPOINT}, mode 0660 in a 0750 directory; scripts use "
                    "procguardctl, not supervisorctl")
     mode = 0o700
     if "chmod" in opts:

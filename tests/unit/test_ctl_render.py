@@ -36,9 +36,7 @@ def test_procguardctl_names_the_protocols_error_codes_instead_of_spelling_them()
 
 
 def test_procguardctl_takes_the_root_daemons_endpoint_from_the_protocol() -> None:
-    # Not the importer yet: it may load no procguard module (test_importer_loads_only_the_standard_library).
     spelled = {str(p.relative_to(REPO)) for p in (REPO / "procguardctl").rglob("*.py")
-               if "importer" not in p.parts and p.stem != "importer"
                for c in string_constants(p) if "/run/procguard" in c}
     assert not spelled, sorted(spelled)
     assert protocol.ROOT_ENDPOINT == "ipc:///run/procguard/procguard.sock"
