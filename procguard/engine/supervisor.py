@@ -22,8 +22,8 @@ from procguard.protocol import (
 )
 from procguard.health.check import run_check
 from procguard.io.listeners import SocketError
-from procguard.runtime.procfs import tree_rss
-from procguard.engine.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, ReplaceTrigger, describe_exit
+from procguard.engine.process import RESTING_STATES, Process, ProcessState, ProcessStatus, ReplaceTrigger
+from procguard.runtime.seam import OSApi, describe_exit
 
 log = structlog.get_logger()
 
@@ -137,7 +137,7 @@ class Supervisor:
         assert limit is not None and pid is not None
         try:
             while proc.pid == pid and proc.state in (ProcessState.STARTING, ProcessState.RUNNING):
-                rss = await asyncio.to_thread(tree_rss, pid)
+                rss = await self._os.tree_rss(pid)
                 if rss is None or proc.pid != pid:
                     return
                 if rss > limit and proc.state == ProcessState.RUNNING:
