@@ -11,15 +11,14 @@ outcome for status. It is the supervisor's friend: it uses its program table, lo
 import asyncio
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
 from procguard.config.model import ProgramConfig
-from procguard.engine.process import (
-    RESTING_STATES, Process, ProcessState, ProcessStatus, ReplaceOutcome, ReplacePhase, ReplaceTrigger,
-)
+from procguard.engine.process import Process
+from procguard.engine.records import ActionResult, ProcessStatus, ReplaceOutcome
+from procguard.engine.states import RESTING_STATES, ProcessState, ReplacePhase, ReplaceTrigger
 from procguard.engine.replace import Replacement
 
 if TYPE_CHECKING:
@@ -28,19 +27,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
-@dataclass(frozen=True, slots=True)
-class DeployResult:
-    """What a deploy (or an overlapping restart) did to one process."""
-
-    name: str
-    ok: bool
-    state: ProcessState
-    message: str
-    pid: int | None
-    generation: int
-    step: ReplacePhase  # SUCCEEDED, or where it stopped
-    overlapped: bool  # False: stopped, then started (restart_strategy = "recreate", or no held sockets)
-    tried: int | None = None  # the next generation that failed (its own output is the reply's `output`)
+def _result(p: Process, ok: bool, message: str, step: ReplacePhase, *, overlapped: bool,
+            tried: int | None = None) -> ActionResult:
+    """What a deploy (or an overlapping restart) did to process p."""
+    return ActionResult(p.name, ok, p.state, message, pid=p.pid, generation=p.generation, step=step,
+                        overlapped=overlapped, tried=tried)
 
 
 class Deployer:
@@ -106,7 +97,7 @@ class Deployer:
 
     # ----------------------------------------------------------------------------------- replace
 
-    async def replace(self, proc: Process, trigger: ReplaceTrigger, program: ProgramConfig | None = None) -> DeployResult:
+    async def replace(self, proc: Process, trigger: ReplaceTrigger, program: ProgramConfig | None = None) -> ActionResult:
         """Replace one RUNNING process by its next generation (with `program`: a reload's new config).
 
         The caller holds the program's lock. Returns when the next generation serves and the current one
@@ -114,8 +105,7 @@ class Deployer:
         """
         sup = self._sup
         if self._closing:
-            return DeployResult(proc.name, False, proc.state, "procguard is shutting down", proc.pid, proc.generation,
-                                ReplacePhase.PREPARING, True)
+            return _result(proc, False, "procguard is shutting down", ReplacePhase.PREPARING, overlapped=True)
         program = program or proc.program
         config = next(pc for pc in program.processes if pc.name == proc.name)
         nxt = Process(program, config, sup._os, sup._on_change)
@@ -151,14 +141,14 @@ class Deployer:
         message = (f"generation {nxt.generation} (pid {nxt.pid}) took over from pid {proc.pid}" if ok
                    else f"generation {nxt.generation} failed while {r.failed_in}: {r.reason}; "
                         f"generation {proc.generation} (pid {proc.pid}) still serves")
-        return DeployResult(serving.name, ok, serving.state, message, serving.pid, serving.generation,
-                            ReplacePhase.SUCCEEDED if ok else r.failed_in, True, None if ok else nxt.generation)
+        return _result(serving, ok, message, ReplacePhase.SUCCEEDED if ok else r.failed_in, overlapped=True,
+                       tried=None if ok else nxt.generation)
 
     async def replace_procs(self, procs: list[Process], trigger: ReplaceTrigger,
-                            program: ProgramConfig | None = None) -> list[DeployResult]:
+                            program: ProgramConfig | None = None) -> list[ActionResult]:
         """Replace procs (of one program, lock held): overlapping where it can, a batch (roll_batch) at a time,
         each gated on the readiness of the one before; the first failure stops the roll."""
-        results: list[DeployResult] = []
+        results: list[ActionResult] = []
         prog = program or (procs[0].program if procs else None)
         if prog is None:
             return results
@@ -173,15 +163,15 @@ class Deployer:
             results.extend(done)
             if not all(r.ok for r in done):
                 rest = running[i + batch:]
-                results.extend(DeployResult(p.name, False, p.state, "not replaced: the roll stopped at a failure",
-                                            p.pid, p.generation, ReplacePhase.PREPARING, True) for p in rest)
+                results.extend(_result(p, False, "not replaced: the roll stopped at a failure",
+                                       ReplacePhase.PREPARING, overlapped=True) for p in rest)
                 return results
         if others:
             # Nothing serves there to keep: start them (a deploy also brings up what was down).
             results.extend(await self._recreate(others, trigger))
         return results
 
-    async def _recreate(self, procs: list[Process], trigger: ReplaceTrigger) -> list[DeployResult]:
+    async def _recreate(self, procs: list[Process], trigger: ReplaceTrigger) -> list[ActionResult]:
         """Stop, then start (restart_strategy = "recreate", no held sockets, or nothing running)."""
         sup = self._sup
         await sup._stop_procs(procs, drain=True)
@@ -192,8 +182,7 @@ class Deployer:
             step = ReplacePhase.SUCCEEDED if ok else ReplacePhase.STARTING
             self.outcomes[p.name] = ReplaceOutcome(at=time.time(), ok=ok, trigger=trigger, generation=p.generation,
                                                    pid=p.pid, step=step, reason="" if ok else r.message)
-            results.append(DeployResult(p.name, ok, p.state, p.reason if ok and not r.ok else r.message, p.pid,
-                                        p.generation, step, False))
+            results.append(_result(p, ok, p.reason if ok and not r.ok else r.message, step, overlapped=False))
         return results
 
     def abort(self, procs: list[Process], reason: str) -> None:
@@ -205,7 +194,7 @@ class Deployer:
 
     # ------------------------------------------------------------------------------------ deploy
 
-    async def deploy(self, names: Iterable[str]) -> list[DeployResult]:
+    async def deploy(self, names: Iterable[str]) -> list[ActionResult]:
         """`procguardctl deploy`: for each named program in dependency order, its one-shot dependencies
         again (the first failure stops the deploy before any service is touched), then its processes
         replaced. Stops at the first program whose next generation failed."""
@@ -214,17 +203,17 @@ class Deployer:
         wanted: dict[str, list[Process]] = {}
         for p in procs:
             wanted.setdefault(p.program.name, []).append(p)
-        results: list[DeployResult] = []
+        results: list[ActionResult] = []
         stopped_at: str | None = None
         jobs_run: set[str] = set()  # each one-shot job runs once per deploy
         for name in self._dependency_order(list(wanted)):
             if stopped_at is not None:
-                results.extend(DeployResult(p.name, False, p.state, f"not deployed: {stopped_at}", p.pid,
-                                            p.generation, ReplacePhase.JOBS, False) for p in wanted[name])
+                results.extend(_result(p, False, f"not deployed: {stopped_at}", ReplacePhase.JOBS, overlapped=False)
+                               for p in wanted[name])
                 continue
             if name in jobs_run:
-                results.extend(DeployResult(p.name, True, p.state, f"ran again as a dependency ({p.reason})", p.pid,
-                                            p.generation, ReplacePhase.SUCCEEDED, False) for p in wanted[name])
+                results.extend(_result(p, True, f"ran again as a dependency ({p.reason})", ReplacePhase.SUCCEEDED,
+                                       overlapped=False) for p in wanted[name])
                 continue
             ok, why = await self._jobs_again(name, jobs_run)
             if not ok:
@@ -235,8 +224,7 @@ class Deployer:
                     self.outcomes[p.name] = ReplaceOutcome(
                         at=time.time(), ok=False, trigger=ReplaceTrigger.DEPLOY, generation=p.generation + 1,
                         pid=None, step=ReplacePhase.JOBS, reason=why)
-                    results.append(DeployResult(p.name, False, p.state, f"{why}; nothing was replaced", p.pid,
-                                                p.generation, ReplacePhase.JOBS, False))
+                    results.append(_result(p, False, f"{why}; nothing was replaced", ReplacePhase.JOBS, overlapped=False))
                 continue
             async with sup._locks[name]:
                 live = [p for p in sup._programs.get(name, []) if p.name in {w.name for w in wanted[name]}]

@@ -16,110 +16,23 @@ import enum
 import random
 import signal
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import NamedTuple
 
 from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, Ready
+from procguard.engine.records import ProcessStatus
+from procguard.engine.states import (
+    RESTING_STATES, ExitReason, Health, Hold, ProcessState, ReplacePhase, ReplaceTrigger, StopIntent,
+)
 from procguard.runtime.seam import OSApi, Timer, describe_exit
-
-
-class ProcessState(enum.StrEnum):
-    STOPPED = "STOPPED"
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    BACKOFF = "BACKOFF"
-    STOPPING = "STOPPING"
-    EXITED = "EXITED"
-    FATAL = "FATAL"
-
-
-class ExitReason(enum.StrEnum):
-    """How a process's leader ended, for the exits counter (metrics: procguard_process_exits_total)."""
-
-    EXPECTED = "expected"  # ran, exited with a code in exitcodes (a oneshot that completed)
-    UNEXPECTED = "unexpected"  # ran, exited with a code not in exitcodes
-    SIGNAL = "signal"  # ran, killed by a signal procguard did not send (the OOM killer, kill -9)
-    EARLY = "early"  # exited before it was ready (startsecs, READY=1, health check) or a oneshot failed
-    STOPPED = "stopped"  # exited while procguard was stopping it
 
 
 # Stop signals that need no SIGCONT after them to reach a stopped process.
 _WAKES_ITSELF = frozenset({signal.SIGKILL, signal.SIGCONT})
-
-# States from which a process is not running and no timer will start it by itself.
-RESTING_STATES = frozenset({ProcessState.STOPPED, ProcessState.EXITED, ProcessState.FATAL})
-
 
 class _Scan(enum.Enum):
     """Which stray scan of a stop is under way."""
 
     FIRST = enum.auto()  # at the stop signal, while the leader may still live
     SWEEP = enum.auto()  # once the leader, its group and every known stray are gone
-
-
-class ReplaceTrigger(enum.StrEnum):
-    """Why a process is being replaced by its next generation."""
-
-    DEPLOY = "deploy"
-    RESTART = "restart"
-    RELOAD = "reload"
-    HEALTH = "health"
-    MAX_AGE = "max_age"
-    MAX_MEMORY = "max_memory"
-
-
-class ReplacePhase(enum.StrEnum):
-    """Where a replace by a next generation is (replace.py)."""
-
-    JOBS = "jobs"  # a deploy runs the program's one-shot dependencies again first
-    PREPARING = "preparing"
-    STARTING = "starting"
-    SWITCHING = "switching"
-    STOPPING = "stopping"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class ReplaceOutcome:
-    """How the last replace of one process by its next generation ended (status: last_deploy)."""
-
-    at: float  # wall clock (time.time()) when it ended
-    ok: bool
-    trigger: ReplaceTrigger
-    generation: int  # the next generation's number
-    pid: int | None  # the next generation's pid
-    step: ReplacePhase  # SUCCEEDED, or the phase it failed in
-    reason: str  # why it failed ("" when ok)
-
-
-class ProcessStatus(NamedTuple):
-    """A snapshot of one process for status replies.
-
-    A NamedTuple, not a frozen dataclass: status builds one per process per request, and a frozen
-    dataclass's __init__ (object.__setattr__ per field) cost 3x as much (1000 processes, #17).
-    """
-
-    name: str
-    program: str
-    state: ProcessState
-    pid: int | None
-    started_at: float | None  # wall clock (time.time()) when RUNNING began or spawn happened
-    uptime_s: float | None
-    exit_status: int | None
-    reason: str
-    retry_in_s: float | None
-    failures: int
-    health: str | None = None  # None (no check), "starting", "healthy", "unhealthy"
-    health_reason: str = ""  # the last failed check's reason
-    status_text: str = ""  # the last STATUS= the process sent on its NOTIFY_SOCKET
-    autostart: bool = True
-    priority: int = 999
-    restarts: int = 0  # spawns procguard began by itself (see Process.restarts)
-    generation: int = 1
-    next: "ProcessStatus | None" = None  # the next generation while a replace runs
-    replace_phase: ReplacePhase | None = None
-    last_deploy: ReplaceOutcome | None = None
 
 
 class Process:
@@ -140,7 +53,8 @@ class Process:
         self.pid: int | None = None
         self.spawned_at: float | None = None  # monotonic
         self.exit_status: int | None = None  # os.waitstatus_to_exitcode of the last exit
-        self.reason = "not started"
+        self._reason = "not started"
+        self.hold = Hold.NONE  # what the reason says, for code (set_reason); any other reason clears it
         self.failures = 0  # consecutive quick exits (drive the backoff delay)
         self.failed_starts = 0  # consecutive exits before RUNNING (drive FATAL, as supervisor's backoff)
         self.retry_at: float | None = None  # monotonic, while in BACKOFF
@@ -152,7 +66,7 @@ class Process:
         self._timer: Timer | None = None
         self._spawn_pending = False
         self._stop_after_spawn = False
-        self.health: str | None = None
+        self.health: Health | None = None
         self.health_reason = ""
         self.health_failures = 0
         self.status_text = ""
@@ -162,9 +76,8 @@ class Process:
         self.restarts = 0
         self.exits: dict[ExitReason, int] = dict.fromkeys(ExitReason, 0)
         self.health_check_s: float | None = None  # how long the last health check took
-        # After a stop we did not begin for the operator: "restart" (health, max_age, max_memory) or
-        # "fail" (not ready within start_timeout: counts as a failed start).
-        self._after_stop: str | None = None
+        # After a stop we did not begin for the operator (None: the operator's, it ends STOPPED).
+        self._after_stop: StopIntent | None = None
         self._pending_reason = ""
         self._age_timer: Timer | None = None
         self._draining = 0  # non-zero while a restart drains (drain_timeout); the token of that drain
@@ -187,6 +100,21 @@ class Process:
 
     def __repr__(self) -> str:
         return f"<Process {self.name} {self.state} pid={self.pid}>"
+
+    @property
+    def reason(self) -> str:
+        """Why the process is in its state, for people (status, logs); code reads `hold` instead."""
+        return self._reason
+
+    @reason.setter
+    def reason(self, text: str) -> None:
+        self._reason = text
+        self.hold = Hold.NONE
+
+    def set_reason(self, hold: Hold, text: str) -> None:
+        """Set a reason whose meaning code decides on (a completed job, a dependency wait or block)."""
+        self._reason = text
+        self.hold = hold
 
     @property
     def live_pid(self) -> int | None:
@@ -300,7 +228,7 @@ class Process:
             self._begin_stop()
             return
         if self.program.healthcheck is not None:
-            self.health = "starting"
+            self.health = Health.STARTING
             self.health_failures = 0
         if self.program.type == "oneshot":
             return  # done when it exits
@@ -334,7 +262,7 @@ class Process:
         if self.state == ProcessState.STARTING:
             if ok and self.program.ready == Ready.HEALTHCHECK:
                 self.health_failures = 0
-                self._set_health("healthy", "")
+                self._set_health(Health.HEALTHY, "")
                 self._cancel_timer()
                 self._become_running()
             elif not ok:
@@ -343,30 +271,30 @@ class Process:
                 self.health_failures = self.health_failures + 1 if answered and not warming else 0
                 if self.trial and self.program.ready == Ready.HEALTHCHECK and self.health_failures >= hc.retries:
                     self._cancel_timer()
-                    self._after_stop = "fail"
+                    self._after_stop = StopIntent.FAIL
                     self._pending_reason = f"health check failed {self.health_failures} times in a row: {reason}"
                     self.stop()
             return
         if ok:
             self.health_failures = 0
-            self._set_health("healthy", "")
+            self._set_health(Health.HEALTHY, "")
             return
         self.health_reason = reason
         if self.spawned_at is not None and self._os.monotonic() - self.spawned_at < hc.start_period:
             return  # still warming up: failures do not count
         self.health_failures += 1
-        if self.health_failures >= hc.retries and self.health != "unhealthy":
-            self._set_health("unhealthy", reason)
+        if self.health_failures >= hc.retries and self.health != Health.UNHEALTHY:
+            self._set_health(Health.UNHEALTHY, reason)
             if hc.on_unhealthy == "restart":
                 self.restart(f"unhealthy: {reason}", ReplaceTrigger.HEALTH)
 
-    def _set_health(self, new: str, reason: str) -> None:
+    def _set_health(self, new: Health, reason: str) -> None:
         old = self.health
         self.health = new
         self.health_reason = reason
         if old != new:
-            self.on_event(self, "health_changed", {"old": old, "new": new, "reason": reason,
-                                                   "failures": self.health_failures})
+            self.on_event(self, "health_changed", {"old": None if old is None else str(old), "new": str(new),
+                                                   "reason": reason, "failures": self.health_failures})
 
     def restart(self, why: str, trigger: ReplaceTrigger = ReplaceTrigger.RESTART, *, overlap: bool = True) -> bool:
         """Replace the process (health, max_age, max_memory): by an overlapping next generation where the
@@ -378,7 +306,7 @@ class Process:
         if overlap and self.program.overlaps and self.state == ProcessState.RUNNING \
                 and self.on_replace(self, why, trigger):
             return True
-        self._after_stop = "restart"  # before stop(): a leader already gone is STOPPED within it
+        self._after_stop = StopIntent.RESTART  # before stop(): a leader already gone is STOPPED within it
         self._pending_reason = f"restarting: {why}"
         self.stop(drain=True)
         return True
@@ -388,7 +316,7 @@ class Process:
         if self.state != ProcessState.STARTING:
             return
         why = "no READY=1" if self.program.ready == Ready.NOTIFY else f"health check: {self.health_reason or 'never passed'}"
-        self._after_stop = "fail"
+        self._after_stop = StopIntent.FAIL
         self._pending_reason = f"not ready within start_timeout ({self.program.start_timeout:g}s; {why})"
         self.stop()
 
@@ -436,7 +364,7 @@ class Process:
             if status in self.program.exitcodes:
                 self.failed_starts = 0
                 self.failures = 0
-                self.reason = f"completed ({what})"
+                self.set_reason(Hold.COMPLETED, f"completed ({what})")
                 self._set(ProcessState.EXITED)
             else:
                 self.reason = f"failed ({what})"
@@ -468,6 +396,7 @@ class Process:
         if status in self.program.exitcodes:
             return ExitReason.EXPECTED
         return ExitReason.SIGNAL if status < 0 else ExitReason.UNEXPECTED
+
     def _will_restart(self, expected: bool) -> bool:
         """After an exit while RUNNING: does autorestart start it again? Never a trial (its exit ends its
         replace) nor a retiring generation (a newer one serves)."""
@@ -632,10 +561,10 @@ class Process:
             return
         self._cancel_timer()
         after, self._after_stop = self._after_stop, None
-        if after == "restart":
+        if after == StopIntent.RESTART:
             self._set(ProcessState.STOPPED)
             self._spawn()
-        elif after == "fail":
+        elif after == StopIntent.FAIL:
             self.reason = self._pending_reason
             self._failed_start()
         else:
@@ -686,5 +615,4 @@ class Process:
         )
 
 
-__all__ = ["ExitReason", "Process", "ProcessState", "ProcessStatus", "ReplaceOutcome",
-           "ReplacePhase", "ReplaceTrigger"]
+__all__ = ["Process"]

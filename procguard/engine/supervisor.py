@@ -10,36 +10,25 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import structlog
 
 from procguard.config.model import Config, ConfigDiff, ProgramConfig, diff_configs, diff_groups, load_config, process_groups
-from procguard.engine.deploy import Deployer, DeployResult
+from procguard.engine.deploy import Deployer
 from procguard.errors import ConfigError, ConfigIssue, ControlError
 from procguard.protocol import (
     E_ALREADY_ADDED, E_ALREADY_STARTED, E_BAD_SIGNAL, E_NO_SUCH_PROCESS, E_NOT_RUNNING, E_START_FAILED, E_STILL_RUNNING,
 )
 from procguard.health.check import run_check
 from procguard.io.listeners import SocketError
-from procguard.engine.process import RESTING_STATES, Process, ProcessState, ProcessStatus, ReplaceTrigger
+from procguard.engine.process import Process
+from procguard.engine.records import ActionResult, ProcessStatus
+from procguard.engine.states import RESTING_STATES, Hold, ProcessState, ReplaceTrigger
 from procguard.runtime.seam import OSApi, describe_exit
 
 log = structlog.get_logger()
 
-
-
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    """What happened to one process for one command."""
-
-    name: str
-    ok: bool
-    state: ProcessState
-    message: str
-    # What the outcome was when it was not a plain success, as a protocol error code (E_ALREADY_STARTED,
-    # E_NOT_RUNNING, E_START_FAILED): clients map it to their texts and exit codes, never the message.
-    error: str | None = None
 
 
 class Supervisor:
@@ -199,14 +188,14 @@ class Supervisor:
                 continue
             if p.state in (ProcessState.STARTING, ProcessState.STOPPING):
                 return False
-            if p.state == ProcessState.STOPPED and not p.reason.startswith("blocked"):
-                if not p.reason.startswith("waiting for"):
+            if p.state == ProcessState.STOPPED and p.hold != Hold.BLOCKED:
+                if p.hold != Hold.WAITING:
                     return False
                 # Waiting counts as settled only while every dependency it waits on is itself stuck
                 # (backing off or given up); one that just came up means this one starts next.
                 for dep in p.program.depends_on:
                     if any(d.state not in (ProcessState.BACKOFF, ProcessState.FATAL)
-                           and not (d.state == ProcessState.STOPPED and d.reason.startswith(("blocked", "waiting for")))
+                           and not (d.state == ProcessState.STOPPED and d.hold in (Hold.BLOCKED, Hold.WAITING))
                            for d in self._programs.get(dep, [])):
                         return False
         return True
@@ -288,7 +277,7 @@ class Supervisor:
         now_m, now_w = self._os.monotonic(), time.time()
         return [self.deployer.annotate(p.status(now_m, now_w), p, now_m, now_w) for p in self.resolve(names)]
 
-    async def deploy(self, names: Iterable[str]) -> list[DeployResult]:
+    async def deploy(self, names: Iterable[str]) -> list[ActionResult]:
         """Replace programs by their next generation, one-shot dependencies first (deploy.Deployer.deploy)."""
         return await self.deployer.deploy(names)
 
@@ -308,7 +297,7 @@ class Supervisor:
         results = await self._per_program([p for p in procs if p.program.name not in blocked], self._start_procs)
         for p in procs:
             if p.program.name in blocked:
-                p.reason = f"blocked: {blocked[p.program.name]}"
+                p.set_reason(Hold.BLOCKED, f"blocked: {blocked[p.program.name]}")
                 results.append(ActionResult(p.name, False, p.state, p.reason, E_START_FAILED))
         order = {p.name: i for i, p in enumerate(procs)}
         return sorted(results, key=lambda r: order.get(r.name, 0))
@@ -319,7 +308,7 @@ class Supervisor:
     def _satisfied(p: Process) -> bool:
         """A dependency is satisfied by a RUNNING service or a oneshot that completed."""
         if p.program.type == "oneshot":
-            return p.state == ProcessState.EXITED and p.reason.startswith("completed")
+            return p.state == ProcessState.EXITED and p.hold == Hold.COMPLETED
         return p.state == ProcessState.RUNNING
 
     @staticmethod
@@ -336,7 +325,7 @@ class Supervisor:
                 memo[dep] = asyncio.get_running_loop().create_task(self._bring_up(dep, memo))
         for p in procs:
             if p.state in RESTING_STATES and deps:
-                p.reason = f"waiting for {', '.join(deps)}"
+                p.set_reason(Hold.WAITING, f"waiting for {', '.join(deps)}")
         for dep in deps:
             ok, why = await memo[dep]
             if not ok:
@@ -350,7 +339,7 @@ class Supervisor:
         if not ok:
             for p in procs:
                 if p.state in RESTING_STATES:
-                    p.reason = f"blocked: {why}"
+                    p.set_reason(Hold.BLOCKED, f"blocked: {why}")
             log.error("program_blocked", program=name, reason=why)
             return False, why
 

@@ -50,7 +50,7 @@ finally:
 from procguard.runtime import procfs
 from procguard.config.model import MetricsConfig
 from procguard.io.output import Output
-from procguard.engine.process import ExitReason, ProcessState
+from procguard.engine.states import ExitReason, ProcessState
 from procguard.protocol import VERSION
 from procguard.engine.supervisor import Supervisor
 

@@ -2,7 +2,7 @@
 
 import signal
 
-from procguard.engine.process import ExitReason
+from procguard.engine.states import ExitReason
 from procguard.testing import make
 
 

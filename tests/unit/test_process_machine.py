@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from procguard.config.model import AutoRestart
-from procguard.engine.process import Process, ProcessState
+from procguard.engine.process import Process
+from procguard.engine.states import ProcessState
 from procguard.testing import FakeOS, make, program
 
 

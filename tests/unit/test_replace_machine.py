@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from procguard.config.model import Ready
-from procguard.engine.process import Process, ProcessState, ReplacePhase, ReplaceTrigger
+from procguard.engine.process import Process
+from procguard.engine.states import ProcessState, ReplacePhase, ReplaceTrigger
 from procguard.engine.replace import Replacement
 from procguard.testing import FakeOS, program
 
