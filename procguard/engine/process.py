@@ -122,6 +122,18 @@ class Process:
         return self.pid if self._leader_alive else None
 
     @property
+    def is_satisfied(self) -> bool:
+        """As a dependency: a RUNNING service, or a oneshot that completed."""
+        if self.program.type == "oneshot":
+            return self.state == ProcessState.EXITED and self.hold == Hold.COMPLETED
+        return self.state == ProcessState.RUNNING
+
+    @property
+    def has_given_up(self) -> bool:
+        """No longer on its way up: FATAL, or at rest without having completed."""
+        return self.state == ProcessState.FATAL or (self.state in RESTING_STATES and not self.is_satisfied)
+
+    @property
     def draining(self) -> bool:
         """True while a restart waits for the process to finish its connections (drain_timeout)."""
         return self._draining != 0
