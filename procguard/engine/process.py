@@ -12,27 +12,18 @@ Events: `start`, `stop`, `spawned`, `spawn_failed`, `exited`, `child_reaped`, an
 itself through the seam. Every transition is reported to `on_change(process, old, new)`.
 """
 
-import enum
 import random
 import signal
 from collections.abc import Callable, Iterable
 
 from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, Ready
+from procguard.engine.orphans import OrphanGroups
 from procguard.engine.records import ProcessStatus
+from procguard.engine.stopping import StopSequence
 from procguard.engine.states import (
     RESTING_STATES, ExitReason, Health, Hold, ProcessState, ReplacePhase, ReplaceTrigger, StopIntent,
 )
 from procguard.runtime.seam import OSApi, Timer, describe_exit
-
-
-# Stop signals that need no SIGCONT after them to reach a stopped process.
-_WAKES_ITSELF = frozenset({signal.SIGKILL, signal.SIGCONT})
-
-class _Scan(enum.Enum):
-    """Which stray scan of a stop is under way."""
-
-    FIRST = enum.auto()  # at the stop signal, while the leader may still live
-    SWEEP = enum.auto()  # once the leader, its group and every known stray are gone
 
 
 class Process:
@@ -58,10 +49,7 @@ class Process:
         self.failures = 0  # consecutive quick exits (drive the backoff delay)
         self.failed_starts = 0  # consecutive exits before RUNNING (drive FATAL, as supervisor's backoff)
         self.retry_at: float | None = None  # monotonic, while in BACKOFF
-        self.strays: set[int] = set()
-        self._scan: _Scan | None = None  # a find_strays call not answered yet
-        self._swept = False  # a scan begun once leader, group and known strays were gone found nothing
-        self._killing = False  # the stop escalated to SIGKILL
+        self._stop = StopSequence(self, osapi)
         self._leader_alive = False
         self._timer: Timer | None = None
         self._spawn_pending = False
@@ -89,7 +77,7 @@ class Process:
         self.generation = 1
         self.trial = False
         self.retiring = False  # a newer generation has taken over: this one stops and never restarts
-        self.orphan_groups: set[int] = set()  # groups of a crashed leader, draining before their stop signal
+        self.orphans = OrphanGroups(self, osapi)  # groups of a crashed leader, finishing their requests
         # A recycle (health, max_age, max_memory) of an overlapping program asks for a replace through
         # this; False: none could begin, so restart() stops and starts in place.
         self.on_replace: Callable[["Process", str, ReplaceTrigger], bool] = lambda p, why, trigger: False
@@ -206,20 +194,8 @@ class Process:
             self._begin_stop()
 
     def _begin_stop(self) -> None:
-        self._swept = False
-        self._killing = False
-        self._signal_all(self.program.stopsignal, group=self.program.stopasgroup)
-        if self.program.stopsignal not in _WAKES_ITSELF:
-            # A stopped (SIGSTOP, Ctrl-Z, a debugger) process would only see its stop signal at the
-            # SIGKILL; SIGCONT right after lets it run its handler, as systemd does (systemd.kill(5)).
-            self._signal_all(signal.SIGCONT, group=self.program.stopasgroup)
-        self._timer = self._os.call_later(self.program.stopwaitsecs, self._stop_timed_out)
-        self._find_strays(_Scan.FIRST)
+        self._stop.begin()
         self._check_stopped()
-
-    def _find_strays(self, scan: "_Scan") -> None:
-        self._scan = scan
-        self._os.find_strays(self, leader=self.pid if self._leader_alive else None)
 
     def send(self, sig: int) -> bool:
         """Send an arbitrary signal to the running process; False when there is no process."""
@@ -368,7 +344,7 @@ class Process:
                 # A master died while its workers still hold requests: the replacement starts at once (on
                 # fresh sockets where the orphans keep serving), and the orphans finish what they have.
                 orphans = True
-                self._retire_orphans(self.pid)
+                self.orphans.retire(self.pid)
             else:
                 # The leader died but left workers behind: they would hold its port and block the restart.
                 self._os.send_signal(self.pid, signal.SIGKILL, group=True)
@@ -417,54 +393,16 @@ class Process:
         )
         return restart and not self.trial and not self.retiring
 
-    def _retire_orphans(self, pgid: int) -> None:
-        self.orphan_groups.add(pgid)
-        serve = self.program.orphans_serve
-        self.on_event(self, "orphans_draining", {"pgid": pgid, "handover": serve})
-        if serve:
-            self._os.drain_orphans(self, pgid, lambda: self._orphans_drained(pgid))
-        else:
-            # They exit by themselves after the request under way (uWSGI): no handover, so what is queued
-            # on the held sockets stays for the replacement, and no stop signal (uWSGI's worker TERM
-            # handler exits at once, cutting that request off); SIGKILL only if still there at stopwaitsecs.
-            self._os.call_later(self.program.stopwaitsecs, lambda: self._orphans_timed_out(pgid))
-
-    def _orphans_drained(self, pgid: int) -> None:
-        if pgid not in self.orphan_groups:
-            return
-        self._os.send_signal(pgid, self.program.stopsignal, group=True)
-        self._os.call_later(self.program.stopwaitsecs, lambda: self._orphans_timed_out(pgid))
-
-    def _orphans_timed_out(self, pgid: int) -> None:
-        self.orphan_groups.discard(pgid)
-        if self._os.is_group_alive(pgid):
-            self.on_event(self, "orphans_killed", {"pgid": pgid, "stopwaitsecs": self.program.stopwaitsecs})
-            self._os.send_signal(pgid, signal.SIGKILL, group=True)
-
     def child_reaped(self, pid: int) -> None:
         """Some other child of the daemon was reaped: maybe one of our strays or group members."""
-        self.strays.discard(pid)
+        self._stop.strays.discard(pid)
         if self.state == ProcessState.STOPPING:
             self._check_stopped()
 
     def add_strays(self, pids: Iterable[int]) -> None:
         """A stray scan's answer: signal what it found (as the group was) and wait for those too."""
-        scan, self._scan = self._scan, None
-        if self.state != ProcessState.STOPPING:
-            return
-        found = set(pids)
-        if scan == _Scan.SWEEP and not found:
-            self._swept = True
-        new = found - self.strays
-        self.strays |= new
-        sig = signal.SIGKILL if self._killing else self.program.stopsignal
-        if new and self._killing:
-            self._mark_killed()
-        for pid in new:
-            self._os.send_signal(pid, sig, group=False)
-            if sig not in _WAKES_ITSELF:
-                self._os.send_signal(pid, signal.SIGCONT, group=False)
-        self._check_stopped()
+        if self._stop.answer(pids, stopping=self.state == ProcessState.STOPPING):
+            self._check_stopped()
 
     # ------------------------------------------------------------------------------------- helpers
 
@@ -532,46 +470,12 @@ class Process:
         if self.state == ProcessState.BACKOFF:
             self._spawn()
 
-    def _stop_timed_out(self) -> None:
-        self._timer = None
-        if self.state != ProcessState.STOPPING:
-            return
-        if self._leader_alive or self.strays or (self.pid is not None and self._os.is_group_alive(self.pid)):
-            # Only when something is left to kill: a stop that waits for its stray scan alone (slow on
-            # a busy machine) has killed nothing, and its leader's own exit status says how it ended.
-            self._mark_killed()
-        self._killing = True
-        self._signal_all(signal.SIGKILL, group=self.program.killasgroup)
-        for pid in self.strays:
-            self._os.send_signal(pid, signal.SIGKILL, group=False)
-        # Keep escalating until everything is gone (a process in D state may take a moment).
-        self._timer = self._os.call_later(max(1.0, self.program.stopwaitsecs), self._stop_timed_out)
-
-    def _mark_killed(self) -> None:
-        self.reason = f"killed: did not stop within stopwaitsecs ({self.program.stopwaitsecs}s)"
-
-    def _signal_all(self, sig: int, *, group: bool) -> None:
-        if self.pid is None:
-            return
-        if self._leader_alive or (group and self._os.is_group_alive(self.pid)):
-            self._os.send_signal(self.pid, sig, group=group)
-
     def _check_stopped(self) -> None:
         if self.state != ProcessState.STOPPING or self._leader_alive or self._spawn_pending:
             return
         self._draining = 0
-        if self.pid is not None and self.program.stopasgroup and self._os.is_group_alive(self.pid):
+        if not self._stop.is_over():
             return
-        # A stray that is not our child may have been reaped by its own parent: forget it once gone.
-        self.strays = {pid for pid in self.strays if self._os.is_alive(pid)}
-        if self.strays or self._scan is not None:
-            return  # a scan under way may still find strays: they count as much as the group
-        if not self._swept:
-            # Everything known is gone; one more scan catches a descendant that escaped meanwhile (a
-            # double fork racing the first scan). STOPPED only once a scan begun now finds nothing.
-            self._find_strays(_Scan.SWEEP)
-            return
-        self._cancel_timer()
         after, self._after_stop = self._after_stop, None
         if after == StopIntent.RESTART:
             self._set(ProcessState.STOPPED)
