@@ -21,9 +21,14 @@ from procguard.engine.orphans import OrphanGroups
 from procguard.engine.records import ProcessStatus
 from procguard.engine.stopping import StopSequence
 from procguard.engine.states import (
-    RESTING_STATES, ExitReason, Health, Hold, ProcessState, ReplacePhase, ReplaceTrigger, StopIntent,
+    RESTING_STATES, ExitReason, Health, Hold, ProcessState, ReplaceTrigger, StopIntent,
 )
 from procguard.runtime.seam import OSApi, Timer, describe_exit
+
+# A health transition or recycle, for the supervisor's log (no I/O here): (process, event, fields).
+OnEvent = Callable[["Process", str, dict[str, object]], None]
+# Asks for an overlapping replace (health, max_age, max_memory); False: none could begin.
+OnReplace = Callable[["Process", str, ReplaceTrigger], bool]
 
 
 class Process:
@@ -35,6 +40,9 @@ class Process:
         config: ProcessConfig,
         osapi: OSApi,
         on_change: Callable[["Process", ProcessState, ProcessState], None],
+        *,
+        on_event: "OnEvent | None" = None,
+        on_replace: "OnReplace | None" = None,
     ) -> None:
         self.program = program
         self.config = config
@@ -71,7 +79,7 @@ class Process:
         self._draining = 0  # non-zero while a restart drains (drain_timeout); the token of that drain
         self._drains = 0
         # Health transitions and recycling go to the supervisor's log through this (no I/O here).
-        self.on_event: Callable[["Process", str, dict[str, object]], None] = lambda p, event, fields: None
+        self.on_event: OnEvent = on_event or (lambda p, event, fields: None)
         # Generations: 1 for the first process of a slot, +1 per overlapping replace. A trial is a next
         # generation not yet switched to: it gets no retry (a failed start ends the replace) and no restart.
         self.generation = 1
@@ -80,7 +88,7 @@ class Process:
         self.orphans = OrphanGroups(self, osapi)  # groups of a crashed leader, finishing their requests
         # A recycle (health, max_age, max_memory) of an overlapping program asks for a replace through
         # this; False: none could begin, so restart() stops and starts in place.
-        self.on_replace: Callable[["Process", str, ReplaceTrigger], bool] = lambda p, why, trigger: False
+        self.on_replace: OnReplace = on_replace or (lambda p, why, trigger: False)
 
     @property
     def name(self) -> str:

@@ -25,10 +25,12 @@ from procguard.engine.ordering import Ordering
 from procguard.engine.process import Process
 from procguard.engine.records import ActionResult, ProcessStatus
 from procguard.engine.registry import Registry, in_order
-from procguard.engine.states import RESTING_STATES, Hold, ProcessState, ReplaceTrigger
+from procguard.engine.states import RESTING_STATES, Health, Hold, ProcessState, ReplaceTrigger
 from procguard.errors import ConfigError, ConfigIssue, ControlError
 from procguard.io.listeners import SocketError
-from procguard.protocol import E_ALREADY_ADDED, E_BAD_SIGNAL, E_NO_SUCH_PROCESS, E_NOT_RUNNING, E_STILL_RUNNING, E_START_FAILED
+from procguard.protocol import (
+    E_ALREADY_ADDED, E_BAD_SIGNAL, E_NO_SUCH_PROCESS, E_NOT_RUNNING, E_START_FAILED, E_STILL_RUNNING,
+)
 from procguard.runtime.seam import OSApi, describe_exit
 
 log = structlog.get_logger()
@@ -55,17 +57,15 @@ class Supervisor:
     # -------------------------------------------------------------------------------- plumbing
 
     def _new_process(self, prog: ProgramConfig, config: ProcessConfig) -> Process:
-        proc = Process(prog, config, self._os, self._on_change)
-        proc.on_event = self._on_event
-        proc.on_replace = self.deployer.recycle
-        return proc
+        return Process(prog, config, self._os, self._on_change, on_event=self._on_event,
+                       on_replace=self.deployer.recycle)
 
     def _add_program(self, prog: ProgramConfig) -> None:
         self._reg.put(prog.name, [self._new_process(prog, pc) for pc in prog.processes])
 
     def _on_event(self, proc: Process, event: str, fields: dict[str, object]) -> None:
         """Log a process's event; the log is also the event stream (procguard.observe.events)."""
-        level = "warning" if fields.get("new") == "unhealthy" or event == "process_recycled" else "info"
+        level = "warning" if fields.get("new") == Health.UNHEALTHY or event == "process_recycled" else "info"
         getattr(log, level)(event, program=proc.program.name, process=proc.name, pid=proc.pid, **fields)
 
     def process_spawned(self, proc: Process) -> None:
