@@ -20,7 +20,7 @@ from procguard.engine.actions import start_procs, stop_procs
 from procguard.engine.changes import Changes
 from procguard.engine.ordering import Ordering
 from procguard.engine.process import Process
-from procguard.engine.records import ActionResult, ProcessStatus, ReplaceOutcome
+from procguard.engine.records import ActionResult, ProcessStatus, ReplaceOutcome, snapshot
 from procguard.engine.registry import Registry
 from procguard.engine.replace import Replacement
 from procguard.engine.states import RESTING_STATES, ProcessState, ReplacePhase, ReplaceTrigger
@@ -77,7 +77,7 @@ class Deployer:
     def annotate(self, st: ProcessStatus, proc: Process, now_m: float, now_w: float) -> ProcessStatus:
         """The status of a process with its next generation (while a replace runs) and last outcome."""
         r = self._running.get(proc)
-        nxt = r.next.status(now_m, now_w) if r is not None and not r.done else None
+        nxt = snapshot(r.next, now_m, now_w) if r is not None and not r.done else None
         phase = r.phase if r is not None and not r.done else None
         return st._replace(next=nxt, replace_phase=phase, last_deploy=self.outcomes.get(proc.name))
 

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 
 from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, Ready
 from procguard.engine.orphans import OrphanGroups
-from procguard.engine.records import ProcessStatus
 from procguard.engine.stopping import StopSequence
 from procguard.engine.states import (
     RESTING_STATES, ExitReason, Health, Hold, ProcessState, ReplaceTrigger, StopIntent,
@@ -508,35 +507,6 @@ class Process:
         if new not in (ProcessState.STARTING, ProcessState.RUNNING, ProcessState.STOPPING):
             self.status_text = ""
         self._on_change(self, old, new)
-
-    def status(self, now_monotonic: float, now_wall: float) -> ProcessStatus:
-        uptime = None
-        started = None
-        if self.state in (ProcessState.RUNNING, ProcessState.STARTING, ProcessState.STOPPING) and self.spawned_at:
-            uptime = now_monotonic - self.spawned_at
-            started = now_wall - uptime
-        retry_in = None
-        if self.state == ProcessState.BACKOFF and self.retry_at is not None:
-            retry_in = max(0.0, self.retry_at - now_monotonic)
-        return ProcessStatus(
-            name=self.name,
-            program=self.program.name,
-            state=self.state,
-            pid=self.pid if self._leader_alive else None,
-            started_at=started,
-            uptime_s=uptime,
-            exit_status=self.exit_status,
-            reason=self.reason,
-            retry_in_s=retry_in,
-            failures=self.failures,
-            health=self.health if self.state in (ProcessState.STARTING, ProcessState.RUNNING) else None,
-            health_reason=self.health_reason,
-            status_text=self.status_text,
-            autostart=self.program.autostart,
-            priority=self.program.priority,
-            restarts=self.restarts,
-            generation=self.generation,
-        )
 
 
 __all__ = ["Process"]

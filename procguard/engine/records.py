@@ -1,9 +1,12 @@
 """The frozen records the engine hands out: status snapshots, replace outcomes, command results."""
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from procguard.engine.states import Health, ProcessState, ReplacePhase, ReplaceTrigger
+
+if TYPE_CHECKING:
+    from procguard.engine.process import Process
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,4 +70,35 @@ class ActionResult:
     tried: int | None = None  # the next generation that failed (its own output is the reply's `output`)
 
 
-__all__ = ["ActionResult", "ProcessStatus", "ReplaceOutcome"]
+def snapshot(proc: "Process", now_monotonic: float, now_wall: float) -> ProcessStatus:
+    """proc as status shows it now (uptime and started_at from its spawn, retry_in_s while in BACKOFF)."""
+    uptime = None
+    started = None
+    if proc.state in (ProcessState.RUNNING, ProcessState.STARTING, ProcessState.STOPPING) and proc.spawned_at:
+        uptime = now_monotonic - proc.spawned_at
+        started = now_wall - uptime
+    retry_in = None
+    if proc.state == ProcessState.BACKOFF and proc.retry_at is not None:
+        retry_in = max(0.0, proc.retry_at - now_monotonic)
+    return ProcessStatus(
+        name=proc.name,
+        program=proc.program.name,
+        state=proc.state,
+        pid=proc.live_pid,
+        started_at=started,
+        uptime_s=uptime,
+        exit_status=proc.exit_status,
+        reason=proc.reason,
+        retry_in_s=retry_in,
+        failures=proc.failures,
+        health=proc.health if proc.state in (ProcessState.STARTING, ProcessState.RUNNING) else None,
+        health_reason=proc.health_reason,
+        status_text=proc.status_text,
+        autostart=proc.program.autostart,
+        priority=proc.program.priority,
+        restarts=proc.restarts,
+        generation=proc.generation,
+    )
+
+
+__all__ = ["ActionResult", "ProcessStatus", "ReplaceOutcome", "snapshot"]

@@ -23,7 +23,7 @@ from procguard.engine.deploy import Deployer
 from procguard.engine.monitors import monitors
 from procguard.engine.ordering import Ordering
 from procguard.engine.process import Process
-from procguard.engine.records import ActionResult, ProcessStatus
+from procguard.engine.records import ActionResult, ProcessStatus, snapshot
 from procguard.engine.registry import Registry, in_order
 from procguard.engine.states import RESTING_STATES, Health, Hold, ProcessState, ReplaceTrigger
 from procguard.errors import ConfigError, ConfigIssue, ControlError
@@ -139,7 +139,7 @@ class Supervisor:
 
     def status(self, names: Iterable[str] = ()) -> list[ProcessStatus]:
         now_m, now_w = self._os.monotonic(), time.time()
-        return [self.deployer.annotate(p.status(now_m, now_w), p, now_m, now_w) for p in self.resolve(names)]
+        return [self.deployer.annotate(snapshot(p, now_m, now_w), p, now_m, now_w) for p in self.resolve(names)]
 
     async def deploy(self, names: Iterable[str]) -> list[ActionResult]:
         """Replace programs by their next generation, one-shot dependencies first (deploy.Deployer.deploy)."""

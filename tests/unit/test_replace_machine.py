@@ -7,8 +7,6 @@ current one is never signalled; a trial never retries, and a retired generation 
 """
 
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from procguard.config.model import Ready
 from procguard.engine.process import Process
