@@ -157,7 +157,7 @@ class Daemon:
         self.osapi.reap()  # children inherited from before (PID 1 in a container) are reaped too
         if self.systemd is not None:
             self._watchdog = asyncio.create_task(self.systemd.watchdog())
-            self.supervisor.on_any_change = self._status_reporter(self.supervisor, self.systemd)
+            self.supervisor.changes.listen(self._status_reporter(self.supervisor, self.systemd))
         self._starter = asyncio.create_task(self._start_autostart())
 
     @staticmethod

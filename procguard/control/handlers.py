@@ -15,9 +15,8 @@ from typing import Any
 
 from procguard.config.model import ConfigDiff
 from procguard.control.follow import MAX_EVENT_FOLLOWERS, MAX_FOLLOWERS, Followed, Followers, FollowStart, b64
-from procguard.engine.deploy import DeployResult
-from procguard.engine.process import ProcessStatus, ReplaceOutcome
-from procguard.engine.supervisor import ActionResult, Supervisor
+from procguard.engine.records import ActionResult, ProcessStatus, ReplaceOutcome
+from procguard.engine.supervisor import Supervisor
 from procguard.errors import ControlError
 from procguard.io.output import Output
 from procguard.log import LogRing
@@ -180,7 +179,7 @@ class Handlers:
         names, unknown = self._known(req)
         return [{"name": s.name, "pid": s.pid} for s in self._sup.status(names)] + unknown_dicts(unknown, pid=None)
 
-    def _deploy_dict(self, r: DeployResult) -> dict[str, Any]:
+    def _deploy_dict(self, r: ActionResult) -> dict[str, Any]:
         out: dict[str, Any] = {"name": r.name, "action": "deploy", "ok": r.ok, "state": str(r.state),
                                "message": r.message, "pid": r.pid, "generation": r.generation, "step": str(r.step),
                                "overlapped": r.overlapped}
@@ -188,7 +187,7 @@ class Handlers:
             out["output"] = self._last_words(r)
         return out
 
-    def _last_words(self, r: DeployResult) -> list[str]:
+    def _last_words(self, r: ActionResult) -> list[str]:
         """The next generation's own tail (the current generation writes into the same streams meanwhile);
         else, stopped then started, the process's."""
         assert self._output is not None

@@ -19,12 +19,12 @@ import struct
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from procguard.config.model import DEFAULT_PATH, HealthCheckConfig
-from procguard.engine.process import CheckRoute
+from procguard.runtime.seam import CheckRoute, CommandSpawner, describe_exit
 
 MAX_BODY = 64 * 1024  # bytes of a response body searched for expect_body
 MAX_HEAD = 64 * 1024  # bytes of status line + headers accepted
@@ -42,12 +42,6 @@ class CheckResult:
     # The server answered, and its answer fails the check (an HTTP status not expected): a definite
     # "no", unlike a refused connection or a timeout (a server may still be binding or booting).
     answered: bool = False
-
-
-class CommandSpawner(Protocol):
-    """Start argv with these Popen keywords off the loop; return its pid and a future of its exit code."""
-
-    async def __call__(self, argv: Sequence[str], **popen_kwargs: Any) -> "tuple[int, asyncio.Future[int]]": ...
 
 
 class _Failed(Exception):
@@ -550,13 +544,7 @@ async def _check_exec(
     if code == 0:
         return
     first = _first_line(bytes(capture.data))
-    if code < 0:
-        try:
-            what = f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            what = f"killed by signal {-code}"
-    else:
-        what = f"exit status {code}"
+    what = describe_exit(code, signalled="killed by")
     raise _Failed(f"{what}: {first}" if first else what)
 
 

@@ -33,7 +33,7 @@ import sys
 import structlog
 
 from procguard.config.model import SocketConfig
-from procguard.engine.process import CheckRoute
+from procguard.runtime.seam import CheckRoute
 from procguard.errors import ProcguardError
 
 log = structlog.get_logger()

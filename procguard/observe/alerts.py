@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from procguard.config.model import AlertConfig, AlertTrigger
-from procguard.engine.process import ProcessState
+from procguard.engine.states import ProcessState
 from procguard.errors import ControlError
 from procguard.observe.delivery import DELIVER, DeliveryError, Message, Notice, Worker, allow_tls, needs_tls
 from procguard.observe.events import Event, EventBus

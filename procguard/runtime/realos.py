@@ -24,7 +24,9 @@ from procguard.config.model import Ready
 from procguard.io.notify import NotifySocket
 from procguard.io.output import Output
 from procguard.io.listeners import NextSockets, SocketSet, SocketsNotReady, generation_in_flight, in_flight, tcp_sockets_on
-from procguard.engine.process import CheckRoute, Process, Timer
+from procguard.engine.process import Process
+from procguard.runtime.seam import CheckRoute, Timer
+from procguard.runtime import procfs
 from procguard.runtime.spawn import spawn_process
 
 log = structlog.get_logger()
@@ -402,6 +404,9 @@ class RealOS:
         if early is not None:
             self._deliver(popen.pid, early)
         return exited
+
+    async def tree_rss(self, pid: int) -> int | None:
+        return await asyncio.to_thread(procfs.tree_rss, pid)
 
     def forget(self, process: Process) -> None:
         """The process is gone for good: close what the OS side kept for it."""
