@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from procguard.config.model import DEFAULT_PATH, HealthCheckConfig
 from procguard.engine.process import CheckRoute
+from procguard.runtime.spawn import spawn_watched
 
 MAX_BODY = 64 * 1024  # bytes of a response body searched for expect_body
 MAX_HEAD = 64 * 1024  # bytes of status line + headers accepted
@@ -76,7 +77,7 @@ async def run_check(
     closed and an exec check's whole process group is killed and reaped before returning.
     spawner: how exec checks start their command and learn its exit. The daemon passes
     RealOS.spawn_command, because its reaper (waitpid(-1)) owns every child's status; without one,
-    asyncio's own child watcher is used (fine outside the daemon).
+    spawn.spawn_watched waits for it in a thread (fine outside the daemon).
     route: the check is of a next generation (docs/deploys.md): its connections take the route that
     reaches that generation rather than the current one (every connect below reads it from _ROUTE).
     """
@@ -509,23 +510,16 @@ async def _check_exec(
     # close, which a background grandchild holding stdout would delay forever.
     read_fd, write_fd = os.pipe()
     capture = _Capture(read_fd, MAX_OUTPUT)
+    # spawn.popen: in its own process group, so a timeout kills what it started too; stderr into stdout.
     popen_kwargs: dict[str, Any] = dict(
-        stdin=subprocess.DEVNULL, stdout=write_fd, stderr=subprocess.STDOUT,
-        env=dict(env) if env is not None else {"PATH": DEFAULT_PATH}, cwd=cwd,
+        stdout=write_fd, env=dict(env) if env is not None else {"PATH": DEFAULT_PATH}, cwd=cwd,
         user=uid, group=gid, extra_groups=list(extra_groups) if extra_groups is not None else None,
-        process_group=0,  # its own group, so a timeout kills what it started too
-        close_fds=True,
     )
     pid: int | None = None
     exited: asyncio.Future[int] | None = None
     try:
         try:
-            # Popen keywords, not preexec_fn: preexec_fn is unsafe once threads exist (pyzmq starts some).
-            if spawner is not None:
-                pid, exited = await spawner(list(hc.command), **popen_kwargs)
-            else:
-                process = await asyncio.create_subprocess_exec(*hc.command, **popen_kwargs)
-                pid, exited = process.pid, asyncio.ensure_future(process.wait())
+            pid, exited = await (spawner or spawn_watched)(list(hc.command), **popen_kwargs)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             raise _Failed(_cannot_run(exc, hc.command[0], cwd)) from None
         finally:

@@ -14,8 +14,14 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
+
+from procguard.config.model import Ready
+
+if TYPE_CHECKING:
+    from procguard.engine.process import Process
 
 log = structlog.get_logger()
 
@@ -79,6 +85,29 @@ class NotifySocket:
             return os.getpgid(sender) == owner  # a worker in the main process's group
         except OSError:
             return False
+
+
+class NotifySockets:
+    """Each process's NOTIFY_SOCKET, made at its first spawn and kept until the process is forgotten."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._by_process: dict["Process", NotifySocket] = {}
+
+    def env_for(self, process: "Process") -> dict[str, str]:
+        """What a child of process adds to its environment: NOTIFY_SOCKET when it reports readiness so
+        (ready = "notify"). Raises OSError when the socket cannot be made."""
+        if process.program.ready != Ready.NOTIFY:
+            return {}
+        sock = self._by_process.get(process)
+        if sock is None:
+            sock = self._by_process[process] = NotifySocket(self._loop, lambda: process.pid, process.notified)
+        return {"NOTIFY_SOCKET": sock.name}
+
+    def close(self, process: "Process") -> None:
+        sock = self._by_process.pop(process, None)
+        if sock is not None:
+            sock.close()
 
 
 class SystemdNotifier:
