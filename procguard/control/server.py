@@ -40,7 +40,8 @@ from procguard.errors import ConfigError, ControlError, ProcguardError
 from procguard.observe.events import Event, EventBus
 from procguard.log import LogRing
 from procguard.log import dropped_lines as log_dropped_lines
-from procguard.io.output import Follower, Output
+from procguard.io.output import Output
+from procguard.io.stream import Follower
 from procguard.engine.process import ProcessStatus, ReplaceOutcome
 from procguard.protocol import (
     E_BAD_ARGS, E_BAD_CONFIG, E_BAD_REQUEST, E_INTERNAL, E_NO_SUCH_PROCESS, E_SHUTTING_DOWN, MAX_FRAME_BYTES,
