@@ -1,5 +1,6 @@
 """procfs answers `status -l`'s question (RSS, CPU% over a window, members of a tree) from /proc, on real
-process trees (issue #15 item 5: one tree_usage, not psutil's beside procfs's)."""
+process trees (issue #15 item 5: one tree_usage, not psutil's beside procfs's), both ways it reads them
+(issue #18: only the trees where the host runs many other processes)."""
 
 import subprocess
 import sys
@@ -11,18 +12,27 @@ import pytest
 from procguard.runtime import procfs
 from tests.helpers import wait_until
 
-# A leader that starts a busy child and a sleeping one, then sleeps.
+# A leader that starts a busy child, and a sleeping one from a second thread that stays (the kernel lists
+# a child under the thread that forked it), then sleeps.
 TREE = """\
-import subprocess, sys, time
+import subprocess, sys, threading, time
 busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-print(busy.pid, idle.pid, flush=True)
+started = []
+def other_thread():
+    started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+    time.sleep(600)
+threading.Thread(target=other_thread, daemon=True).start()
+while not started:
+    time.sleep(0.01)
+print(busy.pid, started[0].pid, flush=True)
 time.sleep(600)
 """
 
 
-@pytest.fixture
-def tree() -> Iterator[tuple[int, int, int]]:
+@pytest.fixture(params=["walk", "scan"])
+def tree(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, int, int]]:
+    """A real tree; procfs reads it by walking the children files, or by its scan of every process."""
+    monkeypatch.setattr(procfs, "WALK_RATIO", 0 if request.param == "walk" else 1 << 30)
     leader = subprocess.Popen([sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True,
                               process_group=0)
     try:
