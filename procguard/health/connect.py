@@ -82,7 +82,7 @@ async def open_tcp(host: str, port: int, where: str) -> tuple[asyncio.StreamRead
 
 def _bind_route_source(sock: socket.socket, family: int, port: int) -> None:
     """For a next generation's check: connect from loopback and one of the route's source ports, which
-    the held socket's reuseport program sends to that generation (sockets.py, "next generation")."""
+    the held socket's reuseport program sends to that generation (io/steering.py, io/listeners.py)."""
     route = ROUTE.get()
     if route is None or port not in route.tcp_ports or not route.source_ports:
         return
