@@ -102,7 +102,7 @@ class Daemon:
         watchdog = None
         if systemd is not None:
             watchdog = asyncio.create_task(systemd.watchdog())
-            sup.on_any_change = self._status_reporter(sup, systemd)
+            sup.changes.listen(self._status_reporter(sup, systemd))
         starter = asyncio.create_task(self._start(sup))
         try:
             while True:

@@ -42,14 +42,13 @@ from procguard.log import LogRing
 from procguard.log import dropped_lines as log_dropped_lines
 from procguard.io.output import Output
 from procguard.io.stream import Follower
-from procguard.engine.process import ProcessStatus, ReplaceOutcome
+from procguard.engine.records import ActionResult, ProcessStatus, ReplaceOutcome
 from procguard.protocol import (
     E_BAD_ARGS, E_BAD_CONFIG, E_BAD_REQUEST, E_INTERNAL, E_NO_SUCH_PROCESS, E_SHUTTING_DOWN, MAX_FRAME_BYTES,
     PROTOCOL_VERSION, VERSION,
     ProtocolError, Request, decode_request, default_endpoint, encode_reply, ipc_path,
 )
-from procguard.engine.deploy import DeployResult
-from procguard.engine.supervisor import ActionResult, Supervisor
+from procguard.engine.supervisor import Supervisor
 
 log = structlog.get_logger()
 
@@ -565,7 +564,7 @@ class ControlServer:
                          else {"cpu_s": None, "rss_bytes": None, "fds": None, "tree_pids": 0})
         return statuses
 
-    def _deploy_dict(self, r: DeployResult) -> dict[str, Any]:
+    def _deploy_dict(self, r: ActionResult) -> dict[str, Any]:
         out: dict[str, Any] = {"name": r.name, "action": "deploy", "ok": r.ok, "state": str(r.state),
                                "message": r.message, "pid": r.pid, "generation": r.generation, "step": str(r.step),
                                "overlapped": r.overlapped}

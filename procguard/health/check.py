@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from procguard.config.model import HealthCheckConfig
-from procguard.engine.process import CheckRoute
 from procguard.health.connect import ROUTE
-from procguard.health.exec import CommandSpawner, check_exec
+from procguard.health.exec import check_exec
 from procguard.health.failed import CheckAnswered, CheckFailed
 from procguard.health.http import check_http
 from procguard.health.tcp import check_tcp
 from procguard.health.uwsgi import check_uwsgi
+from procguard.runtime.seam import CheckRoute, CommandSpawner
 
 
 @dataclass(frozen=True, slots=True)

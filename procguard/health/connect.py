@@ -10,8 +10,8 @@ import itertools
 import socket
 from typing import Any
 
-from procguard.engine.process import CheckRoute
 from procguard.health.failed import CheckFailed
+from procguard.runtime.seam import CheckRoute
 
 MAX_HEAD = 64 * 1024  # bytes of a response's status line + headers accepted (the streams' line limit)
 

@@ -5,20 +5,15 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
 from procguard.config.model import DEFAULT_PATH, HealthCheckConfig
 from procguard.health.failed import CheckFailed
+from procguard.runtime.seam import CommandSpawner, describe_exit
 from procguard.runtime.spawn import spawn_watched
 
 MAX_OUTPUT = 4 * 1024  # bytes of an exec check's output kept
-
-
-class CommandSpawner(Protocol):
-    """Start argv with spawn.popen's keywords off the loop; return its pid and a future of its exit code."""
-
-    async def __call__(self, argv: Sequence[str], **popen_kwargs: Any) -> "tuple[int, asyncio.Future[int]]": ...
 
 
 class _Capture:
@@ -117,13 +112,7 @@ def _judge(code: int, output: bytes) -> None:
     if code == 0:
         return
     first = _first_line(output)
-    if code < 0:
-        try:
-            what = f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            what = f"killed by signal {-code}"
-    else:
-        what = f"exit status {code}"
+    what = describe_exit(code, signalled="killed by")
     raise CheckFailed(f"{what}: {first}" if first else what)
 
 

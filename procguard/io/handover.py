@@ -25,10 +25,11 @@ from typing import Any
 
 import structlog
 
-from procguard.engine.process import CheckRoute, Process
+from procguard.engine.process import Process
 from procguard.io.inflight import in_flight, tcp_sockets_on
 from procguard.io.listeners import NextSockets, SocketSet, SocketsNotReady
 from procguard.runtime import procfs
+from procguard.runtime.seam import CheckRoute
 
 log = structlog.get_logger()
 

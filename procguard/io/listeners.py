@@ -18,7 +18,7 @@ import stat
 import structlog
 
 from procguard.config.model import SocketConfig
-from procguard.engine.process import CheckRoute
+from procguard.runtime.seam import CheckRoute
 from procguard.errors import ProcguardError
 from procguard.io.inflight import tcp_sockets_on
 from procguard.io.steering import reserve_checker_ports, steer_checker_to_second, steer_to_first, steer_to_second

@@ -50,7 +50,7 @@ finally:
 from procguard.runtime import procfs
 from procguard.config.model import MetricsConfig
 from procguard.io.output import Output
-from procguard.engine.process import ExitReason, ProcessState
+from procguard.engine.states import ExitReason, ProcessState
 from procguard.protocol import VERSION
 from procguard.engine.supervisor import Supervisor
 
@@ -92,7 +92,7 @@ class DaemonFacts:
     last_scrape_s: float | None
 
 
-# The states in which Process.status() reports an uptime and a health.
+# The states in which records.snapshot() reports an uptime and a health.
 _UP = frozenset({ProcessState.STARTING, ProcessState.RUNNING, ProcessState.STOPPING})
 _CHECKED = frozenset({ProcessState.STARTING, ProcessState.RUNNING})
 
@@ -100,7 +100,7 @@ _CHECKED = frozenset({ProcessState.STARTING, ProcessState.RUNNING})
 def snapshot(sup: Supervisor, output: Output | None) -> list[Row]:
     """Copy what the metrics need out of every Process; runs on the loop (no I/O).
 
-    Reads the attributes Process.status() reports, without building a status per process (its frozen
+    Reads the attributes records.snapshot() reports, without building a status per process (its frozen
     dataclass made this a third of a scrape at 1000 processes).
     """
     now_m, now_w = time.monotonic(), time.time()

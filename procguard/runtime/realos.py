@@ -16,13 +16,14 @@ from typing import Any
 
 import structlog
 
-from procguard.engine.process import CheckRoute, Process, Timer
+from procguard.engine.process import Process
 from procguard.io.handover import Handover
 from procguard.io.listeners import SocketSet
 from procguard.io.notify import NotifySockets
 from procguard.io.output import Output
 from procguard.runtime import procfs, spawn
 from procguard.runtime.reaper import Reaper
+from procguard.runtime.seam import CheckRoute, Timer
 
 log = structlog.get_logger()
 
@@ -112,6 +113,9 @@ class RealOS:
         with self._reaper.expecting():
             child = await spawn.start_command(argv, self._kill_command, **popen_kwargs)
             return child.pid, self._reaper.add_command(child)
+
+    async def tree_rss(self, pid: int) -> int | None:
+        return await asyncio.to_thread(procfs.tree_rss, pid)
 
     def _kill_command(self, child: "subprocess.Popen[bytes]") -> None:
         """A command whose start was cancelled: the reaper collects it once killed."""
