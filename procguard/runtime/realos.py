@@ -33,14 +33,16 @@ STRAY_RETRY_S = 0.2  # after a scan of /proc failed with an OSError (EMFILE)
 class RealOS:
     """The seam `process.Process` acts through, bound to one asyncio loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, logdir: str, output: Output | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, logdir: str, output: Output | None = None, *,
+                 on_reaped: Callable[[int], None] = lambda pid: None,
+                 on_spawned: Callable[[Process], None] = lambda process: None) -> None:
         self._loop = loop
         self.logdir = logdir
         self.output = output if output is not None else Output(loop, logdir)
         self.sockets = SocketSet()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.on_reaped: Callable[[int], None] = lambda pid: None  # a child that led no process was reaped
-        self.on_spawned: Callable[[Process], None] = lambda process: None
+        self.on_reaped = on_reaped  # a child that led no process was reaped
+        self.on_spawned = on_spawned
         self._reaper = Reaper(loop, lambda pid: self.on_reaped(pid))
         self._handover = Handover(loop, self.sockets)
         self._notify = NotifySockets(loop)
