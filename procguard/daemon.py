@@ -20,9 +20,11 @@ from procguard.errors import ConfigError
 from procguard.observe.events import EventBus
 from procguard.runtime.executor import IdleExitPool
 from procguard.log import LogRing, configure_logging
-from procguard.io.notify import SystemdNotifier
+from procguard.io.systemd import SystemdNotifier
 from procguard.io.listeners import SocketError
-from procguard.runtime.realos import RealOS, become_subreaper, untracked_children
+from procguard.runtime.procfs import untracked_children
+from procguard.runtime.realos import RealOS
+from procguard.runtime.reaper import become_subreaper
 from procguard.protocol import VERSION
 from procguard.engine.process import Process
 from procguard.engine.supervisor import Supervisor

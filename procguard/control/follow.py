@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 import zmq
 import zmq.asyncio
 
-from procguard.io.output import Follower
+from procguard.io.stream import Follower
 from procguard.observe.events import Event, EventBus
 from procguard.protocol import encode_reply
 

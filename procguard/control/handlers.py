@@ -9,7 +9,6 @@ ControlError with a protocol error code.
 import asyncio
 import inspect
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -70,20 +69,15 @@ def diff_dict(diff: ConfigDiff) -> dict[str, list[str]]:
 
 
 async def sample_usage(pids: list[int]) -> dict[int, dict[str, Any]]:
-    """RSS and CPU% of each pid's process tree, CPU measured over CPU_SAMPLE_S (`status -l`)."""
-    before = await asyncio.to_thread(procfs.tree_usage, pids)
-    t0 = time.monotonic()
+    """RSS and CPU% of each pid's process tree, CPU measured over CPU_SAMPLE_S (`status -l`).
+
+    The window is an asyncio sleep between two /proc passes in threads: no thread is held while it runs.
+    """
+    start = await asyncio.to_thread(procfs.start_sample, pids)
     await asyncio.sleep(CPU_SAMPLE_S)
-    after = await asyncio.to_thread(procfs.tree_usage, pids)
-    elapsed = time.monotonic() - t0
-    out: dict[int, dict[str, Any]] = {}
-    for pid, now in after.items():
-        then = before.get(pid)
-        if then is not None:
-            cpu_s = max(0.0, now.cpu_s - then.cpu_s)
-            out[pid] = {"rss_bytes": now.rss_bytes, "cpu_percent": round(100.0 * cpu_s / elapsed, 1),
-                        "tree_pids": now.pids}
-    return out
+    sampled = await asyncio.to_thread(procfs.finish_sample, start)
+    return {pid: {"rss_bytes": s.rss_bytes, "cpu_percent": s.cpu_percent, "tree_pids": s.pids}
+            for pid, s in sampled.items()}
 
 
 def handler_names() -> frozenset[str]:

@@ -10,7 +10,6 @@ from procguardctl.importer.tomlout import Table
 
 def logfile(ctx: Context, table: Table, section: str, key: str, raw: str, exp: Expander, redirect: bool,
             opts: dict[str, str]) -> None:
-    stream = key.split("_")[0]
     value = exp.template(raw, key).strip()
     if key == "stderr_logfile" and redirect:
         ctx.drop(section, key, "redirect_stderr=true: supervisord ignored stderr_logfile (and procguard "
