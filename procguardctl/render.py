@@ -109,10 +109,7 @@ def human_bytes(n: float | None, units: tuple[str, ...] = ("B", "KiB", "MiB", "G
 
 def is_up(st: dict[str, Any]) -> bool:
     """RUNNING, or a one-shot job that completed (it is done, not down)."""
-    # TODO(#15): the status reply has no field saying "completed" (the engine knows it as a Hold), so this
-    # reads the reason; a field would add a key to `status --json`, an output change this issue rules out.
-    return st.get("state") == "RUNNING" or (
-        st.get("state") == "EXITED" and str(st.get("reason", "")).startswith("completed"))
+    return st.get("state") == "RUNNING" or bool(st.get("completed"))
 
 
 def status_exit(result: list[dict[str, Any]]) -> int:

@@ -50,7 +50,7 @@ def status_dict(st: ProcessStatus) -> dict[str, Any]:
         "started_at": st.started_at, "uptime_s": st.uptime_s, "exit_status": st.exit_status,
         "reason": st.reason, "retry_in_s": st.retry_in_s, "failures": st.failures,
         "health": st.health, "health_reason": st.health_reason, "status_text": st.status_text,
-        "autostart": st.autostart, "priority": st.priority, "restarts": st.restarts,
+        "autostart": st.autostart, "priority": st.priority, "restarts": st.restarts, "completed": st.completed,
     }
 
 

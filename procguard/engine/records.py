@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from procguard.engine.states import Health, ProcessState, ReplacePhase, ReplaceTrigger
+from procguard.engine.states import Health, Hold, ProcessState, ReplacePhase, ReplaceTrigger
 
 if TYPE_CHECKING:
     from procguard.engine.process import Process
@@ -49,6 +49,7 @@ class ProcessStatus(NamedTuple):
     next: "ProcessStatus | None" = None  # the next generation while a replace runs
     replace_phase: ReplacePhase | None = None
     last_deploy: ReplaceOutcome | None = None
+    completed: bool = False  # a one-shot job that exited as expected: done, not down
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ def snapshot(proc: "Process", now_monotonic: float, now_wall: float) -> ProcessS
         priority=proc.program.priority,
         restarts=proc.restarts,
         generation=proc.generation,
+        completed=proc.state == ProcessState.EXITED and proc.hold == Hold.COMPLETED,
     )
 
 

@@ -17,7 +17,7 @@ from procguardctl import exits, render
 
 REPO = Path(__file__).resolve().parents[2]
 UP = {"name": "web", "state": "RUNNING", "pid": 12, "uptime_s": 90061, "health": "healthy"}
-JOB = {"name": "migrate", "state": "EXITED", "reason": "completed (exit status 0)"}
+JOB = {"name": "migrate", "state": "EXITED", "reason": "completed (exit status 0)", "completed": True}
 DOWN = {"name": "worker", "state": "BACKOFF", "reason": "exited too quickly", "retry_in_s": 2.4,
         "output_dropped_bytes": 17}
 UNKNOWN = {"name": "shop:*", "error": protocol.E_NO_SUCH_PROCESS}
