@@ -83,7 +83,7 @@ def component_cpu_ms(pids: list[int]) -> dict[str, float]:
     changed (the worst case of a busy host: that family is rendered again for every process)."""
     from procguard import procfs
     from procguard.observe.metrics import ProcessCollector, Row
-    from procguard.engine.process import ProcessState
+    from procguard.engine.states import ProcessState
 
     usage = procfs.tree_usage(pids)
     rows = [Row(program=f"p{i:04d}", process=f"p{i:04d}", state=ProcessState.RUNNING, pid=pid, started_at=1.7e9,

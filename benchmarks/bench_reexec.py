@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
 
 from procguardctl.client import TimedOut, Unreachable, request  # noqa: E402
+from procguardctl.endpoint import ClientSettings  # noqa: E402
 
 AIM_MS = 300.0
 
@@ -68,7 +69,7 @@ class Clients:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                reply = request(self.endpoint, self.cmd, {}, 30.0)
+                reply = request(ClientSettings(self.endpoint), self.cmd, {}, 30.0)
                 with self._lock:
                     self.replies.append(time.monotonic()) if reply.ok else self.errors.append(str(reply.message))
             except Unreachable as exc:
@@ -88,7 +89,7 @@ class Clients:
 
 
 def status(endpoint: str) -> list[dict[str, Any]]:
-    reply = request(endpoint, "status", {}, 60.0)
+    reply = request(ClientSettings(endpoint), "status", {}, 60.0)
     assert reply.ok, reply.message
     return list(reply.result)
 
@@ -160,7 +161,7 @@ def run(programs: int, runs: int, clients: int) -> int:
             children.update(before.values())
             load = Clients(endpoint, clients)
             wait(lambda: len(load.replies) >= 5, 30, "clients answered")
-            reply = request(endpoint, "reexec", {}, 120.0)
+            reply = request(ClientSettings(endpoint), "reexec", {}, 120.0)
             replied = time.monotonic()
             cpu_before = sum(psutil.Process(daemon.pid).cpu_times()[:2])
             if not reply.ok:
@@ -168,7 +169,7 @@ def run(programs: int, runs: int, clients: int) -> int:
                 raise SystemExit(f"bench_reexec: reexec refused: {reply.message}")
             while True:  # the prober: the first answer from the new image
                 try:
-                    if request(endpoint, "version", {}, 60.0).ok:
+                    if request(ClientSettings(endpoint), "version", {}, 60.0).ok:
                         break
                 except Unreachable:
                     continue

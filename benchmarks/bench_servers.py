@@ -104,7 +104,7 @@ for _path in (str(REPO), str(_HERE)):  # tests.servers.* from the repo root; ben
         sys.path.insert(0, _path)
 from bench_engine import Bench, BenchError, LogTail, bench_main, parse_ts, poll_until  # noqa: E402
 
-from procguard.config.model import parse_duration  # noqa: E402
+from procguard.config.values import parse_duration  # noqa: E402
 from tests.helpers import DaemonRun  # noqa: E402
 from tests.servers.coffeehouse import free_port  # noqa: E402
 from peers import HELD_FD, Program, make, peer_missing  # noqa: E402

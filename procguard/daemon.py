@@ -12,16 +12,21 @@ from typing import TYPE_CHECKING
 import structlog
 
 from procguard.observe.alerts import AlertManager
-from procguard.config.model import Config, ConfigDiff, describe, load_config
+from procguard.config.describe import describe
+from procguard.config.load import load_config
+from procguard.config.model import Config, ConfigDiff
 from procguard.control.server import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
 from procguard.observe.events import EventBus
 from procguard.runtime.executor import IdleExitPool
 from procguard.log import LogRing, configure_logging
-from procguard.io.notify import SystemdNotifier
+from procguard.io.systemd import SystemdNotifier
 from procguard.io.listeners import SocketError
-from procguard.runtime.realos import RealOS, become_subreaper, untracked_children
+from procguard.runtime.procfs import untracked_children
+from procguard.runtime.realos import RealOS
+from procguard.runtime.reaper import become_subreaper
 from procguard.protocol import VERSION
+from procguard.engine.process import Process
 from procguard.engine.supervisor import Supervisor
 from procguard.terminal import HelpFormatter
 from procguard.upgrade import adopt
@@ -29,7 +34,7 @@ from procguard.upgrade.handoff import ADOPT_FLAG, Reexec
 from procguard.upgrade.state import Snapshot, StateError
 
 if TYPE_CHECKING:
-    from procguard.observe.metrics import MetricsServer
+    from procguard.observe.metrics_server import MetricsServer
 
 log = structlog.get_logger()
 
@@ -38,138 +43,150 @@ ORPHAN_GRACE_S = 5.0
 
 
 class Daemon:
-    """The event loop's owner: signals in, supervisor commands out."""
+    """The event loop's owner: signals in, supervisor commands out.
+
+    Read top to bottom: `setup` builds and wires every part and opens the endpoints, `run` starts the
+    programs and then waits for signals (the handlers only queue them; `handle_<sig>` acts on each in
+    the loop), `shutdown` stops everything in reverse.
+    """
+
+    alerts: AlertManager
+    osapi: RealOS
+    supervisor: Supervisor
+    control: ControlServer
+    metrics: "MetricsServer | None"
 
     def __init__(self, config: Config, events: EventBus | None = None, mainlog: LogRing | None = None,
-                 argv: list[str] | None = None, adopted: "Snapshot | None" = None) -> None:
+                 argv: list[str] | None = None, adopted: Snapshot | None = None) -> None:
         self.config = config
         self.argv = argv if argv is not None else sys.argv[1:]  # what a re-exec runs again
         self.adopted = adopted  # the state a previous image handed over (upgrade/adopt.py)
         self.events = events if events is not None else EventBus()
         self.mainlog = mainlog
         self._signals: asyncio.Queue[int] = asyncio.Queue()
+        self._reaped = asyncio.Event()  # set by each reap of a child that led no process (an orphan)
         self.systemd: SystemdNotifier | None = None
+        self._is_subreaper = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self._starter: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
+        if not await self.setup():
+            return 1
+        self.start()
+        try:
+            running = True
+            while running:
+                running = await self.handle(await self._signals.get())
+        finally:
+            await self.shutdown()
+        log.info("daemon_stopped")
+        return 0
+
+    # --------------------------------------------------------------------------------- setup
+
+    async def setup(self) -> bool:
+        """Build and wire every part, then open the endpoints; False (logged) when one cannot be opened."""
         loop = asyncio.get_running_loop()
         loop.set_default_executor(IdleExitPool())  # to_thread workers leave when idle (executor.py)
         if self.mainlog is not None:
             self.mainlog.bind(loop)
         self.events.attach(loop)
-        self.alerts = alerts = AlertManager(self.config.alerts, self.events)
+        self.alerts = AlertManager(self.config.alerts, self.events)
         # Read (and removed from our environment) before anything can start a child.
-        self.systemd = systemd = SystemdNotifier.from_environ() if self.adopted is None \
-            else adopt.systemd_notifier(self.adopted)
-        is_subreaper = become_subreaper()
-        osapi = RealOS(loop, self.config.logdir)
-        self.supervisor = sup = Supervisor(self.config, osapi)
-        osapi.on_reaped = sup.child_reaped
-        osapi.on_spawned = sup.process_spawned
-        if self.adopted is not None:  # before any reaping: an exit during the exec is a known pid's
-            adopt.adopt_processes(self.adopted, sup, osapi, loop)
-        # The handlers only queue the signal; the main loop below acts on it (never log in a handler).
+        self.systemd = SystemdNotifier.from_environ() if self.adopted is None else adopt.systemd_notifier(self.adopted)
+        self._is_subreaper = become_subreaper()
+        self.osapi = RealOS(loop, self.config.logdir, on_reaped=self._child_reaped, on_spawned=self._process_spawned)
+        self.supervisor = Supervisor(self.config, self.osapi)
+        self._adopt_processes()
+        # The handlers only queue the signal; the main loop acts on it (never log in a handler).
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
-        loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
+        loop.add_signal_handler(signal.SIGCHLD, self.osapi.reap)
         # 1000 children exiting at once fill asyncio's wakeup socket, and Python then prints a traceback
         # per dropped byte onto stderr, into the middle of our log lines. A dropped byte loses nothing:
         # the bytes still queued wake the reaper, which collects every zombie (waitpid loop).
         signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
-        control = ControlServer(self.config, sup, self._reload_command,
-                                lambda: self._signals.put_nowait(signal.SIGTERM), osapi.output, self.events,
-                                alerts, self.mainlog)
-        control.handoff = None if self.adopted is None else adopt.control_handoff(self.adopted)
-        control.on_reexec = Reexec(config=self.config, supervisor=sup, osapi=osapi, control=control,
-                                   systemd=lambda: self.systemd, argv=self.argv).request
+        self.control = ControlServer(self.config, self.supervisor, self._reload_command,
+                                     lambda: self._signals.put_nowait(signal.SIGTERM), self.osapi.output,
+                                     self.events, self.alerts, self.mainlog)
+        self.control.handoff = None if self.adopted is None else adopt.control_handoff(self.adopted)
+        self.control.handlers.on_reexec = Reexec(config=self.config, supervisor=self.supervisor, osapi=self.osapi,
+                                                 control=self.control, systemd=lambda: self.systemd,
+                                                 argv=self.argv).request
+        return await self._open_endpoints()
+
+    def _adopt_processes(self) -> None:
+        """After a re-exec: take over every process as the previous image left it, before anything reaps
+        (a child that exited during the exec is then a known pid's)."""
+        if self.adopted is not None:
+            adopt.adopt_processes(self.adopted, self.supervisor, self.osapi)
+
+    def _child_reaped(self, pid: int) -> None:
+        self.supervisor.child_reaped(pid)
+        self._reaped.set()
+
+    def _process_spawned(self, process: Process) -> None:
+        self.supervisor.process_spawned(process)
+
+    async def _open_endpoints(self) -> bool:
+        """The control socket, the held sockets, the metrics endpoint; on a failure close what opened."""
         try:
-            control.open()
+            self.control.open()
         except (ControlSetupError, OSError) as exc:
             # Before any child exists: nothing to clean up, and the other daemon keeps its socket.
             log.error("control_setup_failed", endpoint=self.config.control, error=str(exc))
-            return 1
+            return False
         if self.adopted is not None:
-            adopt.adopt_sockets(self.adopted, osapi.sockets, self.config)
+            adopt.adopt_sockets(self.adopted, self.osapi.sockets, self.config)
         try:
-            osapi.sockets.apply(self.config.sockets, self.config.socket_users())
+            self.osapi.sockets.apply(self.config.sockets, self.config.socket_users())
         except SocketError as exc:
             log.error("socket_bind_failed", error=str(exc))
-            await control.close()
-            return 1
+            await self.control.close()
+            return False
         try:
-            metrics = await self._start_metrics(sup, osapi, control)
+            self.metrics = await self._start_metrics()
         except OSError as exc:
             assert self.config.metrics is not None
             log.error("metrics_setup_failed", address=self.config.metrics.address, error=str(exc))
-            await control.close()
-            osapi.sockets.close()
-            return 1
-        control.start()
+            await self.control.close()
+            self.osapi.sockets.close()
+            return False
+        return True
+
+    async def _start_metrics(self) -> "MetricsServer | None":
+        """Listen for Prometheus scrapes when configured (prometheus_client is imported only then); raises OSError."""
+        if self.config.metrics is None:
+            return None
+        from procguard.observe.metrics_server import MetricsServer
+
+        server = MetricsServer(self.config.metrics, self.supervisor, self.osapi.output, lambda: self.control.requests,
+                               self.config.control_gid)
+        await server.start()
+        return server
+
+    def start(self) -> None:
+        """Serve the control socket, then start the autostart programs."""
+        self.control.start()
         log.info("daemon_started", version=VERSION, pid=os.getpid(), config=self.config.path,
-                 programs=len(self.config.programs), subreaper=is_subreaper, control=self.config.control)
+                 programs=len(self.config.programs), subreaper=self._is_subreaper, control=self.config.control)
         for issue in self.config.warnings:
             log.warning("config_environment_problem", problem=str(issue))
         for issue in self.config.lints:
             log.warning("config_lint", problem=str(issue))
-        osapi.reap()  # children inherited from before (PID 1 in a container) are reaped too
-        watchdog = None
-        if systemd is not None:
-            watchdog = asyncio.create_task(systemd.watchdog())
-            sup.on_any_change = self._status_reporter(sup, systemd)
-        starter = asyncio.create_task(self._start(sup) if self.adopted is None else self._adopted(sup))
-        try:
-            while True:
-                received = await self._signals.get()
-                if received in (signal.SIGTERM, signal.SIGINT):
-                    log.info("shutdown_requested", signal=signal.Signals(received).name)
-                    break
-                if received == signal.SIGHUP:
-                    self._restore_control(control)
-                    await self._reload()
-                elif received == signal.SIGUSR2:
-                    osapi.output.reopen()  # after an external logrotate moved the files away
-        finally:
-            if systemd is not None:
-                systemd.stopping()
-            # status still answers while programs stop; start, restart and reload are refused.
-            control.stopping = True
-            starter.cancel()
-            try:
-                await starter
-            except asyncio.CancelledError:
-                pass
-            await sup.stop_all()
-            await self._stop_orphans(osapi)
-            # Every child is gone: read each pipe to its end so all they wrote is in their files.
-            osapi.output.close()
-            await control.close()
-            if metrics is not None:
-                await metrics.close()
-            osapi.sockets.close()
-            if watchdog is not None:
-                watchdog.cancel()
-            for task in list(osapi.tasks):
-                task.cancel()
-            alerts.close()
-        log.info("daemon_stopped")
-        return 0
+        self.osapi.reap()  # children inherited from before (PID 1 in a container) are reaped too
+        if self.systemd is not None:
+            self._watchdog = asyncio.create_task(self.systemd.watchdog())
+            self.supervisor.changes.listen(self._status_reporter(self.supervisor, self.systemd))
+        self._starter = asyncio.create_task(self._start_autostart() if self.adopted is None else self._adopted())
 
-    async def _start_metrics(self, sup: Supervisor, osapi: RealOS, control: ControlServer) -> "MetricsServer | None":
-        """Listen for Prometheus scrapes when configured (prometheus_client is imported only then); raises OSError."""
-        if self.config.metrics is None:
-            return None
-        from procguard.observe.metrics import MetricsServer
-
-        server = MetricsServer(self.config.metrics, sup, osapi.output, lambda: control.requests, self.config.control_gid)
-        await server.start()
-        return server
-
-    @staticmethod
-    def _restore_control(control: ControlServer) -> None:
-        """SIGHUP also re-creates the control socket if it was deleted (tmpfiles cleaning /run, an rm)."""
-        try:
-            control.restore()
-        except (ControlSetupError, OSError) as exc:
-            log.error("control_restore_failed", endpoint=control.endpoint, error=str(exc))
+    async def _adopted(self) -> None:
+        """After a re-exec: nothing to start (every process was adopted as it was); tell systemd we are back."""
+        sup = self.supervisor
+        log.info("daemon_ready", status=sup.counts(), adopted_from=self.adopted.version if self.adopted else None)
+        if self.systemd is not None:
+            self.systemd.ready(sup.counts())
 
     @staticmethod
     def _status_reporter(sup: Supervisor, systemd: SystemdNotifier) -> Callable[[], None]:
@@ -189,12 +206,13 @@ class Daemon:
 
         return changed
 
-    async def _start(self, sup: Supervisor) -> None:
+    async def _start_autostart(self) -> None:
         """Start the autostart programs; tell systemd we are ready once each is RUNNING, FATAL or blocked.
 
         A dependent waiting on a crash-looping dependency keeps start_autostart busy for as long as
         that lasts; readiness comes when every autostart process has settled, whichever is first.
         """
+        sup = self.supervisor
         starting = asyncio.create_task(sup.start_autostart())
         try:
             while not starting.done():
@@ -210,17 +228,36 @@ class Daemon:
         finally:
             starting.cancel()
 
-    async def _adopted(self, sup: Supervisor) -> None:
-        """After a re-exec: nothing to start (every process was adopted as it was); tell systemd we are back."""
-        log.info("daemon_ready", status=sup.counts(), adopted_from=self.adopted.version if self.adopted else None)
-        if self.systemd is not None:
-            self.systemd.ready(sup.counts())
+    # ------------------------------------------------------------------------------- signals
 
-    async def _reload(self) -> None:
+    async def handle(self, received: int) -> bool:
+        """Act on one queued signal; False once the daemon is to stop."""
+        if received in (signal.SIGTERM, signal.SIGINT):
+            self.handle_term(received)
+            return False
+        if received == signal.SIGHUP:
+            await self.handle_hup()
+        elif received == signal.SIGUSR2:
+            self.handle_usr2()
+        return True
+
+    @staticmethod
+    def handle_term(received: int) -> None:
+        log.info("shutdown_requested", signal=signal.Signals(received).name)
+
+    async def handle_hup(self) -> None:
+        """Reload the config; re-create the control socket if it was deleted (tmpfiles cleaning /run, an rm)."""
+        try:
+            self.control.restore()
+        except (ControlSetupError, OSError) as exc:
+            log.error("control_restore_failed", endpoint=self.control.endpoint, error=str(exc))
         try:
             await self._reload_command()
         except ConfigError:
             pass  # logged by reload; the old config keeps running
+
+    def handle_usr2(self) -> None:
+        self.osapi.output.reopen()  # after an external logrotate moved the files away
 
     async def _reload_command(self) -> ConfigDiff:
         """Apply the config file's difference (SIGHUP and `procguardctl reload`); raises ConfigError."""
@@ -242,49 +279,59 @@ class Daemon:
                         "daemon restarts")
         return diff
 
-    async def _stop_orphans(self, osapi: RealOS) -> None:
+    # ------------------------------------------------------------------------------ shutdown
+
+    async def shutdown(self) -> None:
+        """Stop every program (reverse priority), then every orphan, then close every endpoint."""
+        if self.systemd is not None:
+            self.systemd.stopping()
+        # status still answers while programs stop; start, restart and reload are refused.
+        self.control.stopping = True
+        if self._starter is not None:
+            self._starter.cancel()
+            try:
+                await self._starter
+            except asyncio.CancelledError:
+                pass
+        await self.supervisor.stop_all()
+        await self._stop_orphans()
+        # Every child is gone: read each pipe to its end so all they wrote is in their files.
+        self.osapi.output.close()
+        await self.control.close()
+        if self.metrics is not None:
+            await self.metrics.close()
+        self.osapi.sockets.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for task in list(self.osapi.tasks):
+            task.cancel()
+        self.alerts.close()
+
+    async def _stop_orphans(self) -> None:
         """Stop descendants no program owns (they double-forked out of every group): TERM, then KILL."""
+        osapi = self.osapi
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ORPHAN_GRACE_S
-        sent_kill = False
         while True:
             osapi.reap()
             left = await asyncio.to_thread(untracked_children, osapi.tracked_pids())
             if not left:
                 return
             sig = signal.SIGTERM if loop.time() < deadline else signal.SIGKILL
-            sent_kill = sig == signal.SIGKILL
             log.info("orphans_signalled", pids=left, signal=sig.name)
+            self._reaped.clear()
             for pid in left:
                 osapi.send_signal(pid, sig, group=False)
             # Woken by the reaper (SIGCHLD), or after a short interval to escalate.
-            reaped = asyncio.Event()
-            before = osapi.on_reaped
-
-            def on_reaped(pid: int) -> None:
-                before(pid)
-                reaped.set()
-
-            osapi.on_reaped = on_reaped
             try:
-                async with asyncio.timeout(0.5 if not sent_kill else 1.0):
-                    await reaped.wait()
+                async with asyncio.timeout(0.5 if sig != signal.SIGKILL else 1.0):
+                    await self._reaped.wait()
             except TimeoutError:
                 pass
-            finally:
-                osapi.on_reaped = before
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.",
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="main TOML config file")
-    parser.add_argument("--check", action="store_true", help="validate the config, print the programs, exit 0/1")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override loglevel")
-    parser.add_argument("--log-format", choices=("auto", "console", "json", "journal"), default="auto",
-                        help="auto: journal under systemd (JOURNAL_STREAM), console on a TTY, else json")
-    parser.add_argument("--version", action="version", version=f"procguard {VERSION}")
-    parser.add_argument(ADOPT_FLAG, type=int, metavar="FD", help=argparse.SUPPRESS)  # a re-exec's state
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -293,18 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {issue}", file=sys.stderr)
         return 1
     if args.check:
-        print(describe(config))
-        if config.lints:
-            print("\nwarnings (known traps; the config is accepted):", file=sys.stderr)
-            for issue in config.lints:
-                print(f"  {issue}", file=sys.stderr)
-        if config.warnings:
-            print("\nproblems on this machine:", file=sys.stderr)
-            for issue in config.warnings:
-                print(f"  {issue}", file=sys.stderr)
-            return 1
-        print("\nconfig OK")
-        return 0
+        return check(config)
     events, mainlog = EventBus(), LogRing()
     configure_logging(args.log_level or config.loglevel, args.log_format, ring=mainlog, bus=events)
     adopted = None
@@ -319,6 +355,35 @@ def main(argv: list[str] | None = None) -> int:
     if reset:
         log.info("inherited_signals_reset", signals=reset)
     return asyncio.run(Daemon(config, events, mainlog, sys.argv[1:] if argv is None else argv, adopted).run())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="main TOML config file")
+    parser.add_argument("--check", action="store_true", help="validate the config, print the programs, exit 0/1")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override loglevel")
+    parser.add_argument("--log-format", choices=("auto", "console", "json", "journal"), default="auto",
+                        help="auto: journal under systemd (JOURNAL_STREAM), console on a TTY, else json")
+    parser.add_argument("--version", action="version", version=f"procguard {VERSION}")
+    parser.add_argument(ADOPT_FLAG, type=int, metavar="FD", help=argparse.SUPPRESS)  # a re-exec's state
+    return parser.parse_args(argv)
+
+
+def check(config: Config) -> int:
+    """`--check`: print the resolved programs and the config's warnings; 1 if this machine cannot run it."""
+    print(describe(config))
+    if config.lints:
+        print("\nwarnings (known traps; the config is accepted):", file=sys.stderr)
+        for issue in config.lints:
+            print(f"  {issue}", file=sys.stderr)
+    if config.warnings:
+        print("\nproblems on this machine:", file=sys.stderr)
+        for issue in config.warnings:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    print("\nconfig OK")
+    return 0
 
 
 # Python itself ignores these at start-up; Popen(restore_signals=True) gives children the defaults.

@@ -13,7 +13,7 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from procguard.observe.events import EventBus, level_filter, publisher
+from procguard.observe.events import EventBus, publisher
 
 Format = Literal["auto", "console", "json", "journal"]
 Resolved = Literal["console", "json", "journal"]
@@ -197,6 +197,19 @@ _stream: LogStream | None = None
 def dropped_lines() -> int:
     """Log lines the daemon could not write since it started (its stderr was gone)."""
     return _stream.dropped_lines if _stream is not None else 0
+
+
+def level_filter(level: str) -> Processor:
+    """Drop log events below `level` (after the publisher saw them)."""
+    levels = logging.getLevelNamesMapping()
+    minimum = levels[level.upper()]
+
+    def drop_below(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        if levels.get(str(event_dict.get("level", method)).upper(), logging.INFO) < minimum:
+            raise structlog.DropEvent
+        return event_dict
+
+    return drop_below
 
 
 def configure_logging(level: str = "info", fmt: Format = "auto", *, ring: LogRing | None = None,

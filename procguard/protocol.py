@@ -168,11 +168,16 @@ _ENCODER = json.JSONEncoder(check_circular=False, separators=(",", ":"))
 # ------------------------------------------------------------------------------------ endpoints
 
 
+# A daemon running as root keeps its control socket in systemd's RuntimeDirectory=procguard
+# (systemd/procguard.service); procguardctl looks there too, for members of its control_group.
+ROOT_ENDPOINT = "ipc:///run/procguard/procguard.sock"
+
+
 def default_endpoint() -> str:
     """ipc:// in a runtime directory: /run/procguard as root, else $XDG_RUNTIME_DIR or a private /tmp dir."""
     if os.geteuid() == 0:
-        runtime = "/run/procguard"
-    elif os.environ.get("XDG_RUNTIME_DIR"):
+        return ROOT_ENDPOINT
+    if os.environ.get("XDG_RUNTIME_DIR"):
         runtime = os.path.join(os.environ["XDG_RUNTIME_DIR"], "procguard")
     else:
         runtime = f"/tmp/procguard-{os.geteuid()}"
@@ -193,42 +198,3 @@ def ipc_path(endpoint: str) -> str | None:
     if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
         return endpoint[len("ipc://"):]
     return None
-
-
-class ClientSettings(NamedTuple):
-    """What procguardctl learns from the daemon's config file: where to connect and with which keys."""
-
-    endpoint: str
-    server_public_key_file: str | None = None
-    client_secret_key_file: str | None = None
-
-
-def client_settings_from_config(path: str) -> ClientSettings:
-    """Read only the [procguard] control keys of a config file (raises OSError, ValueError)."""
-    import tomllib  # only procguardctl -c needs it; keeps `procguardctl` start-up lean
-
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    section = data.get("procguard", {})
-    here = os.path.dirname(os.path.abspath(path))
-    control = section.get("control")
-    if isinstance(control, str):
-        endpoint = resolve_endpoint(control, here)
-    elif os.stat(path).st_uid == 0:
-        # No control key: the daemon uses its own default. A root-owned config is a root daemon's,
-        # whose default is /run/procguard (not the one for this client's uid).
-        endpoint = "ipc:///run/procguard/procguard.sock"
-    else:
-        endpoint = default_endpoint()
-    curve = section.get("curve", {})
-    server_public = client_secret = None
-    if isinstance(curve, dict):
-        secret = curve.get("server_secret_key")
-        if isinstance(secret, str):
-            # The public half sits beside the secret (procguardctl keygen writes NAME.key and NAME.key_secret).
-            public = os.path.join(here, secret)
-            server_public = public[: -len("_secret")] if public.endswith("_secret") else public
-        cs = curve.get("client_secret_key")
-        if isinstance(cs, str):
-            client_secret = os.path.join(here, os.path.expanduser(cs))
-    return ClientSettings(endpoint, server_public, client_secret)

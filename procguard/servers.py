@@ -10,7 +10,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-SERVERS = ("uwsgi", "gunicorn", "daphne", "uvicorn", "hypercorn")
+from procguard.config.keys import SERVERS as SERVERS  # the one list; stdlib only, shared with procguardctl
 
 
 @dataclass(frozen=True, slots=True)

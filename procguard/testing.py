@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, SocketConfig
-from procguard.engine.process import Process, ProcessState
+from procguard.engine.process import Process
+from procguard.runtime.seam import CheckRoute
 
 
 @dataclass
@@ -50,12 +51,16 @@ class FakeOS:
     discarded: list[Process] = field(default_factory=list)
     forgotten: list[Process] = field(default_factory=list)
     orphan_drains: list[tuple[Process, int, Callable[[], None]]] = field(default_factory=list)
+    tree_rss_bytes: dict[int, int] = field(default_factory=dict)  # tree_rss's answer by pid (absent: gone)
 
     async def spawn_command(self, argv: Sequence[str], **popen_kwargs: Any) -> "tuple[int, asyncio.Future[int]]":
         self.commands.append(tuple(argv))
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         done.set_result(0)
         return 10_000 + len(self.commands), done
+
+    async def tree_rss(self, pid: int) -> int | None:
+        return self.tree_rss_bytes.get(pid)
 
     def monotonic(self) -> float:
         return self.now
@@ -100,7 +105,7 @@ class FakeOS:
     def discard_next(self, process: Process) -> None:
         self.discarded.append(process)
 
-    def check_route(self, process: Process) -> None:
+    def check_route(self, process: Process) -> CheckRoute | None:
         return None
 
     def forget(self, process: Process) -> None:
@@ -146,11 +151,9 @@ def program(**over: object) -> ProgramConfig:
 
 
 def make(**over: object) -> tuple[Process, FakeOS, list[tuple[str, str]]]:
-    fos = FakeOS()
+    fos = FakeOS()  # Process() takes an OSApi: mypy --strict proves FakeOS is the whole seam
     seen: list[tuple[str, str]] = []
     prog = program(**over)
     p = Process(prog, prog.processes[0], fos, lambda proc, old, new: seen.append((str(old), str(new))))
     return p, fos, seen
 
-
-TwoGenOS = FakeOS  # the replace tests' name for the same seam

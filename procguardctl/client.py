@@ -18,6 +18,8 @@ from procguardctl import zmtp
 if TYPE_CHECKING:
     import zmq  # tcp:// only, imported there: an ipc:// request never loads pyzmq (zmtp.py)
 
+    from procguardctl.endpoint import ClientSettings
+
 # How long to wait for the connection and authentication before calling the daemon unreachable.
 CONNECT_TIMEOUT_S = 5.0
 
@@ -68,6 +70,11 @@ def _connect_unix(endpoint: str, path: str) -> _socket.socket:
         s.close()
         raise
     return s
+
+
+def _connect_limit(timeout_s: float | None) -> float:
+    """Seconds to connect and authenticate: CONNECT_TIMEOUT_S, or the whole timeout if that is shorter."""
+    return CONNECT_TIMEOUT_S if timeout_s is None else min(CONNECT_TIMEOUT_S, timeout_s)
 
 
 def _refused(endpoint: str) -> Unreachable:
@@ -137,15 +144,15 @@ def monitor_event(frames: list[bytes]) -> int:
     return int.from_bytes(frames[0][:2], sys.byteorder)
 
 
-def request(endpoint: str, cmd: str, args: dict[str, Any], timeout_s: float | None,
-            server_key_file: str | None = None, client_key_file: str | None = None,
+def request(where: "ClientSettings", cmd: str, args: dict[str, Any], timeout_s: float | None,
             on_more: Callable[[Any], None] | None = None) -> Reply:
-    """Send one command and wait for its reply.
+    """Send one command to the daemon at `where` (endpoint and CURVE keys) and wait for its reply.
 
     Raises Unreachable (no daemon, no permission, refused by authentication) and TimedOut.
     timeout_s None waits for as long as the command takes, once connected. A streamed command
     (tail -f) sends replies marked "more": each goes to on_more, without a timeout, until a last one.
     """
+    endpoint = where.endpoint
     path = ipc_path(endpoint)
     if path is not None:
         return _request_ipc(endpoint, path, cmd, args, timeout_s, on_more)
@@ -158,7 +165,7 @@ def request(endpoint: str, cmd: str, args: dict[str, Any], timeout_s: float | No
     monitor = None
     try:
         if endpoint.startswith("tcp://"):
-            _load_curve(sock, server_key_file, client_key_file, endpoint)
+            _load_curve(sock, where.server_public_key_file, where.client_secret_key_file, endpoint)
         monitor = sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
@@ -185,7 +192,7 @@ def _request_ipc(endpoint: str, path: str, cmd: str, args: dict[str, Any], timeo
     sock = _connect_unix(endpoint, path)
     try:
         dealer = zmtp.Dealer(sock, 64 * MAX_FRAME_BYTES)
-        limit = CONNECT_TIMEOUT_S if timeout_s is None else min(CONNECT_TIMEOUT_S, timeout_s)
+        limit = _connect_limit(timeout_s)
         try:
             dealer.handshake(start + limit)
         except TimeoutError:
@@ -229,7 +236,7 @@ def _await_reply(sock: "zmq.Socket[bytes]", monitor: "zmq.Socket[bytes]", endpoi
     while True:
         now = time.monotonic()
         if not connected:
-            limit = CONNECT_TIMEOUT_S if timeout_s is None else min(CONNECT_TIMEOUT_S, timeout_s)
+            limit = _connect_limit(timeout_s)
         else:
             limit = float("inf") if timeout_s is None else timeout_s
         remaining = start + limit - now

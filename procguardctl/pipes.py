@@ -2,19 +2,17 @@
 
 import functools
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import ParamSpec
 
-P = ParamSpec("P")
+from procguardctl import exits
 
-# What a shell reports for a command killed by SIGPIPE (cat, grep, ls in `... | head -1`): 128 + 13.
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+P = ParamSpec("P")
 
 
 def quiet_on_closed_pipe(main: Callable[P, int]) -> Callable[P, int]:
-    """Wrap a CLI main so a closed stdout ends it without a traceback, with exit status 141.
+    """Wrap a CLI main so a closed stdout ends it without a traceback, with exit status exits.BROKEN_PIPE.
 
     Python ignores SIGPIPE, so a write to a pipe whose reader has gone raises BrokenPipeError wherever
     it happens (a status line, a `tail -f` chunk); catching it here, once, covers every command. stdout
@@ -32,6 +30,6 @@ def quiet_on_closed_pipe(main: Callable[P, int]) -> Callable[P, int]:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
-            return EXIT_BROKEN_PIPE
+            return exits.BROKEN_PIPE
 
     return wrapper

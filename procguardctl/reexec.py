@@ -4,8 +4,8 @@ import sys
 import time
 from typing import Any
 
-from procguard.protocol import ClientSettings
 from procguardctl.client import TimedOut, Unreachable, request
+from procguardctl.endpoint import ClientSettings
 
 # The new image answers once it has adopted every process; the connection waits in the socket's backlog.
 WAIT_S = 60.0
@@ -18,8 +18,7 @@ def wait_for_new_image(where: ClientSettings, result: dict[str, Any]) -> int:
     last = ""
     while time.monotonic() < deadline:
         try:
-            reply = request(where.endpoint, "version", {}, max(0.1, deadline - time.monotonic()),
-                            where.server_public_key_file, where.client_secret_key_file)
+            reply = request(where, "version", {}, max(0.1, deadline - time.monotonic()))
         except (Unreachable, TimedOut) as exc:  # the old image's connection closed as it exec'd: again
             last = str(exc)
             time.sleep(RETRY_S)

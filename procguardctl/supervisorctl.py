@@ -12,10 +12,7 @@ from procguard.protocol import (
     E_ALREADY_ADDED, E_ALREADY_STARTED, E_BAD_SIGNAL, E_NO_SUCH_PROCESS, E_NOT_RUNNING, E_START_FAILED,
     E_STILL_RUNNING,
 )
-
-# supervisorctl's LSBInitExitStatuses and LSBStatusExitStatuses.
-GENERIC, INVALID_ARGS, NOT_RUNNING = 1, 2, 7
-STATUS_NOT_RUNNING, STATUS_UNKNOWN = 3, 4
+from procguardctl import exits
 
 SUCCESS = {"start": "started", "stop": "stopped", "signal": "signalled"}
 ERRORS = {
@@ -73,7 +70,7 @@ def actions(result: list[dict[str, Any]]) -> Printed:
             text = SUCCESS.get(action) if r.get("ok") else None
             out.lines.append(f"{name}: {text or r.get('message')}")
             if not r.get("ok"):
-                out.fail(GENERIC)
+                out.fail(exits.ERROR)
             continue
         out.lines.append(no_such(name) if error == E_NO_SUCH_PROCESS
                          else f"{name}: ERROR ({ERRORS.get(error, error)})")
@@ -82,11 +79,11 @@ def actions(result: list[dict[str, Any]]) -> Printed:
         if IGNORED.get(action) == error:
             continue
         if error in DEAD_PROGRAM:
-            out.fail(NOT_RUNNING)
+            out.fail(exits.NOT_RUNNING)
         elif error == E_NO_SUCH_PROCESS and action == "start" and group_of(name) is not None:
-            out.fail(INVALID_ARGS)
+            out.fail(exits.USAGE)
         else:
-            out.fail(GENERIC)
+            out.fail(exits.ERROR)
     out.notes = tuple(notes)
     return out
 
@@ -97,13 +94,13 @@ def request_failed(command: str, code: str, names: Iterable[str]) -> Printed | N
     if command not in PER_PROCESS:
         return None
     if code == E_BAD_SIGNAL and command == "signal":
-        return Printed([f"{n}: ERROR (bad signal name)" for n in names], GENERIC)
+        return Printed([f"{n}: ERROR (bad signal name)" for n in names], exits.ERROR)
     if code != E_NO_SUCH_PROCESS:
         return None
     if command == "status":
-        return Printed([no_such(n) for n in names], STATUS_UNKNOWN)
+        return Printed([no_such(n) for n in names], exits.UNKNOWN)
     if command == "pid":
-        return Printed([f"No such process {n}" for n in names], GENERIC)
+        return Printed([f"No such process {n}" for n in names], exits.ERROR)
     action = {"restart": "start", "reload-app": "reload_app"}.get(command, command)
     return actions([{"name": n, "action": action, "ok": False, "error": E_NO_SUCH_PROCESS} for n in names])
 
@@ -114,11 +111,11 @@ def pids(result: list[dict[str, Any]], names: list[str]) -> Printed:
     for r in result:
         if r.get("error") == E_NO_SUCH_PROCESS:
             out.lines.append(f"No such process {r.get('name')}")
-            out.fail(GENERIC)
+            out.fail(exits.ERROR)
             continue
         out.lines.append(str(r.get("pid") or 0))
         if not r.get("pid") and "all" not in names:
-            out.fail(NOT_RUNNING)
+            out.fail(exits.NOT_RUNNING)
     return out
 
 
@@ -133,7 +130,7 @@ def update(result: dict[str, list[str]]) -> Printed:
     out = Printed([])
     for name in result.get("unknown", []):
         out.lines.append(f"ERROR: no such group: {name}")
-        out.fail(GENERIC)
+        out.fail(exits.ERROR)
     for name in result.get("removed", []):
         out.lines += [f"{name}: stopped", f"{name}: removed process group"]
     for name in result.get("changed", []):
@@ -152,8 +149,13 @@ def add_remove(command: str, result: list[dict[str, Any]]) -> Printed:
             out.lines.append("ERROR: process group already active")  # not a failure for supervisorctl
         elif error == E_STILL_RUNNING:
             out.lines.append(f"ERROR: process/group still running: {name}")
-            out.fail(GENERIC)
+            out.fail(exits.ERROR)
         else:
             out.lines.append(f"ERROR: no such process/group: {name}")
-            out.fail(GENERIC)
+            out.fail(exits.ERROR)
     return out
+
+
+def bad_argument(arg: str) -> Printed:
+    """supervisorctl's words and exit status for an argument it cannot read (maintail 100)."""
+    return Printed([f"Error: bad argument {arg}"], exits.ERROR)

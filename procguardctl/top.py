@@ -24,12 +24,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from procguard.protocol import ClientSettings
-from procguardctl.__main__ import human_bytes as ctl_human_bytes
+from procguard.protocol import E_UNKNOWN_COMMAND
+from procguardctl import render
 from procguardctl.client import TimedOut, Unreachable, request
+from procguardctl.endpoint import ClientSettings
 
 if TYPE_CHECKING:
     import curses
@@ -70,8 +71,7 @@ class Model:
         self.busy: set[str] = set()
 
     def _ask(self, cmd: str, args: dict[str, Any], timeout_s: float | None) -> Any:
-        reply = request(self.where.endpoint, cmd, args, timeout_s, self.where.server_public_key_file,
-                        self.where.client_secret_key_file)
+        reply = request(self.where, cmd, args, timeout_s)
         if not reply.ok:
             raise CommandFailed(reply.code or "error", reply.message or "")
         return reply.result
@@ -120,12 +120,12 @@ class Model:
         try:
             result = self._ask("events", args, self.timeout_s)
         except CommandFailed as exc:
-            if exc.code == "unknown_command":
+            if exc.code == E_UNKNOWN_COMMAND:
                 self.events_note = "(this daemon has no events command: upgrade it to see events here)"
             else:
                 self.events_note = f"(events: {exc.message})"
             return
-        self.events = [format_event(e) for e in result.get("events", [])][-EVENTS:]
+        self.events = [render.event_line(e, short_time=True) for e in result.get("events", [])][-EVENTS:]
 
     def _refresh_tail(self, name: str) -> None:
         try:
@@ -180,13 +180,11 @@ class CommandFailed(Exception):
 
 
 def human_bytes(n: float | None) -> str:
-    return ctl_human_bytes(n, ("B", "K", "M", "G"))
+    return render.human_bytes(n, ("B", "K", "M", "G"))
 
 
 def uptime(st: dict[str, Any]) -> str:
-    if st.get("uptime_s") is None:
-        return "-"
-    return str(timedelta(seconds=int(st["uptime_s"])))
+    return "-" if st.get("uptime_s") is None else render.uptime(int(st["uptime_s"]))
 
 
 def sparkline(values: "deque[float]", bars: str, floor: float = 0.0, relative: bool = False) -> str:
@@ -198,17 +196,6 @@ def sparkline(values: "deque[float]", bars: str, floor: float = 0.0, relative: b
     span = hi - lo
     top = len(bars) - 1
     return "".join(bars[0 if span <= 0 else min(top, int((v - lo) / span * top + 0.5))] for v in values)
-
-
-def format_event(e: dict[str, Any]) -> str:
-    """One event as `procguardctl events` prints it (docs/observability.md): time, who, name, fields."""
-    when = datetime.fromtimestamp(float(e.get("time") or 0)).strftime("%H:%M:%S")
-    who = e.get("process") or e.get("program") or "procguard"
-    pid = f" pid {e['pid']}" if e.get("pid") else ""
-    from procguardctl.__main__ import logfmt  # as `procguardctl events` writes a field
-
-    fields = "".join(f" {k}={logfmt(v)}" for k, v in (e.get("fields") or {}).items())
-    return f"{when} {who}{pid} {e.get('event')}{fields}"
 
 
 COLUMNS = (("NAME", 0), ("STATE", 9), ("HEALTH", 9), ("PID", 7), ("UPTIME", 9), ("CPU%", 6), ("RSS", 8),
@@ -301,11 +288,12 @@ class Screen:
         if c.has_colors():
             c.start_color()
             c.use_default_colors()
-            for i, (state, colour) in enumerate((("RUNNING", c.COLOR_GREEN), ("STARTING", c.COLOR_YELLOW),
-                                                 ("BACKOFF", c.COLOR_YELLOW), ("STOPPING", c.COLOR_YELLOW),
-                                                 ("EXITED", c.COLOR_RED), ("FATAL", c.COLOR_RED)), start=1):
+            pairs = {}
+            for i, (name, colour) in enumerate((("green", c.COLOR_GREEN), ("yellow", c.COLOR_YELLOW),
+                                                ("red", c.COLOR_RED)), start=1):
                 c.init_pair(i, colour, -1)
-                self.colours[state] = c.color_pair(i)
+                pairs[name] = c.color_pair(i)
+            self.colours = {state: pairs[name] for state, name in render.STATE_COLOURS.items()}
 
     def run(self) -> int:
         self.setup()
@@ -405,21 +393,17 @@ class Screen:
 
 
 def run(where: ClientSettings, ns: argparse.Namespace) -> int:
-    """procguardctl top: full screen on a capable terminal, else (or with --plain) a plain table."""
+    """procguardctl top: full screen on a capable terminal, else (or with --plain) a plain table.
+
+    Raises Unreachable and TimedOut (the first refresh, or any in the plain table) for the caller to report.
+    """
     model = Model(where, list(ns.names), timeout_s=10.0)
-    try:
-        model.refresh()  # fail fast, before the screen is taken over, when the daemon is not there
-    except (Unreachable, TimedOut) as exc:
-        print(f"procguardctl: {exc}", file=sys.stderr)
-        return 4 if isinstance(exc, Unreachable) else 1
+    model.refresh()  # fail fast, before the screen is taken over, when the daemon is not there
     if ns.plain or is_dumb_terminal():
         try:
             return run_plain(model, ns.delay, ns.iterations)
         except KeyboardInterrupt:
             return 0
-        except (Unreachable, TimedOut) as exc:
-            print(f"procguardctl: {exc}", file=sys.stderr)
-            return 4 if isinstance(exc, Unreachable) else 1
     import curses
 
     locale.setlocale(locale.LC_ALL, "")  # curses draws UTF-8 only under a UTF-8 locale

@@ -12,18 +12,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from procguard.config.model import (
-    AlertConfig, AlertTrigger, AlertType, SmtpSecurity, _Bad, _did_you_mean, parse_duration,
-)
+from procguard.config.tables import TableIssues, named_tables
+from procguard.config.keys import ALERT_COMMON_KEYS as COMMON_KEYS, ALERT_KEYS as ALL_KEYS, ALERT_TYPE_KEYS as TYPE_KEYS
+from procguard.config.model import AlertConfig, AlertTrigger, AlertType, SmtpSecurity, default_of
+from procguard.config.values import Bad, did_you_mean, parse_duration
 from procguard.errors import ConfigIssue
 
-COMMON_KEYS = frozenset({"type", "events", "programs", "crash_loop_exits", "crash_loop_window", "batch_window",
-                         "retries", "timeout", "recovery", "ca_file"})
-TYPE_KEYS = {
-    AlertType.WEBHOOK: frozenset({"url"}),
-    AlertType.EMAIL: frozenset({"smtp", "security", "credentials_file", "from", "to", "subject_prefix"}),
-}
-ALL_KEYS = COMMON_KEYS | TYPE_KEYS[AlertType.WEBHOOK] | TYPE_KEYS[AlertType.EMAIL]
 _ADDRESS_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+")
 _HOST_PORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?$")
 _LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
@@ -33,35 +27,20 @@ def parse_alerts(files: list[tuple[str, dict[str, Any]]], programs: set[str],
                  issues: list[ConfigIssue]) -> tuple[AlertConfig, ...]:
     """Every [alert.NAME] of the main file and its includes, each defined once."""
     alerts: list[AlertConfig] = []
-    defined_in: dict[str, str] = {}
-    for source, content in files:
-        tables = content.get("alert", {})
-        if not isinstance(tables, dict):
-            issues.append(ConfigIssue(source, None, "alert", "expected [alert.NAME] tables"))
-            continue
-        for name, table in tables.items():
-            if name in defined_in:
-                issues.append(ConfigIssue(source, None, f"alert.{name}", f"defined twice: also in {defined_in[name]}"))
-                continue
-            defined_in[name] = source
-            alert = _parse_alert(name, table, source, programs, issues)
-            if alert is not None:
-                alerts.append(alert)
+    for source, name, table in named_tables("alert", files, issues, {}):
+        alert = _parse_alert(name, table, source, programs, issues)
+        if alert is not None:
+            alerts.append(alert)
     return tuple(alerts)
 
 
 def _parse_alert(name: str, table: object, source: str, programs: set[str],
                  issues: list[ConfigIssue]) -> AlertConfig | None:
-    n_before = len(issues)
-
-    def bad(key: str, message: str) -> None:
-        issues.append(ConfigIssue(source, None, f"alert.{name}.{key}", message))
-
-    if not isinstance(table, dict):
-        issues.append(ConfigIssue(source, None, f"alert.{name}", "expected a table"))
+    found = TableIssues("alert", name, source, issues)
+    bad = found.bad
+    table = found.check(table, ALL_KEYS)
+    if table is None:
         return None
-    for key in sorted(set(table) - ALL_KEYS):
-        bad(key, "unknown key" + _did_you_mean(key, ALL_KEYS))
     try:
         kind = AlertType(str(table.get("type")))
     except ValueError:
@@ -71,6 +50,25 @@ def _parse_alert(name: str, table: object, source: str, programs: set[str],
         bad(key, f"does not apply to type = {kind.value!r}")
 
     values: dict[str, Any] = {}  # only the keys given: the dataclass holds the defaults
+    _parse_selection(table, programs, values, bad)
+    _parse_timing(table, values, bad)
+    if kind == AlertType.WEBHOOK:
+        url = table.get("url")
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            bad("url", f'expected "https://host/path" (or http://), got {url!r}')
+        else:
+            values["url"] = url
+    else:
+        _parse_email(table, values, bad)
+    if not found.is_valid:
+        return None
+    return AlertConfig(name=name, source=source, type=kind, **values)
+
+
+def _parse_selection(table: dict[str, Any], programs: set[str], values: dict[str, Any],
+                     bad: Callable[[str, str], None]) -> None:
+    """events and programs: what the alert is about."""
     if "events" in table:
         events = table["events"]
         known = ", ".join(t.value for t in AlertTrigger)
@@ -91,8 +89,12 @@ def _parse_alert(name: str, table: object, source: str, programs: set[str],
         else:
             for p in progs:
                 if p not in programs:
-                    bad("programs", f"no such program {p!r}" + _did_you_mean(p, frozenset(programs)))
+                    bad("programs", f"no such program {p!r}" + did_you_mean(p, frozenset(programs)))
             values["programs"] = tuple(progs)
+
+
+def _parse_timing(table: dict[str, Any], values: dict[str, Any], bad: Callable[[str, str], None]) -> None:
+    """Crash-loop detection, batching, delivery (retries, timeout, ca_file) and recovery notices."""
     for key, minimum in (("crash_loop_exits", 1), ("retries", 0)):
         if key in table:
             v = table[key]
@@ -104,7 +106,7 @@ def _parse_alert(name: str, table: object, source: str, programs: set[str],
         if key in table:
             try:
                 values[key] = parse_duration(table[key])
-            except _Bad as exc:
+            except Bad as exc:
                 bad(key, str(exc))
             else:
                 if key != "batch_window" and values[key] <= 0:
@@ -114,7 +116,6 @@ def _parse_alert(name: str, table: object, source: str, programs: set[str],
             bad("recovery", f"expected true or false, got {table['recovery']!r}")
         else:
             values["recovery"] = table["recovery"]
-
     if "ca_file" in table:
         ca_file = table["ca_file"]
         if not isinstance(ca_file, str) or not os.path.isabs(ca_file):
@@ -123,33 +124,23 @@ def _parse_alert(name: str, table: object, source: str, programs: set[str],
             bad("ca_file", f"{ca_file}: no such file")
         else:
             values["ca_file"] = ca_file
-    if kind == AlertType.WEBHOOK:
-        url = table.get("url")
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            bad("url", f'expected "https://host/path" (or http://), got {url!r}')
-        else:
-            values["url"] = url
-    else:
-        _parse_email(table, values, bad)
-    if len(issues) != n_before:
-        return None
-    return AlertConfig(name=name, source=source, type=kind, **values)
 
 
 def _parse_email(table: dict[str, Any], values: dict[str, Any], bad: Callable[[str, str], None]) -> None:
     """The email keys: smarthost, TLS, credentials (from a private file), addresses."""
-    smtp = table.get("smtp", "localhost:25")
-    m = _HOST_PORT_RE.match(smtp) if isinstance(smtp, str) else None
-    if m is None:
-        bad("smtp", f'expected "host" or "host:port", got {smtp!r}')
-        host = None
-    else:
-        host = m.group(1)
-        values["smtp_host"] = host.strip("[]")
-        if m.group(2):
-            values["smtp_port"] = int(m.group(2))
-    security = SmtpSecurity.NONE
+    host: str | None = default_of(AlertConfig, "smtp_host")
+    if "smtp" in table:
+        smtp = table["smtp"]
+        m = _HOST_PORT_RE.match(smtp) if isinstance(smtp, str) else None
+        if m is None:
+            bad("smtp", f'expected "host" or "host:port", got {smtp!r}')
+            host = None
+        else:
+            host = m.group(1)
+            values["smtp_host"] = host.strip("[]")
+            if m.group(2):
+                values["smtp_port"] = int(m.group(2))
+    security: SmtpSecurity = default_of(AlertConfig, "security")
     if "security" in table:
         try:
             values["security"] = security = SmtpSecurity(table["security"])

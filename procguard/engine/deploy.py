@@ -5,49 +5,49 @@ generation, numprocs rolled a batch at a time) and every other overlapping repla
 that changes the program, health / max_age / max_memory recycles). Each process's replace is a
 `replace.Replacement`; this module creates the next generation's `Process`, waits for the outcome under
 the program's lock, swaps the next generation into the program's list, and keeps each process's last
-outcome for status. It is the supervisor's friend: it uses its program table, locks and waiters.
+outcome for status. It works on the supervisor's registry (program table and locks) and its changes.
 """
 
 import asyncio
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 import structlog
 
-from procguard.config.model import ProgramConfig
-from procguard.engine.process import (
-    RESTING_STATES, Process, ProcessState, ProcessStatus, ReplaceOutcome, ReplacePhase, ReplaceTrigger,
-)
+from procguard.config.model import ProcessConfig, ProgramConfig
+from procguard.engine.actions import start_procs, stop_procs
+from procguard.engine.changes import Changes
+from procguard.engine.ordering import Ordering
+from procguard.engine.process import Process
+from procguard.engine.records import ActionResult, ProcessStatus, ReplaceOutcome, snapshot
+from procguard.engine.registry import Registry
 from procguard.engine.replace import Replacement
-
-if TYPE_CHECKING:
-    from procguard.engine.supervisor import Supervisor
+from procguard.engine.states import RESTING_STATES, ProcessState, ReplacePhase, ReplaceTrigger
+from procguard.runtime.seam import OSApi
 
 log = structlog.get_logger()
 
 
-@dataclass(frozen=True, slots=True)
-class DeployResult:
-    """What a deploy (or an overlapping restart) did to one process."""
-
-    name: str
-    ok: bool
-    state: ProcessState
-    message: str
-    pid: int | None
-    generation: int
-    step: ReplacePhase  # SUCCEEDED, or where it stopped
-    overlapped: bool  # False: stopped, then started (restart_strategy = "recreate", or no held sockets)
-    tried: int | None = None  # the next generation that failed (its own output is the reply's `output`)
+def _result(p: Process, ok: bool, message: str, step: ReplacePhase, *, overlapped: bool,
+            tried: int | None = None) -> ActionResult:
+    """What a deploy (or an overlapping restart) did to process p."""
+    return ActionResult(p.name, ok, p.state, message, pid=p.pid, generation=p.generation, step=step,
+                        overlapped=overlapped, tried=tried)
 
 
 class Deployer:
     """Overlapping replaces for one Supervisor."""
 
-    def __init__(self, sup: "Supervisor") -> None:
-        self._sup = sup
+    def __init__(self, registry: Registry, changes: Changes, ordering: Ordering, osapi: OSApi,
+                 new_process: Callable[[ProgramConfig, ProcessConfig], Process],
+                 own: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+        self._reg = registry
+        self._changes = changes
+        self._ordering = ordering
+        self._os = osapi
+        self._new_process = new_process  # a Process wired to the supervisor (state changes, events)
+        self._own = own  # runs a background task the supervisor owns
         self._running: dict[Process, Replacement] = {}  # by current and by next generation
         self.outcomes: dict[str, ReplaceOutcome] = {}  # by process name
         self._closing = False  # the daemon is stopping: no replace begins any more
@@ -55,7 +55,7 @@ class Deployer:
     # ------------------------------------------------------------------------------ engine glue
 
     def changed(self, proc: Process, new: ProcessState) -> None:
-        """Every state change of every process (Supervisor._on_change) reaches its replace here."""
+        """Every state change of every process (Supervisor.on_change) reaches its replace here."""
         r = self._running.get(proc)
         if r is None:
             return
@@ -77,7 +77,7 @@ class Deployer:
     def annotate(self, st: ProcessStatus, proc: Process, now_m: float, now_w: float) -> ProcessStatus:
         """The status of a process with its next generation (while a replace runs) and last outcome."""
         r = self._running.get(proc)
-        nxt = r.next.status(now_m, now_w) if r is not None and not r.done else None
+        nxt = snapshot(r.next, now_m, now_w) if r is not None and not r.done else None
         phase = r.phase if r is not None and not r.done else None
         return st._replace(next=nxt, replace_phase=phase, last_deploy=self.outcomes.get(proc.name))
 
@@ -91,12 +91,12 @@ class Deployer:
         """Process.on_replace: a health / max_age / max_memory recycle, replaced in the background."""
         if proc in self._running:
             return True  # a replace is under way already
-        self._sup._own(self._recycle(proc, why, trigger))
+        self._own(self._recycle(proc, why, trigger))
         return True
 
     async def _recycle(self, proc: Process, why: str, trigger: ReplaceTrigger) -> None:
-        async with self._sup._locks[proc.program.name]:
-            if proc not in self._sup._programs.get(proc.program.name, []) or proc.state != ProcessState.RUNNING:
+        async with self._reg.lock(proc.program.name):
+            if proc not in self._reg.get(proc.program.name) or proc.state != ProcessState.RUNNING:
                 return
             log.info("process_replacing", program=proc.program.name, process=proc.name, reason=why)
             result = await self.replace(proc, trigger)
@@ -106,21 +106,17 @@ class Deployer:
 
     # ----------------------------------------------------------------------------------- replace
 
-    async def replace(self, proc: Process, trigger: ReplaceTrigger, program: ProgramConfig | None = None) -> DeployResult:
+    async def replace(self, proc: Process, trigger: ReplaceTrigger, program: ProgramConfig | None = None) -> ActionResult:
         """Replace one RUNNING process by its next generation (with `program`: a reload's new config).
 
         The caller holds the program's lock. Returns when the next generation serves and the current one
         has stopped, or when the next generation failed and is gone.
         """
-        sup = self._sup
         if self._closing:
-            return DeployResult(proc.name, False, proc.state, "procguard is shutting down", proc.pid, proc.generation,
-                                ReplacePhase.PREPARING, True)
+            return _result(proc, False, "procguard is shutting down", ReplacePhase.PREPARING, overlapped=True)
         program = program or proc.program
         config = next(pc for pc in program.processes if pc.name == proc.name)
-        nxt = Process(program, config, sup._os, sup._on_change)
-        nxt.on_event = sup._on_event
-        nxt.on_replace = self.recycle
+        nxt = self._new_process(program, config)
         done = asyncio.Event()
 
         def on_phase(r: Replacement) -> None:
@@ -128,7 +124,7 @@ class Deployer:
             if r.done:
                 done.set()
 
-        r = Replacement(proc, nxt, sup._os, trigger, on_phase)
+        r = Replacement(proc, nxt, self._os, trigger, on_phase)
         self._running[proc] = self._running[nxt] = r
         log.info("deploy_started", program=program.name, process=proc.name, generation=nxt.generation,
                  pid=None, previous_pid=proc.pid, trigger=str(trigger))
@@ -140,10 +136,10 @@ class Deployer:
             self._running.pop(nxt, None)
         ok = r.phase == ReplacePhase.SUCCEEDED
         if ok:
-            procs = sup._programs.get(program.name, [])
+            procs = self._reg.get(program.name)
             if proc in procs:
                 procs[procs.index(proc)] = nxt
-            sup._os.forget(proc)
+            self._os.forget(proc)
         self.outcomes[proc.name] = ReplaceOutcome(
             at=time.time(), ok=ok, trigger=trigger, generation=nxt.generation, pid=nxt.pid if ok else r.next.pid,
             step=ReplacePhase.SUCCEEDED if ok else r.failed_in, reason=r.reason)
@@ -151,14 +147,14 @@ class Deployer:
         message = (f"generation {nxt.generation} (pid {nxt.pid}) took over from pid {proc.pid}" if ok
                    else f"generation {nxt.generation} failed while {r.failed_in}: {r.reason}; "
                         f"generation {proc.generation} (pid {proc.pid}) still serves")
-        return DeployResult(serving.name, ok, serving.state, message, serving.pid, serving.generation,
-                            ReplacePhase.SUCCEEDED if ok else r.failed_in, True, None if ok else nxt.generation)
+        return _result(serving, ok, message, ReplacePhase.SUCCEEDED if ok else r.failed_in, overlapped=True,
+                       tried=None if ok else nxt.generation)
 
     async def replace_procs(self, procs: list[Process], trigger: ReplaceTrigger,
-                            program: ProgramConfig | None = None) -> list[DeployResult]:
+                            program: ProgramConfig | None = None) -> list[ActionResult]:
         """Replace procs (of one program, lock held): overlapping where it can, a batch (roll_batch) at a time,
         each gated on the readiness of the one before; the first failure stops the roll."""
-        results: list[DeployResult] = []
+        results: list[ActionResult] = []
         prog = program or (procs[0].program if procs else None)
         if prog is None:
             return results
@@ -173,27 +169,25 @@ class Deployer:
             results.extend(done)
             if not all(r.ok for r in done):
                 rest = running[i + batch:]
-                results.extend(DeployResult(p.name, False, p.state, "not replaced: the roll stopped at a failure",
-                                            p.pid, p.generation, ReplacePhase.PREPARING, True) for p in rest)
+                results.extend(_result(p, False, "not replaced: the roll stopped at a failure",
+                                       ReplacePhase.PREPARING, overlapped=True) for p in rest)
                 return results
         if others:
             # Nothing serves there to keep: start them (a deploy also brings up what was down).
             results.extend(await self._recreate(others, trigger))
         return results
 
-    async def _recreate(self, procs: list[Process], trigger: ReplaceTrigger) -> list[DeployResult]:
+    async def _recreate(self, procs: list[Process], trigger: ReplaceTrigger) -> list[ActionResult]:
         """Stop, then start (restart_strategy = "recreate", no held sockets, or nothing running)."""
-        sup = self._sup
-        await sup._stop_procs(procs, drain=True)
-        started = await sup._start_procs(procs)
+        await stop_procs(procs, self._changes, drain=True)
+        started = await start_procs(procs, self._changes, self._os.monotonic)
         results = []
         for p, r in zip(procs, started):
-            ok = sup._satisfied(p)  # RUNNING, or a one-shot job that completed
+            ok = p.is_satisfied  # RUNNING, or a one-shot job that completed
             step = ReplacePhase.SUCCEEDED if ok else ReplacePhase.STARTING
             self.outcomes[p.name] = ReplaceOutcome(at=time.time(), ok=ok, trigger=trigger, generation=p.generation,
                                                    pid=p.pid, step=step, reason="" if ok else r.message)
-            results.append(DeployResult(p.name, ok, p.state, p.reason if ok and not r.ok else r.message, p.pid,
-                                        p.generation, step, False))
+            results.append(_result(p, ok, p.reason if ok and not r.ok else r.message, step, overlapped=False))
         return results
 
     def abort(self, procs: list[Process], reason: str) -> None:
@@ -205,41 +199,32 @@ class Deployer:
 
     # ------------------------------------------------------------------------------------ deploy
 
-    async def deploy(self, names: Iterable[str]) -> list[DeployResult]:
+    async def deploy(self, names: Iterable[str]) -> list[ActionResult]:
         """`procguardctl deploy`: for each named program in dependency order, its one-shot dependencies
         again (the first failure stops the deploy before any service is touched), then its processes
         replaced. Stops at the first program whose next generation failed."""
-        sup = self._sup
-        procs = sup.resolve(names)
         wanted: dict[str, list[Process]] = {}
-        for p in procs:
+        for p in self._reg.resolve(names):
             wanted.setdefault(p.program.name, []).append(p)
-        results: list[DeployResult] = []
+        results: list[ActionResult] = []
         stopped_at: str | None = None
         jobs_run: set[str] = set()  # each one-shot job runs once per deploy
-        for name in self._dependency_order(list(wanted)):
+        for name in self._ordering.dependency_order(list(wanted)):
             if stopped_at is not None:
-                results.extend(DeployResult(p.name, False, p.state, f"not deployed: {stopped_at}", p.pid,
-                                            p.generation, ReplacePhase.JOBS, False) for p in wanted[name])
+                results.extend(_result(p, False, f"not deployed: {stopped_at}", ReplacePhase.JOBS, overlapped=False)
+                               for p in wanted[name])
                 continue
             if name in jobs_run:
-                results.extend(DeployResult(p.name, True, p.state, f"ran again as a dependency ({p.reason})", p.pid,
-                                            p.generation, ReplacePhase.SUCCEEDED, False) for p in wanted[name])
+                results.extend(_result(p, True, f"ran again as a dependency ({p.reason})", ReplacePhase.SUCCEEDED,
+                                       overlapped=False) for p in wanted[name])
                 continue
             ok, why = await self._jobs_again(name, jobs_run)
             if not ok:
                 stopped_at = f"{name}'s {why}"
-                for p in wanted[name]:
-                    log.warning("deploy_failed", program=name, process=p.name, generation=p.generation + 1, pid=p.pid,
-                                step=str(ReplacePhase.JOBS), reason=why, trigger=str(ReplaceTrigger.DEPLOY))
-                    self.outcomes[p.name] = ReplaceOutcome(
-                        at=time.time(), ok=False, trigger=ReplaceTrigger.DEPLOY, generation=p.generation + 1,
-                        pid=None, step=ReplacePhase.JOBS, reason=why)
-                    results.append(DeployResult(p.name, False, p.state, f"{why}; nothing was replaced", p.pid,
-                                                p.generation, ReplacePhase.JOBS, False))
+                results.extend(self._jobs_failed(name, wanted[name], why))
                 continue
-            async with sup._locks[name]:
-                live = [p for p in sup._programs.get(name, []) if p.name in {w.name for w in wanted[name]}]
+            async with self._reg.lock(name):
+                live = [p for p in self._reg.get(name) if p.name in {w.name for w in wanted[name]}]
                 done = await self.replace_procs(live, ReplaceTrigger.DEPLOY)
             results.extend(done)
             if not all(r.ok for r in done):
@@ -248,59 +233,37 @@ class Deployer:
                 jobs_run.add(name)  # named itself, and it ran: its dependents need not run it again
         return results
 
-    def _dependency_order(self, names: list[str]) -> list[str]:
-        """names with every program after the named programs it depends on (transitively); else config order."""
-        order: list[str] = []
-
-        def deps(n: str) -> tuple[str, ...]:
-            procs = self._sup._programs.get(n)
-            return procs[0].program.depends_on if procs else ()
-
-        def visit(n: str, seen: frozenset[str]) -> None:
-            if n in order or n in seen:
-                return
-            for d in deps(n):
-                visit(d, seen | {n})
-            if n in names:
-                order.append(n)
-
-        for n in names:
-            visit(n, frozenset())
-        return order
+    def _jobs_failed(self, name: str, procs: list[Process], why: str) -> list[ActionResult]:
+        """A job of program `name` failed: nothing of procs is replaced; log and keep the outcome."""
+        results = []
+        for p in procs:
+            log.warning("deploy_failed", program=name, process=p.name, generation=p.generation + 1, pid=p.pid,
+                        step=str(ReplacePhase.JOBS), reason=why, trigger=str(ReplaceTrigger.DEPLOY))
+            self.outcomes[p.name] = ReplaceOutcome(
+                at=time.time(), ok=False, trigger=ReplaceTrigger.DEPLOY, generation=p.generation + 1,
+                pid=None, step=ReplacePhase.JOBS, reason=why)
+            results.append(_result(p, False, f"{why}; nothing was replaced", ReplacePhase.JOBS, overlapped=False))
+        return results
 
     async def _jobs_again(self, name: str, jobs_run: set[str]) -> tuple[bool, str]:
         """Run `name`'s one-shot dependencies again (transitively, dependencies first; those in jobs_run
         already ran in this deploy), then make sure its other dependencies are up; (False, why) at the
         first that fails."""
-        sup = self._sup
-        jobs: list[str] = []
-
-        def visit(n: str) -> None:
-            procs = sup._programs.get(n)
-            for d in procs[0].program.depends_on if procs else ():
-                dep = sup._programs.get(d)
-                if d not in jobs and dep:
-                    visit(d)
-                    if dep[0].program.type == "oneshot" and d not in jobs:
-                        jobs.append(d)
-
-        visit(name)
-        for job in [j for j in jobs if j not in jobs_run]:
-            async with sup._locks[job]:
-                procs = sup._programs.get(job, [])
+        for job in [j for j in self._ordering.jobs_of(name) if j not in jobs_run]:
+            async with self._reg.lock(job):
+                procs = self._reg.get(job)
                 log.info("deploy_step", program=name, step=str(ReplacePhase.JOBS), job=job,
                          trigger=str(ReplaceTrigger.DEPLOY), generation=None, pid=None)
                 for p in procs:
                     if p.state in RESTING_STATES or p.state == ProcessState.BACKOFF:
                         p.stop()  # BACKOFF -> STOPPED; a resting one stays
                         p.start()
-                await sup._wait(procs, lambda p: sup._satisfied(p) or sup._given_up(p))
-                failed = [p for p in procs if not sup._satisfied(p)]
+                await self._changes.until(procs, lambda p: p.is_satisfied or p.has_given_up)
+                failed = [p for p in procs if not p.is_satisfied]
                 if failed:
                     return False, f"job {job} failed: {failed[0].reason}"
                 jobs_run.add(job)
-        memo: dict[str, "asyncio.Task[tuple[bool, str]]"] = {}
-        ok, why = await sup._dependencies_up(name, memo)
-        for task in memo.values():
-            task.cancel()
-        return ok, why
+        return await self._ordering.dependencies_ready(name)
+
+
+__all__ = ["Deployer"]

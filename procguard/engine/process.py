@@ -12,231 +12,22 @@ Events: `start`, `stop`, `spawned`, `spawn_failed`, `exited`, `child_reaped`, an
 itself through the seam. Every transition is reported to `on_change(process, old, new)`.
 """
 
-import enum
 import random
 import signal
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterable
 
-from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, Ready, SocketConfig
+from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, Ready
+from procguard.engine.orphans import OrphanGroups
+from procguard.engine.stopping import StopSequence
+from procguard.engine.states import (
+    RESTING_STATES, ExitReason, Health, Hold, ProcessState, ReplaceTrigger, StopIntent,
+)
+from procguard.runtime.seam import OSApi, Timer, describe_exit
 
-if TYPE_CHECKING:
-    import asyncio
-
-
-class ProcessState(enum.StrEnum):
-    STOPPED = "STOPPED"
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    BACKOFF = "BACKOFF"
-    STOPPING = "STOPPING"
-    EXITED = "EXITED"
-    FATAL = "FATAL"
-
-
-class ExitReason(enum.StrEnum):
-    """How a process's leader ended, for the exits counter (metrics: procguard_process_exits_total)."""
-
-    EXPECTED = "expected"  # ran, exited with a code in exitcodes (a oneshot that completed)
-    UNEXPECTED = "unexpected"  # ran, exited with a code not in exitcodes
-    SIGNAL = "signal"  # ran, killed by a signal procguard did not send (the OOM killer, kill -9)
-    EARLY = "early"  # exited before it was ready (startsecs, READY=1, health check) or a oneshot failed
-    STOPPED = "stopped"  # exited while procguard was stopping it
-
-
-# Stop signals that need no SIGCONT after them to reach a stopped process.
-_WAKES_ITSELF = frozenset({signal.SIGKILL, signal.SIGCONT})
-
-# States from which a process is not running and no timer will start it by itself.
-RESTING_STATES = frozenset({ProcessState.STOPPED, ProcessState.EXITED, ProcessState.FATAL})
-
-
-class _Scan(enum.Enum):
-    """Which stray scan of a stop is under way."""
-
-    FIRST = enum.auto()  # at the stop signal, while the leader may still live
-    SWEEP = enum.auto()  # once the leader, its group and every known stray are gone
-
-
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class CheckRoute:
-    """How a health check reaches one next generation rather than the current one (docs/deploys.md).
-
-    TCP: a check whose port is in tcp_ports connects from 127.0.0.1 (or ::1) and one of source_ports,
-    which the held socket's reuseport program sends to the next generation's socket. Unix: a check of
-    a public path goes to the private path the next generation listens on until the switch.
-    """
-
-    source_ports: tuple[int, ...] = ()
-    tcp_ports: frozenset[int] = frozenset()
-    unix_paths: tuple[tuple[str, str], ...] = ()  # (public path, private path)
-
-    def unix_path(self, path: str) -> str:
-        return dict(self.unix_paths).get(path, path)
-
-
-class ReplaceTrigger(enum.StrEnum):
-    """Why a process is being replaced by its next generation."""
-
-    DEPLOY = "deploy"
-    RESTART = "restart"
-    RELOAD = "reload"
-    HEALTH = "health"
-    MAX_AGE = "max_age"
-    MAX_MEMORY = "max_memory"
-
-
-class HeldSockets(Protocol):
-    """The held sockets of the config in force (sockets.SocketSet)."""
-
-    def apply(self, configs: tuple[SocketConfig, ...], users: dict[str, int] | None = None) -> None:
-        """Bind new or changed sockets, close removed ones; raise SocketError (and change nothing) when one
-        cannot be bound. users: how many processes each socket is passed to."""
-        ...
-
-
-class OSApi(Protocol):
-    """What the state machine (and the supervisor around it) needs from the world. `osapi.RealOS` is the
-    real one."""
-
-    @property
-    def sockets(self) -> HeldSockets:
-        """The held sockets (a reload applies the new config's to them)."""
-        ...
-
-    async def spawn_command(self, argv: Sequence[str], **popen_kwargs: Any) -> "tuple[int, asyncio.Future[int]]":
-        """Start a helper command (an exec health check) off the loop; its pid and a future of its exit code
-        (health.CommandSpawner)."""
-        ...
-
-    def monotonic(self) -> float: ...
-
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer: ...
-
-    def spawn(self, process: "Process") -> None:
-        """Start the child off-loop; later call process.spawned(pid) or process.spawn_failed(reason)."""
-        ...
-
-    def send_signal(self, pid: int, sig: int, *, group: bool) -> None:
-        """Signal pid (or its process group); a process already gone is not an error."""
-        ...
-
-    def is_group_alive(self, pgid: int) -> bool: ...
-
-    def is_alive(self, pid: int) -> bool: ...
-
-    def find_strays(self, process: "Process", *, leader: int | None) -> None:
-        """Look (off-loop) for the process's descendants that left its process group.
-
-        Walks the descendants of `leader` (None once the leader has been reaped: its pid may be reused)
-        and the daemon's orphans carrying the process's PROCGUARD_PROCESS marker, with their descendants.
-        Answers with process.add_strays(pids) (possibly empty), always, even when the scan fails; the
-        answer may come at once or later, and calls made before an answer may share it.
-        """
-        ...
-
-    def drain(self, process: "Process", done: Callable[[], None]) -> None:
-        """Before a restart's stop signal: move the process's held sockets to fresh ones (new connections
-        wait there for the next process) and wait, at most program.drain_timeout, until it has finished
-        the connections it has; then call done() (at once when there is nothing to hand over)."""
-        ...
-
-    def prepare_next(self, process: "Process", done: Callable[[str | None], None]) -> None:
-        """Make fresh sockets that get no public traffic for next-generation `process` (off-loop where it
-        must); then done(None), or done(reason) when they cannot be made (nothing changed then)."""
-        ...
-
-    def switch_to_next(self, current: "Process", nxt: "Process", done: Callable[[], None]) -> None:
-        """Send every new connection to nxt's sockets in one step, then wait (at most drain_timeout, else
-        stopwaitsecs) until current has answered what it had taken; then call done()."""
-        ...
-
-    def discard_next(self, process: "Process") -> None:
-        """Next-generation `process` will not take over: close its fresh sockets."""
-        ...
-
-    def drain_orphans(self, process: "Process", pgid: int, done: Callable[[], None]) -> None:
-        """The leader of `process` died and its group (pgid) still runs: move the held sockets to fresh ones
-        before the next spawn (which takes them), then wait (at most drain_timeout, else stopwaitsecs)
-        until the orphaned group has answered what it took; then call done()."""
-        ...
-
-    def check_route(self, process: "Process") -> CheckRoute | None:
-        """How a health check reaches `process` while it is a next generation; None: the public way."""
-        ...
-
-    def forget(self, process: "Process") -> None:
-        """The process is gone for good (its program removed, or a newer generation took over)."""
-        ...
-
-
-def describe_exit(status: int) -> str:
-    """Render a waitstatus-derived exit code as 'exit status 1' or 'terminated by SIGKILL'."""
-    if status < 0:
-        try:
-            return f"terminated by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"terminated by signal {-status}"
-    return f"exit status {status}"
-
-
-class ReplacePhase(enum.StrEnum):
-    """Where a replace by a next generation is (replace.py)."""
-
-    JOBS = "jobs"  # a deploy runs the program's one-shot dependencies again first
-    PREPARING = "preparing"
-    STARTING = "starting"
-    SWITCHING = "switching"
-    STOPPING = "stopping"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class ReplaceOutcome:
-    """How the last replace of one process by its next generation ended (status: last_deploy)."""
-
-    at: float  # wall clock (time.time()) when it ended
-    ok: bool
-    trigger: ReplaceTrigger
-    generation: int  # the next generation's number
-    pid: int | None  # the next generation's pid
-    step: ReplacePhase  # SUCCEEDED, or the phase it failed in
-    reason: str  # why it failed ("" when ok)
-
-
-class ProcessStatus(NamedTuple):
-    """A snapshot of one process for status replies.
-
-    A NamedTuple, not a frozen dataclass: status builds one per process per request, and a frozen
-    dataclass's __init__ (object.__setattr__ per field) cost 3x as much (1000 processes, #17).
-    """
-
-    name: str
-    program: str
-    state: ProcessState
-    pid: int | None
-    started_at: float | None  # wall clock (time.time()) when RUNNING began or spawn happened
-    uptime_s: float | None
-    exit_status: int | None
-    reason: str
-    retry_in_s: float | None
-    failures: int
-    health: str | None = None  # None (no check), "starting", "healthy", "unhealthy"
-    health_reason: str = ""  # the last failed check's reason
-    status_text: str = ""  # the last STATUS= the process sent on its NOTIFY_SOCKET
-    autostart: bool = True
-    priority: int = 999
-    restarts: int = 0  # spawns procguard began by itself (see Process.restarts)
-    generation: int = 1
-    next: "ProcessStatus | None" = None  # the next generation while a replace runs
-    replace_phase: ReplacePhase | None = None
-    last_deploy: ReplaceOutcome | None = None
+# A health transition or recycle, for the supervisor's log (no I/O here): (process, event, fields).
+OnEvent = Callable[["Process", str, dict[str, object]], None]
+# Asks for an overlapping replace (health, max_age, max_memory); False: none could begin.
+OnReplace = Callable[["Process", str, ReplaceTrigger], bool]
 
 
 class Process:
@@ -248,6 +39,9 @@ class Process:
         config: ProcessConfig,
         osapi: OSApi,
         on_change: Callable[["Process", ProcessState, ProcessState], None],
+        *,
+        on_event: "OnEvent | None" = None,
+        on_replace: "OnReplace | None" = None,
     ) -> None:
         self.program = program
         self.config = config
@@ -257,19 +51,17 @@ class Process:
         self.pid: int | None = None
         self.spawned_at: float | None = None  # monotonic
         self.exit_status: int | None = None  # os.waitstatus_to_exitcode of the last exit
-        self.reason = "not started"
+        self._reason = "not started"
+        self.hold = Hold.NONE  # what the reason says, for code (set_reason); any other reason clears it
         self.failures = 0  # consecutive quick exits (drive the backoff delay)
         self.failed_starts = 0  # consecutive exits before RUNNING (drive FATAL, as supervisor's backoff)
         self.retry_at: float | None = None  # monotonic, while in BACKOFF
-        self.strays: set[int] = set()
-        self._scan: _Scan | None = None  # a find_strays call not answered yet
-        self._swept = False  # a scan begun once leader, group and known strays were gone found nothing
-        self._killing = False  # the stop escalated to SIGKILL
+        self._stop = StopSequence(self, osapi)
         self._leader_alive = False
         self._timer: Timer | None = None
         self._spawn_pending = False
         self._stop_after_spawn = False
-        self.health: str | None = None
+        self.health: Health | None = None
         self.health_reason = ""
         self.health_failures = 0
         self.status_text = ""
@@ -279,24 +71,23 @@ class Process:
         self.restarts = 0
         self.exits: dict[ExitReason, int] = dict.fromkeys(ExitReason, 0)
         self.health_check_s: float | None = None  # how long the last health check took
-        # After a stop we did not begin for the operator: "restart" (health, max_age, max_memory) or
-        # "fail" (not ready within start_timeout: counts as a failed start).
-        self._after_stop: str | None = None
+        # After a stop we did not begin for the operator (None: the operator's, it ends STOPPED).
+        self._after_stop: StopIntent | None = None
         self._pending_reason = ""
         self._age_timer: Timer | None = None
         self._draining = 0  # non-zero while a restart drains (drain_timeout); the token of that drain
         self._drains = 0
         # Health transitions and recycling go to the supervisor's log through this (no I/O here).
-        self.on_event: Callable[["Process", str, dict[str, object]], None] = lambda p, event, fields: None
+        self.on_event: OnEvent = on_event or (lambda p, event, fields: None)
         # Generations: 1 for the first process of a slot, +1 per overlapping replace. A trial is a next
         # generation not yet switched to: it gets no retry (a failed start ends the replace) and no restart.
         self.generation = 1
         self.trial = False
         self.retiring = False  # a newer generation has taken over: this one stops and never restarts
-        self.orphan_groups: set[int] = set()  # groups of a crashed leader, draining before their stop signal
+        self.orphans = OrphanGroups(self, osapi)  # groups of a crashed leader, finishing their requests
         # A recycle (health, max_age, max_memory) of an overlapping program asks for a replace through
         # this; False: none could begin, so restart() stops and starts in place.
-        self.on_replace: Callable[["Process", str, ReplaceTrigger], bool] = lambda p, why, trigger: False
+        self.on_replace: OnReplace = on_replace or (lambda p, why, trigger: False)
 
     @property
     def name(self) -> str:
@@ -306,9 +97,36 @@ class Process:
         return f"<Process {self.name} {self.state} pid={self.pid}>"
 
     @property
+    def reason(self) -> str:
+        """Why the process is in its state, for people (status, logs); code reads `hold` instead."""
+        return self._reason
+
+    @reason.setter
+    def reason(self, text: str) -> None:
+        self._reason = text
+        self.hold = Hold.NONE
+
+    def set_reason(self, hold: Hold, text: str) -> None:
+        """Set a reason whose meaning code decides on (a completed job, a dependency wait or block)."""
+        self._reason = text
+        self.hold = hold
+
+    @property
     def live_pid(self) -> int | None:
         """The leader's pid while it runs (None once it exited, though its group may still be stopping)."""
         return self.pid if self._leader_alive else None
+
+    @property
+    def is_satisfied(self) -> bool:
+        """As a dependency: a RUNNING service, or a oneshot that completed."""
+        if self.program.type == "oneshot":
+            return self.state == ProcessState.EXITED and self.hold == Hold.COMPLETED
+        return self.state == ProcessState.RUNNING
+
+    @property
+    def has_given_up(self) -> bool:
+        """No longer on its way up: FATAL, or at rest without having completed."""
+        return self.state == ProcessState.FATAL or (self.state in RESTING_STATES and not self.is_satisfied)
 
     @property
     def draining(self) -> bool:
@@ -383,20 +201,8 @@ class Process:
             self._begin_stop()
 
     def _begin_stop(self) -> None:
-        self._swept = False
-        self._killing = False
-        self._signal_all(self.program.stopsignal, group=self.program.stopasgroup)
-        if self.program.stopsignal not in _WAKES_ITSELF:
-            # A stopped (SIGSTOP, Ctrl-Z, a debugger) process would only see its stop signal at the
-            # SIGKILL; SIGCONT right after lets it run its handler, as systemd does (systemd.kill(5)).
-            self._signal_all(signal.SIGCONT, group=self.program.stopasgroup)
-        self._timer = self._os.call_later(self.program.stopwaitsecs, self._stop_timed_out)
-        self._find_strays(_Scan.FIRST)
+        self._stop.begin()
         self._check_stopped()
-
-    def _find_strays(self, scan: "_Scan") -> None:
-        self._scan = scan
-        self._os.find_strays(self, leader=self.pid if self._leader_alive else None)
 
     def send(self, sig: int) -> bool:
         """Send an arbitrary signal to the running process; False when there is no process."""
@@ -417,17 +223,39 @@ class Process:
             self._begin_stop()
             return
         if self.program.healthcheck is not None:
-            self.health = "starting"
+            self.health = Health.STARTING
             self.health_failures = 0
         if self.program.type == "oneshot":
             return  # done when it exits
-        if self.program.ready != Ready.STARTSECS:
-            # Ready when it says so (READY=1) or its health check first passes; not by then = failed.
-            self._timer = self._os.call_later(self.program.start_timeout, self._start_timed_out)
-        elif self.program.startsecs <= 0:
+        if self.program.ready == Ready.STARTSECS and self.program.startsecs <= 0:
             self._become_running()
         else:
-            self._timer = self._os.call_later(self.program.startsecs, self._startsecs_elapsed)
+            self._arm_start(0.0)
+
+    def _arm_start(self, elapsed_s: float) -> None:
+        """Time the way to RUNNING of a leader spawned elapsed_s ago."""
+        if self.program.ready != Ready.STARTSECS:
+            # Ready when it says so (READY=1) or its health check first passes; not by then = failed.
+            self._timer = self._os.call_later(max(0.0, self.program.start_timeout - elapsed_s), self._start_timed_out)
+        else:
+            self._timer = self._os.call_later(max(0.0, self.program.startsecs - elapsed_s), self._startsecs_elapsed)
+
+    def resume(self, *, leader_alive: bool) -> None:
+        """Re-arm the timers of a process whose fields an adopting image restored (upgrade/adopt.py).
+
+        The deadlines are those the previous image set: CLOCK_MONOTONIC goes on across exec.
+        """
+        self._leader_alive = leader_alive
+        now = self._os.monotonic()
+        if self.state == ProcessState.BACKOFF and self.retry_at is not None:
+            self._timer = self._os.call_later(max(0.0, self.retry_at - now), self._retry)
+        elif self.spawned_at is None or not leader_alive:
+            return
+        elif self.state == ProcessState.STARTING and self.program.type != "oneshot":
+            self._arm_start(now - self.spawned_at)
+        elif self.state == ProcessState.RUNNING and self.program.max_age is not None:
+            self._age_timer = self._os.call_later(max(0.0, self.spawned_at + self.program.max_age - now),
+                                                  self._age_exceeded)
 
     def notified(self, fields: dict[str, str]) -> None:
         """A message on the process's NOTIFY_SOCKET (READY=1, STATUS=...)."""
@@ -451,7 +279,7 @@ class Process:
         if self.state == ProcessState.STARTING:
             if ok and self.program.ready == Ready.HEALTHCHECK:
                 self.health_failures = 0
-                self._set_health("healthy", "")
+                self._set_health(Health.HEALTHY, "")
                 self._cancel_timer()
                 self._become_running()
             elif not ok:
@@ -460,30 +288,30 @@ class Process:
                 self.health_failures = self.health_failures + 1 if answered and not warming else 0
                 if self.trial and self.program.ready == Ready.HEALTHCHECK and self.health_failures >= hc.retries:
                     self._cancel_timer()
-                    self._after_stop = "fail"
+                    self._after_stop = StopIntent.FAIL
                     self._pending_reason = f"health check failed {self.health_failures} times in a row: {reason}"
                     self.stop()
             return
         if ok:
             self.health_failures = 0
-            self._set_health("healthy", "")
+            self._set_health(Health.HEALTHY, "")
             return
         self.health_reason = reason
         if self.spawned_at is not None and self._os.monotonic() - self.spawned_at < hc.start_period:
             return  # still warming up: failures do not count
         self.health_failures += 1
-        if self.health_failures >= hc.retries and self.health != "unhealthy":
-            self._set_health("unhealthy", reason)
+        if self.health_failures >= hc.retries and self.health != Health.UNHEALTHY:
+            self._set_health(Health.UNHEALTHY, reason)
             if hc.on_unhealthy == "restart":
                 self.restart(f"unhealthy: {reason}", ReplaceTrigger.HEALTH)
 
-    def _set_health(self, new: str, reason: str) -> None:
+    def _set_health(self, new: Health, reason: str) -> None:
         old = self.health
         self.health = new
         self.health_reason = reason
         if old != new:
-            self.on_event(self, "health_changed", {"old": old, "new": new, "reason": reason,
-                                                   "failures": self.health_failures})
+            self.on_event(self, "health_changed", {"old": None if old is None else str(old), "new": str(new),
+                                                   "reason": reason, "failures": self.health_failures})
 
     def restart(self, why: str, trigger: ReplaceTrigger = ReplaceTrigger.RESTART, *, overlap: bool = True) -> bool:
         """Replace the process (health, max_age, max_memory): by an overlapping next generation where the
@@ -495,7 +323,7 @@ class Process:
         if overlap and self.program.overlaps and self.state == ProcessState.RUNNING \
                 and self.on_replace(self, why, trigger):
             return True
-        self._after_stop = "restart"  # before stop(): a leader already gone is STOPPED within it
+        self._after_stop = StopIntent.RESTART  # before stop(): a leader already gone is STOPPED within it
         self._pending_reason = f"restarting: {why}"
         self.stop(drain=True)
         return True
@@ -505,7 +333,7 @@ class Process:
         if self.state != ProcessState.STARTING:
             return
         why = "no READY=1" if self.program.ready == Ready.NOTIFY else f"health check: {self.health_reason or 'never passed'}"
-        self._after_stop = "fail"
+        self._after_stop = StopIntent.FAIL
         self._pending_reason = f"not ready within start_timeout ({self.program.start_timeout:g}s; {why})"
         self.stop()
 
@@ -545,7 +373,7 @@ class Process:
                 # A master died while its workers still hold requests: the replacement starts at once (on
                 # fresh sockets where the orphans keep serving), and the orphans finish what they have.
                 orphans = True
-                self._retire_orphans(self.pid)
+                self.orphans.retire(self.pid)
             else:
                 # The leader died but left workers behind: they would hold its port and block the restart.
                 self._os.send_signal(self.pid, signal.SIGKILL, group=True)
@@ -553,7 +381,7 @@ class Process:
             if status in self.program.exitcodes:
                 self.failed_starts = 0
                 self.failures = 0
-                self.reason = f"completed ({what})"
+                self.set_reason(Hold.COMPLETED, f"completed ({what})")
                 self._set(ProcessState.EXITED)
             else:
                 self.reason = f"failed ({what})"
@@ -585,6 +413,7 @@ class Process:
         if status in self.program.exitcodes:
             return ExitReason.EXPECTED
         return ExitReason.SIGNAL if status < 0 else ExitReason.UNEXPECTED
+
     def _will_restart(self, expected: bool) -> bool:
         """After an exit while RUNNING: does autorestart start it again? Never a trial (its exit ends its
         replace) nor a retiring generation (a newer one serves)."""
@@ -593,54 +422,16 @@ class Process:
         )
         return restart and not self.trial and not self.retiring
 
-    def _retire_orphans(self, pgid: int) -> None:
-        self.orphan_groups.add(pgid)
-        serve = self.program.orphans_serve
-        self.on_event(self, "orphans_draining", {"pgid": pgid, "handover": serve})
-        if serve:
-            self._os.drain_orphans(self, pgid, lambda: self._orphans_drained(pgid))
-        else:
-            # They exit by themselves after the request under way (uWSGI): no handover, so what is queued
-            # on the held sockets stays for the replacement, and no stop signal (uWSGI's worker TERM
-            # handler exits at once, cutting that request off); SIGKILL only if still there at stopwaitsecs.
-            self._os.call_later(self.program.stopwaitsecs, lambda: self._orphans_timed_out(pgid))
-
-    def _orphans_drained(self, pgid: int) -> None:
-        if pgid not in self.orphan_groups:
-            return
-        self._os.send_signal(pgid, self.program.stopsignal, group=True)
-        self._os.call_later(self.program.stopwaitsecs, lambda: self._orphans_timed_out(pgid))
-
-    def _orphans_timed_out(self, pgid: int) -> None:
-        self.orphan_groups.discard(pgid)
-        if self._os.is_group_alive(pgid):
-            self.on_event(self, "orphans_killed", {"pgid": pgid, "stopwaitsecs": self.program.stopwaitsecs})
-            self._os.send_signal(pgid, signal.SIGKILL, group=True)
-
     def child_reaped(self, pid: int) -> None:
         """Some other child of the daemon was reaped: maybe one of our strays or group members."""
-        self.strays.discard(pid)
+        self._stop.strays.discard(pid)
         if self.state == ProcessState.STOPPING:
             self._check_stopped()
 
     def add_strays(self, pids: Iterable[int]) -> None:
         """A stray scan's answer: signal what it found (as the group was) and wait for those too."""
-        scan, self._scan = self._scan, None
-        if self.state != ProcessState.STOPPING:
-            return
-        found = set(pids)
-        if scan == _Scan.SWEEP and not found:
-            self._swept = True
-        new = found - self.strays
-        self.strays |= new
-        sig = signal.SIGKILL if self._killing else self.program.stopsignal
-        if new and self._killing:
-            self._mark_killed()
-        for pid in new:
-            self._os.send_signal(pid, sig, group=False)
-            if sig not in _WAKES_ITSELF:
-                self._os.send_signal(pid, signal.SIGCONT, group=False)
-        self._check_stopped()
+        if self._stop.answer(pids, stopping=self.state == ProcessState.STOPPING):
+            self._check_stopped()
 
     # ------------------------------------------------------------------------------------- helpers
 
@@ -708,51 +499,17 @@ class Process:
         if self.state == ProcessState.BACKOFF:
             self._spawn()
 
-    def _stop_timed_out(self) -> None:
-        self._timer = None
-        if self.state != ProcessState.STOPPING:
-            return
-        if self._leader_alive or self.strays or (self.pid is not None and self._os.is_group_alive(self.pid)):
-            # Only when something is left to kill: a stop that waits for its stray scan alone (slow on
-            # a busy machine) has killed nothing, and its leader's own exit status says how it ended.
-            self._mark_killed()
-        self._killing = True
-        self._signal_all(signal.SIGKILL, group=self.program.killasgroup)
-        for pid in self.strays:
-            self._os.send_signal(pid, signal.SIGKILL, group=False)
-        # Keep escalating until everything is gone (a process in D state may take a moment).
-        self._timer = self._os.call_later(max(1.0, self.program.stopwaitsecs), self._stop_timed_out)
-
-    def _mark_killed(self) -> None:
-        self.reason = f"killed: did not stop within stopwaitsecs ({self.program.stopwaitsecs}s)"
-
-    def _signal_all(self, sig: int, *, group: bool) -> None:
-        if self.pid is None:
-            return
-        if self._leader_alive or (group and self._os.is_group_alive(self.pid)):
-            self._os.send_signal(self.pid, sig, group=group)
-
     def _check_stopped(self) -> None:
         if self.state != ProcessState.STOPPING or self._leader_alive or self._spawn_pending:
             return
         self._draining = 0
-        if self.pid is not None and self.program.stopasgroup and self._os.is_group_alive(self.pid):
+        if not self._stop.is_over():
             return
-        # A stray that is not our child may have been reaped by its own parent: forget it once gone.
-        self.strays = {pid for pid in self.strays if self._os.is_alive(pid)}
-        if self.strays or self._scan is not None:
-            return  # a scan under way may still find strays: they count as much as the group
-        if not self._swept:
-            # Everything known is gone; one more scan catches a descendant that escaped meanwhile (a
-            # double fork racing the first scan). STOPPED only once a scan begun now finds nothing.
-            self._find_strays(_Scan.SWEEP)
-            return
-        self._cancel_timer()
         after, self._after_stop = self._after_stop, None
-        if after == "restart":
+        if after == StopIntent.RESTART:
             self._set(ProcessState.STOPPED)
             self._spawn()
-        elif after == "fail":
+        elif after == StopIntent.FAIL:
             self.reason = self._pending_reason
             self._failed_start()
         else:
@@ -773,57 +530,5 @@ class Process:
             self.status_text = ""
         self._on_change(self, old, new)
 
-    def resume(self, *, leader_alive: bool) -> None:
-        """Re-arm the timers of a process whose fields an adopting image restored (upgrade/adopt.py).
 
-        The deadlines are those the previous image set: CLOCK_MONOTONIC goes on across exec.
-        """
-        self._leader_alive = leader_alive
-        now = self._os.monotonic()
-
-        def at(deadline: float, callback: Callable[[], None]) -> Timer:
-            return self._os.call_later(max(0.0, deadline - now), callback)
-
-        if self.state == ProcessState.BACKOFF and self.retry_at is not None:
-            self._timer = at(self.retry_at, self._retry)
-        elif self.state == ProcessState.STARTING and leader_alive and self.spawned_at is not None \
-                and self.program.type != "oneshot":
-            if self.program.ready != Ready.STARTSECS:
-                self._timer = at(self.spawned_at + self.program.start_timeout, self._start_timed_out)
-            else:
-                self._timer = at(self.spawned_at + self.program.startsecs, self._startsecs_elapsed)
-        elif self.state == ProcessState.RUNNING and self.program.max_age is not None and self.spawned_at is not None:
-            self._age_timer = at(self.spawned_at + self.program.max_age, self._age_exceeded)
-
-    def status(self, now_monotonic: float, now_wall: float) -> ProcessStatus:
-        uptime = None
-        started = None
-        if self.state in (ProcessState.RUNNING, ProcessState.STARTING, ProcessState.STOPPING) and self.spawned_at:
-            uptime = now_monotonic - self.spawned_at
-            started = now_wall - uptime
-        retry_in = None
-        if self.state == ProcessState.BACKOFF and self.retry_at is not None:
-            retry_in = max(0.0, self.retry_at - now_monotonic)
-        return ProcessStatus(
-            name=self.name,
-            program=self.program.name,
-            state=self.state,
-            pid=self.pid if self._leader_alive else None,
-            started_at=started,
-            uptime_s=uptime,
-            exit_status=self.exit_status,
-            reason=self.reason,
-            retry_in_s=retry_in,
-            failures=self.failures,
-            health=self.health if self.state in (ProcessState.STARTING, ProcessState.RUNNING) else None,
-            health_reason=self.health_reason,
-            status_text=self.status_text,
-            autostart=self.program.autostart,
-            priority=self.program.priority,
-            restarts=self.restarts,
-            generation=self.generation,
-        )
-
-
-__all__ = ["CheckRoute", "ExitReason", "OSApi", "Process", "ProcessState", "ProcessStatus", "ReplaceOutcome",
-           "ReplacePhase", "ReplaceTrigger", "describe_exit"]
+__all__ = ["Process"]

@@ -21,7 +21,9 @@ machine does the starting, readiness and stopping; the supervisor swaps it in on
 
 from collections.abc import Callable
 
-from procguard.engine.process import RESTING_STATES, OSApi, Process, ProcessState, ReplacePhase, ReplaceTrigger
+from procguard.engine.process import Process
+from procguard.engine.states import RESTING_STATES, ProcessState, ReplacePhase, ReplaceTrigger
+from procguard.runtime.seam import OSApi
 
 DONE_PHASES = frozenset({ReplacePhase.SUCCEEDED, ReplacePhase.FAILED})
 

@@ -1,45 +1,39 @@
 """Own the programs and their processes; the in-process control API the socket layer adapts.
 
 Every command that takes time (start, stop, restart, reload) is a coroutine that returns when done.
-Commands on one program queue on that program's lock; commands on different programs run at once.
-There is no global busy lock.
+Commands on one program queue on that program's lock (registry.py); commands on different programs run
+at once. There is no global busy lock.
 """
 
 import asyncio
-import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import replace
+from typing import Any
 
 import structlog
 
-from procguard.config.model import Config, ConfigDiff, ProgramConfig, diff_configs, diff_groups, load_config, process_groups
-from procguard.engine.deploy import Deployer, DeployResult
+from procguard.config.diff import diff_configs, diff_groups, process_groups
+from procguard.config.load import load_config
+from procguard.config.model import Config, ConfigDiff, ProcessConfig, ProgramConfig
+from procguard.engine.actions import start_procs, stop_procs
+from procguard.engine.changes import Changes
+from procguard.engine.deploy import Deployer
+from procguard.engine.monitors import monitors
+from procguard.engine.ordering import Ordering
+from procguard.engine.process import Process
+from procguard.engine.records import ActionResult, ProcessStatus, snapshot
+from procguard.engine.registry import Registry, in_order
+from procguard.engine.states import RESTING_STATES, Health, Hold, ProcessState, ReplaceTrigger
 from procguard.errors import ConfigError, ConfigIssue, ControlError
-from procguard.protocol import (
-    E_ALREADY_ADDED, E_ALREADY_STARTED, E_BAD_SIGNAL, E_NO_SUCH_PROCESS, E_NOT_RUNNING, E_START_FAILED, E_STILL_RUNNING,
-)
-from procguard.health.check import run_check
 from procguard.io.listeners import SocketError
-from procguard.runtime.procfs import tree_rss
-from procguard.engine.process import RESTING_STATES, OSApi, Process, ProcessState, ProcessStatus, ReplaceTrigger, describe_exit
+from procguard.protocol import (
+    E_ALREADY_ADDED, E_BAD_SIGNAL, E_NO_SUCH_PROCESS, E_NOT_RUNNING, E_START_FAILED, E_STILL_RUNNING,
+)
+from procguard.runtime.seam import OSApi, describe_exit
 
 log = structlog.get_logger()
-
-
-
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    """What happened to one process for one command."""
-
-    name: str
-    ok: bool
-    state: ProcessState
-    message: str
-    # What the outcome was when it was not a plain success, as a protocol error code (E_ALREADY_STARTED,
-    # E_NOT_RUNNING, E_START_FAILED): clients map it to their texts and exit codes, never the message.
-    error: str | None = None
 
 
 class Supervisor:
@@ -49,105 +43,40 @@ class Supervisor:
         self.config = config
         self._os = osapi
         self._load = config_loader
-        self._programs: dict[str, list[Process]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        # Per-process waiters: a change wakes only those waiting on that process (one shared event
-        # made start-up quadratic: 107k wake-ups for 1000 programs, benchmarks/bench_engine.py).
-        self._waiters: dict[Process, list[asyncio.Event]] = {}
+        self._reg = Registry()
+        self.changes = Changes()  # every state change: waiters and listeners (systemd STATUS=)
+        self.ordering = Ordering(self._reg, self.changes)
         self._stopping: set[Process] = set()
         self._reload_lock = asyncio.Lock()
         self._loaded = config  # the config files as last read (reread): what `add` may put into use
         self.tasks: set[asyncio.Task[None]] = set()
-        self.on_any_change: Callable[[], None] = lambda: None  # after every state change (systemd STATUS=)
-        self._changed: list[asyncio.Future[None]] = []
-        self.deployer = Deployer(self)
+        self.deployer = Deployer(self._reg, self.changes, self.ordering, osapi, self._new_process, self._own)
         for prog in config.programs:
             self._add_program(prog)
 
     # -------------------------------------------------------------------------------- plumbing
 
+    def _new_process(self, prog: ProgramConfig, config: ProcessConfig) -> Process:
+        return Process(prog, config, self._os, self._on_change, on_event=self._on_event,
+                       on_replace=self.deployer.recycle)
+
     def _add_program(self, prog: ProgramConfig) -> None:
-        procs = [Process(prog, pc, self._os, self._on_change) for pc in prog.processes]
-        for p in procs:
-            p.on_event = self._on_event
-            p.on_replace = self.deployer.recycle
-        self._programs[prog.name] = procs
-        self._locks.setdefault(prog.name, asyncio.Lock())
+        self._reg.put(prog.name, [self._new_process(prog, pc) for pc in prog.processes])
 
     def _on_event(self, proc: Process, event: str, fields: dict[str, object]) -> None:
         """Log a process's event; the log is also the event stream (procguard.observe.events)."""
-        level = "warning" if fields.get("new") == "unhealthy" or event == "process_recycled" else "info"
+        level = "warning" if fields.get("new") == Health.UNHEALTHY or event == "process_recycled" else "info"
         getattr(log, level)(event, program=proc.program.name, process=proc.name, pid=proc.pid, **fields)
 
     def process_spawned(self, proc: Process) -> None:
         """A child exists (RealOS.on_spawned): start its health check and resource guard, if any."""
-        if proc.program.healthcheck is not None:
-            self._own(self._health_loop(proc, proc.pid))
-        if proc.program.max_memory is not None:
-            self._own(self._memory_loop(proc, proc.pid))
+        for loop in monitors(proc, self._os):
+            self._own(loop)
 
-    def _own(self, coro: "asyncio._CoroutineLike[None]") -> None:
+    def _own(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-    async def _health_loop(self, proc: Process, pid: int | None) -> None:
-        """Check one spawn of a process every interval (sooner while it is not ready yet)."""
-        hc = proc.program.healthcheck
-        assert hc is not None
-        program = proc.program
-
-        def alive() -> bool:
-            return proc.pid == pid and proc.state in (ProcessState.STARTING, ProcessState.RUNNING)
-
-        loop = asyncio.get_running_loop()
-        # While starting, check soon and then more slowly (0.1, 0.2, 0.4, 0.5 s ...): a server is
-        # rarely listening the instant it is spawned. Once running, every `interval` from the start of
-        # the previous check (not its end), with a random offset so programs started together are
-        # not checked in lock-step.
-        starting_delay = 0.1
-        first_running = True
-        try:
-            await asyncio.sleep(min(hc.interval, 0.05))
-            while alive():
-                began = loop.time()
-                result = await run_check(hc, uid=program.uid, gid=program.gid, extra_groups=program.extra_groups,
-                                         env=dict(proc.config.environment), cwd=proc.config.directory,
-                                         spawner=self._os.spawn_command,
-                                         route=self._os.check_route(proc))
-                if not alive():  # re-check after the await: it may have been stopped or restarted
-                    return
-                proc.health_check_s = loop.time() - began  # metrics: procguard_process_health_check_seconds
-                if not result.ok:
-                    log.debug("health_check_failed", process=proc.name, pid=pid, reason=result.reason)
-                proc.health_result(result.ok, result.reason, answered=result.answered)
-                if proc.state == ProcessState.RUNNING:
-                    delay = hc.interval * (random.uniform(0.5, 1.0) if first_running else 1.0)
-                    first_running = False
-                else:
-                    delay = min(hc.interval, starting_delay)
-                    starting_delay = min(0.5, starting_delay * 2)
-                await asyncio.sleep(max(0.0, began + delay - loop.time()))
-        except Exception:  # task boundary: a checker bug must not go unnoticed, nor kill the daemon
-            log.exception("health_loop_failed", process=proc.name)
-
-    async def _memory_loop(self, proc: Process, pid: int | None) -> None:
-        """Measure the process tree's RSS off the loop every resource_check_interval; recycle above max_memory."""
-        limit = proc.program.max_memory
-        assert limit is not None and pid is not None
-        try:
-            while proc.pid == pid and proc.state in (ProcessState.STARTING, ProcessState.RUNNING):
-                rss = await asyncio.to_thread(tree_rss, pid)
-                if rss is None or proc.pid != pid:
-                    return
-                if rss > limit and proc.state == ProcessState.RUNNING:
-                    log.warning("process_recycled", program=proc.program.name, process=proc.name, pid=pid,
-                                reason="max_memory", rss_bytes=rss, max_memory_bytes=limit)
-                    proc.restart(f"max_memory: tree RSS {rss} bytes > {limit}", ReplaceTrigger.MAX_MEMORY)
-                    return
-                await asyncio.sleep(proc.program.resource_check_interval)
-        except Exception:  # task boundary
-            log.exception("memory_loop_failed", process=proc.name)
 
     def _on_change(self, proc: Process, old: ProcessState, new: ProcessState) -> None:
         fields: dict[str, object] = {
@@ -177,39 +106,15 @@ class Supervisor:
         else:
             self._stopping.discard(proc)
         self.deployer.changed(proc, new)
-        for event in self._waiters.pop(proc, ()):
-            event.set()
-        self.on_any_change()
-        changed, self._changed = self._changed, []
-        for fut in changed:
-            if not fut.done():
-                fut.set_result(None)
+        self.changes.changed(proc)
 
     async def wait_change(self) -> None:
         """Return after the next state change of any process."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._changed.append(fut)
-        await fut
+        await self.changes.next()
 
     def start_settled(self) -> bool:
-        """Initial start-up is done: every autostart process is RUNNING, EXITED, BACKOFF or FATAL, or
-        waits for / is blocked by a dependency (systemd's READY=1 must not wait on a crash loop)."""
-        for p in self.processes():
-            if not p.program.autostart:
-                continue
-            if p.state in (ProcessState.STARTING, ProcessState.STOPPING):
-                return False
-            if p.state == ProcessState.STOPPED and not p.reason.startswith("blocked"):
-                if not p.reason.startswith("waiting for"):
-                    return False
-                # Waiting counts as settled only while every dependency it waits on is itself stuck
-                # (backing off or given up); one that just came up means this one starts next.
-                for dep in p.program.depends_on:
-                    if any(d.state not in (ProcessState.BACKOFF, ProcessState.FATAL)
-                           and not (d.state == ProcessState.STOPPED and d.reason.startswith(("blocked", "waiting for")))
-                           for d in self._programs.get(dep, [])):
-                        return False
-        return True
+        """Initial start-up is done (ordering.Ordering.is_settled)."""
+        return self.ordering.is_settled()
 
     def counts(self) -> str:
         """'5 running, 1 backoff': how many processes are in each state, for systemd's STATUS=."""
@@ -219,76 +124,24 @@ class Supervisor:
         order = ["running", "starting", "backoff", "stopping", "stopped", "exited", "fatal"]
         return ", ".join(f"{by_state[s]} {s}" for s in order if s in by_state) or "no programs"
 
-    async def _wait(self, procs: list[Process], done: Callable[[Process], bool]) -> None:
-        """Return once done(p) holds for every p; each waits only on its own process's changes."""
-        for p in procs:
-            while not done(p):
-                event = asyncio.Event()
-                self._waiters.setdefault(p, []).append(event)
-                await event.wait()
-
     def processes(self) -> list[Process]:
-        return [p for procs in self._programs.values() for p in procs]
+        return self._reg.processes()
 
     def resolve(self, names: Iterable[str]) -> list[Process]:
-        """Map names to processes, in config order; raise ControlError(no_such_process) naming every unknown name.
-
-        Names: "all"; a program ("web": all its processes); a process as status names it ("web",
-        "worker:worker_00", "group:web", "group:worker_00"); a group or program with ":*" or ":" (all of
-        it); a [group.NAME] alone; "group:program" (that program's processes in the group).
-        """
-        procs, unknown = self.resolve_known(names)
-        if unknown:
-            raise ControlError(E_NO_SUCH_PROCESS, f"no such process: {', '.join(unknown)}")
-        return procs
+        """Map names to processes (registry.Registry.resolve); raise ControlError(no_such_process)."""
+        return self._reg.resolve(names)
 
     def resolve_known(self, names: Iterable[str]) -> tuple[list[Process], list[str]]:
         """resolve() that returns the unknown names instead of raising, so a command acts on the known ones."""
-        names = list(names)
-        if not names or "all" in names:
-            return self.processes(), []
-        out: dict[Process, None] = {}
-        unknown = []
-        for name in names:
-            chosen = self._match(name)
-            if not chosen:
-                unknown.append(name)
-            out.update(dict.fromkeys(chosen))
-        return list(out), unknown
-
-    def _match(self, name: str) -> list[Process]:
-        prefix, _, rest = name.partition(":")
-        in_group = [p for p in self.processes() if p.program.group == prefix]
-        procs = in_group or self._programs.get(prefix, [])
-        if rest in ("", "*"):
-            return procs
-        return [p for p in procs if p.name == name or (in_group and p.program.name == rest)]
-
-    async def _per_program(
-        self, procs: list[Process], action: Callable[[list[Process]], Awaitable[list[ActionResult]]]
-    ) -> list[ActionResult]:
-        """Run `action` for each program's share of `procs` under that program's lock, programs in parallel."""
-        by_prog: dict[str, list[Process]] = {}
-        for p in procs:
-            by_prog.setdefault(p.program.name, []).append(p)
-
-        async def one(prog: str, ps: list[Process]) -> list[ActionResult]:
-            async with self._locks[prog]:
-                # After waiting for the lock, drop processes a reload removed meanwhile.
-                live = [p for p in ps if p in self._programs.get(prog, [])]
-                return await action(live)
-
-        results = await asyncio.gather(*(one(k, v) for k, v in by_prog.items()))
-        order = {p.name: i for i, p in enumerate(procs)}
-        return sorted((r for rs in results for r in rs), key=lambda r: order.get(r.name, 0))
+        return self._reg.resolve_known(names)
 
     # ---------------------------------------------------------------------------- control API
 
     def status(self, names: Iterable[str] = ()) -> list[ProcessStatus]:
         now_m, now_w = self._os.monotonic(), time.time()
-        return [self.deployer.annotate(p.status(now_m, now_w), p, now_m, now_w) for p in self.resolve(names)]
+        return [self.deployer.annotate(snapshot(p, now_m, now_w), p, now_m, now_w) for p in self.resolve(names)]
 
-    async def deploy(self, names: Iterable[str]) -> list[DeployResult]:
+    async def deploy(self, names: Iterable[str]) -> list[ActionResult]:
         """Replace programs by their next generation, one-shot dependencies first (deploy.Deployer.deploy)."""
         return await self.deployer.deploy(names)
 
@@ -299,83 +152,20 @@ class Supervisor:
         started and its result says which dependency and why.
         """
         procs = self.resolve(names)
-        memo: dict[str, asyncio.Task[tuple[bool, str]]] = {}
-        blocked: dict[str, str] = {}
-        for name in dict.fromkeys(p.program.name for p in procs if p.program.depends_on):
-            ok, why = await self._dependencies_up(name, memo)
-            if not ok:
-                blocked[name] = why
-        results = await self._per_program([p for p in procs if p.program.name not in blocked], self._start_procs)
+        blocked = await self.ordering.blocked(procs)
+        results = await self._reg.per_program([p for p in procs if p.program.name not in blocked], self._start_procs)
         for p in procs:
             if p.program.name in blocked:
-                p.reason = f"blocked: {blocked[p.program.name]}"
+                p.set_reason(Hold.BLOCKED, f"blocked: {blocked[p.program.name]}")
                 results.append(ActionResult(p.name, False, p.state, p.reason, E_START_FAILED))
-        order = {p.name: i for i, p in enumerate(procs)}
-        return sorted(results, key=lambda r: order.get(r.name, 0))
-
-    # ---------------------------------------------------------------------------- dependencies
-
-    @staticmethod
-    def _satisfied(p: Process) -> bool:
-        """A dependency is satisfied by a RUNNING service or a oneshot that completed."""
-        if p.program.type == "oneshot":
-            return p.state == ProcessState.EXITED and p.reason.startswith("completed")
-        return p.state == ProcessState.RUNNING
-
-    @staticmethod
-    def _given_up(p: Process) -> bool:
-        """No longer on its way up: FATAL, or at rest without having completed."""
-        return p.state == ProcessState.FATAL or (p.state in RESTING_STATES and not Supervisor._satisfied(p))
-
-    async def _dependencies_up(self, name: str, memo: dict[str, "asyncio.Task[tuple[bool, str]]"]) -> tuple[bool, str]:
-        """Bring up every dependency of `name` (recursively, each once); (True, "") when all are satisfied."""
-        procs = self._programs.get(name, [])
-        deps = procs[0].program.depends_on if procs else ()
-        for dep in deps:
-            if dep not in memo:
-                memo[dep] = asyncio.get_running_loop().create_task(self._bring_up(dep, memo))
-        for p in procs:
-            if p.state in RESTING_STATES and deps:
-                p.reason = f"waiting for {', '.join(deps)}"
-        for dep in deps:
-            ok, why = await memo[dep]
-            if not ok:
-                return False, f"dependency {dep} failed: {why}"
-        return True, ""
-
-    async def _bring_up(self, name: str, memo: dict[str, "asyncio.Task[tuple[bool, str]]"]) -> tuple[bool, str]:
-        """Start program `name` after its own dependencies; wait until satisfied or given up."""
-        ok, why = await self._dependencies_up(name, memo)
-        procs = self._programs.get(name, [])
-        if not ok:
-            for p in procs:
-                if p.state in RESTING_STATES:
-                    p.reason = f"blocked: {why}"
-            log.error("program_blocked", program=name, reason=why)
-            return False, why
-
-        async def up(ps: list[Process]) -> list[ActionResult]:
-            for p in ps:
-                if p.state in RESTING_STATES and not self._satisfied(p):
-                    p.start()
-            # A service in BACKOFF may still come up: wait for RUNNING, or FATAL / a stop.
-            await self._wait(ps, lambda p: self._satisfied(p) or self._given_up(p))
-            return []
-
-        if procs:
-            await self._per_program(procs, up)
-        procs = self._programs.get(name, [])
-        failed = [p for p in procs if not self._satisfied(p)]
-        if failed:
-            return False, f"{failed[0].state}: {failed[0].reason}"
-        return True, ""
+        return in_order(results, procs)
 
     async def stop(self, names: Iterable[str]) -> list[ActionResult]:
         """Stop processes and wait until each is STOPPED (SIGKILL after stopwaitsecs); a replace of one
         under way that has not switched yet is given up first (its next generation stops)."""
         procs = self.resolve(names)
         self.deployer.abort(procs, "stopped by the operator")
-        return await self._per_program(procs, self._stop_procs)
+        return await self._reg.per_program(procs, self._stop_procs)
 
     async def restart(self, names: Iterable[str]) -> tuple[list[ActionResult], list[ActionResult]]:
         """Stop, then start, each program's processes under one hold of its lock; a program on held sockets
@@ -387,18 +177,15 @@ class Supervisor:
 
         async def both(procs: list[Process]) -> list[ActionResult]:
             if procs and procs[0].program.overlaps:
-                done = await self.deployer.replace_procs(procs, ReplaceTrigger.RESTART)
-                return [ActionResult(r.name, r.ok, r.state, r.message)
-                        for r in done]
+                return await self.deployer.replace_procs(procs, ReplaceTrigger.RESTART)
             stopped.extend(await self._stop_procs(procs, drain=True))  # drain_timeout: see Process.stop
             return await self._start_procs(procs)
 
         procs = self.resolve(names)
         for p in procs:
             self._on_event(p, "process_restarting", {"cause": "restart", "reason": "restart command"})
-        started = await self._per_program(procs, both)
-        order = {p.name: i for i, p in enumerate(procs)}
-        return sorted(stopped, key=lambda r: order.get(r.name, 0)), started
+        started = await self._reg.per_program(procs, both)
+        return in_order(stopped, procs), started
 
     async def reload_app(self, names: Iterable[str]) -> list[ActionResult]:
         """Reload the app in place where its server can (reload_signal, e.g. gunicorn/uWSGI HUP), else restart.
@@ -421,8 +208,7 @@ class Supervisor:
             _, started = await self.restart([p.name for p in restarted])
             results.extend(ActionResult(r.name, r.ok, r.state, "restarted" if r.ok else r.message, r.error)
                            for r in started)
-        order = {p.name: i for i, p in enumerate(procs)}
-        return sorted(results, key=lambda r: order.get(r.name, 0))
+        return in_order(results, procs)
 
     def signal(self, sig: int | str, names: Iterable[str]) -> list[ActionResult]:
         """Send a signal to each named process's main pid."""
@@ -438,81 +224,23 @@ class Supervisor:
         return results
 
     async def _start_procs(self, procs: list[Process]) -> list[ActionResult]:
-        already = {p for p in procs if not p.start() and p.state == ProcessState.RUNNING}
-
-        def settled(p: Process) -> bool:
-            return p.state not in (ProcessState.STARTING, ProcessState.STOPPING)
-
-        await self._wait(procs, settled)
-        results = []
-        for p in procs:
-            if p.state == ProcessState.RUNNING:
-                results.append(ActionResult(p.name, True, p.state, "already running" if p in already else "started",
-                                            E_ALREADY_STARTED if p in already else None))
-            elif p.program.type == "oneshot" and self._satisfied(p):
-                results.append(ActionResult(p.name, True, p.state, p.reason))  # a job that ran: started, and done
-            else:
-                msg = p.reason
-                if p.state == ProcessState.BACKOFF and p.retry_at is not None:
-                    msg += f", retry in {max(0.0, p.retry_at - self._os.monotonic()):.0f}s"
-                results.append(ActionResult(p.name, False, p.state, msg, E_START_FAILED))
-        return results
+        return await start_procs(procs, self.changes, self._os.monotonic)
 
     async def _stop_procs(self, procs: list[Process], *, drain: bool = False) -> list[ActionResult]:
-        was_at_rest = {p for p in procs if p.state in RESTING_STATES}
-        for p in procs:
-            p.stop(drain=drain)
-        await self._wait(procs, lambda p: p.state in RESTING_STATES)
-        return [ActionResult(p.name, True, p.state, "not running" if p in was_at_rest else "stopped",
-                             E_NOT_RUNNING if p in was_at_rest else None) for p in procs]
+        return await stop_procs(procs, self.changes, drain=drain)
 
     async def start_autostart(self) -> None:
-        """Start every autostart program: by dependencies where there are some, else by priority.
-
-        Programs without depends_on start by priority level (lowest first): one level together, the
-        next once each of them is RUNNING (ready) or has failed (BACKOFF, FATAL), so a failing program
-        never blocks boot. A program with depends_on starts once each dependency is RUNNING or, for a
-        oneshot, completed; a dependency that gives up blocks it (its status says why).
-        """
-        memo: dict[str, asyncio.Task[tuple[bool, str]]] = {}
-        with_deps = [p.name for p in self.config.programs if p.autostart and p.depends_on]
-        dependents = [asyncio.get_running_loop().create_task(self._bring_up(n, memo)) for n in with_deps]
-        levels: dict[tuple[int, int], list[Process]] = {}
-        for p in self.processes():
-            if p.program.autostart and not p.program.depends_on:
-                levels.setdefault(p.program.start_order, []).append(p)
-        async def start_level(procs: list[Process]) -> list[ActionResult]:
-            for p in procs:
-                if p.state in (ProcessState.STOPPED, ProcessState.EXITED):
-                    p.start()
-            await self._wait(procs, lambda p: p.state != ProcessState.STARTING)
-            return []
-
-        try:
-            for prio in sorted(levels):
-                # Under each program's lock, so a reload meanwhile queues behind (and may drop) this start.
-                await self._per_program(levels[prio], start_level)
-            await asyncio.gather(*dependents)
-        finally:
-            for task in [*dependents, *memo.values()]:
-                task.cancel()
+        """Start every autostart program: by dependencies where there are some, else by priority (ordering.py)."""
+        await self.ordering.start_autostart(self.config.programs)
 
     async def stop_all(self) -> None:
-        """Stop everything: dependents before what they depend on, otherwise reverse priority.
-
-        Each round stops, in parallel, the highest-priority-number programs among those no remaining
-        program depends on.
-        """
+        """Stop everything: dependents before what they depend on, otherwise reverse priority (ordering.py)."""
         self.deployer.abort_all("procguard is shutting down")
-        remaining = dict(self._programs)
-        while remaining:
-            needed = {d for procs in remaining.values() for d in procs[0].program.depends_on if procs}
-            free = [n for n in remaining if n not in needed] or list(remaining)  # cycles are refused at load
-            top = max(remaining[n][0].program.start_order if remaining[n] else (0, 0) for n in free)
-            batch = [n for n in free if (remaining[n][0].program.start_order if remaining[n] else (0, 0)) == top]
-            await self._per_program([p for n in batch for p in remaining.pop(n)], self._stop_procs)
+        await self.ordering.stop_all()
         for task in list(self.tasks):
             task.cancel()
+
+    # ---------------------------------------------------------------------------------- reload
 
     async def reload(self, path: str | None = None) -> ConfigDiff:
         """Re-read the config and apply the difference; touch only added, changed and removed programs.
@@ -547,9 +275,7 @@ class Supervisor:
                 return diff, []
             known = set(process_groups(self.config)) | set(diff.added)
             await self._apply(new, chosen)
-            return (ConfigDiff(*(tuple(g for g in bucket if g in chosen)
-                                 for bucket in (diff.added, diff.changed, diff.removed))),
-                    [g for g in groups if g not in known])
+            return _keep(diff, lambda g: g in chosen), [g for g in groups if g not in known]
 
     async def add(self, group: str) -> str | None:
         """Put a process group that the last reread found into use (autostart programs start).
@@ -573,7 +299,7 @@ class Supervisor:
             members = process_groups(self.config).get(group)
             if members is None:
                 return E_NO_SUCH_PROCESS
-            if any(p.state not in RESTING_STATES for n in members for p in self._programs.get(n, [])):
+            if any(p.state not in RESTING_STATES for n in members for p in self._reg.get(n)):
                 return E_STILL_RUNNING
             without = replace(self.config, programs=tuple(p for p in self.config.programs if p.name not in members))
             await self._apply(without, {group})
@@ -594,56 +320,62 @@ class Supervisor:
         program-level difference applied. Raises ConfigError when the held sockets cannot be bound.
         """
         diff = diff_configs(self.config, new)
-        old_by_name = {p.name: p for p in self.config.programs}
         new_by_name = {p.name: p for p in new.programs}
         if only is not None:
-            def chosen(name: str) -> bool:
-                return any(p is not None and p.process_group in only
-                           for p in (old_by_name.get(name), new_by_name.get(name)))
-
-            diff = ConfigDiff(*(tuple(n for n in bucket if chosen(n))
-                                for bucket in (diff.added, diff.changed, diff.removed)))
+            in_use = {p.name: p for p in self.config.programs}
+            diff = _keep(diff, lambda name: any(p is not None and p.process_group in only
+                                                for p in (in_use.get(name), new_by_name.get(name))))
         # The config in force afterwards: the new version of what is applied, the old one of the rest.
         applied = {*diff.added, *diff.changed}
         kept = [p for p in self.config.programs if p.name not in applied and p.name not in diff.removed]
         programs = sorted([*kept, *(new_by_name[n] for n in applied)], key=lambda p: (*p.start_order, p.name))
         result = replace(new, programs=tuple(programs))
-        try:
-            self._os.sockets.apply(result.sockets, result.socket_users())
-        except SocketError as exc:
-            issue = ConfigIssue(new.path, None, "socket", str(exc))
-            log.error("config_reload_refused", path=new.path, errors=[str(issue)])
-            raise ConfigError([issue]) from None
+        self._bind_sockets(result, new.path)
         log.info("config_reloading", added=diff.added, changed=diff.changed, removed=diff.removed)
-        # A socket rebound by apply() above is not the one the running generation holds: no overlap then.
+        # A socket rebound by _bind_sockets() is not the one the running generation holds: no overlap then.
         old_socks = {c.name: c for c in self.config.sockets}
         new_socks = {c.name: c for c in result.sockets}
-
-        async def replace_program(name: str) -> None:
-            async with self._locks.setdefault(name, asyncio.Lock()):
-                old = self._programs.get(name, [])
-                if name in applied and self._overlaps_across(old, new_by_name[name]) \
-                        and all(old_socks.get(n) == new_socks.get(n) for n in new_by_name[name].sockets):
-                    # Replaced by a next generation on the new config (a failed one leaves the old running).
-                    await self.deployer.replace_procs(old, ReplaceTrigger.RELOAD, new_by_name[name])
-                    return
-                if old:
-                    # A changed program restarts: like `restart`, it drains first (drain_timeout).
-                    await self._stop_procs(old, drain=name in new_by_name)
-                    del self._programs[name]
-                    for p in old:
-                        self._os.forget(p)
-                if name in applied:
-                    self._add_program(new_by_name[name])
-                    if new_by_name[name].autostart:
-                        await self._start_procs(self._programs[name])
-
-        await asyncio.gather(*(replace_program(n) for n in (*diff.removed, *diff.changed, *diff.added)))
-        # Keep the dict in the new config's priority order for status listings.
-        self._programs = {p.name: self._programs[p.name] for p in result.programs}
+        kept_sockets = {n for n, c in new_socks.items() if old_socks.get(n) == c}
+        await asyncio.gather(*(self._replace_program(n, new_by_name.get(n) if n in applied else None,
+                                                     n in new_by_name, kept_sockets)
+                               for n in (*diff.removed, *diff.changed, *diff.added)))
+        self._reg.reorder(p.name for p in result.programs)  # status lists programs in priority order
         self.config = result
         log.info("config_reloaded", added=diff.added, changed=diff.changed, removed=diff.removed)
         return diff
+
+    def _bind_sockets(self, config: Config, path: str) -> None:
+        """Bind the held sockets of `config`; raise ConfigError (and change nothing) when one cannot be."""
+        try:
+            self._os.sockets.apply(config.sockets, config.socket_users())
+        except SocketError as exc:
+            issue = ConfigIssue(path, None, "socket", str(exc))
+            log.error("config_reload_refused", path=path, errors=[str(issue)])
+            raise ConfigError([issue]) from None
+
+    async def _replace_program(self, name: str, new: ProgramConfig | None, in_new: bool,
+                               kept_sockets: set[str]) -> None:
+        """Put program `name` on its new config (new; None: take it out of use), under its lock.
+
+        in_new: the new config still has it (a changed program drains first, as restart does).
+        kept_sockets: the held sockets the reload left as they were (an overlap needs its own kept).
+        """
+        async with self._reg.lock(name):
+            old = self._reg.get(name)
+            if new is not None and self._overlaps_across(old, new) and all(n in kept_sockets for n in new.sockets):
+                # Replaced by a next generation on the new config (a failed one leaves the old running).
+                await self.deployer.replace_procs(old, ReplaceTrigger.RELOAD, new)
+                return
+            if old:
+                # A changed program restarts: like `restart`, it drains first (drain_timeout).
+                await self._stop_procs(old, drain=in_new)
+                self._reg.remove(name)
+                for p in old:
+                    self._os.forget(p)
+            if new is not None:
+                self._add_program(new)
+                if new.autostart:
+                    await self._start_procs(self._reg.get(name))
 
     @staticmethod
     def _overlaps_across(old: list[Process], new: ProgramConfig) -> bool:
@@ -657,3 +389,11 @@ class Supervisor:
         """Tell stopping processes that some child was reaped (a group member or stray may be gone)."""
         for p in list(self._stopping):
             p.child_reaped(pid)
+
+
+def _keep(diff: ConfigDiff, wanted: Callable[[str], bool]) -> ConfigDiff:
+    """diff with only the names wanted(name) holds for."""
+    return ConfigDiff(*(tuple(n for n in bucket if wanted(n)) for bucket in (diff.added, diff.changed, diff.removed)))
+
+
+__all__ = ["Supervisor"]

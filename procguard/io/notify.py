@@ -12,10 +12,15 @@ import itertools
 import os
 import socket
 import struct
-import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
+
+from procguard.config.model import Ready
+
+if TYPE_CHECKING:
+    from procguard.engine.process import Process
 
 log = structlog.get_logger()
 
@@ -99,55 +104,32 @@ class NotifySocket:
             return False
 
 
-class SystemdNotifier:
-    """sd_notify to systemd (Type=notify): READY, STATUS, WATCHDOG, RELOADING and STOPPING.
+class NotifySockets:
+    """Each process's NOTIFY_SOCKET, made at its first spawn and kept until the process is forgotten."""
 
-    Built from NOTIFY_SOCKET / WATCHDOG_USEC, which it removes from the daemon's environment so no
-    child or helper ever sees them (children get a built environment anyway). Path and abstract (@)
-    sockets both work. A send that fails is dropped: systemd being gone must not stop the daemon.
-    """
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._by_process: dict["Process", NotifySocket] = {}
 
-    def __init__(self, address: str, watchdog_s: float | None) -> None:
-        self.address = "\0" + address[1:] if address.startswith("@") else address
-        self.watchdog_s = watchdog_s
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    def env_for(self, process: "Process") -> dict[str, str]:
+        """What a child of process adds to its environment: NOTIFY_SOCKET when it reports readiness so
+        (ready = "notify"). Raises OSError when the socket cannot be made."""
+        if process.program.ready != Ready.NOTIFY:
+            return {}
+        sock = self._by_process.get(process)
+        if sock is None:
+            sock = self._by_process[process] = NotifySocket(self._loop, lambda: process.pid, process.notified)
+        return {"NOTIFY_SOCKET": sock.name}
 
-    @classmethod
-    def from_environ(cls, environ: "os._Environ[str] | dict[str, str]" = os.environ) -> "SystemdNotifier | None":
-        address = environ.pop("NOTIFY_SOCKET", None)
-        usec = environ.pop("WATCHDOG_USEC", None)
-        wd_pid = environ.pop("WATCHDOG_PID", None)
-        if not address:
-            return None
-        watchdog_s = None
-        if usec and usec.isdigit() and int(usec) > 0 and (wd_pid is None or wd_pid == str(os.getpid())):
-            watchdog_s = int(usec) / 1_000_000
-        return cls(address, watchdog_s)
+    def adopt(self, process: "Process", fd: int, name: str) -> None:
+        """Keep the NOTIFY_SOCKET a previous image of this daemon made for process (upgrade/adopt.py)."""
+        self._by_process[process] = NotifySocket.adopt(self._loop, fd, name, lambda: process.pid, process.notified)
 
-    def send(self, message: str) -> None:
-        try:
-            self._sock.sendto(message.encode(), self.address)
-        except OSError as exc:
-            log.warning("sd_notify_failed", error=exc.strerror or str(exc))
+    def of(self, process: "Process") -> NotifySocket | None:
+        """process's NOTIFY_SOCKET, if it has one (upgrade/handoff.py keeps it across a re-exec)."""
+        return self._by_process.get(process)
 
-    def ready(self, status: str) -> None:
-        self.send(f"READY=1\nSTATUS={status}")
-
-    def reloading(self) -> None:
-        # MONOTONIC_USEC lets systemd tell this reload from an earlier one (sd_notify(3), Type=notify-reload).
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the config")
-
-    def stopping(self) -> None:
-        self.send("STOPPING=1\nSTATUS=stopping every program")
-
-    async def watchdog(self) -> None:
-        """Ping at half of WATCHDOG_USEC from the event loop itself: a hung loop gets us restarted."""
-        if self.watchdog_s is None:
-            return
-        while True:
-            self.send("WATCHDOG=1")
-            await asyncio.sleep(self.watchdog_s / 2)
-
-    def close(self) -> None:
-        self._sock.close()
+    def close(self, process: "Process") -> None:
+        sock = self._by_process.pop(process, None)
+        if sock is not None:
+            sock.close()

@@ -7,13 +7,12 @@ published: they and their fields are documented (docs/observability.md, "Events"
 control socket's `events` command and the alerts consume them.
 
 The log level does not decide what is published: the daemon's logger lets info and above through to
-the processors, the publisher takes its events, and `level_filter` drops what the configured level
-hides only after that (a daemon at loglevel "error" still streams every state change).
+the processors, the publisher takes its events, and procguard.log's `level_filter` drops what the
+configured level hides only after that (a daemon at loglevel "error" still streams every state change).
 """
 
 import asyncio
 import itertools
-import logging
 import threading
 import time
 from collections import deque
@@ -159,16 +158,3 @@ def publisher(bus: EventBus) -> Processor:
         return event_dict
 
     return publish
-
-
-def level_filter(level: str) -> Processor:
-    """Drop log events below `level` (after the publisher saw them)."""
-    levels = logging.getLevelNamesMapping()
-    minimum = levels[level.upper()]
-
-    def drop_below(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        if levels.get(str(event_dict.get("level", method)).upper(), logging.INFO) < minimum:
-            raise structlog.DropEvent
-        return event_dict
-
-    return drop_below

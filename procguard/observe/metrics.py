@@ -1,4 +1,4 @@
-"""Prometheus metrics (`[procguard] metrics`): a minimal HTTP server on the daemon's loop, collected at scrape time.
+"""Prometheus metrics (`[procguard] metrics`): the families, collected at scrape time (served by metrics_server).
 
 Nothing runs between scrapes: no timer, no thread, no sampling. A scrape snapshots the engine on the
 loop (cheap), then reads /proc and renders the text exposition format with the official client
@@ -12,10 +12,6 @@ prometheus_client).
 """
 
 import asyncio
-import contextlib
-import os
-import socket
-import stat
 import sys
 import time
 import types
@@ -48,21 +44,15 @@ finally:
         sys.modules["ssl"] = None  # type: ignore[assignment]
 
 from procguard.runtime import procfs
-from procguard.config.model import MetricsConfig
 from procguard.io.output import Output
-from procguard.engine.process import ExitReason, ProcessState
+from procguard.engine.states import ExitReason, ProcessState
 from procguard.protocol import VERSION
 from procguard.engine.supervisor import Supervisor
 
 log = structlog.get_logger()
 
-MAX_CONNECTIONS = 16  # scrapers at once; more are closed at once (loopback, but keep the fd count bounded)
-MAX_HEAD_BYTES = 16 * 1024
-HEAD_TIMEOUT_S = 10.0
 PROCESS_LABELS = ("program", "process")
 STREAMS = ("stdout", "stderr")
-# The classic text format (what generate_latest writes); every Prometheus version reads it.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Row(NamedTuple):
@@ -92,7 +82,7 @@ class DaemonFacts:
     last_scrape_s: float | None
 
 
-# The states in which Process.status() reports an uptime and a health.
+# The states in which records.snapshot() reports an uptime and a health.
 _UP = frozenset({ProcessState.STARTING, ProcessState.RUNNING, ProcessState.STOPPING})
 _CHECKED = frozenset({ProcessState.STARTING, ProcessState.RUNNING})
 
@@ -100,7 +90,7 @@ _CHECKED = frozenset({ProcessState.STARTING, ProcessState.RUNNING})
 def snapshot(sup: Supervisor, output: Output | None) -> list[Row]:
     """Copy what the metrics need out of every Process; runs on the loop (no I/O).
 
-    Reads the attributes Process.status() reports, without building a status per process (its frozen
+    Reads the attributes records.snapshot() reports, without building a status per process (its frozen
     dataclass made this a third of a scrape at 1000 processes).
     """
     now_m, now_w = time.monotonic(), time.time()
@@ -292,93 +282,18 @@ def daemon_families(rows: list[Row], facts: DaemonFacts) -> Iterator[Family]:
     yield from (info, started, cpu, rss, threads, lag, requests, scrape, counts)
 
 
-class MetricsServer:
-    """The /metrics endpoint: HTTP/1.1 on TCP or a unix socket, served by the daemon's event loop."""
+class Scraper:
+    """One scrape: snapshot the engine on the loop, then read /proc and render in the executor."""
 
-    def __init__(self, config: MetricsConfig, supervisor: Supervisor, output: Output | None,
-                 requests: Callable[[], dict[tuple[str, str], int]], control_gid: int | None = None) -> None:
-        self.config = config
+    def __init__(self, supervisor: Supervisor, output: Output | None,
+                 requests: Callable[[], dict[tuple[str, str], int]]) -> None:
         self._sup = supervisor
         self._output = output
         self._requests = requests
-        self._control_gid = control_gid
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
         self._processes = ProcessCollector()
         self._scraping = asyncio.Lock()
         self._started_at = time.time()
-        self._last_scrape_s: float | None = None
-        self.address = config.address
-
-    async def start(self) -> str:
-        """Listen; return the address (with the port a port 0 got). Raises OSError."""
-        cfg = self.config
-        if cfg.path is not None:
-            _clear_stale_socket(cfg.path)
-            self._server = await asyncio.start_unix_server(self._client, cfg.path, limit=MAX_HEAD_BYTES)
-            os.chmod(cfg.path, 0o660)
-            if self._control_gid is not None:
-                os.chown(cfg.path, -1, self._control_gid)
-        else:
-            assert cfg.host is not None
-            self._server = await asyncio.start_server(self._client, cfg.host, cfg.port, limit=MAX_HEAD_BYTES,
-                                                      reuse_address=True)
-            port = self._server.sockets[0].getsockname()[1]
-            self.address = f"[{cfg.host}]:{port}" if ":" in cfg.host else f"{cfg.host}:{port}"
-        log.info("metrics_listening", address=self.address, public=cfg.public)
-        return self.address
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-        if self.config.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.config.path)
-
-    # -------------------------------------------------------------------------------- HTTP
-
-    def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._clients) >= MAX_CONNECTIONS:
-            writer.close()
-            return
-        task = asyncio.create_task(self._serve(reader, writer))
-        self._clients.add(task)
-        task.add_done_callback(self._clients.discard)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                async with asyncio.timeout(HEAD_TIMEOUT_S):
-                    head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-                return
-            method, target = _request_line(head)
-            path = target.partition("?")[0]
-            if method not in ("GET", "HEAD"):
-                await _respond(writer, "405 Method Not Allowed", b"only GET\n", method, allow=True)
-            elif path == "/metrics":
-                t0 = time.monotonic()
-                body = await self.scrape()
-                await _respond(writer, "200 OK", body, method, CONTENT_TYPE)
-                self._last_scrape_s = time.monotonic() - t0
-            elif path == "/":
-                await _respond(writer, "200 OK", b"procguard: the metrics are at /metrics\n", method)
-            else:
-                await _respond(writer, "404 Not Found", b"not found; the metrics are at /metrics\n", method)
-        except ConnectionError:
-            pass  # the scraper left
-        except Exception:  # task boundary: a failed scrape must not end the daemon
-            log.exception("metrics_scrape_failed")
-            with contextlib.suppress(Exception):
-                await _respond(writer, "500 Internal Server Error", b"internal error (see the daemon log)\n", "GET")
-        finally:
-            writer.close()
+        self.last_scrape_s: float | None = None  # the previous scrape, from its request to its last byte
 
     async def scrape(self) -> bytes:
         """Collect every metric now; one scrape at a time (a second scraper waits for the first)."""
@@ -397,41 +312,6 @@ class MetricsServer:
         usage = procfs.tree_usage(r.pid for r in rows if r.pid is not None)
         cpu_s, rss, threads = procfs.self_usage()
         facts = DaemonFacts(cpu_s=cpu_s, rss_bytes=rss, threads=threads, loop_lag_s=lag,
-                            started_at=self._started_at, requests=requests, last_scrape_s=self._last_scrape_s)
+                            started_at=self._started_at, requests=requests, last_scrape_s=self.last_scrape_s)
         parts = [*self._processes(rows, usage), render(list(daemon_families(rows, facts)))]
         return b"".join(parts)
-
-
-def _request_line(head: bytes) -> tuple[str, str]:
-    first = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = first.split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        return "", ""
-    return parts[0], parts[1]
-
-
-async def _respond(writer: asyncio.StreamWriter, status: str, body: bytes, method: str,
-                   content_type: str = "text/plain; charset=utf-8", allow: bool = False) -> None:
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            + ("Allow: GET, HEAD\r\n" if allow else "") + "Connection: close\r\n\r\n")
-    writer.write(head.encode("latin-1") + (body if method != "HEAD" else b""))
-    await writer.drain()
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file no one listens on (a daemon that was killed); refuse one in use or not a socket."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise OSError(f"{path}: another process already serves metrics there")

@@ -1,16 +1,31 @@
-"""Resource usage of process trees from one pass over /proc, for metrics and `top`. Blocking: run off-loop.
+"""The process table, read from /proc (proc(5)): trees of processes, what they use, who left their group.
 
 psutil builds an object per process and walks /proc once per `children(recursive=True)` call: a
-thousand trees cost a thousand scans. Here one scan reads each /proc/PID/stat once (ppid, CPU ticks,
-RSS pages: proc(5)) and every tree is summed from that table.
+thousand trees cost a thousand scans. Here one scan reads each /proc/PID/stat once (ppid, process
+group, CPU ticks, RSS pages) and every question about many trees is answered from that table.
+Blocking: every function here reads /proc or signals; run them off the loop.
 """
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+_HAS_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")  # CONFIG_PROC_CHILDREN
+WALK_RATIO = 2  # see _trees
+
+
+class Stat(NamedTuple):
+    """The fields of /proc/PID/stat procguard reads."""
+
+    ppid: int
+    pgrp: int
+    cpu_ticks: int  # utime + stime + cutime + cstime: its own and that of the children it reaped
+    threads: int
+    rss_pages: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +38,17 @@ class TreeUsage:
     pids: int
 
 
-def _stat(pid: int) -> tuple[int, int, int] | None:
-    """(ppid, CPU ticks incl. reaped children, RSS pages) from /proc/PID/stat; None once it is gone."""
+@dataclass(frozen=True, slots=True)
+class TreeSample:
+    """One process tree over a window: the members at its start, their CPU over it, their RSS at its end."""
+
+    rss_bytes: int
+    cpu_percent: float  # of one CPU, rounded to 0.1
+    pids: int
+
+
+def _stat(pid: int) -> Stat | None:
+    """pid's Stat; None once it is gone."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # no Python file object: ~2x faster
     except OSError:
@@ -38,10 +62,37 @@ def _stat(pid: int) -> tuple[int, int, int] | None:
     # comm (field 2) may hold spaces and parentheses: the fields after it follow the last ')'.
     rest = data[data.rfind(b")") + 2:].split(None, 22)  # up to rss; the 20-odd fields after it stay unsplit
     try:
-        # proc(5): ppid is field 4, utime..cstime 14..17, rss 24; rest[0] is field 3.
-        return int(rest[1]), int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14]), int(rest[21])
+        # proc(5): ppid is field 4, pgrp 5, utime..cstime 14..17, num_threads 20, rss 24; rest[0] is field 3.
+        return Stat(int(rest[1]), int(rest[2]), int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14]),
+                    int(rest[17]), int(rest[21]))
     except (IndexError, ValueError):
         return None
+
+
+def _table() -> dict[int, Stat]:
+    """Every process's Stat: one read each."""
+    stats: dict[int, Stat] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None:
+                stats[int(entry)] = st
+    return stats
+
+
+def _children_of(stats: dict[int, Stat]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, st in stats.items():
+        children.setdefault(st.ppid, []).append(pid)
+    return children
+
+
+def _descendants(children: dict[int, list[int]], pid: int) -> list[int]:
+    out, stack = [], list(children.get(pid, ()))
+    while stack:
+        out.append(child := stack.pop())
+        stack.extend(children.get(child, ()))
+    return out
 
 
 def _fds(pid: int) -> int | None:
@@ -53,40 +104,123 @@ def _fds(pid: int) -> int | None:
         return None
 
 
-def tree_usage(leaders: Iterable[int]) -> dict[int, TreeUsage]:
-    """Usage of each leader's tree; leaders that are gone are left out."""
-    wanted = set(leaders)
-    if not wanted:
-        return {}
-    stats: dict[int, tuple[int, int, int]] = {}
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+# ------------------------------------------------------------------------------------------ usage
+
+
+def _trees(leaders: set[int]) -> dict[int, list[tuple[int, Stat]]]:
+    """Each leader's tree, leader first, with every member's Stat; leaders that are gone are left out.
+
+    Walks the trees where that is cheaper than one scan of every process (_table): each member's
+    children come from /proc/PID/task/TID/children (proc(5)), so the cost follows the trees' size, not
+    the host's. A member costs a stat and a children read, about 1.7 stat reads, so the walk wins once
+    the host runs WALK_RATIO times as many processes as there are leaders (a scrape of 1000 programs
+    among 5000 other processes: benchmarks/RESULTS.md). Without CONFIG_PROC_CHILDREN: always the scan.
+    """
+    if not _HAS_CHILDREN_FILES or _host_processes() < WALK_RATIO * len(leaders):
+        stats = _table()
+        children = _children_of(stats)
+        return {leader: [(pid, stats[pid]) for pid in (leader, *_descendants(children, leader))]
+                for leader in leaders if leader in stats}
+    trees: dict[int, list[tuple[int, Stat]]] = {}
+    for leader in leaders:
+        st = _stat(leader)
+        if st is None:
             continue
-        pid = int(entry)
-        st = _stat(pid)
-        if st is not None:
-            stats[pid] = st
-            children.setdefault(st[0], []).append(pid)
-    out: dict[int, TreeUsage] = {}
-    for leader in wanted:
-        if leader not in stats:
-            continue
-        ticks = pages = members = 0
-        fds: int | None = None
-        stack = [leader]
+        members = trees[leader] = [(leader, st)]
+        stack = _kids(leader, st.threads)
         while stack:
             pid = stack.pop()
-            _, cpu, rss = stats[pid]
-            ticks += cpu
-            pages += rss
-            members += 1
+            st = _stat(pid)
+            if st is not None:  # else gone meanwhile, and its children with it or reparented
+                members.append((pid, st))
+                stack.extend(_kids(pid, st.threads))
+    return trees
+
+
+def _host_processes() -> int:
+    """About how many processes the host runs, without listing /proc: its link count grows with each
+    (fs/proc/root.c proc_root_getattr adds nr_processes())."""
+    return os.stat("/proc").st_nlink
+
+
+def _kids(pid: int, threads: int) -> list[int]:
+    """pid's children: each of its threads lists those it forked (a single thread's id is pid's)."""
+    try:
+        tids = [str(pid)] if threads == 1 else os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tids:
+        try:
+            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            out.extend(map(int, os.read(fd, 1 << 16).split()))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return out
+
+
+def tree_usage(leaders: Iterable[int]) -> dict[int, TreeUsage]:
+    """Usage of each leader's tree; leaders that are gone are left out."""
+    out: dict[int, TreeUsage] = {}
+    for leader, members in _trees(set(leaders)).items():
+        ticks = pages = 0
+        fds: int | None = None
+        for pid, st in members:
+            ticks += st.cpu_ticks
+            pages += st.rss_pages
             n = _fds(pid)
             if n is not None:
                 fds = n + (fds or 0)
-            stack.extend(children.get(pid, ()))
-        out[leader] = TreeUsage(cpu_s=ticks / CLOCK_TICKS, rss_bytes=pages * PAGE_BYTES, fds=fds, pids=members)
+        out[leader] = TreeUsage(cpu_s=ticks / CLOCK_TICKS, rss_bytes=pages * PAGE_BYTES, fds=fds, pids=len(members))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class SampleStart:
+    """The trees' members and their counters when a sampling window opened."""
+
+    trees: dict[int, list[tuple[int, Stat]]]
+    t0: float
+
+
+def start_sample(leaders: Iterable[int]) -> SampleStart:
+    """Open a sampling window on each leader's tree (blocking: run off-loop)."""
+    return SampleStart(trees=_trees(set(leaders)), t0=time.monotonic())
+
+
+def finish_sample(start: SampleStart) -> dict[int, TreeSample]:
+    """RSS and CPU% of each tree since `start`; a member gone by now counts neither CPU nor RSS."""
+    elapsed = max(time.monotonic() - start.t0, 1e-9)
+    out: dict[int, TreeSample] = {}
+    for leader, members in start.trees.items():
+        ticks = pages = 0
+        for pid, before in members:
+            after = _stat(pid)
+            if after is not None:
+                ticks += max(0, after.cpu_ticks - before.cpu_ticks)
+                pages += after.rss_pages
+        cpu_s = ticks / CLOCK_TICKS
+        out[leader] = TreeSample(rss_bytes=pages * PAGE_BYTES, cpu_percent=round(100.0 * cpu_s / elapsed, 1),
+                                 pids=len(members))
+    return out
+
+
+def sample_usage(leaders: Iterable[int], window_s: float, sleep: Callable[[float], None] = time.sleep
+                 ) -> dict[int, TreeSample]:
+    """RSS and CPU% of each leader's tree, CPU measured over window_s (sleeps); leaders gone are left out.
+
+    The members are those at the window's start; a member gone by its end counts neither CPU nor RSS.
+    """
+    start = start_sample(leaders)
+    if not start.trees:
+        return {}
+    sleep(window_s)
+    return finish_sample(start)
 
 
 def self_usage() -> tuple[float, int, int]:
@@ -98,6 +232,105 @@ def self_usage() -> tuple[float, int, int]:
 
 
 def tree_rss(pid: int) -> int | None:
-    """RSS of pid and all its descendants in bytes (max_memory); None when pid is gone. Blocking: off-loop."""
+    """RSS of pid and all its descendants in bytes (max_memory); None when pid is gone."""
     usage = tree_usage([pid]).get(pid)
     return None if usage is None else usage.rss_bytes
+
+
+# ------------------------------------------------------------------------------- groups and strays
+
+
+def pid_exists(pid: int) -> bool:
+    return _exists(os.kill, pid)
+
+
+def group_exists(pgid: int) -> bool:
+    return _exists(os.killpg, pgid)
+
+
+def _exists(kill: Callable[[int, int], None], ident: int) -> bool:
+    """Signal 0 probes existence (kill(2)); EPERM still means it exists."""
+    try:
+        kill(ident, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The members of process group pgid; its leader may be gone."""
+    return [pid for pid, st in _table().items() if st.pgrp == pgid]
+
+
+def scan_strays(leaders: dict[str, int | None], tracked: set[int]) -> dict[str, set[int]]:
+    """For each process, find its leader's descendants outside its process group, and our orphans with its
+    marker together with their descendants.
+
+    One pass over /proc for all processes (`leaders` maps process name to leader pid, None when the
+    leader is gone; `tracked`: the daemon's children that lead a process or run a helper command).
+    """
+    children = _children_of(_table())
+    found: dict[str, set[int]] = {name: set() for name in leaders}
+    for name, leader in leaders.items():
+        if leader is None:
+            continue
+        for pid in _descendants(children, leader):
+            try:
+                if os.getpgid(pid) != leader:  # now, not as read: it may have just left the group
+                    found[name].add(pid)
+            except ProcessLookupError:
+                pass
+    # Orphans were reparented to us (subreaper); the PROCGUARD_PROCESS marker says whose they are, and
+    # whatever they started is theirs too.
+    live_leaders = {leader for leader in leaders.values() if leader is not None}
+    for pid in children.get(os.getpid(), ()):
+        if pid in tracked or pid in live_leaders:
+            continue
+        owner = _marker(pid)
+        if owner in found:
+            found[owner].add(pid)
+            found[owner].update(_descendants(children, pid))
+    return found
+
+
+def _marker(pid: int) -> str | None:
+    """The PROCGUARD_PROCESS marker in pid's environment, or None (gone, unreadable, unmarked)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return None
+    return next((v[len(b"PROCGUARD_PROCESS="):].decode(errors="replace") for v in environ
+                 if v.startswith(b"PROCGUARD_PROCESS=")), None)
+
+
+def untracked_children(tracked: set[int]) -> list[int]:
+    """Our direct children that no program owns (orphans reparented to the subreaper)."""
+    return [pid for pid in direct_children() if pid not in tracked]
+
+
+def direct_children() -> set[int]:
+    """This process's children: /proc/self/task/*/children (proc(5)), not a scan of every process.
+
+    A child is listed under the thread that forked it (or, once that thread ended, the one it was
+    reparented to inside this process), so every thread's list is read. Without CONFIG_PROC_CHILDREN:
+    psutil's scan of /proc.
+    """
+    out: set[int] = set()
+    try:
+        tids = os.listdir("/proc/self/task")
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                    out.update(int(pid) for pid in f.read().split())
+            except FileNotFoundError:
+                if not os.path.exists("/proc/self/task/" + tid):
+                    continue  # that thread ended meanwhile
+                raise
+    except FileNotFoundError:
+        import psutil  # lazily: only where the kernel lacks the children file
+
+        return {child.pid for child in psutil.Process().children()}
+    return out

@@ -7,7 +7,6 @@ their tail buffers and offsets; its NOTIFY_SOCKET is the same socket. Held socke
 socket's listener and lock are the inherited descriptors (daemon.py passes them on).
 """
 
-import asyncio
 import os
 import signal
 import socket
@@ -16,10 +15,12 @@ import time
 import structlog
 
 from procguard.config.model import Config, SocketConfig
-from procguard.engine.process import ExitReason, Process, ProcessState, ReplaceOutcome, ReplacePhase, ReplaceTrigger
+from procguard.engine.process import Process
+from procguard.engine.records import ReplaceOutcome
+from procguard.engine.states import ExitReason, Health, Hold, ProcessState, ReplacePhase, ReplaceTrigger
 from procguard.engine.supervisor import Supervisor
 from procguard.io.listeners import SocketSet
-from procguard.io.notify import NotifySocket, SystemdNotifier
+from procguard.io.systemd import SystemdNotifier
 from procguard.runtime.realos import RealOS
 from procguard.upgrade.fds import close_on_exec, read_state_fd
 from procguard.upgrade.state import SavedProcess, Snapshot, loads
@@ -61,7 +62,7 @@ def adopt_sockets(snap: Snapshot, sockets: SocketSet, config: Config) -> None:
     sockets.adopt(held)
 
 
-def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS, loop: asyncio.AbstractEventLoop) -> int:
+def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS) -> int:
     """Give every process of the config its saved state; return how many were adopted.
 
     A saved process the config no longer has (it cannot happen after the pre-flight's check, but a state
@@ -78,8 +79,7 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS, loop: asynci
         _restore(proc, saved)
         notify = None
         if saved.notify_fd is not None and saved.notify_name is not None:
-            notify = NotifySocket.adopt(loop, saved.notify_fd, saved.notify_name,
-                                        lambda proc=proc: proc.pid, proc.notified)  # type: ignore[misc]
+            notify = (saved.notify_fd, saved.notify_name)
         osapi.adopt(proc, saved.pid if saved.leader_alive else None, notify)
         streams = {s.name: s for s in osapi.output.streams_of(proc.program, proc.config) if s is not None}
         for saved_stream in saved.streams:
@@ -107,14 +107,16 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS, loop: asynci
 
 
 # Process attributes that hold the saved fields of the same name (the state machine's public fields).
-RESTORED = ("pid", "spawned_at", "exit_status", "reason", "failures", "failed_starts", "retry_at", "health",
-            "health_reason", "health_failures", "status_text", "restarts", "generation")
+RESTORED = ("pid", "spawned_at", "exit_status", "failures", "failed_starts", "retry_at", "health_reason",
+            "health_failures", "status_text", "restarts", "generation")
 
 
 def _restore(proc: Process, saved: SavedProcess) -> None:
     proc.state = ProcessState(saved.state)
     for name in RESTORED:
         setattr(proc, name, getattr(saved, name))
+    proc.set_reason(Hold[saved.hold], saved.reason)
+    proc.health = None if saved.health is None else Health(saved.health)
     proc.exits = {reason: saved.exits.get(str(reason), 0) for reason in ExitReason}
 
 

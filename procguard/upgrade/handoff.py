@@ -15,19 +15,22 @@ The order (docs/upgrade.md):
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import structlog
 
-from procguard.config.model import Config, diff_configs, load_config
-from procguard.control.server import AfterReply, ControlServer
-from procguard.engine.process import Process, ProcessState
+from procguard.config.diff import diff_configs
+from procguard.config.load import load_config
+from procguard.config.model import Config
+from procguard.control.handlers import AfterReply
+from procguard.control.server import ControlServer
+from procguard.engine.process import Process
+from procguard.engine.states import ProcessState
 from procguard.engine.supervisor import Supervisor
 from procguard.errors import ConfigError, ControlError
-from procguard.io.notify import SystemdNotifier
+from procguard.io.systemd import SystemdNotifier
 from procguard.protocol import E_REEXEC_REFUSED, VERSION
 from procguard.runtime.realos import RealOS
 from procguard.upgrade.fds import keep_across_exec, state_fd
@@ -69,7 +72,7 @@ class Reexec:
                 return f"{p.name} is stopping; try again once it has stopped"
             if p.state == ProcessState.STARTING and p.pid is None:
                 return f"{p.name} is being spawned; try again in a moment"
-            if st.replace_phase is not None or p.trial or p.retiring or p.orphan_groups or p.draining:
+            if st.replace_phase is not None or p.trial or p.retiring or p.orphans.groups or p.draining:
                 return f"{p.name} is being replaced (deploy, restart or recycle); try again once it is done"
         return None
 
@@ -97,13 +100,13 @@ class Reexec:
         argv = [sys.executable, "-m", "procguard.upgrade.preflight", "-c", self._sup.config.path,
                 "--state-format", str(FORMAT)]
         with tempfile.TemporaryFile() as out:
-            pid, exited = await self._os.spawn_command(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                                       stderr=subprocess.STDOUT, close_fds=True)
+            # spawn.popen: stdin /dev/null, stderr into stdout, its own process group, no other descriptor.
+            pid, exited = await self._os.spawn_command(argv, stdout=out.fileno(), env=dict(os.environ))
             try:
                 async with asyncio.timeout(PREFLIGHT_TIMEOUT_S):
                     code = await asyncio.shield(exited)
             except TimeoutError:
-                self._os.send_signal(pid, signal.SIGKILL, group=False)
+                self._os.send_signal(pid, signal.SIGKILL, group=True)
                 return f"the pre-flight ({' '.join(argv[1:])}) did not finish within {PREFLIGHT_TIMEOUT_S:g}s"
             out.seek(0)
             text = out.read().decode(errors="replace").strip()
@@ -199,7 +202,8 @@ def _saved(p: Process, osapi: RealOS, pipes: dict[int, list[int]]) -> SavedProce
     return SavedProcess(
         name=p.name, program=p.program.name, state=str(p.state), pid=p.pid, leader_alive=p.live_pid is not None,
         spawned_at=p.spawned_at, exit_status=p.exit_status, reason=p.reason, failures=p.failures,
-        failed_starts=p.failed_starts, retry_at=p.retry_at, health=p.health, health_reason=p.health_reason,
+        failed_starts=p.failed_starts, retry_at=p.retry_at, hold=p.hold.name,
+        health=None if p.health is None else str(p.health), health_reason=p.health_reason,
         health_failures=p.health_failures, status_text=p.status_text, restarts=p.restarts,
         generation=p.generation, exits={str(k): v for k, v in p.exits.items()},
         notify_fd=None if notify is None else notify.fd, notify_name=None if notify is None else notify.name,

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # any failure to import is the answer
             print(f"cannot import {module}: {type(exc).__name__}: {exc}")
             return 1
-    from procguard.config.model import load_config
+    from procguard.config.load import load_config
     from procguard.errors import ConfigError
     from procguard.protocol import VERSION
     from procguard.upgrade.state import READABLE, readable

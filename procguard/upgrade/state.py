@@ -49,6 +49,7 @@ class SavedProcess:
     spawned_at: float | None = None  # monotonic
     exit_status: int | None = None
     reason: str = ""
+    hold: str = "NONE"  # engine.states.Hold's name: what the reason means to code (a completed oneshot)
     failures: int = 0
     failed_starts: int = 0
     retry_at: float | None = None  # monotonic, in BACKOFF
@@ -69,11 +70,11 @@ class SavedOutcome:
     """The last replace of one process (status: last_deploy)."""
 
     process: str
+    pid: int | None
     at: float
     ok: bool
     trigger: str
     generation: int
-    pid: int | None
     step: str
     reason: str
 

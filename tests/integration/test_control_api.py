@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from procguard.config.model import load_config
+from procguard.config.load import load_config
 from procguard.errors import ConfigError, ControlError
 from procguard.runtime.realos import RealOS
-from procguard.engine.process import ProcessState
+from procguard.engine.states import ProcessState
 from procguard.engine.supervisor import Supervisor
 from tests.helpers import alive, probe, toml_list
 

@@ -411,7 +411,7 @@ def _run_as_nobody(argv: list[str], group: str | None = None) -> tuple[int, str]
     gid = grp.getgrnam(group).gr_gid if group else nobody.pw_gid
     code = (
         "import os, sys\n"
-        "import procguardctl.__main__ as m, procguardctl.client, zmq, json, base64, locale, gettext\n"
+        "import procguardctl.cli as m, procguardctl.client, zmq, json, base64, locale, gettext\n"
         "m.build_parser().format_help()  # argparse's lazy imports (gettext, locale) while still root\n"
         f"os.setgroups([]); os.setgid({gid}); os.setuid({nobody.pw_uid})\n"
         f"sys.exit(m.main({argv!r}))\n"
@@ -678,7 +678,7 @@ def test_no_authenticator_means_no_entry(tmp_path):
     """ZAP is fail-open in libzmq unless enforced: with our authenticator gone, the socket admits no one."""
     import asyncio
 
-    from procguard.config.model import load_config
+    from procguard.config.load import load_config
     from procguard.control.server import ControlServer
     from procguard.runtime.realos import RealOS
     from procguard.engine.supervisor import Supervisor

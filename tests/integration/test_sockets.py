@@ -239,7 +239,7 @@ def test_a_socket_that_cannot_be_bound_stops_the_daemon_before_any_program(daemo
 
 
 def test_socket_config_errors_are_named(tmp_path):
-    from procguard.config.model import load_config
+    from procguard.config.load import load_config
     from procguard.errors import ConfigError
 
     cfg = tmp_path / "procguard.toml"

@@ -1,4 +1,4 @@
-"""The next generation's reuseport steering on real kernel sockets (sockets.py, "next generation"): before
+"""The next generation's reuseport steering on real kernel sockets (io/steering.py): before
 the switch only the daemon's checker (loopback, its reserved source ports) reaches socket 1; after it,
 every new connection does. IPv4 and IPv6."""
 
@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from procguard.io.listeners import _reserve_checker_ports, _steer_checker_to_second, _steer_to_second
+from procguard.io.steering import reserve_checker_ports, steer_checker_to_second, steer_to_second
 
 
 @pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
@@ -22,9 +22,9 @@ def test_only_the_checker_reaches_the_next_generation_until_the_switch(family: i
 
     current = listener()
     port = current.getsockname()[1]
-    reserved = _reserve_checker_ports(family)
+    reserved = reserve_checker_ports(family)
     ports = tuple(r.getsockname()[1] for r in reserved)
-    _steer_checker_to_second(current, ports)
+    steer_checker_to_second(current, ports)
     nxt = listener(port)
     opened: list[socket.socket] = [current, nxt, *reserved]
 
@@ -44,7 +44,7 @@ def test_only_the_checker_reaches_the_next_generation_until_the_switch(family: i
     try:
         assert [lands() for _ in range(8)] == ["current"] * 8
         assert [lands(p) for p in ports] == ["next"] * len(ports)
-        _steer_to_second(current)
+        steer_to_second(current)
         assert [lands() for _ in range(8)] == ["next"] * 8
     finally:
         for s in opened:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from procguard.config.model import AlertConfig, AlertTrigger, AlertType, SmtpSecurity, load_config
+from procguard.config.load import load_config
+from procguard.config.model import AlertConfig, AlertTrigger, AlertType, SmtpSecurity
 from procguard.errors import ConfigError
 
 PROGRAMS = '[program.web]\ncommand = "/bin/true"\n[program.worker]\ncommand = "/bin/true"\n'

@@ -19,6 +19,17 @@ def test_procguardctl_imports_nothing_heavy():
     assert not (loaded & heavy), sorted(loaded & heavy)
 
 
+def test_importer_loads_the_config_keys_and_nothing_else_of_the_daemon():
+    """import-supervisor writes the keys, templates and endpoint the daemon reads (config.keys, protocol: stdlib only)."""
+    code = ("import sys, json; import procguardctl.importer; "
+            "print(json.dumps(sorted(m for m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    loaded = set(json.loads(out))
+    assert {m for m in loaded if m.split(".")[0] == "procguard"} == {"procguard", "procguard.config",
+                                                                       "procguard.config.keys", "procguard.protocol"}
+    assert not {m for m in loaded if m.split(".")[0] in ("psutil", "structlog", "asyncio", "zmq", "tomllib")}
+
+
 def test_idle_daemon_imports_only_what_it_runs_on():
     """The daemon's entry point loads no module that only some command or config needs (issue #17).
 

@@ -16,20 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from procguard import daemon
-from procguard.config.model import (
-    LOG_INHERIT,
-    LOG_NONE,
-    AutoRestart,
-    Config,
-    ConfigDiff,
-    ProgramConfig,
-    diff_configs,
-    load_config,
-    parse_duration,
-    parse_signal,
-    parse_size,
-    parse_umask,
-)
+from procguard.config.diff import diff_configs
+from procguard.config.load import load_config
+from procguard.config.model import LOG_INHERIT, LOG_NONE, AutoRestart, Config, ConfigDiff, ProgramConfig
+from procguard.config.values import parse_duration, parse_signal, parse_size, parse_umask
 from procguard.errors import ConfigError
 
 SEED = Path(__file__).resolve().with_name("seed_supervisor_recipe.toml")

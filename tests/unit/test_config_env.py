@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from procguard.config.model import AutoRestart, ProgramConfig, load_config
+from procguard.config.load import load_config
+from procguard.config.model import AutoRestart, ProgramConfig
 from procguard.errors import ConfigError
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}

@@ -3,7 +3,9 @@
 from pathlib import Path
 
 from procguard import daemon
-from procguard.config.model import GroupConfig, diff_groups, load_config
+from procguard.config.diff import diff_groups
+from procguard.config.load import load_config
+from procguard.config.model import GroupConfig
 from procguard.log import LogRing
 from tests.unit.test_config import ENV, HEADER, load, main_file, refusal, write
 

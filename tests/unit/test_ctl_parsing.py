@@ -5,7 +5,8 @@ from datetime import timedelta
 
 import pytest
 
-from procguardctl.__main__ import build_parser, command_in, uptime
+from procguardctl.cli import build_parser, command_in
+from procguardctl.render import uptime
 
 ARGVS = [
     ["status"], ["-s", "ipc:///x", "status", "-l", "web"], ["--json", "--timeout", "3", "stop", "web", "db"],

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from procguard.config.model import ANY_BELOW_500, ConfigError, Ready, load_config
+from procguard.config.load import load_config
+from procguard.config.model import ANY_BELOW_500, Ready
+from procguard.errors import ConfigError
 from tests.helpers import REPO
 
 HEADER = '[procguard]\nlogdir = "logs"\n\n'

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from procguard.runtime import procfs
 from procguard.observe.metrics import PROCESS_FAMILIES, PROCESS_LABELS, ProcessCollector, Row, render
-from procguard.engine.process import ExitReason, ProcessState
+from procguard.engine.states import ExitReason, ProcessState
 
 
 def reference(rows: list[Row], usage: dict[int, procfs.TreeUsage]) -> bytes:

@@ -2,7 +2,8 @@
 
 import signal
 
-from procguard.engine.process import ExitReason
+from procguard.engine.records import snapshot
+from procguard.engine.states import ExitReason
 from procguard.testing import make
 
 
@@ -30,7 +31,7 @@ def test_an_operator_start_is_not_a_restart_but_every_automatic_respawn_is():
     assert exits(p) == {"unexpected": 1, "signal": 1, "stopped": 1}
     p.start()  # the operator's: counts nothing
     assert p.restarts == 2
-    assert p.status(fos.now, 0.0).restarts == 2
+    assert snapshot(p, fos.now, 0.0).restarts == 2
 
 
 def test_exits_before_ready_and_expected_exits_have_their_own_reasons():

@@ -4,17 +4,14 @@ Real-process tests (tests/integration) are the evidence; these pin the rules exa
 jitter bounds and timer arithmetic that real time makes noisy.
 """
 
-import asyncio
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 import pytest
 
 from procguard.config.model import AutoRestart
-from procguard.engine.process import Process, ProcessState
-from procguard.testing import FakeOS, make, program
+from procguard.engine.process import Process
+from procguard.engine.states import ProcessState
+from procguard.testing import FakeOS, make
 
 
 def test_start_becomes_running_after_startsecs():

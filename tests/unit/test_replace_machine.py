@@ -7,17 +7,16 @@ current one is never signalled; a trial never retries, and a retired generation 
 """
 
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from procguard.config.model import Ready
-from procguard.engine.process import Process, ProcessState, ReplacePhase, ReplaceTrigger
+from procguard.engine.process import Process
+from procguard.engine.states import ProcessState, ReplacePhase, ReplaceTrigger
 from procguard.engine.replace import Replacement
-from procguard.testing import FakeOS, TwoGenOS, program
+from procguard.testing import FakeOS, program
 
 
-def setup(**over: object) -> tuple[Process, Process, Replacement, TwoGenOS, list[str]]:
-    fos = TwoGenOS()
+def setup(**over: object) -> tuple[Process, Process, Replacement, FakeOS, list[str]]:
+    fos = FakeOS()
     prog = program(sockets=("web",), **over)
     phases: list[str] = []
     holder: list[Replacement] = []
@@ -165,7 +164,7 @@ def test_an_unhealthy_overlapping_process_asks_for_a_replace():
     assert asked == [ReplaceTrigger.HEALTH] and current.state == ProcessState.RUNNING
 
 
-def _checked(retries: int = 3, start_period: float = 0.0) -> tuple[Process, Process, Replacement, TwoGenOS, list[str]]:
+def _checked(retries: int = 3, start_period: float = 0.0) -> tuple[Process, Process, Replacement, FakeOS, list[str]]:
     from procguard.config.model import HealthCheckConfig
 
     current, nxt, r, fos, phases = setup(

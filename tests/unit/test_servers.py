@@ -4,7 +4,8 @@ import signal
 import textwrap
 from pathlib import Path
 
-from procguard.config.model import Ready, load_config
+from procguard.config.load import load_config
+from procguard.config.model import Ready
 
 HEADER = '[procguard]\nlogdir = "logs"\n\n'
 

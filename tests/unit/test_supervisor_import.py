@@ -1,7 +1,7 @@
 """`procguardctl import-supervisor`: supervisord configs from tests/supervisord_corpus -> procguard TOML (issue #8).
 
 Each corpus config is converted into tmp_path; the TOML is read back with tomllib and compared value by
-value, then loaded with procguard.config.model.load_config to prove procguard accepts it. The report (stderr and
+value, then loaded with procguard.config.load.load_config to prove procguard accepts it. The report (stderr and
 IMPORT-REPORT.txt) is asserted as the lines an operator reads. Nothing here starts a process.
 """
 
@@ -21,9 +21,12 @@ from typing import Any
 
 import pytest
 
-from procguard.config.model import AutoRestart, Config, load_config
+from procguard.config.load import load_config
+from procguard.config.model import AutoRestart, Config
 from procguard.errors import ConfigError
 from procguardctl import importer
+from procguardctl.importer import datatypes, expansions, logfiles, tomlout
+from procguardctl.importer.report import Report
 from procguardctl.__main__ import main as ctl_main
 from tests.supervisord_parser import SupervisordRefused, supervisord_view
 
@@ -538,7 +541,7 @@ def test_log_paths_naming_supervisords_own_descriptors(tmp_path: Path, capsys: p
         for stream in ("stdout", "stderr"):
             # supervisord opened /dev/fd/N in its own process: its own descriptor N; procguard's is "inherit"
             assert progs[name][f"{stream}_logfile"] == "inherit"
-            assert importer._own_fd(getattr(sv.processes[name], f"{stream}_logfile")) in (1, 2)
+            assert logfiles.own_fd(getattr(sv.processes[name], f"{stream}_logfile")) in (1, 2)
     changed = "\n".join(imp.section("Carried over with a difference"))
     assert "[program:cross] stderr_logfile: /dev/stdout is supervisord's stdout; \"inherit\" is procguard's stderr" in changed
     assert "[program:pidone] stdout_logfile: /proc/1/fd/1: a descriptor of that pid" in changed
@@ -665,12 +668,12 @@ def test_names_procguard_cannot_take_are_renamed_and_reported(tmp_path: Path,
     ('\nA="1",\nB="2"', {"A": "1", "B": "2"}),
 ])
 def test_environment_lexer_matches_supervisord(text: str, expected: dict[str, str]) -> None:
-    assert importer.sv_environment(text) == expected
+    assert datatypes.sv_environment(text) == expected
 
 
 def test_environment_lexer_refuses_what_supervisord_refuses() -> None:
     with pytest.raises(ValueError, match="unexpected end of key/value pairs"):
-        importer.sv_environment("A=1,B")
+        datatypes.sv_environment("A=1,B")
 
 
 @pytest.mark.parametrize("value", [
@@ -678,7 +681,7 @@ def test_environment_lexer_refuses_what_supervisord_refuses() -> None:
     "{ENV_HOME}/x",
 ])
 def test_toml_strings_read_back_unchanged(value: str) -> None:
-    assert tomllib.loads(f"v = {importer.toml_str(value)}")["v"] == value
+    assert tomllib.loads(f"v = {tomlout.toml_str(value)}")["v"] == value
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -687,16 +690,30 @@ def test_toml_strings_read_back_unchanged(value: str) -> None:
     ("%(process_num)-3d", "{process_num:<3d}"),
 ])
 def test_process_num_formats(spec: str, expected: str) -> None:
-    exp = importer.Expander(here="/h", where="w", report=importer.Report(), program_name="p", per_process=True)
+    exp = expansions.Expander(here="/h", where="w", report=Report(), program_name="p", per_process=True)
     assert exp.template(spec, "process_name") == expected
 
 
-def test_importer_loads_only_the_standard_library() -> None:
-    code = ("import sys, json; import procguardctl.importer; "
-            "print(json.dumps(sorted(m for m in sys.modules)))")
-    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                           text=True).stdout))
-    assert not {m for m in loaded if m.split(".")[0] in ("psutil", "structlog", "asyncio", "zmq", "procguard")}
+def test_importer_writes_the_keys_and_flags_the_templates_config_reads() -> None:
+    """One vocabulary (procguard.config.keys, issue #15): every supervisord key the importer carries over is a
+    procguard key, and every brace config would expand is flagged in text the importer writes literally."""
+    from procguard.config import keys
+    from procguardctl.importer.programs import DEFERRABLE_KEYS
+
+    assert keys.SUPERVISOR_PROGRAM_KEYS <= keys.PROGRAM_KEYS
+    assert DEFERRABLE_KEYS == keys.SUPERVISOR_PROGRAM_KEYS - keys.PER_PROCESS_KEYS - {"environment"}
+    expanded_by_config = ["{here}", "{program_name}", "{group_name}", "{process_num:02d}", "{ENV_X}",
+                          "{ENV_X:split}", "{socket.web.fd}"]
+    for text in expanded_by_config:
+        assert keys.TEMPLATE_RE.search(text) or keys.ENV_RE.search(text), text
+        assert keys.TEMPLATE_ANY_SPEC_RE.search(text), text
+    # The importer flags more than config expands: {here:x} is left as written by config, still refused here.
+    assert keys.TEMPLATE_ANY_SPEC_RE.search("{here:x}") and not keys.TEMPLATE_RE.search("{here:x}")
+    exp = expansions.Expander(here="/h", where="w", report=Report(), program_name="p", per_process=True)
+    exp.literal("echo {here:x} {process_num}", "user")
+    assert [f.message for f in exp.report.findings if f.level == "error"] == [
+        "'echo {here:x} {process_num}' contains a procguard template ({...}) that procguard would expand; "
+        "rewrite it by hand"]
 
 
 # --------------------------------------------------------------------------------- supervisorctl spellings
@@ -704,7 +721,7 @@ def test_importer_loads_only_the_standard_library() -> None:
 
 def test_a_command_word_with_spaces_is_split_as_supervisorctl_joins_its_arguments() -> None:
     # Ansible's supervisorctl module sends `signal HUP` as one argument (issue #14).
-    from procguardctl.__main__ import split_command
+    from procguardctl.cli import split_command
 
     assert split_command(["-c", "my conf.toml", "signal HUP", "web"]) == ["-c", "my conf.toml", "signal", "HUP", "web"]
     assert split_command(["--json", "status"]) == ["--json", "status"]
