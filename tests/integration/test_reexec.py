@@ -103,7 +103,8 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         + "[program.app.healthcheck]\n"
         + f'type = "http"\nurl = "http://127.0.0.1:{health_port}/health/"\ninterval = "300ms"\ntimeout = "2s"\n\n'
         + prog("waiter", [sys.executable, NOTIFIER, "--dir", str(d.work), "--name", "waiter"], ready="notify")
-        + prog("gap", [sys.executable, "-c", GAP_CHILD, str(gap_marker)], startsecs=0, autorestart=False))
+        + prog("gap", [sys.executable, "-c", GAP_CHILD, str(gap_marker)], startsecs=0, autorestart=False)
+        + prog("job", ["true"], type="oneshot"))
     (d.work / "health").write_text("ok")
     fake_systemd = FakeSystemd(str(tmp_path / "notify.sock"))
     # Read it as systemd does, at once: the daemon's sd_notify socket blocks once 10 datagrams wait unread
@@ -120,6 +121,7 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
     try:
         # (No READY=1 yet: waiter stays STARTING until told to send its own READY=1.)
         before = status_when(d, lambda s: s["app"]["health"] == "healthy" and s["flaky"]["state"] == "BACKOFF"
+                             and s["job"]["completed"]
                              and all(s[n]["state"] == "RUNNING" for n in ("web", "ticker", "jticker", "gap")),
                              "every program up, flaky backing off")
         # A deploy first: its outcome (status' last_deploy) is part of the state too.
@@ -174,6 +176,9 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         # The health check goes on from where it was: still healthy, no new transition.
         assert after["app"]["health"] == "healthy"
         assert len(d.events("health_changed")) == health_events
+        # A one-shot job that completed stays completed (a dependency satisfied), not merely EXITED.
+        assert (after["job"]["state"], after["job"]["completed"], after["job"]["reason"]) == \
+            ("EXITED", True, before["job"]["reason"])
         # The child that exited while the daemon exec'd was reaped by the new image and handled.
         assert gap_marker.exists()
         assert after["gap"]["state"] == "EXITED" and after["gap"]["exit_status"] == 7, after["gap"]
