@@ -210,7 +210,7 @@ def bench_programs(bench: Bench, n: int, cli_runs: int, samples: int) -> dict[st
                 print(f"  {'procguardctl status -l (once; 0.2 s sample)':<44} {dt:.1f} ms")
                 print(f"  {'server side: status long=true (once)':<44} {long_ms:.1f} ms")
     finally:
-        survivors = d.stop()
+        survivors = d.kill()
     res["children_surviving_daemon"] = survivors
     print(f"  {'sleep children surviving the daemon':<44} {len(survivors)}"
           + (f"  (killed: {survivors})" if survivors else ""))

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
             (d.work / "release.json").write_text(json.dumps({"name": "v2", "mode": "exit"}))
             out["broken"] = summary("deploy, broken release (verdict)",
                                     [round_of(d, port, ["deploy", "web"], expect_ok=False) for _ in range(rounds)])
-        left = d.stop(d.bench.known_cmdlines)
+        left = d.kill()
         if left:
             print(f"survivors killed: {left}")
     print(f"({rounds} rounds each; fdserver --delay {args.delay}; 4 clients, new connection per request)")

@@ -255,7 +255,7 @@ def bench_cpu(bench: Bench, window_s: float) -> dict[str, Any]:
         try:
             m = measure_cpu(d, apps[0].work / "events.log", window_s)
         finally:
-            survivors = d.stop([a.argv for a in apps])
+            survivors = d.kill()
         m["startup_s"] = up_s
         m["servers_surviving_daemon"] = survivors
         out[label] = m
@@ -406,7 +406,7 @@ def bench_latency(bench: Bench, rounds: int) -> dict[str, Any]:
             out[app.name] = {"interval_s": app.interval_s, "retries": app.retries,
                              "aim_s": app.interval_s * app.retries, "runs": runs}
     finally:
-        survivors = d.stop([a.argv for a in apps])
+        survivors = d.kill()
     out["servers_surviving_daemon"] = survivors
     return out
 

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from benchmarks.harness.procs import kill_survivors
 from benchmarks.harness.run import REPO, SLEEP_ARGV, BenchError, poll_until
+from procguard.testing import RealDaemon
 
 if TYPE_CHECKING:
     from benchmarks.harness.run import Bench
@@ -78,8 +77,9 @@ class LogTail:
 
 
 class Daemon:
-    """A daemon process in its directory `work`, owned (and cleaned up) by a Bench; procguard unless a peer
-    driver (peers.py) Popens another daemon in its place."""
+    """A daemon process in its directory `work`, owned (and cleaned up) by a Bench: procguard, started and
+    closed by procguard.testing.RealDaemon (the tests' harness), unless a peer driver (peers.py) Popens
+    another daemon in its place."""
 
     def __init__(self, bench: "Bench", work: Path, log_level: str = "info") -> None:
         self.bench = bench
@@ -91,6 +91,7 @@ class Daemon:
         self.log_level = log_level
         self.tail = LogTail(self.logfile)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.real: RealDaemon | None = None
         self.popen_mono = self.popen_wall = 0.0
         self.stopping = False  # set before we signal it, so its exit is not reported as a crash
 
@@ -112,8 +113,10 @@ class Daemon:
                                          env=env)
 
     def start(self) -> None:
-        self.popen([sys.executable, "-m", "procguard", "-c", str(self.config), "--log-format", "json",
-                    "--log-level", self.log_level], REPO)
+        """`python -m procguard -c CONFIG --log-format json --log-level L`; does not wait for it."""
+        self.real = RealDaemon(self.config, logfile=self.logfile, endpoint=self.endpoint, cwd=REPO)
+        self.popen_wall, self.popen_mono = time.time(), time.monotonic()
+        self.proc = self.real.start("--log-level", self.log_level, wait=False).proc
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None and not self.stopping:
@@ -173,28 +176,19 @@ class Daemon:
                 pass
         return out
 
-    def kill(self) -> None:
-        """Cleanup path: SIGTERM, wait, SIGKILL."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
+    def kill(self) -> list[int]:
+        """Stop it (SIGTERM, then SIGKILL); for procguard also kill what it started that survived (RealDaemon's
+        close): those pids."""
+        if self.proc is None:
+            return []
         self.stopping = True
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self, argvs: list[list[str]] | None = None) -> list[int]:
-        """SIGTERM (SIGKILL after 60 s); the pids of its children running one of argvs (default: `sleep`)
-        still alive after it exited, killed."""
-        wanted = argvs or [SLEEP_ARGV]
-        before = []
-        for c in self.record_children():
+        if self.real is not None:
+            return self.real.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
             try:
-                if c.cmdline() in wanted:
-                    before.append(c)  # remembers create_time: no pid-reuse mistakes below
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        self.kill()
-        return kill_survivors(before)
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return []

@@ -111,15 +111,15 @@ class Bench:
 
     def close(self) -> list[int]:
         """Stop every daemon (TERM, then KILL), kill recorded children still alive; return those killed."""
+        killed = []
         for d in self.daemons:
             d.record_children()
-            d.kill()
+            killed += d.kill()
         for p in self.plain_children:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        killed = []
-        for pid in sorted(self.child_pids_seen):
+        for pid in sorted(self.child_pids_seen - set(killed)):
             try:
                 proc = psutil.Process(pid)
                 # Ours only: started after this script, running one of its commands (pid reuse is ruled out).
