@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -175,11 +174,7 @@ def figures_json(res: Results) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("model", "soak"):  # issue #20's long runs: benchmarks/proof.py
-        from benchmarks.proof import main as proof_main
-        return proof_main(argv)
+def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--quick", action="store_true", help="small sizes, mostly one round (CI; under a minute on 2 cores)")
@@ -188,33 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"run only these workloads (repeatable): {', '.join(WORKLOAD_PHASES)}")
     ap.add_argument("--json", metavar="OUT", help="also write every sample and summary as JSON to OUT")
     ap.add_argument("--markdown", metavar="OUT", help="also write the figures as a Markdown table (RESULTS.md)")
-    args = ap.parse_args(argv)
-    params = QUICK if args.quick else FULL
-    installed_bytecode()
-    wanted = args.only or list(WORKLOAD_PHASES)
-    phases = [ph for ph in PHASES if any(ph in WORKLOAD_PHASES[w] for w in wanted)]
+    return ap.parse_args(argv)
 
-    missing = {s: why for s in SYSTEMS if (why := peer_missing(s))}
-    res = Results(systems=[s for s in SYSTEMS if s not in missing], missing=missing)
-    bench = Bench()
-    ctx = Ctx(bench=bench, params=params, res=res)
-    t0 = time.monotonic()
-    info: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full", "date": date.today().isoformat(), "machine": machine(),
-        "versions": versions(), "params": params.__dict__, "phases": phases,
-        "load_avg_at_start": os.getloadavg(),
-    }
-    print(f"procguard vs supervisord vs circus ({info['mode']}): {info['machine']['cpus']} CPUs "
-          f"({info['machine']['cpu_model']}), kernel {info['machine']['kernel']}, load "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    for s, why in missing.items():
-        print(f"{s}: n/a ({why})")
-    print(f"phases: {', '.join(phases)}; temp dir {bench.root}\n", flush=True)
 
+def run_phases(ctx: Ctx, phases: list[str]) -> tuple[bool, list[int], list[int]]:
+    """Every phase, then the cleanup: (interrupted, children the cleanup killed, processes naming the temp
+    dir that outlived it, killed)."""
     interrupted = False
-    leaked: list[int] = []
-    killed: list[int] = []
     try:
         with sigterm_unwinds():
             for ph in phases:
@@ -226,22 +201,23 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         print("\nbenchmarks: interrupted; cleaning up", file=sys.stderr)
     finally:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind
-        try:
-            killed = bench.close()
-            leaked = kill_all(naming(str(bench.root), bench.started_wall))
-        finally:
-            signal.signal(signal.SIGINT, old)
+        killed = ctx.bench.close_uninterrupted()
+        leaked = kill_all(naming(str(ctx.bench.root), ctx.bench.started_wall))
     if killed:
         print(f"benchmarks: cleanup killed leftover children: {killed}", file=sys.stderr)
     if leaked:
-        res.fail("cleanup", "all", f"processes naming the temp dir outlived cleanup (killed): {leaked}")
+        ctx.res.fail("cleanup", "all", f"processes naming the temp dir outlived cleanup (killed): {leaked}")
+    return interrupted, killed, leaked
 
+
+def report(res: Results, procguard_version: str) -> int:
+    """Print every figure and the summary; the exit status (0, or 1: a workload failed, procguard lost
+    bytes or left survivors)."""
     head_at_end = git_head()
-    if info["versions"]["procguard"].endswith(")") and head_at_end and head_at_end not in info["versions"]["procguard"]:
+    if procguard_version.endswith(")") and head_at_end and head_at_end not in procguard_version:
         # Every daemon imports procguard from the checkout when it starts: a commit during the run means
         # the figures mix two versions.
-        res.notes.append(f"the checkout changed during the run: {info['versions']['procguard']} at the start, "
+        res.notes.append(f"the checkout changed during the run: {procguard_version} at the start, "
                          f"git {head_at_end} at the end")
     for fig in res.ordered():
         print_figure(fig)
@@ -261,6 +237,37 @@ def main(argv: list[str] | None = None) -> int:
     if pg_lost or pg_surv:
         status = 1
         print(f"FAILED: procguard lost {pg_lost} bytes and left {pg_surv} survivors")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("model", "soak"):  # issue #20's long runs: benchmarks/proof.py
+        from benchmarks.proof import main as proof_main
+        return proof_main(argv)
+    args = parse_args(argv)
+    params = QUICK if args.quick else FULL
+    installed_bytecode()
+    wanted = args.only or list(WORKLOAD_PHASES)
+    phases = [ph for ph in PHASES if any(ph in WORKLOAD_PHASES[w] for w in wanted)]
+    missing = {s: why for s in SYSTEMS if (why := peer_missing(s))}
+    res = Results(systems=[s for s in SYSTEMS if s not in missing], missing=missing)
+    ctx = Ctx(bench=Bench(), params=params, res=res)
+    t0 = time.monotonic()
+    info: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full", "date": date.today().isoformat(), "machine": machine(),
+        "versions": versions(), "params": params.__dict__, "phases": phases,
+        "load_avg_at_start": os.getloadavg(),
+    }
+    print(f"procguard vs supervisord vs circus ({info['mode']}): {info['machine']['cpus']} CPUs "
+          f"({info['machine']['cpu_model']}), kernel {info['machine']['kernel']}, load "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    for s, why in missing.items():
+        print(f"{s}: n/a ({why})")
+    print(f"phases: {', '.join(phases)}; temp dir {ctx.bench.root}\n", flush=True)
+    interrupted, killed, leaked = run_phases(ctx, phases)
+    status = report(res, info["versions"]["procguard"])
     if interrupted:
         status = 130
     elapsed = time.monotonic() - t0

@@ -53,7 +53,7 @@ import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
 from benchmarks.harness.daemon import Daemon  # noqa: E402
-from benchmarks.harness.peers import PROCGUARDCTL as CTL, PYTHON, Reply, ZmqProbe, procguard_programs, sleep_programs  # noqa: E402
+from benchmarks.harness.peers import PROCGUARDCTL as CTL, PYTHON, Reply, StatusProbe, ZmqProbe, procguard_programs, sleep_programs  # noqa: E402
 from benchmarks.harness.procs import clean_env, raise_nofile, wall_ms  # noqa: E402
 from benchmarks.harness.run import Bench, BenchError, begin, bench_main  # noqa: E402
 from benchmarks.harness.stats import fmt_row as stats_row, print_targets  # noqa: E402
@@ -145,7 +145,7 @@ def check_all_running(reply: Reply, n: int) -> None:
         raise BenchError(f"{len(bad)} processes not RUNNING, e.g. {bad[0]}")
 
 
-def time_server(probe: ZmqProbe, daemon_pid: int, n: int, samples: int) -> dict[str, Any]:
+def time_server(probe: StatusProbe, daemon_pid: int, n: int, samples: int) -> dict[str, Any]:
     """`samples` status round trips, REQUEST_GAP_S apart, with the daemon's CPU time over all of them."""
     check_all_running(probe.status(), n)  # warm-up: connect and ZAP handshake happen here, outside the figures
     proc = psutil.Process(daemon_pid)

@@ -42,7 +42,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script:
 from benchmarks.harness.daemon import Daemon, parse_ts  # noqa: E402
 from benchmarks.harness.peers import Program, procguard_programs, sleep_programs  # noqa: E402
 from benchmarks.harness.procs import (  # noqa: E402
-    STAMP_CHILD, child_pids, idle_cost, kill_and_respawned, raise_nofile, stamps_in, wait_exit,
+    STAMP_CHILD, alive_of, child_pids, idle_cost, kill_and_respawned, raise_nofile, stamps_in, wait_exit,
 )
 from benchmarks.harness.run import (  # noqa: E402
     CHILD_PYTHON, SLEEP, Bench, BenchError, begin, bench_main, poll_until,
@@ -210,13 +210,7 @@ def bench_idle(d: Daemon, window_s: float) -> dict[str, Any]:
 
 def bench_shutdown(d: Daemon, timeout_s: float = 120.0) -> dict[str, Any]:
     assert d.proc is not None
-    kids = d.record_children()
-    before = []
-    for k in kids:
-        try:
-            before.append((k.pid, k.create_time()))
-        except psutil.NoSuchProcess:
-            pass
+    before = d.record_children()  # psutil.Process remembers create_time: no pid-reuse mistakes below
     d.stopping = True
     d.poll_log()
     n_events = len(d.tail.events)
@@ -224,14 +218,7 @@ def bench_shutdown(d: Daemon, timeout_s: float = 120.0) -> dict[str, Any]:
     d.proc.send_signal(signal.SIGTERM)
     code = wait_exit(d.proc, timeout_s)
     dt = time.monotonic() - t0
-    survivors = []
-    for pid, ctime in before:
-        try:
-            p = psutil.Process(pid)
-            if p.create_time() == ctime and p.status() != psutil.STATUS_ZOMBIE:
-                survivors.append(pid)
-        except psutil.NoSuchProcess:
-            pass
+    survivors = [p.pid for p in alive_of(before)]
     d.poll_log()
     if code is None:
         d.kill()

@@ -46,8 +46,9 @@ What is measured, and how, per run:
   against the ISO pattern and stripped, then the rest is compared. Bytes lost = N - bytes recovered;
   also reported: the offset of the first mismatch, bytes in excess, lines without a valid prefix.
 
-Order and state: one daemon per side (two procguards, one per config, one supervisord, one circus),
-each started once and idle (autostart = false) before the first round; each run starts the child with
+Order and state: one daemon per side (two procguards, one per config, one supervisord, one circus;
+harness/peers.py renders their configs), each started once and idle (autostart = false) until its
+control interface answers a status request, before the first round; each run starts the child with
 the daemon's own control interface (`procguardctl -s ENDPOINT start writer`; `supervisorctl -c CONF
 start writer`; `circusctl --endpoint E start writer`), which answer once the process is RUNNING
 (startsecs = 0) or, for circus, spawned, and only then is the FIFO byte written. circus keeps its
@@ -113,19 +114,17 @@ import argparse
 import errno
 import mmap
 import os
-import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
+from benchmarks.output_stream import CHILD_SOURCE, n_lines, prefix_len, verify_capture  # noqa: E402
 from benchmarks.harness.peers import CIRCUSD, Program, System, make, peer_missing, version_of  # noqa: E402
 from benchmarks.harness.procs import naming, sched_ns  # noqa: E402
 from benchmarks.harness.run import CHILD_PYTHON, Bench, BenchError, bench_main, machine, poll_until  # noqa: E402
@@ -136,76 +135,7 @@ MIB = 1 << 20
 POLL_S = 0.002
 STALL_S = 5.0  # child done and the file unchanged this long: what is missing is lost
 HUNG_S = 60.0  # the file unchanged this long while the child still writes: the harness gives up
-READ_BLOCK = 8 * MIB
 TARGETS = {"throughput_ratio_min": 1.5, "cpu_per_gib_ratio_max": 0.5}
-# procguard/io/output.py timestamp(): ISO 8601, milliseconds, UTC offset, then one space.
-PREFIX_RE = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d(?::\d\d)? \Z")
-
-# Shared by the child (written to a file) and this script's verifier (exec'd below): one generator.
-GEN_SOURCE = r'''
-import os, sys, time
-
-LINE_BYTES = 100
-BLOCK_LINES = 16384  # 16384 * 100 B = 1,638,400 B = 25 writes of 64 KiB
-WRITE_BYTES = 65536
-_FILL = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" * 2)[:86]
-# "SSSSSS:" (7 B, the join separator) + "TTTTT " (6 B) + filler (86 B) + "\n" = 100 B per line.
-_TAILS = [b""] + [b"%05d " % t + _FILL + b"\n" for t in range(BLOCK_LINES)]
-
-
-def blocks(n):
-    """The child's stream, n bytes, as blocks: every line distinct; the last byte is a newline."""
-    s = 0
-    left = n
-    while left > 0:
-        b = (b"%06d:" % s).join(_TAILS)
-        if len(b) >= left:
-            b = b[:left - 1] + b"\n"
-        yield b
-        left -= len(b)
-        s += 1
-'''
-
-CHILD_MAIN = r'''
-
-def main():
-    n, side, fifo = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    data = list(blocks(n))  # built before the start signal: generation is outside the figures
-    fd = os.open(fifo, os.O_RDONLY)
-    os.read(fd, 1)
-    os.close(fd)
-    t0 = time.monotonic()
-    with open(side, "a") as f:
-        f.write("start %d %.9f\n" % (os.getpid(), t0))
-    for b in data:
-        view = memoryview(b)
-        for i in range(0, len(b), WRITE_BYTES):
-            chunk = view[i:i + WRITE_BYTES]
-            while chunk:
-                chunk = chunk[os.write(1, chunk):]
-    t1 = time.monotonic()
-    with open(side, "a") as f:
-        f.write("done %.9f %d\n" % (t1, n))
-
-
-main()
-'''
-CHILD_SOURCE = GEN_SOURCE + CHILD_MAIN
-
-_gen: dict[str, Any] = {}
-exec(GEN_SOURCE, _gen)
-stream_blocks: Callable[[int], Iterator[bytes]] = _gen["blocks"]
-LINE_BYTES: int = _gen["LINE_BYTES"]
-
-
-def prefix_len() -> int:
-    return len(datetime.now().astimezone().isoformat(timespec="milliseconds")) + 1
-
-
-def n_lines(n: int) -> int:
-    return -(-n // LINE_BYTES)  # every line is 100 bytes but the last, which ends the stream with "\n"
-
-
 # ------------------------------------------------------------------------------------------- sides
 
 
@@ -395,6 +325,31 @@ def prefault(nbytes: int) -> None:
             m[i] = 1
 
 
+def wait_full(side: Side, expected_size: int, pid: int | None,
+              round_no: int) -> tuple[float | None, tuple[float, float], int, int]:
+    """Poll the capture every POLL_S until it is full (or the child is done and it stopped growing: the rest
+    is lost); (when it was full or None, the daemon's CPU (user, system) and schedstat ns then, its RSS).
+
+    The side file is read only once growth pauses, which keeps the poll cheap."""
+    last_size, last_change = -1, time.monotonic()
+    while True:
+        size = size_of(side.capture)
+        now = time.monotonic()
+        if size >= expected_size:
+            rss = psutil.Process(pid).memory_info().rss if pid is not None else 0
+            return now, cpu_s(pid), sched_ns(pid) if pid is not None else 0, rss
+        if size != last_size:
+            last_size, last_change = size, now
+        elif now - last_change > 0.5:
+            info = read_side(side.side_file)
+            if "t1" in info and now - last_change > STALL_S:
+                return None, cpu_s(pid), sched_ns(pid) if pid is not None else 0, 0
+            if "t1" not in info and now - last_change > HUNG_S:
+                raise BenchError(f"{side.label}, round {round_no}: the capture stayed at {size} of "
+                                 f"{expected_size} bytes for {HUNG_S}s while the child had not finished")
+        time.sleep(POLL_S)
+
+
 def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool = True) -> dict[str, Any]:
     side.reset_capture()
     side.side_file.unlink(missing_ok=True)
@@ -410,33 +365,7 @@ def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool =
     send_go(side.fifo)
     go_mono = time.monotonic()
 
-    # Poll the file until it is full. Reading the side file only once growth pauses keeps the poll cheap.
-    last_size, last_change = -1, time.monotonic()
-    t_full: float | None = None
-    cpu1 = cpu0
-    sched1 = sched0
-    rss = 0
-    while True:
-        size = size_of(side.capture)
-        now = time.monotonic()
-        if size >= expected_size:
-            t_full = now
-            cpu1 = cpu_s(pid)
-            sched1 = sched_ns(pid) if pid is not None else 0
-            rss = psutil.Process(pid).memory_info().rss if pid is not None else 0
-            break
-        if size != last_size:
-            last_size, last_change = size, now
-        elif now - last_change > 0.5:
-            info = read_side(side.side_file)
-            if "t1" in info and now - last_change > STALL_S:
-                cpu1 = cpu_s(pid)
-                sched1 = sched_ns(pid) if pid is not None else 0
-                break  # the child is done and nothing more arrives: the rest is lost
-            if "t1" not in info and now - last_change > HUNG_S:
-                raise BenchError(f"{side.label}, round {round_no}: the capture stayed at {size} of "
-                                 f"{expected_size} bytes for {HUNG_S}s while the child had not finished")
-        time.sleep(POLL_S)
+    t_full, cpu1, sched1, rss = wait_full(side, expected_size, pid, round_no)
 
     info = poll_until(lambda: (lambda i: i if "t1" in i else None)(read_side(side.side_file)), 120,
                       f"{side.label}: the child's done marker")
@@ -483,94 +412,6 @@ def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool =
     }
     res.update(check)
     return res
-
-
-class Expected:
-    """The child's stream, consumed front to back in pieces of any size."""
-
-    def __init__(self, n: int) -> None:
-        self._blocks = stream_blocks(n)
-        self._buf = b""
-        self._pos = 0
-
-    def take(self, k: int) -> bytes:
-        while len(self._buf) - self._pos < k:
-            nxt = next(self._blocks, None)
-            if nxt is None:
-                break
-            self._buf = self._buf[self._pos:] + nxt
-            self._pos = 0
-        out = self._buf[self._pos:self._pos + k]
-        self._pos += len(out)
-        return out
-
-
-def verify_capture(path: Path, n: int, stamped: bool, plen: int) -> dict[str, Any]:
-    """Compare the file with the child's stream (stamps checked and stripped first); count what differs."""
-    expected = Expected(n)
-    recovered = 0
-    mismatch_at: int | None = None
-    lines = bad_prefix = 0
-    prefixes: set[bytes] = set()
-
-    def compare(piece: bytes) -> None:
-        nonlocal recovered, mismatch_at
-        want = expected.take(len(piece))
-        if mismatch_at is None and want != piece[:len(want)]:
-            i = next(i for i, (a, b) in enumerate(zip(want, piece)) if a != b)
-            mismatch_at = recovered + i
-        if mismatch_at is None and len(want) < len(piece):
-            mismatch_at = recovered + len(want)  # more than the child wrote
-        recovered += len(piece)
-
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return {"bytes_recovered": 0, "bytes_lost": n, "bytes_extra": 0, "first_mismatch_at": 0 if n else None,
-                "content_ok": n == 0, "lines": 0, "lines_bad_prefix": 0}
-    with f:
-        carry = b""
-        while True:
-            block = f.read(READ_BLOCK)
-            if not stamped:
-                if not block:
-                    break
-                compare(block)
-                continue
-            data = carry + block
-            if block:
-                cut = data.rfind(b"\n") + 1
-                data, carry = data[:cut], data[cut:]
-            else:
-                carry = b""
-            if data:
-                parts = data.split(b"\n")
-                last = parts.pop()  # b"" after a final newline; a partial last line at EOF otherwise
-                prefixes.update(p[:plen] for p in parts)
-                bad_prefix += sum(1 for p in parts if len(p) < plen)
-                lines += len(parts)
-                body = b"\n".join(p[plen:] for p in parts) + b"\n" if parts else b""
-                if last:
-                    lines += 1
-                    prefixes.add(last[:plen])
-                    body += last[plen:]
-                compare(body)
-            if not block:
-                break
-    if stamped:
-        bad = {p for p in prefixes if not PREFIX_RE.match(p)}
-        if bad:  # count the lines carrying a malformed prefix (slow path, only when some exist)
-            with open(path, "rb") as f2:
-                bad_prefix = sum(1 for line in f2 if line[:plen] in bad)
-    return {
-        "bytes_recovered": recovered,
-        "bytes_lost": max(0, n - recovered),
-        "bytes_extra": max(0, recovered - n),
-        "first_mismatch_at": mismatch_at,
-        "content_ok": mismatch_at is None and recovered == n,
-        "lines": lines if stamped else n_lines(n),
-        "lines_bad_prefix": bad_prefix,
-    }
 
 
 # -------------------------------------------------------------------------------------------- main

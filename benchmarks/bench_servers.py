@@ -583,7 +583,7 @@ def peer_restarts(c: Coffeehouse, bench: Bench, rounds: int) -> dict[str, Any]:
         label = f"restart under {kind} ({'held socket' if held else 'gunicorn binds'})"
         runs: list[dict[str, Any]] = []
         try:
-            poll_until(lambda: (system.check_alive(), get_once(port, 2.0, host="localhost").ok)[1], 120,
+            poll_until(lambda: system.serving(port, "localhost"), 120,
                        f"{kind}: the coffeehouse gunicorn answering", interval_s=0.1)
             system.wait_control()
             for i in range(rounds):

@@ -69,6 +69,49 @@ def lost_bytes(w: World) -> dict[str, int]:
     return out
 
 
+FAULTS = ["kill", "stop-cont", "exit", "stop-start", "restart", "restart-web", "reload", "logrotate", "usr2",
+          "unhealthy"] + (["deploy"] if HAS_DEPLOY else [])
+
+
+def inject(w: World, fault: str, name: str, rng: random.Random, dpid: int, names: list[str]) -> None:
+    """One fault of FAULTS on program `name` (or the web server, or the daemon dpid)."""
+    assert w.ctl is not None
+    pid = w.status()[name]["pid"]
+    if fault == "kill" and pid:
+        os.kill(pid, signal.SIGKILL)
+    elif fault == "stop-cont" and pid:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(rng.uniform(0.1, 1.0))
+        os.kill(pid, signal.SIGCONT)
+    elif fault == "exit" and pid:
+        (w.run.work / "cmd" / str(pid)).write_text(f"exit {rng.choice([0, 1, 2])}")
+    elif fault == "stop-start":
+        w.ctl.request("stop", {"names": [name]}, 120)
+        w.check_gone([name])
+        w.ctl.request("start", {"names": [name]}, 120)
+    elif fault == "restart":
+        w.ctl.request("restart", {"names": [name]}, 120)
+    elif fault == "restart-web":
+        w.ctl.request("restart", {"names": ["web"]}, 120)
+    elif fault == "reload":
+        old = w.specs[name]
+        w.specs[name] = replace(old, umask=0o022 if old.umask != 0o022 else 0o027)
+        w.write_config()
+        reply = w.ctl.request("reload", {}, 120)
+        assert reply["ok"], reply
+    elif fault == "logrotate":
+        w.ctl.request("logrotate", {"names": [name]}, 60)
+    elif fault == "usr2":
+        os.kill(dpid, signal.SIGUSR2)
+    elif fault == "unhealthy":
+        mark = w.run.work / f"unhealthy-{names[3] if len(names) > 3 else name}"
+        mark.touch()
+        time.sleep(rng.uniform(0.5, 2.0))
+        mark.unlink()
+    elif fault == "deploy":  # pragma: no cover - once the daemon has it
+        w.ctl.request("deploy", {"names": ["web"]}, 300)
+
+
 def run_soak(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     names = [f"r{i}" for i in range(args.programs)]
@@ -102,45 +145,11 @@ def run_soak(args: argparse.Namespace) -> int:
                 figures["start"] = daemon_figures(dpid)
                 print(f"soak: after {warmup_s:.0f} s of warm-up: {figures['start']}", flush=True)
             time.sleep(rng.uniform(1.0, 3.0))
-            fault = rng.choice(["kill", "stop-cont", "exit", "stop-start", "restart", "restart-web", "reload",
-                                "logrotate", "usr2", "unhealthy"] + (["deploy"] if HAS_DEPLOY else []))
+            fault = rng.choice(FAULTS)
             name = rng.choice(names)
             faults[fault] += 1
             try:
-                pid = w.status()[name]["pid"]
-                if fault == "kill" and pid:
-                    os.kill(pid, signal.SIGKILL)
-                elif fault == "stop-cont" and pid:
-                    os.kill(pid, signal.SIGSTOP)
-                    time.sleep(rng.uniform(0.1, 1.0))
-                    os.kill(pid, signal.SIGCONT)
-                elif fault == "exit" and pid:
-                    (w.run.work / "cmd" / str(pid)).write_text(f"exit {rng.choice([0, 1, 2])}")
-                elif fault == "stop-start":
-                    w.ctl.request("stop", {"names": [name]}, 120)
-                    w.check_gone([name])
-                    w.ctl.request("start", {"names": [name]}, 120)
-                elif fault == "restart":
-                    w.ctl.request("restart", {"names": [name]}, 120)
-                elif fault == "restart-web":
-                    w.ctl.request("restart", {"names": ["web"]}, 120)
-                elif fault == "reload":
-                    old = w.specs[name]
-                    w.specs[name] = replace(old, umask=0o022 if old.umask != 0o022 else 0o027)
-                    w.write_config()
-                    reply = w.ctl.request("reload", {}, 120)
-                    assert reply["ok"], reply
-                elif fault == "logrotate":
-                    w.ctl.request("logrotate", {"names": [name]}, 60)
-                elif fault == "usr2":
-                    os.kill(dpid, signal.SIGUSR2)
-                elif fault == "unhealthy":
-                    mark = w.run.work / f"unhealthy-{names[3] if len(names) > 3 else name}"
-                    mark.touch()
-                    time.sleep(rng.uniform(0.5, 2.0))
-                    mark.unlink()
-                elif fault == "deploy":  # pragma: no cover - once the daemon has it
-                    w.ctl.request("deploy", {"names": ["web"]}, 300)
+                inject(w, fault, name, rng, dpid, names)
             except (ProcessLookupError, FileNotFoundError):
                 pass
             except AssertionError as exc:

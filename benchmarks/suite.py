@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 import psutil
 
 from benchmarks import bench_output
-from benchmarks.harness.load import Load, error_counts, get_once
+from benchmarks.harness.load import Load, transition
 from benchmarks.harness.peers import HELD_FD, PYTHON, VENV_BIN, Program, System, make, sleep_programs
 from benchmarks.harness.procs import (
     STAMP_CHILD, alive_of, free_port, kill_and_respawned, kill_all, raise_nofile, sched_ns, stamps_in, wall_ms,
@@ -362,21 +362,8 @@ def phase_status(ctx: Ctx) -> None:
     """Status (CLI and server side) at 50 and big_n programs; start-up and shutdown at big_n."""
     p, res = ctx.params, ctx.res
     big = p.big_n
-    res.figure("cli.pass", "status", "bare interpreter start: `python -c pass` wall time (the CLIs' floor)", "ms",
-               headline=False)
-    res.figures["cli.pass"].na.update({k: "the same interpreter for every CLI: see procguard's column"
-                                       for k in ctx.systems if k != "procguard"})
-    res.figure("cli.help", "status", "`--help` CLI wall time", "ms", headline=False)
-    res.figure("cli.help_x_pass", "status", "`--help` CLI wall / `python -c pass`", "x")
-    for n in (50, big):
-        res.figure(f"status.cli.{n}", "status", f"status CLI wall time, {n} programs", "ms")
-        res.figure(f"status.cli_x_pass.{n}", "status", f"status CLI wall / `python -c pass`, {n} programs", "x")
-        res.figure(f"status.server.{n}", "status", f"status server side, {n} processes", "ms", headline=(n == big))
-    res.figure(f"startup.{big}", "startup", f"start-up: Popen -> {big} `sleep` children exec'd", "ms")
-    res.figure(f"shutdown.{big}", "shutdown", f"shutdown: SIGTERM -> daemon and {big} children gone", "ms",
-               headline=False)
+    declare_status_figures(ctx)
     broken: set[str] = set()
-    out = ctx.bench.root / "status.out"
     for n in (50, big):
         up: dict[str, System] = {}
         for kind in [x for x in ctx.systems if x not in broken]:
@@ -391,43 +378,10 @@ def phase_status(ctx: Ctx) -> None:
                 wait_fleet(s, n)
                 s.wait_control()
         for r in range(p.cli_runs):
-            # Each CLI sample is set against a bare start of the same interpreter taken just before it, so
-            # the ratio holds on a loaded machine where the absolute times drift.
             for kind in rotated([x for x in up if x not in broken], r):
                 with cell(ctx, "status", kind, broken):
-                    floor_ms = bare_python_ms(out)
-                    if n == 50:
-                        res.add("cli.pass", "procguard", floor_ms)
-                        ms, code = wall_ms(up[kind].ctl("--help"), out)
-                        if code != 0:
-                            raise BenchError(f"`{' '.join(up[kind].ctl('--help'))}` exited {code}")
-                        res.add("cli.help", kind, ms)
-                        res.add("cli.help_x_pass", kind, ms / floor_ms)
-                        floor_ms = bare_python_ms(out)
-                    ms, code = wall_ms(up[kind].ctl("status"), out)
-                    text = out.read_text(errors="replace")
-                    if code != 0 or len(text.splitlines()) != n:
-                        raise BenchError(f"`{' '.join(up[kind].ctl('status'))}` exited {code} with "
-                                         f"{len(text.splitlines())} lines (expected 0 and {n}):\n{text[-1500:]}")
-                    res.add(f"status.cli.{n}", kind, ms)
-                    res.add(f"status.cli_x_pass.{n}", kind, ms / floor_ms)
-        probes = {}
-        try:
-            for kind in [x for x in up if x not in broken]:
-                with cell(ctx, "status", kind, broken):
-                    probes[kind] = up[kind].status_probe()
-                    probes[kind].status()  # warm-up: connect (and, for procguard, the ZAP handshake)
-            for j in range(p.server_samples):
-                for kind in rotated([x for x in probes if x not in broken], j):
-                    with cell(ctx, "status", kind, broken):
-                        time.sleep(0.005)
-                        reply = probes[kind].status()
-                        if reply.count != n:
-                            raise BenchError(f"status reply listed {reply.count} processes, expected {n}")
-                        res.add(f"status.server.{n}", kind, reply.ms)
-        finally:
-            for pr in probes.values():
-                pr.close()
+                    time_status_cli(ctx, up[kind], n)
+        time_status_server(ctx, up, n, broken)
         if n != big or not p.time_big_shutdown:
             shutdown_all(ctx, up, "status", broken)
             continue
@@ -445,6 +399,66 @@ def phase_status(ctx: Ctx) -> None:
                 dt, left = shutdown(s)
                 res.add(f"shutdown.{big}", kind, dt * 1e3)
                 res.count_survivors(kind, len(left))
+
+
+def declare_status_figures(ctx: Ctx) -> None:
+    res, big = ctx.res, ctx.params.big_n
+    res.figure("cli.pass", "status", "bare interpreter start: `python -c pass` wall time (the CLIs' floor)", "ms",
+               headline=False)
+    res.figures["cli.pass"].na.update({k: "the same interpreter for every CLI: see procguard's column"
+                                       for k in ctx.systems if k != "procguard"})
+    res.figure("cli.help", "status", "`--help` CLI wall time", "ms", headline=False)
+    res.figure("cli.help_x_pass", "status", "`--help` CLI wall / `python -c pass`", "x")
+    for n in (50, big):
+        res.figure(f"status.cli.{n}", "status", f"status CLI wall time, {n} programs", "ms")
+        res.figure(f"status.cli_x_pass.{n}", "status", f"status CLI wall / `python -c pass`, {n} programs", "x")
+        res.figure(f"status.server.{n}", "status", f"status server side, {n} processes", "ms", headline=(n == big))
+    res.figure(f"startup.{big}", "startup", f"start-up: Popen -> {big} `sleep` children exec'd", "ms")
+    res.figure(f"shutdown.{big}", "shutdown", f"shutdown: SIGTERM -> daemon and {big} children gone", "ms",
+               headline=False)
+
+
+def time_status_cli(ctx: Ctx, s: System, n: int) -> None:
+    """One `status` CLI sample (and at n = 50 one `--help`), each set against a bare start of the same
+    interpreter taken just before it, so the ratio holds on a loaded machine where absolute times drift."""
+    res, out = ctx.res, ctx.bench.root / "status.out"
+    floor_ms = bare_python_ms(out)
+    if n == 50:
+        res.add("cli.pass", "procguard", floor_ms)
+        ms, code = wall_ms(s.ctl("--help"), out)
+        if code != 0:
+            raise BenchError(f"`{' '.join(s.ctl('--help'))}` exited {code}")
+        res.add("cli.help", s.kind, ms)
+        res.add("cli.help_x_pass", s.kind, ms / floor_ms)
+        floor_ms = bare_python_ms(out)
+    ms, code = wall_ms(s.ctl("status"), out)
+    text = out.read_text(errors="replace")
+    if code != 0 or len(text.splitlines()) != n:
+        raise BenchError(f"`{' '.join(s.ctl('status'))}` exited {code} with "
+                         f"{len(text.splitlines())} lines (expected 0 and {n}):\n{text[-1500:]}")
+    res.add(f"status.cli.{n}", s.kind, ms)
+    res.add(f"status.cli_x_pass.{n}", s.kind, ms / floor_ms)
+
+
+def time_status_server(ctx: Ctx, up: dict[str, System], n: int, broken: set[str]) -> None:
+    """server_samples status round trips per system, 5 ms apart, interleaved, one client each (StatusProbe)."""
+    probes = {}
+    try:
+        for kind in [x for x in up if x not in broken]:
+            with cell(ctx, "status", kind, broken):
+                probes[kind] = up[kind].status_probe()
+                probes[kind].status()  # warm-up: connect (and, for procguard, the ZAP handshake)
+        for j in range(ctx.params.server_samples):
+            for kind in rotated([x for x in probes if x not in broken], j):
+                with cell(ctx, "status", kind, broken):
+                    time.sleep(0.005)
+                    reply = probes[kind].status()
+                    if reply.count != n:
+                        raise BenchError(f"status reply listed {reply.count} processes, expected {n}")
+                    ctx.res.add(f"status.server.{n}", kind, reply.ms)
+    finally:
+        for pr in probes.values():
+            pr.close()
 
 
 # ----------------------------------------------------------------------------------------- output
@@ -516,21 +530,7 @@ def gunicorn_master(s: System) -> int | None:
 
 def phase_restart(ctx: Ctx) -> None:
     p, res = ctx.params, ctx.res
-    res.figure("restart.failed_held", "restart", "restart under load: failed requests, held socket", "requests")
-    res.figure("restart.failed_bind", "restart", "restart under load: failed requests, gunicorn binds the port",
-               "requests")
-    res.figure("restart.cli_held", "restart", "restart command wall time, held socket", "ms", headline=False)
-    res.figure("restart.cli_bind", "restart", "restart command wall time, gunicorn binds", "ms", headline=False)
-    res.figure("restart.maxlat_held", "restart", "slowest request across a restart, held socket", "ms",
-               headline=False)
-    res.figure("restart.maxlat_bind", "restart", "slowest request across a restart, gunicorn binds", "ms",
-               headline=False)
-    res.figure("restart.survivors", "restart", "gunicorn processes alive 1 s after the daemon exited", "",
-               headline=False)
-    no_held = "supervisord has no held socket for a [program] ([fcgi-program] closes it when its last process stops)"
-    res.figures["restart.failed_held"].na.setdefault("supervisord", no_held)
-    res.figures["restart.cli_held"].na.setdefault("supervisord", no_held)
-    res.figures["restart.maxlat_held"].na.setdefault("supervisord", no_held)
+    declare_restart_figures(res)
     webs = [Web(f"{kind} ({'held socket' if held else 'gunicorn binds'})", kind, held, free_port())
             for kind, held in (("procguard", True), ("procguard", False), ("supervisord", False), ("circus", True),
                                ("circus", False))
@@ -555,12 +555,7 @@ def phase_restart(ctx: Ctx) -> None:
             continue
         with cell(ctx, "restart", w.kind, broken, w.label):
             s = w.system
-
-            def serving(s: System = s, port: int = w.port) -> bool:
-                s.check_alive()
-                return get_once(port, 2.0).ok
-
-            poll_until(serving, 120, f"{w.label}: gunicorn answering", interval_s=0.05)
+            poll_until(lambda: s.serving(w.port), 120, f"{w.label}: gunicorn answering", interval_s=0.05)
             s.wait_control()
             s.record_cmdlines()
     suffix = {True: "held", False: "bind"}
@@ -573,12 +568,30 @@ def phase_restart(ctx: Ctx) -> None:
                 raw[w.label].append(one)
                 res.add(f"restart.failed_{suffix[w.held]}", w.kind, one["failed"])
                 res.add(f"restart.cli_{suffix[w.held]}", w.kind, one["cli_ms"])
-                res.add(f"restart.maxlat_{suffix[w.held]}", w.kind, one["max_latency_ms"])
+                res.add(f"restart.maxlat_{suffix[w.held]}", w.kind, one["slowest_request_ms"])
                 print(f"  restart {r + 1} {w.label:<30} failed {one['failed']:>4} of {one['requests']:>5} "
                       f"({', '.join(f'{k} {v}' for k, v in one['errors'].items()) or 'no errors'}); "
-                      f"command {one['cli_ms']:.0f} ms; slowest request {one['max_latency_ms']:.0f} ms", flush=True)
+                      f"command {one['cli_ms']:.0f} ms; slowest request {one['slowest_request_ms']:.0f} ms", flush=True)
     shutdown_all(ctx, {w.label: w.system for w in webs if w.system is not None}, "restart", broken,
                  figure="restart.survivors")
+
+
+def declare_restart_figures(res: Results) -> None:
+    res.figure("restart.failed_held", "restart", "restart under load: failed requests, held socket", "requests")
+    res.figure("restart.failed_bind", "restart", "restart under load: failed requests, gunicorn binds the port",
+               "requests")
+    res.figure("restart.cli_held", "restart", "restart command wall time, held socket", "ms", headline=False)
+    res.figure("restart.cli_bind", "restart", "restart command wall time, gunicorn binds", "ms", headline=False)
+    res.figure("restart.maxlat_held", "restart", "slowest request across a restart, held socket", "ms",
+               headline=False)
+    res.figure("restart.maxlat_bind", "restart", "slowest request across a restart, gunicorn binds", "ms",
+               headline=False)
+    res.figure("restart.survivors", "restart", "gunicorn processes alive 1 s after the daemon exited", "",
+               headline=False)
+    no_held = "supervisord has no held socket for a [program] ([fcgi-program] closes it when its last process stops)"
+    res.figures["restart.failed_held"].na.setdefault("supervisord", no_held)
+    res.figures["restart.cli_held"].na.setdefault("supervisord", no_held)
+    res.figures["restart.maxlat_held"].na.setdefault("supervisord", no_held)
 
 
 def restart_once(ctx: Ctx, w: Web) -> dict[str, Any]:
@@ -597,11 +610,9 @@ def restart_once(ctx: Ctx, w: Web) -> dict[str, Any]:
         s.record_cmdlines()
         poll_until(lambda: load.ok_done_after(t_cli) >= 5 and time.monotonic() - t_cli >= p.load_post_s, 60,
                    f"{w.label}: requests after the restart", interval_s=0.01)
-    hits = load.hits
-    fails = [h.sent for h in hits if not h.ok]
-    return {"requests": len(hits), "failed": len(fails), "errors": error_counts(hits), "cli_ms": (t_cli - t0) * 1e3,
-            "max_latency_ms": max(h.done - h.sent for h in hits) * 1e3, "old_master": old, "new_master": new,
-            "failing_window_ms": (max(fails) - min(fails)) * 1e3 if fails else 0.0}
+    fails = [h.sent for h in load.hits if not h.ok]
+    return transition(load.hits, t0, t_cli, t_cli) | {
+        "old_master": old, "new_master": new, "failing_window_ms": (max(fails) - min(fails)) * 1e3 if fails else 0.0}
 
 
 PHASES: dict[str, Callable[[Ctx], None]] = {

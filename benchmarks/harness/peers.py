@@ -64,6 +64,7 @@ import psutil
 import zmq
 
 from benchmarks.harness.daemon import Daemon
+from benchmarks.harness.load import get_once
 from benchmarks.harness.procs import child_pids, clean_env, run_ctl, wait_exit
 from benchmarks.harness.run import SLEEP_ARGV, Bench, BenchError, poll_until
 
@@ -193,6 +194,11 @@ class System:
         if self.daemon.proc is not None and self.daemon.proc.poll() is not None and not self.daemon.stopping:
             raise BenchError(f"{self.kind} exited with {self.daemon.proc.returncode}; its log:\n"
                              f"{self.daemon.log_text()[-3000:]}")
+
+    def serving(self, port: int, host: str | None = None) -> bool:
+        """One GET / on port answered 200 (BenchError if the daemon died meanwhile)."""
+        self.check_alive()
+        return get_once(port, 2.0, host).ok
 
     def wait_control(self) -> None:
         """Until the control interface answers a status request (StatusProbe)."""
