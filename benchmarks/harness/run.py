@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 
+from procguard.testing import wait_until
+
 if TYPE_CHECKING:
     from benchmarks.harness.daemon import Daemon
 
@@ -40,15 +42,12 @@ class Interrupted(BaseException):
 
 
 def poll_until(pred: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = POLL_S) -> T:
-    """Poll `pred` until truthy; raise BenchError with the last value seen after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last = pred()
-    while not last:
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout_s}s waiting for {what}; last value: {last!r}")
-        time.sleep(interval_s)
-        last = pred()
-    return last
+    """procguard.testing.wait_until (the tests' poll with a deadline), raising BenchError with the last value
+    seen after `timeout_s`: the harness could not measure."""
+    try:
+        return wait_until(pred, timeout_s, what, interval_s)  # type: ignore[return-value]  # truthy: not None
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def installed_bytecode() -> None:
