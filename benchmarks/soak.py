@@ -179,28 +179,32 @@ def run_soak(args: argparse.Namespace) -> int:
         lost = lost_bytes(w)
         killed = w.cleanup()
     elapsed = time.monotonic() - t_start
-    ok, failed = load.ok, dict(load.errors)
-    total_requests = ok + sum(failed.values())
     result = {
         "minutes": args.minutes, "elapsed_s": round(elapsed, 1), "load_avg_end": os.getloadavg(),
         "programs": args.programs + 1, "faults": dict(faults), "survivors": survivors, "cleanup_killed": killed,
-        "lost_bytes": lost, "requests_ok": ok, "requests_failed": failed,
+        "lost_bytes": lost, "requests_ok": load.ok, "requests_failed": dict(load.errors),
         "violations": violations[:20], "violation_count": len(violations), "daemon_exit": exit_code,
         "daemon": figures, "processes_started": sum(len(v) for v in owners.values()),
     }
-    print(json.dumps(result, indent=2))
-    start, end = figures.get("start"), figures.get("end")
-    if start and end:
-        print(f"soak: {args.minutes} min, {sum(faults.values())} faults, {result['processes_started']} processes "
-              f"started; requests {ok} ok, {sum(failed.values())} failed of {total_requests}; "
-              f"lost bytes {sum(lost.values())}; survivors {len(survivors)}; violations {len(violations)}; "
-              f"daemon RSS {start['rss_kib']} -> {end['rss_kib']} KiB, fds {start['fds']} -> {end['fds']}, "
-              f"threads {start['threads']} -> {end['threads']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print_soak(result, args)
     if survivors or sum(lost.values()) or violations or exit_code != 0:
         code = 1
     return code
+
+
+def print_soak(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """The figures as JSON, then one line (and the JSON into --json OUT)."""
+    print(json.dumps(result, indent=2))
+    start, end = result["daemon"].get("start"), result["daemon"].get("end")
+    if start and end:
+        print(f"soak: {args.minutes} min, {sum(result['faults'].values())} faults, {result['processes_started']} "
+              f"processes started; requests {result['requests_ok']} ok, {sum(result['requests_failed'].values())} "
+              f"failed of {result['requests_ok'] + sum(result['requests_failed'].values())}; lost bytes "
+              f"{sum(result['lost_bytes'].values())}; survivors {len(result['survivors'])}; violations "
+              f"{result['violation_count']}; daemon RSS {start['rss_kib']} -> {end['rss_kib']} KiB, fds "
+              f"{start['fds']} -> {end['fds']}, threads {start['threads']} -> {end['threads']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _alive(pid: int) -> bool:

@@ -4,7 +4,6 @@ import os
 import resource
 import select
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import psutil
 
 from benchmarks.harness.run import POLL_S, REPO, BenchError
+from procguard.testing import free_port
 
 HAVE_CHILDREN_FILE = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 CLI_TIMEOUT_S = 120.0
@@ -211,22 +211,12 @@ def run_ctl(argv: list[str], what: str, ok_codes: tuple[int, ...] = (0,), timeou
     return out
 
 
-def free_ports(n: int = 1) -> list[int]:
-    """n distinct free loopback ports: all bound at once, so the kernel cannot hand one out twice."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (procguard.testing.free_port: below the ephemeral range)."""
+    out: set[int] = set()
+    while len(out) < n:
+        out.add(free_port())
+    return sorted(out)
 
 
 # A child whose first action appends the monotonic clock (system-wide, comparable across processes) to the
