@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks --quick | --full [--only NAME ...] [--json OUT] [--markdown OUT]
     .venv/bin/python -m benchmarks model --examples N | soak --minutes N     (issue #20: benchmarks/proof.py)
 
-Workloads (suite.py says how each is measured; peers.py lists the equivalent configs and every
+Workloads (suite.py says how each is measured; harness/peers.py lists the equivalent configs and every
 choice that could favour a side): respawn, status, startup, idle, shutdown, output, restart.
 `--quick` (small sizes, one round where the full run does several; under a minute on 2 cores) is what
 CI runs; `--full` produces the figures of benchmarks/RESULTS.md (several minutes). Peers that are not
@@ -15,7 +15,7 @@ status is 0 unless a workload could not complete on some system, procguard lost 
 children outlived a procguard daemon's shutdown (1), or the run was interrupted (130). Lost bytes and
 survivors of the peers are reported too; they do not change the exit status.
 
-Cleanup: every daemon started is owned by bench_engine's Bench: in `finally` (also on Ctrl-C or
+Cleanup: every daemon started is owned by the harness's Bench (harness/run.py): in `finally` (also on Ctrl-C or
 SIGTERM) each gets SIGTERM, then SIGKILL, every child pid recorded that still runs one of the suite's
 commands is killed, and the temp directory is removed; then any process still naming the temp
 directory in its argv is reported and killed.
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,12 +34,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-import benchmarks  # noqa: F401  (puts benchmarks/ on sys.path for the bench_* modules)
-from bench_engine import Bench, Interrupted, installed_bytecode, sigterm_unwinds
-from peers import REPO, SYSTEMS, peer_missing, version_of
-from suite import FULL, PHASES, QUICK, WORKLOAD_PHASES, Ctx, Figure, Results
+from benchmarks.harness.peers import SYSTEMS, peer_missing, version_of
+from benchmarks.harness.procs import kill_all, naming
+from benchmarks.harness.run import REPO, Bench, Interrupted, installed_bytecode, machine, sigterm_unwinds
+from benchmarks.harness.stats import median as med
+from benchmarks.suite import FULL, PHASES, QUICK, WORKLOAD_PHASES, Ctx, Figure, Results
 
 PEERS = [s for s in SYSTEMS if s != "procguard"]
 
@@ -70,29 +68,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "kernel": platform.release(),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
-
-
 # -------------------------------------------------------------------------------------------- print
-
-
-def med(values: list[float] | None) -> float | None:
-    return statistics.median(values) if values else None
 
 
 def ratio(fig: Figure, peer: str) -> float | None:
     """procguard's median / the peer's; None if either is missing or the peer's is 0 (and procguard's not)."""
-    a, b = med(fig.values.get("procguard")), med(fig.values.get(peer))
+    a, b = med(fig.values.get("procguard", [])), med(fig.values.get(peer, []))
     if a is None or b is None:
         return None
     if b == 0:
@@ -101,7 +82,7 @@ def ratio(fig: Figure, peer: str) -> float | None:
 
 
 def verdict(fig: Figure, peer: str) -> str:
-    a, b = med(fig.values.get("procguard")), med(fig.values.get(peer))
+    a, b = med(fig.values.get("procguard", [])), med(fig.values.get(peer, []))
     if a is None or b is None:
         return ""
     if a == b:
@@ -147,9 +128,9 @@ def print_summary(res: Results) -> None:
         cells = []
         for peer in PEERS:
             r = ratio(fig, peer)
-            cells.append((num(med(fig.values.get(peer)), 11 if peer == "supervisord" else 9),
+            cells.append((num(med(fig.values.get(peer, [])), 11 if peer == "supervisord" else 9),
                           f"{r:7.3g}" if r is not None else f"{'n/a' if peer in fig.na else '-':>7}"))
-        print(f"  {fig.label:<62} {fig.unit:<11} {num(med(fig.values.get('procguard')))} "
+        print(f"  {fig.label:<62} {fig.unit:<11} {num(med(fig.values.get('procguard', [])))} "
               f"{cells[0][0]} {cells[0][1]} {cells[1][0]} {cells[1][1]}")
 
 
@@ -165,7 +146,7 @@ def markdown(res: Results) -> str:
         r = ratio(fig, peer)
         return f"{r:.3g} {verdict(fig, peer)}" if r is not None else "-"
 
-    lines = [f"| figure | unit | procguard | supervisord | procguard / supervisord | circus | procguard / circus |",
+    lines = ["| figure | unit | procguard | supervisord | procguard / supervisord | circus | procguard / circus |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for fig in res.ordered():
         better = "higher" if fig.higher_is_better else "lower"
@@ -193,25 +174,7 @@ def figures_json(res: Results) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- main
 
 
-def leftovers(root: Path, started_wall: float) -> list[int]:
-    """Processes started during the run that still name the temp directory in their argv; killed."""
-    out = []
-    for p in psutil.process_iter(["cmdline", "create_time"]):
-        try:
-            if (p.info["create_time"] >= started_wall - 1 and any(str(root) in a for a in p.info["cmdline"] or [])
-                    and p.pid != os.getpid() and p.status() != psutil.STATUS_ZOMBIE):
-                p.kill()
-                out.append(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("model", "soak"):  # issue #20's long runs: benchmarks/proof.py
-        from proof import main as proof_main
-        return proof_main(argv)
+def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--quick", action="store_true", help="small sizes, mostly one round (CI; under a minute on 2 cores)")
@@ -220,33 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"run only these workloads (repeatable): {', '.join(WORKLOAD_PHASES)}")
     ap.add_argument("--json", metavar="OUT", help="also write every sample and summary as JSON to OUT")
     ap.add_argument("--markdown", metavar="OUT", help="also write the figures as a Markdown table (RESULTS.md)")
-    args = ap.parse_args(argv)
-    params = QUICK if args.quick else FULL
-    installed_bytecode()
-    wanted = args.only or list(WORKLOAD_PHASES)
-    phases = [ph for ph in PHASES if any(ph in WORKLOAD_PHASES[w] for w in wanted)]
+    return ap.parse_args(argv)
 
-    missing = {s: why for s in SYSTEMS if (why := peer_missing(s))}
-    res = Results(systems=[s for s in SYSTEMS if s not in missing], missing=missing)
-    bench = Bench()
-    ctx = Ctx(bench=bench, params=params, res=res)
-    t0 = time.monotonic()
-    info: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full", "date": date.today().isoformat(), "machine": machine(),
-        "versions": versions(), "params": params.__dict__, "phases": phases,
-        "load_avg_at_start": os.getloadavg(),
-    }
-    print(f"procguard vs supervisord vs circus ({info['mode']}): {info['machine']['cpus']} CPUs "
-          f"({info['machine']['cpu_model']}), kernel {info['machine']['kernel']}, load "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    for s, why in missing.items():
-        print(f"{s}: n/a ({why})")
-    print(f"phases: {', '.join(phases)}; temp dir {bench.root}\n", flush=True)
 
+def run_phases(ctx: Ctx, phases: list[str]) -> tuple[bool, list[int], list[int]]:
+    """Every phase, then the cleanup: (interrupted, children the cleanup killed, processes naming the temp
+    dir that outlived it, killed)."""
     interrupted = False
-    leaked: list[int] = []
-    killed: list[int] = []
     try:
         with sigterm_unwinds():
             for ph in phases:
@@ -258,22 +201,23 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         print("\nbenchmarks: interrupted; cleaning up", file=sys.stderr)
     finally:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave children behind
-        try:
-            killed = bench.close()
-            leaked = leftovers(bench.root, bench.started_wall)
-        finally:
-            signal.signal(signal.SIGINT, old)
+        killed = ctx.bench.close_uninterrupted()
+        leaked = kill_all(naming(str(ctx.bench.root), ctx.bench.started_wall))
     if killed:
         print(f"benchmarks: cleanup killed leftover children: {killed}", file=sys.stderr)
     if leaked:
-        res.fail("cleanup", "all", f"processes naming the temp dir outlived cleanup (killed): {leaked}")
+        ctx.res.fail("cleanup", "all", f"processes naming the temp dir outlived cleanup (killed): {leaked}")
+    return interrupted, killed, leaked
 
+
+def report(res: Results, procguard_version: str) -> int:
+    """Print every figure and the summary; the exit status (0, or 1: a workload failed, procguard lost
+    bytes or left survivors)."""
     head_at_end = git_head()
-    if info["versions"]["procguard"].endswith(")") and head_at_end and head_at_end not in info["versions"]["procguard"]:
+    if procguard_version.endswith(")") and head_at_end and head_at_end not in procguard_version:
         # Every daemon imports procguard from the checkout when it starts: a commit during the run means
         # the figures mix two versions.
-        res.notes.append(f"the checkout changed during the run: {info['versions']['procguard']} at the start, "
+        res.notes.append(f"the checkout changed during the run: {procguard_version} at the start, "
                          f"git {head_at_end} at the end")
     for fig in res.ordered():
         print_figure(fig)
@@ -293,6 +237,37 @@ def main(argv: list[str] | None = None) -> int:
     if pg_lost or pg_surv:
         status = 1
         print(f"FAILED: procguard lost {pg_lost} bytes and left {pg_surv} survivors")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("model", "soak"):  # issue #20's long runs: benchmarks/proof.py
+        from benchmarks.proof import main as proof_main
+        return proof_main(argv)
+    args = parse_args(argv)
+    params = QUICK if args.quick else FULL
+    installed_bytecode()
+    wanted = args.only or list(WORKLOAD_PHASES)
+    phases = [ph for ph in PHASES if any(ph in WORKLOAD_PHASES[w] for w in wanted)]
+    missing = {s: why for s in SYSTEMS if (why := peer_missing(s))}
+    res = Results(systems=[s for s in SYSTEMS if s not in missing], missing=missing)
+    ctx = Ctx(bench=Bench(), params=params, res=res)
+    t0 = time.monotonic()
+    info: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full", "date": date.today().isoformat(), "machine": machine(),
+        "versions": versions(), "params": params.__dict__, "phases": phases,
+        "load_avg_at_start": os.getloadavg(),
+    }
+    print(f"procguard vs supervisord vs circus ({info['mode']}): {info['machine']['cpus']} CPUs "
+          f"({info['machine']['cpu_model']}), kernel {info['machine']['kernel']}, load "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    for s, why in missing.items():
+        print(f"{s}: n/a ({why})")
+    print(f"phases: {', '.join(phases)}; temp dir {ctx.bench.root}\n", flush=True)
+    interrupted, killed, leaked = run_phases(ctx, phases)
+    status = report(res, info["versions"]["procguard"])
     if interrupted:
         status = 130
     elapsed = time.monotonic() - t0

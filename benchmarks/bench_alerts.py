@@ -1,6 +1,6 @@
 """The cost of the event stream and of alerts (issue #18): idle daemon with and without alerts, publish cost.
 
-    .venv/bin/python benchmarks/bench_alerts.py [--quick]
+    .venv/bin/python benchmarks/bench_alerts.py [--quick] [--json OUT]
 
 1. Idle: a real `python -m procguard` with 20 programs (`sleep 100000`, RUNNING), once without alerts
    and once with two (an https webhook and a STARTTLS email to hosts that are never contacted, since
@@ -11,27 +11,23 @@
    the event bus and without; the time per `log.info("process_state_changed", ...)` (published) and
    per a debug event below the level (not rendered), best of 5 runs of 20000 calls.
 
-Prints figures; asserts nothing about speed. Cleanup: each daemon gets SIGTERM (SIGKILL after 30 s)
-and the temp directory is removed.
+Prints figures; asserts nothing about speed. Cleanup: each daemon gets SIGTERM (SIGKILL after 60 s)
+and the temp directory is removed (the harness's Bench).
 """
 
 import argparse
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks.bench_engine import sched_ns  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
+from benchmarks.harness.peers import procguard_programs, sleep_programs  # noqa: E402
+from benchmarks.harness.procs import idle_cost  # noqa: E402
+from benchmarks.harness.run import Bench, bench_main  # noqa: E402
 
 PROGRAMS = 20
 ALERTS = """
@@ -47,42 +43,14 @@ to = ["ops@example.invalid"]
 """
 
 
-def run_idle(work: Path, with_alerts: bool, window_s: float) -> dict[str, Any]:
-    work.mkdir()
-    progs = "".join(f'[program.p{i}]\ncommand = ["sleep", "100000"]\nstartsecs = 0\nstdout_logfile = "NONE"\n\n'
-                    for i in range(PROGRAMS))
-    config = work / "procguard.toml"
-    config.write_text(f'[procguard]\nlogdir = "{work}/logs"\ncontrol = "ipc://{work}/c.sock"\n\n'
-                      + progs + (ALERTS if with_alerts else ""))
-    log = open(work / "daemon.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "procguard", "-c", str(config), "--log-format", "json"],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(REPO))
-    try:
-        deadline = time.monotonic() + 60
-        while b"daemon_ready" not in (work / "daemon.log").read_bytes():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"daemon did not get ready:\n{(work / 'daemon.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        time.sleep(2.0)  # settle
-        p = psutil.Process(proc.pid)
-        s0, x0, t0 = sched_ns(proc.pid), p.num_ctx_switches(), time.monotonic()
-        time.sleep(window_s)
-        s1, x1, t1 = sched_ns(proc.pid), p.num_ctx_switches(), time.monotonic()
-        mem = p.memory_full_info()
-        return {
-            "cpu_pct": (s1 - s0) / 1e9 / (t1 - t0) * 100,
-            "ctx_switches": (x1.voluntary - x0.voluntary) + (x1.involuntary - x0.involuntary),
-            "rss_mib": mem.rss / 2**20, "uss_mib": mem.uss / 2**20, "threads": p.num_threads(),
-            "ssl_loaded": "libssl" in " ".join(m.path for m in p.memory_maps()),
-        }
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def run_idle(bench: Bench, name: str, with_alerts: bool, window_s: float) -> dict[str, Any]:
+    d = bench.daemon(name, procguard_programs(sleep_programs(PROGRAMS)) + (ALERTS if with_alerts else ""))
+    d.start()
+    d.wait_event("daemon_ready", timeout_s=60)
+    out = idle_cost(d.pid, window_s)
+    out["ssl_loaded"] = "libssl" in " ".join(m.path for m in psutil.Process(d.pid).memory_maps())
+    d.kill()
+    return out
 
 
 def publish_cost() -> dict[str, float]:
@@ -118,26 +86,27 @@ def publish_cost() -> dict[str, float]:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
+def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     window = 5.0 if args.quick else 30.0
-    root = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
-    try:
-        print(f"idle daemon, {PROGRAMS} programs RUNNING, {window:g} s window after 2 s settle:")
-        print(f"  {'':<16} {'CPU % core':>10} {'ctx sw':>7} {'RSS MiB':>8} {'USS MiB':>8} {'threads':>8} ssl")
-        for i, with_alerts in enumerate((False, True, False, True)):
-            r = run_idle(root / f"run{i}", with_alerts, window)
-            label = "with 2 alerts" if with_alerts else "no alerts"
-            print(f"  {label:<16} {r['cpu_pct']:>10.4f} {r['ctx_switches']:>7} {r['rss_mib']:>8.1f} "
-                  f"{r['uss_mib']:>8.1f} {r['threads']:>8} {'loaded' if r['ssl_loaded'] else 'no'}")
-        print("log call cost (us per call, best of 5 x 20000):")
-        for k, v in publish_cost().items():
-            print(f"  {k:<34} {v:8.2f}")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0
+    out: dict[str, Any] = {"idle": []}
+    print(f"idle daemon, {PROGRAMS} programs RUNNING, {window:g} s window after 2 s settle:")
+    print(f"  {'':<16} {'CPU % core':>10} {'ctx sw':>7} {'RSS MiB':>8} {'USS MiB':>8} {'threads':>8} ssl")
+    for i, with_alerts in enumerate((False, True, False, True)):
+        r = run_idle(bench, f"run{i}", with_alerts, window)
+        out["idle"].append(r | {"alerts": with_alerts})
+        label = "with 2 alerts" if with_alerts else "no alerts"
+        print(f"  {label:<16} {r['cpu_pct_schedstat']:>10.4f} {r['ctx_switches']:>7} {r['rss_mib']:>8.1f} "
+              f"{r['uss_mib']:>8.1f} {r['threads']:>8} {'loaded' if r['ssl_loaded'] else 'no'}")
+    print("log call cost (us per call, best of 5 x 20000):")
+    out["publish_us"] = publish_cost()
+    for k, v in out["publish_us"].items():
+        print(f"  {k:<34} {v:8.2f}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main("bench_alerts", "Benchmark the event stream and alerts against a real daemon.",
+                      "5 s windows instead of 30 s", run, argv)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,7 @@
 
 Issue #3, "Done when": `procguardctl status` under 80 ms with 50 programs, the daemon's side of
 `status` under 20 ms with 1000 processes (supervisorctl status takes ~1.5 s at 1000). Every figure
-comes from a real `python -m procguard` (bench_engine.py's Daemon, whose config gets a
-`control = "ipc://..."` line) with N programs of `sleep 100000` (startsecs = 0, output to NONE), all
+comes from a real `python -m procguard` (the harness's Daemon) with N programs of `sleep 100000` (startsecs = 0, output to NONE), all
 RUNNING (log and psutil agree) before anything is timed. The script prints figures (min / median /
 max) next to the targets, with the ratio median / target; it never asserts speed (DESIGN.md,
 "Tests"). It exits non-zero only when the harness itself fails (a daemon that does not start, a
@@ -35,51 +34,30 @@ and would quantise every wall time. Full mode: 20 runs of each command, 200 serv
 
 Cleanup: each daemon gets SIGTERM after its section (SIGKILL after 60 s); its `sleep` children are
 recorded first and checked with psutil afterwards: any survivor is reported and killed. In `finally`
-(also on Ctrl-C or SIGTERM) bench_engine's Bench stops every daemon still up, kills every recorded
+(also on Ctrl-C or SIGTERM) the harness's Bench stops every daemon still up, kills every recorded
 child still running `sleep 100000`, and removes the temp directory.
 """
 
 import argparse
 import json
 import os
-import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
-import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine sits beside this file
-from bench_engine import (  # noqa: E402
-    wall_ms as shared_wall_ms,
-    kill_survivors,
-    bench_main,
-    SLEEP_ARGV,
-    Bench,
-    BenchError,
-    Daemon,
-    Interrupted,
-    poll_until,
-    programs_toml,
-    raise_nofile,
-    sigterm_unwinds,
-    sleep_children,
-)
-from procguard.protocol import encode_request  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
+from benchmarks.harness.daemon import Daemon  # noqa: E402
+from benchmarks.harness.peers import PROCGUARDCTL as CTL, PYTHON, Reply, StatusProbe, ZmqProbe, procguard_programs, sleep_programs  # noqa: E402
+from benchmarks.harness.procs import clean_env, raise_nofile, wall_ms  # noqa: E402
+from benchmarks.harness.run import Bench, BenchError, begin, bench_main  # noqa: E402
+from benchmarks.harness.stats import fmt_row as stats_row, print_targets  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-# The venv's interpreter as procguardctl's script runs it (its shebang), not the resolved binary:
-# the venv's site-packages (.pth files included) is part of the client's start-up.
-PYTHON = str(REPO / ".venv" / "bin" / "python")
-CTL = str(REPO / ".venv" / "bin" / "procguardctl")
 TARGETS = {
     "cli_status_50_ms": 80.0,
     "server_status_1000_ms": 20.0,
@@ -90,44 +68,22 @@ STARTUP_DEADLINE_S = 300.0
 CLI_TIMEOUT_S = 30.0
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    """n, min, median, p90 and max of values."""
-    p90 = statistics.quantiles(values, n=10, method="inclusive")[8] if len(values) > 1 else values[0]
-    return {"n": len(values), "min": min(values), "median": statistics.median(values), "p90": p90,
-            "max": max(values)}
-
-
 def fmt_row(label: str, values: list[float], target: float | None = None, p90: bool = False) -> str:
     """One figure in ms: min / median (/ p90) / max, then the target and median / target if there is one."""
-    s = stats(values)
-    middle = f"  p90 {s['p90']:>8.2f}" if p90 else ""
-    row = (f"  {label:<44} min {s['min']:>8.2f}  median {s['median']:>8.2f}{middle}  max {s['max']:>8.2f} ms"
-           f"  (n={s['n']})")
+    row = stats_row(label, values, "ms", p90=p90, width=44)
     if target is not None:
-        row += f"  target < {target:g} ms, median/target {s['median'] / target:.2f}"
+        row += f"  target < {target:g} ms, median/target {statistics.median(values) / target:.2f}"
     return row
 
 
 # ------------------------------------------------------------------------------------- the client
 
 
-def clean_env() -> dict[str, str]:
-    """This environment without PROCGUARD_* (-s wins anyway) and without colour."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCGUARD_")}
-    env["NO_COLOR"] = "1"
-    return env
-
-
-def wall_ms(argv: list[str], out: Path) -> tuple[float, int]:
-    """Run argv with stdout to `out`; return (ms from Popen to exit, exit code)."""
-    return shared_wall_ms(argv, out, CLI_TIMEOUT_S, clean_env())
-
-
 def time_command(argv: list[str], runs: int, out: Path, expect_lines: int | None = None) -> list[float]:
     """Wall times of `runs` runs of argv; each must exit 0 (and print expect_lines lines, if given)."""
     times = []
     for _ in range(runs):
-        dt, code = wall_ms(argv, out)
+        dt, code = wall_ms(argv, out, CLI_TIMEOUT_S)
         text = out.read_text(errors="replace")
         if code != 0:
             raise BenchError(f"{' '.join(argv)} exited {code}; output:\n{text[-2000:]}")
@@ -181,121 +137,49 @@ def importtime_breakdown() -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- the server
 
 
-class StatusProbe:
-    """A DEALER in this process, connected to the daemon's control socket; times `status` round trips."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.ctx = zmq.Context()
-        self.sock: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.rcvtimeo = int(CLI_TIMEOUT_S * 1000)
-        self.sock.connect(endpoint)
-        self.endpoint = endpoint
-        self._next_id = 0
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.ctx.term()
-
-    def status(self, long: bool = False) -> tuple[float, bytes, dict[str, Any]]:
-        """One round trip: (ms from send to the reply frame, the frame, the decoded reply)."""
-        self._next_id += 1
-        rid = f"bench-{self._next_id}"
-        frame = encode_request("status", {"long": True} if long else {}, rid)
-        t0 = time.perf_counter()
-        self.sock.send(frame)
-        try:
-            reply = self.sock.recv()
-        except zmq.Again:
-            raise BenchError(f"no reply to status from {self.endpoint} within {CLI_TIMEOUT_S}s") from None
-        dt = (time.perf_counter() - t0) * 1e3
-        msg = json.loads(reply)
-        if not isinstance(msg, dict) or msg.get("id") != rid or msg.get("ok") is not True:
-            raise BenchError(f"unexpected reply to {rid}: {reply[:500]!r}")
-        return dt, reply, msg
-
-
-def check_all_running(msg: dict[str, Any], n: int) -> None:
-    result = msg.get("result")
-    if not isinstance(result, list) or len(result) != n:
-        raise BenchError(f"status listed {len(result) if isinstance(result, list) else result!r} processes, "
-                         f"expected {n}")
-    bad = [st for st in result if st.get("state") != "RUNNING"]
+def check_all_running(reply: Reply, n: int) -> None:
+    if reply.count != n:
+        raise BenchError(f"status listed {reply.count} processes, expected {n}")
+    bad = [st for st in reply.rows if st.get("state") != "RUNNING"]
     if bad:
         raise BenchError(f"{len(bad)} processes not RUNNING, e.g. {bad[0]}")
 
 
 def time_server(probe: StatusProbe, daemon_pid: int, n: int, samples: int) -> dict[str, Any]:
     """`samples` status round trips, REQUEST_GAP_S apart, with the daemon's CPU time over all of them."""
-    _, _, msg = probe.status()  # warm-up: connect and ZAP handshake happen here, outside the figures
-    check_all_running(msg, n)
+    check_all_running(probe.status(), n)  # warm-up: connect and ZAP handshake happen here, outside the figures
     proc = psutil.Process(daemon_pid)
     cpu0 = proc.cpu_times()
     times = []
     size = 0
     for _ in range(samples):
         time.sleep(REQUEST_GAP_S)
-        dt, reply, msg = probe.status()
-        check_all_running(msg, n)
-        times.append(dt)
-        size = len(reply)
+        reply = probe.status()
+        check_all_running(reply, n)
+        times.append(reply.ms)
+        size = reply.size
     cpu1 = proc.cpu_times()
     cpu_ms = ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) * 1e3
     return {"round_trip_ms": times, "reply_bytes": size, "daemon_cpu_ms_per_request": cpu_ms / samples,
             "cpu_tick_ms": 1e3 / os.sysconf("SC_CLK_TCK")}
 
 
-# ------------------------------------------------------------------------------------------ daemon
-
-
-def start_daemon(bench: Bench, n: int) -> tuple[Daemon, str, float]:
-    """A daemon with n sleep programs and a control socket, all RUNNING; returns it, its endpoint, start s."""
+def start_daemon(bench: Bench, n: int) -> tuple[Daemon, float]:
+    """A daemon with n sleep programs, all RUNNING; returns it and the seconds from its Popen until then."""
     raise_nofile(n)
-    d = bench.daemon(f"control-{n}", programs_toml(n, SLEEP_ARGV))
-    endpoint = f"ipc://{d.work}/run/control.sock"
-    # bench_engine's Daemon writes [procguard] without a control endpoint: write the same config with one.
-    d.config.write_text(f'[procguard]\nlogdir = "{d.work}/logs"\nloglevel = "info"\ncontrol = "{endpoint}"\n\n'
-                        f"{programs_toml(n, SLEEP_ARGV)}")
+    d = bench.daemon(f"control-{n}", procguard_programs(sleep_programs(n)))
     d.start()
     d.wait_event("control_listening", timeout_s=60)
-    running: set[str] = set()
-
-    def all_up() -> bool:
-        for e in d.poll_log():
-            if e.get("event") == "process_state_changed" and e.get("new") == "RUNNING":
-                running.add(e["process"])
-        return len(running) >= n and len(sleep_children(d)) >= n
-
-    poll_until(all_up, STARTUP_DEADLINE_S, f"{n} programs RUNNING (log) and exec'd (psutil)", interval_s=0.01)
-    return d, endpoint, time.monotonic() - d.popen_mono
-
-
-def stop_daemon(d: Daemon) -> list[int]:
-    """SIGTERM (SIGKILL after 60 s); return the pids of its sleep children still alive after, killed."""
-    before = []
-    for c in sleep_children(d):
-        try:
-            before.append(psutil.Process(c.pid))  # remembers create_time: no pid-reuse mistakes below
-        except psutil.NoSuchProcess:
-            pass
-    d.kill()
-    return kill_survivors(before)
-
-
-@contextmanager
-def probe_for(endpoint: str) -> Iterator[StatusProbe]:
-    probe = StatusProbe(endpoint)
-    try:
-        yield probe
-    finally:
-        probe.close()
+    d.wait_running(n, STARTUP_DEADLINE_S)
+    return d, time.monotonic() - d.popen_mono
 
 
 # -------------------------------------------------------------------------------------------- main
 
 
 def bench_programs(bench: Bench, n: int, cli_runs: int, samples: int) -> dict[str, Any]:
-    d, endpoint, up_s = start_daemon(bench, n)
+    d, up_s = start_daemon(bench, n)
+    endpoint = d.endpoint
     print(f"{n} programs of `sleep 100000`: all RUNNING {up_s:.2f} s after the daemon's Popen; endpoint {endpoint}")
     out = bench.root / f"ctl-{n}.out"
     res: dict[str, Any] = {"n": n, "startup_s": up_s}
@@ -307,7 +191,7 @@ def bench_programs(bench: Bench, n: int, cli_runs: int, samples: int) -> dict[st
         if len(json.loads(out.read_text())) != n:
             raise BenchError(f"procguardctl --json status did not list {n} processes")
         print(fmt_row("procguardctl --json status", res["cli_status_json_ms"]))
-        with probe_for(endpoint) as probe:
+        with ZmqProbe(endpoint, procguard=True) as probe:
             res["server"] = srv = time_server(probe, d.pid, n, samples)
             print(fmt_row("server side: status round trip (DEALER)", srv["round_trip_ms"],
                           TARGETS["server_status_1000_ms"] if n == 1000 else None, p90=True))
@@ -315,17 +199,18 @@ def bench_programs(bench: Bench, n: int, cli_runs: int, samples: int) -> dict[st
             print(f"  {'  daemon CPU per request (psutil)':<44} {srv['daemon_cpu_ms_per_request']:.2f} ms "
                   f"(clock ticks of {srv['cpu_tick_ms']:.0f} ms: resolution {srv['cpu_tick_ms'] / samples:.2f} ms)")
             if n == 50:
-                dt, code = wall_ms([CTL, "-s", endpoint, "status", "-l"], out)
+                dt, code = wall_ms([CTL, "-s", endpoint, "status", "-l"], out, CLI_TIMEOUT_S)
                 if code != 0 or len(out.read_text().splitlines()) != n + 1:  # a header line, then one per process
                     raise BenchError(f"procguardctl status -l exited {code}:\n{out.read_text()[-2000:]}")
-                long_ms, _, msg = probe.status(long=True)
-                check_all_running(msg, n)
+                long = probe.status(long=True)
+                check_all_running(long, n)
+                long_ms = long.ms
                 res["cli_status_long_ms"] = dt
                 res["server_status_long_ms"] = long_ms
                 print(f"  {'procguardctl status -l (once; 0.2 s sample)':<44} {dt:.1f} ms")
                 print(f"  {'server side: status long=true (once)':<44} {long_ms:.1f} ms")
     finally:
-        survivors = stop_daemon(d)
+        survivors = d.kill()
     res["children_surviving_daemon"] = survivors
     print(f"  {'sleep children surviving the daemon':<44} {len(survivors)}"
           + (f"  (killed: {survivors})" if survivors else ""))
@@ -337,15 +222,8 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     cli_runs = 5 if quick else 20
     samples = 30 if quick else 200
     base_runs = 5 if quick else 20
-    results: dict[str, Any] = {
-        "mode": "quick" if quick else "full",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-                    "load_avg_at_start": os.getloadavg()},
-        "targets": TARGETS,
-    }
-    print(f"procguard control benchmark ({results['mode']}): {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, kernel {platform.release()}, load {os.getloadavg()[0]:.2f}")
-    print(f"python: {PYTHON}; procguardctl: {CTL}; temp dir {bench.root}\n")
+    results = begin("control", args, children=f"python: {PYTHON}; procguardctl: {CTL}", root=bench.root,
+                    targets=TARGETS)
 
     out = bench.root / "baseline.out"
     print("client start-up, no daemon (Popen -> exit):")
@@ -382,17 +260,8 @@ def print_summary(res: dict[str, Any]) -> None:
         ("python -c pass (interpreter start-up)", statistics.median(res["python_pass_ms"]), None, ""),
         ("procguardctl --version (start-up, no pyzmq)", statistics.median(res["ctl_version_ms"]), None, ""),
     ]
-    print("summary, medians in ms (figures only; nothing here fails the run):")
-    print(f"  {'figure':<46} {'median':>8}  {'target':>8}  {'ratio':>5}  verdict  reference")
-    for label, value, target, ref in rows:
-        if target is None:
-            print(f"  {label:<46} {value:>8.2f}  {'-':>8}  {'-':>5}  {'':<7}  {ref}")
-        else:
-            verdict = "within" if value < target else "OVER"
-            print(f"  {label:<46} {value:>8.2f}  {'< ' + format(target, 'g'):>8}  {value / target:>5.2f}  "
-                  f"{verdict:<7}  {ref}")
     surv = len(p50["children_surviving_daemon"]) + len(p1000["children_surviving_daemon"])
-    print(f"  {'sleep children surviving SIGTERM (both daemons)':<46} {surv:>8}  {'= 0':>8}")
+    print_targets(rows, ("sleep children surviving SIGTERM (both daemons)", surv), ", medians in ms")
 
 
 def main(argv: list[str] | None = None) -> int:

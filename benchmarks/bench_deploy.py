@@ -1,6 +1,6 @@
 """The engine of deploys (issue #16) on a small test server: requests lost and the longest gap across a change.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_deploy.py [--rounds N] [--delay S]
+    .venv/bin/python benchmarks/bench_deploy.py [--quick] [--rounds N] [--delay S] [--json OUT]
 
 A real daemon runs tests/programs/fdserver.py (single-threaded HTTP on a held TCP socket, READY=1 once
 serving, --abrupt: TERM cuts off the request in hand) under a load of 4 client threads, each a GET / on
@@ -20,155 +20,90 @@ the requests started during the command against the steady load's before it. Fig
 """
 
 import argparse
-import http.client
 import json
-import os
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.helpers import DaemonRun, prog, wait_until  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
+from benchmarks.harness.daemon import Daemon  # noqa: E402
+from benchmarks.harness.load import Load, transition  # noqa: E402
+from benchmarks.harness.peers import PROCGUARDCTL, Program, procguard_programs  # noqa: E402
+from benchmarks.harness.procs import free_port, run_ctl  # noqa: E402
+from benchmarks.harness.run import REPO, Bench, bench_main, begin, poll_until  # noqa: E402
 
 FDSERVER = str(REPO / "tests" / "programs" / "fdserver.py")
-CTL = [sys.executable, "-m", "procguardctl"]
+ROWS = ("failed", "gap_ms", "cli_ms", "steady_p50_ms", "steady_p99_ms", "across_p50_ms", "across_p99_ms")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Load:
-    """4 clients; every request as (start, end, ok)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.samples: list[tuple[float, float, bool]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(4)]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t0 = time.monotonic()
-            ok = False
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/")
-                resp = conn.getresponse()
-                resp.read()
-                ok = resp.status == 200
-                conn.close()
-            except (OSError, http.client.HTTPException):
-                pass
-            t1 = time.monotonic()
-            self.samples.append((t0, t1, ok))
-            self._stop.wait(max(0.0, 0.01 - (t1 - t0)))
-
-    def __enter__(self) -> "Load":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
-
-    def answered(self) -> int:
-        return sum(ok for _, _, ok in self.samples)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def round_of(d: DaemonRun, port: int, command: list[str]) -> dict[str, float]:
+def round_of(d: Daemon, port: int, command: list[str], expect_ok: bool = True) -> dict[str, Any]:
+    """One command under the load: 40 answers before it, 40 after it returned."""
     with Load(port) as load:
-        wait_until(lambda: load.answered() >= 40, 30, "40 answers before")
+        poll_until(lambda: load.ok_done_after(load.started) >= 40, 30, "40 answers before", interval_s=0.01)
         t_cmd = time.monotonic()
-        r = subprocess.run([*CTL, "-s", d.endpoint, *command], capture_output=True, text=True, timeout=120)
+        run_ctl([PROCGUARDCTL, "-s", d.endpoint, *command], " ".join(command), (0,) if expect_ok else (1, 2, 3))
         t_ret = time.monotonic()
-        done = load.answered()
-        wait_until(lambda: load.answered() >= done + 40, 30, "40 answers after")
-    samples = list(load.samples)
-    oks = sorted(t1 for _, t1, ok in samples if ok)
-    before = [t for t in oks if t <= t_cmd]
-    after = [t for t in oks if t >= t_ret]
-    span = [t for t in oks if before and t >= before[-1] and (not after or t <= after[0])]
-    gap = max((b - a for a, b in zip(span, span[1:])), default=float("nan"))
-    steady = [t1 - t0 for t0, t1, ok in samples if ok and t1 <= t_cmd]
-    across = [t1 - t0 for t0, t1, _ in samples if t_cmd <= t0 <= t_ret]
-    return {"exit": r.returncode, "failed": sum(not ok for _, _, ok in samples), "gap_ms": gap * 1e3,
-            "command_s": t_ret - t_cmd, "steady_p50_ms": pct(steady, 0.5) * 1e3,
-            "steady_p99_ms": pct(steady, 0.99) * 1e3, "across_p50_ms": pct(across, 0.5) * 1e3,
-            "across_p99_ms": pct(across, 0.99) * 1e3}
+        poll_until(lambda: load.ok_done_after(t_ret) >= 40, 30, "40 answers after", interval_s=0.01)
+    return transition(list(load.hits), t_cmd, t_ret, t_ret)
 
 
-def daemon_for(strategy: str, delay: float) -> tuple[DaemonRun, int]:
-    d = DaemonRun()
+def daemon_for(bench: Bench, strategy: str, delay: float) -> tuple[Daemon, int]:
+    d = bench.daemon(f"deploy-{strategy}", None)
     port = free_port()
     (d.work / "release.json").write_text(json.dumps({"name": "v1", "mode": "ok"}))
-    keys: dict[str, object] = {"restart_strategy": strategy}
+    keys: dict[str, object] = {"restart_strategy": strategy, "ready": "notify", "start_timeout": "10s"}
     if strategy == "recreate":
         keys["drain_timeout"] = "10s"
-    d.write_config(f'[socket.web]\nbind = "tcp://127.0.0.1:{port}"\n\n'
-                   + prog("web", [sys.executable, FDSERVER, "--dir", str(d.work), "--release",
-                                  str(d.work / "release.json"), "--delay", str(delay), "--abrupt"],
-                          sockets=["web"], ready="notify", start_timeout="10s", **keys))
+    argv = (sys.executable, FDSERVER, "--dir", str(d.work), "--release", str(d.work / "release.json"),
+            "--delay", str(delay), "--abrupt")
+    d.write_config(procguard_programs([Program(name="web", argv=argv, held_socket="web", procguard_keys=keys)],
+                                      {"web": port}))
+    d.bench.known_cmdlines.append(list(argv))
     d.start()
-    d.wait_state("web", "RUNNING")
+    d.wait_event("process_state_changed", timeout_s=60, process="web", new="RUNNING")
     return d, port
 
 
-def summary(name: str, rows: list[dict[str, float]]) -> None:
+def summary(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
-    def top(key: str) -> float:
-        return max(r[key] for r in rows)
-
-    print(f"{name:<34} exit {sorted({int(r['exit']) for r in rows})}  failed {int(sum(r['failed'] for r in rows))}"
-          f"  gap ms median {med('gap_ms'):.0f} max {top('gap_ms'):.0f}"
+    print(f"{name:<34} failed {int(sum(r['failed'] for r in rows))}"
+          f"  gap ms median {med('gap_ms'):.0f} max {max(r['gap_ms'] for r in rows):.0f}"
           f"  p50 {med('steady_p50_ms'):.1f} -> {med('across_p50_ms'):.1f}"
           f"  p99 {med('steady_p99_ms'):.1f} -> {med('across_p99_ms'):.1f}"
-          f"  command s {med('command_s'):.2f}", flush=True)
+          f"  command s {med('cli_ms') / 1e3:.2f}", flush=True)
+    return {"rounds": rows, **{k: med(k) for k in ROWS}}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--delay", type=float, default=0.02, help="seconds each request takes in the server")
-    args = ap.parse_args()
+def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
+    rounds = args.rounds or (2 if args.quick else 5)
+    out = begin("deploy", args, rounds=rounds)
     for strategy, label in (("overlap", "deploy (overlap)"), ("recreate", "restart (recreate, drain)")):
-        d, port = daemon_for(strategy, args.delay)
-        try:
-            command = ["deploy", "web"] if strategy == "overlap" else ["restart", "web"]
-            rows = [round_of(d, port, command) for _ in range(args.rounds)]
-            summary(label, rows)
-            if strategy == "overlap":
-                summary("no change (status: the baseline)", [round_of(d, port, ["status", "web"])
-                                                              for _ in range(args.rounds)])
-                (d.work / "release.json").write_text(json.dumps({"name": "v2", "mode": "exit"}))
-                rows = [round_of(d, port, ["deploy", "web"]) for _ in range(args.rounds)]
-                summary("deploy, broken release (verdict)", rows)
-        finally:
-            left = d.cleanup()
-            if left:
-                print(f"survivors killed: {left}")
-    print(f"({args.rounds} rounds each; fdserver --delay {args.delay}; 4 clients, new connection per request)")
-    return 0
+        d, port = daemon_for(bench, strategy, args.delay)
+        command = ["deploy", "web"] if strategy == "overlap" else ["restart", "web"]
+        out[label] = summary(label, [round_of(d, port, command) for _ in range(rounds)])
+        if strategy == "overlap":
+            out["baseline"] = summary("no change (status: the baseline)",
+                                      [round_of(d, port, ["status", "web"]) for _ in range(rounds)])
+            (d.work / "release.json").write_text(json.dumps({"name": "v2", "mode": "exit"}))
+            out["broken"] = summary("deploy, broken release (verdict)",
+                                    [round_of(d, port, ["deploy", "web"], expect_ok=False) for _ in range(rounds)])
+        left = d.kill()
+        if left:
+            print(f"survivors killed: {left}")
+    print(f"({rounds} rounds each; fdserver --delay {args.delay}; 4 clients, new connection per request)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--rounds", type=int, help="rounds per row (default 5, --quick 2)")
+    ap.add_argument("--delay", type=float, default=0.02, help="seconds each request takes in the server")
+    return bench_main("bench_deploy", "Benchmark deploys against restarts on a small test server.",
+                      "2 rounds per row", run, argv, ap)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@
 
 Issue #5, "Done when": (1) the daemon's CPU cost of checking 100 programs every 5 s over HTTP (aim:
 under 1 % of a core); (2) the time from a health endpoint going bad to the restart (aim: within
-about interval x retries). Every figure comes from a real `python -m procguard` (bench_engine.py's
-Daemon, its config rewritten with a `control = "ipc://..."` line) supervising real HTTP servers:
+about interval x retries). Every figure comes from a real `python -m procguard` (the harness's
+Daemon) supervising real HTTP servers:
 tests/programs/healthserver.py, run as `python -S healthserver.py --dir DIR --name NAME --port PORT`
-(the resolved interpreter, as bench_engine's children), whose /health/ answers 200 while DIR/health
+(the resolved interpreter, as the engine benchmark's children), whose /health/ answers 200 while DIR/health
 says "ok" and 503 while it says "bad", and which appends "NAME PID health ok|bad" to DIR/events.log
 before answering each request. The script prints figures (min / median / max) next to the aims with
 the ratio to the aim; it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when the
@@ -54,7 +54,7 @@ What is measured, and how:
 Cleanup: every daemon and every server pid (its process_spawned events, psutil's view of its
 children, and the pids the servers append to DIR/pids) is recorded. Each daemon gets SIGTERM after
 its section (SIGKILL after 60 s); its servers are then checked with psutil and any survivor is
-reported and killed. In `finally` (also on Ctrl-C or SIGTERM) bench_engine's Bench stops every
+reported and killed. In `finally` (also on Ctrl-C or SIGTERM) the harness's Bench stops every
 daemon still up, kills every recorded child still running one of this script's server commands, and
 removes the temp directory.
 """
@@ -62,9 +62,6 @@ removes the temp directory.
 import argparse
 import json
 import os
-import platform
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -74,26 +71,14 @@ from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine sits beside this file
-from bench_engine import (  # noqa: E402
-    kill_survivors,
-    bench_main,
-    CHILD_PYTHON,
-    Bench,
-    BenchError,
-    Daemon,
-    Interrupted,
-    parse_ts,
-    poll_until,
-    raise_nofile,
-    sched_ns,
-    sigterm_unwinds,
-    summary,
-)
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
+from benchmarks.harness.daemon import Daemon, LineTail, parse_ts  # noqa: E402
+from benchmarks.harness.peers import PROCGUARDCTL, Program, procguard_programs  # noqa: E402
+from benchmarks.harness.procs import clean_env, ctx_switches, free_ports, raise_nofile, sched_ns, tids  # noqa: E402
+from benchmarks.harness.run import CHILD_PYTHON, REPO, Bench, BenchError, bench_main, begin, poll_until  # noqa: E402
+from benchmarks.harness.stats import print_targets, summary  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 HEALTHSERVER = str(REPO / "tests" / "programs" / "healthserver.py")
-CTL = str(REPO / ".venv" / "bin" / "procguardctl")
 AIMS = {
     "check_cpu_pct": 1.0,  # % of one core for 100 programs checked every 5 s
 }
@@ -120,42 +105,7 @@ class App:
     argv: list[str] = field(default_factory=list)
 
 
-class LineTail:
-    """Incremental reader of a text file that several processes append to: complete new lines only."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self._partial = b""
-
-    def poll(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        return [line.decode(errors="replace") for line in lines if line]
-
-
 # ------------------------------------------------------------------------------------------ set-up
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports: all bound at once, so the kernel cannot hand one out twice."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def set_health(work: Path, mode: str) -> None:
@@ -165,68 +115,35 @@ def set_health(work: Path, mode: str) -> None:
     os.replace(tmp, work / "health")
 
 
-def app_toml(app: App, checks: bool, timeout: str) -> str:
-    text = (f"[program.{app.name}]\ncommand = {json.dumps(app.argv)}\nstartsecs = 0\n"
-            f'start_timeout = "{STARTUP_DEADLINE_S:g}s"\nstdout_logfile = "NONE"\nstopwaitsecs = "5s"\n\n')
+def app_program(app: App, checks: bool, timeout: str) -> Program:
+    keys: dict[str, Any] = {"start_timeout": f"{STARTUP_DEADLINE_S:g}s"}
     if checks:
-        text += (f'[program.{app.name}.healthcheck]\ntype = "http"\nurl = "http://127.0.0.1:{app.port}/health/"\n'
-                 f'interval = "{app.interval}"\ntimeout = "{timeout}"\nretries = {app.retries}\n\n')
-    return text
+        keys["healthcheck"] = {"type": "http", "url": f"http://127.0.0.1:{app.port}/health/",
+                               "interval": app.interval, "timeout": timeout, "retries": app.retries}
+    return Program(name=app.name, argv=tuple(app.argv), stopwaitsecs=5.0, procguard_keys=keys)
 
 
-def new_daemon(bench: Bench, name: str, apps: list[App], checks: bool, timeout: str) -> tuple[Daemon, str]:
-    """A daemon (not started) with a control endpoint and these apps; their argv become known to cleanup."""
-    d = bench.daemon(name, "")
-    endpoint = f"ipc://{d.work}/run/control.sock"
+def new_daemon(bench: Bench, name: str, apps: list[App], checks: bool, timeout: str) -> Daemon:
+    """A daemon (not started) with these apps; their argv become known to cleanup."""
     for app in apps:
         app.argv = [CHILD_PYTHON, "-S", HEALTHSERVER, "--dir", str(app.work), "--name", app.name,
                     "--port", str(app.port)]
         bench.known_cmdlines.append(app.argv)
         app.work.mkdir(parents=True, exist_ok=True)
         set_health(app.work, "ok")
-    # bench_engine's Daemon writes [procguard] without a control endpoint: write the config with one.
-    d.config.write_text(f'[procguard]\nlogdir = "{d.work}/logs"\nloglevel = "info"\ncontrol = "{endpoint}"\n\n'
-                        + "".join(app_toml(a, checks, timeout) for a in apps))
-    return d, endpoint
+    return bench.daemon(name, procguard_programs([app_program(a, checks, timeout) for a in apps]))
 
 
-def ctl_status(endpoint: str) -> list[dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROCGUARD_")}
-    r = subprocess.run([CTL, "-s", endpoint, "--json", "status"], capture_output=True, text=True, timeout=60,
-                       stdin=subprocess.DEVNULL, env=env, cwd="/")
+def ctl_status(d: Daemon) -> list[dict[str, Any]]:
+    r = subprocess.run([PROCGUARDCTL, "-s", d.endpoint, "--json", "status"], capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL, env=clean_env(), cwd="/")
     if r.returncode not in (0, 3):
         raise BenchError(f"procguardctl --json status exited {r.returncode}: {r.stderr[-2000:]}")
-    out = json.loads(r.stdout)
+    text = r.stdout
+    out = json.loads(text)
     if not isinstance(out, list):
-        raise BenchError(f"procguardctl --json status printed {r.stdout[:500]!r}")
+        raise BenchError(f"procguardctl --json status printed {text[:500]!r}")
     return out
-
-
-def server_pids(apps: list[App]) -> set[int]:
-    out: set[int] = set()
-    for work in {a.work for a in apps}:
-        try:
-            out.update(int(x) for x in (work / "pids").read_text().split())
-        except FileNotFoundError:
-            pass
-    return out
-
-
-def stop_daemon(bench: Bench, d: Daemon, apps: list[App]) -> list[int]:
-    """SIGTERM (SIGKILL after 60 s); return the pids of its servers still alive after it exited, killed."""
-    pids = server_pids(apps) | {k.pid for k in d.record_children()}
-    bench.child_pids_seen.update(pids)
-    known = [a.argv for a in apps]
-    before = []
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)  # remembers create_time: no pid-reuse mistakes below
-            if p.cmdline() in known and p.create_time() >= bench.started_wall - 1:
-                before.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-    d.kill()
-    return kill_survivors(before)
 
 
 # ---------------------------------------------------------------------------------------- CPU cost
@@ -240,7 +157,7 @@ def start_fleet(bench: Bench, checks: bool) -> tuple[Daemon, list[App], float]:
     apps = [App(name=f"app{i:03d}", work=work, port=port, interval=f"{FLEET_INTERVAL_S:g}s",
                 interval_s=FLEET_INTERVAL_S, retries=3)
             for i, port in enumerate(free_ports(FLEET))]
-    d, endpoint = new_daemon(bench, f"fleet-{label}", apps, checks, timeout="2s")
+    d = new_daemon(bench, f"fleet-{label}", apps, checks, timeout="2s")
     d.start()
     running: set[str] = set()
     healthy: set[str] = set()
@@ -262,34 +179,13 @@ def start_fleet(bench: Bench, checks: bool) -> tuple[Daemon, list[App], float]:
         raise BenchError(f"{exc}: {len(running)} RUNNING, {len(listening)} listening, {len(healthy)} healthy") \
             from None
     up_s = time.monotonic() - d.popen_mono
-    st = ctl_status(endpoint)
+    st = ctl_status(d)
     want_health = "healthy" if checks else None
     bad = [s for s in st if s.get("state") != "RUNNING" or s.get("health") != want_health]
     if len(st) != FLEET or bad:
         raise BenchError(f"procguardctl status: {len(st)} processes, {len(bad)} not RUNNING with health "
                          f"{want_health!r}, e.g. {bad[:1]}")
     return d, apps, up_s
-
-
-def tids(pid: int) -> set[int]:
-    try:
-        return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
-    except FileNotFoundError:
-        return set()
-
-
-def ctx_switches(pid: int) -> int:
-    """Context switches of every live thread of pid (psutil's figure is the main thread's only)."""
-    total = 0
-    for tid in tids(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                        total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
 
 
 def measure_cpu(d: Daemon, events_log: Path, window_s: float) -> dict[str, Any]:
@@ -359,7 +255,7 @@ def bench_cpu(bench: Bench, window_s: float) -> dict[str, Any]:
         try:
             m = measure_cpu(d, apps[0].work / "events.log", window_s)
         finally:
-            survivors = stop_daemon(bench, d, apps)
+            survivors = d.kill()
         m["startup_s"] = up_s
         m["servers_surviving_daemon"] = survivors
         out[label] = m
@@ -494,13 +390,13 @@ def bench_latency(bench: Bench, rounds: int) -> dict[str, Any]:
     apps = [App(name=name, work=bench.root / f"latency-{name}", port=port, interval=interval, interval_s=seconds,
                 retries=retries)
             for (name, interval, seconds, retries), port in zip(LATENCY_SETTINGS, ports)]
-    d, endpoint = new_daemon(bench, "latency", apps, checks=True, timeout="1s")
+    d = new_daemon(bench, "latency", apps, checks=True, timeout="1s")
     d.start()
     out: dict[str, Any] = {}
     try:
         for app in apps:
             app.pid, _ = wait_running_healthy(d, app, 0, None, STARTUP_DEADLINE_S)
-        st = {s["name"]: s for s in ctl_status(endpoint)}
+        st = {s["name"]: s for s in ctl_status(d)}
         for app in apps:
             if st.get(app.name, {}).get("health") != "healthy":
                 raise BenchError(f"procguardctl status: {app.name} is not healthy: {st.get(app.name)}")
@@ -510,7 +406,7 @@ def bench_latency(bench: Bench, rounds: int) -> dict[str, Any]:
             out[app.name] = {"interval_s": app.interval_s, "retries": app.retries,
                              "aim_s": app.interval_s * app.retries, "runs": runs}
     finally:
-        survivors = stop_daemon(bench, d, apps)
+        survivors = d.kill()
     out["servers_surviving_daemon"] = survivors
     return out
 
@@ -558,15 +454,8 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     quick = args.quick
     window_s = 15.0 if quick else 60.0
     rounds = 2 if quick else 6
-    results: dict[str, Any] = {
-        "mode": "quick" if quick else "full",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-                    "load_avg_at_start": os.getloadavg()},
-        "aims": AIMS,
-    }
-    print(f"procguard health-check benchmark ({results['mode']}): {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, kernel {platform.release()}, load {os.getloadavg()[0]:.2f}")
-    print(f"servers: {CHILD_PYTHON} -S {HEALTHSERVER}; temp dir {bench.root}\n")
+    results = begin("health-check", args, children=f"servers: {CHILD_PYTHON} -S {HEALTHSERVER}", root=bench.root,
+                    aims=AIMS)
 
     results["latency"] = lat = bench_latency(bench, rounds)
     print_latency(lat)
@@ -580,7 +469,7 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
 
 def print_summary(res: dict[str, Any]) -> None:
     cpu, lat = res["cpu"], res["latency"]
-    rows: list[tuple[str, float, float, str]] = [
+    rows: list[tuple[str, float, float | None, str]] = [
         (f"checker CPU, {FLEET} programs every {FLEET_INTERVAL_S:g} s (net)", cpu["net_cpu_pct_schedstat"],
          AIMS["check_cpu_pct"], "% of a core"),
     ]
@@ -590,14 +479,9 @@ def print_summary(res: dict[str, Any]) -> None:
         label = f"bad -> restart, {s['interval_s']:g} s x {s['retries']}"
         rows.append((label + " (median)", summary(vals)["median"], s["aim_s"], "s"))
         rows.append((label + " (max)", max(vals), s["aim_s"], "s"))
-    print("summary (figures only; nothing here fails the run):")
-    print(f"  {'figure':<46} {'value':>8}  {'aim':>8}  {'ratio':>5}  verdict  unit")
-    for label, value, aim, unit in rows:
-        verdict = "within" if value <= aim else "OVER"
-        print(f"  {label:<46} {value:>8.3f}  {format(aim, 'g'):>8}  {value / aim:>5.2f}  {verdict:<7}  {unit}")
     surv = len(cpu["baseline"]["servers_surviving_daemon"]) + len(cpu["checks"]["servers_surviving_daemon"]) \
         + len(lat["servers_surviving_daemon"])
-    print(f"  {'servers surviving SIGTERM (all daemons)':<46} {surv:>8}  {'0':>8}")
+    print_targets(rows, ("servers surviving SIGTERM (all daemons)", surv))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,27 +12,25 @@
    reuse the families whose values did not change. One more figure: a scrape right after a state
    change (a restart: the engine families are rendered again).
 
-Figures only, never an assertion (DESIGN.md, "Tests"); cleanup as bench_engine's Bench.
+Figures only, never an assertion (DESIGN.md, "Tests"); cleanup by the harness's Bench.
 """
 
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_engine import (  # noqa: E402
-    SLEEP_ARGV, Bench, BenchError, Daemon, bench_idle, bench_main, poll_until, programs_toml, raise_nofile,
-    sleep_children,
-)
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
+from benchmarks.bench_engine import bench_idle  # noqa: E402
+from benchmarks.harness.daemon import Daemon  # noqa: E402
+from benchmarks.harness.peers import PROCGUARDCTL, procguard_programs, sleep_programs  # noqa: E402
+from benchmarks.harness.procs import raise_nofile, run_ctl  # noqa: E402
+from benchmarks.harness.run import Bench, bench_main, poll_until  # noqa: E402
 
 TARGET_SCRAPE_MS = 50.0
 
@@ -40,11 +38,10 @@ TARGET_SCRAPE_MS = 50.0
 def metrics_daemon(bench: Bench, name: str, n: int, metrics: bool) -> Daemon:
     """A daemon with n sleep programs, its own control socket, and metrics on a free loopback port."""
     raise_nofile(n)
-    d = bench.daemon(name, programs_toml(n, SLEEP_ARGV))
-    extra = f'control = "ipc://{d.work}/control.sock"\n' + ('metrics = "127.0.0.1:0"\n' if metrics else "")
-    d.config.write_text(d.config.read_text().replace("[procguard]\n", "[procguard]\n" + extra, 1))
+    d = bench.daemon(name, None)
+    d.write_config(procguard_programs(sleep_programs(n)), extra='metrics = "127.0.0.1:0"\n' if metrics else "")
     d.start()
-    poll_until(lambda: len(sleep_children(d)) >= n or None, 300, f"{n} sleep children", interval_s=0.2)
+    poll_until(lambda: len(d.exec_children()) >= n or None, 300, f"{n} sleep children", interval_s=0.2)
     return d
 
 
@@ -81,7 +78,7 @@ def component_cpu_ms(pids: list[int]) -> dict[str, float]:
     """A scrape's two big parts, timed here in CPU time on the daemon's real children: the /proc pass
     (procfs.tree_usage) and the per-process families (ProcessCollector), steady and with every CPU value
     changed (the worst case of a busy host: that family is rendered again for every process)."""
-    from procguard import procfs
+    from procguard.runtime import procfs
     from procguard.observe.metrics import ProcessCollector, Row
     from procguard.engine.states import ProcessState
 
@@ -124,13 +121,12 @@ def bench_scrapes(bench: Bench, n: int, rounds: int) -> dict[str, Any]:
     # not grow when other processes compete for the cores.
     cpu_ms = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) * 1e3 / rounds
     # A state change: the engine families are rendered again on the next scrape.
-    subprocess.run([sys.executable, "-m", "procguardctl", "-s", f"ipc://{d.work}/control.sock", "restart", "p0000"],
-                   check=True, capture_output=True, cwd=str(Path(__file__).resolve().parent.parent))
+    run_ctl([PROCGUARDCTL, "-s", d.endpoint, "restart", "p0000"], "procguardctl restart p0000")
     changed_client, _ = scrape(url)
     _, body = scrape(url)
     changed_server = server_ms(body)
     host_processes = sum(e.isdigit() for e in os.listdir("/proc"))
-    parts = component_cpu_ms([c.pid for c in sleep_children(d)])
+    parts = component_cpu_ms([c.pid for c in d.exec_children()])
     d.kill()
     return {"n": n, "samples": samples, "bytes": len(body), "cpu_ms_per_scrape": cpu_ms, "parts_cpu_ms": parts,
             "load_average": os.getloadavg(), "processes_on_host": host_processes,
@@ -187,8 +183,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:  # pragma: no cover - bench_main reports these itself
-        print(exc, file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -46,8 +46,9 @@ What is measured, and how, per run:
   against the ISO pattern and stripped, then the rest is compared. Bytes lost = N - bytes recovered;
   also reported: the offset of the first mismatch, bytes in excess, lines without a valid prefix.
 
-Order and state: one daemon per side (two procguards, one per config, one supervisord, one circus),
-each started once and idle (autostart = false) before the first round; each run starts the child with
+Order and state: one daemon per side (two procguards, one per config, one supervisord, one circus;
+harness/peers.py renders their configs), each started once and idle (autostart = false) until its
+control interface answers a status request, before the first round; each run starts the child with
 the daemon's own control interface (`procguardctl -s ENDPOINT start writer`; `supervisorctl -c CONF
 start writer`; `circusctl --endpoint E start writer`), which answer once the process is RUNNING
 (startsecs = 0) or, for circus, spawned, and only then is the FIFO byte written. circus keeps its
@@ -103,7 +104,7 @@ Config choices, and which side each could favour:
 - supervisord runs as whoever runs this script (as root it logs a CRIT warning about running as root);
   it is the venv's Python, the same interpreter as procguard's.
 
-Cleanup: every daemon (procguard and supervisord) is recorded in bench_engine's Bench; in `finally`
+Cleanup: every daemon (procguard and supervisord) is recorded in the harness's Bench (benchmarks/harness/run.py); in `finally`
 (also on Ctrl-C or SIGTERM) each gets SIGTERM, then SIGKILL, every recorded child still running the
 child's argv is killed, and the temp directory is removed. The script then checks that no process
 started from its child script survives, and prints how many did (0 expected).
@@ -111,124 +112,30 @@ started from its child script survives, and prints how many did (0 expected).
 
 import argparse
 import errno
-import json
 import mmap
 import os
-import platform
-import re
-import shlex
-import signal
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine sits beside this file
-from bench_engine import (  # noqa: E402
-    CHILD_PYTHON,
-    Bench,
-    BenchError,
-    Daemon,
-    Interrupted,
-    fmt_row,
-    poll_until,
-    sched_ns,
-    sigterm_unwinds,
-)
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
+from benchmarks.output_stream import CHILD_SOURCE, n_lines, prefix_len, verify_capture  # noqa: E402
+from benchmarks.harness.peers import CIRCUSD, Program, System, make, peer_missing, version_of  # noqa: E402
+from benchmarks.harness.procs import naming, sched_ns  # noqa: E402
+from benchmarks.harness.run import CHILD_PYTHON, Bench, BenchError, bench_main, machine, poll_until  # noqa: E402
+from benchmarks.harness.stats import fmt_row, median  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-# The venv this script runs in (its supervisord, procguardctl); not resolved, or the venv is lost.
-VENV_BIN = Path(sys.executable).parent
-CTL = str(VENV_BIN / "procguardctl")
-# procguardctl (an editable install's script) imports from this checkout, as the daemon does (cwd=REPO).
-CTL_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-SUPERVISORD = str(VENV_BIN / "supervisord")
-SUPERVISORCTL = str(VENV_BIN / "supervisorctl")
-CIRCUSD = str(VENV_BIN / "circusd")
-CIRCUSCTL = str(VENV_BIN / "circusctl")
 GIB = 1 << 30
 MIB = 1 << 20
 POLL_S = 0.002
 STALL_S = 5.0  # child done and the file unchanged this long: what is missing is lost
 HUNG_S = 60.0  # the file unchanged this long while the child still writes: the harness gives up
-CTL_TIMEOUT_S = 60.0
-READ_BLOCK = 8 * MIB
 TARGETS = {"throughput_ratio_min": 1.5, "cpu_per_gib_ratio_max": 0.5}
-# procguard/io/output.py timestamp(): ISO 8601, milliseconds, UTC offset, then one space.
-PREFIX_RE = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d(?::\d\d)? \Z")
-
-# Shared by the child (written to a file) and this script's verifier (exec'd below): one generator.
-GEN_SOURCE = r'''
-import os, sys, time
-
-LINE_BYTES = 100
-BLOCK_LINES = 16384  # 16384 * 100 B = 1,638,400 B = 25 writes of 64 KiB
-WRITE_BYTES = 65536
-_FILL = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" * 2)[:86]
-# "SSSSSS:" (7 B, the join separator) + "TTTTT " (6 B) + filler (86 B) + "\n" = 100 B per line.
-_TAILS = [b""] + [b"%05d " % t + _FILL + b"\n" for t in range(BLOCK_LINES)]
-
-
-def blocks(n):
-    """The child's stream, n bytes, as blocks: every line distinct; the last byte is a newline."""
-    s = 0
-    left = n
-    while left > 0:
-        b = (b"%06d:" % s).join(_TAILS)
-        if len(b) >= left:
-            b = b[:left - 1] + b"\n"
-        yield b
-        left -= len(b)
-        s += 1
-'''
-
-CHILD_MAIN = r'''
-
-def main():
-    n, side, fifo = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    data = list(blocks(n))  # built before the start signal: generation is outside the figures
-    fd = os.open(fifo, os.O_RDONLY)
-    os.read(fd, 1)
-    os.close(fd)
-    t0 = time.monotonic()
-    with open(side, "a") as f:
-        f.write("start %d %.9f\n" % (os.getpid(), t0))
-    for b in data:
-        view = memoryview(b)
-        for i in range(0, len(b), WRITE_BYTES):
-            chunk = view[i:i + WRITE_BYTES]
-            while chunk:
-                chunk = chunk[os.write(1, chunk):]
-    t1 = time.monotonic()
-    with open(side, "a") as f:
-        f.write("done %.9f %d\n" % (t1, n))
-
-
-main()
-'''
-CHILD_SOURCE = GEN_SOURCE + CHILD_MAIN
-
-_gen: dict[str, Any] = {}
-exec(GEN_SOURCE, _gen)
-stream_blocks: Callable[[int], Iterator[bytes]] = _gen["blocks"]
-LINE_BYTES: int = _gen["LINE_BYTES"]
-
-
-def prefix_len() -> int:
-    return len(datetime.now().astimezone().isoformat(timespec="milliseconds")) + 1
-
-
-def n_lines(n: int) -> int:
-    return -(-n // LINE_BYTES)  # every line is 100 bytes but the last, which ends the stream with "\n"
-
-
 # ------------------------------------------------------------------------------------------- sides
 
 
@@ -238,10 +145,10 @@ class Side:
 
     key: str
     label: str
+    kind: str  # the daemon's (peers.SYSTEMS), "" for none
     work: Path
     argv: list[str]
     stamped: bool = False
-    keeps_file_open = False  # the daemon keeps the capture open after the child exits (no 2 s wait for it)
     capture: Path = field(init=False)
     side_file: Path = field(init=False)
     fifo: Path = field(init=False)
@@ -250,6 +157,12 @@ class Side:
         self.capture = self.work / "out.log"
         self.side_file = self.work / "child.side"
         self.fifo = self.work / "go.fifo"
+
+    @property
+    def keeps_file_open(self) -> bool:
+        """The daemon keeps the capture open after the child exits (no 2 s wait for it): supervisord's
+        handler stays open until the next spawn, circus's FileStream for the daemon's life."""
+        return self.kind in ("supervisord", "circus")
 
     def prepare(self, bench: Bench) -> None:
         """Make the working directory; start the daemon, if any, idle until the first run."""
@@ -273,175 +186,40 @@ def child_argv(script: Path, n: int, work: Path) -> list[str]:
     return [CHILD_PYTHON, "-S", str(script), str(n), str(work / "child.side"), str(work / "go.fifo")]
 
 
-def run_ctl(argv: list[str], what: str) -> str:
-    try:
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=CTL_TIMEOUT_S, env=CTL_ENV)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{what}: no answer within {CTL_TIMEOUT_S}s: {argv}") from None
-    out = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
-    if p.returncode != 0:
-        raise BenchError(f"{what}: {argv} exited {p.returncode}: {out.strip()}")
-    return out
+class DaemonSide(Side):
+    """The child as program `writer` (autostart and autorestart false) of a procguard, supervisord or circus
+    daemon (peers.py renders the configs), started with the daemon's own control CLI."""
 
-
-class ProcguardSide(Side):
-    daemon: Daemon
-    endpoint: str
+    system: System
 
     def prepare(self, bench: Bench) -> None:
-        self.daemon = d = bench.daemon(self.work.name, "")  # its directory: bench.root / work.name
-        self.endpoint = f"ipc://{d.work}/run/control.sock"
-        stamps = "stdout_logfile_timestamps = true\n" if self.stamped else ""
-        # bench_engine's Daemon writes [procguard] without a control endpoint: write the same with one.
-        d.config.write_text(
-            f'[procguard]\nlogdir = "{d.work}/logs"\nloglevel = "info"\ncontrol = "{self.endpoint}"\n\n'
-            f"[program.writer]\ncommand = {json.dumps(self.argv)}\nautostart = false\nautorestart = false\n"
-            f'startsecs = 0\nstdout_logfile = "{self.capture}"\nstdout_logfile_maxbytes = 0\n'
-            f'stderr_logfile = "NONE"\n{stamps}')
-        d.start()
-        d.wait_event("control_listening", timeout_s=60)
-        run_ctl([CTL, "-s", self.endpoint, "pid"], "procguardctl pid")
+        keys = {"stdout_logfile_timestamps": True} if self.stamped else {}
+        prog = Program(name="writer", argv=tuple(self.argv), autostart=False, autorestart=False,
+                       stdout=str(self.capture), procguard_keys=keys)
+        self.system = make(self.kind, bench, f"output-{self.key}", [prog])
+        self.system.start()
+        self.system.wait_control()
 
     def start_child(self) -> None:
-        run_ctl([CTL, "-s", self.endpoint, "start", "writer"], "procguardctl start writer")
-        self.daemon.poll_log()  # raises BenchError if the daemon died
+        self.system.run_ctl("start", "writer")
+        self.system.check_alive()
 
     def daemon_pid(self) -> int | None:
-        return self.daemon.pid
-
-
-class SupervisordSide(Side):
-    daemon: Daemon
-    conf: Path
-    keeps_file_open = True  # its handler stays open until the next spawn
-
-    def prepare(self, bench: Bench) -> None:
-        # bench_engine's Daemon: its directory, cleanup (TERM, 60 s, KILL) and child recording; its
-        # procguard.toml goes unused. `start` is replaced by supervisord's.
-        self.daemon = d = bench.daemon(self.work.name, "")  # its directory: bench.root / work.name
-        self.conf = d.work / "supervisord.conf"
-        sock = d.work / "supervisor.sock"
-        (d.work / "childlogs").mkdir()
-        # %-free paths: supervisord expands %(here)s-style names in its config.
-        self.conf.write_text(f"""[unix_http_server]
-file={sock}
-
-[supervisord]
-nodaemon=true
-logfile={d.work}/supervisord.log
-pidfile={d.work}/supervisord.pid
-childlogdir={d.work}/childlogs
-loglevel=info
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{sock}
-
-[program:writer]
-command={" ".join(self.argv)}
-autostart=false
-autorestart=false
-startsecs=0
-redirect_stderr=false
-stdout_logfile={self.capture}
-stdout_logfile_maxbytes=0
-stdout_logfile_backups=0
-stdout_capture_maxbytes=0
-stdout_events_enabled=false
-stdout_syslog=false
-stderr_logfile=NONE
-""")
-        with open(d.logfile, "ab") as log:
-            d.popen_wall, d.popen_mono = time.time(), time.monotonic()
-            d.proc = subprocess.Popen([SUPERVISORD, "-n", "-c", str(self.conf)], stdout=log, stderr=log,
-                                      stdin=subprocess.DEVNULL, cwd=str(d.work))
-
-        def answers() -> bool:
-            if d.proc is not None and d.proc.poll() is not None:
-                raise BenchError(f"supervisord exited with {d.proc.returncode}: {d.log_text()[-2000:]}")
-            p = subprocess.run([SUPERVISORCTL, "-c", str(self.conf), "pid"], capture_output=True,
-                               stdin=subprocess.DEVNULL, timeout=CTL_TIMEOUT_S)
-            return p.returncode == 0 and p.stdout.strip().isdigit()
-
-        poll_until(answers, 60, "supervisord answering supervisorctl pid", interval_s=0.1)
-
-    def start_child(self) -> None:
-        out = run_ctl([SUPERVISORCTL, "-c", str(self.conf), "start", "writer"], "supervisorctl start writer")
-        if "started" not in out:
-            raise BenchError(f"supervisorctl start writer: unexpected answer {out!r}")
-
-    def daemon_pid(self) -> int | None:
-        return self.daemon.pid
-
-
-class CircusSide(Side):
-    daemon: Daemon
-    conf: Path
-    endpoint: str
-    keeps_file_open = True  # its FileStream stays open for the daemon's life
-
-    def prepare(self, bench: Bench) -> None:
-        # As SupervisordSide: bench_engine's Daemon for the directory and cleanup; circusd replaces `start`.
-        self.daemon = d = bench.daemon(self.work.name, "")
-        self.conf = d.work / "circus.ini"
-        self.endpoint = f"ipc://{d.work}/control.sock"
-        self.conf.write_text(f"""[circus]
-endpoint = {self.endpoint}
-pubsub_endpoint = ipc://{d.work}/pubsub.sock
-check_delay = 1
-statsd = false
-loglevel = info
-logoutput = {d.work}/circus.log
-
-[watcher:writer]
-cmd = {shlex.join(self.argv)}
-numprocesses = 1
-autostart = false
-respawn = false
-warmup_delay = 0
-copy_env = true
-close_child_stderr = true
-stdout_stream.class = FileStream
-stdout_stream.filename = {self.capture}
-stdout_stream.max_bytes = 0
-""")
-        with open(d.logfile, "ab") as log:
-            d.popen_wall, d.popen_mono = time.time(), time.monotonic()
-            d.proc = subprocess.Popen([CIRCUSD, str(self.conf)], stdout=log, stderr=log,
-                                      stdin=subprocess.DEVNULL, cwd=str(d.work))
-
-        def answers() -> bool:
-            if d.proc is not None and d.proc.poll() is not None:
-                raise BenchError(f"circusd exited with {d.proc.returncode}: {d.log_text()[-2000:]}")
-            p = subprocess.run(self.ctl("status", "writer"), capture_output=True, stdin=subprocess.DEVNULL,
-                               timeout=CTL_TIMEOUT_S)
-            return p.returncode == 0 and p.stdout.strip() == b"stopped"
-
-        poll_until(answers, 60, "circusd answering circusctl status", interval_s=0.1)
-
-    def ctl(self, *args: str) -> list[str]:
-        return [CIRCUSCTL, "--endpoint", self.endpoint, "--timeout", str(int(CTL_TIMEOUT_S)), *args]
-
-    def start_child(self) -> None:
-        out = run_ctl(self.ctl("start", "writer"), "circusctl start writer")
-        if out.strip() != "ok":
-            raise BenchError(f"circusctl start writer: unexpected answer {out!r}")
+        return self.system.pid
 
     def after_child(self) -> None:
-        # With respawn = false the watcher stays "active" after its process exits, and a second
-        # `start` is a no-op: stop it so the next run's `start` spawns again.
-        run_ctl(self.ctl("stop", "writer"), "circusctl stop writer")
+        if self.kind == "circus":
+            # With respawn = false the watcher stays "active" after its process exits, and a second
+            # `start` is a no-op: stop it so the next run's `start` spawns again.
+            self.system.run_ctl("stop", "writer")
 
     def reset_capture(self) -> None:
+        if self.kind != "circus":
+            return super().reset_capture()
         # circus opens the FileStream once, when it loads the config, and keeps it open (mode 'a+'):
         # a deleted file would swallow the next run. Truncate in place; O_APPEND writes land at 0.
         with open(self.capture, "wb"):
             pass
-
-    def daemon_pid(self) -> int | None:
-        return self.daemon.pid
 
 
 class DirectSide(Side):
@@ -547,6 +325,31 @@ def prefault(nbytes: int) -> None:
             m[i] = 1
 
 
+def wait_full(side: Side, expected_size: int, pid: int | None,
+              round_no: int) -> tuple[float | None, tuple[float, float], int, int]:
+    """Poll the capture every POLL_S until it is full (or the child is done and it stopped growing: the rest
+    is lost); (when it was full or None, the daemon's CPU (user, system) and schedstat ns then, its RSS).
+
+    The side file is read only once growth pauses, which keeps the poll cheap."""
+    last_size, last_change = -1, time.monotonic()
+    while True:
+        size = size_of(side.capture)
+        now = time.monotonic()
+        if size >= expected_size:
+            rss = psutil.Process(pid).memory_info().rss if pid is not None else 0
+            return now, cpu_s(pid), sched_ns(pid) if pid is not None else 0, rss
+        if size != last_size:
+            last_size, last_change = size, now
+        elif now - last_change > 0.5:
+            info = read_side(side.side_file)
+            if "t1" in info and now - last_change > STALL_S:
+                return None, cpu_s(pid), sched_ns(pid) if pid is not None else 0, 0
+            if "t1" not in info and now - last_change > HUNG_S:
+                raise BenchError(f"{side.label}, round {round_no}: the capture stayed at {size} of "
+                                 f"{expected_size} bytes for {HUNG_S}s while the child had not finished")
+        time.sleep(POLL_S)
+
+
 def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool = True) -> dict[str, Any]:
     side.reset_capture()
     side.side_file.unlink(missing_ok=True)
@@ -562,33 +365,7 @@ def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool =
     send_go(side.fifo)
     go_mono = time.monotonic()
 
-    # Poll the file until it is full. Reading the side file only once growth pauses keeps the poll cheap.
-    last_size, last_change = -1, time.monotonic()
-    t_full: float | None = None
-    cpu1 = cpu0
-    sched1 = sched0
-    rss = 0
-    while True:
-        size = size_of(side.capture)
-        now = time.monotonic()
-        if size >= expected_size:
-            t_full = now
-            cpu1 = cpu_s(pid)
-            sched1 = sched_ns(pid) if pid is not None else 0
-            rss = psutil.Process(pid).memory_info().rss if pid is not None else 0
-            break
-        if size != last_size:
-            last_size, last_change = size, now
-        elif now - last_change > 0.5:
-            info = read_side(side.side_file)
-            if "t1" in info and now - last_change > STALL_S:
-                cpu1 = cpu_s(pid)
-                sched1 = sched_ns(pid) if pid is not None else 0
-                break  # the child is done and nothing more arrives: the rest is lost
-            if "t1" not in info and now - last_change > HUNG_S:
-                raise BenchError(f"{side.label}, round {round_no}: the capture stayed at {size} of "
-                                 f"{expected_size} bytes for {HUNG_S}s while the child had not finished")
-        time.sleep(POLL_S)
+    t_full, cpu1, sched1, rss = wait_full(side, expected_size, pid, round_no)
 
     info = poll_until(lambda: (lambda i: i if "t1" in i else None)(read_side(side.side_file)), 120,
                       f"{side.label}: the child's done marker")
@@ -637,108 +414,15 @@ def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool =
     return res
 
 
-class Expected:
-    """The child's stream, consumed front to back in pieces of any size."""
-
-    def __init__(self, n: int) -> None:
-        self._blocks = stream_blocks(n)
-        self._buf = b""
-        self._pos = 0
-
-    def take(self, k: int) -> bytes:
-        while len(self._buf) - self._pos < k:
-            nxt = next(self._blocks, None)
-            if nxt is None:
-                break
-            self._buf = self._buf[self._pos:] + nxt
-            self._pos = 0
-        out = self._buf[self._pos:self._pos + k]
-        self._pos += len(out)
-        return out
-
-
-def verify_capture(path: Path, n: int, stamped: bool, plen: int) -> dict[str, Any]:
-    """Compare the file with the child's stream (stamps checked and stripped first); count what differs."""
-    expected = Expected(n)
-    recovered = 0
-    mismatch_at: int | None = None
-    lines = bad_prefix = 0
-    prefixes: set[bytes] = set()
-
-    def compare(piece: bytes) -> None:
-        nonlocal recovered, mismatch_at
-        want = expected.take(len(piece))
-        if mismatch_at is None and want != piece[:len(want)]:
-            i = next(i for i, (a, b) in enumerate(zip(want, piece)) if a != b)
-            mismatch_at = recovered + i
-        if mismatch_at is None and len(want) < len(piece):
-            mismatch_at = recovered + len(want)  # more than the child wrote
-        recovered += len(piece)
-
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return {"bytes_recovered": 0, "bytes_lost": n, "bytes_extra": 0, "first_mismatch_at": 0 if n else None,
-                "content_ok": n == 0, "lines": 0, "lines_bad_prefix": 0}
-    with f:
-        carry = b""
-        while True:
-            block = f.read(READ_BLOCK)
-            if not stamped:
-                if not block:
-                    break
-                compare(block)
-                continue
-            data = carry + block
-            if block:
-                cut = data.rfind(b"\n") + 1
-                data, carry = data[:cut], data[cut:]
-            else:
-                carry = b""
-            if data:
-                parts = data.split(b"\n")
-                last = parts.pop()  # b"" after a final newline; a partial last line at EOF otherwise
-                prefixes.update(p[:plen] for p in parts)
-                bad_prefix += sum(1 for p in parts if len(p) < plen)
-                lines += len(parts)
-                body = b"\n".join(p[plen:] for p in parts) + b"\n" if parts else b""
-                if last:
-                    lines += 1
-                    prefixes.add(last[:plen])
-                    body += last[plen:]
-                compare(body)
-            if not block:
-                break
-    if stamped:
-        bad = {p for p in prefixes if not PREFIX_RE.match(p)}
-        if bad:  # count the lines carrying a malformed prefix (slow path, only when some exist)
-            with open(path, "rb") as f2:
-                bad_prefix = sum(1 for line in f2 if line[:plen] in bad)
-    return {
-        "bytes_recovered": recovered,
-        "bytes_lost": max(0, n - recovered),
-        "bytes_extra": max(0, recovered - n),
-        "first_mismatch_at": mismatch_at,
-        "content_ok": mismatch_at is None and recovered == n,
-        "lines": lines if stamped else n_lines(n),
-        "lines_bad_prefix": bad_prefix,
-    }
-
-
 # -------------------------------------------------------------------------------------------- main
 
 
-def med(runs: list[dict[str, Any]], key: str) -> float | None:
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(vals) if vals else None
-
-
-SIDES: tuple[tuple[str, str, type[Side], bool], ...] = (
-    ("a", "procguard", ProcguardSide, False),
-    ("b", "procguard, timestamps", ProcguardSide, True),
-    ("c", "supervisord", SupervisordSide, False),
-    ("d", "direct to file (no daemon)", DirectSide, False),
-    ("e", "circus", CircusSide, False))
+SIDES = (  # key, label, daemon kind ("": none), timestamps
+    ("a", "procguard", "procguard", False),
+    ("b", "procguard, timestamps", "procguard", True),
+    ("c", "supervisord", "supervisord", False),
+    ("d", "direct to file (no daemon)", "", False),
+    ("e", "circus", "circus", False))
 
 
 def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
@@ -747,45 +431,45 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                      prefault_on=not args.no_prefault, mode="quick" if args.quick else "full")
 
 
+def prepare_sides(bench: Bench, n: int, keys: str) -> list[Side]:
+    """The sides named by keys, each daemon started and idle, each child's FIFO made."""
+    script = bench.root / "child.py"
+    script.write_text(CHILD_SOURCE)
+    sides: list[Side] = []
+    for key, label, kind, stamped in SIDES:
+        if key not in keys:
+            continue
+        work = bench.root / (f"{kind}-output-{key}" if kind else f"{key}-direct")  # make() names it so
+        argv = child_argv(script, n, work)
+        cls = DaemonSide if kind else DirectSide
+        new = cls(key=key, label=label, kind=kind, work=work, argv=argv, stamped=stamped)
+        bench.known_cmdlines.append(argv)
+        new.prepare(bench)
+        os.mkfifo(new.fifo)
+        sides.append(new)
+    return sides
+
+
 def run_sides(bench: Bench, n: int, rounds: int, keys: str, prefault_on: bool = True,
               mode: str = "full") -> dict[str, Any]:
     """`rounds` interleaved rounds of n bytes on the sides named by `keys` (SIDES); prints and returns figures.
 
     Also the entry point of `python -m benchmarks` (its "output" workload).
     """
-    script = bench.root / "child.py"
-    script.write_text(CHILD_SOURCE)
-
-    sides: list[Side] = []
-    for key, label, cls, stamped in SIDES:
-        if key not in keys:
-            continue
-        work = bench.root / f"{key}-{cls.__name__.removesuffix('Side').lower()}"
-        argv = child_argv(script, n, work)
-        new = cls(key=key, label=label, work=work, argv=argv, stamped=stamped)
-        bench.known_cmdlines.append(argv)
-        new.prepare(bench)
-        os.mkfifo(new.fifo)
-        sides.append(new)
-
-    sup_version = subprocess.run([SUPERVISORD, "--version"], capture_output=True, text=True).stdout.strip()
+    sides = prepare_sides(bench, n, keys)
+    sup_version = version_of("supervisord")
     results: dict[str, Any] = {
-        "mode": mode,
-        "bytes_per_run": n,
-        "rounds": rounds,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-                    "load_avg_at_start": os.getloadavg(), "supervisord": sup_version,
-                    "fs": fs_type(bench.root), "vm_dirty": vm_dirty(), "prefault": prefault_on},
-        "targets": TARGETS,
-        "runs": {s.key: [] for s in sides},
+        "mode": mode, "bytes_per_run": n, "rounds": rounds,
+        "machine": machine() | {"supervisord": sup_version, "fs": fs_type(bench.root), "vm_dirty": vm_dirty(),
+                                "prefault": prefault_on},
+        "targets": TARGETS, "runs": {s.key: [] for s in sides},
     }
     print(f"procguard output benchmark ({results['mode']}): {n / MIB:.0f} MiB per run, {rounds} rounds "
           f"interleaved {','.join(s.key for s in sides)}; {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, kernel {platform.release()}, supervisord {sup_version}, "
+          f"{results['machine']['python']}, kernel {results['machine']['kernel']}, supervisord {sup_version}, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"child: {CHILD_PYTHON} -S child.py (64 KiB writes, 100-byte lines); temp dir {bench.root} "
           f"({results['machine']['fs']}); prefault {'on' if prefault_on else 'off'}\n")
-
     for r in range(1, rounds + 1):
         for side in sides:
             res = one_run(bench, side, n, r, do_prefault=prefault_on)
@@ -796,45 +480,49 @@ def run_sides(bench: Bench, n: int, rounds: int, keys: str, prefault_on: bool = 
             print(f"  round {r} ({side.key}) {side.label:<28} {mibs}  {cpu}  lost {res['bytes_lost']} B"
                   f"{'' if res['content_ok'] else '  CONTENT DIFFERS at ' + str(res['first_mismatch_at'])}")
     print()
-
     for side in sides:
-        runs = results["runs"][side.key]
-        print(f"({side.key}) {side.label}:")
-        tp = [x["mib_per_s"] for x in runs if x["mib_per_s"] is not None]
-        if tp:
-            print(fmt_row("throughput, child's first write -> file full", tp, "MiB/s", digits=1))
-        if side.daemon_pid() is not None:
-            print(fmt_row("daemon CPU (user+system) per GiB", [x["daemon_cpu_s_per_gib"] for x in runs], "s"))
-            print(fmt_row("  of which system", [x["daemon_system_s"] * GIB / n for x in runs], "s"))
-            print(fmt_row("  cross-check: schedstat (ns resolution)", [x["daemon_schedstat_s_per_gib"] for x in runs],
-                          "s"))
-            print(fmt_row("daemon RSS when the file was full", [x["daemon_rss_mib"] for x in runs], "MiB", digits=1))
-        print(fmt_row("child's own write rate (into its stdout)", [x["child_write_mib_per_s"] for x in runs],
-                      "MiB/s", digits=1))
-        lag = [x["full_after_child_done_ms"] for x in runs if x["full_after_child_done_ms"] is not None]
-        if lag:
-            print(fmt_row("file full after the child's last write", lag, "ms", digits=1))
-        lost = [x["bytes_lost"] for x in runs]
-        extra = sum(x["bytes_extra"] for x in runs)
-        bad = [x for x in runs if not x["content_ok"]]
-        print(f"  {'bytes lost (all runs)':<46} {sum(lost)}  (per run {lost}); extra {extra}; content "
-              f"{'identical in every run' if not bad else 'DIFFERS in rounds ' + str([x['round'] for x in bad])}")
-        if side.stamped:
-            print(f"  {'lines stamped / expected, bad prefixes':<46} "
-                  f"{[x['lines'] for x in runs]} / {n_lines(n)}, {sum(x['lines_bad_prefix'] for x in runs)}")
-        complaints = daemon_complaints(side)
-        results.setdefault("daemon_warnings", {})[side.key] = complaints
-        if isinstance(side, ProcguardSide):
-            print(f"  {'procguard log events above info':<46} {len(complaints)}"
-                  f"{': ' + ', '.join(sorted({str(e.get('event')) for e in complaints})) if complaints else ''}")
-        held = [x["round"] for x in runs if x["daemon_holds_file_after_exit"]]
-        if held and side.daemon_pid() is not None:
-            when = "after the child's exit" if side.keeps_file_open else "2 s after exit"
-            print(f"  {'daemon still had the file open ' + when:<46} rounds {held}")
-        print()
-
+        results.setdefault("daemon_warnings", {})[side.key] = print_side(side, results["runs"][side.key], n)
     print_summary(results, sides)
     return results
+
+
+def print_side(side: Side, runs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The side's rows; returns procguard's log events above info (log_write_failed and the like)."""
+    print(f"({side.key}) {side.label}:")
+    tp = [x["mib_per_s"] for x in runs if x["mib_per_s"] is not None]
+    if tp:
+        print(fmt_row("throughput, child's first write -> file full", tp, "MiB/s", digits=1))
+    if side.daemon_pid() is not None:
+        print(fmt_row("daemon CPU (user+system) per GiB", [x["daemon_cpu_s_per_gib"] for x in runs], "s"))
+        print(fmt_row("  of which system", [x["daemon_system_s"] * GIB / n for x in runs], "s"))
+        print(fmt_row("  cross-check: schedstat (ns resolution)", [x["daemon_schedstat_s_per_gib"] for x in runs],
+                      "s"))
+        print(fmt_row("daemon RSS when the file was full", [x["daemon_rss_mib"] for x in runs], "MiB", digits=1))
+    print(fmt_row("child's own write rate (into its stdout)", [x["child_write_mib_per_s"] for x in runs],
+                  "MiB/s", digits=1))
+    lag = [x["full_after_child_done_ms"] for x in runs if x["full_after_child_done_ms"] is not None]
+    if lag:
+        print(fmt_row("file full after the child's last write", lag, "ms", digits=1))
+    lost = [x["bytes_lost"] for x in runs]
+    extra = sum(x["bytes_extra"] for x in runs)
+    bad = [x for x in runs if not x["content_ok"]]
+    print(f"  {'bytes lost (all runs)':<46} {sum(lost)}  (per run {lost}); extra {extra}; content "
+          f"{'identical in every run' if not bad else 'DIFFERS in rounds ' + str([x['round'] for x in bad])}")
+    if side.stamped:
+        print(f"  {'lines stamped / expected, bad prefixes':<46} "
+              f"{[x['lines'] for x in runs]} / {n_lines(n)}, {sum(x['lines_bad_prefix'] for x in runs)}")
+    complaints: list[dict[str, Any]] = []
+    if isinstance(side, DaemonSide) and side.kind == "procguard":
+        side.system.daemon.poll_log()
+        complaints = [e for e in side.system.daemon.tail.events if e.get("level") not in ("info", "debug")]
+        print(f"  {'procguard log events above info':<46} {len(complaints)}"
+              f"{': ' + ', '.join(sorted({str(e.get('event')) for e in complaints})) if complaints else ''}")
+    held = [x["round"] for x in runs if x["daemon_holds_file_after_exit"]]
+    if held and side.daemon_pid() is not None:
+        when = "after the child's exit" if side.keeps_file_open else "2 s after exit"
+        print(f"  {'daemon still had the file open ' + when:<46} rounds {held}")
+    print()
+    return complaints
 
 
 def vm_dirty() -> dict[str, int]:
@@ -848,14 +536,6 @@ def vm_dirty() -> dict[str, int]:
     return out
 
 
-def daemon_complaints(side: Side) -> list[dict[str, Any]]:
-    """procguard's log events above info (log_write_failed and the like) over the whole run."""
-    if not isinstance(side, ProcguardSide):
-        return []
-    side.daemon.poll_log()
-    return [e for e in side.daemon.tail.events if e.get("level") not in ("info", "debug")]
-
-
 def fs_type(path: Path) -> str:
     best, kind = "", "?"
     for p in psutil.disk_partitions(all=True):
@@ -866,6 +546,10 @@ def fs_type(path: Path) -> str:
 
 def print_summary(res: dict[str, Any], sides: list[Side]) -> None:
     runs = res["runs"]
+
+    def med(runs: list[dict[str, Any]], key: str) -> float | None:
+        return median([r[key] for r in runs if r.get(key) is not None])
+
     sup_tp, sup_cpu = med(runs.get("c", []), "mib_per_s"), med(runs.get("c", []), "daemon_cpu_s_per_gib")
     res["ratios"] = {}
     print("summary, medians (figures only; nothing here fails the run):")
@@ -892,62 +576,21 @@ def print_summary(res: dict[str, Any], sides: list[Side]) -> None:
           f"CPU per GiB <= {TARGETS['cpu_per_gib_ratio_max']:g}x supervisord's; 0 bytes lost")
 
 
-def survivors(script: Path, started_wall: float) -> list[int]:
-    """Processes started by this script that still run the child script (should be none)."""
-    out = []
-    for p in psutil.process_iter(["cmdline", "create_time"]):
-        try:
-            if (p.info["create_time"] >= started_wall - 1 and str(script) in (p.info["cmdline"] or [])
-                    and p.status() != psutil.STATUS_ZOMBIE):
-                out.append(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Benchmark procguard's output capture against supervisord's.")
-    ap.add_argument("--quick", action="store_true", help="200 MiB per run, 2 rounds instead of 1 GiB, 3 rounds")
-    ap.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    missing = peer_missing("supervisord")
+    if missing is not None:
+        print(f"bench_output: {missing}", file=sys.stderr)
+        return 2
+    ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--no-prefault", action="store_true",
                     help="do not touch and free memory before each run (see the docstring: noisy in some VMs)")
-    args = ap.parse_args(argv)
-    if not os.path.exists(SUPERVISORD):
-        print(f"bench_output: {SUPERVISORD} missing: .venv/bin/python -m pip install -e '.[bench]'",
-              file=sys.stderr)
-        return 2
-    bench = Bench()
-    script = bench.root / "child.py"
-    t0 = time.monotonic()
-    try:
-        with sigterm_unwinds():
-            results = run(args, bench)
-    except BenchError as exc:
-        print(f"\nbench_output: cannot measure: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Interrupted):
-        print("\nbench_output: interrupted; cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        # Bounded (TERM, 60 s, KILL); a second Ctrl-C must not leave children behind.
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            killed = bench.close()
-            left = survivors(script, bench.started_wall)
-        finally:
-            signal.signal(signal.SIGINT, old)
-        if killed:
-            print(f"bench_output: cleanup killed leftover children: {killed}", file=sys.stderr)
-        if left:
-            print(f"bench_output: children still alive after cleanup: {left}", file=sys.stderr)
-    results["elapsed_s"] = time.monotonic() - t0
-    results["cleanup_killed"] = killed
-    results["children_surviving"] = left
-    print(f"\nchildren surviving cleanup: {len(left)}; elapsed {results['elapsed_s']:.1f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"figures written to {args.json}")
-    return 0
+
+    def check_survivors(bench: Bench, results: dict[str, Any]) -> None:
+        results["children_surviving"] = left = [p.pid for p in naming(str(bench.root / "child.py"), bench.started_wall)]
+        print(f"children surviving cleanup: {len(left)}" + (f": {left}" if left else ""))
+
+    return bench_main("bench_output", "Benchmark procguard's output capture against supervisord's.",
+                      "200 MiB per run, 2 rounds instead of 1 GiB, 3 rounds", run, argv, ap, check_survivors)
 
 
 if __name__ == "__main__":

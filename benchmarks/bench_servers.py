@@ -67,7 +67,7 @@ What is measured, and how (rounds: --quick 1, otherwise 5):
    directory and database) under supervisord (gunicorn binds its port: supervisord holds no socket for
    a [program]) and under circus (its held socket, use_sockets), `restart` under the same load, with
    the same figures (the transition ends with the first 200 after their ctl returned: both return
-   before the new gunicorn answers). benchmarks/peers.py renders their configs.
+   before the new gunicorn answers). benchmarks/harness/peers.py renders their configs.
 
 Cleanup: each daemon runs inside try/finally (also on Ctrl-C and SIGTERM, which bench_main turns into
 an exception): the load threads stop, then `Coffeehouse.stop()` stops the daemon and names (and kills)
@@ -76,13 +76,10 @@ removes its directory. A second Ctrl-C is ignored while a daemon is being stoppe
 """
 
 import argparse
-import http.client
 import json
 import os
-import platform
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -90,24 +87,21 @@ import tomllib
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-_HERE = Path(__file__).resolve().parent
-REPO = _HERE.parent
-for _path in (str(REPO), str(_HERE)):  # tests.servers.* from the repo root; bench_engine beside this file
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-from bench_engine import Bench, BenchError, LogTail, bench_main, parse_ts, poll_until  # noqa: E402
-
-from procguard.config.values import parse_duration  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
+from benchmarks.harness.daemon import LogTail, parse_ts  # noqa: E402
+from benchmarks.harness.load import Hit, Load, error_counts, get_once, longest_gap_ms, recovered_at, transition  # noqa: E402
+from benchmarks.harness.peers import HELD_FD, Program, System, make, peer_missing  # noqa: E402
+from benchmarks.harness.procs import free_port  # noqa: E402
+from benchmarks.harness.run import Bench, BenchError, begin, bench_main, poll_until  # noqa: E402
+from benchmarks.harness.stats import summarize  # noqa: E402
+from procguard.config.load import load_config  # noqa: E402
 from tests.helpers import DaemonRun  # noqa: E402
-from tests.servers.coffeehouse import free_port  # noqa: E402
-from peers import HELD_FD, Program, make, peer_missing  # noqa: E402
 from tests.servers.coffeehouse import SERVERS, Breakage, Coffeehouse, program, start, why_missing  # noqa: E402
 
 CLIENT_THREADS = 4
@@ -120,7 +114,6 @@ POST_OK = 40  # ... and after it returned (after the transition, for a HUP reloa
 PROBE_INTERVAL_S = 0.005
 PROBE_TIMEOUT_S = 1.0
 SIGKILL_TIMEOUT_S = 120.0
-DEFAULT_BACKOFF_RESET_S = 10.0  # procguard/config/model.py's default; conf.d files may set their own
 STABLE_MARGIN_S = 0.5  # status's uptime_s and the daemon's own "ran for" are taken at different moments
 LOG_POLL_S = 0.020
 POLL_S = 0.010
@@ -134,99 +127,6 @@ REFERENCE = {
     "circus_failed": 150,
     "gap_ms": 700.0,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One request: monotonic send and completion times, and how it ended."""
-
-    sent: float
-    done: float
-    ok: bool
-    error: str  # "" when ok; "HTTP 502" or the exception's class name otherwise
-
-
-# -------------------------------------------------------------------------------------------- load
-
-
-def get_once(port: int, timeout_s: float) -> Hit:
-    """GET / with Host: localhost on a new connection; a failure is a figure, never raised."""
-    t0 = time.monotonic()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
-    try:
-        conn.request("GET", "/", headers={"Host": "localhost"})
-        r = conn.getresponse()
-        r.read()
-        ok, err = r.status == 200, ("" if r.status == 200 else f"HTTP {r.status}")
-    except (OSError, http.client.HTTPException) as exc:
-        ok, err = False, type(exc).__name__
-    finally:
-        conn.close()
-    return Hit(t0, time.monotonic(), ok, err)
-
-
-class Load:
-    """CLIENT_THREADS threads, each a GET / on a new connection every CLIENT_INTERVAL_S, until stopped."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.started = 0.0
-        self.hits: list[Hit] = []  # list.append is atomic under the GIL
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True, name=f"load-{i}")
-                         for i in range(CLIENT_THREADS)]
-
-    def __enter__(self) -> "Load":
-        self.started = time.monotonic()
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(CLIENT_TIMEOUT_S + 5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            hit = get_once(self.port, CLIENT_TIMEOUT_S)
-            self.hits.append(hit)
-            self._stop.wait(max(0.0, hit.sent + CLIENT_INTERVAL_S - time.monotonic()))
-
-    def ok_done_after(self, t: float) -> int:
-        return sum(1 for h in list(self.hits) if h.ok and h.done >= t)
-
-
-def longest_gap_ms(hits: list[Hit], t_from: float, t_to: float) -> float:
-    """Longest time between two successive 200s received, from the last one at or before t_from to the
-    first one at or after t_to (t_from or t_to themselves when there is none)."""
-    done = sorted(h.done for h in hits if h.ok)
-    start_at = max((t for t in done if t <= t_from), default=t_from)
-    end_at = min((t for t in done if t >= t_to), default=t_to)
-    points = [start_at, *(t for t in done if start_at < t < end_at), end_at]
-    return max((b - a for a, b in zip(points, points[1:])), default=0.0) * 1e3
-
-
-def steady_gap_ms(hits: list[Hit], t0: float) -> float:
-    """The control for longest_gap_ms: the longest time between two successive 200s received before t0
-    (the steady load before the action; on a busy machine, scheduling alone makes gaps)."""
-    done = sorted(h.done for h in hits if h.ok and h.done < t0)
-    return max((b - a for a, b in zip(done, done[1:])), default=0.0) * 1e3
-
-
-def recovered_at(hits: list[Hit], t_from: float) -> float:
-    """When the 200 that ended the longest time without one (from t_from on) was received."""
-    done = sorted(h.done for h in hits if h.ok and h.done >= t_from)
-    points = [t_from, *done]
-    return max(zip(points, points[1:]), key=lambda ab: ab[1] - ab[0])[1]
-
-
-def error_counts(hits: list[Hit]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for h in hits:
-        if not h.ok:
-            out[h.error] = out.get(h.error, 0) + 1
-    return out
 
 
 # ------------------------------------------------------------------------------------ one action
@@ -251,24 +151,6 @@ def workers_of(c: Coffeehouse, pid: int) -> set[int]:
     return out
 
 
-def percentile_ms(values: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank) of durations in seconds, in ms; 0 for none."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))] * 1e3
-
-
-def latencies(hits: list[Hit], t0: float, t_done: float) -> tuple[dict[str, float], dict[str, float]]:
-    """p50/p99 latency (ms): steady (the requests completed before the action started at t0) and across
-    the action (those sent from t0 to t_done, when the transition ended), answered or not."""
-    def of(took: list[float]) -> dict[str, float]:
-        return {"p50_ms": percentile_ms(took, 50), "p99_ms": percentile_ms(took, 99), "n": len(took)}
-
-    return (of([h.done - h.sent for h in hits if h.done < t0]),
-            of([h.done - h.sent for h in hits if t0 <= h.sent <= t_done]))
-
-
 def action_under_load(c: Coffeehouse, server: str, verb: str, expect_ok: bool = True,
                       steady_ok: int = PRE_OK) -> dict[str, Any]:
     """One round of `procguardctl VERB coffeehouse<server>` (or, for verb KILL, a SIGKILL of its master)
@@ -277,7 +159,7 @@ def action_under_load(c: Coffeehouse, server: str, verb: str, expect_ok: bool = 
     before = status_row(c, server)
     old_pid = int(before["pid"])
     old_workers = workers_of(c, old_pid)
-    with Load(c.ports[server]) as load:
+    with Load(c.ports[server], CLIENT_THREADS, CLIENT_INTERVAL_S, CLIENT_TIMEOUT_S, host="localhost") as load:
         poll_until(lambda: load.ok_done_after(load.started) >= steady_ok, 120,
                    f"{server}: {steady_ok} requests answered before {verb}", interval_s=POLL_S)
         t0 = time.monotonic()
@@ -313,19 +195,9 @@ def action_under_load(c: Coffeehouse, server: str, verb: str, expect_ok: bool = 
         poll_until(lambda: load.ok_done_after(t_done) >= POST_OK, 60,
                    f"{server}: {POST_OK} requests answered after {verb}", interval_s=POLL_S)
     hits = list(load.hits)
-    steady, across = latencies(hits, t0, t_done)
     return {
-        "failed": sum(1 for h in hits if not h.ok),
+        **transition(hits, t0, t1, t_done),
         "failed_before_action": sum(1 for h in hits if not h.ok and h.done < t0),
-        "requests": len(hits),
-        "errors": error_counts(hits),
-        "cli_ms": (t1 - t0) * 1e3,
-        "transition_ms": (t_done - t0) * 1e3,
-        "gap_ms": longest_gap_ms(hits, t0, t_done),
-        "steady_gap_ms": steady_gap_ms(hits, t0),
-        "slowest_request_ms": max(h.done - h.sent for h in hits) * 1e3,
-        "steady_p50_ms": steady["p50_ms"], "steady_p99_ms": steady["p99_ms"],
-        "across_p50_ms": across["p50_ms"], "across_p99_ms": across["p99_ms"], "across_requests": across["n"],
         "old_pid": old_pid,
         "new_pid": new_pid,
         "reply": reply,
@@ -355,7 +227,7 @@ def sigkill_once(c: Coffeehouse, server: str) -> dict[str, Any]:
             raise BenchError(f"{server}: no new RUNNING master answering {POST_OK} probes within "
                              f"{SIGKILL_TIMEOUT_S:g} s of SIGKILL to {old_pid}; RUNNING line: {running}; last "
                              f"probes: {hits[-3:]}; log: {c.d.logfile}")
-        hits.append(get_once(port, PROBE_TIMEOUT_S))
+        hits.append(get_once(port, PROBE_TIMEOUT_S, host="localhost"))
         if running is None and time.monotonic() >= next_log:
             next_log = time.monotonic() + LOG_POLL_S
             for e in tail.poll():
@@ -387,17 +259,6 @@ def sigkill_once(c: Coffeehouse, server: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- rounds
-
-
-def med_max(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "max": max(values)} if values else {}
-
-
-def summarize(rounds: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {"rounds": rounds}
-    for k in keys:
-        out[k] = med_max([r[k] for r in rounds])
-    return out
 
 
 def load_line(label: str, i: int, r: dict[str, Any]) -> str:
@@ -480,10 +341,9 @@ def load_rounds(c: Coffeehouse, server: str, verb: str, label: str, rounds: int,
 
 
 def backoff_reset_s(c: Coffeehouse, server: str) -> float:
-    """The program's backoff_reset as this run's conf.d file sets it, else procguard's default."""
-    with open(c.d.work / "conf.d" / f"{server}.toml", "rb") as f:
-        table = tomllib.load(f).get("program", {}).get(program(server), {})
-    return parse_duration(table["backoff_reset"]) if "backoff_reset" in table else DEFAULT_BACKOFF_RESET_S
+    """The program's backoff_reset as procguard resolves this run's config (conf.d's value, else the default)."""
+    progs = {p.name: p for p in load_config(c.d.config).programs}
+    return progs[program(server)].backoff_reset
 
 
 def wait_stable(c: Coffeehouse, server: str, stable_s: float, what: str) -> None:
@@ -496,38 +356,32 @@ def wait_stable(c: Coffeehouse, server: str, stable_s: float, what: str) -> None
                interval_s=0.2)
 
 
-def sigkill_load_rounds(c: Coffeehouse, server: str, rounds: int) -> dict[str, Any]:
-    """SIGKILL of the master under the load: the requests lost (issue #16: a crashed master loses none)."""
-    label = "SIGKILL of the master, under load"
+def sigkill_rounds(c: Coffeehouse, server: str, rounds: int, under_load: bool) -> dict[str, Any]:
+    """SIGKILL of the master, each after a stable uptime: under the load (the requests lost; issue #16: a
+    crashed master loses none) or probed one request at a time (sigkill_once)."""
+    label = "SIGKILL of the master, " + ("under load" if under_load else "held socket")
     stable_s = backoff_reset_s(c, server) + STABLE_MARGIN_S
     runs: list[dict[str, Any]] = []
     for i in range(rounds):
         c.wait_healthy(server)
-        wait_stable(c, server, stable_s, f"SIGKILL under load, round {i + 1}")
-        runs.append(action_under_load(c, server, KILL))
-        print(load_line(label, i, runs[-1]), flush=True)
-    out = summarize(runs, LOAD_KEYS)
-    print(med_max_line(label, out, (("failed", "lost", ""), ("cli_ms", "to RUNNING", " ms"),
-                                    ("gap_ms", "gap", " ms"))), flush=True)
+        wait_stable(c, server, stable_s, f"{label}, round {i + 1}")
+        runs.append(k := action_under_load(c, server, KILL) if under_load else sigkill_once(c, server))
+        print(load_line(label, i, k) if under_load else sigkill_line(label, i, k), flush=True)
+    if under_load:
+        out = summarize(runs, LOAD_KEYS)
+        keys = (("failed", "lost", ""), ("cli_ms", "to RUNNING", " ms"), ("gap_ms", "gap", " ms"))
+    else:
+        out = summarize(runs, SIGKILL_KEYS)
+        keys = (("first_200_ms", "first 200", " ms"), ("running_ms", "RUNNING", " ms"), ("failed", "failed", ""))
+    print(med_max_line(label, out, keys), flush=True)
     return out
 
 
-def sigkill_rounds(c: Coffeehouse, server: str, rounds: int) -> dict[str, Any]:
-    label = "SIGKILL of the master, held socket"
-    stable_s = backoff_reset_s(c, server) + STABLE_MARGIN_S
-    kills: list[dict[str, Any]] = []
-    for i in range(rounds):
-        c.wait_healthy(server)
-        wait_stable(c, server, stable_s, f"SIGKILL round {i + 1}")
-        kills.append(k := sigkill_once(c, server))
-        errors = ", ".join(f"{e} {n}" for e, n in sorted(k["errors"].items())) or "no errors"
-        print(f"  {label:<34} round {i + 1}: first 200 after {k['first_200_ms']:.0f} ms; RUNNING (new pid) after "
-              f"{k['running_ms']:.0f} ms; failed {k['failed']} of {k['probes']} probes ({errors}); longest "
-              f"without a 200 {k['max_gap_ms']:.0f} ms, ended {k['recovered_ms']:.0f} ms after the kill", flush=True)
-    out = summarize(kills, SIGKILL_KEYS)
-    print(med_max_line(label, out, (("first_200_ms", "first 200", " ms"), ("running_ms", "RUNNING", " ms"),
-                                    ("failed", "failed", ""))), flush=True)
-    return out
+def sigkill_line(label: str, i: int, k: dict[str, Any]) -> str:
+    errors = ", ".join(f"{e} {n}" for e, n in sorted(k["errors"].items())) or "no errors"
+    return (f"  {label:<34} round {i + 1}: first 200 after {k['first_200_ms']:.0f} ms; RUNNING (new pid) after "
+            f"{k['running_ms']:.0f} ms; failed {k['failed']} of {k['probes']} probes ({errors}); longest "
+            f"without a 200 {k['max_gap_ms']:.0f} ms, ended {k['recovered_ms']:.0f} ms after the kill")
 
 
 def bench_server(server: str, rounds: int, out: dict[str, Any], bench: Bench) -> None:
@@ -549,12 +403,12 @@ def bench_server(server: str, rounds: int, out: dict[str, Any], bench: Bench) ->
         # exits, e.g. uvicorn's workers respawned by its own manager).
         out["deploy_broken"] = load_rounds(c, server, "deploy", "deploy of a release that fails import", 1,
                                            PRE_OK, Breakage.IMPORT_ERROR)
-        out["sigkill"] = sigkill_rounds(c, server, rounds)
+        out["sigkill"] = sigkill_rounds(c, server, rounds, under_load=False)
         if server == "gunicorn":
             # Their own gunicorn, beside this one: meanwhile the master the SIGKILL above started passes
             # backoff_reset, so the SIGKILL under load below need not wait for it again.
             out["peers"] = peer_restarts(c, bench, rounds)
-        out["sigkill_load"] = sigkill_load_rounds(c, server, rounds)
+        out["sigkill_load"] = sigkill_rounds(c, server, rounds, under_load=True)
     with coffeehouse(server, False, out["survivors"]["own_bind"]) as c:
         out["restart_own_bind"] = load_rounds(c, server, "restart", "restart, own bind", rounds)
 
@@ -729,7 +583,7 @@ def peer_restarts(c: Coffeehouse, bench: Bench, rounds: int) -> dict[str, Any]:
         label = f"restart under {kind} ({'held socket' if held else 'gunicorn binds'})"
         runs: list[dict[str, Any]] = []
         try:
-            poll_until(lambda: (system.check_alive(), get_once(port, 2.0).ok)[1], 120,
+            poll_until(lambda: system.serving(port, "localhost"), 120,
                        f"{kind}: the coffeehouse gunicorn answering", interval_s=0.1)
             system.wait_control()
             for i in range(rounds):
@@ -742,48 +596,30 @@ def peer_restarts(c: Coffeehouse, bench: Bench, rounds: int) -> dict[str, Any]:
     return out
 
 
-def peer_restart_once(system: Any, port: int, label: str) -> dict[str, Any]:
+def peer_restart_once(system: System, port: int, label: str) -> dict[str, Any]:
     """`<peer>ctl restart web` under the load: the same figures as action_under_load."""
-    with Load(port) as load:
+    with Load(port, CLIENT_THREADS, CLIENT_INTERVAL_S, CLIENT_TIMEOUT_S, host="localhost") as load:
         poll_until(lambda: load.ok_done_after(load.started) >= STEADY_OK, 120, f"{label}: steady requests",
                    interval_s=POLL_S)
         t0 = time.monotonic()
-        r = subprocess.run(system.ctl("restart", "web"), capture_output=True, text=True, timeout=180,
-                           stdin=subprocess.DEVNULL, cwd="/")
+        system.run_ctl("restart", "web")
         t1 = time.monotonic()
-        if r.returncode != 0:
-            raise BenchError(f"{label}: {system.ctl('restart', 'web')} exited {r.returncode}: {r.stdout}{r.stderr}")
         system.children()
         poll_until(lambda: load.ok_done_after(t1) >= POST_OK, 120, f"{label}: requests after", interval_s=POLL_S)
     hits = list(load.hits)
     # The transition ends with the first 200 after the command returned (supervisord's and circus's
     # restart return before the new gunicorn answers).
     t_done = min((h.done for h in hits if h.ok and h.done >= t1), default=t1)
-    steady, across = latencies(hits, t0, t_done)
-    return {"failed": sum(1 for h in hits if not h.ok), "requests": len(hits), "errors": error_counts(hits),
-            "cli_ms": (t1 - t0) * 1e3, "transition_ms": (t_done - t0) * 1e3,
-            "gap_ms": longest_gap_ms(hits, t0, t_done), "steady_gap_ms": steady_gap_ms(hits, t0),
-            "slowest_request_ms": max(h.done - h.sent for h in hits) * 1e3,
-            "steady_p50_ms": steady["p50_ms"], "steady_p99_ms": steady["p99_ms"],
-            "across_p50_ms": across["p50_ms"], "across_p99_ms": across["p99_ms"], "across_requests": across["n"]}
+    return transition(hits, t0, t1, t_done)
 
 
 def run(only: tuple[str, ...], args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     rounds = 1 if args.quick else 5
-    results: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full",
-        "rounds": rounds,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
-                    "load_avg_at_start": os.getloadavg()},
-        "load": {"threads": CLIENT_THREADS, "interval_s": CLIENT_INTERVAL_S, "timeout_s": CLIENT_TIMEOUT_S,
-                 "pre_ok": PRE_OK, "post_ok": POST_OK},
-        "probe": {"interval_s": PROBE_INTERVAL_S, "timeout_s": PROBE_TIMEOUT_S, "post_ok": POST_OK},
-        "reference": REFERENCE,
-        "servers": {},
-        "harness_errors": {},
-    }
-    print(f"procguard app-server benchmark ({results['mode']}, {rounds} round(s)): {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, kernel {platform.release()}, load {os.getloadavg()[0]:.2f}")
+    results = begin("app-server", args, f", {rounds} round(s)", rounds=rounds,
+                    load={"threads": CLIENT_THREADS, "interval_s": CLIENT_INTERVAL_S, "timeout_s": CLIENT_TIMEOUT_S,
+                          "pre_ok": PRE_OK, "post_ok": POST_OK},
+                    probe={"interval_s": PROBE_INTERVAL_S, "timeout_s": PROBE_TIMEOUT_S, "post_ok": POST_OK},
+                    reference=REFERENCE, servers={}, harness_errors={})
     print(f"load: {CLIENT_THREADS} threads, GET / every {CLIENT_INTERVAL_S * 1e3:.0f} ms each on a new connection, "
           f"{CLIENT_TIMEOUT_S:g} s timeout; {PRE_OK} answered before each action, {POST_OK} after\n", flush=True)
     for server in only:

@@ -46,5 +46,5 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.what == "model":
         return run_model(args)
-    from soak import run_soak
+    from benchmarks.soak import run_soak
     return run_soak(args)

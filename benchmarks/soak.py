@@ -20,19 +20,17 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
-import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
+from benchmarks.harness.load import Load  # noqa: E402
+from benchmarks.harness.procs import free_port  # noqa: E402
+from benchmarks.harness.run import REPO  # noqa: E402
 from tests.invariants import DOWN, UP, Expect, Spec, World  # noqa: E402
 from recorder import record  # noqa: E402  (tests/invariants.py put tests/programs on the path)
 
@@ -44,51 +42,12 @@ except ImportError:  # pragma: no cover
     HAS_DEPLOY = False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def daemon_figures(pid: int) -> dict[str, int]:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     field = {line.split(":")[0]: line.split(":", 1)[1].strip() for line in status}
     # Descriptors: the least of 20 looks (a spawn's pipes or a health check's socket come and go).
     fds = min(len(os.listdir(f"/proc/{pid}/fd")) for _ in range(20))
     return {"rss_kib": int(field["VmRSS"].split()[0]), "threads": int(field["Threads"]), "fds": fds}
-
-
-class Load:
-    """HTTP clients requesting the web server without pause; counts answers and failures."""
-
-    def __init__(self, port: int, clients: int = 4) -> None:
-        self.url = f"http://127.0.0.1:{port}/"
-        self.ok = 0
-        self.failed: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=30) as r:
-                    body = r.read()
-                if r.status == 200 and body:
-                    self.ok += 1
-                else:
-                    self.failed[f"status {r.status}"] += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is a figure
-                self.failed[type(exc).__name__] += 1
-                time.sleep(0.05)
 
 
 def lost_bytes(w: World) -> dict[str, int]:
@@ -110,6 +69,49 @@ def lost_bytes(w: World) -> dict[str, int]:
     return out
 
 
+FAULTS = ["kill", "stop-cont", "exit", "stop-start", "restart", "restart-web", "reload", "logrotate", "usr2",
+          "unhealthy"] + (["deploy"] if HAS_DEPLOY else [])
+
+
+def inject(w: World, fault: str, name: str, rng: random.Random, dpid: int, names: list[str]) -> None:
+    """One fault of FAULTS on program `name` (or the web server, or the daemon dpid)."""
+    assert w.ctl is not None
+    pid = w.status()[name]["pid"]
+    if fault == "kill" and pid:
+        os.kill(pid, signal.SIGKILL)
+    elif fault == "stop-cont" and pid:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(rng.uniform(0.1, 1.0))
+        os.kill(pid, signal.SIGCONT)
+    elif fault == "exit" and pid:
+        (w.run.work / "cmd" / str(pid)).write_text(f"exit {rng.choice([0, 1, 2])}")
+    elif fault == "stop-start":
+        w.ctl.request("stop", {"names": [name]}, 120)
+        w.check_gone([name])
+        w.ctl.request("start", {"names": [name]}, 120)
+    elif fault == "restart":
+        w.ctl.request("restart", {"names": [name]}, 120)
+    elif fault == "restart-web":
+        w.ctl.request("restart", {"names": ["web"]}, 120)
+    elif fault == "reload":
+        old = w.specs[name]
+        w.specs[name] = replace(old, umask=0o022 if old.umask != 0o022 else 0o027)
+        w.write_config()
+        reply = w.ctl.request("reload", {}, 120)
+        assert reply["ok"], reply
+    elif fault == "logrotate":
+        w.ctl.request("logrotate", {"names": [name]}, 60)
+    elif fault == "usr2":
+        os.kill(dpid, signal.SIGUSR2)
+    elif fault == "unhealthy":
+        mark = w.run.work / f"unhealthy-{names[3] if len(names) > 3 else name}"
+        mark.touch()
+        time.sleep(rng.uniform(0.5, 2.0))
+        mark.unlink()
+    elif fault == "deploy":  # pragma: no cover - once the daemon has it
+        w.ctl.request("deploy", {"names": ["web"]}, 300)
+
+
 def run_soak(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     names = [f"r{i}" for i in range(args.programs)]
@@ -129,7 +131,7 @@ def run_soak(args: argparse.Namespace) -> int:
     faults: Counter[str] = Counter()
     violations: list[str] = []
     figures: dict[str, Any] = {}
-    load = Load(port)
+    load = Load(port, interval_s=0.0, timeout_s=30.0, error_pause_s=0.05, keep_hits=False)
     stopped: set[str] = set()
     code = 0
     try:
@@ -143,45 +145,11 @@ def run_soak(args: argparse.Namespace) -> int:
                 figures["start"] = daemon_figures(dpid)
                 print(f"soak: after {warmup_s:.0f} s of warm-up: {figures['start']}", flush=True)
             time.sleep(rng.uniform(1.0, 3.0))
-            fault = rng.choice(["kill", "stop-cont", "exit", "stop-start", "restart", "restart-web", "reload",
-                                "logrotate", "usr2", "unhealthy"] + (["deploy"] if HAS_DEPLOY else []))
+            fault = rng.choice(FAULTS)
             name = rng.choice(names)
             faults[fault] += 1
             try:
-                pid = w.status()[name]["pid"]
-                if fault == "kill" and pid:
-                    os.kill(pid, signal.SIGKILL)
-                elif fault == "stop-cont" and pid:
-                    os.kill(pid, signal.SIGSTOP)
-                    time.sleep(rng.uniform(0.1, 1.0))
-                    os.kill(pid, signal.SIGCONT)
-                elif fault == "exit" and pid:
-                    (w.run.work / "cmd" / str(pid)).write_text(f"exit {rng.choice([0, 1, 2])}")
-                elif fault == "stop-start":
-                    w.ctl.request("stop", {"names": [name]}, 120)
-                    w.check_gone([name])
-                    w.ctl.request("start", {"names": [name]}, 120)
-                elif fault == "restart":
-                    w.ctl.request("restart", {"names": [name]}, 120)
-                elif fault == "restart-web":
-                    w.ctl.request("restart", {"names": ["web"]}, 120)
-                elif fault == "reload":
-                    old = w.specs[name]
-                    w.specs[name] = replace(old, umask=0o022 if old.umask != 0o022 else 0o027)
-                    w.write_config()
-                    reply = w.ctl.request("reload", {}, 120)
-                    assert reply["ok"], reply
-                elif fault == "logrotate":
-                    w.ctl.request("logrotate", {"names": [name]}, 60)
-                elif fault == "usr2":
-                    os.kill(dpid, signal.SIGUSR2)
-                elif fault == "unhealthy":
-                    mark = w.run.work / f"unhealthy-{names[3] if len(names) > 3 else name}"
-                    mark.touch()
-                    time.sleep(rng.uniform(0.5, 2.0))
-                    mark.unlink()
-                elif fault == "deploy":  # pragma: no cover - once the daemon has it
-                    w.ctl.request("deploy", {"names": ["web"]}, 300)
+                inject(w, fault, name, rng, dpid, names)
             except (ProcessLookupError, FileNotFoundError):
                 pass
             except AssertionError as exc:
@@ -211,27 +179,32 @@ def run_soak(args: argparse.Namespace) -> int:
         lost = lost_bytes(w)
         killed = w.cleanup()
     elapsed = time.monotonic() - t_start
-    total_requests = load.ok + sum(load.failed.values())
     result = {
         "minutes": args.minutes, "elapsed_s": round(elapsed, 1), "load_avg_end": os.getloadavg(),
         "programs": args.programs + 1, "faults": dict(faults), "survivors": survivors, "cleanup_killed": killed,
-        "lost_bytes": lost, "requests_ok": load.ok, "requests_failed": dict(load.failed),
+        "lost_bytes": lost, "requests_ok": load.ok, "requests_failed": dict(load.errors),
         "violations": violations[:20], "violation_count": len(violations), "daemon_exit": exit_code,
         "daemon": figures, "processes_started": sum(len(v) for v in owners.values()),
     }
-    print(json.dumps(result, indent=2))
-    start, end = figures.get("start"), figures.get("end")
-    if start and end:
-        print(f"soak: {args.minutes} min, {sum(faults.values())} faults, {result['processes_started']} processes "
-              f"started; requests {load.ok} ok, {sum(load.failed.values())} failed of {total_requests}; "
-              f"lost bytes {sum(lost.values())}; survivors {len(survivors)}; violations {len(violations)}; "
-              f"daemon RSS {start['rss_kib']} -> {end['rss_kib']} KiB, fds {start['fds']} -> {end['fds']}, "
-              f"threads {start['threads']} -> {end['threads']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print_soak(result, args)
     if survivors or sum(lost.values()) or violations or exit_code != 0:
         code = 1
     return code
+
+
+def print_soak(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """The figures as JSON, then one line (and the JSON into --json OUT)."""
+    print(json.dumps(result, indent=2))
+    start, end = result["daemon"].get("start"), result["daemon"].get("end")
+    if start and end:
+        print(f"soak: {args.minutes} min, {sum(result['faults'].values())} faults, {result['processes_started']} "
+              f"processes started; requests {result['requests_ok']} ok, {sum(result['requests_failed'].values())} "
+              f"failed of {result['requests_ok'] + sum(result['requests_failed'].values())}; lost bytes "
+              f"{sum(result['lost_bytes'].values())}; survivors {len(result['survivors'])}; violations "
+              f"{result['violation_count']}; daemon RSS {start['rss_kib']} -> {end['rss_kib']} KiB, fds "
+              f"{start['fds']} -> {end['fds']}, threads {start['threads']} -> {end['threads']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _alive(pid: int) -> bool:

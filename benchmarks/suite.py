@@ -1,6 +1,6 @@
 """The workloads of `python -m benchmarks`, each run on procguard, supervisord and circus, interleaved.
 
-Every workload starts real daemons (peers.py) on identical programs and records, per system, a list
+Every workload starts real daemons (harness/peers.py) on identical programs and records, per system, a list
 of samples for each figure; __main__.py prints min / median / max and the procguard / peer ratio of
 the medians. Nothing here asserts speed: a workload fails only if it cannot measure (a daemon that
 does not start, a child that never appears, a CLI that errs), and the suite's exit status then says so.
@@ -40,15 +40,9 @@ round, so a burst of load from elsewhere on the machine lands on all of them ali
    socket, procguard with gunicorn binding the port, supervisord (binds), circus with a held socket
    ([socket:web] + use_sockets) and circus with gunicorn binding the port.
 
-Config choices that could favour a side are listed in peers.py and RESULTS.md.
+Config choices that could favour a side are listed in harness/peers.py and RESULTS.md.
 """
 
-import http.client
-import os
-import signal
-import statistics
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,28 +52,18 @@ from typing import Any, TypeVar
 
 import psutil
 
-import bench_output
-from bench_engine import (
-    wall_ms as shared_wall_ms,
-    CHILD_PYTHON,
-    SLEEP_ARGV,
-    Bench,
-    BenchError,
-    child_pids,
-    cmdline,
-    poll_until,
-    raise_nofile,
-    sched_ns,
+from benchmarks import bench_output
+from benchmarks.harness.load import Load, transition
+from benchmarks.harness.peers import HELD_FD, PYTHON, VENV_BIN, Program, System, make, sleep_programs
+from benchmarks.harness.procs import (
+    STAMP_CHILD, alive_of, free_port, kill_and_respawned, kill_all, raise_nofile, sched_ns, stamps_in, wall_ms,
 )
-from peers import HELD_FD, REPO, VENV_BIN, Program, System, clean_env, free_port, make
+from benchmarks.harness.run import CHILD_PYTHON, REPO, SLEEP_ARGV, Bench, BenchError, poll_until
 
 T = TypeVar("T")
-STAMP_CHILD = "import sys,time\nf=open(sys.argv[1],'a');f.write('%d\\n'%time.monotonic_ns());f.close()\ntime.sleep(1e6)\n"
 GUNICORN = str(VENV_BIN / "gunicorn")
 WSGI_DIR = str(REPO / "tests" / "servers")
-POLL_S = 0.0005
 UP_TIMEOUT_S = 300.0
-CLI_TIMEOUT_S = 120.0
 SURVIVOR_GRACE_S = 1.0
 
 
@@ -197,11 +181,6 @@ def rotated(items: list[T], i: int) -> list[T]:
     return items[i:] + items[:i]
 
 
-def summary(values: list[float]) -> str:
-    return (f"min {min(values):.2f}  median {statistics.median(values):.2f}  max {max(values):.2f}  "
-            f"(n={len(values)})")
-
-
 # ---------------------------------------------------------------------------------------- helpers
 
 
@@ -223,19 +202,7 @@ def wait_fleet(s: System, n: int) -> float:
 
 def sleep_fleet(ctx: Ctx, kind: str, name: str, n: int) -> System:
     raise_nofile(3 * n)
-    progs = [Program(name=f"p{i:04d}", argv=tuple(SLEEP_ARGV)) for i in range(n)]
-    return make(kind, ctx.bench, name, progs)
-
-
-def alive_of(kids: list[psutil.Process]) -> list[psutil.Process]:
-    out = []
-    for k in kids:
-        try:
-            if k.is_running() and k.status() != psutil.STATUS_ZOMBIE:
-                out.append(k)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    return make(kind, ctx.bench, name, sleep_programs(n))
 
 
 def survivors_after(kids: list[psutil.Process], t_exit: float) -> tuple[float, list[int]]:
@@ -245,13 +212,7 @@ def survivors_after(kids: list[psutil.Process], t_exit: float) -> tuple[float, l
         time.sleep(0.002)
         left = alive_of(left)
     t_gone = time.monotonic()
-    for k in left:
-        try:
-            k.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(left, timeout=5)
-    return t_gone, [k.pid for k in left]
+    return t_gone, kill_all(left)
 
 
 def shutdown(s: System) -> tuple[float, list[int]]:
@@ -283,27 +244,15 @@ def shutdown_all(ctx: Ctx, up: dict[str, System], workload: str, broken: set[str
                 raise BenchError(f"{up[k].kind} did not exit within 120 s of SIGTERM (killed)")
 
 
-def wall_ms(argv: list[str], out: Path) -> tuple[float, int]:
-    """Run argv with stdout to `out`; (ms from Popen to exit, exit code). Exit seen through a pidfd."""
-    return shared_wall_ms(argv, out, CLI_TIMEOUT_S, clean_env())
-
-
 def bare_python_ms(out: Path) -> float:
     """Wall time of `python -c pass` with the venv's interpreter, the one every CLI here runs on."""
-    ms, code = wall_ms([str(VENV_BIN / "python"), "-c", "pass"], out)
+    ms, code = wall_ms([PYTHON, "-c", "pass"], out)
     if code != 0:
         raise BenchError(f"`python -c pass` exited {code}")
     return ms
 
 
 # ---------------------------------------------------------------------------------------- respawn
-
-
-def lines_in(path: Path) -> list[int]:
-    try:
-        return [int(x) for x in path.read_text().split()]
-    except FileNotFoundError:
-        return []
 
 
 def phase_respawn(ctx: Ctx) -> None:
@@ -319,7 +268,7 @@ def phase_respawn(ctx: Ctx) -> None:
         with cell(ctx, "respawn", kind, broken):
             stamps = ctx.bench.root / f"respawn-{kind}.stamps"
             argv = [CHILD_PYTHON, "-S", str(script), str(stamps)]
-            # backoff_reset = 0: see peers.py (procguard otherwise backs off a child that ran < 10 s).
+            # backoff_reset = 0: see harness/peers.py (procguard otherwise backs off a child that ran < 10 s).
             s = make(kind, ctx.bench, "respawn", [Program(name="respawn", argv=tuple(argv), stopwaitsecs=2.0,
                                                           procguard_keys={"backoff_reset": "0"})])
             s.start()
@@ -327,32 +276,22 @@ def phase_respawn(ctx: Ctx) -> None:
     for kind, (s, stamps, argv) in live.items():
         with cell(ctx, "respawn", kind, broken):
             pids[kind] = poll_until(lambda: [c.pid for c in s.exec_children(argv)], 60, f"{kind}: respawn child")[0]
-            poll_until(lambda: lines_in(stamps), 10, f"{kind}: first stamp")
+            poll_until(lambda: stamps_in(stamps), 10, f"{kind}: first stamp")
     for i in range(k):
         delay = 0.05 + (i + 0.5) / k
         for kind in rotated([x for x in live if x not in broken], i):
             s, stamps, argv = live[kind]
             with cell(ctx, "respawn", kind, broken):
                 time.sleep(delay)
-                n = len(lines_in(stamps))
+                n = len(stamps_in(stamps))
                 old = pids[kind]
-                t0 = time.monotonic_ns()
-                os.kill(old, signal.SIGKILL)
-                deadline = time.monotonic() + 10
-                new: int | None = None
-                while new is None:
-                    for c in child_pids(s.pid) - {old}:
-                        if cmdline(c) == argv:
-                            new = c
-                            break
-                    else:
-                        if time.monotonic() > deadline:
-                            s.check_alive()
-                            raise BenchError(f"no replacement exec'd within 10 s of killing {old}")
-                        time.sleep(POLL_S)
-                t_exec = time.monotonic_ns()
+                try:
+                    t0, new, _, t_exec = kill_and_respawned(s.pid, old, argv)
+                except BenchError:
+                    s.check_alive()  # a daemon that died says so
+                    raise
                 ctx.bench.child_pids_seen.add(new)
-                first = poll_until(lambda: lines_in(stamps)[n:], 10, "the replacement's stamp")[0]
+                first = poll_until(lambda: stamps_in(stamps)[n:], 10, "the replacement's stamp")[0]
                 res.add("respawn.exec", kind, (t_exec - t0) / 1e6)
                 res.add("respawn.first", kind, (first - t0) / 1e6)
                 pids[kind] = new
@@ -423,21 +362,8 @@ def phase_status(ctx: Ctx) -> None:
     """Status (CLI and server side) at 50 and big_n programs; start-up and shutdown at big_n."""
     p, res = ctx.params, ctx.res
     big = p.big_n
-    res.figure("cli.pass", "status", "bare interpreter start: `python -c pass` wall time (the CLIs' floor)", "ms",
-               headline=False)
-    res.figures["cli.pass"].na.update({k: "the same interpreter for every CLI: see procguard's column"
-                                       for k in ctx.systems if k != "procguard"})
-    res.figure("cli.help", "status", "`--help` CLI wall time", "ms", headline=False)
-    res.figure("cli.help_x_pass", "status", "`--help` CLI wall / `python -c pass`", "x")
-    for n in (50, big):
-        res.figure(f"status.cli.{n}", "status", f"status CLI wall time, {n} programs", "ms")
-        res.figure(f"status.cli_x_pass.{n}", "status", f"status CLI wall / `python -c pass`, {n} programs", "x")
-        res.figure(f"status.server.{n}", "status", f"status server side, {n} processes", "ms", headline=(n == big))
-    res.figure(f"startup.{big}", "startup", f"start-up: Popen -> {big} `sleep` children exec'd", "ms")
-    res.figure(f"shutdown.{big}", "shutdown", f"shutdown: SIGTERM -> daemon and {big} children gone", "ms",
-               headline=False)
+    declare_status_figures(ctx)
     broken: set[str] = set()
-    out = ctx.bench.root / "status.out"
     for n in (50, big):
         up: dict[str, System] = {}
         for kind in [x for x in ctx.systems if x not in broken]:
@@ -452,43 +378,10 @@ def phase_status(ctx: Ctx) -> None:
                 wait_fleet(s, n)
                 s.wait_control()
         for r in range(p.cli_runs):
-            # Each CLI sample is set against a bare start of the same interpreter taken just before it, so
-            # the ratio holds on a loaded machine where the absolute times drift.
             for kind in rotated([x for x in up if x not in broken], r):
                 with cell(ctx, "status", kind, broken):
-                    floor_ms = bare_python_ms(out)
-                    if n == 50:
-                        res.add("cli.pass", "procguard", floor_ms)
-                        ms, code = wall_ms(up[kind].ctl("--help"), out)
-                        if code != 0:
-                            raise BenchError(f"`{' '.join(up[kind].ctl('--help'))}` exited {code}")
-                        res.add("cli.help", kind, ms)
-                        res.add("cli.help_x_pass", kind, ms / floor_ms)
-                        floor_ms = bare_python_ms(out)
-                    ms, code = wall_ms(up[kind].ctl("status"), out)
-                    text = out.read_text(errors="replace")
-                    if code != 0 or len(text.splitlines()) != n:
-                        raise BenchError(f"`{' '.join(up[kind].ctl('status'))}` exited {code} with "
-                                         f"{len(text.splitlines())} lines (expected 0 and {n}):\n{text[-1500:]}")
-                    res.add(f"status.cli.{n}", kind, ms)
-                    res.add(f"status.cli_x_pass.{n}", kind, ms / floor_ms)
-        probes = {}
-        try:
-            for kind in [x for x in up if x not in broken]:
-                with cell(ctx, "status", kind, broken):
-                    probes[kind] = up[kind].status_probe()
-                    probes[kind].status()  # warm-up: connect (and, for procguard, the ZAP handshake)
-            for j in range(p.server_samples):
-                for kind in rotated([x for x in probes if x not in broken], j):
-                    with cell(ctx, "status", kind, broken):
-                        time.sleep(0.005)
-                        ms, count = probes[kind].status()
-                        if count != n:
-                            raise BenchError(f"status reply listed {count} processes, expected {n}")
-                        res.add(f"status.server.{n}", kind, ms)
-        finally:
-            for pr in probes.values():
-                pr.close()
+                    time_status_cli(ctx, up[kind], n)
+        time_status_server(ctx, up, n, broken)
         if n != big or not p.time_big_shutdown:
             shutdown_all(ctx, up, "status", broken)
             continue
@@ -506,6 +399,66 @@ def phase_status(ctx: Ctx) -> None:
                 dt, left = shutdown(s)
                 res.add(f"shutdown.{big}", kind, dt * 1e3)
                 res.count_survivors(kind, len(left))
+
+
+def declare_status_figures(ctx: Ctx) -> None:
+    res, big = ctx.res, ctx.params.big_n
+    res.figure("cli.pass", "status", "bare interpreter start: `python -c pass` wall time (the CLIs' floor)", "ms",
+               headline=False)
+    res.figures["cli.pass"].na.update({k: "the same interpreter for every CLI: see procguard's column"
+                                       for k in ctx.systems if k != "procguard"})
+    res.figure("cli.help", "status", "`--help` CLI wall time", "ms", headline=False)
+    res.figure("cli.help_x_pass", "status", "`--help` CLI wall / `python -c pass`", "x")
+    for n in (50, big):
+        res.figure(f"status.cli.{n}", "status", f"status CLI wall time, {n} programs", "ms")
+        res.figure(f"status.cli_x_pass.{n}", "status", f"status CLI wall / `python -c pass`, {n} programs", "x")
+        res.figure(f"status.server.{n}", "status", f"status server side, {n} processes", "ms", headline=(n == big))
+    res.figure(f"startup.{big}", "startup", f"start-up: Popen -> {big} `sleep` children exec'd", "ms")
+    res.figure(f"shutdown.{big}", "shutdown", f"shutdown: SIGTERM -> daemon and {big} children gone", "ms",
+               headline=False)
+
+
+def time_status_cli(ctx: Ctx, s: System, n: int) -> None:
+    """One `status` CLI sample (and at n = 50 one `--help`), each set against a bare start of the same
+    interpreter taken just before it, so the ratio holds on a loaded machine where absolute times drift."""
+    res, out = ctx.res, ctx.bench.root / "status.out"
+    floor_ms = bare_python_ms(out)
+    if n == 50:
+        res.add("cli.pass", "procguard", floor_ms)
+        ms, code = wall_ms(s.ctl("--help"), out)
+        if code != 0:
+            raise BenchError(f"`{' '.join(s.ctl('--help'))}` exited {code}")
+        res.add("cli.help", s.kind, ms)
+        res.add("cli.help_x_pass", s.kind, ms / floor_ms)
+        floor_ms = bare_python_ms(out)
+    ms, code = wall_ms(s.ctl("status"), out)
+    text = out.read_text(errors="replace")
+    if code != 0 or len(text.splitlines()) != n:
+        raise BenchError(f"`{' '.join(s.ctl('status'))}` exited {code} with "
+                         f"{len(text.splitlines())} lines (expected 0 and {n}):\n{text[-1500:]}")
+    res.add(f"status.cli.{n}", s.kind, ms)
+    res.add(f"status.cli_x_pass.{n}", s.kind, ms / floor_ms)
+
+
+def time_status_server(ctx: Ctx, up: dict[str, System], n: int, broken: set[str]) -> None:
+    """server_samples status round trips per system, 5 ms apart, interleaved, one client each (StatusProbe)."""
+    probes = {}
+    try:
+        for kind in [x for x in up if x not in broken]:
+            with cell(ctx, "status", kind, broken):
+                probes[kind] = up[kind].status_probe()
+                probes[kind].status()  # warm-up: connect (and, for procguard, the ZAP handshake)
+        for j in range(ctx.params.server_samples):
+            for kind in rotated([x for x in probes if x not in broken], j):
+                with cell(ctx, "status", kind, broken):
+                    time.sleep(0.005)
+                    reply = probes[kind].status()
+                    if reply.count != n:
+                        raise BenchError(f"status reply listed {reply.count} processes, expected {n}")
+                    ctx.res.add(f"status.server.{n}", kind, reply.ms)
+    finally:
+        for pr in probes.values():
+            pr.close()
 
 
 # ----------------------------------------------------------------------------------------- output
@@ -557,72 +510,12 @@ def phase_output(ctx: Ctx) -> None:
 
 
 @dataclass
-class Hit:
-    t0: float
-    latency_s: float
-    ok: bool
-    error: str
-
-
-class Load:
-    """`threads` client threads, each one GET / per `interval_s` on a new connection, until stopped."""
-
-    def __init__(self, port: int, threads: int = 4, interval_s: float = 0.01, timeout_s: float = 5.0) -> None:
-        self.port, self.interval_s, self.timeout_s = port, interval_s, timeout_s
-        self.hits: list[Hit] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> "Load":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(self.timeout_s + 5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            t0 = time.monotonic()
-            ok, err = False, ""
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
-            try:
-                conn.request("GET", "/")
-                r = conn.getresponse()
-                body = r.read()
-                ok = r.status == 200 and body.startswith(b"worker ")
-                err = "" if ok else f"HTTP {r.status}"
-            except Exception as exc:  # any failure of a request is a data point, not an error of the harness
-                err = type(exc).__name__
-            finally:
-                conn.close()
-            self.hits.append(Hit(t0, time.monotonic() - t0, ok, err))  # list.append: atomic under the GIL
-            self._stop.wait(max(0.0, t0 + self.interval_s - time.monotonic()))
-
-    def ok_since(self, t: float) -> int:
-        return sum(1 for h in list(self.hits) if h.ok and h.t0 >= t)
-
-
-@dataclass
 class Web:
     label: str
     kind: str
     held: bool
     port: int
     system: System | None = None
-
-
-def answers(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
 def gunicorn_master(s: System) -> int | None:
@@ -637,21 +530,7 @@ def gunicorn_master(s: System) -> int | None:
 
 def phase_restart(ctx: Ctx) -> None:
     p, res = ctx.params, ctx.res
-    res.figure("restart.failed_held", "restart", "restart under load: failed requests, held socket", "requests")
-    res.figure("restart.failed_bind", "restart", "restart under load: failed requests, gunicorn binds the port",
-               "requests")
-    res.figure("restart.cli_held", "restart", "restart command wall time, held socket", "ms", headline=False)
-    res.figure("restart.cli_bind", "restart", "restart command wall time, gunicorn binds", "ms", headline=False)
-    res.figure("restart.maxlat_held", "restart", "slowest request across a restart, held socket", "ms",
-               headline=False)
-    res.figure("restart.maxlat_bind", "restart", "slowest request across a restart, gunicorn binds", "ms",
-               headline=False)
-    res.figure("restart.survivors", "restart", "gunicorn processes alive 1 s after the daemon exited", "",
-               headline=False)
-    no_held = "supervisord has no held socket for a [program] ([fcgi-program] closes it when its last process stops)"
-    res.figures["restart.failed_held"].na.setdefault("supervisord", no_held)
-    res.figures["restart.cli_held"].na.setdefault("supervisord", no_held)
-    res.figures["restart.maxlat_held"].na.setdefault("supervisord", no_held)
+    declare_restart_figures(res)
     webs = [Web(f"{kind} ({'held socket' if held else 'gunicorn binds'})", kind, held, free_port())
             for kind, held in (("procguard", True), ("procguard", False), ("supervisord", False), ("circus", True),
                                ("circus", False))
@@ -676,18 +555,9 @@ def phase_restart(ctx: Ctx) -> None:
             continue
         with cell(ctx, "restart", w.kind, broken, w.label):
             s = w.system
-
-            def serving(s: System = s, port: int = w.port) -> bool:
-                s.check_alive()
-                return answers(port)
-
-            poll_until(serving, 120, f"{w.label}: gunicorn answering", interval_s=0.05)
+            poll_until(lambda: s.serving(w.port), 120, f"{w.label}: gunicorn answering", interval_s=0.05)
             s.wait_control()
-            for c in s.daemon.record_children():
-                try:
-                    ctx.bench.known_cmdlines.append(c.cmdline())
-                except psutil.Error:
-                    pass
+            s.record_cmdlines()
     suffix = {True: "held", False: "bind"}
     for r in range(p.restart_rounds):
         for w in rotated(webs, r):
@@ -698,12 +568,30 @@ def phase_restart(ctx: Ctx) -> None:
                 raw[w.label].append(one)
                 res.add(f"restart.failed_{suffix[w.held]}", w.kind, one["failed"])
                 res.add(f"restart.cli_{suffix[w.held]}", w.kind, one["cli_ms"])
-                res.add(f"restart.maxlat_{suffix[w.held]}", w.kind, one["max_latency_ms"])
+                res.add(f"restart.maxlat_{suffix[w.held]}", w.kind, one["slowest_request_ms"])
                 print(f"  restart {r + 1} {w.label:<30} failed {one['failed']:>4} of {one['requests']:>5} "
                       f"({', '.join(f'{k} {v}' for k, v in one['errors'].items()) or 'no errors'}); "
-                      f"command {one['cli_ms']:.0f} ms; slowest request {one['max_latency_ms']:.0f} ms", flush=True)
+                      f"command {one['cli_ms']:.0f} ms; slowest request {one['slowest_request_ms']:.0f} ms", flush=True)
     shutdown_all(ctx, {w.label: w.system for w in webs if w.system is not None}, "restart", broken,
                  figure="restart.survivors")
+
+
+def declare_restart_figures(res: Results) -> None:
+    res.figure("restart.failed_held", "restart", "restart under load: failed requests, held socket", "requests")
+    res.figure("restart.failed_bind", "restart", "restart under load: failed requests, gunicorn binds the port",
+               "requests")
+    res.figure("restart.cli_held", "restart", "restart command wall time, held socket", "ms", headline=False)
+    res.figure("restart.cli_bind", "restart", "restart command wall time, gunicorn binds", "ms", headline=False)
+    res.figure("restart.maxlat_held", "restart", "slowest request across a restart, held socket", "ms",
+               headline=False)
+    res.figure("restart.maxlat_bind", "restart", "slowest request across a restart, gunicorn binds", "ms",
+               headline=False)
+    res.figure("restart.survivors", "restart", "gunicorn processes alive 1 s after the daemon exited", "",
+               headline=False)
+    no_held = "supervisord has no held socket for a [program] ([fcgi-program] closes it when its last process stops)"
+    res.figures["restart.failed_held"].na.setdefault("supervisord", no_held)
+    res.figures["restart.cli_held"].na.setdefault("supervisord", no_held)
+    res.figures["restart.maxlat_held"].na.setdefault("supervisord", no_held)
 
 
 def restart_once(ctx: Ctx, w: Web) -> dict[str, Any]:
@@ -711,35 +599,20 @@ def restart_once(ctx: Ctx, w: Web) -> dict[str, Any]:
     s = w.system
     assert s is not None
     old = gunicorn_master(s)
-    with Load(w.port) as load:
-        t_start = time.monotonic()
-        poll_until(lambda: load.ok_since(t_start) >= 5 and time.monotonic() - t_start >= p.load_pre_s, 30,
-                   f"{w.label}: requests before the restart", interval_s=0.01)
+    with Load(w.port, body_prefix=b"worker ") as load:
+        poll_until(lambda: load.ok_done_after(load.started) >= 5 and time.monotonic() - load.started >= p.load_pre_s,
+                   30, f"{w.label}: requests before the restart", interval_s=0.01)
         t0 = time.monotonic()
-        r = subprocess.run(s.ctl("restart", "web"), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=CLI_TIMEOUT_S, env=clean_env(), cwd="/")
+        s.run_ctl("restart", "web")
         t_cli = time.monotonic()
-        if r.returncode != 0:
-            raise BenchError(f"`{' '.join(s.ctl('restart', 'web'))}` exited {r.returncode}: "
-                             f"{(r.stdout + r.stderr)[-1500:]}")
         new = poll_until(lambda: (lambda m: m if m is not None and m != old else None)(gunicorn_master(s)), 60,
                          f"{w.label}: a new gunicorn master", interval_s=0.01)
-        for c in s.daemon.record_children():
-            try:
-                ctx.bench.known_cmdlines.append(c.cmdline())
-            except psutil.Error:
-                pass
-        poll_until(lambda: load.ok_since(t_cli) >= 5 and time.monotonic() - t_cli >= p.load_post_s, 60,
+        s.record_cmdlines()
+        poll_until(lambda: load.ok_done_after(t_cli) >= 5 and time.monotonic() - t_cli >= p.load_post_s, 60,
                    f"{w.label}: requests after the restart", interval_s=0.01)
-    hits = load.hits
-    errors: dict[str, int] = {}
-    for h in hits:
-        if not h.ok:
-            errors[h.error] = errors.get(h.error, 0) + 1
-    fails = [h.t0 for h in hits if not h.ok]
-    return {"requests": len(hits), "failed": len(fails), "errors": errors, "cli_ms": (t_cli - t0) * 1e3,
-            "max_latency_ms": max(h.latency_s for h in hits) * 1e3, "old_master": old, "new_master": new,
-            "failing_window_ms": (max(fails) - min(fails)) * 1e3 if fails else 0.0}
+    fails = [h.sent for h in load.hits if not h.ok]
+    return transition(load.hits, t0, t_cli, t_cli) | {
+        "old_master": old, "new_master": new, "failing_window_ms": (max(fails) - min(fails)) * 1e3 if fails else 0.0}
 
 
 PHASES: dict[str, Callable[[Ctx], None]] = {

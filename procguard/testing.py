@@ -1,18 +1,32 @@
-"""Test support shipped with the package: a fake OS seam for the state machine, and program builders.
+"""Test support shipped with the package: a fake OS seam for the state machine, program builders, and
+a real daemon driven over its real control socket (RealDaemon, for tests and benchmarks alike).
 
 The fake seam records every call the engine makes and keeps a fake clock, so the state machine's rules
 (timers, jitter bounds, escalation) can be pinned exactly; real-process tests remain the evidence.
 """
 
 import asyncio
+import json
+import random
 import signal
-from collections.abc import Callable, Sequence
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import psutil
+import zmq
+import zmq.auth
 
 from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, SocketConfig
 from procguard.engine.process import Process
+from procguard.protocol import encode_request
 from procguard.runtime.seam import CheckRoute
+from procguardctl.endpoint import client_settings_from_config
 
 
 @dataclass
@@ -157,3 +171,271 @@ def make(**over: object) -> tuple[Process, FakeOS, list[tuple[str, str]]]:
     p = Process(prog, prog.processes[0], fos, lambda proc, old, new: seen.append((str(old), str(new))))
     return p, fos, seen
 
+
+# ------------------------------------------------------------------------------------ a real daemon
+# Below: a real `python -m procguard -c CONFIG` over its real control socket, for tests and benchmarks
+# alike. No pytest here: benchmarks import this module.
+
+CHECKOUT = Path(__file__).resolve().parent.parent  # `python -m procguard` run from here finds this tree
+CTL: tuple[str, ...] = (sys.executable, "-m", "procguardctl")
+
+T = TypeVar("T")
+
+
+def wait_until(pred: Callable[[], T], timeout: float = 10.0, what: str = "condition",
+               interval_s: float = 0.02) -> T:
+    """Poll `pred` until it returns something truthy; that value.
+
+    Raises AssertionError naming `what` and the last value seen once `timeout` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    last: T = pred()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        time.sleep(interval_s)
+        last = pred()
+    return last
+
+
+def alive(pid: int) -> bool:
+    """True when pid runs and is not a zombie."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def free_port() -> int:
+    """A free loopback TCP port below the ephemeral range.
+
+    A port from bind(0) is an ephemeral one: before the daemon binds it, an outgoing connection (a
+    health check, a client) may take it as its local port, and the daemon's bind then fails.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    while True:
+        port = random.randrange(10000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+class RealDaemon:
+    """A real `python -m procguard -c CONFIG`, logging JSON lines into `logfile`.
+
+    `start()` returns once the control socket answers a request; `request()` speaks the protocol on
+    that socket, `ctl()` runs the real procguardctl against it. Every process the daemon is seen to
+    start (its `process_spawned` events, its descendants whenever `track()` runs, and always just
+    before the stop) is remembered with its start time, so `close()` can stop the daemon, then find
+    and kill whatever it started that survived (pid reuse ruled out), and report those pids.
+    """
+
+    def __init__(self, config: Path, *, logfile: Path | None = None, endpoint: str = "",
+                 cwd: Path = CHECKOUT) -> None:
+        self.config = config
+        self.logfile = logfile if logfile is not None else config.with_suffix(".log")
+        self.endpoint = endpoint  # "" until start() reads it from the config
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started: dict[int, float] = {}  # pid -> create time, of everything seen started
+        self._zmq: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._n = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def start(self, *extra: str, wait: bool = True, env: Mapping[str, str] | None = None,
+              launcher: Sequence[str] = (), timeout: float = 60.0) -> Self:
+        """Run the daemon (under `launcher`'s argv, if any); with `wait`, until its socket answers.
+
+        `env` is the daemon's whole environment (None: this process's). Raises AssertionError with the
+        log if the daemon exits before it answers.
+        """
+        with open(self.logfile, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*launcher, sys.executable, "-m", "procguard", "-c", str(self.config), "--log-format", "json",
+                 *extra],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(self.cwd),
+                env=dict(env) if env is not None else None,
+            )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the control socket answers a `version` request."""
+        proc = self.proc
+        assert proc is not None, "not started"
+        rid = self._send("version", {})
+
+        def answered() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {proc.returncode} before it answered:\n{self.log_text()}")
+            reply = self._recv(0.05)
+            return reply is not None and reply.get("id") == rid
+
+        try:
+            wait_until(answered, timeout, f"the control socket {self.endpoint} to answer", interval_s=0)
+        finally:
+            self._close_socket()  # the daemon sees no client of ours between requests
+
+    # ---------------------------------------------------------------------------- control socket
+    def request(self, cmd: str, args: Mapping[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        """Send one command on the control socket; its reply, once it has come.
+
+        Raises AssertionError if no reply comes within `timeout` seconds.
+        """
+        rid = self._send(cmd, dict(args or {}))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            reply = self._recv(left)
+            if reply is not None and reply.get("id") == rid:
+                return reply
+        raise AssertionError(f"no reply to {cmd} {args} from {self.endpoint} within {timeout}s")
+
+    def ctl_argv(self, *args: str) -> list[str]:
+        """The argv of procguardctl talking to this daemon."""
+        return [*CTL, "-s", self.endpoint, *args]
+
+    def ctl(self, *args: str, timeout: float = 60.0,
+            env: Mapping[str, str] | None = None) -> "subprocess.CompletedProcess[str]":
+        """Run procguardctl against this daemon; the finished process (stdout, stderr as text)."""
+        return subprocess.run(self.ctl_argv(*args), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env=dict(env) if env is not None else None)
+
+    def ctl_bytes(self, *args: str, timeout: float = 60.0) -> "subprocess.CompletedProcess[bytes]":
+        """ctl(), with stdout and stderr as bytes."""
+        return subprocess.run(self.ctl_argv(*args), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def _socket(self) -> "zmq.Socket[bytes]":
+        if self._sock is not None:
+            return self._sock
+        if not self.endpoint:
+            self.endpoint = client_settings_from_config(str(self.config)).endpoint
+        self._zmq = zmq.Context()
+        sock = self._sock = self._zmq.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.reconnect_ivl = 10  # ms: the socket file appears once the daemon binds
+        if self.endpoint.startswith("tcp://"):  # CURVE, with the keys the config names for procguardctl
+            settings = client_settings_from_config(str(self.config))
+            assert settings.server_public_key_file and settings.client_secret_key_file, \
+                f"{self.config}: a tcp:// endpoint needs [procguard.curve] client_secret_key"
+            sock.curve_serverkey = zmq.auth.load_certificate(settings.server_public_key_file)[0]
+            public, secret = zmq.auth.load_certificate(settings.client_secret_key_file)
+            assert secret is not None, settings.client_secret_key_file
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+        sock.connect(self.endpoint)
+        return sock
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._zmq is not None:
+            self._zmq.term()
+            self._zmq = None
+
+    def _send(self, cmd: str, args: dict[str, Any]) -> str:
+        self._n += 1
+        rid = f"t{self._n}"
+        # Queued until connected: a DEALER keeps messages for a peer it has not reached yet.
+        self._socket().send(encode_request(cmd, args, rid))
+        return rid
+
+    def _recv(self, timeout: float) -> dict[str, Any] | None:
+        sock = self._socket()
+        if not sock.poll(max(1, int(timeout * 1000))):
+            return None
+        reply: dict[str, Any] = json.loads(sock.recv())
+        return reply
+
+    # ---------------------------------------------------------------------------------- observing
+    def log_text(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def events(self, name: str | None = None, **match: Any) -> list[dict[str, Any]]:
+        """The daemon's log events named `name` (all without one) whose fields equal `match`."""
+        out = []
+        for line in self.log_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(ev, dict) or (name is not None and ev.get("event") != name):
+                continue
+            if all(ev.get(k) == v for k, v in match.items()):
+                out.append(ev)
+        return out
+
+    def track(self, *pids: int) -> list[int]:
+        """Remember `pids`, every pid the log says was spawned and every live descendant; all pids known."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                kids = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                kids = []
+            pids = (*pids, *(k.pid for k in kids))
+        spawned = (e.get("pid") for e in self.events("process_spawned"))
+        for pid in (*pids, *(p for p in spawned if isinstance(p, int))):
+            if pid not in self.started:
+                try:
+                    self.started[pid] = psutil.Process(pid).create_time()
+                except psutil.NoSuchProcess:
+                    pass
+        return list(self.started)
+
+    def survivors(self) -> list[int]:
+        """Pids this daemon started (as far as track() saw) that still run."""
+        out = []
+        for pid, created in self.started.items():
+            try:
+                p = psutil.Process(pid)
+                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    # ------------------------------------------------------------------------------------ stopping
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None, "not started"
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0, sig: int | None = None) -> int:
+        """Send `sig` (default TERM: stop everything) unless it has exited; its exit code once it has."""
+        assert self.proc is not None, "not started"
+        self.track()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if sig is None else sig)
+        return self.proc.wait(timeout)
+
+    def close(self) -> list[int]:
+        """Stop the daemon (SIGKILL after 30 s), then kill what it started that survived; those pids."""
+        self.track()  # also when it has already exited: its log still names what it spawned
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close_socket()
+        left = self.survivors()
+        killed = []
+        for pid in left:
+            try:
+                p = psutil.Process(pid)
+                p.kill()
+                killed.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(killed, timeout=10)  # gone (or a zombie awaiting its parent) when we return
+        return left

@@ -1,44 +1,26 @@
-"""Shared test helpers: polling with deadlines, and a real daemon run in a temp directory."""
+"""Shared test helpers: probe programs, config snippets, and a real daemon run in a temp directory.
+
+The daemon itself (start, socket, stop, survivors) is procguard.testing.RealDaemon, which benchmarks
+share; DaemonRun adds the test's temp directory, config header and the probes' reports.
+"""
 
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self
 
 import psutil
 
+from procguard.testing import CTL, RealDaemon, alive, free_port, wait_until
+
+__all__ = ["CTL", "PROBE", "REPO", "DaemonRun", "alive", "catches", "free_port", "probe", "prog", "toml_list", "wait_until"]
+
 REPO = Path(__file__).resolve().parent.parent
 PROBE = str(REPO / "tests" / "programs" / "probe.py")
-
-
-T = TypeVar("T")
-
-
-def wait_until(pred: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll `pred` until it returns something truthy; fail with the last value seen after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: T = pred()
-    while not last:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-        time.sleep(0.02)
-        last = pred()
-    return last
-
-
-def alive(pid: int) -> bool:
-    """True when pid runs and is not a zombie."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def probe(d: "str | Path", name: str, mode: str = "sleep", **kw: object) -> list[str]:
@@ -47,6 +29,16 @@ def probe(d: "str | Path", name: str, mode: str = "sleep", **kw: object) -> list
     for k, v in kw.items():
         argv += [f"--{k}", str(v)]
     return argv
+
+
+def catches(pid: int, sig: int) -> bool:
+    """True once process pid has a handler installed for sig (SigCgt in /proc/PID/status, proc(5))."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(caught >> (sig - 1) & 1)
 
 
 def toml_list(argv: list[str]) -> str:
@@ -70,21 +62,20 @@ def prog(name: str, argv: list[str], **keys: object) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-class DaemonRun:
+class DaemonRun(RealDaemon):
     """A real `procguard` daemon on a config written into a fresh directory.
 
     `work` is world-writable so children running as nobody can report into it. Cleanup stops the
-    daemon, then kills any pid a probe recorded that is still alive, and reports them as survivors.
+    daemon, then kills anything it started that is still alive (RealDaemon.close, plus any pid a probe
+    recorded), and reports them as survivors.
     """
 
     def __init__(self, config_text: str = "") -> None:
         self.started_at = time.time()
         self.work = Path(tempfile.mkdtemp(prefix="procguard-test-"))
         self.work.chmod(0o777)
-        self.config = self.work / "procguard.toml"
-        self.logfile = self.work / "daemon.log"
-        self.endpoint = f"ipc://{self.work}/control.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(self.work / "procguard.toml", logfile=self.work / "daemon.log",
+                         endpoint=f"ipc://{self.work}/control.sock", cwd=REPO)
         if config_text:
             self.write_config(config_text)
 
@@ -98,36 +89,13 @@ class DaemonRun:
         return path
 
     def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None,
-              launcher: tuple[str, ...] = ()) -> "DaemonRun":
-        """launcher: argv that runs the daemon's argv (given as its last arguments), e.g. to start it with
-        signals ignored."""
-        env = {**os.environ, **(env or {})}
-        with open(self.logfile, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*launcher, sys.executable, "-m", "procguard", "-c", str(self.config), "--log-format", "json", *extra],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=str(REPO),
-            )
-        if wait:
-            wait_until(lambda: self.events("daemon_started") or self.proc.poll() is not None, what="daemon start")
-            assert self.proc.poll() is None, self.logfile.read_text()
-        return self
+              launcher: tuple[str, ...] = (), timeout: float = 60.0) -> Self:
+        """env: added to this process's environment. launcher: argv that runs the daemon's argv (given as
+        its last arguments), e.g. to start it with signals ignored."""
+        return super().start(*extra, wait=wait, env={**os.environ, **(env or {})}, launcher=launcher,
+                             timeout=timeout)
 
     # ------------------------------------------------------------------------------ observing
-    def events(self, name: str | None = None, **match: Any) -> list[dict[str, Any]]:
-        out = []
-        if not self.logfile.exists():
-            return out
-        for line in self.logfile.read_text(errors="replace").splitlines():
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if name is not None and ev.get("event") != name:
-                continue
-            if all(ev.get(k) == v for k, v in match.items()):
-                out.append(ev)
-        return out
-
     def transitions(self, process: str) -> list[str]:
         return [e["new"] for e in self.events("process_state_changed", process=process)]
 
@@ -141,6 +109,12 @@ class DaemonRun:
             return evs if len(evs) >= count else []
 
         return wait_until(seen, timeout, f"{process} -> {state} (x{count}); transitions {self.transitions(process)}")[count - 1]
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """`procguardctl --json status`, by process name (exit 0, or 3 when one is not running)."""
+        r = self.ctl("--json", "status")
+        assert r.returncode in (0, 3), r.stderr
+        return {s["name"]: s for s in json.loads(r.stdout)}
 
     def reports(self, name: str | None = None) -> list[dict[str, Any]]:
         path = self.work / "reports.jsonl"
@@ -165,41 +139,20 @@ class DaemonRun:
         return [int(x) for x in path.read_text().split()] if path.exists() else []
 
     def survivors(self) -> list[int]:
-        """Recorded pids still alive that were started by this test (pid reuse is ruled out by start time)."""
-        out = []
+        """Pids started by this test still alive: the daemon's (RealDaemon.track) and every probe's.
+
+        A probe's recorded pid counts only if that process started after this run (no pid reuse).
+        """
         for pid in self.recorded_pids():
             try:
-                p = psutil.Process(pid)
-                if p.create_time() >= self.started_at - 1 and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(pid)
+                if psutil.Process(pid).create_time() >= self.started_at - 1:
+                    self.track(pid)
             except psutil.NoSuchProcess:
                 pass
-        return out
-
-    # ------------------------------------------------------------------------------- control
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        return super().survivors()
 
     def cleanup(self) -> list[int]:
         """Stop everything this run started; return the survivors found (and killed)."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.stop(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        left = self.survivors()
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        left = self.close()
         shutil.rmtree(self.work, ignore_errors=True)
         return left

@@ -5,23 +5,15 @@ must not return, nor status say STOPPED, while that grandchild lives.
 """
 
 import json
-import subprocess
-import sys
+import signal
 
 import psutil
 
-from tests.helpers import DaemonRun, alive, probe, prog, wait_until
-
-CTL = [sys.executable, "-m", "procguardctl"]
-
-
-def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+from tests.helpers import DaemonRun, alive, catches, probe, prog, wait_until
 
 
 def state_of(d: DaemonRun, name: str) -> str:
-    r = ctl(d, "--json", "status", name)
+    r = d.ctl("--json", "status", name)
     assert r.returncode in (0, 3), r.stderr
     return str(json.loads(r.stdout)[0]["state"])
 
@@ -50,7 +42,7 @@ def test_stop_returns_only_when_an_escaped_grandchild_is_gone(daemon):
     wait_until(lambda: state_of(d, "late") == "RUNNING", what="late RUNNING")
 
     for name, grandchild in (("early", early), ("late", None)):
-        r = ctl(d, "stop", name)
+        r = d.ctl("stop", name)
         assert r.returncode == 0, (r.stdout, r.stderr)
         pid = grandchild if grandchild is not None else escaped_pid(d, name)
         assert psutil.Process(d.proc.pid).is_running()
@@ -67,8 +59,10 @@ def test_restart_starts_the_next_process_only_when_the_escaped_grandchild_is_gon
     d.write_config(prog("again", probe(d.work, "again", mode="escape-on-term"), startsecs=0, stopwaitsecs=30))
     d.start()
     first = d.wait_reports("again")[0]["pid"]
+    # The probe reports before it installs its TERM handler: a restart in between would find nothing to escape.
+    wait_until(lambda: catches(first, signal.SIGTERM), what="the probe's TERM handler")
     wait_until(lambda: state_of(d, "again") == "RUNNING", what="again RUNNING")
-    r = ctl(d, "restart", "again")
+    r = d.ctl("restart", "again")
     assert r.returncode == 0, (r.stdout, r.stderr)
     grandchild = escaped_pid(d, "again")
     assert not alive(grandchild) and not alive(first)
@@ -89,8 +83,8 @@ def test_a_stray_that_ignores_sigterm_is_killed_after_stopwaitsecs_before_stop_r
     line = wait_until(lambda: [l for l in d.probe_events() if "grandchild" in l], what="the grandchild")[0]
     grandchild = int(line.split()[3])
     wait_until(lambda: psutil.Process(grandchild).ppid() == d.proc.pid, what="grandchild reparented to the daemon")
-    r = ctl(d, "stop", "stubborn")
+    r = d.ctl("stop", "stubborn")
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert not alive(grandchild)
-    st = json.loads(ctl(d, "--json", "status", "stubborn").stdout)[0]
+    st = json.loads(d.ctl("--json", "status", "stubborn").stdout)[0]
     assert st["state"] == "STOPPED" and st["reason"].startswith("killed: did not stop within stopwaitsecs"), st

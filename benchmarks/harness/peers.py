@@ -49,15 +49,13 @@ request: connecting to a UNIX socket costs microseconds).
 """
 
 import json
-import os
-import select
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
+from importlib.metadata import version
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,9 +63,11 @@ from typing import Any
 import psutil
 import zmq
 
-from bench_engine import Bench, BenchError, Daemon, child_pids, poll_until
+from benchmarks.harness.daemon import Daemon
+from benchmarks.harness.load import get_once
+from benchmarks.harness.procs import child_pids, clean_env, run_ctl, wait_exit
+from benchmarks.harness.run import SLEEP_ARGV, Bench, BenchError, poll_until
 
-REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent  # not resolved: the venv's scripts live here
 PYTHON = str(VENV_BIN / "python")
 PROCGUARDCTL = str(VENV_BIN / "procguardctl")
@@ -80,35 +80,22 @@ SYSTEMS = ("procguard", "supervisord", "circus")
 HELD_FD = "\x00HELD_FD\x00"
 CTL_TIMEOUT_S = 120.0
 READY_TIMEOUT_S = 120.0
+INSTALL = "missing: .venv/bin/python -m pip install -e '.[bench]'"
 
 
 def peer_missing(system: str) -> str | None:
     """Why `system` cannot run here (not installed, or does not start), or None."""
-    if system == "supervisord":
-        for exe in (SUPERVISORD, SUPERVISORCTL):
-            if not os.path.exists(exe):
-                return f"{exe} missing: .venv/bin/python -m pip install -e '.[bench]'"
-    if system == "circus":
-        for exe in (CIRCUSD, CIRCUSCTL):
-            if not os.path.exists(exe):
-                return f"{exe} missing: .venv/bin/python -m pip install -e '.[bench]'"
-    return None
+    exes = {"supervisord": (SUPERVISORD, SUPERVISORCTL), "circus": (CIRCUSD, CIRCUSCTL)}.get(system, ())
+    return next((f"{exe} {INSTALL}" for exe in exes if not Path(exe).exists()), None)
 
 
 def version_of(system: str) -> str:
     try:
-        if system == "procguard":
-            from importlib.metadata import version
-            return version("procguard")
         if system == "supervisord":
-            return subprocess.run([SUPERVISORD, "--version"], capture_output=True, text=True,
-                                  timeout=30).stdout.strip()
-        if system == "circus":
-            from importlib.metadata import version
-            return version("circus")
+            return run_ctl([SUPERVISORD, "--version"], "supervisord --version", timeout_s=30).strip()
+        return version(system)
     except Exception as exc:  # a version string is informative only
         return f"unknown ({exc})"
-    return "unknown"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,22 +114,37 @@ class Program:
     procguard_keys: dict[str, Any] = field(default_factory=dict)  # procguard-only keys, documented per use
 
 
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCGUARD_", "CIRCUS"))}
-    env["NO_COLOR"] = "1"
-    return env
+def toml_value(v: Any) -> str:
+    """v as a TOML value: strings JSON-quoted (a subset of TOML's basic strings), dicts as inline tables."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(v)
 
 
-def run_ctl(argv: list[str], what: str, ok_codes: tuple[int, ...] = (0,)) -> str:
-    try:
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=CTL_TIMEOUT_S,
-                           env=clean_env(), cwd="/")
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{what}: no answer within {CTL_TIMEOUT_S}s: {argv}") from None
-    out = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
-    if p.returncode not in ok_codes:
-        raise BenchError(f"{what}: {argv} exited {p.returncode}: {out.strip()[-2000:]}")
-    return out
+def procguard_programs(programs: list[Program], sockets: dict[str, int] | None = None) -> str:
+    """[socket.N] and [program.N] tables of procguard.toml for these programs (the module's table)."""
+    out = [f'[socket.{name}]\nbind = "tcp://127.0.0.1:{port}"\n' for name, port in (sockets or {}).items()]
+    for p in programs:
+        argv = [a.replace(HELD_FD, "{socket.%s.fd}" % p.held_socket) for a in p.argv]
+        keys: dict[str, Any] = {"command": argv, "autostart": p.autostart, "autorestart": p.autorestart,
+                                "startsecs": 0, "stdout_logfile": p.stdout or "NONE", "stderr_logfile": "NONE",
+                                "stopwaitsecs": f"{p.stopwaitsecs:g}s"}
+        if p.stdout:
+            keys["stdout_logfile_maxbytes"] = 0
+        optional = {"directory": p.directory, "sockets": [p.held_socket] if p.held_socket else None,
+                    "server": p.server}
+        keys |= {k: v for k, v in optional.items() if v is not None} | p.procguard_keys
+        out.append(f"[program.{p.name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items()))
+    return "\n".join(out)
+
+
+def sleep_programs(n: int, **procguard_keys: Any) -> list[Program]:
+    """n programs p0000.. of `sleep 100000`."""
+    return [Program(name=f"p{i:04d}", argv=tuple(SLEEP_ARGV), procguard_keys=procguard_keys) for i in range(n)]
 
 
 class System:
@@ -155,21 +157,21 @@ class System:
         self.bench = bench
         self.programs = programs
         self.sockets = sockets or {}
-        # bench_engine's Daemon: its directory, its cleanup (TERM, 60 s, KILL), child recording.
-        self.daemon: Daemon = bench.daemon(f"{self.kind}-{name}", "")
+        # The Daemon: its directory, its cleanup (TERM, 60 s, KILL), child recording.
+        self.daemon: Daemon = bench.daemon(f"{self.kind}-{name}", None)
         self.work = self.daemon.work
         for p in programs:
             bench.known_cmdlines.append(list(self.resolve(p.argv, p)))
         self.write_config()
 
-    # -- config
     def resolve(self, argv: tuple[str, ...], p: Program) -> tuple[str, ...]:
-        return argv
+        return tuple(a.replace(HELD_FD, self.held_fd % p.held_socket) for a in argv)
+
+    held_fd = "%s"
 
     def write_config(self) -> None:
         raise NotImplementedError
 
-    # -- life cycle
     @property
     def pid(self) -> int:
         return self.daemon.pid
@@ -180,6 +182,9 @@ class System:
 
     def start(self) -> None:
         """Popen the daemon (its Popen time is `popen_mono`); does not wait for anything."""
+        self.daemon.popen(self.daemon_argv(), self.work, clean_env())
+
+    def daemon_argv(self) -> list[str]:
         raise NotImplementedError
 
     def alive(self) -> bool:
@@ -190,34 +195,38 @@ class System:
             raise BenchError(f"{self.kind} exited with {self.daemon.proc.returncode}; its log:\n"
                              f"{self.daemon.log_text()[-3000:]}")
 
+    def serving(self, port: int, host: str | None = None) -> bool:
+        """One GET / on port answered 200 (BenchError if the daemon died meanwhile)."""
+        self.check_alive()
+        return get_once(port, 2.0, host).ok
+
     def wait_control(self) -> None:
-        """Until the control interface answers a status request (peers.StatusProbe)."""
+        """Until the control interface answers a status request (StatusProbe)."""
         def answers() -> bool:
             self.check_alive()
-            probe = self.status_probe()
             try:
-                probe.status()
+                with self.status_probe() as probe:
+                    probe.status()
                 return True
             except (BenchError, OSError, zmq.ZMQError):
                 return False
-            finally:
-                probe.close()
 
         poll_until(answers, READY_TIMEOUT_S, f"{self.kind} answering its control interface", interval_s=0.05)
 
     def children(self) -> list[psutil.Process]:
-        """Direct children of the daemon (recorded for cleanup)."""
+        """Every descendant of the daemon (recorded for cleanup)."""
         return self.daemon.record_children()
 
-    def exec_children(self, argv: list[str]) -> list[psutil.Process]:
-        out = []
+    def record_cmdlines(self) -> None:
+        """Make the cleanup know the argv of every descendant (servers that start their own workers)."""
         for c in self.children():
             try:
-                if c.cmdline() == argv and c.status() != psutil.STATUS_ZOMBIE:
-                    out.append(c)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                self.bench.known_cmdlines.append(c.cmdline())
+            except psutil.Error:
                 pass
-        return out
+
+    def exec_children(self, argv: list[str]) -> list[psutil.Process]:
+        return self.daemon.exec_children(argv)
 
     def n_children(self) -> int:
         """Cheap: the daemon's direct children from /proc (exec'd or not)."""
@@ -237,68 +246,33 @@ class System:
         """The daemon's exit code, once it has exited; None if it was still up after timeout_s (then killed)."""
         proc = self.daemon.proc
         assert proc is not None
-        # The exit is seen through a pidfd (readable once it is a zombie, pidfd_open(2)): Popen.wait(timeout)
-        # polls with sleeps of up to 50 ms.
-        pidfd = os.pidfd_open(proc.pid)
-        try:
-            exited = bool(select.select([pidfd], [], [], timeout_s)[0])
-        finally:
-            os.close(pidfd)
-        if not exited:
+        code = wait_exit(proc, timeout_s)
+        if code is None:
             proc.kill()
             proc.wait()
-            return None
-        return proc.wait()
+        return code
 
-    # -- control
     def ctl(self, *args: str) -> list[str]:
         raise NotImplementedError
+
+    def run_ctl(self, *args: str) -> str:
+        """The control CLI with args; its output (BenchError if it failed)."""
+        return run_ctl(self.ctl(*args), f"{self.kind} {' '.join(args)}")
 
     def status_probe(self) -> "StatusProbe":
         raise NotImplementedError
 
-    def _popen(self, argv: list[str]) -> None:
-        d = self.daemon
-        with open(d.logfile, "ab") as log:
-            d.popen_wall, d.popen_mono = time.time(), time.monotonic()
-            d.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(self.work),
-                                      env=clean_env())
-
-
-def toml_str(s: str) -> str:
-    return json.dumps(s)
-
 
 class Procguard(System):
     kind = "procguard"
+    held_fd = "{socket.%s.fd}"
 
     @property
     def endpoint(self) -> str:
-        return f"ipc://{self.work}/run/control.sock"
-
-    def resolve(self, argv: tuple[str, ...], p: Program) -> tuple[str, ...]:
-        return tuple(a.replace(HELD_FD, "{socket.%s.fd}" % p.held_socket) for a in argv)
+        return self.daemon.endpoint
 
     def write_config(self) -> None:
-        out = [f'[procguard]\nlogdir = "{self.work}/logs"\nloglevel = "info"\ncontrol = "{self.endpoint}"\n']
-        for name, port in self.sockets.items():
-            out.append(f'[socket.{name}]\nbind = "tcp://127.0.0.1:{port}"\n')
-        for p in self.programs:
-            lines = [f"[program.{p.name}]", f"command = {json.dumps(list(self.resolve(p.argv, p)))}",
-                     f"autostart = {str(p.autostart).lower()}", f"autorestart = {str(p.autorestart).lower()}",
-                     "startsecs = 0", f'stdout_logfile = {toml_str(p.stdout or "NONE")}',
-                     'stderr_logfile = "NONE"', f'stopwaitsecs = "{p.stopwaitsecs:g}s"']
-            if p.stdout:
-                lines.append("stdout_logfile_maxbytes = 0")
-            if p.directory:
-                lines.append(f"directory = {toml_str(p.directory)}")
-            if p.held_socket:
-                lines.append(f'sockets = ["{p.held_socket}"]')
-            if p.server:
-                lines.append(f'server = "{p.server}"')
-            lines += [f"{k} = {json.dumps(v)}" for k, v in p.procguard_keys.items()]
-            out.append("\n".join(lines) + "\n")
-        self.daemon.config.write_text("\n".join(out))
+        self.daemon.write_config(procguard_programs(self.programs, self.sockets))
 
     def start(self) -> None:
         self.daemon.start()  # python -m procguard -c CONFIG --log-format json --log-level info
@@ -356,8 +330,8 @@ serverurl=unix://{self.sock}
             out.append("\n".join(lines) + "\n")
         self.conf.write_text("\n".join(out))
 
-    def start(self) -> None:
-        self._popen([SUPERVISORD, "-n", "-c", str(self.conf)])
+    def daemon_argv(self) -> list[str]:
+        return [SUPERVISORD, "-n", "-c", str(self.conf)]
 
     def ctl(self, *args: str) -> list[str]:
         return [SUPERVISORCTL, "-c", str(self.conf), *args]
@@ -368,6 +342,7 @@ serverurl=unix://{self.sock}
 
 class Circus(System):
     kind = "circus"
+    held_fd = "$(circus.sockets.%s)"
 
     @property
     def endpoint(self) -> str:
@@ -376,9 +351,6 @@ class Circus(System):
     @property
     def conf(self) -> Path:
         return self.work / "circus.ini"
-
-    def resolve(self, argv: tuple[str, ...], p: Program) -> tuple[str, ...]:
-        return tuple(a.replace(HELD_FD, "$(circus.sockets.%s)" % p.held_socket) for a in argv)
 
     def write_config(self) -> None:
         out = [f"""[circus]
@@ -409,8 +381,8 @@ logoutput = {self.work}/circus.log
             out.append("\n".join(lines) + "\n")
         self.conf.write_text("\n".join(out))
 
-    def start(self) -> None:
-        self._popen([CIRCUSD, str(self.conf)])
+    def daemon_argv(self) -> list[str]:
+        return [CIRCUSD, str(self.conf)]
 
     def ctl(self, *args: str) -> list[str]:
         return [CIRCUSCTL, "--endpoint", self.endpoint, "--timeout", str(int(CTL_TIMEOUT_S)), *args]
@@ -429,13 +401,29 @@ def make(kind: str, bench: Bench, name: str, programs: list[Program], sockets: d
 # ------------------------------------------------------------------------------- status on the wire
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One status round trip: ms from sending the encoded request to having the whole reply, the reply's
+    size, the processes it lists, and (procguard only) its rows."""
+
+    ms: float
+    size: int
+    count: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
 class StatusProbe:
-    def status(self) -> tuple[float, int]:
-        """One round trip: (ms from sending the encoded request to having the whole reply, entries in it)."""
+    def status(self, long: bool = False) -> Reply:
         raise NotImplementedError
 
     def close(self) -> None:
         pass
+
+    def __enter__(self) -> "StatusProbe":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ZmqProbe(StatusProbe):
@@ -454,16 +442,16 @@ class ZmqProbe(StatusProbe):
         self.sock.close(linger=0)
         self.ctx.term()
 
-    def _frame(self) -> tuple[str, bytes]:
-        rid = uuid.uuid4().hex
+    def _frame(self, rid: str, long: bool) -> bytes:
         if self.procguard:
             from procguard.protocol import encode_request
-            return rid, encode_request("status", {}, rid)
+            return encode_request("status", {"long": True} if long else {}, rid)
         # circus/client.py make_message + CircusClient.call: one JSON frame, reply carries the same id.
-        return rid, json.dumps({"id": rid, "command": "status", "properties": {}}).encode()
+        return json.dumps({"id": rid, "command": "status", "properties": {}}).encode()
 
-    def status(self) -> tuple[float, int]:
-        rid, frame = self._frame()
+    def status(self, long: bool = False) -> Reply:
+        rid = uuid.uuid4().hex
+        frame = self._frame(rid, long)
         t0 = time.perf_counter()
         self.sock.send(frame)
         try:
@@ -475,10 +463,10 @@ class ZmqProbe(StatusProbe):
         if self.procguard:
             if msg.get("id") != rid or msg.get("ok") is not True or not isinstance(msg.get("result"), list):
                 raise BenchError(f"unexpected procguard reply: {reply[:300]!r}")
-            return dt, len(msg["result"])
+            return Reply(dt, len(reply), len(msg["result"]), msg["result"])
         if msg.get("id") != rid or msg.get("status") != "ok" or not isinstance(msg.get("statuses"), dict):
             raise BenchError(f"unexpected circus reply: {reply[:300]!r}")
-        return dt, len(msg["statuses"])
+        return Reply(dt, len(reply), len(msg["statuses"]))
 
 
 class XmlRpcProbe(StatusProbe):
@@ -492,7 +480,7 @@ class XmlRpcProbe(StatusProbe):
         self.request = (b"POST /RPC2 HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
                         b"Content-Length: %d\r\n\r\n" % len(self.BODY)) + self.BODY
 
-    def status(self) -> tuple[float, int]:
+    def status(self, long: bool = False) -> Reply:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(CTL_TIMEOUT_S)
         chunks = []
@@ -513,10 +501,4 @@ class XmlRpcProbe(StatusProbe):
         reply = b"".join(chunks)
         if not reply.startswith(b"HTTP/1.0 200") or b"<fault>" in reply:
             raise BenchError(f"unexpected supervisord reply: {reply[:300]!r}")
-        return dt, reply.count(b"<name>group</name>")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        return Reply(dt, len(reply), reply.count(b"<name>group</name>"))
