@@ -13,6 +13,7 @@ from procguard import servers
 from procguard.config.alerts import parse_alerts
 from procguard.config.files import check_main_tables, read_includes, read_toml
 from procguard.config.groups import parse_groups
+from procguard.config import machine
 from procguard.config.machine import environment_problems
 from procguard.config.model import Config, GroupConfig, HealthCheckType, ProgramConfig
 from procguard.config.programs import parse_program
@@ -29,6 +30,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     Raises ConfigError listing every problem (file, program, key) when anything is wrong.
     """
     environ = dict(os.environ if environ is None else environ)
+    machine.forget()
     main = Path(path)
     issues: list[ConfigIssue] = []
     data = read_toml(main, issues)

@@ -8,11 +8,30 @@ import grp
 import os
 import pwd
 import re
+from functools import cache
+from pathlib import Path
 
 from procguard.config.model import DEFAULT_PATH, LOG_INHERIT, LOG_NONE, ProgramConfig
 from procguard.errors import ConfigIssue
 
 
+def forget() -> None:
+    """Ask the machine afresh: answers are kept for one load only (load_config calls this first).
+
+    A config of 1000 programs asks the same few questions 1000 times (issue #19); a user, group or
+    directory changed between two loads is still seen by the next.
+    """
+    for lookup in (find_user, find_group, supplementary_groups, daemon_account, directory_of):
+        lookup.cache_clear()
+
+
+@cache
+def directory_of(path: str) -> str:
+    """The directory holding path, symlinks resolved ({here} of the file a program is written in)."""
+    return str(Path(path).resolve().parent)
+
+
+@cache
 def find_user(user: str) -> pwd.struct_passwd | None:
     """The account of a user name, or of a uid written as digits; None when there is none."""
     try:
@@ -21,6 +40,7 @@ def find_user(user: str) -> pwd.struct_passwd | None:
         return None
 
 
+@cache
 def find_group(group: str) -> int | None:
     """The gid of a group name, or of a gid written as digits; None when there is none."""
     try:
@@ -46,11 +66,13 @@ def find_group_by_name(group: str) -> int | None:
         return None
 
 
+@cache
 def supplementary_groups(pw: pwd.struct_passwd) -> tuple[int, ...]:
     """The user's own supplementary groups as initgroups(3) sets them, never the daemon's (root's)."""
     return tuple(sorted(set(os.getgrouplist(pw.pw_name, pw.pw_gid))))
 
 
+@cache
 def daemon_account() -> pwd.struct_passwd:
     """The account the daemon runs as."""
     return pwd.getpwuid(os.geteuid())
@@ -87,36 +109,47 @@ def environment_problems(programs: list[ProgramConfig] | tuple[ProgramConfig, ..
     """Return what is missing on this machine (command, directory, log directory).
 
     These do not stop the daemon (a mount may appear later; the spawn then fails with its reason and
-    backs off), but `--check` reports them and exits 1.
+    backs off), but `--check` reports them and exits 1. Each distinct command, directory and log
+    directory is looked up once (1000 programs of one command ask once; issue #19).
     """
-    out = []
+    out: list[ConfigIssue] = []
+    seen: set[ConfigIssue] = set()
+    command_problem = cache(_command_problem)
+    is_dir = cache(os.path.isdir)
+    logdir = os.path.abspath(logdir)
     for prog in programs:
         for proc in prog.processes:
 
             def bad(key: str, msg: str) -> None:
                 issue = ConfigIssue(prog.source, prog.name, key, msg)
-                if issue not in out:
+                if issue not in seen:
+                    seen.add(issue)
                     out.append(issue)
 
-            exe = proc.command[0]
-            if "/" in exe:
-                # Popen resolves a relative executable against cwd, i.e. the program's directory.
-                exe = os.path.join(proc.directory or os.getcwd(), exe)
-                if not os.path.exists(exe):
-                    bad("command", f"{exe}: no such file")
-                elif not os.access(exe, os.X_OK):
-                    bad("command", f"{exe}: not executable")
-            else:
-                path = dict(proc.environment).get("PATH", DEFAULT_PATH)
-                if not any(os.access(os.path.join(d, exe), os.X_OK) for d in path.split(":") if d):
-                    bad("command", f"{exe}: not found on PATH={path}")
-            if proc.directory is not None and not os.path.isdir(proc.directory):
+            problem = command_problem(proc.command[0], proc.directory, dict(proc.environment).get("PATH", DEFAULT_PATH))
+            if problem is not None:
+                bad("command", problem)
+            if proc.directory is not None and not is_dir(proc.directory):
                 bad("directory", f"{proc.directory}: no such directory")
             for key, log in (("stdout_logfile", proc.stdout_logfile), ("stderr_logfile", proc.stderr_logfile)):
                 if log not in (LOG_NONE, LOG_INHERIT):
                     parent = os.path.dirname(os.path.abspath(log))
                     # AUTO logs go to logdir, which the daemon creates.
-                    if parent != os.path.abspath(logdir) and not os.path.isdir(parent):
+                    if parent != logdir and not is_dir(parent):
                         bad(key, f"{parent}: no such directory for {log}")
     return out
 
+
+def _command_problem(exe: str, directory: str | None, path: str) -> str | None:
+    """Why exe cannot be run in directory with PATH=path; None when it can."""
+    if "/" in exe:
+        # Popen resolves a relative executable against cwd, i.e. the program's directory.
+        exe = os.path.join(directory or os.getcwd(), exe)
+        if not os.path.exists(exe):
+            return f"{exe}: no such file"
+        if not os.access(exe, os.X_OK):
+            return f"{exe}: not executable"
+        return None
+    if not any(os.access(os.path.join(d, exe), os.X_OK) for d in path.split(":") if d):
+        return f"{exe}: not found on PATH={path}"
+    return None

@@ -8,7 +8,6 @@ import dataclasses
 import os
 import pwd
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from procguard import servers
@@ -160,7 +159,7 @@ def _base_environment(environ: dict[str, str], account_env: dict[str, str]) -> d
 def _processes(p: ProgramReader, template: ProcessTemplate, account_env: dict[str, str], fields: dict[str, Any],
                logdir: str, in_group: GroupConfig | None) -> list[ProcessConfig]:
     """One ProcessConfig per process_num, its templates expanded; a daemon's own descriptor is refused."""
-    here = str(Path(p.source).resolve().parent)
+    here = machine.directory_of(p.source)
     group_name = p.name if in_group is None else in_group.name
     sockets: tuple[str, ...] = fields.get("sockets", ())
     redirect = fields.get("redirect_stderr", False)
