@@ -4,7 +4,6 @@ Problems are collected on a ProgramReader in the order a reader meets them in th
 nothing is returned unless the table is entirely valid.
 """
 
-import dataclasses
 import os
 import pwd
 from collections.abc import Mapping
@@ -128,7 +127,7 @@ def _process_template(p: ProgramReader, command_and_directory: dict[str, Any]) -
               f"got {template.name_template!r}")
     values.update(p.given("stdout_logfile", parse_str))
     values.update(p.given("stderr_logfile", parse_str))
-    return dataclasses.replace(template, **values)
+    return ProcessTemplate(**values)  # the same as dataclasses.replace(template, **values), without its checks
 
 
 def _output(p: ProgramReader) -> dict[str, Any]:
