@@ -86,6 +86,8 @@ class Pid1Run(DaemonRun):
     pids, which mean nothing out here).
     """
 
+    ctl_command = (PROCGUARDCTL,)  # the installed entry point, as a container's exec probe runs it
+
     def __init__(self, config_text: str = "") -> None:
         super().__init__(config_text)
         self.daemon_pid: int | None = None
@@ -157,10 +159,6 @@ class Pid1Run(DaemonRun):
             if namespace_pid(p.pid) == ns_pid:
                 return p.pid
         return None
-
-    def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PROCGUARDCTL, "-s", self.endpoint, *args], capture_output=True, text=True,
-                              timeout=timeout)
 
     def survivors(self) -> list[int]:
         out = []

@@ -19,7 +19,6 @@ import enum
 import http.client
 import json
 import os
-import random
 import re
 import shutil
 import socket
@@ -35,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from tests.helpers import REPO, DaemonRun, wait_until
+from tests.helpers import REPO, DaemonRun, free_port, wait_until
 
 Status = dict[str, dict[str, Any]]  # `procguardctl --json status` by process name
 
@@ -48,7 +47,6 @@ JOBS = ("coffeehousemigrate", "coffeehousecollectstatic")
 RELEASE_HEADER = "X-Coffeehouse-Release"  # demo/coffeehouse/release.py
 DEMO_IGNORE = shutil.ignore_patterns("db.sqlite3", "staticfiles", "health-down", "__pycache__")
 BIN = Path(sys.executable).parent
-CTL = [sys.executable, "-m", "procguardctl"]
 
 
 def program(server: str) -> str:
@@ -80,26 +78,6 @@ def why_missing(server: str) -> str | None:
                     "(python3-dev); pip install -e '.[demo]' says why it failed")
         return f"{server} is not installed (pip install -e '.[demo]')"
     return None
-
-
-def free_port() -> int:
-    """A free loopback port below the ephemeral range.
-
-    A port from bind(0) is an ephemeral one: before the daemon binds it, an outgoing connection (a
-    health check, a test's client) may take it as its local port, and the daemon's bind then fails.
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    while True:
-        port = random.randrange(10000, low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def get(port: int, path: str = "/", host: str = "localhost", timeout: float = 30.0) -> tuple[int, bytes]:
@@ -202,7 +180,7 @@ class Coffeehouse:
         return (self.releases / "current").resolve().name
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CTL, "-s", self.d.endpoint, *args], capture_output=True, text=True, timeout=180)
+        return self.d.ctl(*args, timeout=180)
 
     def status(self) -> Status:
         r = self.ctl("--json", "status")
