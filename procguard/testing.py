@@ -288,6 +288,8 @@ class RealDaemon:
     """
 
     ctl_command: tuple[str, ...] = CTL  # how ctl() runs procguardctl
+    # False when the daemon runs in another pid namespace: the pids its log names are not ours to track.
+    logged_pids_are_ours = True
 
     def __init__(self, config: Path, *, logfile: Path | None = None, endpoint: str = "",
                  cwd: Path = CHECKOUT) -> None:
@@ -401,7 +403,7 @@ class RealDaemon:
             except psutil.NoSuchProcess:
                 kids = []
             pids = (*pids, *(k.pid for k in kids))
-        spawned = (e.get("pid") for e in self.events("process_spawned"))
+        spawned = (e.get("pid") for e in self.events("process_spawned")) if self.logged_pids_are_ours else ()
         for pid in (*pids, *(p for p in spawned if isinstance(p, int))):
             if pid not in self.started:
                 try:
