@@ -300,6 +300,8 @@ class RealDaemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started: dict[int, float] = {}  # pid -> create time, of everything seen started
         self._client: ControlClient | None = None
+        self._events: list[dict[str, Any]] = []  # the log's events up to byte _log_read
+        self._log_read = 0
 
     @property
     def pid(self) -> int:
@@ -383,17 +385,28 @@ class RealDaemon:
 
     def events(self, name: str | None = None, **match: Any) -> list[dict[str, Any]]:
         """The daemon's log events named `name` (all without one) whose fields equal `match`."""
-        out = []
-        for line in self.log_text().splitlines():
+        return [ev for ev in self._read_events() if (name is None or ev.get("event") == name)
+                and all(ev.get(k) == v for k, v in match.items())]
+
+    def _read_events(self) -> list[dict[str, Any]]:
+        """Every JSON event in the log so far; each call parses only the lines completed since the last
+        (tests poll the log every few ms, and a debug log grows to megabytes)."""
+        try:
+            with open(self.logfile, "rb") as f:
+                f.seek(self._log_read)
+                chunk = f.read()
+        except FileNotFoundError:
+            return self._events
+        complete = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits for its end
+        self._log_read += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
             try:
                 ev = json.loads(line)
             except json.JSONDecodeError:
-                continue
-            if not isinstance(ev, dict) or (name is not None and ev.get("event") != name):
-                continue
-            if all(ev.get(k) == v for k, v in match.items()):
-                out.append(ev)
-        return out
+                continue  # not an event (a traceback on stderr)
+            if isinstance(ev, dict):
+                self._events.append(ev)
+        return self._events
 
     def track(self, *pids: int) -> list[int]:
         """Remember `pids`, every pid the log says was spawned and every live descendant; all pids known."""

@@ -156,7 +156,6 @@ class Coffeehouse:
     d: DaemonRun
     ports: dict[str, int]  # DEFAULT_PORTS' keys -> the free ports this run uses
     releases: Path | None = None  # start(releases=True): the directory of releases/N, current, shared/
-    _seen: set[tuple[int, float]] = field(default_factory=set)
 
     def new_release(self, breakage: Breakage = Breakage.NONE) -> str:
         """Copy demo/ as shipped to the next releases/N, broken as asked; N. `current` is not touched."""
@@ -208,15 +207,7 @@ class Coffeehouse:
 
     def track(self) -> None:
         """Remember every process under the daemon now, to prove at stop() that none survived."""
-        assert self.d.proc is not None
-        try:
-            for p in psutil.Process(self.d.proc.pid).children(recursive=True):
-                try:
-                    self._seen.add((p.pid, p.create_time()))
-                except psutil.NoSuchProcess:
-                    pass
-        except psutil.NoSuchProcess:
-            pass
+        self.d.track()
 
     def stop(self) -> list[str]:
         """Stop the daemon (its shutdown stops every server), then kill and describe any survivor.
@@ -225,14 +216,11 @@ class Coffeehouse:
         command line names this run's directory (the servers' commands all do, through {here}).
         """
         if self.d.proc is not None and self.d.proc.poll() is None:
-            self.track()
-            self.d.stop(timeout=120)
+            self.d.stop(timeout=120)  # tracks every process under the daemon first
         left: dict[int, psutil.Process] = {}
-        for pid, created in self._seen:
+        for pid in self.d.survivors():
             try:
-                p = psutil.Process(pid)
-                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                    left[pid] = p
+                left[pid] = psutil.Process(pid)
             except psutil.NoSuchProcess:
                 pass
         work = str(self.d.work)
