@@ -226,6 +226,59 @@ def free_port() -> int:
             return port
 
 
+class ControlClient:
+    """A DEALER on a daemon's control socket: one request, then its reply, within a deadline.
+
+    Connecting does not wait for the daemon: a DEALER queues requests for a peer it has not reached
+    yet (zmq_connect(3)), so a request sent before the daemon binds is answered once it does. A tcp://
+    endpoint needs the server's public key file and a client secret key file (CURVE).
+    """
+
+    def __init__(self, endpoint: str, server_key_file: str | None = None, client_key_file: str | None = None) -> None:
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.reconnect_ivl = 10  # ms: the socket file appears once the daemon binds
+        if endpoint.startswith("tcp://"):
+            assert server_key_file and client_key_file, f"{endpoint}: CURVE needs a server and a client key"
+            self.sock.curve_serverkey = zmq.auth.load_certificate(server_key_file)[0]
+            public, secret = zmq.auth.load_certificate(client_key_file)
+            assert secret is not None, f"{client_key_file}: no secret key"
+            self.sock.curve_publickey, self.sock.curve_secretkey = public, secret
+        self.sock.connect(endpoint)
+        self.endpoint = endpoint
+        self._n = 0
+
+    def send(self, cmd: str, args: Mapping[str, Any] | None = None) -> str:
+        """Send one request; its id."""
+        self._n += 1
+        rid = f"t{self._n}"
+        self.sock.send(encode_request(cmd, dict(args or {}), rid))
+        return rid
+
+    def reply(self, rid: str, timeout: float) -> dict[str, Any] | None:
+        """The reply to request `rid` if it comes within `timeout` seconds (others are dropped), else None."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sock.poll(max(1, int(left * 1000))):
+                return None
+            reply: dict[str, Any] = json.loads(self.sock.recv())
+            if reply.get("id") == rid:
+                return reply
+        return None
+
+    def request(self, cmd: str, args: Mapping[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        """Send one command; its reply. Raises AssertionError if none comes within `timeout` seconds."""
+        reply = self.reply(self.send(cmd, args), timeout)
+        if reply is None:
+            raise AssertionError(f"no reply to {cmd} {args} from {self.endpoint} within {timeout}s")
+        return reply
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self._ctx.term()
+
+
 class RealDaemon:
     """A real `python -m procguard -c CONFIG`, logging JSON lines into `logfile`.
 
@@ -236,6 +289,10 @@ class RealDaemon:
     and kill whatever it started that survived (pid reuse ruled out), and report those pids.
     """
 
+    ctl_command: tuple[str, ...] = CTL  # how ctl() runs procguardctl
+    # False when the daemon runs in another pid namespace: the pids its log names are not ours to track.
+    logged_pids_are_ours = True
+
     def __init__(self, config: Path, *, logfile: Path | None = None, endpoint: str = "",
                  cwd: Path = CHECKOUT) -> None:
         self.config = config
@@ -244,9 +301,9 @@ class RealDaemon:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.started: dict[int, float] = {}  # pid -> create time, of everything seen started
-        self._zmq: zmq.Context[zmq.Socket[bytes]] | None = None
-        self._sock: zmq.Socket[bytes] | None = None
-        self._n = 0
+        self._client: ControlClient | None = None
+        self._events: list[dict[str, Any]] = []  # the log's events up to byte _log_read
+        self._log_read = 0
 
     @property
     def pid(self) -> int:
@@ -275,88 +332,54 @@ class RealDaemon:
         """Wait until the control socket answers a `version` request."""
         proc = self.proc
         assert proc is not None, "not started"
-        rid = self._send("version", {})
+        client = self.client()
+        rid = client.send("version")
 
         def answered() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {proc.returncode} before it answered:\n{self.log_text()}")
-            reply = self._recv(0.05)
-            return reply is not None and reply.get("id") == rid
+            return client.reply(rid, 0.05) is not None
 
         try:
             wait_until(answered, timeout, f"the control socket {self.endpoint} to answer", interval_s=0)
         finally:
-            self._close_socket()  # the daemon sees no client of ours between requests
+            self.disconnect()  # the daemon sees no client of ours between requests
 
     # ---------------------------------------------------------------------------- control socket
-    def request(self, cmd: str, args: Mapping[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
-        """Send one command on the control socket; its reply, once it has come.
+    def client(self) -> ControlClient:
+        """This daemon's ControlClient (connected on first use, kept until disconnect())."""
+        if self._client is None:
+            if not self.endpoint:
+                self.endpoint = client_settings_from_config(str(self.config)).endpoint
+            keys: tuple[str | None, str | None] = (None, None)
+            if self.endpoint.startswith("tcp://"):  # the CURVE keys the config names for procguardctl
+                settings = client_settings_from_config(str(self.config))
+                keys = (settings.server_public_key_file, settings.client_secret_key_file)
+            self._client = ControlClient(self.endpoint, *keys)
+        return self._client
 
-        Raises AssertionError if no reply comes within `timeout` seconds.
-        """
-        rid = self._send(cmd, dict(args or {}))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            reply = self._recv(left)
-            if reply is not None and reply.get("id") == rid:
-                return reply
-        raise AssertionError(f"no reply to {cmd} {args} from {self.endpoint} within {timeout}s")
+    def disconnect(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def request(self, cmd: str, args: Mapping[str, Any] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        """Send one command on the control socket; its reply (AssertionError if none within `timeout`)."""
+        return self.client().request(cmd, args, timeout)
 
     def ctl_argv(self, *args: str) -> list[str]:
         """The argv of procguardctl talking to this daemon."""
-        return [*CTL, "-s", self.endpoint, *args]
+        return [*self.ctl_command, "-s", self.endpoint, *args]
 
-    def ctl(self, *args: str, timeout: float = 60.0,
+    def ctl(self, *args: str, timeout: float = 120.0,
             env: Mapping[str, str] | None = None) -> "subprocess.CompletedProcess[str]":
         """Run procguardctl against this daemon; the finished process (stdout, stderr as text)."""
         return subprocess.run(self.ctl_argv(*args), capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, env=dict(env) if env is not None else None)
 
-    def ctl_bytes(self, *args: str, timeout: float = 60.0) -> "subprocess.CompletedProcess[bytes]":
+    def ctl_bytes(self, *args: str, timeout: float = 120.0) -> "subprocess.CompletedProcess[bytes]":
         """ctl(), with stdout and stderr as bytes."""
         return subprocess.run(self.ctl_argv(*args), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-    def _socket(self) -> "zmq.Socket[bytes]":
-        if self._sock is not None:
-            return self._sock
-        if not self.endpoint:
-            self.endpoint = client_settings_from_config(str(self.config)).endpoint
-        self._zmq = zmq.Context()
-        sock = self._sock = self._zmq.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.reconnect_ivl = 10  # ms: the socket file appears once the daemon binds
-        if self.endpoint.startswith("tcp://"):  # CURVE, with the keys the config names for procguardctl
-            settings = client_settings_from_config(str(self.config))
-            assert settings.server_public_key_file and settings.client_secret_key_file, \
-                f"{self.config}: a tcp:// endpoint needs [procguard.curve] client_secret_key"
-            sock.curve_serverkey = zmq.auth.load_certificate(settings.server_public_key_file)[0]
-            public, secret = zmq.auth.load_certificate(settings.client_secret_key_file)
-            assert secret is not None, settings.client_secret_key_file
-            sock.curve_publickey, sock.curve_secretkey = public, secret
-        sock.connect(self.endpoint)
-        return sock
-
-    def _close_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-        if self._zmq is not None:
-            self._zmq.term()
-            self._zmq = None
-
-    def _send(self, cmd: str, args: dict[str, Any]) -> str:
-        self._n += 1
-        rid = f"t{self._n}"
-        # Queued until connected: a DEALER keeps messages for a peer it has not reached yet.
-        self._socket().send(encode_request(cmd, args, rid))
-        return rid
-
-    def _recv(self, timeout: float) -> dict[str, Any] | None:
-        sock = self._socket()
-        if not sock.poll(max(1, int(timeout * 1000))):
-            return None
-        reply: dict[str, Any] = json.loads(sock.recv())
-        return reply
 
     # ---------------------------------------------------------------------------------- observing
     def log_text(self) -> str:
@@ -364,17 +387,28 @@ class RealDaemon:
 
     def events(self, name: str | None = None, **match: Any) -> list[dict[str, Any]]:
         """The daemon's log events named `name` (all without one) whose fields equal `match`."""
-        out = []
-        for line in self.log_text().splitlines():
+        return [ev for ev in self._read_events() if (name is None or ev.get("event") == name)
+                and all(ev.get(k) == v for k, v in match.items())]
+
+    def _read_events(self) -> list[dict[str, Any]]:
+        """Every JSON event in the log so far; each call parses only the lines completed since the last
+        (tests poll the log every few ms, and a debug log grows to megabytes)."""
+        try:
+            with open(self.logfile, "rb") as f:
+                f.seek(self._log_read)
+                chunk = f.read()
+        except FileNotFoundError:
+            return self._events
+        complete = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits for its end
+        self._log_read += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
             try:
                 ev = json.loads(line)
             except json.JSONDecodeError:
-                continue
-            if not isinstance(ev, dict) or (name is not None and ev.get("event") != name):
-                continue
-            if all(ev.get(k) == v for k, v in match.items()):
-                out.append(ev)
-        return out
+                continue  # not an event (a traceback on stderr)
+            if isinstance(ev, dict):
+                self._events.append(ev)
+        return self._events
 
     def track(self, *pids: int) -> list[int]:
         """Remember `pids`, every pid the log says was spawned and every live descendant; all pids known."""
@@ -384,7 +418,7 @@ class RealDaemon:
             except psutil.NoSuchProcess:
                 kids = []
             pids = (*pids, *(k.pid for k in kids))
-        spawned = (e.get("pid") for e in self.events("process_spawned"))
+        spawned = (e.get("pid") for e in self.events("process_spawned")) if self.logged_pids_are_ours else ()
         for pid in (*pids, *(p for p in spawned if isinstance(p, int))):
             if pid not in self.started:
                 try:
@@ -427,7 +461,7 @@ class RealDaemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._close_socket()
+        self.disconnect()
         left = self.survivors()
         killed = []
         for pid in left:

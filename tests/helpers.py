@@ -141,9 +141,10 @@ class DaemonRun(RealDaemon):
     def survivors(self) -> list[int]:
         """Pids started by this test still alive: the daemon's (RealDaemon.track) and every probe's.
 
-        A probe's recorded pid counts only if that process started after this run (no pid reuse).
+        A probe's recorded pid counts only if that process started after this run (no pid reuse), and
+        only where the daemon shares our pid namespace.
         """
-        for pid in self.recorded_pids():
+        for pid in self.recorded_pids() if self.logged_pids_are_ours else ():
             try:
                 if psutil.Process(pid).create_time() >= self.started_at - 1:
                     self.track(pid)

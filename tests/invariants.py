@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import zmq
 
-from procguard.protocol import encode_request
+from procguard.testing import ControlClient
 from tests.helpers import REPO, DaemonRun, wait_until
 
 RECORDER = str(REPO / "tests" / "programs" / "recorder.py")
@@ -74,34 +73,6 @@ def toml_str(s: str) -> str:
     return json.dumps(s)
 
 
-class Control:
-    """A DEALER on the daemon's control socket: one request, one reply, within a deadline."""
-
-    def __init__(self, endpoint: str) -> None:
-        self._ctx = zmq.Context()
-        self.sock = self._ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.connect(endpoint)
-        self._n = 0
-
-    def request(self, cmd: str, args: dict[str, Any] | None = None, deadline_s: float = 30.0) -> dict[str, Any]:
-        self._n += 1
-        rid = f"r{self._n}"
-        self.sock.send(encode_request(cmd, args or {}, rid))
-        end = time.monotonic() + deadline_s
-        while True:
-            left = end - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
-                raise AssertionError(f"no reply to {cmd} {args} within {deadline_s}s")
-            reply = json.loads(self.sock.recv())
-            if reply.get("id") == rid:
-                return reply
-
-    def close(self) -> None:
-        self.sock.close()
-        self._ctx.term()
-
-
 @dataclass
 class Expect:
     """What the model allows for one program now: the states status may show once things settle."""
@@ -126,7 +97,7 @@ class World:
     _log_offset: int = 0
     _last_state: dict[str, str] = field(default_factory=dict)
     problems_seen: list[str] = field(default_factory=list)
-    ctl: Control | None = None
+    ctl: ControlClient | None = None
     # Programs besides the recorders (the soak's web server): written into the config as they are,
     # checked for nothing but being accounted for (their group is a live process's).
     extra_toml: str = ""
@@ -152,7 +123,7 @@ class World:
 
     def start(self, *extra: str, **kw: Any) -> None:
         self.run.start(*extra, **kw)
-        self.ctl = Control(self.run.endpoint)
+        self.ctl = ControlClient(self.run.endpoint)
 
     def program_toml(self, s: Spec) -> str:
         work = self.run.work

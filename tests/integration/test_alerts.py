@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import DaemonRun, probe, prog, wait_until
-from tests.integration.test_control_socket import ctl, running, statuses
+from tests.integration.test_control_socket import running
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 
@@ -146,8 +146,8 @@ def test_one_message_per_episode_and_one_recovery_by_webhook_and_email(daemon, h
     (d.work / "healthy").touch()
     wait_until(lambda: len(hook.posts) == 2 and len(mailbox.mails) == 2, 20, "the recovery")
     # A test message goes through each alert's own sender: anything queued before it arrives first.
-    assert ctl(d, "alert", "test", "hook").returncode == 0
-    assert ctl(d, "alert", "test", "mail").returncode == 0
+    assert d.ctl("alert", "test", "hook").returncode == 0
+    assert d.ctl("alert", "test", "mail").returncode == 0
     wait_until(lambda: len(hook.posts) == 3 and len(mailbox.mails) == 3, 20, "the test messages")
 
     alert, recovery, test = hook.posts
@@ -164,7 +164,7 @@ def test_one_message_per_episode_and_one_recovery_by_webhook_and_email(daemon, h
     assert mailbox.mails[0]["X-Procguard-Kind"] == "alert" and mailbox.mails[1]["X-Procguard-Kind"] == "recovery"
     # Delivery is itself in the event stream.
     assert [e["kind"] for e in sent(d, "hook")] == ["alert", "recovery", "test"]
-    r = ctl(d, "events", "--json")
+    r = d.ctl("events", "--json")
     kinds = [(e["fields"]["alert"], e["fields"]["kind"]) for e in map(json.loads, r.stdout.splitlines())
              if e["event"] == "alert_sent"]
     assert ("hook", "recovery") in kinds and ("mail", "recovery") in kinds, r.stdout
@@ -179,15 +179,15 @@ def test_a_burst_is_one_batched_message(daemon, hook, mailbox):
                    + webhook_alert("hook", hook.url, batch_window="3s")
                    + email_alert("mail", mailbox.port, batch_window="3s"))
     d.start()
-    assert ctl(d, "start", "burst").returncode == 7  # every one failed (supervisorctl: 7, a failed start; #14)
+    assert d.ctl("start", "burst").returncode == 7  # every one failed (supervisorctl: 7, a failed start; #14)
     wait_until(lambda: hook.posts and mailbox.mails, 20, "the batch")
     wait_until(lambda: len(sent(d, "hook")) >= 1 and len(sent(d, "mail")) >= 1, 20, "alert_sent")
-    assert ctl(d, "alert", "test", "webonly").returncode == 0  # its sender had nothing queued before
+    assert d.ctl("alert", "test", "webonly").returncode == 0  # its sender had nothing queued before
     batch, test = hook.posts
     assert test["alert"] == "webonly" and test["kind"] == "test"
     assert batch["alert"] == "hook" and batch["kind"] == "batch" and len(batch["notices"]) == 4, batch
     assert {n["trigger"] for n in batch["notices"]} == {"fatal"}
-    assert sorted(n["process"] for n in batch["notices"]) == sorted(n for n in statuses(d) if n != "web")
+    assert sorted(n["process"] for n in batch["notices"]) == sorted(n for n in d.status() if n != "web")
     assert batch["text"].splitlines()[0].endswith("4 notices (4 alerts, 0 recoveries):")
     [mail] = mailbox.mails
     assert mail["Subject"].endswith("4 notices (4 alerts, 0 recoveries)")
@@ -199,7 +199,7 @@ def test_a_receiver_down_at_first_gets_the_message_on_a_retry(daemon, hook):
     d.write_config(prog("bad", ["sh", "-c", "exit 1"], startretries=0, autostart=False)
                    + webhook_alert("hook", hook.url, batch_window="0s"))
     d.start()
-    ctl(d, "start", "bad")
+    d.ctl("start", "bad")
     wait_until(lambda: d.events("alert_retrying", alert="hook"), 20, "a failed first attempt")
     assert "ConnectionRefusedError" in d.events("alert_retrying")[0]["error"]
     hook.up()
@@ -220,15 +220,15 @@ def test_the_daemon_answers_while_a_receiver_hangs(daemon, hook, mailbox):
                    + email_alert("mail", mailbox.port, batch_window="0s"))
     d.start()
     running(d, "web")
-    ctl(d, "start", "bad")
+    d.ctl("start", "bad")
     wait_until(lambda: hook.held, 20, "the webhook request held by the receiver")
     # The other alert is not held up, and the stream and the control socket serve on.
     wait_until(lambda: mailbox.mails, 20, "the email, while the webhook hangs")
     for _ in range(3):
-        assert statuses(d)["web"]["state"] == "RUNNING"
-        r = ctl(d, "restart", "web")
+        assert d.status()["web"]["state"] == "RUNNING"
+        r = d.ctl("restart", "web")
         assert r.returncode == 0, r.stdout + r.stderr
-    r = ctl(d, "events", "--json", "web")
+    r = d.ctl("events", "--json", "web")
     assert sum(1 for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "process_restarting") == 3
     assert hook.held == 1 and not hook.posts
     hook.release.set()
@@ -240,15 +240,15 @@ def test_alert_test_reports_delivery_and_unknown_names(daemon, hook):
     d = daemon()
     d.write_config(prog("web", probe(d.work, "web"), startsecs=0) + webhook_alert("hook", hook.url, retries=0))
     d.start()
-    r = ctl(d, "alert", "test", "hook")  # the receiver is down
+    r = d.ctl("alert", "test", "hook")  # the receiver is down
     assert r.returncode == 1 and "hook: ERROR (ConnectionRefusedError" in r.stdout, r.stdout + r.stderr
     [failed] = d.events("alert_failed", alert="hook")
     assert failed["kind"] == "test" and failed["attempts"] == 1
     hook.up()
-    r = ctl(d, "alert", "test", "hook")
+    r = d.ctl("alert", "test", "hook")
     assert r.returncode == 0 and r.stdout.strip() == "hook: test message delivered", r.stdout
     assert hook.posts[0]["kind"] == "test" and "test message from procguard" in hook.posts[0]["text"]
-    r = ctl(d, "alert", "test", "nosuch")
+    r = d.ctl("alert", "test", "nosuch")
     assert r.returncode == 2 and "no such alert: nosuch (alerts: hook)" in r.stderr, r.stderr
 
 
@@ -268,7 +268,7 @@ def test_a_crash_loop_is_one_alert_and_ends_after_a_quiet_window(daemon, hook):
     assert alert["kind"] == "alert" and alert["notices"][0]["trigger"] == "crash_loop"
     assert "loopy is crash-looping: 3 exits in 3s" in alert["text"], alert["text"]
     assert recovery["kind"] == "recovery" and "loopy has run 3s without exiting" in recovery["text"]
-    assert statuses(d)["loopy"]["state"] == "RUNNING"
+    assert d.status()["loopy"]["state"] == "RUNNING"
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command for a test certificate")
@@ -303,7 +303,7 @@ def test_https_webhook_and_starttls_email_with_credentials_from_a_file(daemon, t
                                      credentials_file=str(creds)))
         d.start()
         for name in ("hook", "mail"):
-            r = ctl(d, "alert", "test", name)
+            r = d.ctl("alert", "test", name)
             assert r.returncode == 0, r.stdout + r.stderr + str(d.events("alert_failed"))
         assert hook.posts[0]["kind"] == "test" and hook.url.startswith("https://")
         assert logins == [(b"alerts@example.com", b"s3cr:et")]
@@ -367,8 +367,8 @@ def test_dropped_output_alerts_once_per_episode(daemon, hook):
                    + webhook_alert("hook", hook.url, batch_window="0s"))
     d.start()
     wait_until(lambda: hook.posts, 20, "the alert")
-    wait_until(lambda: statuses(d)["noisy"]["output_dropped_bytes"] > 500, 20, "more bytes dropped")
-    assert ctl(d, "alert", "test", "hook").returncode == 0  # behind anything else queued for the receiver
+    wait_until(lambda: d.status()["noisy"]["output_dropped_bytes"] > 500, 20, "more bytes dropped")
+    assert d.ctl("alert", "test", "hook").returncode == 0  # behind anything else queued for the receiver
     alert, test = hook.posts
     assert alert["notices"][0]["trigger"] == "output_dropped"
     assert alert["text"].endswith("noisy stdout output is being dropped (write_failed: /dev/full)")

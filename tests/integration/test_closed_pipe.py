@@ -9,13 +9,12 @@ import sys
 
 from tests.helpers import REPO, DaemonRun, prog, wait_until
 
-CTL = [sys.executable, "-m", "procguardctl"]
 EXIT_BROKEN_PIPE = 141  # what a shell reports for cat killed by SIGPIPE: 128 + 13
 
 
 def piped_into_head(d: DaemonRun, *args: str, lines: int = 1) -> tuple[int, str, str]:
     """Run `procguardctl ARGS | head -LINES` with real pipes; return (ctl's exit code, its stderr, head's output)."""
-    ctl = subprocess.Popen([*CTL, "-s", d.endpoint, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ctl = subprocess.Popen(d.ctl_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            stdin=subprocess.DEVNULL)
     head = subprocess.Popen(["head", f"-{lines}"], stdin=ctl.stdout, stdout=subprocess.PIPE)
     assert ctl.stdout is not None and ctl.stderr is not None
@@ -46,7 +45,7 @@ def test_short_output_to_a_pipe_already_closed_ends_quietly(daemon):
         r, w = os.pipe()
         os.close(r)  # the reader is gone before procguardctl writes its one line
         try:
-            done = subprocess.run([*CTL, "-s", d.endpoint, *args], stdout=w, stderr=subprocess.PIPE,
+            done = subprocess.run(d.ctl_argv(*args), stdout=w, stderr=subprocess.PIPE,
                                   stdin=subprocess.DEVNULL, timeout=60)
         finally:
             os.close(w)

@@ -1,6 +1,7 @@
 """The in-process control API (Supervisor) with real children: what the control socket will adapt."""
 
 import asyncio
+import ctypes
 import os
 import shutil
 import signal
@@ -13,43 +14,60 @@ import pytest
 
 from procguard.config.load import load_config
 from procguard.errors import ConfigError, ControlError
-from procguard.runtime.realos import RealOS
 from procguard.engine.states import ProcessState
 from procguard.engine.supervisor import Supervisor
 from tests.helpers import alive, probe, toml_list
+from procguard.daemon import Daemon
+from procguard.testing import ControlClient
 
 Body = Callable[[Supervisor, Path], Awaitable[None]]
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
 
 
 def run(config_text: Callable[[Path], str], body: Body) -> None:
-    """Run `body` against a Supervisor on a real loop; stop everything and prove no child survives."""
+    """Run `body` against the Supervisor of a real Daemon (procguard.daemon's own wiring) on this loop.
+
+    The daemon serves its control socket; once that answers, `body` runs, then a `shutdown` over the
+    socket stops everything the daemon's way, and no child may survive.
+    """
     work = Path(tempfile.mkdtemp(prefix="procguard-api-"))
     cfg = work / "procguard.toml"
-    cfg.write_text(f'[procguard]\nlogdir = "{work}/logs"\n' + config_text(work))
+    endpoint = f"ipc://{work}/control.sock"
+    cfg.write_text(f'[procguard]\nlogdir = "{work}/logs"\ncontrol = "{endpoint}"\n' + config_text(work))
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        osapi = RealOS(loop, str(work / "logs"))
-        sup = Supervisor(load_config(cfg), osapi)
-        osapi.on_reaped = sup.child_reaped
-        osapi.on_spawned = sup.process_spawned
-        loop.add_signal_handler(signal.SIGCHLD, osapi.reap)
+        daemon = Daemon(load_config(cfg))
+        running = asyncio.create_task(daemon.run())
+        client = ControlClient(endpoint)
         try:
-            await body(sup, work)
+            ready = asyncio.create_task(asyncio.to_thread(client.request, "version", None, 60.0))
+            await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+            assert not running.done(), f"the daemon exited with {running.result()}"
+            assert (await ready)["ok"]
+            try:
+                await body(daemon.supervisor, work)
+            finally:
+                assert (await asyncio.to_thread(client.request, "shutdown", None, 60.0))["ok"]
+                assert await running == 0
         finally:
-            await sup.stop_all()
-            loop.remove_signal_handler(signal.SIGCHLD)
-            osapi.reap()
+            client.close()
+            running.cancel()
 
     try:
-        asyncio.run(asyncio.wait_for(main(), 60))
+        asyncio.run(asyncio.wait_for(main(), 120))
     finally:
+        set_subreaper(False)  # Daemon.run made this test process a subreaper, as it does the daemon
         pids = [int(x) for x in (work / "pids").read_text().split()] if (work / "pids").exists() else []
         survivors = [p for p in pids if alive(p)]
         for p in survivors:
             os.kill(p, signal.SIGKILL)
         shutil.rmtree(work, ignore_errors=True)
         assert not survivors, f"survivors: {survivors}"
+
+
+def set_subreaper(on: bool) -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER, on): see prctl(2)."""
+    assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
 
 
 def prog(name: str, argv: list[str], extra: str = "") -> str:

@@ -8,26 +8,18 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import zmq
 
 from procguard.protocol import encode_request
-from tests.helpers import REPO, DaemonRun, probe, prog, wait_until
+from tests.helpers import CTL, REPO, DaemonRun, free_port, probe, prog, wait_until
 
-CTL = [sys.executable, "-m", "procguardctl"]
-
-
-def ctl(d: DaemonRun, *args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run procguardctl against d's endpoint; return the finished process (stdout, stderr, returncode)."""
-    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=env)
 
 
 def ctl_bg(d: DaemonRun, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*CTL, "-s", d.endpoint, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(d.ctl_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, stdin=subprocess.DEVNULL)
 
 
@@ -36,14 +28,8 @@ def columns(out: str) -> dict[str, str]:
     return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
 
 
-def statuses(d: DaemonRun) -> dict[str, dict]:
-    r = ctl(d, "--json", "status")
-    assert r.returncode in (0, 3), r.stderr
-    return {s["name"]: s for s in json.loads(r.stdout)}
-
-
 def running(d: DaemonRun, *names: str) -> None:
-    wait_until(lambda: all(statuses(d).get(n, {}).get("state") == "RUNNING" for n in names), 20,
+    wait_until(lambda: all(d.status().get(n, {}).get("state") == "RUNNING" for n in names), 20,
                f"{names} RUNNING")
 
 
@@ -57,18 +43,18 @@ def test_status_reads_like_supervisorctl_and_exits_3_when_not_all_running(daemon
                    + prog("manual", probe(d.work, "manual"), autostart=False))
     d.start()
     running(d, "web", "worker:worker_00", "worker:worker_01")
-    r = ctl(d, "status")
+    r = d.ctl("status")
     assert r.returncode == 3, r  # "manual" is STOPPED
     assert columns(r.stdout) == {"web": "RUNNING", "worker:worker_00": "RUNNING", "worker:worker_01": "RUNNING",
                                  "manual": "STOPPED"}
     lines = {line.split()[0]: line for line in r.stdout.splitlines()}
-    pid = statuses(d)["web"]["pid"]
+    pid = d.status()["web"]["pid"]
     assert lines["web"].startswith("web" + " " * 30 + "RUNNING   pid %d, uptime 0:00:" % pid)
     assert lines["manual"].rstrip().endswith("STOPPED   not started")
     assert "\x1b[" not in r.stdout  # no colour when stdout is not a terminal
-    r = ctl(d, "status", "web", "worker:*")
+    r = d.ctl("status", "web", "worker:*")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 3
-    r = ctl(d, "status", "manual")
+    r = d.ctl("status", "manual")
     assert r.returncode == 3
 
 
@@ -79,7 +65,7 @@ def test_status_is_coloured_only_on_a_terminal(daemon):
     running(d, "web")
     primary, secondary = os.openpty()
     try:
-        proc = subprocess.run([*CTL, "-s", d.endpoint, "status"], stdout=secondary, stderr=subprocess.PIPE,
+        proc = subprocess.run(d.ctl_argv("status"), stdout=secondary, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, timeout=30, env={k: v for k, v in os.environ.items()
                                                                           if k != "NO_COLOR"})
         os.close(secondary)
@@ -99,7 +85,7 @@ def test_status_is_coloured_only_on_a_terminal(daemon):
             os.close(secondary)
     assert proc.returncode == 0
     assert b"\x1b[32mRUNNING  \x1b[0m" in out, out
-    assert "\x1b[" not in ctl(d, "status").stdout
+    assert "\x1b[" not in d.ctl("status").stdout
 
 
 def test_status_shows_the_reason_for_backoff_and_fatal(daemon):
@@ -112,7 +98,7 @@ def test_status_shows_the_reason_for_backoff_and_fatal(daemon):
     d.start()
     d.wait_state("crashy", "BACKOFF")
     d.wait_state("doomed", "FATAL")
-    r = ctl(d, "status")
+    r = d.ctl("status")
     assert r.returncode == 3
     lines = {line.split()[0]: line for line in r.stdout.splitlines()}
     assert "BACKOFF   exited too quickly (exit status 3), retry in " in lines["crashy"]
@@ -126,11 +112,11 @@ def test_status_long_shows_memory_and_cpu_of_the_process_tree(daemon):
     d.start()
     running(d, "app")
     wait_until(lambda: any("worker" in e for e in d.probe_events()), what="the app's worker")
-    r = ctl(d, "--json", "status", "--long")
+    r = d.ctl("--json", "status", "--long")
     assert r.returncode == 0, r.stderr
     [st] = json.loads(r.stdout)
     assert st["tree_pids"] == 2 and st["rss_bytes"] > 1_000_000 and st["cpu_percent"] >= 0
-    r = ctl(d, "status", "-l")
+    r = d.ctl("status", "-l")
     header, line = r.stdout.splitlines()
     assert header.split()[:5] == ["NAME", "STATE", "CPU%", "RSS", "PROCS"]
     assert line.split()[:2] == ["app", "RUNNING"] and "MiB" in line.split()[3] and line.split()[4] == "2"
@@ -143,24 +129,24 @@ def test_start_stop_restart_print_supervisorctl_lines(daemon):
                           backoff_initial="30s"))
     d.start()
     running(d, "web")
-    first = statuses(d)["web"]["pid"]
-    r = ctl(d, "restart", "web")
+    first = d.status()["web"]["pid"]
+    r = d.ctl("restart", "web")
     assert (r.returncode, r.stdout) == (0, "web: stopped\nweb: started\n"), r
-    second = statuses(d)["web"]["pid"]
-    assert second != first and statuses(d)["web"]["state"] == "RUNNING"
-    r = ctl(d, "stop", "web")
+    second = d.status()["web"]["pid"]
+    assert second != first and d.status()["web"]["state"] == "RUNNING"
+    r = d.ctl("stop", "web")
     assert (r.returncode, r.stdout) == (0, "web: stopped\n")
-    assert statuses(d)["web"]["state"] == "STOPPED"
+    assert d.status()["web"]["state"] == "STOPPED"
     # supervisorctl's texts and exit codes (issue #14): a stop of a stopped process and a start of a running
     # one are errors in the text only.
-    r = ctl(d, "stop", "web")
+    r = d.ctl("stop", "web")
     assert (r.returncode, r.stdout) == (0, "web: ERROR (not running)\n")
-    r = ctl(d, "start", "web")
+    r = d.ctl("start", "web")
     assert (r.returncode, r.stdout) == (0, "web: started\n")
-    r = ctl(d, "start", "web")
+    r = d.ctl("start", "web")
     assert (r.returncode, r.stdout) == (0, "web: ERROR (already started)\n")
     # A failed start exits 7 (supervisorctl's not running); procguard's reason goes to stderr and --json.
-    r = ctl(d, "start", "broken")
+    r = d.ctl("start", "broken")
     assert (r.returncode, r.stdout) == (7, "broken: ERROR (abnormal termination)\n")
     assert r.stderr.startswith("procguardctl: broken: exited too quickly (exit status 4), retry in "), r.stderr
 
@@ -170,19 +156,19 @@ def test_names_errors_and_usage_have_their_exit_codes(daemon):
     d.write_config(prog("web", probe(d.work, "web"), startsecs=0))
     d.start()
     running(d, "web")
-    r = ctl(d, "start", "nope")
+    r = d.ctl("start", "nope")
     assert (r.returncode, r.stdout) == (1, "nope: ERROR (no such process)\n")
-    r = ctl(d, "--json", "start", "nope")
+    r = d.ctl("--json", "start", "nope")
     assert r.returncode == 1 and json.loads(r.stdout)["error"]["code"] == "no_such_process"
-    r = ctl(d, "status", "web", "ghost:*")
+    r = d.ctl("status", "web", "ghost:*")
     assert r.returncode == 4 and r.stdout.splitlines()[0] == "ghost: ERROR (no such group)"
-    r = ctl(d, "start")  # no names
+    r = d.ctl("start")  # no names
     assert r.returncode == 2 and "usage" in r.stderr
-    r = ctl(d, "frobnicate")
+    r = d.ctl("frobnicate")
     assert r.returncode == 2
-    r = ctl(d, "signal", "NOTASIG", "web")
+    r = d.ctl("signal", "NOTASIG", "web")
     assert (r.returncode, r.stdout) == (1, "web: ERROR (bad signal name)\n")
-    assert statuses(d)["web"]["state"] == "RUNNING"
+    assert d.status()["web"]["state"] == "RUNNING"
 
 
 def test_signal_pid_version_and_json(daemon):
@@ -192,21 +178,21 @@ def test_signal_pid_version_and_json(daemon):
                    + prog("idle", probe(d.work, "idle"), autostart=False))
     d.start()
     running(d, "trap")
-    pid = statuses(d)["trap"]["pid"]
-    r = ctl(d, "pid", "trap")
+    pid = d.status()["trap"]["pid"]
+    r = d.ctl("pid", "trap")
     assert (r.returncode, r.stdout) == (0, f"{pid}\n")
-    r = ctl(d, "pid", "idle")
+    r = d.ctl("pid", "idle")
     assert (r.returncode, r.stdout) == (7, "0\n")  # supervisorctl: not running
-    r = ctl(d, "pid")
+    r = d.ctl("pid")
     assert (r.returncode, r.stdout) == (0, f"{d.proc.pid}\n")
-    r = ctl(d, "--json", "version")
+    r = d.ctl("--json", "version")
     assert json.loads(r.stdout) == {"version": "0.1.0", "protocol": 1, "pid": d.proc.pid,
                                        "log_dropped_lines": 0}
-    r = ctl(d, "signal", "usr1", "trap")
+    r = d.ctl("signal", "usr1", "trap")
     assert (r.returncode, r.stdout) == (0, "trap: signalled\n")
     wait_until(lambda: f"trap {pid} got SIGUSR1" in d.probe_events(), what="the signal at the child")
     d.wait_state("trap", "EXITED")
-    r = ctl(d, "--json", "signal", "HUP", "trap")
+    r = d.ctl("--json", "signal", "HUP", "trap")
     assert r.returncode == 7 and json.loads(r.stdout)[0]["ok"] is False
 
 
@@ -217,23 +203,23 @@ def test_reload_lists_changes_and_a_refused_config_keeps_the_old_one(daemon):
                    + prog("drop", probe(d.work, "drop"), startsecs=0))
     d.start()
     running(d, "keep", "change", "drop")
-    keep_pid = statuses(d)["keep"]["pid"]
+    keep_pid = d.status()["keep"]["pid"]
     d.write_config(prog("keep", probe(d.work, "keep"), startsecs=0)
                    + prog("change", probe(d.work, "change"), startsecs=0, stopwaitsecs="3s")
                    + prog("new", probe(d.work, "new"), startsecs=0))
-    r = ctl(d, "reload")
+    r = d.ctl("reload")
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["change: changed", "drop: removed", "new: added"]
-    assert set(statuses(d)) == {"keep", "change", "new"}
-    assert statuses(d)["keep"]["pid"] == keep_pid
+    assert set(d.status()) == {"keep", "change", "new"}
+    assert d.status()["keep"]["pid"] == keep_pid
     # A bad file: every problem named, the old config keeps running untouched.
     d.write_config(prog("keep", probe(d.work, "keep"), startsecs="soon", stopsignal="NOPE"))
-    r = ctl(d, "reload")
+    r = d.ctl("reload")
     assert r.returncode == 1
     assert "procguard.toml: [program.keep] startsecs" in r.stderr and "stopsignal" in r.stderr
     assert "[bad_config]" in r.stderr
-    assert set(statuses(d)) == {"keep", "change", "new"} and statuses(d)["keep"]["pid"] == keep_pid
-    r = ctl(d, "--json", "reload")
+    assert set(d.status()) == {"keep", "change", "new"} and d.status()["keep"]["pid"] == keep_pid
+    r = d.ctl("--json", "reload")
     assert json.loads(r.stdout)["error"]["code"] == "bad_config"
 
 
@@ -242,13 +228,13 @@ def test_shutdown_replies_then_stops_everything(daemon):
     d.write_config(prog("web", probe(d.work, "web"), startsecs=0))
     d.start()
     running(d, "web")
-    pid = statuses(d)["web"]["pid"]
-    r = ctl(d, "shutdown")
+    pid = d.status()["web"]["pid"]
+    r = d.ctl("shutdown")
     assert (r.returncode, r.stdout) == (0, f"procguard (pid {d.proc.pid}) is shutting down\n")
     assert d.proc.wait(30) == 0
     assert not Path(d.endpoint[len("ipc://"):]).exists()
     assert pid in d.recorded_pids() and not d.survivors()
-    r = ctl(d, "status")
+    r = d.ctl("status")
     assert r.returncode == 4 and "no socket there" in r.stderr
 
 
@@ -264,7 +250,7 @@ def test_endpoint_comes_from_env_then_config(daemon):
     assert r.returncode == 0 and r.stdout.startswith("web ")
     # -s wins over the environment.
     env["PROCGUARD_CONTROL"] = f"ipc://{d.work}/elsewhere.sock"
-    r = subprocess.run([*CTL, "-s", d.endpoint, "status"], capture_output=True, text=True, env=env, timeout=30)
+    r = subprocess.run(d.ctl_argv("status"), capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 0
 
 
@@ -299,9 +285,9 @@ def test_status_answers_while_a_slow_program_stops(daemon):
     stopper = ctl_bg(d, "stop", "slow")
     try:
         d.wait_state("slow", "STOPPING")
-        st = statuses(d)  # answers while the stop waits out stopwaitsecs
+        st = d.status()  # answers while the stop waits out stopwaitsecs
         assert st["slow"]["state"] == "STOPPING" and st["fast"]["state"] == "RUNNING"
-        r = ctl(d, "restart", "fast")  # another program is served meanwhile
+        r = d.ctl("restart", "fast")  # another program is served meanwhile
         assert r.returncode == 0
         assert stopper.poll() is None and d.state("slow") == "STOPPING"
         out, _ = stopper.communicate(timeout=30)
@@ -366,7 +352,7 @@ def test_socket_and_directory_are_private_by_default(daemon):
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o750
     assert stat.S_IMODE(sock.stat().st_mode) == 0o660
     running(d, "web")
-    assert ctl(d, "status").returncode == 0
+    assert d.ctl("status").returncode == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand a directory to nobody")
@@ -397,7 +383,7 @@ def test_a_second_daemon_on_the_same_endpoint_refuses_to_start(daemon):
     [ev] = second.events("control_setup_failed")
     assert f"another procguard (pid {first.proc.pid}) already serves {first.endpoint}" in ev["error"]
     assert not second.reports("two")  # it refused before starting anything
-    assert columns(ctl(first, "status").stdout) == {"one": "RUNNING"}  # the first keeps its socket
+    assert columns(first.ctl("status").stdout) == {"one": "RUNNING"}  # the first keeps its socket
 
 
 def _run_as_nobody(argv: list[str], group: str | None = None) -> tuple[int, str]:
@@ -448,7 +434,7 @@ def test_an_unauthorised_uid_is_refused_by_the_socket_and_by_zap(daemon):
     assert code == 4 and "not authorised" in out, out
     [ev] = d.events("control_peer_refused")
     assert ev["uid"] == pwd.getpwnam("nobody").pw_uid
-    assert statuses(d)["web"]["state"] == "RUNNING"
+    assert d.status()["web"]["state"] == "RUNNING"
 
 
 @needs_root
@@ -465,15 +451,9 @@ def test_members_of_control_group_are_admitted(daemon):
     assert code == 0 and out.split()[:2] == ["web", "RUNNING"], out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tcp_without_curve_keys_refuses_to_start(daemon):
     d = daemon()
-    d.write_config(f'[procguard]\nlogdir = "logs"\ncontrol = "tcp://127.0.0.1:{_free_port()}"\n'
+    d.write_config(f'[procguard]\nlogdir = "logs"\ncontrol = "tcp://127.0.0.1:{free_port()}"\n'
                    + prog("web", probe(d.work, "web"), startsecs=0))
     d.start(wait=False)
     assert d.proc.wait(30) == 1
@@ -491,7 +471,7 @@ def test_tcp_with_curve_keys_admits_only_authorised_clients(daemon):
         assert stat.S_IMODE((keys / f"{name}.key_secret").stat().st_mode) == 0o600
     (keys / "authorized").mkdir()
     (keys / "authorized" / "client.key").write_bytes((keys / "client.key").read_bytes())
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     d.write_config(f'[procguard]\nlogdir = "logs"\ncontrol = "{endpoint}"\n'
                    '[procguard.curve]\nserver_secret_key = "keys/server.key_secret"\n'
                    'authorized_clients = "keys/authorized"\nclient_secret_key = "keys/client.key_secret"\n\n'
@@ -511,8 +491,8 @@ def test_tcp_with_curve_keys_admits_only_authorised_clients(daemon):
 
 
 def statuses_over(d: DaemonRun, keys: Path) -> dict[str, dict]:
-    r = subprocess.run([*CTL, "-s", d.endpoint, "--server-key", str(keys / "server.key"),
-                        "--client-key", str(keys / "client.key_secret"), "--json", "status"],
+    r = subprocess.run(d.ctl_argv("--server-key", str(keys / "server.key"),
+                        "--client-key", str(keys / "client.key_secret"), "--json", "status"),
                        capture_output=True, text=True, timeout=30)
     return {s["name"]: s for s in json.loads(r.stdout)}
 
@@ -583,12 +563,12 @@ def test_a_frame_above_the_socket_limit_drops_only_that_peer(daemon):
         big.linger = 0
         big.connect(d.endpoint)
         big.send(b"x" * (2 * 1024 * 1024))
-        assert statuses(d)["web"]["state"] == "RUNNING"
+        assert d.status()["web"]["state"] == "RUNNING"
         assert big.poll(500) == 0  # no reply for a frame the socket refused to read
         big.close()
     finally:
         ctx.term()
-    assert d.proc.poll() is None and ctl(d, "status").returncode == 0
+    assert d.proc.poll() is None and d.ctl("status").returncode == 0
 
 
 def test_a_client_that_leaves_mid_command_does_not_disturb_the_daemon(daemon):
@@ -607,7 +587,7 @@ def test_a_client_that_leaves_mid_command_does_not_disturb_the_daemon(daemon):
     ctx.term()
     d.wait_state("slow", "STOPPED")
     assert d.proc.poll() is None
-    assert columns(ctl(d, "status").stdout) == {"slow": "STOPPED", "web": "RUNNING"}
+    assert columns(d.ctl("status").stdout) == {"slow": "STOPPED", "web": "RUNNING"}
     assert not d.events("control_command_failed")
 
 
@@ -669,7 +649,7 @@ def test_garbage_never_kills_the_daemon(daemon):
         ctx.term()
     assert {"bad_request", "bad_args", "unknown_command", "no_such_process"} <= set(seen)
     assert d.proc.poll() is None
-    st_ = statuses(d)
+    st_ = d.status()
     assert list(st_) == ["web"] and st_["web"]["state"] == "RUNNING"
     assert not d.events("control_command_failed")
 

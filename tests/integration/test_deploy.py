@@ -10,13 +10,9 @@ import os
 import signal
 import socket
 import sys
-import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-from tests.helpers import DaemonRun, prog, wait_until
-from tests.integration.test_sockets import CTL, FDSERVER, ctl, free_port, load_across
+from tests.helpers import DaemonRun, free_port, prog, wait_until
+from tests.integration.test_sockets import FDSERVER, load_across
 
 import subprocess
 
@@ -44,7 +40,7 @@ def web(d: DaemonRun, port: int, ready: str = "healthcheck", abrupt: bool = True
 
 
 def status(d: DaemonRun, name: str = "web") -> dict:
-    r = ctl(d, "--json", "status", name)
+    r = d.ctl("--json", "status", name)
     [st] = json.loads(r.stdout)
     return st
 
@@ -77,7 +73,7 @@ def test_deploy_switches_to_a_ready_next_generation_with_no_failed_request(daemo
     out: list[subprocess.CompletedProcess[str]] = []
 
     def deploy() -> None:
-        out.append(ctl(d, "deploy", "web"))
+        out.append(d.ctl("deploy", "web"))
 
     results, errors = load_across(port, deploy, lambda answers, _: sum(a.startswith("v2 ") for a in answers) >= 10)
     assert out[0].returncode == 0, out[0].stdout + out[0].stderr
@@ -112,7 +108,7 @@ def broken_deploy(d: DaemonRun, port: int, mode: str) -> tuple[subprocess.Comple
 
     def deploy() -> None:
         release(d, "v2", mode)
-        out.append(ctl(d, "deploy", "web"))
+        out.append(d.ctl("deploy", "web"))
 
     results, errors = load_across(port, deploy, lambda answers, returned: len(answers) >= returned + 10)
     return out[0], results, errors
@@ -135,7 +131,7 @@ def test_a_broken_release_never_goes_live(daemon):
         wait_until(lambda: not _alive(next_pid), what="the failed next generation gone")
     # The exit release's own last words come back with the failure.
     release(d, "v3", "exit")
-    r = ctl(d, "deploy", "web")
+    r = d.ctl("deploy", "web")
     assert r.returncode == 1 and "v3: release is broken" in r.stdout, r.stdout
 
 
@@ -163,7 +159,7 @@ def test_a_failed_deploy_replies_with_the_next_generations_own_last_lines_under_
 
     def deploy() -> None:
         release(d, "v2", "stuck")  # prints a traceback, then never becomes ready (start_timeout 5s)
-        out.append(ctl(d, "--json", "deploy", "web"))
+        out.append(d.ctl("--json", "deploy", "web"))
 
     results, errors = load_across(port, deploy, lambda answers, returned: len(answers) >= returned + 10)
     assert errors == [] and set(results) == {f"v1 {pid}\n"}, (errors[:5], set(results))
@@ -173,7 +169,7 @@ def test_a_failed_deploy_replies_with_the_next_generations_own_last_lines_under_
     assert reply["output"][-1] == "ImportError: v2: No module named 'app'", reply["output"]
     assert not any(ACCESS_LINE in line for line in reply["output"]), reply["output"]
     # The current generation's access log did go on, in the process's log meanwhile.
-    r = ctl(d, "tail", "web", "stderr")
+    r = d.ctl("tail", "web", "stderr")
     assert ACCESS_LINE in r.stdout.splitlines()[-1], r.stdout[-500:]
 
 
@@ -201,21 +197,21 @@ def test_a_failing_oneshot_stops_the_deploy_before_the_service_is_touched(daemon
     pid = status(d)["pid"]
     flag.write_text("")
     release(d, "v2")
-    r = ctl(d, "deploy", "web")
+    r = d.ctl("deploy", "web")
     assert r.returncode == 1 and "job migrate failed" in r.stdout, r.stdout
     assert d.reports("v2") == []  # no next generation was even started
     st = status(d)
     assert st["pid"] == pid and st["last_deploy"]["step"] == "jobs"
     # Fixed migration: the deploy runs it again, then replaces the service.
     flag.unlink()
-    r = ctl(d, "--json", "deploy", "web")
+    r = d.ctl("--json", "deploy", "web")
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(d.events("process_spawned", process="migrate")) == 3  # at start, the failed deploy, this one
     assert d.state("migrate") == "EXITED"
     assert json.loads(r.stdout)[0]["generation"] == 2 and status(d)["pid"] != pid
     # All of it: the job runs once for both services (and is not run a second time for itself); the
     # worker, without held sockets, is stopped, then started.
-    r = ctl(d, "--json", "deploy", "all")
+    r = d.ctl("--json", "deploy", "all")
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(d.events("process_spawned", process="migrate")) == 4
     by_name = {row["name"]: row for row in json.loads(r.stdout)}
@@ -228,11 +224,11 @@ def test_restart_replaces_by_an_overlapping_next_generation_and_a_broken_one_kee
     d, port = serving_v1(daemon)
     pid = status(d)["pid"]
     release(d, "v2", "status503")
-    r = ctl(d, "restart", "web")
+    r = d.ctl("restart", "web")
     assert r.returncode == 1 and "HTTP 503" in r.stdout, r.stdout
     assert get_any(port) == (200, f"v1 {pid}\n") and status(d)["pid"] == pid
     release(d, "v3")
-    r = ctl(d, "restart", "web")
+    r = d.ctl("restart", "web")
     assert r.returncode == 0, r.stdout + r.stderr
     [ok] = d.events("deploy_succeeded", process="web")
     assert ok["trigger"] == "restart" and ok["generation"] == 2 and ok["previous_pid"] == pid
@@ -245,7 +241,7 @@ def test_restart_replaces_by_an_overlapping_next_generation_and_a_broken_one_kee
 
 
 def rolled(d: DaemonRun) -> list[dict]:
-    return [st for st in json.loads(ctl(d, "--json", "status", "web").stdout)]
+    return [st for st in json.loads(d.ctl("--json", "status", "web").stdout)]
 
 
 def test_numprocs_on_one_socket_roll_one_at_a_time_and_a_failure_stops_the_roll(daemon):
@@ -261,7 +257,7 @@ def test_numprocs_on_one_socket_roll_one_at_a_time_and_a_failure_stops_the_roll(
     before = [st["pid"] for st in rolled(d)]
     release(d, "v2")
     out: list[subprocess.CompletedProcess[str]] = []
-    results, errors = load_across(port, lambda: out.append(ctl(d, "deploy", "web")),
+    results, errors = load_across(port, lambda: out.append(d.ctl("deploy", "web")),
                                   lambda answers, returned: len(answers) >= returned + 10)
     assert out[0].returncode == 0, out[0].stdout + out[0].stderr
     assert errors == []
@@ -273,7 +269,7 @@ def test_numprocs_on_one_socket_roll_one_at_a_time_and_a_failure_stops_the_roll(
     assert order == [(ev, f"web:web_{n}") for n in range(3) for ev in ("deploy_started", "deploy_succeeded")]
     # A broken release: the first process's next generation fails, the roll stops, all three serve on.
     release(d, "v3", "exit")
-    r = ctl(d, "deploy", "web")
+    r = d.ctl("deploy", "web")
     assert r.returncode == 1 and "the roll stopped" in r.stdout, r.stdout
     assert [st["pid"] for st in rolled(d)] == [st["pid"] for st in after]
     assert len(d.reports("v3")) == 1
@@ -307,12 +303,12 @@ def test_a_unix_socket_switches_by_an_atomic_rename(daemon):
     d.wait_state("web", "RUNNING")
     old = status(d)["pid"]
     release(d, "v2", "status503")
-    r = ctl(d, "deploy", "web")
+    r = d.ctl("deploy", "web")
     assert r.returncode == 1 and "HTTP 503" in r.stdout, r.stdout
     assert not os.path.exists(path + ".next") and get_unix(path) == f"v1 {old}\n"
     release(d, "v2")
     out: list[subprocess.CompletedProcess[str]] = []
-    results, errors = load_across(0, lambda: out.append(ctl(d, "deploy", "web")),
+    results, errors = load_across(0, lambda: out.append(d.ctl("deploy", "web")),
                                   lambda answers, _: sum(a.startswith("v2 ") for a in answers) >= 10,
                                   fetch=lambda: get_unix(path))
     assert out[0].returncode == 0, out[0].stdout + out[0].stderr
@@ -344,23 +340,23 @@ def test_status_shows_both_generations_and_a_shutdown_mid_deploy_leaves_nothing(
     d, port = serving_v1(daemon, ready="notify")
     pid = status(d)["pid"]
     release(d, "v2", "silent")  # serves, never says READY=1: the replace waits (start_timeout 5s)
-    deploying = subprocess.Popen([*CTL, "-s", d.endpoint, "deploy", "web"], stdout=subprocess.PIPE, text=True)
+    deploying = subprocess.Popen(d.ctl_argv("deploy", "web"), stdout=subprocess.PIPE, text=True)
     try:
         st = wait_until(lambda: (s := status(d))["next"] and s["next"]["pid"] and s, what="the next generation")
         assert (st["state"], st["pid"], st["replace_phase"]) == ("RUNNING", pid, "starting")
         assert (st["next"]["state"], st["next"]["generation"]) == ("STARTING", 2)
-        text = ctl(d, "status", "web").stdout
+        text = d.ctl("status", "web").stdout
         assert f"pid {pid}" in text and f"next generation 2: STARTING, pid {st['next']['pid']}" in text, text
         # The operator's stop gives the replace up (no wait for start_timeout) and stops both generations.
-        r = ctl(d, "stop", "web")
+        r = d.ctl("stop", "web")
         assert r.returncode == 0 and status(d)["state"] == "STOPPED", r.stdout + r.stderr
         assert deploying.wait(30) == 1
         assert not _alive(st["next"]["pid"]) and not _alive(pid)
         release(d, "v1")
-        assert ctl(d, "start", "web").returncode == 0
+        assert d.ctl("start", "web").returncode == 0
         pid = status(d)["pid"]
         release(d, "v2", "silent")
-        deploying = subprocess.Popen([*CTL, "-s", d.endpoint, "deploy", "web"], stdout=subprocess.PIPE, text=True)
+        deploying = subprocess.Popen(d.ctl_argv("deploy", "web"), stdout=subprocess.PIPE, text=True)
         st = wait_until(lambda: (s := status(d))["next"] and s["next"]["pid"] and s, what="the next generation")
         assert d.stop() == 0  # the daemon stops mid-deploy: the next generation goes too (fixture: no survivor)
     finally:
@@ -374,7 +370,7 @@ def test_a_reload_and_a_max_age_recycle_replace_the_same_way(daemon):
     d.write_config(web(d, port, max_age="2s"))
 
     def reload() -> None:
-        r = ctl(d, "reload")
+        r = d.ctl("reload")
         assert r.returncode == 0, r.stdout + r.stderr
 
     results, errors = load_across(port, reload, lambda answers, _: len(
@@ -395,7 +391,7 @@ def test_roll_batch_replaces_that_many_processes_at_once(daemon):
     for n in range(2):
         d.wait_state(f"web:web_{n}", "RUNNING")
     release(d, "v2")
-    r = ctl(d, "deploy", "web")
+    r = d.ctl("deploy", "web")
     assert r.returncode == 0, r.stdout + r.stderr
     order = [e["event"] for e in d.events() if e.get("event") in ("deploy_started", "deploy_succeeded")]
     assert order[:2] == ["deploy_started", "deploy_started"] and order.count("deploy_succeeded") == 2

@@ -6,12 +6,11 @@ import grp
 import signal
 import shutil
 import sys
-import time
 
 import psutil
 import pytest
 
-from tests.helpers import PROBE, alive, probe, prog, wait_until
+from tests.helpers import PROBE, DaemonRun, alive, probe, prog, wait_until
 from tests.helpers import probe as base_probe
 
 
@@ -52,14 +51,20 @@ def test_autostart_programs_start_in_priority_order(daemon):
     assert d.state("manual") is None  # never started
 
 
+def uptime_s(d: DaemonRun, name: str) -> float:
+    """How long the daemon says process `name` has run (0 when not running): the clock its backoff_reset reads."""
+    reply = d.request("status", {"names": [name]})
+    assert reply["ok"], reply
+    return float(reply["result"][0]["uptime_s"] or 0.0)
+
+
 def test_crash_is_noticed_and_restarted_at_once(daemon):
     d = daemon()
     d.write_config(prog("web", probe(d.work, "web"), startsecs=0, backoff_reset="100ms"))
     d.start()
     first = d.wait_reports("web")[0]
     d.wait_state("web", "RUNNING")
-    # The probe's "t" is CLOCK_MONOTONIC, shared by every process on the machine.
-    wait_until(lambda: time.monotonic() > first["t"] + 0.2, what="a stable run")
+    wait_until(lambda: uptime_s(d, "web") > 0.2, what="a stable run (uptime past backoff_reset)")
     os.kill(first["pid"], signal.SIGKILL)
     second = d.wait_reports("web", 2)[1]
     assert second["pid"] != first["pid"]
@@ -119,8 +124,7 @@ def test_quick_failures_back_off_exponentially_and_reset_after_stable_run(daemon
     # After a stable run the counter resets: the next crash restarts at once (no BACKOFF).
     flag.unlink()
     pid = d.events("process_spawned", process="flaky")[-1]["pid"]
-    up_since = time.monotonic()  # it is RUNNING already, so it started before this
-    wait_until(lambda: time.monotonic() > up_since + 0.6, what="a stable run")
+    wait_until(lambda: uptime_s(d, "flaky") > 0.6, what="a stable run (uptime past backoff_reset)")
     n_backoff = len(d.events("process_state_changed", process="flaky", new="BACKOFF"))
     os.kill(pid, signal.SIGKILL)
     d.wait_state("flaky", "EXITED")

@@ -4,23 +4,21 @@ import json
 import os
 import pwd
 import subprocess
-import sys
 import threading
 from typing import Any
 
 import pytest
 
 from tests.helpers import DaemonRun, probe, prog, wait_until
-from tests.integration.test_control_socket import _has, _run_as_nobody, ctl, needs_root, running, statuses
+from tests.integration.test_control_socket import _has, _run_as_nobody, needs_root, running
 
-CTL = [sys.executable, "-m", "procguardctl"]
 
 
 class Follower:
     """`procguardctl events -f --json` in its own process; collects the events it prints."""
 
     def __init__(self, d: DaemonRun, *names: str) -> None:
-        self.proc = subprocess.Popen([*CTL, "-s", d.endpoint, "events", "-f", "--json", *names],
+        self.proc = subprocess.Popen(d.ctl_argv("events", "-f", "--json", *names),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      stdin=subprocess.DEVNULL)
         self.events: list[dict[str, Any]] = []
@@ -65,14 +63,14 @@ def test_events_follow_shows_a_crash_a_health_failure_and_a_reload_in_order(daem
     follower = Follower(d)
     try:
         follower.wait("daemon_started")  # the recent events come first: the stream is connected
-        crashy_pid = statuses(d)["crashy"]["pid"]
+        crashy_pid = d.status()["crashy"]["pid"]
 
-        assert ctl(d, "signal", "KILL", "crashy").returncode == 0
+        assert d.ctl("signal", "KILL", "crashy").returncode == 0
         crash = follower.wait("process_state_changed", process="crashy", new="EXITED")
         (d.work / "healthy").unlink()
         unhealthy = follower.wait("health_changed", process="web", new="unhealthy")
         d.write_config(_config(d, prog("extra", probe(d.work, "extra"), autostart=False)))
-        assert ctl(d, "reload").returncode == 0
+        assert d.ctl("reload").returncode == 0
         reloaded = follower.wait("config_reloaded", added=["extra"])
     finally:
         err = follower.close()
@@ -82,14 +80,14 @@ def test_events_follow_shows_a_crash_a_health_failure_and_a_reload_in_order(daem
     assert crash["fields"]["old"] == "RUNNING" and crash["fields"]["exit_status"] == -9
     assert crash["fields"]["expected"] is False and "SIGKILL" in crash["fields"]["exit"]
     assert unhealthy["program"] == "web" and unhealthy["fields"]["old"] == "healthy"
-    assert unhealthy["fields"]["reason"] and unhealthy["pid"] == statuses(d)["web"]["pid"]
+    assert unhealthy["fields"]["reason"] and unhealthy["pid"] == d.status()["web"]["pid"]
     assert reloaded["program"] is None and reloaded["fields"] == {"added": ["extra"], "changed": [], "removed": []}
     seqs = [e["seq"] for e in follower.events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "events out of order or repeated"
     assert not err.strip(), err
 
     # Without -f: the recent events of one program, as text, oldest first.
-    r = ctl(d, "events", "crashy")
+    r = d.ctl("events", "crashy")
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stdout.splitlines() if " process_state_changed " in line]
     assert lines and all(" crashy" in line for line in lines), r.stdout
@@ -97,7 +95,7 @@ def test_events_follow_shows_a_crash_a_health_failure_and_a_reload_in_order(daem
                and "exit_status=-9 expected=false" in line for line in lines), r.stdout
     assert "health_changed" not in r.stdout and "config_reloaded" not in r.stdout
     # --json and -n: the last N as JSON lines.
-    r = ctl(d, "events", "--json", "-n", "2", "web")
+    r = d.ctl("events", "--json", "-n", "2", "web")
     got = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(got) == 2 and all(e["program"] == "web" for e in got), r.stdout
     assert got[-1]["event"] == "health_changed"
@@ -110,7 +108,7 @@ def test_events_follow_ends_with_a_reason_when_the_daemon_stops(daemon):
     running(d, "web")
     follower = Follower(d, "web")
     follower.wait("process_state_changed", process="web", new="RUNNING")
-    assert ctl(d, "shutdown").returncode == 0
+    assert d.ctl("shutdown").returncode == 0
     follower.wait("process_state_changed", process="web", new="STOPPED")
     follower.proc.wait(20)
     _, err = follower.proc.communicate()
@@ -127,7 +125,7 @@ def test_deploy_steps_show_up_in_events_follow(daemon):
     try:
         follower.wait("process_state_changed", process="web", new="RUNNING")  # the stream is connected
         release(d, "v2")
-        r = ctl(d, "deploy", "web")
+        r = d.ctl("deploy", "web")
         assert r.returncode == 0, r.stdout + r.stderr
         done = follower.wait("deploy_succeeded", program="web")
     finally:
@@ -160,8 +158,8 @@ def test_dropped_output_is_one_event_per_episode(daemon):
                         stdout_logfile="/dev/full"))  # every write fails: ENOSPC
     d.start()
     running(d, "noisy")
-    wait_until(lambda: statuses(d)["noisy"]["output_dropped_bytes"] > 100, 20, "bytes dropped")
-    r = ctl(d, "events", "--json", "noisy")
+    wait_until(lambda: d.status()["noisy"]["output_dropped_bytes"] > 100, 20, "bytes dropped")
+    r = d.ctl("events", "--json", "noisy")
     dropped = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "output_dropped"]
     assert len(dropped) == 1, r.stdout  # one per episode, not one per write
     assert dropped[0]["process"] == "noisy" and dropped[0]["level"] == "warning"

@@ -20,10 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from procguard.testing import ControlClient
 from tests.helpers import wait_until
 from tests.invariants import DOWN, UP, Expect, Spec, World
 
-CTL = [sys.executable, "-m", "procguardctl"]
 
 
 @pytest.fixture
@@ -40,11 +40,6 @@ def world() -> Iterator[Callable[..., World]]:
     leaked = {str(w.run.work): w.cleanup() for w in made}
     leaked = {k: v for k, v in leaked.items() if v}
     assert not leaked, f"processes survived their test (killed now): {leaked}"
-
-
-def ctl(w: World, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "-s", w.run.endpoint, "--timeout", str(timeout), *args], capture_output=True,
-                          text=True, timeout=timeout + 30, stdin=subprocess.DEVNULL)
 
 
 def daemon_fds(w: World) -> int:
@@ -193,7 +188,7 @@ def test_emfile_fails_spawns_with_a_reason_and_the_daemon_serves_on(world):
     wait_until(lambda: all(s["state"] == "RUNNING" for n, s in w.status().items() if n not in stopped), 60,
                "the rest RUNNING once descriptors are free")
     w.check()
-    r = ctl(w, "status")  # a new client gets in again
+    r = w.run.ctl("--timeout", "60", "status", timeout=90)  # a new client gets in again
     assert r.returncode == 3 and r.stdout.count("RUNNING") == 4, r  # 3: not all RUNNING (11 stopped)
     w.shutdown()
 
@@ -255,8 +250,7 @@ def test_journald_vanishing_under_log_format_journal(world):
             stdout=theirs, stderr=theirs, stdin=subprocess.DEVNULL)
         theirs.close()
         wait_until(lambda: b"<6>daemon_ready" in got, 30, "daemon ready in the journal stream")
-        from tests.invariants import Control
-        w.ctl = Control(w.run.endpoint)
+        w.ctl = ControlClient(w.run.endpoint)
         w.recording("app")
         reading.clear()
         reader.join()
@@ -299,18 +293,17 @@ def test_the_control_sockets_directory_removed(world):
     w.check()
     import shutil
     shutil.rmtree(w.run.work / "run")
-    r = ctl(w, "status", timeout=10)
+    r = w.run.ctl("--timeout", "10", "status", timeout=40)
     assert r.returncode == 4 and "no socket there" in r.stderr, r  # a clear reason, not a hang
     w.run.signal(1)  # SIGHUP: reload, and re-create the socket
     [ev] = wait_until(lambda: w.run.events("control_socket_restored"), 30, "control socket restored")
     assert ev["endpoint"] == w.run.endpoint
-    r = ctl(w, "status")
+    r = w.run.ctl("--timeout", "60", "status", timeout=90)
     assert r.returncode == 0 and "RUNNING" in r.stdout, r
     assert oct((w.run.work / "run").stat().st_mode & 0o777) == oct(0o750)
     assert oct((w.run.work / "run" / "control.sock").stat().st_mode & 0o777) == oct(0o660)
-    from tests.invariants import Control
     w.ctl.close()
-    w.ctl = Control(w.run.endpoint)
+    w.ctl = ControlClient(w.run.endpoint)
     w.check()
     # One daemon per socket still holds: a second one refuses the restored endpoint.
     second = subprocess.run([sys.executable, "-m", "procguard", "-c", str(w.run.config)], capture_output=True,
@@ -335,8 +328,7 @@ def test_2000_programs_in_one_config(daemon):
     pids: dict[str, int] = {}
 
     def all_running() -> bool:
-        r = subprocess.run([*CTL, "-s", d.endpoint, "--json", "status"], capture_output=True, text=True,
-                           timeout=120, stdin=subprocess.DEVNULL)
+        r = d.ctl("--json", "status", timeout=120)
         st = json.loads(r.stdout)
         pids.clear()
         pids.update({s["name"]: s["pid"] for s in st if s["state"] == "RUNNING"})
@@ -348,8 +340,7 @@ def test_2000_programs_in_one_config(daemon):
     # A reload that changes one program touches only that one.
     d.write_config(sleepers_toml(2000).replace('[program.s0007]\ncommand = ["/bin/sleep", "3600"]',
                                                '[program.s0007]\ncommand = ["/bin/sleep", "3601"]'))
-    r = subprocess.run([*CTL, "-s", d.endpoint, "--json", "reload"], capture_output=True, text=True, timeout=180,
-                       stdin=subprocess.DEVNULL)
+    r = d.ctl("--json", "reload", timeout=180)
     assert r.returncode == 0 and json.loads(r.stdout) == {"added": [], "changed": ["s0007"], "removed": []}, r
     before = dict(pids)
     wait_until(all_running, 60, "2000 programs RUNNING after the reload")
@@ -381,12 +372,11 @@ def test_a_config_file_of_10_mb(world):
     # parse runs off the event loop, so every status is answered meanwhile.
     w.run.write_config(body.replace('[program.idle0003]\ncommand = ["/bin/sleep", "1"]',
                                     '[program.idle0003]\ncommand = ["/bin/sleep", "2"]'))
-    from tests.invariants import Control
     answered = []
     done = threading.Event()
 
     def poll_status() -> None:
-        c = Control(w.run.endpoint)
+        c = ControlClient(w.run.endpoint)
         try:
             while not done.is_set():
                 answered.append(c.request("status", {"names": ["app"]}, 30)["result"][0]["state"])

@@ -5,13 +5,11 @@ Counted from the outside, as an operator would (/proc/PID/task, /proc/PID/maps),
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import DaemonRun, probe, prog, wait_until
+from tests.helpers import probe, prog, wait_until
 
-CTL = [sys.executable, "-m", "procguardctl"]
 # The main thread, and pyzmq's two: libzmq's reaper, and the one I/O thread an ipc:// socket needs
 # (zmq_ctx_set(3): ZMQ_IO_THREADS 0 serves inproc only). The spawn pool and the inherit writer are gone.
 IDLE_THREADS_MAX = 3
@@ -30,11 +28,6 @@ def threads(pid: int) -> dict[int, str]:
 
 def mapped(pid: int, fragment: str) -> bool:
     return fragment in Path(f"/proc/{pid}/maps").read_text()
-
-
-def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
 
 
 def test_idle_daemon_keeps_only_zmq_threads_and_no_psutil(daemon):
@@ -56,10 +49,10 @@ def test_idle_daemon_keeps_only_zmq_threads_and_no_psutil(daemon):
     assert not mapped(pid, "_psutil_linux")
 
     # The pool and the writer come back on demand: a restart spawns again, the new talker is heard.
-    r = ctl(d, "restart", "talker")
+    r = d.ctl("restart", "talker")
     assert r.returncode == 0, r.stderr
     wait_until(lambda: d.logfile.read_text().count("hello") == 2, what="the restarted talker's line")
-    r = ctl(d, "--json", "status", "--long")
+    r = d.ctl("--json", "status", "--long")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert len(rows) == 13 and all(row["rss_bytes"] > 0 for row in rows), rows

@@ -15,7 +15,6 @@ import signal
 import socket
 import socketserver
 import struct
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator

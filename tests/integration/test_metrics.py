@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import DaemonRun, probe, prog, wait_until
+from tests.helpers import DaemonRun, free_port, probe, prog, wait_until
 
-CTL = [sys.executable, "-m", "procguardctl"]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -50,10 +49,6 @@ def proc_rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for {pid}")
-
-
-def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=60)
 
 
 def test_metrics_show_each_process_as_proc_sees_it_and_follow_a_crash(daemon: Callable[[str], DaemonRun]) -> None:
@@ -119,8 +114,8 @@ def test_metrics_show_each_process_as_proc_sees_it_and_follow_a_crash(daemon: Ca
     assert value(m, "procguard_process_state", state="RUNNING", **web_labels) == 1
 
     # Control requests, by command and outcome.
-    assert ctl(d, "status", "web").returncode == 0
-    assert ctl(d, "status", "nosuch").returncode == 4  # supervisorctl: no such process (#14)
+    assert d.ctl("status", "web").returncode == 0
+    assert d.ctl("status", "nosuch").returncode == 4  # supervisorctl: no such process (#14)
     m = scrape(address)
     assert value(m, "procguard_daemon_control_requests_total", command="status", outcome="ok") == 1
     assert value(m, "procguard_daemon_control_requests_total", command="status", outcome="no_such_process") == 1
@@ -193,12 +188,6 @@ def prometheus_binary() -> str | None:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def query(api: str, promql: str) -> list[dict[str, object]]:

@@ -17,7 +17,6 @@ Every failure Hypothesis found and shrank is a plain regression test at the end 
 import os
 import signal
 import subprocess
-import sys
 import threading
 
 from hypothesis import HealthCheck, settings
@@ -30,15 +29,7 @@ from tests.invariants import DOWN, HEALTH_MARK, UP, Expect, Spec, World
 # CI: bounded (about a minute on a loaded 2-core box); the long run sets these (benchmarks/proof.py).
 EXAMPLES = int(os.environ.get("PROCGUARD_MODEL_EXAMPLES", "12"))
 STEPS = int(os.environ.get("PROCGUARD_MODEL_STEPS", "12"))
-CTL = [sys.executable, "-m", "procguardctl"]
 NAMES = ("a", "b", "c", "d")
-# Extension point: when the daemon reports `deploy` (`procguardctl version` lists commands, or
-# protocol.COMMANDS has it), the deploy rule runs; until then it is skipped by its precondition.
-try:
-    from procguard.protocol import COMMANDS
-    HAS_DEPLOY = "deploy" in COMMANDS
-except ImportError:  # pragma: no cover
-    HAS_DEPLOY = False
 
 
 def specs(name: str) -> st.SearchStrategy[Spec]:
@@ -217,7 +208,7 @@ class DaemonModel(RuleBasedStateMachine):
 
         def go(i: int) -> None:
             try:
-                results[i] = subprocess.run([*CTL, "-s", self.w.run.endpoint, "--timeout", "90", *jobs[i]],
+                results[i] = subprocess.run(self.w.run.ctl_argv("--timeout", "90", *jobs[i]),
                                             capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
             except BaseException as exc:  # noqa: BLE001 - reported below, in the test's thread
                 results[i] = exc
@@ -233,13 +224,12 @@ class DaemonModel(RuleBasedStateMachine):
             assert r.returncode in (0, 1, 3), (job, r.returncode, r.stderr)
             assert r.returncode != 1 or job[0] in ("start", "restart"), (job, r.stderr)
 
-    if HAS_DEPLOY:  # extension point: the `deploy` command (issue: deploys), once the daemon has it
-        @precondition(has_programs)
-        @rule(data=st.data())
-        def deploy(self, data: st.DataObject) -> None:
-            name = self.pick(data)
-            self.command("deploy", [name], deadline_s=120.0)
-            self.w.expect[name] = Expect(UP, "deployed")
+    @precondition(has_programs)
+    @rule(data=st.data())
+    def deploy(self, data: st.DataObject) -> None:
+        name = self.pick(data)
+        self.command("deploy", [name], deadline_s=120.0)
+        self.w.expect[name] = Expect(UP, "deployed")
 
     # ------------------------------------------------------------------------- invariants
     @invariant()

@@ -16,24 +16,12 @@ from procguard.protocol import encode_request
 from tests.helpers import REPO, DaemonRun, prog, wait_until
 
 WRITER = str(REPO / "tests" / "programs" / "writer.py")
-CTL = [sys.executable, "-m", "procguardctl"]
 TS = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d "
 
 
 def writer(d: DaemonRun, name: str, mode: str, arg: object = None, *extra: str) -> list[str]:
     argv = [sys.executable, WRITER, "--dir", str(d.work), "--name", name, *extra, mode]
     return argv + ([str(arg)] if arg is not None else [])
-
-
-def ctl(d: DaemonRun, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def status(d: DaemonRun) -> dict[str, dict]:
-    r = ctl(d, "--json", "status")
-    assert r.returncode in (0, 3), r.stderr
-    return {s["name"]: s for s in json.loads(r.stdout)}
 
 
 def size(path: Path) -> int:
@@ -146,15 +134,15 @@ def test_logrotate_command_rotates_now(daemon):
     d.start()
     started(d, "sig")
     wait_until(lambda: any(e.endswith("ready") for e in d.probe_events()), what="writer ready")
-    assert ctl(d, "signal", "USR1", "sig").returncode == 0
+    assert d.ctl_bytes("signal", "USR1", "sig").returncode == 0
     wait_until(lambda: size(out) > 0, what="first line")
-    r = ctl(d, "logrotate", "sig")
+    r = d.ctl_bytes("logrotate", "sig")
     assert r.returncode == 0 and r.stdout.decode() == f"rotated {out}\nrotated {d.work}/logs/sig-stderr.log\n"
-    assert ctl(d, "signal", "USR1", "sig").returncode == 0
+    assert d.ctl_bytes("signal", "USR1", "sig").returncode == 0
     wait_until(lambda: size(out) > 0, what="second line")
     assert Path(f"{out}.1").read_bytes().startswith(b"line 1 ") and out.read_bytes().startswith(b"line 2 ")
     # The tail buffer spans the rotation (its bytes are read back from the file before it moves).
-    tail = ctl(d, "tail", "-n", "2", "sig").stdout
+    tail = d.ctl_bytes("tail", "-n", "2", "sig").stdout
     assert tail.startswith(b"line 1 ") and b"\nline 2 " in tail
 
 
@@ -168,16 +156,16 @@ def test_reopen_after_an_external_mv(daemon, how):
     d.write_config(prog("app", writer(d, "app", "on-signal"), startsecs=0, stdout_logfile=str(out)))
     d.start()
     wait_until(lambda: any(e.endswith("ready") for e in d.probe_events()), what="writer ready")
-    assert ctl(d, "signal", "USR1", "app").returncode == 0
+    assert d.ctl_bytes("signal", "USR1", "app").returncode == 0
     wait_until(lambda: size(out) > 0, what="line 1")
     os.rename(out, d.work / "app.log.old")  # what logrotate does (without copytruncate)
     if how == "SIGUSR2":
         d.signal(signal.SIGUSR2)
         wait_until(lambda: d.events("logs_reopened"), what="reopen")
     else:
-        r = ctl(d, "logreopen")
+        r = d.ctl_bytes("logreopen")
         assert r.returncode == 0 and r.stdout == b"reopened 2 log files\n"  # stdout and AUTO stderr
-    assert ctl(d, "signal", "USR1", "app").returncode == 0
+    assert d.ctl_bytes("signal", "USR1", "app").returncode == 0
     wait_until(lambda: size(out) > 0, what="line 2 in the new file")
     assert (d.work / "app.log.old").read_bytes().startswith(b"line 1 ")
     assert out.read_bytes().startswith(b"line 2 ")
@@ -195,18 +183,18 @@ def test_tail_works_for_files_none_and_journal(daemon):
     d.start()
     for name in ("file", "none", "journal"):
         started(d, name)
-    wait_until(lambda: ctl(d, "tail", "journal").stdout == b"j1\nj2\n", what="journal tail")
-    assert ctl(d, "tail", "-n", "2", "file").stdout == b"b\nc\n"
-    assert ctl(d, "tail", "none").stdout == b"n1\nn2\n"
-    assert ctl(d, "tail", "-n", "1", "none").stdout == b"n2\n"
+    wait_until(lambda: d.ctl_bytes("tail", "journal").stdout == b"j1\nj2\n", what="journal tail")
+    assert d.ctl_bytes("tail", "-n", "2", "file").stdout == b"b\nc\n"
+    assert d.ctl_bytes("tail", "none").stdout == b"n1\nn2\n"
+    assert d.ctl_bytes("tail", "-n", "1", "none").stdout == b"n2\n"
     # journal/inherit output goes to the daemon's own stdout (journald reads it under systemd).
     assert "j1\nj2\n" in d.logfile.read_text()
-    r = ctl(d, "--json", "tail", "none")
+    r = d.ctl_bytes("--json", "tail", "none")
     res = json.loads(r.stdout)
     assert base64.b64decode(res["data"]) == b"n1\nn2\n" and res["offset"] == 6 and res["stream"] == "stdout"
-    r = ctl(d, "tail", "file", "stderr")
+    r = d.ctl_bytes("tail", "file", "stderr")
     assert r.returncode == 0 and r.stdout == b""
-    r = ctl(d, "tail", "nope")
+    r = d.ctl_bytes("tail", "nope")
     assert r.returncode == 1
 
 
@@ -217,7 +205,7 @@ def test_tail_buffer_keeps_only_the_configured_size(daemon):
     d.start()
     wait_until(lambda: any("wrote 100000" in e for e in d.probe_events()), what="burst written")
     res = wait_until(lambda: (lambda r: r if r["offset"] == 100_000 else None)(
-        json.loads(ctl(d, "--json", "tail", "big").stdout)), what="all bytes seen")
+        json.loads(d.ctl_bytes("--json", "tail", "big").stdout)), what="all bytes seen")
     assert base64.b64decode(res["data"]) == (b"0123456789abcdef" * 4096)[:65536][-1000:]
 
 
@@ -226,7 +214,7 @@ def test_tail_follow_streams_across_a_restart(daemon):
     d.write_config(prog("app", writer(d, "app", "on-signal"), startsecs=0, stdout_logfile="AUTO"))
     d.start()
     wait_until(lambda: any(e.endswith("ready") for e in d.probe_events()), what="writer ready")
-    follower = subprocess.Popen([*CTL, "-s", d.endpoint, "tail", "-f", "app"], stdout=subprocess.PIPE,
+    follower = subprocess.Popen(d.ctl_argv("tail", "-f", "app"), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         got = bytearray()
@@ -238,13 +226,13 @@ def test_tail_follow_streams_across_a_restart(daemon):
                 got.extend(chunk)
             return text in got
 
-        wait_until(lambda: len(d.events("control_request", cmd="tail")) >= 0 and ctl(d, "signal", "USR1", "app")
+        wait_until(lambda: len(d.events("control_request", cmd="tail")) >= 0 and d.ctl_bytes("signal", "USR1", "app")
                    and read_until(b"line 1 "), what="line 1 through tail -f")
-        first_pid = status(d)["app"]["pid"]
-        assert ctl(d, "restart", "app").returncode == 0
+        first_pid = d.status()["app"]["pid"]
+        assert d.ctl_bytes("restart", "app").returncode == 0
         wait_until(lambda: sum(1 for e in d.probe_events() if e.endswith("ready")) >= 2, what="restarted writer")
-        second_pid = status(d)["app"]["pid"]
-        assert ctl(d, "signal", "USR1", "app").returncode == 0
+        second_pid = d.status()["app"]["pid"]
+        assert d.ctl_bytes("signal", "USR1", "app").returncode == 0
         wait_until(lambda: read_until(f"line 1 pid {second_pid}".encode()), what="the new process's output")
         assert f"pid {first_pid}".encode() in got
         follower.send_signal(signal.SIGINT)
@@ -272,7 +260,7 @@ def test_a_200mb_burst_neither_blocks_status_nor_other_programs(daemon):
     sock.linger = 0
     sock.connect(d.endpoint)
     try:
-        assert ctl(d, "start", "burst").returncode == 0
+        assert d.ctl_bytes("start", "burst").returncode == 0
         ticks_before = (d.work / "tick.log").read_bytes().count(b"\n")
         answered = 0
         while size(out) < total:
@@ -289,7 +277,7 @@ def test_a_200mb_burst_neither_blocks_status_nor_other_programs(daemon):
     assert size(out) == total  # not a byte lost or added
     assert answered >= 10, answered  # the loop kept serving the control socket throughout
     assert ticks_during >= 1  # another program's output kept flowing
-    assert status(d)["burst"]["output_dropped_bytes"] == 0
+    assert d.status()["burst"]["output_dropped_bytes"] == 0
 
 
 def test_a_full_disk_drops_output_without_blocking_the_child(daemon):
@@ -299,13 +287,13 @@ def test_a_full_disk_drops_output_without_blocking_the_child(daemon):
                         stdout_logfile="/dev/full"))
     d.start()
     d.wait_state("full", "EXITED")  # it was never blocked: it wrote everything and exited
-    st = wait_until(lambda: (lambda s: s if s["output_dropped_bytes"] == 5_000_000 else None)(status(d)["full"]),
+    st = wait_until(lambda: (lambda s: s if s["output_dropped_bytes"] == 5_000_000 else None)(d.status()["full"]),
                     what="dropped bytes counted")
     assert st["state"] == "EXITED"
     failed = d.events("log_write_failed")
     assert len(failed) == 1 and failed[0]["path"] == "/dev/full" and "No space left" in failed[0]["error"]
-    assert b"5000000 bytes of output dropped" in ctl(d, "status", "full").stdout
-    assert len(ctl(d, "tail", "-n", "0", "full").stdout) == 65536  # the tail buffer still has the newest
+    assert b"5000000 bytes of output dropped" in d.ctl_bytes("status", "full").stdout
+    assert len(d.ctl_bytes("tail", "-n", "0", "full").stdout) == 65536  # the tail buffer still has the newest
 
 
 def test_an_unwritable_log_path_is_logged_once_and_the_child_runs(daemon):
@@ -313,11 +301,11 @@ def test_an_unwritable_log_path_is_logged_once_and_the_child_runs(daemon):
     d.write_config(prog("app", writer(d, "app", "tick"), startsecs=0,
                         stdout_logfile=str(d.work / "no-such-dir" / "app.log")))
     d.start()
-    wait_until(lambda: status(d)["app"]["output_dropped_bytes"] > 100, what="drops counted")
-    assert status(d)["app"]["state"] == "RUNNING"
+    wait_until(lambda: d.status()["app"]["output_dropped_bytes"] > 100, what="drops counted")
+    assert d.status()["app"]["state"] == "RUNNING"
     [ev] = d.events("log_write_failed")
     assert "No such file or directory" in ev["error"]
-    assert b"tick " in ctl(d, "tail", "app").stdout
+    assert b"tick " in d.ctl_bytes("tail", "app").stdout
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -342,7 +330,7 @@ def test_disk_full_then_freed_recovers_and_counts_the_gap(daemon):
         d.start()
         d.wait_state("filler", "EXITED")
         wait_until(lambda: d.events("log_write_failed", path=str(disk / "filler.log")), what="the disk full")
-        assert ctl(d, "start", "app").returncode == 0
+        assert d.ctl_bytes("start", "app").returncode == 0
         wait_until(lambda: d.events("log_write_failed", path=str(out)), what="app's writes failing")
         # Free the space: the filler exited, so procguard closed its file and the unlink frees its blocks.
         (disk / "filler.log").unlink()
@@ -350,7 +338,7 @@ def test_disk_full_then_freed_recovers_and_counts_the_gap(daemon):
         assert ev["dropped_bytes"] > 0
         before = size(out)
         wait_until(lambda: size(out) > before + 20, what="ticks written again")
-        st = status(d)["app"]
+        st = d.status()["app"]
         assert st["state"] == "RUNNING" and st["output_dropped_bytes"] == ev["dropped_bytes"]
         assert len(d.events("log_write_failed", path=str(out))) == 1  # once per episode, not per write
     finally:
@@ -380,9 +368,9 @@ def test_copytruncate_goes_on_from_the_new_end_without_a_hole(daemon):
     d.write_config(prog("app", writer(d, "app", "on-signal"), startsecs=0, stdout_logfile=str(out)))
     d.start()
     wait_until(lambda: any(e.endswith("ready") for e in d.probe_events()), what="writer ready")
-    assert ctl(d, "signal", "USR1", "app").returncode == 0
+    assert d.ctl_bytes("signal", "USR1", "app").returncode == 0
     wait_until(lambda: size(out) > 0, what="line 1")
     os.truncate(out, 0)  # logrotate's copytruncate
-    assert ctl(d, "signal", "USR1", "app").returncode == 0
+    assert d.ctl_bytes("signal", "USR1", "app").returncode == 0
     wait_until(lambda: size(out) > 0, what="line 2")
     assert out.read_bytes().startswith(b"line 2 ")  # not NUL bytes up to the old offset

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import psutil
 import pytest
@@ -86,22 +87,21 @@ class Pid1Run(DaemonRun):
     pids, which mean nothing out here).
     """
 
+    ctl_command = (PROCGUARDCTL,)  # the installed entry point, as a container's exec probe runs it
+
+    logged_pids_are_ours = False  # the daemon logs (and probes record) pids of its own namespace
+
     def __init__(self, config_text: str = "") -> None:
         super().__init__(config_text)
         self.daemon_pid: int | None = None
-        self.seen: dict[int, float] = {}  # host pid -> create time, of everything in the namespace
         self.helpers: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None) -> "Pid1Run":
-        assert UNSHARE is not None
-        with open(self.logfile, "ab") as log:
-            proc = self.proc = subprocess.Popen(
-                [UNSHARE, "--pid", "--fork", "--mount-proc",
-                 sys.executable, "-m", "procguard", "-c", str(self.config), "--log-format", "json", *extra],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                cwd=str(REPO),
-            )
-        unshare = psutil.Process(proc.pid)
+    def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None,
+              launcher: tuple[str, ...] = (), timeout: float = 20.0) -> Self:
+        assert UNSHARE is not None and not launcher
+        super().start(*extra, wait=False, env=env, launcher=(UNSHARE, "--pid", "--fork", "--mount-proc"))
+        assert self.proc is not None
+        proc, unshare = self.proc, psutil.Process(self.proc.pid)
 
         def daemon() -> int | None:
             try:
@@ -113,17 +113,10 @@ class Pid1Run(DaemonRun):
         found = wait_until(lambda: daemon() or proc.poll() is not None, 20, "the daemon's host pid")
         if proc.poll() is None:
             self.daemon_pid = int(found)
-            self.remember(self.daemon_pid)
+            self.track(self.daemon_pid)
         if wait:
-            wait_until(lambda: self.events("daemon_started") or proc.poll() is not None, 20, "daemon start")
-            assert proc.poll() is None, self.logfile.read_text()
+            self.wait_ready(timeout)
         return self
-
-    def remember(self, pid: int) -> None:
-        try:
-            self.seen.setdefault(pid, psutil.Process(pid).create_time())
-        except psutil.NoSuchProcess:
-            pass
 
     def tree(self) -> list[psutil.Process]:
         """Every process in the namespace but PID 1 (host view); each one is recorded for cleanup."""
@@ -132,8 +125,7 @@ class Pid1Run(DaemonRun):
             procs = psutil.Process(self.daemon_pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        for p in procs:
-            self.remember(p.pid)
+        self.track(*(p.pid for p in procs))
         return procs
 
     def zombies(self) -> list[int]:
@@ -158,21 +150,6 @@ class Pid1Run(DaemonRun):
                 return p.pid
         return None
 
-    def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PROCGUARDCTL, "-s", self.endpoint, *args], capture_output=True, text=True,
-                              timeout=timeout)
-
-    def survivors(self) -> list[int]:
-        out = []
-        for pid, created in self.seen.items():
-            try:
-                p = psutil.Process(pid)
-                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return out
-
     def stop(self, timeout: float = 60.0, sig: int = signal.SIGTERM) -> int:
         """Signal PID 1 through its host pid (unshare itself ignores TERM), then wait for unshare."""
         assert self.proc is not None and self.daemon_pid is not None
@@ -193,14 +170,7 @@ class Pid1Run(DaemonRun):
             if helper.poll() is None:
                 helper.kill()
             helper.wait(30)
-        left = self.survivors()
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(self.work, ignore_errors=True)
-        return left
+        return super().cleanup()
 
 
 @pytest.fixture
@@ -248,7 +218,7 @@ def wait_orphan(d: Pid1Run) -> int:
 
 
 def assert_reaped(d: Pid1Run, host_pid: int) -> None:
-    created = d.seen[host_pid]
+    created = d.started[host_pid]
 
     def status() -> str:
         try:
@@ -318,7 +288,7 @@ def test_signal_to_pid_1_stops_everything_and_exits_0(pid1, sig):
     # web, workers + its worker, daemonizer + its detached grandchild (+ the unreaped middle child).
     wait_until(lambda: len(d.probe_events()) >= 2, 20, "the worker and the grandchild")
     wait_until(lambda: len(d.tree()) >= 5, 20, "every process of the namespace")
-    before = list(d.seen)
+    before = list(d.started)
 
     assert d.stop(timeout=60, sig=sig) == 0  # unshare exits with PID 1's status
     assert d.events("shutdown_requested", signal=signal.Signals(sig).name)

@@ -2,31 +2,12 @@
 
 import json
 import socket
-import subprocess
 import sys
 
-from tests.helpers import REPO, DaemonRun, probe, prog, wait_until
+from tests.helpers import REPO, DaemonRun, free_port, probe, prog, wait_until
 
 NOTIFIER = str(REPO / "tests" / "programs" / "notifier.py")
 HEALTHSERVER = str(REPO / "tests" / "programs" / "healthserver.py")
-CTL = [sys.executable, "-m", "procguardctl"]
-
-
-def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
-
-
-def status(d: DaemonRun) -> dict[str, dict]:
-    r = ctl(d, "--json", "status")
-    assert r.returncode in (0, 3), r.stderr
-    return {s["name"]: s for s in json.loads(r.stdout)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthcheck(**keys: object) -> str:
@@ -58,12 +39,12 @@ def test_notify_process_is_running_only_after_ready(daemon):
     wait_until(lambda: any(e.startswith("app ") for e in d.probe_events()), what="app started")
     [line] = [e for e in d.probe_events() if e.startswith("app ")]
     assert line.split()[3].startswith("@procguard/")  # it got a NOTIFY_SOCKET
-    st = wait_until(lambda: (lambda s: s if s["status_text"] else None)(status(d)["app"]), what="STATUS=")
+    st = wait_until(lambda: (lambda s: s if s["status_text"] else None)(d.status()["app"]), what="STATUS=")
     assert st["state"] == "STARTING" and st["status_text"] == "warming up caches"
-    assert "STARTING" in ctl(d, "status", "app").stdout and "warming up caches" in ctl(d, "status", "app").stdout
+    assert "STARTING" in d.ctl("status", "app").stdout and "warming up caches" in d.ctl("status", "app").stdout
     (d.work / "go").touch()
     d.wait_state("app", "RUNNING")
-    assert status(d)["app"]["status_text"] == "serving"
+    assert d.status()["app"]["status_text"] == "serving"
 
 
 def test_ready_from_a_worker_in_the_group_counts(daemon):
@@ -95,7 +76,7 @@ def test_notify_from_a_stranger_is_ignored(daemon):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(b"READY=1", addr)  # from the test process: not the app or its group
     wait_until(lambda: d.events("notify_message_refused"), what="the refusal")
-    assert status(d)["app"]["state"] == "STARTING"
+    assert d.status()["app"]["state"] == "STARTING"
 
 
 def test_health_check_gates_readiness_and_priority_order(daemon):
@@ -105,14 +86,14 @@ def test_health_check_gates_readiness_and_priority_order(daemon):
                    + prog("after", probe(d.work, "after"), priority=20, startsecs=0))
     d.start()
     wait_until(lambda: any(e.startswith("api ") for e in d.probe_events()), what="api started")
-    st = wait_until(lambda: (lambda s: s if s["health_reason"] else None)(status(d)["api"]), what="a failed check")
+    st = wait_until(lambda: (lambda s: s if s["health_reason"] else None)(d.status()["api"]), what="a failed check")
     assert st["state"] == "STARTING" and "refused" in st["health_reason"]
     assert d.state("after") is None  # the next priority level waits for readiness
     (d.work / "go").touch()
     d.wait_state("api", "RUNNING")
     d.wait_state("after", "RUNNING")
-    assert status(d)["api"]["health"] == "healthy"
-    assert "healthy" in ctl(d, "status", "api").stdout
+    assert d.status()["api"]["health"] == "healthy"
+    assert "healthy" in d.ctl("status", "api").stdout
 
 
 def test_an_unhealthy_process_is_restarted_after_retries(daemon):
@@ -121,13 +102,13 @@ def test_an_unhealthy_process_is_restarted_after_retries(daemon):
     d.write_config(web(d, "api", port, start_timeout="30s"))
     d.start()
     d.wait_state("api", "RUNNING")
-    first = status(d)["api"]["pid"]
+    first = d.status()["api"]["pid"]
     set_health(d, "bad")
     changed = wait_until(lambda: d.events("health_changed", new="unhealthy"), what="unhealthy")[0]
     assert changed["process"] == "api" and "HTTP 503" in changed["reason"]
     set_health(d, "ok")
     d.wait_state("api", "RUNNING", count=2)
-    st = status(d)["api"]
+    st = d.status()["api"]
     assert st["pid"] != first and st["health"] == "healthy"
     stopping = [e for e in d.events("process_state_changed", process="api") if e["new"] == "STOPPING"]
     assert stopping[0]["reason"].startswith("restarting: unhealthy: HTTP 503")
@@ -152,14 +133,14 @@ def test_on_unhealthy_none_only_reports(daemon):
     d.write_config(web(d, "api", port, start_timeout="30s").rstrip() + '\non_unhealthy = "none"\n')
     d.start()
     d.wait_state("api", "RUNNING")
-    pid = status(d)["api"]["pid"]
+    pid = d.status()["api"]["pid"]
     set_health(d, "bad")
-    wait_until(lambda: status(d)["api"]["health"] == "unhealthy", what="unhealthy")
-    r = ctl(d, "status", "api")
+    wait_until(lambda: d.status()["api"]["health"] == "unhealthy", what="unhealthy")
+    r = d.ctl("status", "api")
     assert "unhealthy (HTTP 503" in r.stdout
     set_health(d, "ok")
-    wait_until(lambda: status(d)["api"]["health"] == "healthy", what="healthy again")
-    assert status(d)["api"]["pid"] == pid and d.transitions("api").count("RUNNING") == 1
+    wait_until(lambda: d.status()["api"]["health"] == "healthy", what="healthy again")
+    assert d.status()["api"]["pid"] == pid and d.transitions("api").count("RUNNING") == 1
 
 
 # ------------------------------------------------------------------------------- dependencies
@@ -175,10 +156,10 @@ def test_a_successful_oneshot_releases_its_dependent(daemon):
     done = next(i for i, e in enumerate(events) if e["process"] == "migrate" and e["new"] == "EXITED")
     began = next(i for i, e in enumerate(events) if e["process"] == "web" and e["new"] == "STARTING")
     assert done < began  # despite web's lower priority number
-    st = status(d)
+    st = d.status()
     assert st["migrate"]["state"] == "EXITED" and st["migrate"]["reason"] == "completed (exit status 0)"
     # A completed job is done, not down: status exits 0 (usable as a probe).
-    r = ctl(d, "status")
+    r = d.ctl("status")
     assert r.returncode == 0 and "EXITED    completed (exit status 0)" in r.stdout
 
 
@@ -190,13 +171,13 @@ def test_a_failed_oneshot_blocks_its_dependents(daemon):
     d.start()
     d.wait_state("migrate", "FATAL")
     wait_until(lambda: d.events("program_blocked", program="worker"), what="worker blocked")
-    st = status(d)
+    st = d.status()
     assert st["web"]["state"] == "STOPPED"
     assert st["web"]["reason"] == "blocked: dependency migrate failed: FATAL: failed (exit status 3); " \
                                   "gave up after 1 failed starts (startretries = 0)"
     assert st["worker"]["reason"].startswith("blocked: dependency web failed")
     assert not d.reports("web") and not d.reports("worker")
-    r = ctl(d, "start", "worker")  # an operator's start brings up the chain: migrate fails again
+    r = d.ctl("start", "worker")  # an operator's start brings up the chain: migrate fails again
     # A failed start: supervisorctl's line and exit code 7 (issue #14), procguard's reason on stderr.
     assert (r.returncode, r.stdout) == (7, "worker: ERROR (abnormal termination)\n") and "dependency web failed" in r.stderr
 
@@ -207,9 +188,9 @@ def test_start_brings_up_dependencies_and_stop_order_is_reversed(daemon):
                    + prog("web", probe(d.work, "web"), startsecs=0, autostart=False, depends_on=["db"], priority=1)
                    + prog("worker", probe(d.work, "worker"), startsecs=0, autostart=False, depends_on=["db", "web"]))
     d.start()
-    r = ctl(d, "start", "worker")
+    r = d.ctl("start", "worker")
     assert r.returncode == 0 and r.stdout == "worker: started\n"
-    assert {n: s["state"] for n, s in status(d).items()} == {"web": "RUNNING", "worker": "RUNNING", "db": "RUNNING"}
+    assert {n: s["state"] for n, s in d.status().items()} == {"web": "RUNNING", "worker": "RUNNING", "db": "RUNNING"}
     assert d.stop() == 0
     stops = [e["process"] for e in d.events("process_state_changed") if e["new"] == "STOPPING"]
     assert stops == ["worker", "web", "db"]  # dependents first, though web's priority says otherwise
@@ -255,4 +236,4 @@ def test_exec_check_inside_the_daemon_reports_the_real_exit_status(daemon):
     reasons = {e["reason"] for e in d.events("health_check_failed", process="app")}
     assert reasons == {"exit status 3: not yet"}, reasons
     flag.touch()
-    wait_until(lambda: status(d)["app"]["health"] == "healthy", what="healthy")
+    wait_until(lambda: d.status()["app"]["health"] == "healthy", what="healthy")

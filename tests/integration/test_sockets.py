@@ -1,26 +1,17 @@
 """Held sockets: bound by procguard, passed as fds 3.. with LISTEN_FDS, kept across restarts (issue #6)."""
 
 import http.client
-import os
 import socket
 import stat
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
 
 import pytest
 
-from tests.helpers import REPO, DaemonRun, prog, wait_until
+from tests.helpers import REPO, DaemonRun, free_port, prog, wait_until
 
 FDSERVER = str(REPO / "tests" / "programs" / "fdserver.py")
-CTL = [sys.executable, "-m", "procguardctl"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, timeout: float = 10.0) -> str:
@@ -30,10 +21,6 @@ def get(port: int, timeout: float = 10.0) -> str:
         return conn.getresponse().read().decode()
     finally:
         conn.close()
-
-
-def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=60)
 
 
 def test_a_held_socket_reaches_the_child_as_fd_3_with_listen_fds(daemon):
@@ -101,7 +88,7 @@ def restarts_under_load(d: DaemonRun, port: int, restarts: int, name: str = "web
     def restart() -> None:
         for _ in range(restarts):
             before = len(d.reports(name))
-            r = ctl(d, "restart", name)
+            r = d.ctl("restart", name)
             assert r.returncode == 0, r.stdout + r.stderr
             # startsecs = 0: restart returns at the spawn. Each generation comes up (reports) before the
             # next restart; back to back, a quick client (#17) TERMed one before it had a TERM handler.
@@ -161,7 +148,7 @@ def test_a_config_reload_that_changes_the_server_drains_it_too(daemon):
 
     def deploy() -> None:
         d.write_config(config("v2"))
-        r = ctl(d, "reload")
+        r = d.ctl("reload")
         assert r.returncode == 0, r.stdout + r.stderr
 
     results, errors = load_across(port, deploy, lambda answers, _: sum(a.startswith("v2 ") for a in answers) >= 10)
@@ -195,7 +182,7 @@ def test_a_socket_shared_by_several_processes_is_not_handed_over(daemon):
                           process_name="web_{process_num}"))
     d.start()
     d.wait_reports("web", count=2)
-    r = ctl(d, "restart", "web:web_0")
+    r = d.ctl("restart", "web:web_0")
     assert r.returncode == 0, r.stdout + r.stderr
     # The other process still accepts on it: moving the socket would take its connections away.
     assert d.events("process_draining") == []

@@ -8,24 +8,18 @@ do_pid, do_reread/_formatChanges, do_add, do_remove, do_update, LSBInitExitStatu
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import DaemonRun, probe, prog, wait_until
+from tests.helpers import CTL, DaemonRun, probe, prog, wait_until
 
-CTL = [sys.executable, "-m", "procguardctl"]
 Row = tuple[tuple[str, ...], "str | re.Pattern[str]", int]
-
-
-def ctl(d: DaemonRun, *args: str, server: bool = True) -> subprocess.CompletedProcess[str]:
-    where = ["-s", d.endpoint] if server else []
-    return subprocess.run([*CTL, *where, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
 def check(d: DaemonRun, rows: list[Row], server: bool = True) -> None:
     for args, out, code in rows:
-        r = ctl(d, *args, server=server)
+        r = d.ctl(*args) if server else subprocess.run([*CTL, *args], capture_output=True, text=True, timeout=60,
+                                                       stdin=subprocess.DEVNULL)
         shown = f"procguardctl {' '.join(args)}: exit {r.returncode}\nstdout: {r.stdout!r}\nstderr: {r.stderr!r}"
         assert r.returncode == code, shown
         if isinstance(out, str):
@@ -52,7 +46,7 @@ def programs(d: DaemonRun, *, changed: bool) -> str:
 
 
 def state(d: DaemonRun, name: str) -> Any:
-    r = ctl(d, "--json", "status")
+    r = d.ctl("--json", "status")
     return {s["name"]: s["state"] for s in json.loads(r.stdout)}.get(name)
 
 
@@ -115,13 +109,13 @@ def test_supervisorctl_texts_and_exit_codes(daemon: Any) -> None:
         (("update", "nope"), "ERROR: no such group: nope\n", 1),
     ])
     # -u/-p are accepted and ignored (with a note); -s unix:///path; -c together with -s.
-    r = ctl(d, "-u", "admin", "-p", "secret", "status", "web")
+    r = d.ctl("-u", "admin", "-p", "secret", "status", "web")
     assert r.returncode == 0 and "-u/-p ignored" in r.stderr, r
     check(d, [(("-s", "unix://" + d.endpoint[len("ipc://"):], "-c", str(d.config), "status", "web"),
                re.compile(r"web +RUNNING.*\n"), 0),
               (("-c", str(d.config), "pid", "web"), number, 0)], server=False)
     # --json keeps procguard's own wording, with the outcome's code.
-    r = ctl(d, "--json", "stop", "idle")
+    r = d.ctl("--json", "stop", "idle")
     assert r.returncode == 0 and json.loads(r.stdout) == [
         {"name": "idle", "action": "stop", "ok": True, "state": "STOPPED", "message": "not running",
          "error": "not_running"}], r
@@ -154,24 +148,24 @@ def test_maintail_serves_and_follows_the_daemons_own_log(daemon: Any, tmp_path: 
     d.write_config(prog("web", probe(d.work, "web"), startsecs=0))
     d.start()
     wait_until(lambda: state(d, "web") == "RUNNING", what="web RUNNING")
-    r = ctl(d, "maintail")  # supervisorctl's default: the last 1600 bytes
+    r = d.ctl("maintail")  # supervisorctl's default: the last 1600 bytes
     assert r.returncode == 0 and 0 < len(r.stdout.encode()) <= 1600 and r.stdout.endswith("\n"), r
-    r = ctl(d, "maintail", "-100000")
+    r = d.ctl("maintail", "-100000")
     assert r.returncode == 0, r
     events = [json.loads(line)["event"] for line in r.stdout.splitlines()]
     # Every line from the start on (the log goes to a file here; it would be the same under journald), the
     # last one being this very request.
     assert {"control_listening", "daemon_started"} <= set(events) and events[-1] == "control_request", events
-    r = ctl(d, "maintail", "-40")
+    r = d.ctl("maintail", "-40")
     assert r.returncode == 0 and len(r.stdout.encode()) == 40, r
     # -f: lines logged after it began are pushed to it, as tail -f pushes a program's output.
     out = tmp_path / "maintail.out"
     with open(out, "w") as f:
-        follower = subprocess.Popen([*CTL, "-s", d.endpoint, "maintail", "-f"], stdout=f, stderr=subprocess.STDOUT,
+        follower = subprocess.Popen(d.ctl_argv("maintail", "-f"), stdout=f, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
     try:
         wait_until(lambda: out.read_text().strip(), what="maintail -f's first lines")
-        assert ctl(d, "restart", "web").returncode == 0
+        assert d.ctl("restart", "web").returncode == 0
         wait_until(lambda: '"new": "RUNNING"' in out.read_text().split('"new": "STOPPED"', 1)[-1]
                    and '"new": "STOPPED"' in out.read_text(), what="web's restart in maintail -f")
     finally:

@@ -19,7 +19,6 @@ import enum
 import http.client
 import json
 import os
-import random
 import re
 import shutil
 import socket
@@ -35,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from tests.helpers import REPO, DaemonRun, wait_until
+from tests.helpers import REPO, DaemonRun, free_port, wait_until
 
 Status = dict[str, dict[str, Any]]  # `procguardctl --json status` by process name
 
@@ -48,7 +47,6 @@ JOBS = ("coffeehousemigrate", "coffeehousecollectstatic")
 RELEASE_HEADER = "X-Coffeehouse-Release"  # demo/coffeehouse/release.py
 DEMO_IGNORE = shutil.ignore_patterns("db.sqlite3", "staticfiles", "health-down", "__pycache__")
 BIN = Path(sys.executable).parent
-CTL = [sys.executable, "-m", "procguardctl"]
 
 
 def program(server: str) -> str:
@@ -80,26 +78,6 @@ def why_missing(server: str) -> str | None:
                     "(python3-dev); pip install -e '.[demo]' says why it failed")
         return f"{server} is not installed (pip install -e '.[demo]')"
     return None
-
-
-def free_port() -> int:
-    """A free loopback port below the ephemeral range.
-
-    A port from bind(0) is an ephemeral one: before the daemon binds it, an outgoing connection (a
-    health check, a test's client) may take it as its local port, and the daemon's bind then fails.
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    while True:
-        port = random.randrange(10000, low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def get(port: int, path: str = "/", host: str = "localhost", timeout: float = 30.0) -> tuple[int, bytes]:
@@ -178,7 +156,6 @@ class Coffeehouse:
     d: DaemonRun
     ports: dict[str, int]  # DEFAULT_PORTS' keys -> the free ports this run uses
     releases: Path | None = None  # start(releases=True): the directory of releases/N, current, shared/
-    _seen: set[tuple[int, float]] = field(default_factory=set)
 
     def new_release(self, breakage: Breakage = Breakage.NONE) -> str:
         """Copy demo/ as shipped to the next releases/N, broken as asked; N. `current` is not touched."""
@@ -202,7 +179,7 @@ class Coffeehouse:
         return (self.releases / "current").resolve().name
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*CTL, "-s", self.d.endpoint, *args], capture_output=True, text=True, timeout=180)
+        return self.d.ctl(*args, timeout=180)
 
     def status(self) -> Status:
         r = self.ctl("--json", "status")
@@ -230,15 +207,7 @@ class Coffeehouse:
 
     def track(self) -> None:
         """Remember every process under the daemon now, to prove at stop() that none survived."""
-        assert self.d.proc is not None
-        try:
-            for p in psutil.Process(self.d.proc.pid).children(recursive=True):
-                try:
-                    self._seen.add((p.pid, p.create_time()))
-                except psutil.NoSuchProcess:
-                    pass
-        except psutil.NoSuchProcess:
-            pass
+        self.d.track()
 
     def stop(self) -> list[str]:
         """Stop the daemon (its shutdown stops every server), then kill and describe any survivor.
@@ -247,14 +216,11 @@ class Coffeehouse:
         command line names this run's directory (the servers' commands all do, through {here}).
         """
         if self.d.proc is not None and self.d.proc.poll() is None:
-            self.track()
-            self.d.stop(timeout=120)
+            self.d.stop(timeout=120)  # tracks every process under the daemon first
         left: dict[int, psutil.Process] = {}
-        for pid, created in self._seen:
+        for pid in self.d.survivors():
             try:
-                p = psutil.Process(pid)
-                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                    left[pid] = p
+                left[pid] = psutil.Process(pid)
             except psutil.NoSuchProcess:
                 pass
         work = str(self.d.work)

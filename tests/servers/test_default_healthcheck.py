@@ -5,19 +5,16 @@ protocol, as nginx asks), uvicorn on a unix socket (HTTP over it), and an app an
 default check fails it); `healthcheck = false` leaves a program with no health at all.
 """
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, DaemonRun, prog, wait_until
-from tests.servers.test_gunicorn import free_port
+from tests.helpers import REPO, DaemonRun, free_port, prog, wait_until
 
 BIN = Path(sys.executable).parent
 GUNICORN, UWSGI, UVICORN = BIN / "gunicorn", BIN / "uwsgi", BIN / "uvicorn"
-CTL = [sys.executable, "-m", "procguardctl"]
 APPS = str(REPO / "tests" / "servers")
 pytestmark = pytest.mark.skipif(not (GUNICORN.exists() and UWSGI.exists() and UVICORN.exists()),
                                 reason="gunicorn, uWSGI and uvicorn are needed (pip install -e '.[test]')")
@@ -37,16 +34,8 @@ async def application(scope, receive, send):
 '''
 
 
-def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=120)
-
-
-def status(d: DaemonRun) -> dict[str, dict]:
-    return {s["name"]: s for s in json.loads(ctl(d, "--json", "status").stdout)}
-
-
 def status_lines(d: DaemonRun) -> dict[str, str]:
-    return {line.split()[0]: line for line in ctl(d, "status").stdout.splitlines() if line.strip()}
+    return {line.split()[0]: line for line in d.ctl("status").stdout.splitlines() if line.strip()}
 
 
 def uvicorn(app_dir: str, app: str, sock: str) -> list[str]:
@@ -80,7 +69,7 @@ def test_server_profiles_check_their_held_socket_without_a_written_check(daemon)
     d.start()
 
     def healthy() -> dict[str, dict] | None:
-        st = status(d)
+        st = d.status()
         return st if all(st[n]["health"] == "healthy" and st[n]["state"] == "RUNNING"
                          for n in ("gun", "uws", "uvi")) else None
 
@@ -89,7 +78,7 @@ def test_server_profiles_check_their_held_socket_without_a_written_check(daemon)
     for name in ("gun", "uws", "uvi"):
         assert lines[name].split()[1] == "RUNNING" and ", healthy" in lines[name], lines[name]
     # The check really asks: an app answering 500 is not ready (uvicorn: ready when the check passes).
-    bad = wait_until(lambda: (lambda s: s if "HTTP 500" in s["health_reason"] else None)(status(d)["bad"]),
+    bad = wait_until(lambda: (lambda s: s if "HTTP 500" in s["health_reason"] else None)(d.status()["bad"]),
                      60, "the failing app's check reason")
     assert bad["state"] == "STARTING" and bad["health"] == "starting", bad
     assert bad["health_reason"] == "HTTP 500 (expected one of 100-499)"
@@ -103,7 +92,7 @@ def test_healthcheck_false_turns_the_default_off(daemon):
                           healthcheck=False))
     d.start()
     d.wait_state("web", "RUNNING", timeout=60)  # startsecs, as without a profile check
-    st = status(d)["web"]
+    st = d.status()["web"]
     assert st["state"] == "RUNNING" and st["health"] is None, st
     line = status_lines(d)["web"]
     assert "health" not in line, line

@@ -1,8 +1,6 @@
 """Real gunicorn under procguard: profile defaults, sd_notify readiness, held socket, reload-app (issue #6)."""
 
 import http.client
-import json
-import socket
 import subprocess
 import sys
 import threading
@@ -11,17 +9,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import REPO, DaemonRun, prog, wait_until
+from tests.helpers import REPO, DaemonRun, free_port, prog, wait_until
 
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-CTL = [sys.executable, "-m", "procguardctl"]
 pytestmark = pytest.mark.skipif(not GUNICORN.exists(), reason="gunicorn is not installed (pip install -e '.[test]')")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int) -> str:
@@ -31,14 +22,6 @@ def get(port: int) -> str:
         return conn.getresponse().read().decode()
     finally:
         conn.close()
-
-
-def ctl(d: DaemonRun, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "-s", d.endpoint, *args], capture_output=True, text=True, timeout=120)
-
-
-def status(d: DaemonRun) -> dict:
-    return {s["name"]: s for s in json.loads(ctl(d, "--json", "status").stdout)}
 
 
 def gunicorn_program(d: DaemonRun, port: int) -> str:
@@ -64,16 +47,16 @@ def test_gunicorn_profile_notify_and_reload_app(daemon):
     assert "stopsignal = TERM" in r.stdout or "stopsignal" in r.stdout
     d.start()
     d.wait_state("web", "RUNNING", timeout=60)
-    st = status(d)["web"]
+    st = d.status()["web"]
     assert "Gunicorn arbiter booted" in st["status_text"]  # READY=1 and STATUS= came over NOTIFY_SOCKET
     master = st["pid"]
     assert get(port).startswith("worker ")
     old = wait_until(lambda: (lambda w: w if len(w) == 2 else None)(workers(master)), 30, "two workers")
-    r = ctl(d, "reload-app", "web")
+    r = d.ctl("reload-app", "web")
     assert (r.returncode, r.stdout) == (0, "web: reloading (sent SIGHUP)\n")
     # HUP: the master stays, the workers are replaced.
     wait_until(lambda: len(workers(master)) == 2 and not (workers(master) & old), 60, "new workers")
-    assert status(d)["web"]["pid"] == master
+    assert d.status()["web"]["pid"] == master
     assert get(port).startswith("worker ")
 
 
@@ -98,7 +81,7 @@ def test_gunicorn_restart_with_a_held_socket_drops_no_request(daemon):
     t.start()
     try:
         wait_until(lambda: len(ok) >= 20, 30, "requests before")
-        assert ctl(d, "restart", "web").returncode == 0
+        assert d.ctl("restart", "web").returncode == 0
         n = len(ok)
         wait_until(lambda: len(ok) >= n + 20, 60, "requests after")
     finally:

@@ -1,17 +1,15 @@
 """Real uvicorn under procguard: a held socket by fd, health-checked readiness, reload-app restarts (issue #6)."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, DaemonRun, prog, wait_until
-from tests.servers.test_gunicorn import free_port, get
+from tests.helpers import REPO, DaemonRun, free_port, prog, wait_until
+from tests.servers.test_gunicorn import get
 
 UVICORN = Path(sys.executable).parent / "uvicorn"
-CTL = [sys.executable, "-m", "procguardctl"]
 pytestmark = pytest.mark.skipif(not UVICORN.exists(), reason="uvicorn is not installed (pip install -e '.[test]')")
 
 
@@ -25,12 +23,11 @@ def test_uvicorn_on_a_held_socket_with_a_health_check(daemon):
                      'host = "localhost"\ninterval = "1s"\n')
     d.start()
     d.wait_state("web", "RUNNING", timeout=60)
-    st = {s["name"]: s for s in json.loads(subprocess.run([*CTL, "-s", d.endpoint, "--json", "status"],
-                                                          capture_output=True, text=True, timeout=60).stdout)}
+    st = {s["name"]: s for s in json.loads(d.ctl("--json", "status").stdout)}
     assert st["web"]["health"] == "healthy"
     first = st["web"]["pid"]
     assert get(port) == f"worker {first}\n"
     # A single uvicorn process has no in-place reload: reload-app restarts it.
-    r = subprocess.run([*CTL, "-s", d.endpoint, "reload-app", "web"], capture_output=True, text=True, timeout=120)
+    r = d.ctl("reload-app", "web")
     assert (r.returncode, r.stdout) == (0, "web: restarted\n")
     wait_until(lambda: get(port) != f"worker {first}\n", 30, "the new process answering")

@@ -7,7 +7,6 @@ IMPORT-REPORT.txt) is asserted as the lines an operator reads. Nothing here star
 
 import configparser
 import dataclasses
-import json
 import os
 import pwd
 import shlex
@@ -24,7 +23,6 @@ import pytest
 from procguard.config.load import load_config
 from procguard.config.model import AutoRestart, Config
 from procguard.errors import ConfigError
-from procguardctl import importer
 from procguardctl.importer import datatypes, expansions, logfiles, tomlout
 from procguardctl.importer.report import Report
 from procguardctl.__main__ import main as ctl_main
