@@ -4,8 +4,8 @@ glibc keeps freed memory in its arenas: only the free space at an arena's top is
 past a threshold that grows with the sizes seen. After a burst of control requests (zmq's I/O thread
 allocates every incoming frame in its own arena) the daemon held 5-7 MiB of free pages, a different
 amount after each burst, so its RSS wandered by +-2 MiB and seemed to grow; malloc_trim(0) also
-returns the free pages inside the arenas (madvise MADV_DONTNEED). Measured in benchmarks/RESULTS.md
-(#20, "Control socket load: RSS").
+returns the free pages inside the arenas (madvise MADV_DONTNEED). Measured in benchmarks/RESULTS.md,
+"Proof runs" (issue #20), control-socket load.
 """
 
 import ctypes
