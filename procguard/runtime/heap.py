@@ -1,11 +1,11 @@
 """Give the free pages malloc keeps back to the kernel after a burst of work (glibc's malloc_trim).
 
 glibc keeps freed memory in its arenas: only the free space at an arena's top is returned, and only
-past a threshold that grows with the sizes seen. After a burst of control requests (zmq's I/O thread
-allocates every incoming frame in its own arena) the daemon held 5-7 MiB of free pages, a different
-amount after each burst, so its RSS wandered by +-2 MiB and seemed to grow; malloc_trim(0) also
-returns the free pages inside the arenas (madvise MADV_DONTNEED). Measured in benchmarks/RESULTS.md,
-"Proof runs" (issue #20), control-socket load.
+past a threshold that grows with the sizes seen. After a burst of control requests the daemon held
+5-7 MiB of free pages (most in one non-main arena, likely libzmq's I/O thread's, which allocates every
+incoming frame), a different amount after each burst, so its RSS wandered by +-2 MiB and seemed to
+grow; malloc_trim(0) also returns the free pages inside the arenas (madvise MADV_DONTNEED). Measured in
+benchmarks/RESULTS.md, "Proof runs" (issue #20), control-socket load.
 """
 
 import ctypes
