@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_servers.py [--quick] [--only SERVER[,SERVER]] [--json OUT]
 
 Issues #6 and #16. For each app server (uwsgi, gunicorn, daphne, uvicorn, hypercorn; each skipped, with the
-reason printed, when tests.servers.coffeehouse.why_missing() names one), the coffeehouse demo runs
-from the conf.d files we ship under a real daemon of its own, started by tests/servers/coffeehouse.py
+reason printed, when procguard.testing.demo.why_missing() names one), the coffeehouse demo runs
+from the conf.d files we ship under a real daemon of its own, started by procguard/testing/demo.py
 (`start()`: fresh directory, free ports, the migrate and collectstatic jobs). The script prints every
 round and the median / max, next to the peers' figures the issue quotes (printed as a reference, not
 measured here); it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when the harness
@@ -101,8 +101,8 @@ from benchmarks.harness.procs import free_port  # noqa: E402
 from benchmarks.harness.run import Bench, BenchError, begin, bench_main, poll_until  # noqa: E402
 from benchmarks.harness.stats import summarize  # noqa: E402
 from procguard.config.load import load_config  # noqa: E402
-from tests.helpers import DaemonRun  # noqa: E402
-from tests.servers.coffeehouse import SERVERS, Breakage, Coffeehouse, program, start, why_missing  # noqa: E402
+from procguard.testing.run import DaemonRun  # noqa: E402
+from procguard.testing.demo import SERVERS, Breakage, Coffeehouse, program, start, why_missing  # noqa: E402
 
 CLIENT_THREADS = 4
 CLIENT_INTERVAL_S = 0.010

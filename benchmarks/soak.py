@@ -2,13 +2,13 @@
 
     python -m benchmarks soak --minutes N [--programs 6] [--seed 20] [--json OUT]
 
-The daemon runs recorder programs (tests/programs/recorder.py: checksummed, numbered records; some with
+The daemon runs recorder programs (procguard/testing/recorder.py: checksummed, numbered records; some with
 a worker, one as nobody, one with an exec health check) and a web server (tests/programs/fdserver.py)
 on a socket procguard holds, with drain_timeout. Clients request the web server without pause. Every
 1-3 s a random fault: SIGKILL or SIGSTOP/SIGCONT of a child, a chosen exit code, stop + start, restart
 (of the web server too), a config reload that changes a program, logrotate, SIGUSR2 to the daemon, a
 failing health check, and `deploy` when the daemon has that command. Every 10 s the invariants of
-tests/invariants.py are checked against /proc, the files and the socket.
+procguard/testing/world.py are checked against /proc, the files and the socket.
 
 Reported: survivors after shutdown, lost bytes (records a child wrote that are not in its file),
 failed requests, invariant violations, and the daemon's RSS, descriptors and threads after a warm-up
@@ -31,8 +31,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script:
 from benchmarks.harness.load import Load  # noqa: E402
 from benchmarks.harness.procs import free_port  # noqa: E402
 from benchmarks.harness.run import REPO  # noqa: E402
-from tests.invariants import DOWN, UP, Expect, Spec, World  # noqa: E402
-from recorder import record  # noqa: E402  (tests/invariants.py put tests/programs on the path)
+from procguard.testing.world import DOWN, UP, Expect, Spec, World  # noqa: E402
+from procguard.testing.recorder import record  # noqa: E402
 
 FDSERVER = str(REPO / "tests" / "programs" / "fdserver.py")
 try:

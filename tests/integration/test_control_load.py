@@ -19,7 +19,7 @@ import zmq
 
 from procguard.protocol import MAX_REQUEST_BYTES, encode_request
 from tests.helpers import wait_until
-from tests.invariants import Spec, World
+from procguard.testing.world import Spec, World
 
 SCALE = float(os.environ.get("PROCGUARD_LOAD_SCALE", "1"))
 CLIENTS = 50

@@ -1,7 +1,7 @@
 """Fault injection against the real daemon (issue #20, item 2).
 
 Each test injects one fault and ends the same way: the daemon still serves its control socket, every
-record the children wrote is in their files (tests/invariants.py), nothing outlives the daemon, and the
+record the children wrote is in their files (procguard/testing/world.py), nothing outlives the daemon, and the
 fault left a clear line in the daemon's log. The full disk during plain output is
 tests/integration/test_output.py::test_disk_full_then_freed_recovers_and_counts_the_gap; here it is
 during rotation.
@@ -22,7 +22,7 @@ import pytest
 
 from procguard.testing import ControlClient
 from tests.helpers import wait_until
-from tests.invariants import DOWN, UP, Expect, Spec, World
+from procguard.testing.world import DOWN, UP, Expect, Spec, World
 
 
 
@@ -264,7 +264,7 @@ def test_journald_vanishing_under_log_format_journal(world):
         assert w.ctl.request("restart", {"names": ["other"]}, 60)["ok"]
         st = w.status()
         assert st["app"]["state"] == st["other"]["state"] == "RUNNING"
-        # The records of both programs are intact (tests/invariants.py; its log checks need a JSON log).
+        # The records of both programs are intact (procguard/testing/world.py; its log checks need a JSON log).
         for name in ("app", "other"):
             assert not w._record_problems(name, w.owners().get(name, []), final=False) or wait_until(
                 lambda n=name: not w._record_problems(n, w.owners().get(n, []), final=False), 20, "records")
@@ -441,7 +441,7 @@ def test_a_full_disk_during_rotation_drops_counted_bytes_and_recovers(world):
         files = [*sorted(disk.glob("app.log.*"), key=lambda p: -int(p.suffix[1:])), out]
         data = b"".join(p.read_bytes() for p in files)
         [pid] = w.owners()["app"]
-        from recorder import record
+        from procguard.testing.recorder import record
         written = sum(len(record(pid, s)) for s in range(w.written(pid) + 1))
         assert len(data) + deleted + dropped == written, (len(data), deleted, dropped, written)
         # What is in the files is in order: whole records with increasing numbers, gaps only at drops.

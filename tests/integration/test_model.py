@@ -4,7 +4,7 @@ Hypothesis drives a real `procguard` over its real control socket with any seque
 restart, signal through the daemon, SIGKILL/SIGSTOP/SIGCONT of a child or its worker, a chosen exit
 code, a failing health check, programs added, changed and removed (written config + `reload`, or
 SIGHUP), SIGUSR2, logrotate, and several procguardctl clients at once. After every step
-tests/invariants.py checks the real system (/proc, the output files, the control socket, the log).
+procguard/testing/world.py checks the real system (/proc, the output files, the control socket, the log).
 
 CI runs a bounded number of examples. The long run:
 
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from tests.helpers import wait_until
-from tests.invariants import DOWN, HEALTH_MARK, UP, Expect, Spec, World
+from procguard.testing.world import DOWN, HEALTH_MARK, UP, Expect, Spec, World
 
 # CI: bounded (about a minute on a loaded 2-core box); the long run sets these (benchmarks/proof.py).
 EXAMPLES = int(os.environ.get("PROCGUARD_MODEL_EXAMPLES", "12"))

@@ -1,7 +1,7 @@
 """Deploys with no gap on uWSGI, Gunicorn, Daphne, Uvicorn and Hypercorn (issue #16).
 
 Real daemon, real servers, the conf.d files we ship, in the release-directory layout of
-docs/deploys.md (tests/servers/coffeehouse.py, `start(releases=True)`: `releases/N`, a `current`
+docs/deploys.md (procguard/testing/demo.py, `start(releases=True)`: `releases/N`, a `current`
 symlink the programs' `directory` goes through, one database in `shared/`). One daemon per server
 serves every case of that server; each case starts from whatever release `current` points at and
 puts it back when it flipped it to a broken one. Every case runs under the bounded paced load of
@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from tests.helpers import DaemonRun, alive, wait_until
-from tests.servers.coffeehouse import (FAILING_MIGRATION, MISSING_MODULE, SERVERS, Breakage, Coffeehouse, Load, get,
+from procguard.testing.demo import (FAILING_MIGRATION, MISSING_MODULE, SERVERS, Breakage, Coffeehouse, Load, get,
                                        get_uwsgi, program, start, under_load, uwsgi_unix_socket, why_missing)
 
 # Readiness must come within start_timeout (60 s by default). A release whose health view answers 503

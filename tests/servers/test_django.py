@@ -1,6 +1,6 @@
 """The coffeehouse Django demo on uWSGI, Gunicorn, Daphne, Uvicorn and Hypercorn under procguard (issue #6).
 
-Real daemon, real servers, the conf.d files we ship (on free ports, see tests/servers/coffeehouse.py).
+Real daemon, real servers, the conf.d files we ship (on free ports, see procguard/testing/demo.py).
 One daemon with all five serves the read-only checks; reloads and restarts get a daemon of their own.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import REPO, DaemonRun, wait_until
 from tests.servers import websocket_client
-from tests.servers.coffeehouse import (ASGI_SERVERS, DEFAULT_PORTS, JOBS, SERVERS, Coffeehouse, get, get_uwsgi,
+from procguard.testing.demo import (ASGI_SERVERS, DEFAULT_PORTS, JOBS, SERVERS, Coffeehouse, get, get_uwsgi,
                                        program, start, under_load, wait_for_new_children, why_missing, workers)
 
 MakeDaemon = Callable[[], DaemonRun]  # the `daemon` fixture of tests/conftest.py

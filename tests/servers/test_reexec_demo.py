@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.helpers import DaemonRun
-from tests.servers.coffeehouse import SERVERS, Load, program, start, under_load, why_missing
+from procguard.testing.demo import SERVERS, Load, program, start, under_load, why_missing
 
 pytestmark = pytest.mark.skipif(any(why_missing(s) for s in SERVERS),
                                 reason="; ".join(str(why_missing(s)) for s in SERVERS if why_missing(s)))

@@ -176,7 +176,7 @@ def make(**over: object) -> tuple[Process, FakeOS, list[tuple[str, str]]]:
 # Below: a real `python -m procguard -c CONFIG` over its real control socket, for tests and benchmarks
 # alike. No pytest here: benchmarks import this module.
 
-CHECKOUT = Path(__file__).resolve().parent.parent  # `python -m procguard` run from here finds this tree
+CHECKOUT = Path(__file__).resolve().parents[2]  # `python -m procguard` run from here finds this tree
 CTL: tuple[str, ...] = (sys.executable, "-m", "procguardctl")
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """What "never loses anything" means, checked against the real system (issue #20).
 
-`World` runs a real daemon on programs of tests/programs/recorder.py and checks, from /proc, the output
+`World` runs a real daemon on programs of procguard/testing/recorder.py and checks, from /proc, the output
 files and the control socket (never from procguard's own word alone):
 
 - every process status calls RUNNING is alive with that pid, leads its own process group, and runs with
@@ -27,15 +27,14 @@ from typing import Any
 
 import psutil
 
-from procguard.testing import ControlClient
-from tests.helpers import REPO, DaemonRun, wait_until
+from procguard.testing import ControlClient, recorder, wait_until
+from procguard.testing.recorder import parse as parse_record
+from procguard.testing.run import DaemonRun
 
-RECORDER = str(REPO / "tests" / "programs" / "recorder.py")
+RECORDER = recorder.__file__  # run by path, as a script of its own
 # The system python, which any user may run (the venv's may live under /root, 0700); the recorder
 # needs only the standard library. -I -S: no site, no environment: it starts in a few ms.
 PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
-sys.path.insert(0, str(REPO / "tests" / "programs"))
-from recorder import parse as parse_record  # noqa: E402
 
 # docs/states.md, as (old, new). STOPPING -> BACKOFF/FATAL: not ready within start_timeout is a failed
 # start (docs/health.md); STARTING -> EXITED: a oneshot that completed.
@@ -246,7 +245,9 @@ class World:
         def pid() -> int | None:
             p = self.status()[name]["pid"]
             return p if p and self.written(p) >= 0 else None
-        return wait_until(pid, timeout_s, f"{name} recording")
+        found = wait_until(pid, timeout_s, f"{name} recording")
+        assert found is not None
+        return found
 
     def check_gone(self, names: list[str]) -> None:
         """At once (no waiting): every pid these programs started is gone (a stop or reload returned)."""
