@@ -94,7 +94,7 @@ class World:
     removed: set[str] = field(default_factory=set)
     maxbytes: int = 65536
     _log_offset: int = 0
-    _last_state: dict[str, str] = field(default_factory=dict)
+    _last_state: dict[tuple[str, int], str] = field(default_factory=dict)  # by (process, generation)
     problems_seen: list[str] = field(default_factory=list)
     ctl: ControlClient | None = None
     # Programs besides the recorders (the soak's web server): written into the config as they are,
@@ -356,10 +356,12 @@ class World:
             proc, old, new = ev["process"], ev["old"], ev["new"]
             if (old, new) not in ALLOWED:
                 out.append(f"LOG: {proc}: transition {old} -> {new} is not in docs/states.md")
-            last = self._last_state.get(proc, "STOPPED")
+            # A replace runs two generations of one process at once: each has its own state machine.
+            key = (proc, int(ev.get("generation", 1)))
+            last = self._last_state.get(key, "STOPPED")
             if old != last and not (old == "STOPPED" and last in ("STOPPED", "EXITED", "FATAL", "BACKOFF")):
-                out.append(f"LOG: {proc}: transition from {old}, but its last state was {last}")
-            self._last_state[proc] = new
+                out.append(f"LOG: {proc} (generation {key[1]}): transition from {old}, but its last state was {last}")
+            self._last_state[key] = new
         self.problems_seen += out
         return out
 
