@@ -45,7 +45,7 @@ def test_idle_daemon_keeps_only_zmq_threads_and_no_psutil(daemon):
     idle = wait_until(lambda: (lambda t: t if len(t) <= IDLE_THREADS_MAX else None)(threads(pid)), timeout=20,
                       what=f"at most {IDLE_THREADS_MAX} threads; now {threads(pid)}")
     assert sorted(name for tid, name in idle.items() if tid != pid) == ["ZMQbg/IO/0", "ZMQbg/Reaper"], idle
-    # psutil is loaded for the commands that need it, never at idle.
+    # psutil is never loaded: trees, strays and status -l are read from /proc (runtime/procfs.py).
     assert not mapped(pid, "_psutil_linux")
 
     # The pool and the writer come back on demand: a restart spawns again, the new talker is heard.
@@ -56,7 +56,7 @@ def test_idle_daemon_keeps_only_zmq_threads_and_no_psutil(daemon):
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert len(rows) == 13 and all(row["rss_bytes"] > 0 for row in rows), rows
-    assert mapped(pid, "_psutil_linux")
+    assert not mapped(pid, "_psutil_linux")
     wait_until(lambda: len(threads(pid)) <= IDLE_THREADS_MAX, timeout=20,
                what=f"back to at most {IDLE_THREADS_MAX} threads; now {threads(pid)}")
 
