@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+from procguard.config.model import ProgramType
 from procguard.engine.changes import Changes
 from procguard.engine.process import Process
 from procguard.engine.records import ActionResult
@@ -18,7 +19,7 @@ async def start_procs(procs: list[Process], changes: Changes, monotonic: Callabl
         if p.state == ProcessState.RUNNING:
             results.append(ActionResult(p.name, True, p.state, "already running" if p in already else "started",
                                         E_ALREADY_STARTED if p in already else None))
-        elif p.program.type == "oneshot" and p.is_satisfied:
+        elif p.program.type == ProgramType.ONESHOT and p.is_satisfied:
             results.append(ActionResult(p.name, True, p.state, p.reason))  # a job that ran: started, and done
         else:
             msg = p.reason

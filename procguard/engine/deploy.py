@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from procguard.config.model import ProcessConfig, ProgramConfig
+from procguard.config.model import ProcessConfig, ProgramConfig, ProgramType
 from procguard.engine.actions import start_procs, stop_procs
 from procguard.engine.changes import Changes
 from procguard.engine.ordering import Ordering
@@ -229,7 +229,7 @@ class Deployer:
             results.extend(done)
             if not all(r.ok for r in done):
                 stopped_at = f"{name} failed"
-            elif wanted[name][0].program.type == "oneshot":
+            elif wanted[name][0].program.type == ProgramType.ONESHOT:
                 jobs_run.add(name)  # named itself, and it ran: its dependents need not run it again
         return results
 

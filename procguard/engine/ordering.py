@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import structlog
 
-from procguard.config.model import ProgramConfig
+from procguard.config.model import ProgramConfig, ProgramType
 from procguard.engine.actions import stop_procs
 from procguard.engine.changes import Changes
 from procguard.engine.process import Process
@@ -169,7 +169,7 @@ class Ordering:
                 dep = self._reg.get(d)
                 if d not in jobs and dep:
                     visit(d)
-                    if dep[0].program.type == "oneshot" and d not in jobs:
+                    if dep[0].program.type == ProgramType.ONESHOT and d not in jobs:
                         jobs.append(d)
 
         visit(name)

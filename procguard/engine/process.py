@@ -16,7 +16,7 @@ import random
 import signal
 from collections.abc import Callable, Iterable
 
-from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, Ready
+from procguard.config.model import AutoRestart, OnUnhealthy, ProcessConfig, ProgramConfig, ProgramType, Ready
 from procguard.engine.orphans import OrphanGroups
 from procguard.engine.stopping import StopSequence
 from procguard.engine.states import (
@@ -119,7 +119,7 @@ class Process:
     @property
     def is_satisfied(self) -> bool:
         """As a dependency: a RUNNING service, or a oneshot that completed."""
-        if self.program.type == "oneshot":
+        if self.program.type == ProgramType.ONESHOT:
             return self.state == ProcessState.EXITED and self.hold == Hold.COMPLETED
         return self.state == ProcessState.RUNNING
 
@@ -225,7 +225,7 @@ class Process:
         if self.program.healthcheck is not None:
             self.health = Health.STARTING
             self.health_failures = 0
-        if self.program.type == "oneshot":
+        if self.program.type == ProgramType.ONESHOT:
             return  # done when it exits
         if self.program.ready == Ready.STARTSECS and self.program.startsecs <= 0:
             self._become_running()
@@ -251,7 +251,7 @@ class Process:
             self._timer = self._os.call_later(max(0.0, self.retry_at - now), self._retry)
         elif self.spawned_at is None or not leader_alive:
             return
-        elif self.state == ProcessState.STARTING and self.program.type != "oneshot":
+        elif self.state == ProcessState.STARTING and self.program.type != ProgramType.ONESHOT:
             self._arm_start(now - self.spawned_at)
         elif self.state == ProcessState.RUNNING and self.program.max_age is not None:
             self._age_timer = self._os.call_later(max(0.0, self.spawned_at + self.program.max_age - now),
@@ -302,7 +302,7 @@ class Process:
         self.health_failures += 1
         if self.health_failures >= hc.retries and self.health != Health.UNHEALTHY:
             self._set_health(Health.UNHEALTHY, reason)
-            if hc.on_unhealthy == "restart":
+            if hc.on_unhealthy == OnUnhealthy.RESTART:
                 self.restart(f"unhealthy: {reason}", ReplaceTrigger.HEALTH)
 
     def _set_health(self, new: Health, reason: str) -> None:
@@ -377,7 +377,7 @@ class Process:
             else:
                 # The leader died but left workers behind: they would hold its port and block the restart.
                 self._os.send_signal(self.pid, signal.SIGKILL, group=True)
-        if self.state == ProcessState.STARTING and self.program.type == "oneshot":
+        if self.state == ProcessState.STARTING and self.program.type == ProgramType.ONESHOT:
             if status in self.program.exitcodes:
                 self.failed_starts = 0
                 self.failures = 0
@@ -408,7 +408,7 @@ class Process:
     def _exit_reason(self, status: int) -> ExitReason:
         if self.state == ProcessState.STOPPING:
             return ExitReason.STOPPED
-        if self.state == ProcessState.STARTING and not (self.program.type == "oneshot" and status in self.program.exitcodes):
+        if self.state == ProcessState.STARTING and not (self.program.type == ProgramType.ONESHOT and status in self.program.exitcodes):
             return ExitReason.EARLY
         if status in self.program.exitcodes:
             return ExitReason.EXPECTED
@@ -466,7 +466,7 @@ class Process:
         self.failures += 1
         self.failed_starts += 1
         limit = self.program.startretries
-        if (limit is None and self.program.type == "oneshot") or self.trial:
+        if (limit is None and self.program.type == ProgramType.ONESHOT) or self.trial:
             # A job that failed stays failed (and blocks its dependents) unless startretries says; a next
             # generation that failed ends its replace (the current one keeps serving).
             limit = 0

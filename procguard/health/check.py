@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from procguard.config.model import HealthCheckConfig
+from procguard.config.model import HealthCheckConfig, HealthCheckType
 from procguard.health.connect import ROUTE
 from procguard.health.exec import check_exec
 from procguard.health.failed import CheckAnswered, CheckFailed
@@ -62,13 +62,13 @@ async def run_check(
     deadline = asyncio.timeout(hc.timeout)
     try:
         async with deadline:
-            if hc.type == "http":
+            if hc.type == HealthCheckType.HTTP:
                 await check_http(hc)
-            elif hc.type == "tcp":
+            elif hc.type == HealthCheckType.TCP:
                 await check_tcp(hc)
-            elif hc.type == "uwsgi":
+            elif hc.type == HealthCheckType.UWSGI:
                 await check_uwsgi(hc)
-            elif hc.type == "exec":
+            elif hc.type == HealthCheckType.EXEC:
                 await check_exec(hc, uid=uid, gid=gid, extra_groups=extra_groups, env=env, cwd=cwd,
                                  spawner=spawner)
             else:

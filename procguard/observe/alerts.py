@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from procguard.config.model import AlertConfig, AlertTrigger
-from procguard.engine.states import ProcessState
+from procguard.engine.states import Health, ProcessState
 from procguard.errors import ControlError
 from procguard.observe.delivery import DELIVER, DeliveryError, Message, Notice, Worker, allow_tls, needs_tls
 from procguard.observe.events import Event, EventBus
@@ -88,9 +88,9 @@ class AlertChannel:
         if ev.event == "process_state_changed":
             self._state_changed(ev, who, str(f.get("old")), str(f.get("new")))
         elif ev.event == "health_changed":
-            if f.get("new") == "unhealthy":
+            if f.get("new") == Health.UNHEALTHY:
                 self._begin(AlertTrigger.UNHEALTHY, who, ev, f"{who} is unhealthy: {f.get('reason')}")
-            elif f.get("new") == "healthy":
+            elif f.get("new") == Health.HEALTHY:
                 self._end(AlertTrigger.UNHEALTHY, who, ev, f"{who} is healthy again")
         elif ev.event == "deploy_failed":
             self._begin(AlertTrigger.DEPLOY_FAILED, str(ev.program), ev,

@@ -45,7 +45,7 @@ finally:
 
 from procguard.runtime import procfs
 from procguard.io.output import Output
-from procguard.engine.states import ExitReason, ProcessState
+from procguard.engine.states import ExitReason, Health, ProcessState
 from procguard.protocol import VERSION
 from procguard.engine.supervisor import Supervisor
 
@@ -106,7 +106,7 @@ def snapshot(sup: Supervisor, output: Output | None) -> list[Row]:
         rows.append(Row(
             program=p.program.name, process=p.name, state=p.state, pid=p.live_pid,
             started_at=now_w - (now_m - p.spawned_at) if p.state in _UP and p.spawned_at else None,
-            healthy=None if health not in ("healthy", "unhealthy") else float(health == "healthy"),
+            healthy=None if health not in (Health.HEALTHY, Health.UNHEALTHY) else float(health == Health.HEALTHY),
             health_check_s=p.health_check_s if p.program.healthcheck is not None else None,
             restarts=p.restarts, exits=tuple(p.exits[r] for r in ExitReason), output=tuple(streams),
         ))
