@@ -242,13 +242,19 @@ def test_no_drain_without_sockets_or_drain_timeout():
         assert fos.drains == [] and fos.signals == [(42, signal.SIGTERM, True), (42, signal.SIGCONT, True)]
 
 
-def test_stopped_waits_for_the_stray_scan_and_a_last_sweep():
-    """Issue #14: a scan answering after the leader was reaped used to find the stray after STOPPED."""
-    p, fos, seen = make(startsecs=0.0)
+def running_with_scans_held(**over: object) -> tuple[Process, FakeOS, list[tuple[str, str]]]:
+    """A process running as pid 42 (its group alive) whose stray scans wait for answer_scan()."""
+    p, fos, seen = make(**over)
     fos.hold_scans = True
     p.start()
     p.spawned(42)
     fos.groups_alive.add(42)
+    return p, fos, seen
+
+
+def test_stopped_waits_for_the_stray_scan_and_a_last_sweep():
+    """Issue #14: a scan answering after the leader was reaped used to find the stray after STOPPED."""
+    p, fos, seen = running_with_scans_held(startsecs=0.0)
     p.stop()
     assert fos.strays_scanned == [(p, 42)]  # walk the leader's descendants while it lives
     fos.groups_alive.clear()
@@ -273,11 +279,7 @@ def test_stopped_waits_for_the_stray_scan_and_a_last_sweep():
 
 
 def test_strays_found_after_the_kill_escalation_get_sigkill_and_restart_waits_for_them():
-    p, fos, _ = make(startsecs=0.0, stopwaitsecs=5.0)
-    fos.hold_scans = True
-    p.start()
-    p.spawned(42)
-    fos.groups_alive.add(42)
+    p, fos, _ = running_with_scans_held(startsecs=0.0, stopwaitsecs=5.0)
     assert p.restart("test")
     fos.advance(5.0)
     assert fos.signals[-1] == (42, signal.SIGKILL, True)
@@ -297,11 +299,7 @@ def test_a_stop_waiting_only_for_its_stray_scan_does_not_say_killed():
     # Seen while timing the model test's steps on a busy machine (#20): the leader exited 0 on
     # SIGTERM at once, the /proc scans took longer than stopwaitsecs, and status said "killed: did not
     # stop within stopwaitsecs" with exit status 0.
-    p, fos, seen = make(stopwaitsecs=1.0)
-    fos.hold_scans = True
-    p.start()
-    p.spawned(42)
-    fos.groups_alive.add(42)
+    p, fos, seen = running_with_scans_held(stopwaitsecs=1.0)
     p.stop()
     fos.groups_alive.clear()
     p.exited(0)
@@ -313,11 +311,7 @@ def test_a_stop_waiting_only_for_its_stray_scan_does_not_say_killed():
 
 
 def test_a_stray_found_after_stopwaitsecs_is_killed_and_says_so():
-    p, fos, seen = make(stopwaitsecs=1.0)
-    fos.hold_scans = True
-    p.start()
-    p.spawned(42)
-    fos.groups_alive.add(42)
+    p, fos, seen = running_with_scans_held(stopwaitsecs=1.0)
     p.stop()
     fos.groups_alive.clear()
     p.exited(0)
