@@ -34,6 +34,7 @@ _PLAIN_KEYS: tuple[tuple[str, Any], ...] = (
     ("backoff_initial", parse_duration), ("backoff_max", parse_duration), ("backoff_reset", parse_duration),
     ("start_timeout", parse_duration), ("max_age_jitter", parse_duration),
     ("resource_check_interval", parse_duration), ("reload_signal", parse_signal), ("drain_timeout", parse_duration),
+    ("restart_strategy", parse_restart_strategy), ("roll_batch", lambda v: parse_int(v, 1)),
 )
 _MAX_TAIL_BYTES = 64 * 1024 * 1024  # the tail buffer is kept in memory per process
 
@@ -65,8 +66,6 @@ def parse_program(
     _kind_and_readiness(p, processes, binds, prof, fields)
     for key, parser in _PLAIN_KEYS:
         fields.update(p.given(key, parser))
-    fields.update(p.given("restart_strategy", parse_restart_strategy, env=False))
-    fields.update(p.given("roll_batch", lambda v: parse_int(v, 1), env=False))
     prog = ProgramConfig(
         name=name, source=source, processes=tuple(processes),
         listen_env=not any("{socket." in part for part in template.command),
@@ -74,7 +73,7 @@ def parse_program(
         group_priority=None if in_group is None else in_group.priority,
         **{**_profile_values(prof), **fields},
     )
-    _check_combinations(p, prog)
+    _check_combinations(p, prog, fields.get("restart_strategy"))
     return prog if len(issues) == n_issues else None
 
 
@@ -280,9 +279,9 @@ def _healthcheck(p: ProgramReader, processes: list[ProcessConfig], fields: dict[
     return healthcheck
 
 
-def _check_combinations(p: ProgramReader, prog: ProgramConfig) -> None:
-    """Keys that are each valid but not together."""
-    if p.table.get("restart_strategy") == RestartStrategy.OVERLAP and not prog.overlaps:
+def _check_combinations(p: ProgramReader, prog: ProgramConfig, written_strategy: RestartStrategy | None) -> None:
+    """Keys that are each valid but not together (written_strategy: restart_strategy as written and valid)."""
+    if written_strategy == RestartStrategy.OVERLAP and not prog.overlaps:
         p.err("restart_strategy", '"overlap" needs held sockets (sockets = [...]) and a service (not a oneshot): '
                                   "the next generation gets fresh ones; without them it is stopped, then started")
     if "drain_timeout" in p.table and not prog.sockets:

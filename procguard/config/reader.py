@@ -21,15 +21,15 @@ class ProgramReader:
         if issue not in self.issues:  # a template shared by numprocs processes fails once, not N times
             self.issues.append(issue)
 
-    def given(self, key: str, parser: Any, env: bool = True) -> dict[str, Any]:
+    def given(self, key: str, parser: Any) -> dict[str, Any]:
         """{key: parsed value} when the table sets key and it parses, else {} (the dataclass default applies).
 
-        env: {ENV_X} in a string value is the daemon's variable (issue #14).
+        {ENV_X} in a string value is the daemon's variable (issue #14), in every key.
         """
         if key not in self.table:
             return {}
         try:
-            return {key: self._parse(key, parser) if env else parser(self.table[key])}
+            return {key: self._parse(key, parser)}
         except Bad as exc:
             self.err(key, str(exc))
             return {}

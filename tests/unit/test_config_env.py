@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from procguard.config.load import load_config
-from procguard.config.model import AutoRestart, ProgramConfig
+from procguard.config.model import AutoRestart, ProgramConfig, RestartStrategy
 from procguard.errors import ConfigError
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -85,6 +85,27 @@ def test_an_unset_variable_refuses_the_config_naming_file_program_and_key(tmp_pa
     path = tmp_path / "procguard.toml"
     expected = f"{path}: [program.web] {key}: {{ENV_{var}}}: the daemon's environment has no {var}"
     assert expected in lines, lines
+
+
+def test_env_templates_in_procguards_own_replace_keys_are_expanded_too(tmp_path: Path) -> None:
+    body = """\
+    command = "/bin/sleep 100"
+    numprocs = 3
+    sockets = ["http"]
+    restart_strategy = "{ENV_STRATEGY}"
+    roll_batch = "{ENV_BATCH}"
+    """
+    sockets = "[socket.http]\nbind = \"tcp://127.0.0.1:18000\"\n"
+    path = tmp_path / "procguard.toml"
+    path.write_text(HEADER.format(tmp=tmp_path).replace("[program.web]", sockets + "\n[program.web]")
+                    + textwrap.dedent(body))
+    prog = load_config(path, environ={**ENV, "STRATEGY": "recreate", "BATCH": "2"}).program("web")
+    assert prog is not None
+    assert (prog.restart_strategy, prog.roll_batch) == (RestartStrategy.RECREATE, 2)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={**ENV, "BATCH": "2"})
+    assert (f"{path}: [program.web] restart_strategy: {{ENV_STRATEGY}}: the daemon's environment has no STRATEGY"
+            in str(info.value).splitlines())
 
 
 def pwd_name() -> str:
