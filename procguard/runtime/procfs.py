@@ -7,6 +7,8 @@ Blocking: every function here reads /proc or signals; run them off the loop.
 """
 
 import os
+import resource
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,9 +30,9 @@ class Stat(NamedTuple):
     rss_pages: int
 
 
-@dataclass(frozen=True, slots=True)
-class TreeUsage:
-    """One process tree (a leader and its descendants) at one moment."""
+class TreeUsage(NamedTuple):
+    """One process tree (a leader and its descendants) at one moment (a tuple: the scrape compares 1000 of
+    them with the previous scrape's)."""
 
     cpu_s: float  # user + system time of the live members, and of the children they reaped
     rss_bytes: int  # summed over members: pages shared between them count once per member
@@ -54,11 +56,14 @@ def _stat(pid: int) -> Stat | None:
     except OSError:
         return None
     try:
-        data = os.read(fd, 4096)
+        return _parse_stat(os.read(fd, 4096))
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _parse_stat(data: bytes) -> Stat | None:
     # comm (field 2) may hold spaces and parentheses: the fields after it follow the last ')'.
     rest = data[data.rfind(b")") + 2:].split(None, 22)  # up to rss; the 20-odd fields after it stay unsplit
     try:
@@ -121,19 +126,25 @@ def _trees(leaders: set[int]) -> dict[int, list[tuple[int, Stat]]]:
         children = _children_of(stats)
         return {leader: [(pid, stats[pid]) for pid in (leader, *_descendants(children, leader))]
                 for leader in leaders if leader in stats}
+    return _walk(leaders, _stat, _kids)
+
+
+def _walk(leaders: set[int], stat: Callable[[int], Stat | None], kids: Callable[[int, int], list[int]]
+          ) -> dict[int, list[tuple[int, Stat]]]:
+    """_trees by the children files, reading each member with `stat` and `kids`."""
     trees: dict[int, list[tuple[int, Stat]]] = {}
     for leader in leaders:
-        st = _stat(leader)
+        st = stat(leader)
         if st is None:
             continue
         members = trees[leader] = [(leader, st)]
-        stack = _kids(leader, st.threads)
+        stack = kids(leader, st.threads)
         while stack:
             pid = stack.pop()
-            st = _stat(pid)
+            st = stat(pid)
             if st is not None:  # else gone meanwhile, and its children with it or reparented
                 members.append((pid, st))
-                stack.extend(_kids(pid, st.threads))
+                stack.extend(kids(pid, st.threads))
     return trees
 
 
@@ -166,18 +177,128 @@ def _kids(pid: int, threads: int) -> list[int]:
 
 def tree_usage(leaders: Iterable[int]) -> dict[int, TreeUsage]:
     """Usage of each leader's tree; leaders that are gone are left out."""
+    return _usage(_trees(set(leaders)), _fds)
+
+
+def _usage(trees: dict[int, list[tuple[int, Stat]]], count_fds: Callable[[int], int | None]) -> dict[int, TreeUsage]:
     out: dict[int, TreeUsage] = {}
-    for leader, members in _trees(set(leaders)).items():
+    for leader, members in trees.items():
         ticks = pages = 0
         fds: int | None = None
         for pid, st in members:
             ticks += st.cpu_ticks
             pages += st.rss_pages
-            n = _fds(pid)
+            n = count_fds(pid)
             if n is not None:
                 fds = n + (fds or 0)
-        out[leader] = TreeUsage(cpu_s=ticks / CLOCK_TICKS, rss_bytes=pages * PAGE_BYTES, fds=fds, pids=len(members))
+        out[leader] = TreeUsage(ticks / CLOCK_TICKS, pages * PAGE_BYTES, fds, len(members))
     return out
+
+
+class _Held:
+    """One member's /proc files kept open between passes (-1: not opened yet)."""
+
+    __slots__ = ("stat", "children", "fd_dir")
+
+    def __init__(self, stat: int) -> None:
+        self.stat = stat
+        self.children = -1
+        self.fd_dir = -1
+
+    def close(self) -> None:
+        for fd in (self.stat, self.children, self.fd_dir):
+            if fd >= 0:
+                os.close(fd)
+
+
+class TreeReader:
+    """tree_usage, pass after pass (each metrics scrape), with each member's /proc files kept open between them.
+
+    Re-reading an open /proc file with pread(2) skips the path lookup and the open and close that make
+    up most of a read: a member costs ~10 us instead of ~30 (its stat, children and fd count; 1000
+    members: benchmarks/RESULTS.md). An open /proc/PID file stays bound to the process it was opened
+    for (procfs resolves the pid at open), so once that process is gone a read fails (ESRCH) and the
+    file is dropped: a reused pid is opened afresh, never mistaken for the old process. Files of
+    members no longer in any tree are closed after each pass.
+    Costs: up to three descriptors per member, never more than a quarter of RLIMIT_NOFILE's soft limit
+    in all (members beyond it are read as tree_usage reads them), and a page of kernel memory for each
+    stat and children file read (the seq_file buffer, freed when it is closed).
+    Without CONFIG_PROC_CHILDREN: tree_usage. One pass at a time; close() may come from another thread.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, _Held] = {}
+        self._seen: set[int] = set()
+        self._cap = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        """How many members have files held open."""
+        return len(self._held)
+
+    def usage(self, leaders: Iterable[int]) -> dict[int, TreeUsage]:
+        """Usage of each leader's tree (tree_usage); leaders that are gone are left out."""
+        if not _HAS_CHILDREN_FILES:
+            return tree_usage(leaders)
+        with self._lock:
+            self._seen = set()
+            self._cap = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4 // 3
+            out = _usage(_walk(set(leaders), self._stat, self._kids), self._fds)
+            for pid in self._held.keys() - self._seen:
+                self._held.pop(pid).close()
+            return out
+
+    def close(self) -> None:
+        """Close every held file."""
+        with self._lock:
+            for held in self._held.values():
+                held.close()
+            self._held.clear()
+
+    def _stat(self, pid: int) -> Stat | None:
+        self._seen.add(pid)
+        held = self._held.get(pid)
+        if held is not None:
+            try:
+                return _parse_stat(os.pread(held.stat, 4096, 0))
+            except OSError:  # gone (ESRCH); its pid may name a new process now
+                self._held.pop(pid).close()
+        if len(self._held) >= self._cap:
+            return _stat(pid)
+        try:
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        self._held[pid] = _Held(fd)
+        try:
+            return _parse_stat(os.pread(fd, 4096, 0))
+        except OSError:
+            self._held.pop(pid).close()
+            return None
+
+    def _kids(self, pid: int, threads: int) -> list[int]:
+        held = self._held.get(pid)
+        if held is None or threads != 1:  # each thread has its children file: those of many are not held
+            return _kids(pid, threads)
+        try:
+            if held.children < 0:
+                held.children = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
+            return list(map(int, os.pread(held.children, 1 << 16, 0).split()))
+        except OSError:
+            return []
+
+    def _fds(self, pid: int) -> int | None:
+        held = self._held.get(pid)
+        if held is None:
+            return _fds(pid)
+        try:
+            if held.fd_dir < 0:
+                held.fd_dir = os.open(f"/proc/{pid}/fd", os.O_PATH | os.O_CLOEXEC)
+            # fstat asks procfs afresh each time, as stat does (_fds)
+            return os.fstat(held.fd_dir).st_size or len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return None
 
 
 @dataclass(frozen=True, slots=True)
