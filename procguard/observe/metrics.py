@@ -15,7 +15,7 @@ import asyncio
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -88,31 +88,41 @@ _HEALTHY: dict[Health | None, float] = {Health.HEALTHY: 1.0, Health.UNHEALTHY: 0
 _REASON_ORDER = tuple(ExitReason)
 
 
-def snapshot(sup: Supervisor, output: Output | None) -> list[Row]:
+def snapshot(sup: Supervisor, output: Output | None, last: Mapping[str, Row] | None = None) -> list[Row]:
     """Copy what the metrics need out of every Process; runs on the loop (no I/O).
 
     Reads the attributes records.snapshot() reports, without building a status per process (its frozen
     dataclass made this a third of a scrape at 1000 processes). A start time is rounded to the
-    millisecond, so an unchanged process gives an equal Row scrape after scrape.
+    millisecond, so an unchanged process gives an equal Row scrape after scrape; then the Row of `last`
+    (the previous scrape's, by process name) is returned, the new one freed at once: thousands of new
+    objects per scrape would keep the garbage collector busy on the loop.
     """
     epoch = time.time() - time.monotonic()  # monotonic -> wall clock
     stream = output.stream if output is not None else None
-    rows = []
+    previous = (last or {}).get
+    rows: list[Row] = []
     for p in sup.processes():
-        name, state, spawned_at = p.name, p.state, p.spawned_at
+        name, state, spawned_at, program = p.config.name, p.state, p.spawned_at, p.program
         streams: tuple[tuple[str, int, int], ...] = ()
         if stream is not None:
-            for s in (stream(name, "stdout"), stream(name, "stderr")):
-                if s is not None:
-                    streams += ((s.name, s.offset, s.dropped),)
-        rows.append(Row(
-            p.program.name, name, state, p.live_pid,
+            out, err = stream(name, "stdout"), stream(name, "stderr")
+            if out is not None:
+                streams = (("stdout", out.offset, out.dropped),)
+            if err is not None:
+                streams = (*streams, ("stderr", err.offset, err.dropped))
+        row = _new_row(Row, (  # positional, without NamedTuple's __new__: a third of the time
+            program.name, name, state, p.live_pid,
             round(epoch + spawned_at, 3) if state in _UP and spawned_at else None,
             _HEALTHY.get(p.health) if state in _CHECKED else None,
-            p.health_check_s if p.program.healthcheck is not None else None,
+            p.health_check_s if program.healthcheck is not None else None,
             p.restarts, tuple(map(p.exits.__getitem__, _REASON_ORDER)), streams,
         ))
+        prev = previous(name)
+        rows.append(prev if prev == row else row)
     return rows
+
+
+_new_row = tuple.__new__
 
 
 Family = GaugeMetricFamily | CounterMetricFamily
@@ -190,6 +200,13 @@ def render(families: list[Family]) -> bytes:
     return generate_latest(registry)
 
 
+# Processes rendered in one family object. The first scrape renders every sample; one batch of all 1000
+# processes keeps ~10000 of the library's objects alive at once, and the garbage collector promotes and
+# traverses them again and again (a cold render of 1000 in a 100k-object heap: 66 -> 38 collections,
+# ~10% less CPU).
+RENDER_BATCH = 100
+
+
 class _Entry:
     """One process at the last scrape: its row and tree usage, each family's key, each family's lines."""
 
@@ -235,8 +252,9 @@ class ProcessCollector:
         names = list(entries)
         same = len(names) == len(rows) and names == self._names
         for i, (spec, to_render) in enumerate(zip(PROCESS_FAMILIES, stale)):
-            for e, text in self._render(spec, to_render):
-                e.lines[i] = text
+            for start in range(0, len(to_render), RENDER_BATCH):
+                for e, text in self._render(spec, to_render[start:start + RENDER_BATCH]):
+                    e.lines[i] = text
             if not same or to_render:
                 text = b"".join([self._headers[i], *(e.lines[i] for e in order)])
                 if i < len(self._parts):
@@ -320,6 +338,7 @@ class Scraper:
         self._output = output
         self._requests = requests
         self._processes = ProcessCollector()
+        self._rows: dict[str, Row] = {}  # the last scrape's, by process name
         self._trees = procfs.TreeReader()
         self._scraping = asyncio.Lock()
         self._started_at = time.time()
@@ -333,7 +352,8 @@ class Scraper:
             queued: asyncio.Future[float] = loop.create_future()
             loop.call_soon(lambda: queued.set_result(time.monotonic()) if not queued.done() else None)
             lag = await queued - t0
-            rows = snapshot(self._sup, self._output)
+            rows = snapshot(self._sup, self._output, self._rows)
+            self._rows = {r.process: r for r in rows}
             requests = tuple(sorted(self._requests().items()))
             return await asyncio.to_thread(self._collect, rows, lag, requests)
 

@@ -132,20 +132,24 @@ def _trees(leaders: set[int]) -> dict[int, list[tuple[int, Stat]]]:
 def _walk(leaders: set[int], stat: Callable[[int], Stat | None], kids: Callable[[int, int], list[int]]
           ) -> dict[int, list[tuple[int, Stat]]]:
     """_trees by the children files, reading each member with `stat` and `kids`."""
-    trees: dict[int, list[tuple[int, Stat]]] = {}
-    for leader in leaders:
-        st = stat(leader)
-        if st is None:
-            continue
-        members = trees[leader] = [(leader, st)]
-        stack = kids(leader, st.threads)
-        while stack:
-            pid = stack.pop()
-            st = stat(pid)
-            if st is not None:  # else gone meanwhile, and its children with it or reparented
-                members.append((pid, st))
-                stack.extend(kids(pid, st.threads))
-    return trees
+    return {leader: members for leader in leaders if (members := _members(leader, stat, kids))}
+
+
+def _members(leader: int, stat: Callable[[int], Stat | None], kids: Callable[[int, int], list[int]]
+             ) -> list[tuple[int, Stat]]:
+    """leader's tree, leader first, by the children files; [] when the leader is gone."""
+    st = stat(leader)
+    if st is None:
+        return []
+    members = [(leader, st)]
+    stack = kids(leader, st.threads)
+    while stack:
+        pid = stack.pop()
+        st = stat(pid)
+        if st is not None:  # else gone meanwhile, and its children with it or reparented
+            members.append((pid, st))
+            stack.extend(kids(pid, st.threads))
+    return members
 
 
 def _host_processes() -> int:
@@ -181,18 +185,19 @@ def tree_usage(leaders: Iterable[int]) -> dict[int, TreeUsage]:
 
 
 def _usage(trees: dict[int, list[tuple[int, Stat]]], count_fds: Callable[[int], int | None]) -> dict[int, TreeUsage]:
-    out: dict[int, TreeUsage] = {}
-    for leader, members in trees.items():
-        ticks = pages = 0
-        fds: int | None = None
-        for pid, st in members:
-            ticks += st.cpu_ticks
-            pages += st.rss_pages
-            n = count_fds(pid)
-            if n is not None:
-                fds = n + (fds or 0)
-        out[leader] = TreeUsage(ticks / CLOCK_TICKS, pages * PAGE_BYTES, fds, len(members))
-    return out
+    return {leader: _tree_usage(members, count_fds) for leader, members in trees.items()}
+
+
+def _tree_usage(members: list[tuple[int, Stat]], count_fds: Callable[[int], int | None]) -> TreeUsage:
+    ticks = pages = 0
+    fds: int | None = None
+    for pid, st in members:
+        ticks += st.cpu_ticks
+        pages += st.rss_pages
+        n = count_fds(pid)
+        if n is not None:
+            fds = n + (fds or 0)
+    return TreeUsage(ticks / CLOCK_TICKS, pages * PAGE_BYTES, fds, len(members))
 
 
 class _Held:
@@ -229,6 +234,7 @@ class TreeReader:
     def __init__(self) -> None:
         self._held: dict[int, _Held] = {}
         self._seen: set[int] = set()
+        self._last: dict[int, TreeUsage] = {}
         self._cap = 0
         self._lock = threading.Lock()
 
@@ -244,9 +250,16 @@ class TreeReader:
         with self._lock:
             self._seen = set()
             self._cap = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4 // 3
-            out = _usage(_walk(set(leaders), self._stat, self._kids), self._fds)
+            out = {}
+            for leader in set(leaders):  # one tree at a time: its members are garbage before the next
+                members = _members(leader, self._stat, self._kids)
+                if members:
+                    usage = _tree_usage(members, self._fds)
+                    last = self._last.get(leader)
+                    out[leader] = last if last == usage else usage  # the old object: nothing new for the GC
             for pid in self._held.keys() - self._seen:
                 self._held.pop(pid).close()
+            self._last = out
             return out
 
     def close(self) -> None:
