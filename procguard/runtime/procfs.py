@@ -219,15 +219,16 @@ class _Held:
 class TreeReader:
     """tree_usage, pass after pass (each metrics scrape), with each member's /proc files kept open between them.
 
-    Re-reading an open /proc file with pread(2) skips the path lookup and the open and close that make
-    up most of a read: a member costs ~10 us instead of ~30 (its stat, children and fd count; 1000
-    members: benchmarks/RESULTS.md). An open /proc/PID file stays bound to the process it was opened
-    for (procfs resolves the pid at open), so once that process is gone a read fails (ESRCH) and the
-    file is dropped: a reused pid is opened afresh, never mistaken for the old process. Files of
-    members no longer in any tree are closed after each pass.
+    Re-reading an open /proc file with pread(2) skips the path lookup, open and close that make up most
+    of a read: 1000 members (stat, children, fd count) cost ~0.6x tree_usage's walk (benchmarks/
+    bench_metrics.py prints both). An open /proc/PID file stays bound to the process it was opened for
+    (procfs resolves the pid at open), so once that process is gone a read fails (ESRCH) and the file
+    is dropped: a reused pid is opened afresh, never mistaken for the old process. Files of members no
+    longer in any tree are closed after each pass.
     Costs: up to three descriptors per member, never more than a quarter of RLIMIT_NOFILE's soft limit
-    in all (members beyond it are read as tree_usage reads them), and a page of kernel memory for each
-    stat and children file read (the seq_file buffer, freed when it is closed).
+    in all (members beyond it are read as tree_usage reads them), and 4 KiB of kernel memory for each
+    stat and children file once read (its seq_file buffer, charged to the daemon's cgroup: kmalloc-cg-4k
+    grew by 993 for 1000 stat files; freed when closed).
     Without CONFIG_PROC_CHILDREN: tree_usage. One pass at a time; close() may come from another thread.
     """
 
@@ -249,7 +250,8 @@ class TreeReader:
             return tree_usage(leaders)
         with self._lock:
             self._seen = set()
-            self._cap = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4 // 3
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            self._cap = (soft if soft != resource.RLIM_INFINITY else 1 << 20) // 4 // 3  # members
             out = {}
             for leader in set(leaders):  # one tree at a time: its members are garbage before the next
                 members = _members(leader, self._stat, self._kids)
