@@ -68,10 +68,14 @@ def _parse_stat(data: bytes) -> Stat | None:
     rest = data[data.rfind(b")") + 2:].split(None, 22)  # up to rss; the 20-odd fields after it stay unsplit
     try:
         # proc(5): ppid is field 4, pgrp 5, utime..cstime 14..17, num_threads 20, rss 24; rest[0] is field 3.
-        return Stat(int(rest[1]), int(rest[2]), int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14]),
-                    int(rest[17]), int(rest[21]))
+        return _new_stat(Stat, (int(rest[1]), int(rest[2]),  # positional, without NamedTuple's __new__
+                                int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14]), int(rest[17]),
+                                int(rest[21])))
     except (IndexError, ValueError):
         return None
+
+
+_new_stat = tuple.__new__
 
 
 def _table() -> dict[int, Stat]:
