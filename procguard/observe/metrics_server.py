@@ -67,6 +67,7 @@ class MetricsServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        await self._scraper.close()
         if self.config.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.config.path)

@@ -51,6 +51,19 @@ def proc_rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def proc_files_open(holder: int, pid: int) -> list[str]:
+    """holder's descriptors open on pid's /proc files."""
+    out = []
+    for fd in os.listdir(f"/proc/{holder}/fd"):
+        try:
+            target = os.readlink(f"/proc/{holder}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed meanwhile
+        if target.startswith(f"/proc/{pid}/"):
+            out.append(target)
+    return out
+
+
 def test_metrics_show_each_process_as_proc_sees_it_and_follow_a_crash(daemon: Callable[[str], DaemonRun]) -> None:
     d = daemon("")
     talk = "import sys, time; sys.stdout.write('hello metrics\\n'); sys.stdout.flush(); time.sleep(1000)"
@@ -110,6 +123,8 @@ def test_metrics_show_each_process_as_proc_sees_it_and_follow_a_crash(daemon: Ca
 
     m = wait_until(restarted, what="web's new pid in the metrics")
     assert value(m, "procguard_process_restarts_total", **web_labels) == 1
+    # A scrape keeps each process's /proc files open for the next (issue #18), and closes those of a process gone.
+    assert proc_files_open(d.proc.pid, second["pid"]) and proc_files_open(d.proc.pid, web["pid"]) == []
     assert value(m, "procguard_process_exits_total", reason="signal", **web_labels) == 1
     assert value(m, "procguard_process_state", state="RUNNING", **web_labels) == 1
 

@@ -16,7 +16,7 @@ def reference(rows: list[Row], usage: dict[int, procfs.TreeUsage]) -> bytes:
     for spec in PROCESS_FAMILIES:
         fam = spec.kind(spec.name, spec.doc, labels=[*PROCESS_LABELS, *spec.extra])
         for r in rows:
-            for extra, value in spec.samples(spec.key(r, usage)):
+            for extra, value in spec.samples(spec.key(r, usage.get(r.pid) if r.pid is not None else None)):
                 fam.add_metric([r.program, r.process, *extra], value)
         families.append(fam)
     return render(families)
@@ -61,3 +61,10 @@ def test_a_change_of_one_process_leaves_the_others_lines_as_they_were() -> None:
     assert b"".join(changed) == reference(rows, usage)
     # The families process 10's change does not touch (restarts, exits, output, ...) are the same text.
     assert [a is b for a, b in zip(first, changed)].count(True) >= 4
+    # Only a tree's usage changes; then a row changes in a way no family shows (below the start time's ms).
+    pid = next(r.pid for r in rows if r.pid is not None and r.pid in usage)
+    usage[pid] = usage[pid]._replace(cpu_s=usage[pid].cpu_s + 1)
+    assert b"".join(collector(rows, usage)) == reference(rows, usage)
+    i = next(i for i, r in enumerate(rows) if r.pid is not None and r.started_at is not None)
+    rows[i] = rows[i]._replace(started_at=rows[i].started_at + 1e-5)
+    assert b"".join(collector(rows, usage)) == reference(rows, usage)
