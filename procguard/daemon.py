@@ -31,7 +31,7 @@ from procguard.engine.supervisor import Supervisor
 from procguard.terminal import HelpFormatter
 from procguard.upgrade import adopt
 from procguard.upgrade.handoff import ADOPT_FLAG, Reexec
-from procguard.upgrade.state import Snapshot, StateError
+from procguard.upgrade.state import Snapshot
 
 if TYPE_CHECKING:
     from procguard.observe.metrics_server import MetricsServer
@@ -107,13 +107,13 @@ class Daemon:
         # per dropped byte onto stderr, into the middle of our log lines. A dropped byte loses nothing:
         # the bytes still queued wake the reaper, which collects every zombie (waitpid loop).
         signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
+        reexec = Reexec(config=self.config, supervisor=self.supervisor, osapi=self.osapi,
+                        systemd=lambda: self.systemd, argv=self.argv)
         self.control = ControlServer(self.config, self.supervisor, self._reload_command,
                                      lambda: self._signals.put_nowait(signal.SIGTERM), self.osapi.output,
-                                     self.events, self.alerts, self.mainlog)
-        self.control.handoff = None if self.adopted is None else adopt.control_handoff(self.adopted)
-        self.control.handlers.on_reexec = Reexec(config=self.config, supervisor=self.supervisor, osapi=self.osapi,
-                                                 control=self.control, systemd=lambda: self.systemd,
-                                                 argv=self.argv).request
+                                     self.events, self.alerts, self.mainlog,
+                                     handoff=None if self.adopted is None else adopt.control_handoff(self.adopted),
+                                     reexec=reexec.request)
         return await self._open_endpoints()
 
     def _adopt_processes(self) -> None:
@@ -332,8 +332,9 @@ class Daemon:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    resumed = None if args.adopt_state_fd is None else adopt.Resumed(args.adopt_state_fd, args.config)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config) if resumed is None else resumed.config()
     except ConfigError as exc:
         print(f"procguard: refusing config {args.config}:", file=sys.stderr)
         for issue in exc.issues:
@@ -344,12 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     events, mainlog = EventBus(), LogRing()
     configure_logging(args.log_level or config.loglevel, args.log_format, ring=mainlog, bus=events)
     adopted = None
-    if args.adopt_state_fd is not None:
-        try:
-            adopted = adopt.read_snapshot(args.adopt_state_fd)
-        except (StateError, OSError) as exc:
-            log.error("reexec_adopt_failed", error=str(exc))
+    if resumed is not None:
+        resumed.report()
+        if resumed.snapshot is None:
             return 1
+        adopted = resumed.snapshot
     raise_fd_limit()
     reset = reset_inherited_signals()
     if reset:

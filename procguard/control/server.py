@@ -76,12 +76,14 @@ class ControlServer:
         events: EventBus | None = None,
         alerts: AlertManager | None = None,
         mainlog: LogRing | None = None,
+        handoff: tuple[int, int] | None = None,
+        reexec: Callable[[], Awaitable[AfterReply]] | None = None,
     ) -> None:
         self.config = config
         self.endpoint = config.control
         self._followers = Followers(events)
         self.handlers = Handlers(supervisor, reload, request_shutdown, self._followers, output, events, alerts,
-                                 mainlog)
+                                 mainlog, reexec)
         self._handlers = self.handlers.table()
         self._policy = auth.peer_policy(config)
         self._ctx = zmq.asyncio.Context()
@@ -91,7 +93,7 @@ class ControlServer:
         # ipc://: the listening socket is ours (ZMQ_USE_FD), so a re-exec keeps it open and its backlog
         # holds the connections made meanwhile; handoff: (lock fd, listening fd) a previous image left.
         self.listen_fd: int | None = None
-        self.handoff: tuple[int, int] | None = None
+        self._handoff = handoff
         self._tasks: set[asyncio.Task[None]] = set()
         self._serving: list[asyncio.Task[None]] = []
         self.stopping = False
@@ -138,13 +140,13 @@ class ControlServer:
             router.curve_publickey = public
             router.curve_secretkey = secret
         self._bind(router, path)
-        self.handoff = None
+        self._handoff = None
 
     def _bind(self, router: zmq.asyncio.Socket, path: str | None) -> None:
         old_umask = os.umask(0o117) if path is not None else None  # the socket is born 0660
         try:
             if path is not None:
-                self.listen_fd = self.handoff[1] if self.handoff is not None else unix_listener(path)
+                self.listen_fd = self._handoff[1] if self._handoff is not None else unix_listener(path)
                 router.setsockopt(zmq.USE_FD, self.listen_fd)  # libzmq owns (and closes) it from here
             router.bind(self.endpoint)
         except zmq.ZMQError as exc:
@@ -178,8 +180,8 @@ class ControlServer:
         return True
 
     def _prepare_ipc(self, path: str) -> None:
-        if self.handoff is not None:
-            self._lock_fd = self.handoff[0]  # still locked: the lock belongs to the open file, which exec keeps
+        if self._handoff is not None:
+            self._lock_fd = self._handoff[0]  # still locked: the lock belongs to the open file, which exec keeps
             return
         directory = os.path.dirname(path) or "."
         created = False
@@ -261,6 +263,12 @@ class ControlServer:
         self._lock_fd = self.listen_fd = None
         return keep
 
+    def reattach(self, kept: tuple[int, int] | None) -> None:
+        """Serve again on what detach() kept (a re-exec whose exec failed). Raises as open() does."""
+        self._handoff = kept
+        self.open()
+        self.start()
+
     # ------------------------------------------------------------------------------------ ZAP
 
     async def _zap_loop(self) -> None:
@@ -310,7 +318,7 @@ class ControlServer:
         if isinstance(answer.result, FollowStart):
             self._followers.start(answer.result, self._router, envelope)
         elif isinstance(answer.result, AfterReply):
-            answer.result.then()
+            answer.result.then(self)
 
     async def _answer(self, rest: list[bytes]) -> "Answer":
         """Run one request; every failure becomes an error reply with its code (internal for a bug)."""

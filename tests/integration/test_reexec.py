@@ -279,6 +279,7 @@ def test_a_second_daemon_still_cannot_take_the_socket_after_a_reexec(daemon):
                         startsecs=0, stdout_logfile="NONE"))
     d.start()
     assert ctl(d, "reexec").returncode == 0
+    assert d.events("reexec_config_carried") and not d.events("reexec_config_loaded")
     second = subprocess.run([sys.executable, "-m", "procguard", "-c", str(d.config)], capture_output=True,
                             text=True, timeout=60, cwd=str(REPO))
     assert second.returncode == 1 and "already serves" in second.stderr, second.stderr
