@@ -31,7 +31,7 @@ from procguard.engine.supervisor import Supervisor
 from procguard.terminal import HelpFormatter
 from procguard.upgrade import adopt
 from procguard.upgrade.handoff import ADOPT_FLAG, Reexec
-from procguard.upgrade.state import Snapshot
+from procguard.upgrade.state import Snapshot, process_cpu_ms
 
 if TYPE_CHECKING:
     from procguard.observe.metrics_server import MetricsServer
@@ -184,7 +184,8 @@ class Daemon:
     async def _adopted(self) -> None:
         """After a re-exec: nothing to start (every process was adopted as it was); tell systemd we are back."""
         sup = self.supervisor
-        log.info("daemon_ready", status=sup.counts(), adopted_from=self.adopted.version if self.adopted else None)
+        log.info("daemon_ready", status=sup.counts(), adopted_from=self.adopted.version if self.adopted else None,
+                 cpu_ms=process_cpu_ms())
         if self.systemd is not None:
             self.systemd.ready(sup.counts())
 

@@ -26,7 +26,7 @@ from procguard.errors import ConfigError
 from procguard.runtime.realos import RealOS
 from procguard.upgrade import carried
 from procguard.upgrade.fds import close_on_exec, read_state_fd
-from procguard.upgrade.state import SavedProcess, Snapshot, StateError, loads
+from procguard.upgrade.state import SavedProcess, Snapshot, StateError, loads, process_cpu_ms
 
 log = structlog.get_logger()
 
@@ -44,7 +44,7 @@ class Resumed:
     """
 
     def __init__(self, state_fd: int, config_path: str) -> None:
-        began = time.monotonic()
+        began, self._cpu = time.monotonic(), [process_cpu_ms()]  # interpreter and imports done
         self.snapshot: Snapshot | None = None
         self.error: str | None = None
         self._path = config_path
@@ -72,26 +72,29 @@ class Resumed:
         without a supervisor: the pre-flight's config, which this code validated and which was in force,
         is kept instead, as a refused `reload` keeps it.
         """
-        if self._carried is not None and self._mismatch == carried.Mismatch.NONE:
-            return self._carried
         try:
+            if self._carried is not None and self._mismatch == carried.Mismatch.NONE:
+                return self._carried
             return load_config(self._path)
         except ConfigError as exc:
             if self._carried is None:
                 raise
             self._kept_issues = [str(i) for i in exc.issues]
             return self._carried
+        finally:
+            self._cpu.append(process_cpu_ms())
 
     def report(self) -> None:
+        cpu = {"started_cpu_ms": self._cpu[0], "cpu_ms": self._cpu[-1]}  # (the bench's split)
         if self.error is not None:
             log.error("reexec_adopt_failed", error=self.error)
         elif self._kept_issues:
             log.error("reexec_config_kept", reason="the config files changed since the pre-flight and are refused; "
-                      "the config in force is kept", changed=str(self._mismatch), problems=self._kept_issues)
+                      "the config in force is kept", changed=str(self._mismatch), problems=self._kept_issues, **cpu)
         elif self._mismatch == carried.Mismatch.NONE:
-            log.info("reexec_config_carried", took_ms=self._took_ms)
+            log.info("reexec_config_carried", took_ms=self._took_ms, **cpu)
         else:
-            log.info("reexec_config_loaded", reason=str(self._mismatch))
+            log.info("reexec_config_loaded", reason=str(self._mismatch), **cpu)
 
 
 def systemd_notifier(snap: Snapshot) -> SystemdNotifier | None:
@@ -163,7 +166,7 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS) -> int:
             step=ReplacePhase(o.step), reason=o.reason)
     close_on_exec([fd for fd in snap.fds() if fd not in snap.sockets.values()])
     log.info("processes_adopted", processes=adopted, saved=len(snap.processes), from_version=snap.version,
-             took_ms=round((time.monotonic() - began) * 1e3, 1))
+             took_ms=round((time.monotonic() - began) * 1e3, 1), cpu_ms=process_cpu_ms())
     return adopted
 
 

@@ -33,7 +33,7 @@ from procguard.io.systemd import SystemdNotifier
 from procguard.protocol import E_REEXEC_REFUSED, VERSION
 from procguard.runtime.realos import RealOS
 from procguard.upgrade.fds import keep_across_exec, state_fd
-from procguard.upgrade.state import FORMAT, SavedOutcome, SavedProcess, SavedStream, Snapshot, dumps
+from procguard.upgrade.state import FORMAT, SavedOutcome, SavedProcess, SavedStream, Snapshot, dumps, process_cpu_ms
 
 log = structlog.get_logger()
 
@@ -136,7 +136,7 @@ class Reexec:
             self._drop_carry()
             log.warning("reexec_aborted", reason=reason)
             return
-        began = time.monotonic()
+        began, began_cpu = time.monotonic(), process_cpu_ms()
         systemd = self._systemd()
         if systemd is not None:
             systemd.reloading()
@@ -153,7 +153,8 @@ class Reexec:
         keep_across_exec(keep)
         argv = [sys.executable, "-m", "procguard", *self._argv, ADOPT_FLAG, str(fd)]
         log.info("daemon_reexec", version=VERSION, pid=os.getpid(), processes=len(snap.processes), fds=len(keep),
-                 state_bytes=len(data), saved_ms=round((time.monotonic() - began) * 1e3, 1), argv=argv)
+                 state_bytes=len(data), saved_ms=round((time.monotonic() - began) * 1e3, 1),
+                 saved_cpu_ms=round(process_cpu_ms() - began_cpu, 1), cpu_ms=process_cpu_ms(), argv=argv)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
