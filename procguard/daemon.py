@@ -40,6 +40,7 @@ log = structlog.get_logger()
 
 # After every program stopped, orphans that no program claims get this long after SIGTERM before SIGKILL.
 ORPHAN_GRACE_S = 5.0
+SYSTEMD_FLUSH_S = 2.0  # at most this long at exit for sd_notify messages a busy systemd has not taken
 
 
 class Daemon:
@@ -69,6 +70,7 @@ class Daemon:
         self._is_subreaper = False
         self._watchdog: asyncio.Task[None] | None = None
         self._starter: asyncio.Task[None] | None = None
+        self._control_open = False  # only after a re-exec can the daemon run without it (_open_endpoints)
 
     async def run(self) -> int:
         if not await self.setup():
@@ -130,30 +132,43 @@ class Daemon:
         self.supervisor.process_spawned(process)
 
     async def _open_endpoints(self) -> bool:
-        """The control socket, the held sockets, the metrics endpoint; on a failure close what opened."""
+        """The control socket, the held sockets, the metrics endpoint; on a failure close what opened.
+
+        After a re-exec the programs run already: an endpoint that fails is logged and the daemon serves
+        on without it (still supervising, stopping everything on SIGTERM) rather than leave them alone.
+        """
         try:
             self.control.open()
+            self._control_open = True
         except (ControlSetupError, OSError) as exc:
             # Before any child exists: nothing to clean up, and the other daemon keeps its socket.
-            log.error("control_setup_failed", endpoint=self.config.control, error=str(exc))
-            return False
+            log.error("control_setup_failed", endpoint=self.config.control, error=str(exc), **self._serving_on())
+            if self.adopted is None:
+                return False
         if self.adopted is not None:
             adopt.adopt_sockets(self.adopted, self.osapi.sockets, self.config)
         try:
             self.osapi.sockets.apply(self.config.sockets, self.config.socket_users())
         except SocketError as exc:
-            log.error("socket_bind_failed", error=str(exc))
-            await self.control.close()
-            return False
+            log.error("socket_bind_failed", error=str(exc), **self._serving_on())
+            if self.adopted is None:
+                await self.control.close()
+                return False
         try:
             self.metrics = await self._start_metrics()
         except OSError as exc:
             assert self.config.metrics is not None
-            log.error("metrics_setup_failed", address=self.config.metrics.address, error=str(exc))
-            await self.control.close()
-            self.osapi.sockets.close()
-            return False
+            log.error("metrics_setup_failed", address=self.config.metrics.address, error=str(exc),
+                      **self._serving_on())
+            if self.adopted is None:
+                await self.control.close()
+                self.osapi.sockets.close()
+                return False
+            self.metrics = None
         return True
+
+    def _serving_on(self) -> dict[str, str]:
+        return {} if self.adopted is None else {"action": "serving on without it: the programs were adopted"}
 
     async def _start_metrics(self) -> "MetricsServer | None":
         """Listen for Prometheus scrapes when configured (prometheus_client is imported only then); raises OSError."""
@@ -168,7 +183,8 @@ class Daemon:
 
     def start(self) -> None:
         """Serve the control socket, then start the autostart programs."""
-        self.control.start()
+        if self._control_open:
+            self.control.start()
         log.info("daemon_started", version=VERSION, pid=os.getpid(), config=self.config.path,
                  programs=len(self.config.programs), subreaper=self._is_subreaper, control=self.config.control)
         for issue in self.config.warnings:
@@ -307,6 +323,8 @@ class Daemon:
         for task in list(self.osapi.tasks):
             task.cancel()
         self.alerts.close()
+        if self.systemd is not None:
+            self.systemd.flush(SYSTEMD_FLUSH_S)  # STOPPING=1, if systemd has not taken it yet
 
     async def _stop_orphans(self) -> None:
         """Stop descendants no program owns (they double-forked out of every group): TERM, then KILL."""

@@ -40,6 +40,7 @@ log = structlog.get_logger()
 PREFLIGHT_TIMEOUT_S = 60.0
 PREFLIGHT_OUTPUT_LINES = 12  # of the pre-flight's output, in a refusal
 ADOPT_FLAG = "--adopt-state-fd"
+SYSTEMD_FLUSH_S = 2.0
 INHERIT_FLUSH_S = 5.0  # at most this long for a stalled journal (the bytes are dropped then, as output.py does)
 
 
@@ -140,6 +141,7 @@ class Reexec:
         systemd = self._systemd()
         if systemd is not None:
             systemd.reloading()
+            systemd.flush(SYSTEMD_FLUSH_S)  # exec would drop what a busy systemd has not taken yet
         control = server.detach()
         # Output bound for the daemon's own stdout/stderr (inherit, journal) waits in a writer thread's queue,
         # which exec would drop: write it first. The pipes keep what is not read yet.
