@@ -55,8 +55,8 @@ class Clients:
     """Threads sending `cmd` back to back through procguardctl's client; each reply's time, each error.
     (tests/integration/test_reexec.py uses it too.)"""
 
-    def __init__(self, endpoint: str, n: int, cmd: str = "version") -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str | ClientSettings, n: int, cmd: str = "version") -> None:
+        self.settings = endpoint if isinstance(endpoint, ClientSettings) else ClientSettings(endpoint)
         self.cmd = cmd
         self.replies: list[float] = []
         self.errors: list[str] = []  # error replies, and connections closed by the exec (Unreachable)
@@ -71,7 +71,7 @@ class Clients:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                reply = request(ClientSettings(self.endpoint), self.cmd, {}, 30.0)
+                reply = request(self.settings, self.cmd, {}, 30.0)
                 with self._lock:
                     self.replies.append(time.monotonic()) if reply.ok else self.errors.append(str(reply.message))
             except Unreachable as exc:

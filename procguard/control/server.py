@@ -45,7 +45,7 @@ from procguard.protocol import (
     ProtocolError, Request, decode_request, default_endpoint, encode_reply, ipc_path,
 )
 from procguard.runtime.heap import trim_heap
-from procguard.upgrade.fds import unix_listener
+from procguard.upgrade.fds import tcp_listener, unix_listener
 
 log = structlog.get_logger()
 
@@ -76,7 +76,7 @@ class ControlServer:
         events: EventBus | None = None,
         alerts: AlertManager | None = None,
         mainlog: LogRing | None = None,
-        handoff: tuple[int, int] | None = None,
+        handoff: tuple[int | None, int] | None = None,
         reexec: Callable[[], Awaitable[AfterReply]] | None = None,
     ) -> None:
         self.config = config
@@ -145,12 +145,19 @@ class ControlServer:
     def _bind(self, router: zmq.asyncio.Socket, path: str | None) -> None:
         old_umask = os.umask(0o117) if path is not None else None  # the socket is born 0660
         try:
-            if path is not None:
-                self.listen_fd = self._handoff[1] if self._handoff is not None else unix_listener(path)
+            if self._handoff is not None:
+                self.listen_fd = self._handoff[1]
+            elif path is not None:
+                self.listen_fd = unix_listener(path)
+            else:
+                self.listen_fd = tcp_listener(self.endpoint)  # None: libzmq binds it
+            if self.listen_fd is not None:
                 router.setsockopt(zmq.USE_FD, self.listen_fd)  # libzmq owns (and closes) it from here
             router.bind(self.endpoint)
         except zmq.ZMQError as exc:
             raise ControlSetupError(f"cannot bind the control socket {self.endpoint}: {exc}") from None
+        except OSError as exc:
+            raise ControlSetupError(f"cannot bind the control socket {self.endpoint}: {exc.strerror}") from None
         finally:
             if old_umask is not None:
                 os.umask(old_umask)
@@ -246,11 +253,11 @@ class ControlServer:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def detach(self) -> tuple[int, int] | None:
+    def detach(self) -> tuple[int | None, int] | None:
         """Stop serving for a re-exec (upgrade/handoff.py): flush the replies sent, close the ZeroMQ sockets,
-        and return (lock fd, listening fd) still open for the next image; None for tcp://."""
+        and return (lock fd (ipc://), listening fd) still open for the next image; None when libzmq bound it."""
         keep = None
-        if self.listen_fd is not None and self._lock_fd is not None:
+        if self.listen_fd is not None:
             keep = (self._lock_fd, os.dup(self.listen_fd))
         for task in self._serving:
             task.cancel()
@@ -263,7 +270,7 @@ class ControlServer:
         self._lock_fd = self.listen_fd = None
         return keep
 
-    def reattach(self, kept: tuple[int, int] | None) -> None:
+    def reattach(self, kept: tuple[int | None, int] | None) -> None:
         """Serve again on what detach() kept (a re-exec whose exec failed). Raises as open() does."""
         self._handoff = kept
         self.open()

@@ -105,8 +105,9 @@ def systemd_notifier(snap: Snapshot) -> SystemdNotifier | None:
     return SystemdNotifier(snap.systemd_address, snap.watchdog_s)
 
 
-def control_handoff(snap: Snapshot) -> tuple[int, int] | None:
-    if snap.control_lock_fd is None or snap.control_listen_fd is None:
+def control_handoff(snap: Snapshot) -> tuple[int | None, int] | None:
+    """(lock fd (ipc:// only), listening fd) of the control socket, or None: the new image binds it."""
+    if snap.control_listen_fd is None:
         return None
     return snap.control_lock_fd, snap.control_listen_fd
 

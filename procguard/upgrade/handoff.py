@@ -184,7 +184,7 @@ def without_adopt_flag(argv: list[str]) -> list[str]:
     return out
 
 
-def snapshot(sup: Supervisor, osapi: RealOS, control: tuple[int, int] | None, systemd: SystemdNotifier | None,
+def snapshot(sup: Supervisor, osapi: RealOS, control: tuple[int | None, int] | None, systemd: SystemdNotifier | None,
              argv: list[str], config_fd: int | None = None) -> Snapshot:
     """The whole state the next image adopts (state.py), naming every descriptor it inherits."""
     pipes: dict[int, list[int]] = {}

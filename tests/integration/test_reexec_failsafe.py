@@ -1,4 +1,4 @@
-"""A new image that fails after the exec keeps every program supervised (issue #19).
+"""A new image that fails after the exec keeps every program supervised; tcp:// control across it (issue #19).
 
 The daemon runs from a copy of the package (as a pip install puts it), which the test then breaks the way
 a release could: an adopt that raises for one process, and a config edited between the pre-flight and
@@ -14,8 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_reexec import Clients
+from procguardctl.endpoint import ClientSettings
 from tests.helpers import DaemonRun, alive, prog, wait_until
-from tests.integration.test_reexec import WRITER, _copy_package, ctl, set_version, status, status_when
+from tests.integration.test_reexec import (
+    CTL, WRITER, _copy_package, ctl, free_port, set_version, status, status_when,
+)
 
 # Inserted as the first line of adopt._restore in the copy: a bug of the new code, for one process only.
 BROKEN_RESTORE = ("def _restore(proc: Process, saved: SavedProcess) -> None:\n",
@@ -96,3 +100,56 @@ def test_a_new_image_that_fails_after_the_exec_keeps_every_program_supervised(da
     reload = ctl(d, "reload")
     assert reload.returncode != 0 and "stopwaitsecs" in reload.stderr, reload.stderr
     exit_handled(d, "bystander", before["bystander"])
+
+
+def tcp_listeners(port: int) -> set[int]:
+    """Inodes of the sockets listening on 127.0.0.1:port (/proc/net/tcp: state 0A is LISTEN)."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            out.add(int(fields[9]))
+    return out
+
+
+def test_a_tcp_control_socket_is_the_same_listener_across_a_reexec(daemon):
+    """tcp:// (CURVE): the listener is handed over as ipc:// is, so the port is never unbound; clients
+    connecting meanwhile wait in its backlog and get their replies from the new image."""
+    d: DaemonRun = daemon()
+    keys = d.work / "keys"
+    for name in ("server", "client"):
+        r = subprocess.run([*CTL, "keygen", str(keys), name], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+    (keys / "authorized").mkdir()
+    (keys / "authorized" / "client.key").write_bytes((keys / "client.key").read_bytes())
+    port = free_port()
+    d.endpoint = f"tcp://127.0.0.1:{port}"
+    d.write_config(f'[procguard]\nlogdir = "logs"\ncontrol = "{d.endpoint}"\n'
+                   '[procguard.curve]\nserver_secret_key = "keys/server.key_secret"\n'
+                   'authorized_clients = "keys/authorized"\nclient_secret_key = "keys/client.key_secret"\n\n'
+                   + prog("idle", [sys.executable, WRITER, "--dir", str(d.work), "--name", "idle", "tick"],
+                          startsecs=0, stdout_logfile="NONE"))
+    d.start(wait=False)
+    settings = ClientSettings(d.endpoint, str(keys / "server.key"), str(keys / "client.key_secret"))
+
+    def ctl_c(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CTL, "-c", str(d.config), *args], capture_output=True, text=True, timeout=120)
+
+    before = wait_until(lambda: (lambda r: json.loads(r.stdout) if r.returncode == 0 else None)(
+        ctl_c("--json", "status")), 30, "status over CURVE")
+    listener = tcp_listeners(port)
+    assert len(listener) == 1
+    flood = Clients(settings, 3, "status")
+    try:
+        wait_until(lambda: len(flood.replies) >= 3, 30, "the flood answered before the re-exec")
+        r = ctl_c("reexec")
+        assert r.returncode == 0, r.stderr
+        at_reexec = len(flood.replies)
+        wait_until(lambda: len(flood.replies) > at_reexec + 3, 30, "the flood answered after the re-exec")
+    finally:
+        flood.stop()
+    assert flood.hangs == 0 and flood.crashes == [], (flood.hangs, flood.crashes)
+    assert tcp_listeners(port) == listener  # the same socket: never unbound
+    after = json.loads(ctl_c("--json", "status").stdout)
+    assert [(s["name"], s["pid"], s["state"]) for s in after] == [(s["name"], s["pid"], s["state"]) for s in before]
+    assert d.events("reexec_config_carried")
