@@ -2,7 +2,7 @@
 
 The daemon runs from a copy of the package (as a pip install puts it), which the test then breaks the way
 a release could: an adopt that raises for one process, and a config edited between the pre-flight and
-the exec into one the new code refuses. Before, either left the apps without a supervisor (the new
+the exec into one the new code refuses, an endpoint that cannot be opened. Before, each left the apps without a supervisor (the new
 image exited, their output pipes closed behind them).
 """
 
@@ -32,6 +32,11 @@ EDIT_AFTER_PREFLIGHT = ('    print(f"procguard {VERSION} can take over")\n',
                         '        f.write("\\n[program.broken]\\ncommand = \\"true\\"\\nstopwaitsecs = \\"ten\\"\\n")\n'
                         '    print(f"procguard {VERSION} can take over")\n')
 
+# Inserted at the start of the metrics endpoint's start in the copy: its port was taken meanwhile.
+METRICS_TAKEN = ('        """Listen; return the address (with the port a port 0 got). Raises OSError."""\n',
+                 '        """Listen; return the address (with the port a port 0 got). Raises OSError."""\n'
+                 '        raise OSError(98, "Address already in use")\n')
+
 
 def patch(path: Path, change: tuple[str, str], *, undo: bool = False) -> None:
     old, new = change if not undo else change[::-1]
@@ -52,7 +57,7 @@ def exit_handled(d: DaemonRun, name: str, before: dict[str, Any]) -> None:
 def test_a_new_image_that_fails_after_the_exec_keeps_every_program_supervised(daemon, tmp_path):
     installed = _copy_package(tmp_path / "site", "0.1.0")
     d: DaemonRun = daemon()
-    good = "".join(prog(name, [sys.executable, WRITER, "--dir", str(d.work), "--name", name, "tick"], startsecs=0,
+    good = f'[procguard]\nlogdir = "{d.work}/logs"\ncontrol = "{d.endpoint}"\nmetrics = "127.0.0.1:0"\n\n' + "".join(prog(name, [sys.executable, WRITER, "--dir", str(d.work), "--name", name, "tick"], startsecs=0,
                         stdout_logfile="NONE") for name in ("victim", "bystander"))
     d.write_config(good)
     env = {**os.environ, "PYTHONPATH": str(installed)}
@@ -100,6 +105,20 @@ def test_a_new_image_that_fails_after_the_exec_keeps_every_program_supervised(da
     reload = ctl(d, "reload")
     assert reload.returncode != 0 and "stopwaitsecs" in reload.stderr, reload.stderr
     exit_handled(d, "bystander", before["bystander"])
+    before = status(d)
+
+    # 3. An endpoint the new image cannot open (the metrics port taken during the exec): logged, and the
+    #    daemon serves on without it instead of exiting.
+    patch(preflight_py, EDIT_AFTER_PREFLIGHT, undo=True)
+    d.write_config(good)
+    patch(installed / "procguard" / "observe" / "metrics_server.py", METRICS_TAKEN)
+    set_version(installed, "0.1.3")
+    r = ctl(d, "reexec")
+    assert r.returncode == 0, r.stderr
+    same_daemon_same_children("0.1.3")
+    assert [ev.get("action") for ev in d.events("metrics_setup_failed")] == \
+        ["serving on without it: the programs were adopted"]
+    exit_handled(d, "victim", before["victim"])
 
 
 def tcp_listeners(port: int) -> set[int]:
