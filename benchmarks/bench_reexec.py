@@ -19,13 +19,16 @@ script asks for `reexec`. Figures per run:
   state and the config: carried from the pre-flight, or loaded from the files);
 - longest gap between two replies any client saw, and the requests that ended in an error (a
   connection the old image had accepted, closed by exec) or a timeout (a hang: must be 0);
-- every pid the same before and after (checked, else the run fails).
+- every pid the same before and after (checked, else the run fails);
+- last, in this process: the CPU the new image spends on the config, loading the files against reading
+  the config the pre-flight carried over.
 
 The package's bytecode is compiled first, as pip does on install. Prints figures, never asserts speed. Cleanup: SIGTERM to the daemon (SIGKILL after 60 s), then every
 recorded child still alive is killed; the temp directory is removed.
 """
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -209,6 +212,7 @@ def run(programs: int, runs: int, clients: int) -> int:
         if all(splits):
             print("bench_reexec: the daemon's CPU split, median ms: " + ", ".join(
                 f"{k} {statistics.median(s[k] for s in splits):.0f}" for k in splits[0]))
+        config_cost(config)
         return 0
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -225,6 +229,34 @@ def run(programs: int, runs: int, clients: int) -> int:
             except (psutil.Error, ProcessLookupError):
                 pass
         shutil.rmtree(work, ignore_errors=True)
+
+
+def config_cost(config: Path, repeat: int = 7) -> None:
+    """In this process, CPU ms (least and median of `repeat`): the new image loading the config files,
+    against reading the config the pre-flight carried over (upgrade/carried.py, its checks included)."""
+    try:
+        from procguard.upgrade import carried
+    except ImportError:  # a tree from before the config was carried
+        return
+    from procguard.config.load import load_config
+
+    loaded, fingerprint = carried.load_recorded(lambda: load_config(str(config)))
+    pickled = io.BytesIO()
+    carried.write(pickled, loaded, fingerprint)  # the pre-flight's part, not timed
+
+    def from_carry() -> None:
+        fd = os.memfd_create("bench-config")
+        os.write(fd, pickled.getvalue())
+        assert carried.read(fd, str(config))[1] == carried.Mismatch.NONE
+
+    for what, f in (("load_config", lambda: load_config(str(config))), ("carried.read", from_carry)):
+        times = []
+        for _ in range(repeat):
+            began = time.process_time()
+            f()
+            times.append((time.process_time() - began) * 1e3)
+        print(f"bench_reexec: config in the new image, {what}: {min(times):.0f} ms CPU least, "
+              f"{statistics.median(times):.0f} median of {repeat}")
 
 
 def main() -> int:

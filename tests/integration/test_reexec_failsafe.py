@@ -18,7 +18,7 @@ from benchmarks.bench_reexec import Clients
 from procguardctl.endpoint import ClientSettings
 from tests.helpers import DaemonRun, alive, prog, wait_until
 from tests.integration.test_reexec import (
-    CTL, WRITER, _copy_package, ctl, free_port, set_version, status, status_when,
+    CTL, WRITER, _copy_package, ctl, free_port, set_version, start_installed, status, status_when,
 )
 
 # Inserted as the first line of adopt._restore in the copy: a bug of the new code, for one process only.
@@ -57,33 +57,30 @@ def exit_handled(d: DaemonRun, name: str, before: dict[str, Any]) -> None:
 def test_a_new_image_that_fails_after_the_exec_keeps_every_program_supervised(daemon, tmp_path):
     installed = _copy_package(tmp_path / "site", "0.1.0")
     d: DaemonRun = daemon()
-    good = f'[procguard]\nlogdir = "{d.work}/logs"\ncontrol = "{d.endpoint}"\nmetrics = "127.0.0.1:0"\n\n' + "".join(prog(name, [sys.executable, WRITER, "--dir", str(d.work), "--name", name, "tick"], startsecs=0,
-                        stdout_logfile="NONE") for name in ("victim", "bystander"))
+    good = (f'[procguard]\nlogdir = "{d.work}/logs"\ncontrol = "{d.endpoint}"\nmetrics = "127.0.0.1:0"\n\n'
+            + "".join(prog(name, [sys.executable, WRITER, "--dir", str(d.work), "--name", name, "tick"], startsecs=0,
+                           stdout_logfile="NONE") for name in ("victim", "bystander")))
     d.write_config(good)
-    env = {**os.environ, "PYTHONPATH": str(installed)}
-    with open(d.logfile, "ab") as log:
-        d.proc = subprocess.Popen([sys.executable, "-m", "procguard", "-c", str(d.config), "--log-format", "json"],
-                                  stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=str(tmp_path))
-    wait_until(lambda: d.events("daemon_started") or d.proc.poll() is not None, 30, "daemon start")
+    start_installed(d, installed, tmp_path)
     before = status_when(d, lambda s: all(s[n]["state"] == "RUNNING" for n in ("victim", "bystander")), "both up")
 
-    def same_daemon_same_children(version: str) -> dict[str, dict[str, Any]]:
+    def reexec_into(version: str) -> None:
+        """Re-exec into the copy as broken now: the same daemon answers, with the same children."""
+        set_version(installed, version)
+        r = ctl(d, "reexec")
+        assert r.returncode == 0, r.stderr
         assert d.proc.poll() is None, d.logfile.read_text()[-3000:]
         assert json.loads(ctl(d, "--json", "version").stdout)["version"] == version
         now = status(d)
         for name in ("victim", "bystander"):
             assert (now[name]["pid"], now[name]["state"]) == (before[name]["pid"], "RUNNING"), now[name]
             assert alive(now[name]["pid"])
-        return now
 
     # 1. The new code's adopt raises for one process: logged with its traceback, the process adopted
     #    without its saved state, the others as usual; every pid kept, the daemon answers.
     adopt_py = installed / "procguard" / "upgrade" / "adopt.py"
     patch(adopt_py, BROKEN_RESTORE)
-    set_version(installed, "0.1.1")
-    r = ctl(d, "reexec")
-    assert r.returncode == 0, r.stderr
-    same_daemon_same_children("0.1.1")
+    reexec_into("0.1.1")
     failed = d.events("reexec_restore_failed")
     assert [ev["process"] for ev in failed] == ["victim"]
     assert "injected adopt failure" in failed[0]["exception"]
@@ -95,10 +92,7 @@ def test_a_new_image_that_fails_after_the_exec_keeps_every_program_supervised(da
     patch(adopt_py, BROKEN_RESTORE, undo=True)
     preflight_py = installed / "procguard" / "upgrade" / "preflight.py"
     patch(preflight_py, EDIT_AFTER_PREFLIGHT)
-    set_version(installed, "0.1.2")
-    r = ctl(d, "reexec")
-    assert r.returncode == 0, r.stderr
-    same_daemon_same_children("0.1.2")
+    reexec_into("0.1.2")
     kept = d.events("reexec_config_kept")
     assert len(kept) == 1 and any("stopwaitsecs" in p for p in kept[0]["problems"]), kept
     assert "broken" not in status(d)
@@ -112,10 +106,7 @@ def test_a_new_image_that_fails_after_the_exec_keeps_every_program_supervised(da
     patch(preflight_py, EDIT_AFTER_PREFLIGHT, undo=True)
     d.write_config(good)
     patch(installed / "procguard" / "observe" / "metrics_server.py", METRICS_TAKEN)
-    set_version(installed, "0.1.3")
-    r = ctl(d, "reexec")
-    assert r.returncode == 0, r.stderr
-    same_daemon_same_children("0.1.3")
+    reexec_into("0.1.3")
     assert [ev.get("action") for ev in d.events("metrics_setup_failed")] == \
         ["serving on without it: the programs were adopted"]
     exit_handled(d, "victim", before["victim"])
