@@ -160,8 +160,9 @@ def read(fd: int, config_path: str) -> tuple[Config | None, Mismatch]:
             return None, Mismatch.UNREADABLE
     if not isinstance(config, Config):
         return None, Mismatch.UNREADABLE
-    if (tuple(file_entry(p) for p, *_ in files) != files or tuple(dir_entry(p) for p, _ in dirs) != dirs
-            or not any(p == os.path.abspath(config_path) for p, *_ in files)):
+    if os.path.abspath(config.path) != os.path.abspath(config_path):
+        return None, Mismatch.FILES  # another main file: not even to fall back on
+    if tuple(file_entry(p) for p, *_ in files) != files or tuple(dir_entry(p) for p, _ in dirs) != dirs:
         return config, Mismatch.FILES
     if environ != environ_digest(os.environ):
         return config, Mismatch.ENVIRON
