@@ -31,6 +31,7 @@ from procguard.engine.supervisor import Supervisor
 from procguard.terminal import HelpFormatter
 from procguard.upgrade import adopt
 from procguard.upgrade.handoff import ADOPT_FLAG, Reexec
+from procguard.upgrade.resume import Resumed
 from procguard.upgrade.state import Snapshot, process_cpu_ms
 
 if TYPE_CHECKING:
@@ -351,7 +352,7 @@ class Daemon:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    resumed = None if args.adopt_state_fd is None else adopt.Resumed(args.adopt_state_fd, args.config)
+    resumed = None if args.adopt_state_fd is None else Resumed(args.adopt_state_fd, args.config)
     try:
         config = load_config(args.config) if resumed is None else resumed.config()
     except ConfigError as exc:
