@@ -90,8 +90,9 @@ class ControlServer:
         self._router: zmq.asyncio.Socket | None = None
         self._zap: zmq.asyncio.Socket | None = None
         self._lock_fd: int | None = None
-        # ipc://: the listening socket is ours (ZMQ_USE_FD), so a re-exec keeps it open and its backlog
-        # holds the connections made meanwhile; handoff: (lock fd, listening fd) a previous image left.
+        # ipc:// and tcp://IP:PORT: the listening socket is ours (ZMQ_USE_FD), so a re-exec keeps it open and
+        # its backlog holds the connections made meanwhile; handoff: (lock fd (ipc://), listening fd) a
+        # previous image left.
         self.listen_fd: int | None = None
         self._handoff = handoff
         self._tasks: set[asyncio.Task[None]] = set()
