@@ -107,8 +107,8 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         + prog("job", ["true"], type="oneshot"))
     (d.work / "health").write_text("ok")
     fake_systemd = FakeSystemd(str(tmp_path / "notify.sock"))
-    # Read it as systemd does, at once: the daemon's sd_notify socket blocks once 10 datagrams wait unread
-    # (net.unix.max_dgram_qlen), which would stall its loop until this test reads them.
+    # Read it as systemd does, at once, so that each message's arrival time (READY after RELOADING) is
+    # when it was sent (the daemon no longer blocks on a full queue: tests/unit/test_systemd_notifier.py).
     reading = threading.Event()
 
     def read() -> None:
