@@ -14,16 +14,21 @@ script asks for `reexec`. Figures per run:
   unavailable time comes to on an otherwise idle machine;
 - the daemon's own split from its log: saving the state (daemon_reexec's saved_ms), the new image's
   start until it adopted (interpreter, imports, config), adopting (processes_adopted's took_ms), and
-  adopted -> ready (daemon_ready);
+  adopted -> ready (daemon_ready); then the same split in CPU time (each event's cpu_ms: the process's
+  CPU goes on across exec), with the config's start split off (interpreter+imports, then reading the
+  state and the config: carried from the pre-flight, or loaded from the files);
 - longest gap between two replies any client saw, and the requests that ended in an error (a
   connection the old image had accepted, closed by exec) or a timeout (a hang: must be 0);
-- every pid the same before and after (checked, else the run fails).
+- every pid the same before and after (checked, else the run fails);
+- last, in this process: the CPU the new image spends on the config, loading the files against reading
+  the config the pre-flight carried over.
 
 The package's bytecode is compiled first, as pip does on install. Prints figures, never asserts speed. Cleanup: SIGTERM to the daemon (SIGKILL after 60 s), then every
 recorded child still alive is killed; the temp directory is removed.
 """
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -53,8 +58,8 @@ class Clients:
     """Threads sending `cmd` back to back through procguardctl's client; each reply's time, each error.
     (tests/integration/test_reexec.py uses it too.)"""
 
-    def __init__(self, endpoint: str, n: int, cmd: str = "version") -> None:
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str | ClientSettings, n: int, cmd: str = "version") -> None:
+        self.settings = endpoint if isinstance(endpoint, ClientSettings) else ClientSettings(endpoint)
         self.cmd = cmd
         self.replies: list[float] = []
         self.errors: list[str] = []  # error replies, and connections closed by the exec (Unreachable)
@@ -69,7 +74,7 @@ class Clients:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                reply = request(ClientSettings(self.endpoint), self.cmd, {}, 30.0)
+                reply = request(self.settings, self.cmd, {}, 30.0)
                 with self._lock:
                     self.replies.append(time.monotonic()) if reply.ok else self.errors.append(str(reply.message))
             except Unreachable as exc:
@@ -94,30 +99,39 @@ def status(endpoint: str) -> list[dict[str, Any]]:
     return list(reply.result)
 
 
-def log_event(logfile: Path, event: str, nth: int) -> dict[str, Any]:
-    """The nth (1-based) `event` line of the daemon's JSON log, with its wall time as "at" (epoch s)."""
+def log_event(logfile: Path, event: str, nth: int, *others: str) -> dict[str, Any]:
+    """The nth (1-based) `event` (or one of `others`) line of the daemon's JSON log, with its wall time as
+    "at" (epoch s)."""
     seen = 0
     for line in logfile.read_text(errors="replace").splitlines():
         try:
             ev = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if ev.get("event") == event:
+        if ev.get("event") in (event, *others):
             seen += 1
             if seen == nth:
                 return dict(ev, at=datetime.fromisoformat(ev["timestamp"]).timestamp())
     raise SystemExit(f"bench_reexec: no {event} #{nth} in {logfile}")
 
 
-def phases(logfile: Path, n: int) -> str:
+def phases(logfile: Path, n: int) -> tuple[str, dict[str, float]]:
     """The daemon's own split of the nth re-exec, from its log: saving, the new image's start (interpreter,
-    imports, config) until it adopted, adopting, and serving again."""
+    imports, config) until it adopted, adopting, and serving again; wall, then CPU where the log has it."""
     saved = log_event(logfile, "daemon_reexec", n)
     adopted = log_event(logfile, "processes_adopted", n)
     ready = log_event(logfile, "daemon_ready", n + 1)
-    return (f"save {saved['saved_ms']:.0f} ms ({saved['state_bytes']} bytes), exec->adopt "
+    wall = (f"save {saved['saved_ms']:.0f} ms ({saved['state_bytes']} bytes), exec->adopt "
             f"{(adopted['at'] - saved['at']) * 1e3 - adopted['took_ms']:.0f} ms, adopt {adopted['took_ms']:.0f} ms, "
             f"adopted->ready {(ready['at'] - adopted['at']) * 1e3:.0f} ms")
+    if "cpu_ms" not in saved:  # an image from before the log carried CPU times
+        return wall, {}
+    config = log_event(logfile, "reexec_config_carried", n, "reexec_config_loaded")
+    cpu = {"save": saved["saved_cpu_ms"], "interpreter+imports": config["started_cpu_ms"] - saved["cpu_ms"],
+           "state+config": config["cpu_ms"] - config["started_cpu_ms"],
+           "setup+adopt": adopted["cpu_ms"] - config["cpu_ms"], "adopted->ready": ready["cpu_ms"] - adopted["cpu_ms"]}
+    how = "carried" if config["event"] == "reexec_config_carried" else f"loaded ({config['reason']})"
+    return (wall + "; CPU: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()) + f" ms; config {how}"), cpu
 
 
 def wait(pred: Any, timeout: float, what: str) -> Any:
@@ -156,6 +170,7 @@ def run(programs: int, runs: int, clients: int) -> int:
         wait(lambda: sum(s["state"] == "RUNNING" for s in status(endpoint)) == programs, 120, "all RUNNING")
         print(f"bench_reexec: {programs} programs RUNNING under pid {daemon.pid}; {clients} clients; {runs} runs")
         rows = []
+        splits: list[dict[str, float]] = []
         for n in range(1, runs + 1):
             before = {s["name"]: s["pid"] for s in status(endpoint)}
             children.update(before.values())
@@ -183,7 +198,8 @@ def run(programs: int, runs: int, clients: int) -> int:
                                  f"{sum(before[k] != after.get(k) for k in before)} of {len(before)}")
             times = sorted(load.replies)
             gap_ms = max((b - a for a, b in zip(times, times[1:])), default=0.0) * 1e3
-            split = phases(logfile, n)
+            split, cpu_split = phases(logfile, n)
+            splits.append(cpu_split)
             rows.append((unavailable_ms, gap_ms, len(load.replies), len(load.errors), load.hangs, cpu_ms))
             print(f"  run {n}: unavailable {unavailable_ms:.0f} ms (aim {AIM_MS:.0f}: ratio "
                   f"{unavailable_ms / AIM_MS:.2f}), daemon CPU meanwhile {cpu_ms:.0f} ms; {split}; longest gap {gap_ms:.0f} ms; "
@@ -193,6 +209,10 @@ def run(programs: int, runs: int, clients: int) -> int:
               f"{med / AIM_MS:.2f}; the daemon's CPU meanwhile, median {statistics.median(r[5] for r in rows):.0f} "
               f"ms: the figure on an idle machine); failed requests {sum(r[3] for r in rows)} errors + "
               f"{sum(r[4] for r in rows)} timeouts of {sum(r[2] + r[3] + r[4] for r in rows)}")
+        if all(splits):
+            print("bench_reexec: the daemon's CPU split, median ms: " + ", ".join(
+                f"{k} {statistics.median(s[k] for s in splits):.0f}" for k in splits[0]))
+        config_cost(config)
         return 0
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -209,6 +229,34 @@ def run(programs: int, runs: int, clients: int) -> int:
             except (psutil.Error, ProcessLookupError):
                 pass
         shutil.rmtree(work, ignore_errors=True)
+
+
+def config_cost(config: Path, repeat: int = 7) -> None:
+    """In this process, CPU ms (least and median of `repeat`): the new image loading the config files,
+    against reading the config the pre-flight carried over (upgrade/carried.py, its checks included)."""
+    try:
+        from procguard.upgrade import carried
+    except ImportError:  # a tree from before the config was carried
+        return
+    from procguard.config.load import load_config
+
+    loaded, fingerprint = carried.load_recorded(lambda: load_config(str(config)))
+    pickled = io.BytesIO()
+    carried.write(pickled, loaded, fingerprint)  # the pre-flight's part, not timed
+
+    def from_carry() -> None:
+        fd = os.memfd_create("bench-config")
+        os.write(fd, pickled.getvalue())
+        assert carried.read(fd, str(config))[1] == carried.Mismatch.NONE
+
+    for what, f in (("load_config", lambda: load_config(str(config))), ("carried.read", from_carry)):
+        times = []
+        for _ in range(repeat):
+            began = time.process_time()
+            f()
+            times.append((time.process_time() - began) * 1e3)
+        print(f"bench_reexec: config in the new image, {what}: {min(times):.0f} ms CPU least, "
+              f"{statistics.median(times):.0f} median of {repeat}")
 
 
 def main() -> int:

@@ -31,7 +31,8 @@ from procguard.engine.supervisor import Supervisor
 from procguard.terminal import HelpFormatter
 from procguard.upgrade import adopt
 from procguard.upgrade.handoff import ADOPT_FLAG, Reexec
-from procguard.upgrade.state import Snapshot, StateError
+from procguard.upgrade.resume import Resumed
+from procguard.upgrade.state import Snapshot, process_cpu_ms
 
 if TYPE_CHECKING:
     from procguard.observe.metrics_server import MetricsServer
@@ -40,6 +41,7 @@ log = structlog.get_logger()
 
 # After every program stopped, orphans that no program claims get this long after SIGTERM before SIGKILL.
 ORPHAN_GRACE_S = 5.0
+SYSTEMD_FLUSH_S = 2.0  # at most this long at exit for sd_notify messages a busy systemd has not taken
 
 
 class Daemon:
@@ -69,6 +71,7 @@ class Daemon:
         self._is_subreaper = False
         self._watchdog: asyncio.Task[None] | None = None
         self._starter: asyncio.Task[None] | None = None
+        self._control_open = False  # only after a re-exec can the daemon run without it (_open_endpoints)
 
     async def run(self) -> int:
         if not await self.setup():
@@ -107,13 +110,13 @@ class Daemon:
         # per dropped byte onto stderr, into the middle of our log lines. A dropped byte loses nothing:
         # the bytes still queued wake the reaper, which collects every zombie (waitpid loop).
         signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
+        reexec = Reexec(config=self.config, supervisor=self.supervisor, osapi=self.osapi,
+                        systemd=lambda: self.systemd, argv=self.argv)
         self.control = ControlServer(self.config, self.supervisor, self._reload_command,
                                      lambda: self._signals.put_nowait(signal.SIGTERM), self.osapi.output,
-                                     self.events, self.alerts, self.mainlog)
-        self.control.handoff = None if self.adopted is None else adopt.control_handoff(self.adopted)
-        self.control.handlers.on_reexec = Reexec(config=self.config, supervisor=self.supervisor, osapi=self.osapi,
-                                                 control=self.control, systemd=lambda: self.systemd,
-                                                 argv=self.argv).request
+                                     self.events, self.alerts, self.mainlog,
+                                     handoff=None if self.adopted is None else adopt.control_handoff(self.adopted),
+                                     reexec=reexec.request)
         return await self._open_endpoints()
 
     def _adopt_processes(self) -> None:
@@ -130,30 +133,43 @@ class Daemon:
         self.supervisor.process_spawned(process)
 
     async def _open_endpoints(self) -> bool:
-        """The control socket, the held sockets, the metrics endpoint; on a failure close what opened."""
+        """The control socket, the held sockets, the metrics endpoint; on a failure close what opened.
+
+        After a re-exec the programs run already: an endpoint that fails is logged and the daemon serves
+        on without it (still supervising, stopping everything on SIGTERM) rather than leave them alone.
+        """
         try:
             self.control.open()
+            self._control_open = True
         except (ControlSetupError, OSError) as exc:
             # Before any child exists: nothing to clean up, and the other daemon keeps its socket.
-            log.error("control_setup_failed", endpoint=self.config.control, error=str(exc))
-            return False
+            log.error("control_setup_failed", endpoint=self.config.control, error=str(exc), **self._serving_on())
+            if self.adopted is None:
+                return False
         if self.adopted is not None:
             adopt.adopt_sockets(self.adopted, self.osapi.sockets, self.config)
         try:
             self.osapi.sockets.apply(self.config.sockets, self.config.socket_users())
         except SocketError as exc:
-            log.error("socket_bind_failed", error=str(exc))
-            await self.control.close()
-            return False
+            log.error("socket_bind_failed", error=str(exc), **self._serving_on())
+            if self.adopted is None:
+                await self.control.close()
+                return False
         try:
             self.metrics = await self._start_metrics()
         except OSError as exc:
             assert self.config.metrics is not None
-            log.error("metrics_setup_failed", address=self.config.metrics.address, error=str(exc))
-            await self.control.close()
-            self.osapi.sockets.close()
-            return False
+            log.error("metrics_setup_failed", address=self.config.metrics.address, error=str(exc),
+                      **self._serving_on())
+            if self.adopted is None:
+                await self.control.close()
+                self.osapi.sockets.close()
+                return False
+            self.metrics = None
         return True
+
+    def _serving_on(self) -> dict[str, str]:
+        return {} if self.adopted is None else {"action": "serving on without it: the programs were adopted"}
 
     async def _start_metrics(self) -> "MetricsServer | None":
         """Listen for Prometheus scrapes when configured (prometheus_client is imported only then); raises OSError."""
@@ -168,7 +184,8 @@ class Daemon:
 
     def start(self) -> None:
         """Serve the control socket, then start the autostart programs."""
-        self.control.start()
+        if self._control_open:
+            self.control.start()
         log.info("daemon_started", version=VERSION, pid=os.getpid(), config=self.config.path,
                  programs=len(self.config.programs), subreaper=self._is_subreaper, control=self.config.control)
         for issue in self.config.warnings:
@@ -184,7 +201,8 @@ class Daemon:
     async def _adopted(self) -> None:
         """After a re-exec: nothing to start (every process was adopted as it was); tell systemd we are back."""
         sup = self.supervisor
-        log.info("daemon_ready", status=sup.counts(), adopted_from=self.adopted.version if self.adopted else None)
+        log.info("daemon_ready", status=sup.counts(), adopted_from=self.adopted.version if self.adopted else None,
+                 cpu_ms=process_cpu_ms())
         if self.systemd is not None:
             self.systemd.ready(sup.counts())
 
@@ -306,6 +324,8 @@ class Daemon:
         for task in list(self.osapi.tasks):
             task.cancel()
         self.alerts.close()
+        if self.systemd is not None:
+            self.systemd.flush(SYSTEMD_FLUSH_S)  # STOPPING=1, if systemd has not taken it yet
 
     async def _stop_orphans(self) -> None:
         """Stop descendants no program owns (they double-forked out of every group): TERM, then KILL."""
@@ -332,8 +352,9 @@ class Daemon:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    resumed = None if args.adopt_state_fd is None else Resumed(args.adopt_state_fd, args.config)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config) if resumed is None else resumed.config()
     except ConfigError as exc:
         print(f"procguard: refusing config {args.config}:", file=sys.stderr)
         for issue in exc.issues:
@@ -344,12 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     events, mainlog = EventBus(), LogRing()
     configure_logging(args.log_level or config.loglevel, args.log_format, ring=mainlog, bus=events)
     adopted = None
-    if args.adopt_state_fd is not None:
-        try:
-            adopted = adopt.read_snapshot(args.adopt_state_fd)
-        except (StateError, OSError) as exc:
-            log.error("reexec_adopt_failed", error=str(exc))
+    if resumed is not None:
+        resumed.report()
+        if resumed.snapshot is None:
             return 1
+        adopted = resumed.snapshot
     raise_fd_limit()
     reset = reset_inherited_signals()
     if reset:

@@ -11,7 +11,7 @@ import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from procguard.config.model import ConfigDiff
 from procguard.control.follow import MAX_EVENT_FOLLOWERS, MAX_FOLLOWERS, Followed, Followers, FollowStart, b64
@@ -81,12 +81,20 @@ async def sample_usage(pids: list[int]) -> dict[int, dict[str, Any]]:
             for pid, s in sampled.items()}
 
 
+class Detachable(Protocol):
+    """The control server as an AfterReply sees it: stop serving, keeping the listener; serve again."""
+
+    def detach(self) -> tuple[int | None, int] | None: ...
+
+    def reattach(self, kept: tuple[int | None, int] | None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AfterReply:
-    """A result, and what to do once its reply is sent (reexec: exec the next image)."""
+    """A result, and what to do once its reply is sent (reexec: exec the next image), given the server."""
 
     result: dict[str, Any]
-    then: Callable[[], None]
+    then: Callable[[Detachable], None]
 
 
 def handler_names() -> frozenset[str]:
@@ -101,7 +109,7 @@ class Handlers:
     def __init__(self, supervisor: Supervisor, reload: Callable[[], Awaitable[ConfigDiff]],
                  request_shutdown: Callable[[], None], followers: Followers, output: Output | None = None,
                  events: EventBus | None = None, alerts: AlertManager | None = None,
-                 mainlog: LogRing | None = None) -> None:
+                 mainlog: LogRing | None = None, reexec: Callable[[], Awaitable[AfterReply]] | None = None) -> None:
         self._sup = supervisor
         self._followers = followers
         self._reload = reload
@@ -110,8 +118,7 @@ class Handlers:
         self._events = events
         self._alerts = alerts
         self._mainlog = mainlog
-        # The daemon's re-exec (upgrade/handoff.py), set once everything it saves exists.
-        self.on_reexec: Callable[[], Awaitable[AfterReply]] | None = None
+        self._reexec = reexec  # the daemon's re-exec (upgrade/handoff.py)
 
     def table(self) -> dict[str, Handler]:
         """Each command's method, by the command's name (the server's dispatch table)."""
@@ -241,9 +248,9 @@ class Handlers:
         return {"shutting_down": True, "pid": os.getpid()}
 
     async def reexec(self, req: Request) -> AfterReply:
-        if self.on_reexec is None:
+        if self._reexec is None:
             raise ControlError(E_INTERNAL, "this daemon cannot re-exec")
-        return await self.on_reexec()
+        return await self._reexec()
 
     async def alert_test(self, req: Request) -> dict[str, Any]:
         if self._alerts is None:

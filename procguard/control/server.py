@@ -45,7 +45,7 @@ from procguard.protocol import (
     ProtocolError, Request, decode_request, default_endpoint, encode_reply, ipc_path,
 )
 from procguard.runtime.heap import trim_heap
-from procguard.upgrade.fds import unix_listener
+from procguard.upgrade.fds import tcp_listener, unix_listener
 
 log = structlog.get_logger()
 
@@ -76,22 +76,25 @@ class ControlServer:
         events: EventBus | None = None,
         alerts: AlertManager | None = None,
         mainlog: LogRing | None = None,
+        handoff: tuple[int | None, int] | None = None,
+        reexec: Callable[[], Awaitable[AfterReply]] | None = None,
     ) -> None:
         self.config = config
         self.endpoint = config.control
         self._followers = Followers(events)
         self.handlers = Handlers(supervisor, reload, request_shutdown, self._followers, output, events, alerts,
-                                 mainlog)
+                                 mainlog, reexec)
         self._handlers = self.handlers.table()
         self._policy = auth.peer_policy(config)
         self._ctx = zmq.asyncio.Context()
         self._router: zmq.asyncio.Socket | None = None
         self._zap: zmq.asyncio.Socket | None = None
         self._lock_fd: int | None = None
-        # ipc://: the listening socket is ours (ZMQ_USE_FD), so a re-exec keeps it open and its backlog
-        # holds the connections made meanwhile; handoff: (lock fd, listening fd) a previous image left.
+        # ipc:// and tcp://IP:PORT: the listening socket is ours (ZMQ_USE_FD), so a re-exec keeps it open and
+        # its backlog holds the connections made meanwhile; handoff: (lock fd (ipc://), listening fd) a
+        # previous image left.
         self.listen_fd: int | None = None
-        self.handoff: tuple[int, int] | None = None
+        self._handoff = handoff
         self._tasks: set[asyncio.Task[None]] = set()
         self._serving: list[asyncio.Task[None]] = []
         self.stopping = False
@@ -138,17 +141,24 @@ class ControlServer:
             router.curve_publickey = public
             router.curve_secretkey = secret
         self._bind(router, path)
-        self.handoff = None
+        self._handoff = None
 
     def _bind(self, router: zmq.asyncio.Socket, path: str | None) -> None:
         old_umask = os.umask(0o117) if path is not None else None  # the socket is born 0660
         try:
-            if path is not None:
-                self.listen_fd = self.handoff[1] if self.handoff is not None else unix_listener(path)
+            if self._handoff is not None:
+                self.listen_fd = self._handoff[1]
+            elif path is not None:
+                self.listen_fd = unix_listener(path)
+            else:
+                self.listen_fd = tcp_listener(self.endpoint)  # None: libzmq binds it
+            if self.listen_fd is not None:
                 router.setsockopt(zmq.USE_FD, self.listen_fd)  # libzmq owns (and closes) it from here
             router.bind(self.endpoint)
         except zmq.ZMQError as exc:
             raise ControlSetupError(f"cannot bind the control socket {self.endpoint}: {exc}") from None
+        except OSError as exc:
+            raise ControlSetupError(f"cannot bind the control socket {self.endpoint}: {exc.strerror}") from None
         finally:
             if old_umask is not None:
                 os.umask(old_umask)
@@ -178,8 +188,8 @@ class ControlServer:
         return True
 
     def _prepare_ipc(self, path: str) -> None:
-        if self.handoff is not None:
-            self._lock_fd = self.handoff[0]  # still locked: the lock belongs to the open file, which exec keeps
+        if self._handoff is not None:
+            self._lock_fd = self._handoff[0]  # still locked: the lock belongs to the open file, which exec keeps
             return
         directory = os.path.dirname(path) or "."
         created = False
@@ -244,11 +254,11 @@ class ControlServer:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def detach(self) -> tuple[int, int] | None:
+    def detach(self) -> tuple[int | None, int] | None:
         """Stop serving for a re-exec (upgrade/handoff.py): flush the replies sent, close the ZeroMQ sockets,
-        and return (lock fd, listening fd) still open for the next image; None for tcp://."""
+        and return (lock fd (ipc://), listening fd) still open for the next image; None when libzmq bound it."""
         keep = None
-        if self.listen_fd is not None and self._lock_fd is not None:
+        if self.listen_fd is not None:
             keep = (self._lock_fd, os.dup(self.listen_fd))
         for task in self._serving:
             task.cancel()
@@ -260,6 +270,12 @@ class ControlServer:
         self._ctx = zmq.asyncio.Context()
         self._lock_fd = self.listen_fd = None
         return keep
+
+    def reattach(self, kept: tuple[int | None, int] | None) -> None:
+        """Serve again on what detach() kept (a re-exec whose exec failed). Raises as open() does."""
+        self._handoff = kept
+        self.open()
+        self.start()
 
     # ------------------------------------------------------------------------------------ ZAP
 
@@ -310,7 +326,7 @@ class ControlServer:
         if isinstance(answer.result, FollowStart):
             self._followers.start(answer.result, self._router, envelope)
         elif isinstance(answer.result, AfterReply):
-            answer.result.then()
+            answer.result.then(self)
 
     async def _answer(self, rest: list[bytes]) -> "Answer":
         """Run one request; every failure becomes an error reply with its code (internal for a bug)."""

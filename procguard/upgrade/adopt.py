@@ -20,17 +20,13 @@ from procguard.engine.records import ReplaceOutcome
 from procguard.engine.states import ExitReason, Health, Hold, ProcessState, ReplacePhase, ReplaceTrigger
 from procguard.engine.supervisor import Supervisor
 from procguard.io.listeners import SocketSet
+from procguard.io.stream import Stream
 from procguard.io.systemd import SystemdNotifier
 from procguard.runtime.realos import RealOS
-from procguard.upgrade.fds import close_on_exec, read_state_fd
-from procguard.upgrade.state import SavedProcess, Snapshot, loads
+from procguard.upgrade.fds import close_on_exec
+from procguard.upgrade.state import SavedProcess, SavedStream, Snapshot, process_cpu_ms
 
 log = structlog.get_logger()
-
-
-def read_snapshot(fd: int) -> Snapshot:
-    """The state the previous image left at fd; raises StateError."""
-    return loads(read_state_fd(fd))
 
 
 def systemd_notifier(snap: Snapshot) -> SystemdNotifier | None:
@@ -40,8 +36,9 @@ def systemd_notifier(snap: Snapshot) -> SystemdNotifier | None:
     return SystemdNotifier(snap.systemd_address, snap.watchdog_s)
 
 
-def control_handoff(snap: Snapshot) -> tuple[int, int] | None:
-    if snap.control_lock_fd is None or snap.control_listen_fd is None:
+def control_handoff(snap: Snapshot) -> tuple[int | None, int] | None:
+    """(lock fd (ipc:// only), listening fd) of the control socket, or None: the new image binds it."""
+    if snap.control_listen_fd is None:
         return None
     return snap.control_lock_fd, snap.control_listen_fd
 
@@ -66,7 +63,10 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS) -> int:
     """Give every process of the config its saved state; return how many were adopted.
 
     A saved process the config no longer has (it cannot happen after the pre-flight's check, but a state
-    file is input) is stopped: nothing would supervise it.
+    file is input) is stopped: nothing would supervise it. Each process is held by the OS side first (the
+    reaper owns its pid, its pipes are read, its NOTIFY_SOCKET kept), then its state is restored; a
+    failure there (a bug of the new code, a saved value it does not know) is logged with its traceback
+    and the process is adopted without its saved state (`_degraded`): still supervised, never left alone.
     """
     began = time.monotonic()
     by_name = {p.name: p for p in sup.processes()}
@@ -76,22 +76,14 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS) -> int:
         if proc is None:
             _orphaned(saved, osapi)
             continue
-        _restore(proc, saved)
-        notify = None
-        if saved.notify_fd is not None and saved.notify_name is not None:
-            notify = (saved.notify_fd, saved.notify_name)
-        osapi.adopt(proc, saved.pid if saved.leader_alive else None, notify)
-        streams = {s.name: s for s in osapi.output.streams_of(proc.program, proc.config) if s is not None}
-        for saved_stream in saved.streams:
-            stream = streams.get(saved_stream.name)
-            if stream is None:
-                _close_all(saved_stream.pipe_fds)
-                continue
-            stream.restore(saved_stream.tail, saved_stream.in_file, saved_stream.at_line_start)
-            stream.offset = saved_stream.offset
-            stream.dropped = saved_stream.dropped
-            for rfd in saved_stream.pipe_fds:
-                osapi.output.adopt_pipe(rfd, stream)
+        streams = _hold(proc, saved, osapi)
+        try:
+            _restore(proc, saved)
+            _restore_streams(saved, streams)
+        except Exception:
+            log.exception("reexec_restore_failed", process=saved.name, pid=saved.pid,
+                          action="adopted without its saved state")
+            _degraded(proc, saved)
         proc.resume(leader_alive=saved.leader_alive)
         if saved.leader_alive:
             sup.process_spawned(proc)  # its health check and memory guard go on
@@ -102,8 +94,52 @@ def adopt_processes(snap: Snapshot, sup: Supervisor, osapi: RealOS) -> int:
             step=ReplacePhase(o.step), reason=o.reason)
     close_on_exec([fd for fd in snap.fds() if fd not in snap.sockets.values()])
     log.info("processes_adopted", processes=adopted, saved=len(snap.processes), from_version=snap.version,
-             took_ms=round((time.monotonic() - began) * 1e3, 1))
+             took_ms=round((time.monotonic() - began) * 1e3, 1), cpu_ms=process_cpu_ms())
     return adopted
+
+
+def _hold(proc: Process, saved: SavedProcess, osapi: RealOS) -> "dict[str, tuple[Stream, SavedStream]]":
+    """The OS side: the reaper owns the pid, every pipe is read again, the NOTIFY_SOCKET is the same.
+    Return each stream with its saved counterpart, for _restore_streams."""
+    notify = None
+    if saved.notify_fd is not None and saved.notify_name is not None:
+        notify = (saved.notify_fd, saved.notify_name)
+    osapi.adopt(proc, saved.pid if saved.leader_alive else None, notify)
+    streams = {s.name: s for s in osapi.output.streams_of(proc.program, proc.config) if s is not None}
+    out = {}
+    for saved_stream in saved.streams:
+        stream = streams.get(saved_stream.name)
+        if stream is None:
+            _close_all(saved_stream.pipe_fds)
+            continue
+        for rfd in saved_stream.pipe_fds:
+            osapi.output.adopt_pipe(rfd, stream)
+        out[saved_stream.name] = (stream, saved_stream)
+    return out
+
+
+def _restore_streams(saved: SavedProcess, streams: "dict[str, tuple[Stream, SavedStream]]") -> None:
+    """Tail buffers and counters (synchronous: the pipes adopted above are read once the loop runs)."""
+    for stream, saved_stream in streams.values():
+        stream.restore(saved_stream.tail, saved_stream.in_file, saved_stream.at_line_start)
+        stream.offset = saved_stream.offset
+        stream.dropped = saved_stream.dropped
+
+
+def _degraded(proc: Process, saved: SavedProcess) -> None:
+    """A process whose saved state could not be restored: RUNNING under its pid when its leader is alive,
+    so that its exit is handled as any exit (restart, backoff); else the saved state when it is one this
+    code knows, else STOPPED (fail closed: never start what may have been stopped on purpose)."""
+    if saved.leader_alive and saved.pid is not None:
+        state = ProcessState.RUNNING
+    else:
+        state = ProcessState(saved.state) if saved.state in ProcessState.__members__ else ProcessState.STOPPED
+    proc.state = state
+    proc.pid = saved.pid if saved.leader_alive else None
+    proc.spawned_at = saved.spawned_at if isinstance(saved.spawned_at, float) else time.monotonic()
+    # A BACKOFF keeps its retry (at once if the saved one is unusable): resume() re-arms it.
+    proc.retry_at = saved.retry_at if isinstance(saved.retry_at, float) else time.monotonic()
+    proc.set_reason(Hold.NONE, "adopted after a re-exec without its saved state (see the daemon's log)")
 
 
 # Process attributes that hold the saved fields of the same name (the state machine's public fields).

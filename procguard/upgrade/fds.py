@@ -1,5 +1,7 @@
-"""Descriptors that outlive exec: the control socket's listener, and the state handed to the next image."""
+"""Descriptors that outlive exec: the control socket's listener (ipc:// or tcp://), and the state handed to the
+next image."""
 
+import ipaddress
 import os
 import socket
 
@@ -19,6 +21,34 @@ def unix_listener(path: str) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         sock.bind(path)
+        sock.listen(CONTROL_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
+
+
+def tcp_listener(endpoint: str) -> int | None:
+    """A listening TCP socket for a `tcp://IP:PORT` endpoint (IPv4, [IPv6] or *); return its fd.
+
+    Ours rather than libzmq's for the same reason as unix_listener: a re-exec keeps it, so the port is
+    never unbound and connections made meanwhile wait in its backlog. None for an address only libzmq
+    resolves (an interface name, an ephemeral port `*`): libzmq then binds it, and a re-exec binds again.
+    Raises OSError (the port is taken).
+    """
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not port.isdigit():
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        family = socket.AF_INET if host == "*" else socket.AF_INET6 if ipaddress.ip_address(host).version == 6 \
+            else socket.AF_INET
+    except ValueError:
+        return None
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq's own listener
+        sock.bind(("0.0.0.0" if host == "*" else host, int(port)))
         sock.listen(CONTROL_BACKLOG)
     except OSError:
         sock.close()

@@ -24,8 +24,7 @@ import structlog
 from procguard.config.diff import diff_configs
 from procguard.config.load import load_config
 from procguard.config.model import Config
-from procguard.control.handlers import AfterReply
-from procguard.control.server import ControlServer
+from procguard.control.handlers import AfterReply, Detachable
 from procguard.engine.process import Process
 from procguard.engine.states import ProcessState
 from procguard.engine.supervisor import Supervisor
@@ -34,33 +33,35 @@ from procguard.io.systemd import SystemdNotifier
 from procguard.protocol import E_REEXEC_REFUSED, VERSION
 from procguard.runtime.realos import RealOS
 from procguard.upgrade.fds import keep_across_exec, state_fd
-from procguard.upgrade.state import FORMAT, SavedOutcome, SavedProcess, SavedStream, Snapshot, dumps
+from procguard.upgrade.state import FORMAT, SavedOutcome, SavedProcess, SavedStream, Snapshot, dumps, process_cpu_ms
 
 log = structlog.get_logger()
 
 PREFLIGHT_TIMEOUT_S = 60.0
 PREFLIGHT_OUTPUT_LINES = 12  # of the pre-flight's output, in a refusal
 ADOPT_FLAG = "--adopt-state-fd"
+SYSTEMD_FLUSH_S = 2.0
 INHERIT_FLUSH_S = 5.0  # at most this long for a stalled journal (the bytes are dropped then, as output.py does)
 
 
 class Reexec:
     """The daemon's re-exec: one per daemon, built once everything it saves exists."""
 
-    def __init__(self, *, config: Config, supervisor: Supervisor, osapi: RealOS, control: ControlServer,
+    def __init__(self, *, config: Config, supervisor: Supervisor, osapi: RealOS,
                  systemd: Callable[[], SystemdNotifier | None], argv: list[str]) -> None:
         self._config = config  # as started: the control socket keeps these settings (daemon._reload_command)
         self._sup = supervisor
         self._os = osapi
-        self._control = control
         self._systemd = systemd
         self._argv = without_adopt_flag(argv)
+        self._carry: int | None = None  # the memfd the last passed pre-flight wrote its parsed config into
 
     async def request(self) -> AfterReply:
         """Check, then return the reply and the exec to run once it is sent; ControlError(reexec_refused)."""
         # Busy again after the awaits: a command may have begun a stop or a spawn meanwhile.
         reason = self._busy() or await self._config_changed() or await self._preflight() or self._busy()
         if reason is not None:
+            self._drop_carry()
             log.warning("reexec_refused", reason=reason)
             raise ControlError(E_REEXEC_REFUSED, f"re-exec refused, nothing changed: {reason}")
         return AfterReply({"reexec": True, "pid": os.getpid(), "version": VERSION}, self.exec_now)
@@ -97,11 +98,16 @@ class Reexec:
         """Run the installed procguard's pre-flight in a child; its output when it refuses, else None."""
         import tempfile  # on demand: it imports shutil, bz2 and lzma, which an idle daemon does without (#17)
 
+        self._drop_carry()
+        # Given to the pre-flight (pass_fds), then kept across the exec for the next image (carried.py).
+        carry = self._carry = os.memfd_create("procguard-config", os.MFD_CLOEXEC)
         argv = [sys.executable, "-m", "procguard.upgrade.preflight", "-c", self._sup.config.path,
-                "--state-format", str(FORMAT)]
+                "--state-format", str(FORMAT), "--carry-fd", str(carry)]
         with tempfile.TemporaryFile() as out:
-            # spawn.popen: stdin /dev/null, stderr into stdout, its own process group, no other descriptor.
-            pid, exited = await self._os.spawn_command(argv, stdout=out.fileno(), env=dict(os.environ))
+            # spawn.popen: stdin /dev/null, stderr into stdout, its own process group, no other descriptor
+            # but the memfd for the parsed config.
+            pid, exited = await self._os.spawn_command(argv, stdout=out.fileno(), env=dict(os.environ),
+                                                       pass_fds=(carry,))
             try:
                 async with asyncio.timeout(PREFLIGHT_TIMEOUT_S):
                     code = await asyncio.shield(exited)
@@ -113,35 +119,44 @@ class Reexec:
         if code == 0:
             log.info("reexec_preflight_passed", output=text.splitlines()[-1:] or "")
             return None
+        self._drop_carry()
         lines = "\n".join(text.splitlines()[-PREFLIGHT_OUTPUT_LINES:])
         return f"the installed procguard cannot take over (pre-flight exit status {code}):\n{lines}"
 
-    def exec_now(self) -> None:
-        """Save the state and exec the installed procguard in place. Returns only when exec failed (logged;
-        the daemon then serves on as it was)."""
+    def _drop_carry(self) -> None:
+        if self._carry is not None:
+            os.close(self._carry)
+            self._carry = None
+
+    def exec_now(self, server: Detachable) -> None:
+        """Save the state and exec the installed procguard in place (server: the control server that sent
+        the reply). Returns only when exec failed (logged; the daemon then serves on as it was)."""
         # Nothing awaited since request()'s last check, unless the reply's send had to wait (a full queue).
         reason = self._busy()
         if reason is not None:
+            self._drop_carry()
             log.warning("reexec_aborted", reason=reason)
             return
-        began = time.monotonic()
+        began, began_cpu = time.monotonic(), process_cpu_ms()
         systemd = self._systemd()
         if systemd is not None:
             systemd.reloading()
-        control = self._control.detach()
+            systemd.flush(SYSTEMD_FLUSH_S)  # exec would drop what a busy systemd has not taken yet
+        control = server.detach()
         # Output bound for the daemon's own stdout/stderr (inherit, journal) waits in a writer thread's queue,
         # which exec would drop: write it first. The pipes keep what is not read yet.
         self._os.output.flush_inherited(INHERIT_FLUSH_S)
         # No reaping here: an exit handled now could begin a spawn that exec would cut off. Children that
         # exit from now on wait as zombies for the next image's reaper (the daemon is their parent).
-        snap = snapshot(self._sup, self._os, control, systemd, self._argv)
+        snap = snapshot(self._sup, self._os, control, systemd, self._argv, self._carry)
         data = dumps(snap)
         fd = state_fd(data)
-        keep = [*snap.fds(), fd]
+        keep = [*snap.fds(), fd, *([] if self._carry is None else [self._carry])]
         keep_across_exec(keep)
         argv = [sys.executable, "-m", "procguard", *self._argv, ADOPT_FLAG, str(fd)]
         log.info("daemon_reexec", version=VERSION, pid=os.getpid(), processes=len(snap.processes), fds=len(keep),
-                 state_bytes=len(data), saved_ms=round((time.monotonic() - began) * 1e3, 1), argv=argv)
+                 state_bytes=len(data), saved_ms=round((time.monotonic() - began) * 1e3, 1),
+                 saved_cpu_ms=round(process_cpu_ms() - began_cpu, 1), cpu_ms=process_cpu_ms(), argv=argv)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -149,9 +164,8 @@ class Reexec:
         except OSError as exc:
             log.error("reexec_failed", error=exc.strerror or str(exc), action="serving on as before")
             os.close(fd)
-            self._control.handoff = control
-            self._control.open()
-            self._control.start()
+            self._drop_carry()
+            server.reattach(control)
             if systemd is not None:
                 systemd.ready(self._sup.counts())
 
@@ -170,8 +184,8 @@ def without_adopt_flag(argv: list[str]) -> list[str]:
     return out
 
 
-def snapshot(sup: Supervisor, osapi: RealOS, control: tuple[int, int] | None, systemd: SystemdNotifier | None,
-             argv: list[str]) -> Snapshot:
+def snapshot(sup: Supervisor, osapi: RealOS, control: tuple[int | None, int] | None, systemd: SystemdNotifier | None,
+             argv: list[str], config_fd: int | None = None) -> Snapshot:
     """The whole state the next image adopts (state.py), naming every descriptor it inherits."""
     pipes: dict[int, list[int]] = {}
     for rfd, stream in osapi.output.pipes().items():
@@ -188,6 +202,7 @@ def snapshot(sup: Supervisor, osapi: RealOS, control: tuple[int, int] | None, sy
         outcomes=outcomes,
         systemd_address=None if systemd is None else systemd.address,
         watchdog_s=None if systemd is None else systemd.watchdog_s,
+        config_fd=config_fd,
     )
 
 

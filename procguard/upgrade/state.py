@@ -7,17 +7,24 @@ sockets, the control socket and its lock). Times are CLOCK_MONOTONIC (`time.mono
 system-wide and goes on across exec, so a BACKOFF keeps its schedule.
 
 FORMAT is bumped whenever a field is added or changes meaning; `loads` reads every format in READABLE
-(older ones through `_upgrade_v1`), so a newer image reads an older image's state, and refuses one it
+(format 1 through `_upgrade_v1`; format 2 lacks only fields with defaults), so a newer image reads an older image's state, and refuses one it
 does not know, which the pre-flight asks before anything is saved (`readable`).
 """
 
 import base64
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-FORMAT = 2
-READABLE = frozenset({1, 2})
+FORMAT = 3
+READABLE = frozenset({1, 2, 3})
+
+
+def process_cpu_ms() -> float:
+    """This process's CPU time so far (user + system), which goes on across exec: the log's split of a
+    re-exec (benchmarks/bench_reexec.py) subtracts these."""
+    return round(time.process_time() * 1e3, 1)
 
 
 class StateError(Exception):
@@ -95,6 +102,7 @@ class Snapshot:
     outcomes: tuple[SavedOutcome, ...] = ()
     systemd_address: str | None = None  # NOTIFY_SOCKET, removed from the environment at start-up
     watchdog_s: float | None = None
+    config_fd: int | None = None  # format 3: the pre-flight's parsed config (carried.py), if it wrote one
 
     def fds(self) -> list[int]:
         """Every descriptor the next image must inherit."""
@@ -138,6 +146,7 @@ def loads(data: bytes) -> Snapshot:
         raise StateError(f"saved state format {fmt!r}; this procguard reads {sorted(READABLE)}")
     if fmt == 1:
         doc = _upgrade_v1(doc)
+    doc = dict(doc, format=FORMAT)  # format 2 -> 3 added config_fd only (None: load the config as usual)
     try:
         return _snapshot(doc)
     except (KeyError, TypeError, ValueError) as exc:

@@ -107,8 +107,8 @@ def test_reexec_keeps_pids_sockets_output_backoff_health_and_reaps_an_exit_in_th
         + prog("job", ["true"], type="oneshot"))
     (d.work / "health").write_text("ok")
     fake_systemd = FakeSystemd(str(tmp_path / "notify.sock"))
-    # Read it as systemd does, at once: the daemon's sd_notify socket blocks once 10 datagrams wait unread
-    # (net.unix.max_dgram_qlen), which would stall its loop until this test reads them.
+    # Read it as systemd does, at once, so that each message's arrival time (READY after RELOADING) is
+    # when it was sent (the daemon no longer blocks on a full queue: tests/unit/test_systemd_notifier.py).
     reading = threading.Event()
 
     def read() -> None:
@@ -224,17 +224,22 @@ def set_version(root: Path, version: str) -> None:
     protocol.write_text(text[:start] + f'VERSION = "{version}' + text[end:])
 
 
+def start_installed(d: DaemonRun, installed: Path, cwd: Path) -> None:
+    """Run d's daemon from the copy at installed (not from this tree: `-m` puts the current directory
+    first on the path, so it runs in cwd), until it has started."""
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    with open(d.logfile, "ab") as log:
+        d.proc = subprocess.Popen([sys.executable, "-m", "procguard", "-c", str(d.config), "--log-format", "json"],
+                                  stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=str(cwd))
+    wait_until(lambda: d.events("daemon_started") or d.proc.poll() is not None, 30, "daemon start")
+
+
 def test_reexec_refusals_leave_the_daemon_as_it_was_then_a_new_version_takes_over(daemon, tmp_path):
     installed = _copy_package(tmp_path / "site", "0.1.0")
     d: DaemonRun = daemon()
     good = prog("sleeper", [sys.executable, WRITER, "--dir", str(d.work), "--name", "sleeper", "tick"], startsecs=0)
     d.write_config(good)
-    # Run the daemon from the copy (not from this tree: `-m` puts the current directory first on the path).
-    env = {**os.environ, "PYTHONPATH": str(installed)}
-    with open(d.logfile, "ab") as log:
-        d.proc = subprocess.Popen([sys.executable, "-m", "procguard", "-c", str(d.config), "--log-format", "json"],
-                                  stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=str(tmp_path))
-    wait_until(lambda: d.events("daemon_started") or d.proc.poll() is not None, 30, "daemon start")
+    start_installed(d, installed, tmp_path)
     before = status_when(d, lambda s: s["sleeper"]["state"] == "RUNNING", "sleeper up")
 
     def unchanged() -> None:
@@ -279,6 +284,7 @@ def test_a_second_daemon_still_cannot_take_the_socket_after_a_reexec(daemon):
                         startsecs=0, stdout_logfile="NONE"))
     d.start()
     assert ctl(d, "reexec").returncode == 0
+    assert d.events("reexec_config_carried") and not d.events("reexec_config_loaded")
     second = subprocess.run([sys.executable, "-m", "procguard", "-c", str(d.config)], capture_output=True,
                             text=True, timeout=60, cwd=str(REPO))
     assert second.returncode == 1 and "already serves" in second.stderr, second.stderr

@@ -1,5 +1,6 @@
 """The re-exec state: versioned JSON; a newer image reads an older image's state (issue #19)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,21 @@ def test_the_current_format_round_trips():
                     outcomes=(SavedOutcome(process="a", at=1.5, ok=False, trigger="deploy", generation=2,
                                            pid=None, step="starting", reason="exited"),))
     assert loads(dumps(snap)) == snap
+    carrying = Snapshot(version="9.9", pid=1, config_path="/c.toml", argv=(), config_fd=11)
+    assert loads(dumps(carrying)).config_fd == 11 and 11 not in carrying.fds()  # read and closed by resume.py
+
+
+def test_a_format_2_state_loads_without_a_carried_config():
+    """What the release before the carried config saves: the new image then loads the config files."""
+    doc = json.loads(dumps(Snapshot(version="0.1.0", pid=1, config_path="/c.toml", argv=("-c", "/c.toml"),
+                                    control_lock_fd=3, control_listen_fd=4)))
+    del doc["config_fd"]
+    snap = loads(json.dumps(dict(doc, format=2)).encode())
+    assert (snap.format, snap.config_fd, snap.control_listen_fd) == (FORMAT, None, 4)
 
 
 @pytest.mark.parametrize("doc, why", [
-    (b'{"format": 3}', "format 3"),
+    (b'{"format": 4}', r"format 4; this procguard reads \[1, 2, 3\]"),  # (3 became real with config_fd)
     (b'{"version": "1"}', "format None"),
     (b"[]", "not a JSON object"),
     (b"{", "not JSON"),
