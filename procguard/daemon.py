@@ -1,6 +1,5 @@
 """`procguard -c CONFIG [--check]`: run the daemon in the foreground, or validate a config."""
 
-import argparse
 import asyncio
 import os
 import resource
@@ -12,11 +11,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from procguard.observe.alerts import AlertManager
-from procguard.config.describe import describe
 from procguard.config.load import load_config
 from procguard.config.model import Config, ConfigDiff
 from procguard.control.server import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
+from procguard.argv import parse_args
 from procguard.observe.events import EventBus
 from procguard.runtime.executor import IdleExitPool
 from procguard.log import LogRing, configure_logging
@@ -28,13 +27,11 @@ from procguard.runtime.reaper import become_subreaper
 from procguard.protocol import VERSION
 from procguard.engine.process import Process
 from procguard.engine.supervisor import Supervisor
-from procguard.terminal import HelpFormatter
-from procguard.upgrade import adopt
-from procguard.upgrade.handoff import ADOPT_FLAG, Reexec
-from procguard.upgrade.state import Snapshot, StateError
 
 if TYPE_CHECKING:
+    from procguard.control.handlers import AfterReply
     from procguard.observe.metrics_server import MetricsServer
+    from procguard.upgrade.state import Snapshot
 
 log = structlog.get_logger()
 
@@ -57,7 +54,7 @@ class Daemon:
     metrics: "MetricsServer | None"
 
     def __init__(self, config: Config, events: EventBus | None = None, mainlog: LogRing | None = None,
-                 argv: list[str] | None = None, adopted: Snapshot | None = None) -> None:
+                 argv: list[str] | None = None, adopted: "Snapshot | None" = None) -> None:
         self.config = config
         self.argv = argv if argv is not None else sys.argv[1:]  # what a re-exec runs again
         self.adopted = adopted  # the state a previous image handed over (upgrade/adopt.py)
@@ -93,6 +90,8 @@ class Daemon:
             self.mainlog.bind(loop)
         self.events.attach(loop)
         self.alerts = AlertManager(self.config.alerts, self.events)
+        if self.adopted is not None:  # upgrade/ is loaded by a re-exec and the image it starts, never idle (#17)
+            from procguard.upgrade import adopt
         # Read (and removed from our environment) before anything can start a child.
         self.systemd = SystemdNotifier.from_environ() if self.adopted is None else adopt.systemd_notifier(self.adopted)
         self._is_subreaper = become_subreaper()
@@ -111,15 +110,21 @@ class Daemon:
                                      lambda: self._signals.put_nowait(signal.SIGTERM), self.osapi.output,
                                      self.events, self.alerts, self.mainlog)
         self.control.handoff = None if self.adopted is None else adopt.control_handoff(self.adopted)
-        self.control.handlers.on_reexec = Reexec(config=self.config, supervisor=self.supervisor, osapi=self.osapi,
-                                                 control=self.control, systemd=lambda: self.systemd,
-                                                 argv=self.argv).request
+        self.control.handlers.on_reexec = self._reexec
         return await self._open_endpoints()
+
+    async def _reexec(self) -> "AfterReply":
+        from procguard.upgrade.handoff import Reexec
+
+        return await Reexec(config=self.config, supervisor=self.supervisor, osapi=self.osapi, control=self.control,
+                            systemd=lambda: self.systemd, argv=self.argv).request()
 
     def _adopt_processes(self) -> None:
         """After a re-exec: take over every process as the previous image left it, before anything reaps
         (a child that exited during the exec is then a known pid's)."""
         if self.adopted is not None:
+            from procguard.upgrade import adopt
+
             adopt.adopt_processes(self.adopted, self.supervisor, self.osapi)
 
     def _child_reaped(self, pid: int) -> None:
@@ -138,6 +143,8 @@ class Daemon:
             log.error("control_setup_failed", endpoint=self.config.control, error=str(exc))
             return False
         if self.adopted is not None:
+            from procguard.upgrade import adopt
+
             adopt.adopt_sockets(self.adopted, self.osapi.sockets, self.config)
         try:
             self.osapi.sockets.apply(self.config.sockets, self.config.socket_users())
@@ -345,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level or config.loglevel, args.log_format, ring=mainlog, bus=events)
     adopted = None
     if args.adopt_state_fd is not None:
+        from procguard.upgrade import adopt
+        from procguard.upgrade.state import StateError
+
         try:
             adopted = adopt.read_snapshot(args.adopt_state_fd)
         except (StateError, OSError) as exc:
@@ -357,21 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(Daemon(config, events, mainlog, sys.argv[1:] if argv is None else argv, adopted).run())
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.",
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="main TOML config file")
-    parser.add_argument("--check", action="store_true", help="validate the config, print the programs, exit 0/1")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override loglevel")
-    parser.add_argument("--log-format", choices=("auto", "console", "json", "journal"), default="auto",
-                        help="auto: journal under systemd (JOURNAL_STREAM), console on a TTY, else json")
-    parser.add_argument("--version", action="version", version=f"procguard {VERSION}")
-    parser.add_argument(ADOPT_FLAG, type=int, metavar="FD", help=argparse.SUPPRESS)  # a re-exec's state
-    return parser.parse_args(argv)
-
-
 def check(config: Config) -> int:
     """`--check`: print the resolved programs and the config's warnings; 1 if this machine cannot run it."""
+    from procguard.config.describe import describe  # --check only: never in a running daemon (#17)
+
     print(describe(config))
     if config.lints:
         print("\nwarnings (known traps; the config is accepted):", file=sys.stderr)

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 import structlog
 import zmq
 import zmq.asyncio
-import zmq.auth
 
 from procguard.config.model import Config, ConfigDiff
 from procguard.control import auth
@@ -127,8 +126,10 @@ class ControlServer:
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # fail closed: no handler means no entry
         if self.endpoint.startswith("tcp://"):
             assert self.config.curve is not None  # config/sections.py refuses tcp:// without [procguard.curve]
+            from zmq.auth import load_certificate  # CURVE only: not loaded for ipc:// (#17)
+
             try:
-                public, secret = zmq.auth.load_certificate(self.config.curve.server_secret_key)
+                public, secret = load_certificate(self.config.curve.server_secret_key)
             except (OSError, ValueError) as exc:
                 raise ControlSetupError(f"{self.config.curve.server_secret_key}: cannot load the server key: {exc}") from None
             if not secret:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import structlog
 
+from procguard.argv import ADOPT_FLAG
 from procguard.config.diff import diff_configs
 from procguard.config.load import load_config
 from procguard.config.model import Config
@@ -40,7 +41,6 @@ log = structlog.get_logger()
 
 PREFLIGHT_TIMEOUT_S = 60.0
 PREFLIGHT_OUTPUT_LINES = 12  # of the pre-flight's output, in a refusal
-ADOPT_FLAG = "--adopt-state-fd"
 INHERIT_FLUSH_S = 5.0  # at most this long for a stalled journal (the bytes are dropped then, as output.py does)
 
 
