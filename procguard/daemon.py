@@ -8,8 +8,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import structlog
-
 from procguard.observe.alerts import AlertManager
 from procguard.config.load import load_config
 from procguard.config.model import Config, ConfigDiff
@@ -18,7 +16,7 @@ from procguard.errors import ConfigError
 from procguard.argv import parse_args
 from procguard.observe.events import EventBus
 from procguard.runtime.executor import IdleExitPool
-from procguard.log import LogRing, configure_logging
+from procguard.log import LogRing, configure_logging, get_logger
 from procguard.io.systemd import SystemdNotifier
 from procguard.io.listeners import SocketError
 from procguard.runtime.procfs import untracked_children
@@ -33,7 +31,7 @@ if TYPE_CHECKING:
     from procguard.observe.metrics_server import MetricsServer
     from procguard.upgrade.state import Snapshot
 
-log = structlog.get_logger()
+log = get_logger()
 
 # After every program stopped, orphans that no program claims get this long after SIGTERM before SIGKILL.
 ORPHAN_GRACE_S = 5.0

@@ -9,11 +9,10 @@ import os
 import pwd
 from dataclasses import dataclass
 
-import structlog
-
 from procguard.config.model import Config
+from procguard.log import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27 (ZAP)
 ZAP_DOMAIN = "procguard"

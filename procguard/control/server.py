@@ -25,7 +25,6 @@ import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-import structlog
 import zmq
 import zmq.asyncio
 
@@ -36,7 +35,7 @@ from procguard.control.handlers import AfterReply, Handlers
 from procguard.engine.supervisor import Supervisor
 from procguard.errors import ConfigError, ControlError, ProcguardError
 from procguard.io.output import Output
-from procguard.log import LogRing
+from procguard.log import LogRing, get_logger
 from procguard.observe.alerts import AlertManager
 from procguard.observe.events import EventBus
 from procguard.protocol import (
@@ -46,7 +45,7 @@ from procguard.protocol import (
 from procguard.runtime.heap import trim_heap
 from procguard.upgrade.fds import unix_listener
 
-log = structlog.get_logger()
+log = get_logger()
 
 SEND_HWM = 64  # messages queued per slow client (ZMQ_SNDHWM) before pushes to it are dropped
 # Commands refused once shutdown began (status, pid and version still answer while programs stop).

@@ -8,9 +8,9 @@ import os
 import socket
 import time
 
-import structlog
+from procguard.log import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 class SystemdNotifier:

@@ -12,8 +12,6 @@ import signal
 import socket
 import time
 
-import structlog
-
 from procguard.config.model import Config, SocketConfig
 from procguard.engine.process import Process
 from procguard.engine.records import ReplaceOutcome
@@ -21,11 +19,12 @@ from procguard.engine.states import ExitReason, Health, Hold, ProcessState, Repl
 from procguard.engine.supervisor import Supervisor
 from procguard.io.listeners import SocketSet
 from procguard.io.systemd import SystemdNotifier
+from procguard.log import get_logger
 from procguard.runtime.realos import RealOS
 from procguard.upgrade.fds import close_on_exec, read_state_fd
 from procguard.upgrade.state import SavedProcess, Snapshot, loads
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 def read_snapshot(fd: int) -> Snapshot:

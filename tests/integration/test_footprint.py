@@ -32,6 +32,7 @@ NOT_AT_IDLE = {
     "procguard.upgrade.adopt": "a re-exec's new image only",
     "procguard.upgrade.handoff": "imported by `procguardctl reexec`",
     "procguard.upgrade.state": "a re-exec only",
+    "structlog": "procguard/log.py writes structlog's lines itself; the console format imports it",
     "psutil": "trees, strays and status -l are read from /proc (runtime/procfs.py)",
 }
 
