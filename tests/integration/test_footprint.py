@@ -33,6 +33,7 @@ NOT_AT_IDLE = {
     "procguard.upgrade.handoff": "imported by `procguardctl reexec`",
     "procguard.upgrade.state": "a re-exec only",
     "structlog": "procguard/log.py writes structlog's lines itself; the console format imports it",
+    "base64": "tail -f frames are encoded with binascii; upgrade/state.py (a re-exec) imports it",
     "psutil": "trees, strays and status -l are read from /proc (runtime/procfs.py)",
 }
 
