@@ -7,7 +7,7 @@
    nothing happens). After a 2 s settle, over a window (30 s, --quick 5 s): the daemon's CPU from
    /proc/PID/task/*/schedstat (ns), its context switches, RSS, threads. "With alerts, nothing
    happening, no periodic work" shows as the same CPU, the same context switches and no extra thread.
-2. Publish cost, in this process: structlog configured as the daemon does (JSON to /dev/null), with
+2. Publish cost, in this process: the log configured as the daemon does (JSON to /dev/null), with
    the event bus and without; the time per `log.info("process_state_changed", ...)` (published) and
    per a debug event below the level (not rendered), best of 5 runs of 20000 calls.
 
@@ -54,10 +54,8 @@ def run_idle(bench: Bench, name: str, with_alerts: bool, window_s: float) -> dic
 
 
 def publish_cost() -> dict[str, float]:
-    import structlog
-
     from procguard.observe.events import EventBus
-    from procguard.log import configure_logging
+    from procguard.log import configure_logging, get_logger, reset_logging
 
     devnull = open(os.devnull, "w")
     real_stderr = sys.stderr
@@ -66,7 +64,7 @@ def publish_cost() -> dict[str, float]:
         sys.stderr = devnull
         for label, bus in (("without bus", None), ("with bus", EventBus())):
             configure_logging("info", "json", bus=bus)
-            log = structlog.get_logger()
+            log = get_logger()
             for what, call in (
                 ("stable event", lambda: log.info("process_state_changed", program="web", process="web", pid=1,
                                                   old="RUNNING", new="EXITED", exit_status=1, expected=False)),
@@ -82,7 +80,7 @@ def publish_cost() -> dict[str, float]:
     finally:
         sys.stderr = real_stderr
         devnull.close()
-        structlog.reset_defaults()
+        reset_logging()
     return out
 
 

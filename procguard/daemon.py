@@ -1,6 +1,5 @@
 """`procguard -c CONFIG [--check]`: run the daemon in the foreground, or validate a config."""
 
-import argparse
 import asyncio
 import os
 import resource
@@ -9,17 +8,15 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import structlog
-
 from procguard.observe.alerts import AlertManager
-from procguard.config.describe import describe
 from procguard.config.load import load_config
 from procguard.config.model import Config, ConfigDiff
 from procguard.control.server import ControlServer, ControlSetupError
 from procguard.errors import ConfigError
+from procguard.argv import parse_args
 from procguard.observe.events import EventBus
 from procguard.runtime.executor import IdleExitPool
-from procguard.log import LogRing, configure_logging
+from procguard.log import LogRing, configure_logging, get_logger, process_cpu_ms
 from procguard.io.systemd import SystemdNotifier
 from procguard.io.listeners import SocketError
 from procguard.runtime.procfs import untracked_children
@@ -28,16 +25,13 @@ from procguard.runtime.reaper import become_subreaper
 from procguard.protocol import VERSION
 from procguard.engine.process import Process
 from procguard.engine.supervisor import Supervisor
-from procguard.terminal import HelpFormatter
-from procguard.upgrade import adopt
-from procguard.upgrade.handoff import ADOPT_FLAG, Reexec
-from procguard.upgrade.resume import Resumed
-from procguard.upgrade.state import Snapshot, process_cpu_ms
 
 if TYPE_CHECKING:
+    from procguard.control.handlers import AfterReply
     from procguard.observe.metrics_server import MetricsServer
+    from procguard.upgrade.state import Snapshot
 
-log = structlog.get_logger()
+log = get_logger()
 
 # After every program stopped, orphans that no program claims get this long after SIGTERM before SIGKILL.
 ORPHAN_GRACE_S = 5.0
@@ -59,7 +53,7 @@ class Daemon:
     metrics: "MetricsServer | None"
 
     def __init__(self, config: Config, events: EventBus | None = None, mainlog: LogRing | None = None,
-                 argv: list[str] | None = None, adopted: Snapshot | None = None) -> None:
+                 argv: list[str] | None = None, adopted: "Snapshot | None" = None) -> None:
         self.config = config
         self.argv = argv if argv is not None else sys.argv[1:]  # what a re-exec runs again
         self.adopted = adopted  # the state a previous image handed over (upgrade/adopt.py)
@@ -96,6 +90,8 @@ class Daemon:
             self.mainlog.bind(loop)
         self.events.attach(loop)
         self.alerts = AlertManager(self.config.alerts, self.events)
+        if self.adopted is not None:  # upgrade/ is loaded by a re-exec and the image it starts, never idle (#17)
+            from procguard.upgrade import adopt
         # Read (and removed from our environment) before anything can start a child.
         self.systemd = SystemdNotifier.from_environ() if self.adopted is None else adopt.systemd_notifier(self.adopted)
         self._is_subreaper = become_subreaper()
@@ -110,19 +106,25 @@ class Daemon:
         # per dropped byte onto stderr, into the middle of our log lines. A dropped byte loses nothing:
         # the bytes still queued wake the reaper, which collects every zombie (waitpid loop).
         signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
-        reexec = Reexec(config=self.config, supervisor=self.supervisor, osapi=self.osapi,
-                        systemd=lambda: self.systemd, argv=self.argv)
         self.control = ControlServer(self.config, self.supervisor, self._reload_command,
                                      lambda: self._signals.put_nowait(signal.SIGTERM), self.osapi.output,
                                      self.events, self.alerts, self.mainlog,
                                      handoff=None if self.adopted is None else adopt.control_handoff(self.adopted),
-                                     reexec=reexec.request)
+                                     reexec=self._reexec)
         return await self._open_endpoints()
+
+    async def _reexec(self) -> "AfterReply":
+        from procguard.upgrade.handoff import Reexec  # a re-exec only: an idle daemon never loads upgrade/ (#17)
+
+        return await Reexec(config=self.config, supervisor=self.supervisor, osapi=self.osapi,
+                            systemd=lambda: self.systemd, argv=self.argv).request()
 
     def _adopt_processes(self) -> None:
         """After a re-exec: take over every process as the previous image left it, before anything reaps
         (a child that exited during the exec is then a known pid's)."""
         if self.adopted is not None:
+            from procguard.upgrade import adopt
+
             adopt.adopt_processes(self.adopted, self.supervisor, self.osapi)
 
     def _child_reaped(self, pid: int) -> None:
@@ -147,6 +149,8 @@ class Daemon:
             if self.adopted is None:
                 return False
         if self.adopted is not None:
+            from procguard.upgrade import adopt
+
             adopt.adopt_sockets(self.adopted, self.osapi.sockets, self.config)
         try:
             self.osapi.sockets.apply(self.config.sockets, self.config.socket_users())
@@ -352,7 +356,11 @@ class Daemon:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    resumed = None if args.adopt_state_fd is None else Resumed(args.adopt_state_fd, args.config)
+    resumed = None
+    if args.adopt_state_fd is not None:
+        from procguard.upgrade.resume import Resumed
+
+        resumed = Resumed(args.adopt_state_fd, args.config)
     try:
         config = load_config(args.config) if resumed is None else resumed.config()
     except ConfigError as exc:
@@ -377,21 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(Daemon(config, events, mainlog, sys.argv[1:] if argv is None else argv, adopted).run())
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="procguard", description="Supervise app server processes.",
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="main TOML config file")
-    parser.add_argument("--check", action="store_true", help="validate the config, print the programs, exit 0/1")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override loglevel")
-    parser.add_argument("--log-format", choices=("auto", "console", "json", "journal"), default="auto",
-                        help="auto: journal under systemd (JOURNAL_STREAM), console on a TTY, else json")
-    parser.add_argument("--version", action="version", version=f"procguard {VERSION}")
-    parser.add_argument(ADOPT_FLAG, type=int, metavar="FD", help=argparse.SUPPRESS)  # a re-exec's state
-    return parser.parse_args(argv)
-
-
 def check(config: Config) -> int:
     """`--check`: print the resolved programs and the config's warnings; 1 if this machine cannot run it."""
+    from procguard.config.describe import describe  # --check only: never in a running daemon (#17)
+
     print(describe(config))
     if config.lints:
         print("\nwarnings (known traps; the config is accepted):", file=sys.stderr)

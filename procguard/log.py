@@ -1,19 +1,155 @@
-"""Configure structlog once for the daemon: journal lines under systemd, console on a TTY, else JSON lines."""
+"""The daemon's log: structlog's calls and lines, without importing structlog; journal lines under systemd,
+console on a TTY, else JSON lines.
+
+Every module logs as STYLE.md says (`log = get_logger()`, `log.info("process_spawned", pid=4312)`), and
+the lines are byte for byte what structlog's processors made (JSONRenderer, TimeStamper(fmt="iso"),
+add_log_level, format_exc_info): tests/unit/test_log.py renders the same events through structlog and
+through this module and compares. `import structlog` alone loaded 25 modules and datetime, 1.2 MiB of
+an idle daemon's private memory (issue #17, benchmarks/RESULTS.md); structlog is imported now only for
+its ConsoleRenderer, when the log is a terminal.
+"""
 
 import asyncio
 import collections
-import logging
+import json
 import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Mapping
-from typing import Literal, TextIO
+import time
+import traceback
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+if TYPE_CHECKING:
+    from procguard.observe.events import EventBus
 
-from procguard.observe.events import EventBus, publisher
+EventDict = MutableMapping[str, Any]
+WrappedLogger = Any  # what a processor gets as its `logger` (structlog's signature; unused here)
+Processor = Callable[[WrappedLogger, str, EventDict], Any]
+
+# structlog's level numbers (those of the logging module).
+LEVELS: Mapping[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+class DropEvent(Exception):
+    """Raised by a processor: the event goes no further (structlog.DropEvent)."""
+
+
+class Logger:
+    """A logger as structlog's get_logger() gives one: `bind` fields, then one method per level.
+
+    The configuration is read at each call (a module's `log` is made at import, before configure_logging).
+    """
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: Mapping[str, Any] | None = None) -> None:
+        self._context = dict(context or {})
+
+    def bind(self, **fields: Any) -> "Logger":
+        return Logger({**self._context, **fields})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        _log(self._context, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        _log(self._context, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        _log(self._context, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        _log(self._context, "error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        _log(self._context, "critical", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the exception being handled (exc_info=True unless given)."""
+        fields.setdefault("exc_info", True)
+        _log(self._context, "error", event, fields)
+
+
+class _Config:
+    def __init__(self) -> None:
+        self.threshold = 0
+        self.processors: list[Processor] = [add_log_level, timestamp_iso, format_exc_info, render_json]
+        self.write: Callable[[str], None] = lambda line: print(line, flush=True)
+
+
+_write_lock = threading.Lock()
+
+
+def get_logger() -> Logger:
+    return Logger()
+
+
+def _log(context: Mapping[str, Any], method: str, event: str, fields: dict[str, Any]) -> None:
+    config = _config
+    if LEVELS[method] < config.threshold:
+        return
+    event_dict: Any = {**context, **fields, "event": event}
+    try:
+        for processor in config.processors:
+            event_dict = processor(None, method, event_dict)
+    except DropEvent:
+        return
+    with _write_lock:
+        config.write(event_dict)
+
+
+def process_cpu_ms() -> float:
+    """This process's CPU time so far (user + system), which goes on across exec: the log's split of a
+    re-exec (benchmarks/bench_reexec.py) subtracts these."""
+    return round(time.process_time() * 1e3, 1)
+
+
+def reset_logging() -> None:
+    """Back to the default (every level, JSON lines on stdout): tests that configured the log call this."""
+    global _config
+    _config = _Config()
+
+
+# ------------------------------------------------------------------- structlog's processors, as it wrote them
+
+def add_log_level(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    event_dict["level"] = method
+    return event_dict
+
+
+def timestamp_iso(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """Local time as datetime.now().isoformat() writes it (no fraction when the microseconds are 0)."""
+    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
+    t = time.localtime(seconds)
+    micros = ns // 1000  # datetime.now() floors the clock to microseconds
+    stamp = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+             f"{min(t.tm_sec, 59):02d}")  # a leap second is :59, as datetime has it
+    event_dict["timestamp"] = f"{stamp}.{micros:06d}" if micros else stamp
+    return event_dict
+
+
+def format_exc_info(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """Replace exc_info (True, an exception or a sys.exc_info() tuple) by the traceback's text."""
+    value = event_dict.pop("exc_info", None)
+    info: Any = None
+    if isinstance(value, BaseException):
+        info = (value.__class__, value, value.__traceback__)
+    elif isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
+        info = value
+    elif value:
+        info = sys.exc_info()
+    if info is not None and info[1] is not None:
+        text = "".join(traceback.format_exception(info[0], info[1], info[2]))
+        event_dict["exception"] = text[:-1] if text.endswith("\n") else text
+    return event_dict
+
+
+def render_json(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+    return json.dumps(event_dict, default=repr)
+
+
+_config = _Config()  # until configure_logging: every level, JSON lines on stdout
 
 Format = Literal["auto", "console", "json", "journal"]
 Resolved = Literal["console", "json", "journal"]
@@ -137,32 +273,20 @@ class LogRing:
             return b"".join(self._lines)
 
 
-class _TeeLogger(structlog.PrintLogger):
-    """structlog's PrintLogger that also keeps each rendered line in a LogRing."""
-
-    def __init__(self, file: TextIO, ring: LogRing) -> None:
-        super().__init__(file)
-        self._ring = ring
-
-    def msg(self, message: str) -> None:
-        super().msg(message)
-        self._ring.append(message)
-
-    log = debug = info = warn = warning = fatal = failure = err = error = critical = exception = msg
-
-
 def _renderer(fmt: Resolved, stream: TextIO) -> Processor:
     if fmt == "journal":
         return JournalRenderer()
     if fmt == "console":
+        from structlog.dev import ConsoleRenderer  # a person reads a terminal: structlog's own layout
+
         # Colours only for a terminal (a forced `console` into a file stays plain), and never with NO_COLOR
         # (no-color.org), as procguardctl does.
-        return structlog.dev.ConsoleRenderer(colors=stream.isatty() and "NO_COLOR" not in os.environ)
-    return structlog.processors.JSONRenderer()
+        return ConsoleRenderer(colors=stream.isatty() and "NO_COLOR" not in os.environ)
+    return render_json
 
 
 class LogStream:
-    """The daemon's stderr for structlog, which never raises: a log line that cannot be written is dropped.
+    """The daemon's stderr for its log, which never raises: a log line that cannot be written is dropped.
 
     Under systemd stderr is a stream socket to journald; if journald goes away (or a pipe reader
     dies), every write fails with EPIPE. An exception out of a log call would abort whatever was
@@ -201,46 +325,50 @@ def dropped_lines() -> int:
 
 def level_filter(level: str) -> Processor:
     """Drop log events below `level` (after the publisher saw them)."""
-    levels = logging.getLevelNamesMapping()
-    minimum = levels[level.upper()]
+    minimum = LEVELS[level.lower()]
 
     def drop_below(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        if levels.get(str(event_dict.get("level", method)).upper(), logging.INFO) < minimum:
-            raise structlog.DropEvent
+        if LEVELS.get(str(event_dict.get("level", method)).lower(), LEVELS["info"]) < minimum:
+            raise DropEvent
         return event_dict
 
     return drop_below
 
 
 def configure_logging(level: str = "info", fmt: Format = "auto", *, ring: LogRing | None = None,
-                      bus: EventBus | None = None) -> None:
-    """Route structlog to stderr at `level` in `fmt`; call once, before the first event.
+                      bus: "EventBus | None" = None) -> None:
+    """Route the log to stderr at `level` in `fmt`; call once, before the first event.
 
     `auto` resolves through `choose_format`. Every format renders a logged exception's traceback
     (format_exc_info): JSON and journal escape its newlines, so one event is always one line there.
     With `ring`, every rendered line is also kept there (maintail). With `bus`, the stable events
     (procguard.observe.events) are published to it whatever `level` hides.
     """
-    global _stream
+    global _stream, _config
     stream = sys.stderr
-    _stream = LogStream(stream)
+    out = _stream = LogStream(stream)
     resolved = choose_format(stream) if fmt == "auto" else fmt
-    threshold = logging.getLevelNamesMapping()[level.upper()]
-    processors: list[Processor] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
+    config = _Config()
+    config.threshold = LEVELS[level.lower()]
+    processors: list[Processor] = [add_log_level]
     if bus is not None:
+        from procguard.observe.events import publisher
+
         # Stable events are info and above: those reach the publisher, the level then filters the log.
         processors.append(publisher(bus))
-        if threshold > logging.INFO:
+        if config.threshold > LEVELS["info"]:
             processors.append(level_filter(level))
-        threshold = min(threshold, logging.INFO)
+        config.threshold = min(config.threshold, LEVELS["info"])
     if resolved != "journal":
-        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=False))
-    processors += [structlog.processors.format_exc_info, _renderer(resolved, stream)]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        # LogStream: a log line that cannot be written is dropped and counted, never raised.
-        logger_factory=(structlog.PrintLoggerFactory(_stream) if ring is None  # type: ignore[arg-type]
-                        else (lambda *_: _TeeLogger(_stream, ring))),  # type: ignore[arg-type]
-        cache_logger_on_first_use=False,
-    )
+        processors.append(timestamp_iso)
+    config.processors = [*processors, format_exc_info, _renderer(resolved, stream)]
+
+    def write(line: str) -> None:
+        # As structlog's PrintLogger: the line and its newline, flushed. LogStream drops and counts a line
+        # that cannot be written, never raises.
+        print(line, file=out, flush=True)
+        if ring is not None:
+            ring.append(line)
+
+    config.write = write
+    _config = config

@@ -9,13 +9,10 @@ import os
 import pwd
 from dataclasses import dataclass
 
-import structlog
-import zmq.auth
-from zmq.utils import z85
-
 from procguard.config.model import Config
+from procguard.log import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27 (ZAP)
 ZAP_DOMAIN = "procguard"
@@ -52,7 +49,9 @@ def peer_policy(config: Config) -> Peer:
             pass
     keys: frozenset[bytes] = frozenset()
     if config.curve is not None:
-        keys = frozenset(zmq.auth.load_certificates(config.curve.authorized_clients))
+        from zmq.auth import load_certificates  # CURVE (tcp://) only: not loaded for ipc:// (#17)
+
+        keys = frozenset(load_certificates(config.curve.authorized_clients))
     return Peer(uids=frozenset({0, os.geteuid()}), gid=config.control_gid, group_members=members, client_keys=keys)
 
 
@@ -67,6 +66,8 @@ def authenticate(policy: Peer, is_ipc: bool, frames: list[bytes]) -> list[bytes]
     if domain != ZAP_DOMAIN.encode():
         return answer(False, "wrong domain")
     if mechanism == b"CURVE":
+        from zmq.utils import z85
+
         key = z85.encode(credentials[0]) if credentials else b""
         if key in policy.client_keys:
             return answer(True, "OK", f"curve:{key.decode()}")

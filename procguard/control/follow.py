@@ -7,7 +7,7 @@ next push.
 """
 
 import asyncio
-import base64
+import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -36,7 +36,8 @@ class Followed(Protocol):
 
 
 def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    # base64.b64encode's output; binascii is the C module under it (base64.py: 58 KiB an idle daemon keeps, #17)
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,10 +25,8 @@ import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
-import structlog
 import zmq
 import zmq.asyncio
-import zmq.auth
 
 from procguard.config.model import Config, ConfigDiff
 from procguard.control import auth
@@ -37,7 +35,7 @@ from procguard.control.handlers import AfterReply, Handlers
 from procguard.engine.supervisor import Supervisor
 from procguard.errors import ConfigError, ControlError, ProcguardError
 from procguard.io.output import Output
-from procguard.log import LogRing
+from procguard.log import LogRing, get_logger
 from procguard.observe.alerts import AlertManager
 from procguard.observe.events import EventBus
 from procguard.protocol import (
@@ -47,7 +45,7 @@ from procguard.protocol import (
 from procguard.runtime.heap import trim_heap
 from procguard.upgrade.fds import tcp_listener, unix_listener
 
-log = structlog.get_logger()
+log = get_logger()
 
 SEND_HWM = 64  # messages queued per slow client (ZMQ_SNDHWM) before pushes to it are dropped
 # Commands refused once shutdown began (status, pid and version still answer while programs stop).
@@ -130,8 +128,10 @@ class ControlServer:
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # fail closed: no handler means no entry
         if self.endpoint.startswith("tcp://"):
             assert self.config.curve is not None  # config/sections.py refuses tcp:// without [procguard.curve]
+            from zmq.auth import load_certificate  # CURVE only: not loaded for ipc:// (#17)
+
             try:
-                public, secret = zmq.auth.load_certificate(self.config.curve.server_secret_key)
+                public, secret = load_certificate(self.config.curve.server_secret_key)
             except (OSError, ValueError) as exc:
                 raise ControlSetupError(f"{self.config.curve.server_secret_key}: cannot load the server key: {exc}") from None
             if not secret:

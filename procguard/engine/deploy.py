@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-import structlog
-
 from procguard.config.model import ProcessConfig, ProgramConfig, ProgramType
 from procguard.engine.actions import start_procs, stop_procs
 from procguard.engine.changes import Changes
@@ -24,9 +22,10 @@ from procguard.engine.records import ActionResult, ProcessStatus, ReplaceOutcome
 from procguard.engine.registry import Registry
 from procguard.engine.replace import Replacement
 from procguard.engine.states import RESTING_STATES, ProcessState, ReplacePhase, ReplaceTrigger
+from procguard.log import get_logger
 from procguard.runtime.seam import OSApi
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 def _result(p: Process, ok: bool, message: str, step: ReplacePhase, *, overlapped: bool,

@@ -5,14 +5,13 @@ import random
 from collections.abc import Coroutine
 from typing import Any
 
-import structlog
-
 from procguard.engine.process import Process
 from procguard.engine.states import ProcessState, ReplaceTrigger
 from procguard.health.check import run_check
+from procguard.log import get_logger
 from procguard.runtime.seam import OSApi
 
-log = structlog.get_logger()
+log = get_logger()
 
 _WATCHED = (ProcessState.STARTING, ProcessState.RUNNING)
 

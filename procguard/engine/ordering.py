@@ -9,8 +9,6 @@ dependency that gives up blocks it (its status says why). Shutdown goes the othe
 import asyncio
 from collections.abc import Iterable
 
-import structlog
-
 from procguard.config.model import ProgramConfig, ProgramType
 from procguard.engine.actions import stop_procs
 from procguard.engine.changes import Changes
@@ -18,8 +16,9 @@ from procguard.engine.process import Process
 from procguard.engine.records import ActionResult
 from procguard.engine.registry import Registry
 from procguard.engine.states import RESTING_STATES, Hold, ProcessState
+from procguard.log import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 # Each program brought up once per command: its outcome, (True, "") or (False, why).
 Memo = dict[str, "asyncio.Task[tuple[bool, str]]"]

@@ -12,8 +12,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
-import structlog
-
 from procguard.config.diff import diff_configs, diff_groups, process_groups
 from procguard.config.load import load_config
 from procguard.config.model import Config, ConfigDiff, ProcessConfig, ProgramConfig
@@ -28,12 +26,13 @@ from procguard.engine.registry import Registry, in_order
 from procguard.engine.states import RESTING_STATES, Health, Hold, ProcessState, ReplaceTrigger
 from procguard.errors import ConfigError, ConfigIssue, ControlError
 from procguard.io.listeners import SocketError
+from procguard.log import get_logger
 from procguard.protocol import (
     E_ALREADY_ADDED, E_BAD_SIGNAL, E_NO_SUCH_PROCESS, E_NOT_RUNNING, E_START_FAILED, E_STILL_RUNNING,
 )
 from procguard.runtime.seam import OSApi, describe_exit
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 class Supervisor:

@@ -15,11 +15,7 @@ from dataclasses import dataclass
 
 from procguard.config.model import HealthCheckConfig, HealthCheckType
 from procguard.health.connect import ROUTE
-from procguard.health.exec import check_exec
 from procguard.health.failed import CheckAnswered, CheckFailed
-from procguard.health.http import check_http
-from procguard.health.tcp import check_tcp
-from procguard.health.uwsgi import check_uwsgi
 from procguard.runtime.seam import CheckRoute, CommandSpawner
 
 
@@ -62,13 +58,18 @@ async def run_check(
     deadline = asyncio.timeout(hc.timeout)
     try:
         async with deadline:
+            # Each type's module is imported by its first check: a daemon loads only the kinds it runs (#17).
             if hc.type == HealthCheckType.HTTP:
+                from procguard.health.http import check_http
                 await check_http(hc)
             elif hc.type == HealthCheckType.TCP:
+                from procguard.health.tcp import check_tcp
                 await check_tcp(hc)
             elif hc.type == HealthCheckType.UWSGI:
+                from procguard.health.uwsgi import check_uwsgi
                 await check_uwsgi(hc)
             elif hc.type == HealthCheckType.EXEC:
+                from procguard.health.exec import check_exec
                 await check_exec(hc, uid=uid, gid=gid, extra_groups=extra_groups, env=env, cwd=cwd,
                                  spawner=spawner)
             else:

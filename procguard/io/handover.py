@@ -23,15 +23,14 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import structlog
-
 from procguard.engine.process import Process
 from procguard.io.inflight import in_flight, tcp_sockets_on
 from procguard.io.listeners import NextSockets, SocketSet, SocketsNotReady
+from procguard.log import get_logger
 from procguard.runtime import procfs
 from procguard.runtime.seam import CheckRoute
 
-log = structlog.get_logger()
+log = get_logger()
 
 DRAIN_MIN_S = 0.25  # how long a drain waits for handshakes under way (see Handover._wait_answered)
 DRAIN_POLL_S = 0.02

@@ -15,15 +15,14 @@ import os
 import socket
 import stat
 
-import structlog
-
 from procguard.config.model import SocketConfig
+from procguard.log import get_logger
 from procguard.runtime.seam import CheckRoute
 from procguard.errors import ProcguardError
 from procguard.io.inflight import tcp_sockets_on
 from procguard.io.steering import reserve_checker_ports, steer_checker_to_second, steer_to_first, steer_to_second
 
-log = structlog.get_logger()
+log = get_logger()
 
 class SocketError(ProcguardError):
     """A [socket.NAME] could not be bound."""

@@ -11,9 +11,9 @@ import stat
 import time
 from collections.abc import Callable
 
-import structlog
+from procguard.log import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 CHUNK = 1 << 20  # bytes per splice call, and per write when a file has no size limit
 RETRY_S = 1.0  # after a failed write, try the file again at most this often

@@ -15,14 +15,13 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import structlog
-
 from procguard.config.model import Ready
+from procguard.log import get_logger
 
 if TYPE_CHECKING:
     from procguard.engine.process import Process
 
-log = structlog.get_logger()
+log = get_logger()
 
 _counter = itertools.count(1)
 MAX_DATAGRAM = 4096  # sd_notify messages are short; longer ones are cut

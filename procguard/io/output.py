@@ -20,14 +20,13 @@ import fcntl
 import os
 from collections.abc import Callable, Iterable
 
-import structlog
-
 from procguard.config.model import ProcessConfig, ProgramConfig
 from procguard.io.inherit import InheritWriter
 from procguard.io.logfile import LogFile
 from procguard.io.stream import AGAIN, EOF, GenerationTail, Stream, StreamSettings, settings_for
+from procguard.log import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups for chatty children (falls back silently)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)

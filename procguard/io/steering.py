@@ -11,9 +11,9 @@ import ctypes
 import socket
 import struct
 
-import structlog
+from procguard.log import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # asm-generic/socket.h (Linux >= 4.5)
 # Classic BPF (linux/filter.h). SKF_NET_OFF addresses the IP header: the program runs with the packet's

@@ -11,18 +11,16 @@ import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING
-
-import structlog
 
 from procguard.config.model import LOG_INHERIT, LOG_NONE, ProcessConfig, ProgramConfig
 from procguard.io.logfile import CHUNK, LogFile
+from procguard.log import get_logger
 
 if TYPE_CHECKING:
     from procguard.io.output import Output
 
-log = structlog.get_logger()
+log = get_logger()
 
 # Bytes per read() where Python touches the data (timestamps, NONE, journal). Small enough that the
 # read and its transformed copies come from malloc's free lists: 1 MiB buffers went through
@@ -61,6 +59,8 @@ def settings_for(program: ProgramConfig, proc: ProcessConfig, stream: str) -> St
 
 def timestamp() -> bytes:
     """ISO 8601 with milliseconds and the UTC offset, e.g. 2026-11-24T19:41:02.123+00:00, and a space."""
+    from datetime import datetime  # only a daemon with timestamped output loads it (#17)
+
     return datetime.now().astimezone().isoformat(timespec="milliseconds").encode() + b" "
 
 

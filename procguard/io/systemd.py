@@ -10,9 +10,9 @@ import socket
 import time
 from collections import deque
 
-import structlog
+from procguard.log import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 class SystemdNotifier:

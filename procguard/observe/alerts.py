@@ -20,16 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from procguard.config.model import AlertConfig, AlertTrigger
 from procguard.engine.states import Health, ProcessState
 from procguard.errors import ControlError
+from procguard.log import get_logger
 from procguard.observe.delivery import DELIVER, DeliveryError, Message, Notice, Worker, allow_tls, needs_tls
 from procguard.observe.events import Event, EventBus
 from procguard.protocol import E_BAD_ARGS
 
-log = structlog.get_logger()
+log = get_logger()
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0

@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+from procguard.log import EventDict, Processor, WrappedLogger, get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 # How many events the daemon keeps for `procguardctl events` (about 0.3 KiB each).
 RING_SIZE = 1000

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import structlog
-
 
 class _NoTLS(types.ModuleType):
     """Stands in for ssl while prometheus_client is imported: every attribute is None."""
@@ -44,13 +42,14 @@ finally:
     if _ssl_blocked:
         sys.modules["ssl"] = None  # type: ignore[assignment]
 
+from procguard.log import get_logger
 from procguard.runtime import procfs
 from procguard.io.output import Output
 from procguard.engine.states import ExitReason, Health, ProcessState
 from procguard.protocol import VERSION
 from procguard.engine.supervisor import Supervisor
 
-log = structlog.get_logger()
+log = get_logger()
 
 PROCESS_LABELS = ("program", "process")
 

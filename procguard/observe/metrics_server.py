@@ -12,14 +12,13 @@ import stat
 import time
 from collections.abc import Callable
 
-import structlog
-
 from procguard.config.model import MetricsConfig
 from procguard.engine.supervisor import Supervisor
 from procguard.io.output import Output
+from procguard.log import get_logger
 from procguard.observe.metrics import Scraper
 
-log = structlog.get_logger()
+log = get_logger()
 
 MAX_CONNECTIONS = 16  # scrapers at once; more are closed at once (loopback, but keep the fd count bounded)
 MAX_HEAD_BYTES = 16 * 1024

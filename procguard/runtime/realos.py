@@ -14,18 +14,17 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import structlog
-
 from procguard.engine.process import Process
 from procguard.io.handover import Handover
 from procguard.io.listeners import SocketSet
 from procguard.io.notify import NotifySocket, NotifySockets
 from procguard.io.output import Output
+from procguard.log import get_logger
 from procguard.runtime import procfs, spawn
 from procguard.runtime.reaper import Reaper
 from procguard.runtime.seam import CheckRoute, Timer
 
-log = structlog.get_logger()
+log = get_logger()
 
 STRAY_RETRY_S = 0.2  # after a scan of /proc failed with an OSError (EMFILE)
 

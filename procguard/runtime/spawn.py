@@ -24,10 +24,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from procguard.config.model import ProcessConfig, ProgramConfig
 from procguard.errors import SpawnError
+from procguard.log import get_logger
 
 if TYPE_CHECKING:
     from procguard.engine.process import Process
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
     from procguard.io.output import Output, SpawnPipes
     from procguard.runtime.reaper import Reaper
 
-log = structlog.get_logger()
+log = get_logger()
 
 SHIM = """\
 import fcntl, os, sys

@@ -12,8 +12,6 @@ import signal
 import socket
 import time
 
-import structlog
-
 from procguard.config.model import Config, SocketConfig
 from procguard.engine.process import Process
 from procguard.engine.records import ReplaceOutcome
@@ -22,11 +20,13 @@ from procguard.engine.supervisor import Supervisor
 from procguard.io.listeners import SocketSet
 from procguard.io.stream import Stream
 from procguard.io.systemd import SystemdNotifier
+from procguard.log import get_logger
 from procguard.runtime.realos import RealOS
 from procguard.upgrade.fds import close_on_exec
-from procguard.upgrade.state import SavedProcess, SavedStream, Snapshot, process_cpu_ms
+from procguard.log import process_cpu_ms
+from procguard.upgrade.state import SavedProcess, SavedStream, Snapshot
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 def systemd_notifier(snap: Snapshot) -> SystemdNotifier | None:

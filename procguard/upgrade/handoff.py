@@ -19,8 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
-import structlog
-
+from procguard.argv import ADOPT_FLAG
 from procguard.config.diff import diff_configs
 from procguard.config.load import load_config
 from procguard.config.model import Config
@@ -30,16 +29,17 @@ from procguard.engine.states import ProcessState
 from procguard.engine.supervisor import Supervisor
 from procguard.errors import ConfigError, ControlError
 from procguard.io.systemd import SystemdNotifier
+from procguard.log import get_logger
 from procguard.protocol import E_REEXEC_REFUSED, VERSION
 from procguard.runtime.realos import RealOS
 from procguard.upgrade.fds import keep_across_exec, state_fd
-from procguard.upgrade.state import FORMAT, SavedOutcome, SavedProcess, SavedStream, Snapshot, dumps, process_cpu_ms
+from procguard.log import process_cpu_ms
+from procguard.upgrade.state import FORMAT, SavedOutcome, SavedProcess, SavedStream, Snapshot, dumps
 
-log = structlog.get_logger()
+log = get_logger()
 
 PREFLIGHT_TIMEOUT_S = 60.0
 PREFLIGHT_OUTPUT_LINES = 12  # of the pre-flight's output, in a refusal
-ADOPT_FLAG = "--adopt-state-fd"
 SYSTEMD_FLUSH_S = 2.0
 INHERIT_FLUSH_S = 5.0  # at most this long for a stalled journal (the bytes are dropped then, as output.py does)
 

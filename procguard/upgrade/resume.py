@@ -2,16 +2,15 @@
 
 import time
 
-import structlog
-
 from procguard.config.load import load_config
 from procguard.config.model import Config
 from procguard.errors import ConfigError
+from procguard.log import get_logger, process_cpu_ms
 from procguard.upgrade import carried
 from procguard.upgrade.fds import read_state_fd
-from procguard.upgrade.state import Snapshot, StateError, loads, process_cpu_ms
+from procguard.upgrade.state import Snapshot, StateError, loads
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 def read_snapshot(fd: int) -> Snapshot:

@@ -13,18 +13,11 @@ does not know, which the pre-flight asks before anything is saved (`readable`).
 
 import base64
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT = 3
 READABLE = frozenset({1, 2, 3})
-
-
-def process_cpu_ms() -> float:
-    """This process's CPU time so far (user + system), which goes on across exec: the log's split of a
-    re-exec (benchmarks/bench_reexec.py) subtracts these."""
-    return round(time.process_time() * 1e3, 1)
 
 
 class StateError(Exception):

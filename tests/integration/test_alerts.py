@@ -318,12 +318,10 @@ def test_deploy_failed_is_one_alert_until_a_deploy_succeeds(hook):
     the episode, through the daemon's own logging, bus and alert manager, to a real HTTP receiver."""
     import asyncio
 
-    import structlog
-
     from procguard.observe.alerts import AlertManager
     from procguard.config.model import AlertConfig, AlertTrigger, AlertType
     from procguard.observe.events import EventBus
-    from procguard.log import configure_logging
+    from procguard.log import configure_logging, get_logger, reset_logging
 
     hook.up()
     bus = EventBus()
@@ -334,7 +332,7 @@ def test_deploy_failed_is_one_alert_until_a_deploy_succeeds(hook):
     async def main() -> None:
         bus.attach(asyncio.get_running_loop())
         alerts = AlertManager((cfg,), bus, host="web1")
-        log = structlog.get_logger().bind(program="web")
+        log = get_logger().bind(program="web")
         try:
             log.error("deploy_failed", reason="migrate exited 1")
             await asyncio.to_thread(wait_until, lambda: len(hook.posts) == 1, 20, "the alert")
@@ -351,7 +349,7 @@ def test_deploy_failed_is_one_alert_until_a_deploy_succeeds(hook):
     try:
         asyncio.run(main())
     finally:
-        structlog.reset_defaults()
+        reset_logging()
     texts = [p["text"] for p in hook.posts]
     assert texts[0] == "[web1] deploy of web failed: migrate exited 1"
     assert texts[1].startswith("[web1] deploy of web succeeded (deploy_failed for ")

@@ -10,9 +10,32 @@ from pathlib import Path
 
 from tests.helpers import probe, prog, wait_until
 
-# The main thread, and pyzmq's two: libzmq's reaper, and the one I/O thread an ipc:// socket needs
-# (zmq_ctx_set(3): ZMQ_IO_THREADS 0 serves inproc only). The spawn pool and the inherit writer are gone.
+# The main thread, and pyzmq's two: libzmq's reaper, and the one I/O thread an ipc:// socket needs.
+# libzmq starts the reaper with a context's first socket whatever its options (ctx_t::start in src/ctx.cpp),
+# and with ZMQ_IO_THREADS = 0 binding ipc:// fails with "No thread available" (EMTHREAD; measured with
+# pyzmq 27.3 / libzmq 4.3.5): only inproc:// works without an I/O thread. The spawn pool and the inherit
+# writer are gone at idle.
 IDLE_THREADS_MAX = 3
+
+# Modules an idle daemon (ipc:// control, no health check, no alert, no --check) must not have imported: each
+# costs private memory on a 1 GiB server (#17; benchmarks/RESULTS.md). They load when first needed.
+NOT_AT_IDLE = {
+    "argparse": "procguard/argv.py reads the usual command lines itself; help and errors import it",
+    "procguard.terminal": "argparse's help formatter",
+    "procguard.config.describe": "--check only",
+    "zmq.auth": "CURVE (tcp://) only",
+    "zmq.utils.z85": "CURVE (tcp://) only",
+    "procguard.health.http": "imported by a program's first http check",
+    "procguard.health.uwsgi": "imported by a program's first uwsgi check",
+    "procguard.health.exec": "imported by a program's first exec check",
+    "procguard.health.tcp": "imported by a program's first tcp check",
+    "procguard.upgrade.adopt": "a re-exec's new image only",
+    "procguard.upgrade.handoff": "imported by `procguardctl reexec`",
+    "procguard.upgrade.state": "a re-exec only",
+    "structlog": "procguard/log.py writes structlog's lines itself; the console format imports it",
+    "base64": "tail -f frames are encoded with binascii; upgrade/state.py (a re-exec) imports it",
+    "psutil": "trees, strays and status -l are read from /proc (runtime/procfs.py)",
+}
 
 
 def threads(pid: int) -> dict[int, str]:
@@ -30,12 +53,18 @@ def mapped(pid: int, fragment: str) -> bool:
     return fragment in Path(f"/proc/{pid}/maps").read_text()
 
 
-def test_idle_daemon_keeps_only_zmq_threads_and_no_psutil(daemon):
+def imported(log: str) -> set[str]:
+    """Every module the daemon imported so far, from `python -X importtime`'s lines on its stderr."""
+    return {line.rsplit("|", 1)[1].strip() for line in log.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def test_idle_daemon_keeps_only_zmq_threads_and_the_modules_it_uses(daemon):
     d = daemon()
     say = [sys.executable, "-c", "import sys, time; print('hello', flush=True); sys.stdin.read(); time.sleep(1e6)"]
     d.write_config("".join(prog(f"p{i}", probe(d.work, f"p{i}"), startsecs=0) for i in range(12))
                    + prog("talker", say, startsecs=0, stdout_logfile="inherit"))
-    d.start()
+    d.start(env={"PYTHONPROFILEIMPORTTIME": "1"})  # each import's line goes to the log (stderr)
     for i in range(12):
         d.wait_state(f"p{i}", "RUNNING")
     d.wait_state("talker", "RUNNING")
@@ -47,6 +76,9 @@ def test_idle_daemon_keeps_only_zmq_threads_and_no_psutil(daemon):
     assert sorted(name for tid, name in idle.items() if tid != pid) == ["ZMQbg/IO/0", "ZMQbg/Reaper"], idle
     # psutil is never loaded: trees, strays and status -l are read from /proc (runtime/procfs.py).
     assert not mapped(pid, "_psutil_linux")
+    modules = imported(d.log_text())
+    assert "procguard.daemon" in modules and "procguard.health.check" in modules, sorted(modules)
+    assert not {m: why for m, why in NOT_AT_IDLE.items() if m in modules}
 
     # The pool and the writer come back on demand: a restart spawns again, the new talker is heard.
     r = d.ctl("restart", "talker")

@@ -6,10 +6,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from procguard.observe.events import EventBus, Event
-from procguard.log import configure_logging
+from procguard.log import configure_logging, get_logger, reset_logging
 
 
 @pytest.fixture
@@ -19,15 +18,15 @@ def bus() -> Iterator[EventBus]:
     Configured in the test body: pytest swaps sys.stderr between a fixture's set-up and the test.
     """
     yield EventBus(size=5)
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def test_deploy_events_logged_anywhere_are_published_whatever_the_log_level(bus, capsys):
     configure_logging("error", "json", bus=bus)
     seen: list[Event] = []
     bus.subscribe(seen.append)
-    # What the deploy engine does: log through structlog, nothing else.
-    log = structlog.get_logger().bind(program="web")
+    # What the deploy engine does: log (procguard.log), nothing else.
+    log = get_logger().bind(program="web")
     log.info("deploy_started", release="abc123", steps=("migrate", "switch"))
     log.info("deploy_step", step="migrate", process="web:web_00", pid=4312)
     log.error("deploy_failed", reason="migrate exited 1")
@@ -46,7 +45,7 @@ def test_deploy_events_logged_anywhere_are_published_whatever_the_log_level(bus,
 
 def test_the_ring_keeps_the_newest_and_filters_by_name(bus):
     configure_logging("error", "json", bus=bus)
-    log = structlog.get_logger()
+    log = get_logger()
     for i in range(4):
         log.info("process_state_changed", program="web", process="web", pid=i, new="RUNNING")
         log.info("process_state_changed", program="worker", process="worker:worker_01", pid=i, new="RUNNING")
@@ -65,8 +64,8 @@ def test_events_from_another_thread_are_delivered_on_the_loop_in_order(bus):
     async def main() -> None:
         bus.attach(asyncio.get_running_loop())
         bus.subscribe(lambda e: seen.append((e.event, threading.get_ident())))
-        await asyncio.to_thread(structlog.get_logger().info, "alert_sent", alert="ops", kind="alert")
-        structlog.get_logger().info("alert_failed", alert="ops", kind="alert")
+        await asyncio.to_thread(get_logger().info, "alert_sent", alert="ops", kind="alert")
+        get_logger().info("alert_failed", alert="ops", kind="alert")
         await asyncio.sleep(0)
 
     asyncio.run(main())
@@ -83,7 +82,7 @@ def test_a_failing_subscriber_does_not_break_the_caller_or_others(bus):
 
     bus.subscribe(broken)
     unsubscribe = bus.subscribe(lambda e: got.append(e.event))
-    structlog.get_logger().warning("output_dropped", program="web", process="web", stream="stdout")
+    get_logger().warning("output_dropped", program="web", process="web", stream="stdout")
     unsubscribe()
-    structlog.get_logger().info("output_recovered", program="web", process="web", stream="stdout")
+    get_logger().info("output_recovered", program="web", process="web", stream="stdout")
     assert got == ["output_dropped"]

@@ -6,19 +6,18 @@ import re
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
-from procguard.log import choose_format, configure_logging, is_journal_stream
+from procguard.log import choose_format, configure_logging, get_logger, is_journal_stream, reset_logging
 
 
 @pytest.fixture(autouse=True)
-def reset_structlog() -> Iterator[None]:
+def reset_log() -> Iterator[None]:
     yield
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def raise_and_log(message: str) -> None:
-    log = structlog.get_logger().bind(program="web")
+    log = get_logger().bind(program="web")
     try:
         raise ValueError("bad\nvalue")
     except ValueError:
@@ -35,7 +34,7 @@ def stream_id(path: os.PathLike[str]) -> str:
 ])
 def test_journal_prefixes_the_syslog_priority(capsys, method, priority):
     configure_logging("debug", "journal")
-    getattr(structlog.get_logger(), method)("something_happened", n=1)
+    getattr(get_logger(), method)("something_happened", n=1)
     assert capsys.readouterr().err == f"<{priority}>something_happened n=1\n"
 
 
@@ -50,7 +49,7 @@ def test_journal_keeps_a_traceback_in_one_line(capsys):
 
 def test_journal_quotes_and_escapes_values(capsys):
     configure_logging("info", "journal")
-    structlog.get_logger().info("config_reloaded", path="/etc/my app.toml", empty="", quote='say "hi"',
+    get_logger().info("config_reloaded", path="/etc/my app.toml", empty="", quote='say "hi"',
                                 eq="a=b", back="C:\\x", tab="a\tb", nul="a\0b", plain="web", n=3, ok=True,
                                 pids=[1, 2])
     err = capsys.readouterr().err
@@ -79,7 +78,7 @@ def test_console_renders_the_traceback_without_colour_off_a_terminal(capsys):
 
 def test_log_level_filters(capsys):
     configure_logging("warning", "journal")
-    log = structlog.get_logger()
+    log = get_logger()
     log.info("dropped")
     log.warning("kept")
     assert capsys.readouterr().err == "<4>kept\n"
@@ -116,3 +115,77 @@ def test_auto_picks_console_on_a_terminal(monkeypatch):
     finally:
         os.close(secondary)
         os.close(primary)
+
+
+# The daemon renders its lines itself without importing structlog (#17); they stay byte for byte what
+# structlog's processors wrote before, which scripts parsing the log rely on.
+def by_structlog(processors, method: str, event_dict: dict) -> str:
+    for processor in processors:
+        event_dict = processor(None, method, event_dict)
+    return event_dict
+
+
+class Odd:
+    def __repr__(self) -> str:
+        return "<odd>"
+
+
+SAMPLES = [
+    ("info", {"program": "web", "pid": 4312, "event": "process_spawned"}),
+    ("warning", {"program": "web", "old": "RUNNING", "new": "EXITED", "exit_status": -9, "expected": False,
+                 "ratio": 0.5, "none": None, "tags": ("a", "b"), "env": {"K": "v"}, "odd": Odd(),
+                 "text": 'quote " back\\ ünïcode \x00\n', "event": "process_exited"}),
+    ("error", {"event": "config_reload_failed", "issues": ["a.toml: [program.x] bad"]}),
+]
+
+
+@pytest.mark.parametrize(("method", "fields"), SAMPLES)
+def test_json_lines_are_structlogs(method, fields):
+    import structlog.processors
+
+    from procguard.log import add_log_level, render_json
+
+    ours = render_json(None, method, add_log_level(None, method, dict(fields)))
+    theirs = by_structlog([structlog.processors.add_log_level, structlog.processors.JSONRenderer()], method,
+                          dict(fields))
+    assert ours == theirs
+
+
+def test_tracebacks_are_structlogs():
+    import structlog.processors
+
+    from procguard.log import format_exc_info
+
+    try:
+        raise ValueError("bad\nvalue")
+    except ValueError as exc:
+        for exc_info in (True, exc, (ValueError, exc, exc.__traceback__)):
+            ours = format_exc_info(None, "error", {"event": "x", "exc_info": exc_info})
+            theirs = structlog.processors.format_exc_info(None, "error", {"event": "x", "exc_info": exc_info})
+            assert ours == theirs and "ValueError: bad\nvalue" in ours["exception"]
+    # No exception being handled: nothing, as structlog.
+    assert format_exc_info(None, "error", {"event": "x", "exc_info": True}) == {"event": "x"}
+
+
+@pytest.mark.parametrize("micros", [0, 1, 999_999, 123_000])
+def test_timestamps_are_datetimes_isoformat(monkeypatch, micros):
+    import datetime
+    import time
+
+    from procguard.log import timestamp_iso
+
+    seconds = 1_764_790_000
+    monkeypatch.setattr(time, "time_ns", lambda: seconds * 10**9 + micros * 1000 + 999)
+    expected = datetime.datetime.fromtimestamp(seconds).replace(microsecond=micros).isoformat()
+    assert timestamp_iso(None, "info", {})["timestamp"] == expected
+
+
+def test_the_daemon_does_not_import_structlog():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['twisted'] = None; import procguard.daemon; "
+            "from procguard.log import configure_logging; configure_logging('info', 'json'); "
+            "print('structlog' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
