@@ -92,6 +92,11 @@ QUICK = Params(respawn_samples=3, fleet_rounds=1, big_n=200, big_rounds=1, time_
 FULL = Params(respawn_samples=12, fleet_rounds=5, big_n=1000, big_rounds=3, time_big_shutdown=True, idle_s=30.0,
               settle_s=2.0, cli_runs=10, server_samples=30, output_bytes=1 << 30, output_rounds=3,
               output_sides="abcde", restart_rounds=5, load_pre_s=1.0, load_post_s=1.0)
+# The test suite's smoke run: every workload on every system, at sizes too small for the figures to mean much.
+SMOKE = Params(respawn_samples=1, fleet_rounds=1, big_n=50, big_rounds=1, time_big_shutdown=False, idle_s=1.0,
+               settle_s=0.5, cli_runs=1, server_samples=3, output_bytes=8 << 20, output_rounds=1,
+               output_sides="ace", restart_rounds=1, load_pre_s=0.1, load_post_s=0.1)
+MODES = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -154,6 +159,7 @@ class Ctx:
     bench: Bench
     params: Params
     res: Results
+    mode: str = "full"  # a key of MODES
 
     @property
     def systems(self) -> list[str]:
@@ -364,7 +370,7 @@ def phase_status(ctx: Ctx) -> None:
     big = p.big_n
     declare_status_figures(ctx)
     broken: set[str] = set()
-    for n in (50, big):
+    for n in dict.fromkeys((50, big)):  # once where big_n is 50 (--smoke)
         up: dict[str, System] = {}
         for kind in [x for x in ctx.systems if x not in broken]:
             with cell(ctx, "status", kind, broken):
@@ -409,7 +415,7 @@ def declare_status_figures(ctx: Ctx) -> None:
                                        for k in ctx.systems if k != "procguard"})
     res.figure("cli.help", "status", "`--help` CLI wall time", "ms", headline=False)
     res.figure("cli.help_x_pass", "status", "`--help` CLI wall / `python -c pass`", "x")
-    for n in (50, big):
+    for n in dict.fromkeys((50, big)):  # once where big_n is 50 (--smoke)
         res.figure(f"status.cli.{n}", "status", f"status CLI wall time, {n} programs", "ms")
         res.figure(f"status.cli_x_pass.{n}", "status", f"status CLI wall / `python -c pass`, {n} programs", "x")
         res.figure(f"status.server.{n}", "status", f"status server side, {n} processes", "ms", headline=(n == big))
@@ -481,7 +487,7 @@ def phase_output(ctx: Ctx) -> None:
     keys = "".join(k for k in p.output_sides if OUTPUT_SIDES.get(k, "procguard") in ctx.systems)
     try:
         out = bench_output.run_sides(ctx.bench, p.output_bytes, p.output_rounds, keys,
-                                     mode="quick" if p is QUICK else "full")
+                                     mode=ctx.mode)
     except BenchError as exc:
         ctx.res.fail("output", "all", str(exc))
         return
@@ -633,4 +639,4 @@ WORKLOAD_PHASES = {
     "restart": ("restart",),
 }
 
-__all__ = ["FULL", "PHASES", "QUICK", "WORKLOAD_PHASES", "Ctx", "Figure", "Params", "Results"]
+__all__ = ["FULL", "MODES", "PHASES", "QUICK", "SMOKE", "WORKLOAD_PHASES", "Ctx", "Figure", "Params", "Results"]
