@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks --quick | --full | --smoke [--only NAME ...] [--json OUT] [--markdown OUT]
     .venv/bin/python -m benchmarks model --examples N | soak --minutes N     (issue #20: benchmarks/proof.py)
 
-Workloads (suite.py says how each is measured; harness/peers.py lists the equivalent configs and every
+Workloads (suite/__init__.py says how each is measured; harness/peers.py lists the equivalent configs and every
 choice that could favour a side): respawn, status, startup, idle, shutdown, output, restart.
 `--quick` (small sizes, one round where the full run does several; about a minute on 2 cores) gives a
 first look; `--full` produces the figures of benchmarks/RESULTS.md (several minutes); `--smoke` is what
