@@ -53,7 +53,8 @@ import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
 from benchmarks.harness.daemon import Daemon  # noqa: E402
-from benchmarks.harness.peers import PROCGUARDCTL as CTL, PYTHON, Reply, StatusProbe, ZmqProbe, procguard_programs, sleep_programs  # noqa: E402
+from benchmarks.harness.peers import PROCGUARDCTL as CTL, PYTHON, procguard_programs, sleep_programs  # noqa: E402
+from benchmarks.harness.probes import Reply, StatusProbe, ZmqProbe  # noqa: E402
 from benchmarks.harness.procs import clean_env, raise_nofile, wall_ms  # noqa: E402
 from benchmarks.harness.run import Bench, BenchError, begin, bench_main  # noqa: E402
 from benchmarks.harness.stats import fmt_row as stats_row, print_targets  # noqa: E402
