@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 
 from benchmarks.harness.run import POLL_S, REPO, BenchError
-from procguard.testing import free_port
+from procguard.testing import free_port as free_port  # re-exported: the benchmarks' one free port
 
 HAVE_CHILDREN_FILE = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 CLI_TIMEOUT_S = 120.0
@@ -148,11 +148,6 @@ def kill_all(procs: list[psutil.Process]) -> list[int]:
             pass
     psutil.wait_procs(procs, timeout=5)
     return [p.pid for p in procs]
-
-
-def kill_survivors(before: list[psutil.Process]) -> list[int]:
-    """Kill what of `before` (children recorded while their daemon ran) outlived it; return their pids."""
-    return kill_all(alive_of(before))
 
 
 def wait_exit(proc: "subprocess.Popen[Any]", timeout_s: float) -> int | None:
