@@ -1,6 +1,6 @@
 """App-server benchmarks: requests lost across restart, reload-app, deploy and SIGKILL of the coffeehouse demo.
 
-    .venv/bin/python benchmarks/bench_servers.py [--quick] [--only SERVER[,SERVER]] [--json OUT]
+    .venv/bin/python benchmarks/bench_servers.py [--quick | --smoke] [--only SERVER[,SERVER]] [--json OUT]
 
 Issues #6 and #16. For each app server (uwsgi, gunicorn, daphne, uvicorn, hypercorn; each skipped, with the
 reason printed, when procguard.testing.demo.why_missing() names one), the coffeehouse demo runs
@@ -12,7 +12,8 @@ itself fails (a daemon or server that never comes up, a command that fails), aft
 other servers; survivors and failed requests are figures, not harness failures. The pieces live in
 benchmarks/servers/ (actions, rounds, memory, peers, report); this script runs them per server.
 
-What is measured, and how (rounds: --quick 1, otherwise 5):
+What is measured, and how (rounds: --quick 1, otherwise 5; --smoke, the test suite's, measures every figure
+once with 10 requests where the text says 40 or STEADY_OK, and SIGKILLs without the stable wait):
 
 1. Restart under load, held socket (the shipped conf.d file: procguard binds the port and passes it
    on) and own bind (`start(held=False)`: the server binds its port itself, what a supervisord user
@@ -80,6 +81,7 @@ import argparse
 import json
 import sys
 import traceback
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -87,7 +89,7 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
 from benchmarks.harness.run import Bench, BenchError, begin, bench_main  # noqa: E402
 from benchmarks.servers.actions import (  # noqa: E402
-    CLIENT_INTERVAL_S, CLIENT_THREADS, CLIENT_TIMEOUT_S, POST_OK, PRE_OK, PROBE_INTERVAL_S, PROBE_TIMEOUT_S, STEADY_OK,
+    CLIENT_INTERVAL_S, CLIENT_THREADS, CLIENT_TIMEOUT_S, PLANS, PROBE_INTERVAL_S, PROBE_TIMEOUT_S, Plan,
 )
 from benchmarks.servers.memory import generation_memory, peak_rss  # noqa: E402
 from benchmarks.servers.peers import peer_restarts  # noqa: E402
@@ -105,44 +107,48 @@ REFERENCE = {
 }
 
 
-def bench_server(server: str, rounds: int, out: dict[str, Any], bench: Bench) -> None:
+def bench_server(server: str, plan: Plan, out: dict[str, Any], bench: Bench) -> None:
     """Every measurement of one server into `out` (filled as it goes, so a failure keeps what was done)."""
     out["survivors"] = {"held": [], "own_bind": []}
     with coffeehouse(server, True, out["survivors"]["held"]) as c:
-        out["restart_held"] = load_rounds(c, server, "restart", "restart, held socket", rounds, STEADY_OK)
-        out["reload_app"] = load_rounds(c, server, "reload-app", "reload-app, held socket", rounds)
+        out["restart_held"] = load_rounds(c, server, "restart", "restart, held socket", plan, steady=True)
+        out["reload_app"] = load_rounds(c, server, "reload-app", "reload-app, held socket", plan)
         print(f"  {'':<34} reload-app replied: {out['reload_app']['rounds'][-1]['reply']!r}")
         out["memory"] = generation_memory(c, server)
         with peak_rss(c, server, out["memory"]):
-            out["deploy"] = load_rounds(c, server, "deploy", "deploy (next release), held socket", rounds,
-                                        STEADY_OK, Breakage.NONE)
+            out["deploy"] = load_rounds(c, server, "deploy", "deploy (next release), held socket", plan,
+                                        True, Breakage.NONE)
         m = out["memory"]
         print(f"  {'memory':<34} one generation: {m['processes']} processes, RSS {m['rss_mib']:.0f} MiB, PSS "
               f"{m['pss_mib']:.0f} MiB; peak RSS of both generations during the deploys {m['peak_rss_mib']:.0f} MiB",
               flush=True)
         # One round: the verdict waits for the next generation to fail (start_timeout where it never
         # exits, e.g. uvicorn's workers respawned by its own manager).
-        out["deploy_broken"] = load_rounds(c, server, "deploy", "deploy of a release that fails import", 1,
-                                           PRE_OK, Breakage.IMPORT_ERROR)
-        out["sigkill"] = sigkill_rounds(c, server, rounds, under_load=False)
+        out["deploy_broken"] = load_rounds(c, server, "deploy", "deploy of a release that fails import",
+                                           replace(plan, rounds=1), False, Breakage.IMPORT_ERROR)
+        out["sigkill"] = sigkill_rounds(c, server, plan, under_load=False)
         if server == "gunicorn":
             # Their own gunicorn, beside this one: meanwhile the master the SIGKILL above started passes
             # backoff_reset, so the SIGKILL under load below need not wait for it again.
-            out["peers"] = peer_restarts(c, bench, rounds)
-        out["sigkill_load"] = sigkill_rounds(c, server, rounds, under_load=True)
+            out["peers"] = peer_restarts(c, bench, plan)
+        out["sigkill_load"] = sigkill_rounds(c, server, plan, under_load=True)
     with coffeehouse(server, False, out["survivors"]["own_bind"]) as c:
-        out["restart_own_bind"] = load_rounds(c, server, "restart", "restart, own bind", rounds)
+        out["restart_own_bind"] = load_rounds(c, server, "restart", "restart, own bind", plan)
 
 
-def run(only: tuple[str, ...], args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
-    rounds = 1 if args.quick else 5
-    results = begin("app-server", args, f", {rounds} round(s)", rounds=rounds,
+def run(only: tuple[str, ...], smoke: bool, args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
+    mode = "smoke" if smoke else "quick" if args.quick else "full"
+    plan = PLANS[mode]
+    results = begin("app-server", args, f", {plan.rounds} round(s)", rounds=plan.rounds, mode=mode,
                     load={"threads": CLIENT_THREADS, "interval_s": CLIENT_INTERVAL_S, "timeout_s": CLIENT_TIMEOUT_S,
-                          "pre_ok": PRE_OK, "post_ok": POST_OK},
-                    probe={"interval_s": PROBE_INTERVAL_S, "timeout_s": PROBE_TIMEOUT_S, "post_ok": POST_OK},
+                          "pre_ok": plan.pre_ok, "post_ok": plan.post_ok},
+                    probe={"interval_s": PROBE_INTERVAL_S, "timeout_s": PROBE_TIMEOUT_S, "post_ok": plan.post_ok},
                     reference=REFERENCE, servers={}, harness_errors={})
     print(f"load: {CLIENT_THREADS} threads, GET / every {CLIENT_INTERVAL_S * 1e3:.0f} ms each on a new connection, "
-          f"{CLIENT_TIMEOUT_S:g} s timeout; {PRE_OK} answered before each action, {POST_OK} after\n", flush=True)
+          f"{CLIENT_TIMEOUT_S:g} s timeout; {plan.pre_ok} answered before each action, {plan.post_ok} after\n",
+          flush=True)
+    if not plan.stable_wait:
+        print("smoke: each SIGKILL without the stable wait: its figures include procguard's backoff\n", flush=True)
     for server in only:
         out: dict[str, Any] = {}
         results["servers"][server] = out
@@ -152,7 +158,7 @@ def run(only: tuple[str, ...], args: argparse.Namespace, bench: Bench) -> dict[s
             print(f"{server}: skipped: {reason}\n", flush=True)
             continue
         try:
-            bench_server(server, rounds, out, bench)
+            bench_server(server, plan, out, bench)
         # A server's boundary: record why the harness could not measure it (a server that never came
         # up, a command that failed, a wait that timed out) and go on with the next one; run() then
         # fails the run. KeyboardInterrupt and bench_main's Interrupted are BaseExceptions: they unwind.
@@ -174,9 +180,10 @@ def run(only: tuple[str, ...], args: argparse.Namespace, bench: Bench) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    # bench_main owns --quick and --json; --only is this script's own, parsed first.
+    # bench_main owns --quick and --json; --only and --smoke are this script's own, parsed first.
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--only", metavar="SERVER[,SERVER]")
+    ap.add_argument("--smoke", action="store_true")
     known, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
     only = tuple(SERVERS)
     if known.only is not None:
@@ -188,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     return bench_main("bench_servers",
                       "Benchmark restart, reload-app and SIGKILL of the coffeehouse demo on each app server "
                       f"under procguard. Also: --only SERVER[,SERVER] (of {','.join(SERVERS)}) measures only "
-                      "those, in that order.",
-                      "1 round per figure instead of 5 (~20 s per server instead of ~2 min)", partial(run, only), rest)
+                      "those, in that order; --smoke (the test suite's) measures every figure once with 10 requests "
+                      "around each action and no stable wait before a SIGKILL (figures too small to compare).",
+                      "1 round per figure instead of 5 (~20 s per server instead of ~2 min)",
+                      partial(run, only, known.smoke), rest)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ how each is measured)."""
 import os
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -31,6 +32,25 @@ POLL_S = 0.010
 HELPER_MARKERS = ("multiprocessing.resource_tracker",)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """How much a run measures: rounds per figure, requests answered around each action, the stable wait."""
+
+    rounds: int
+    pre_ok: int = PRE_OK
+    steady_ok: int = STEADY_OK
+    post_ok: int = POST_OK
+    stable_wait: bool = True  # SIGKILL only a master up backoff_reset (else its backoff is in the figures)
+
+
+PLANS = {
+    "full": Plan(rounds=5),
+    "quick": Plan(rounds=1),
+    # The test suite's: every figure once, 10 requests around each action, no stable wait before a SIGKILL.
+    "smoke": Plan(rounds=1, pre_ok=10, steady_ok=10, post_ok=10, stable_wait=False),
+}
+
+
 # ------------------------------------------------------------------------------------ one action
 
 
@@ -54,7 +74,7 @@ def workers_of(c: Coffeehouse, pid: int) -> set[int]:
 
 
 def action_under_load(c: Coffeehouse, server: str, verb: str, expect_ok: bool = True,
-                      steady_ok: int = PRE_OK) -> dict[str, Any]:
+                      steady_ok: int = PRE_OK, post_ok: int = POST_OK) -> dict[str, Any]:
     """One round of `procguardctl VERB coffeehouse<server>` (or, for verb KILL, a SIGKILL of its master)
     under the bounded load (see the docstring). steady_ok: requests answered 200 before the action, whose
     latencies are the steady p50/p99. expect_ok: the command's exit status expected (0 or not)."""
@@ -94,8 +114,8 @@ def action_under_load(c: Coffeehouse, server: str, verb: str, expect_ok: bool = 
                        interval_s=POLL_S)
             t_done = time.monotonic()
         c.track()
-        poll_until(lambda: load.ok_done_after(t_done) >= POST_OK, 60,
-                   f"{server}: {POST_OK} requests answered after {verb}", interval_s=POLL_S)
+        poll_until(lambda: load.ok_done_after(t_done) >= post_ok, 60,
+                   f"{server}: {post_ok} requests answered after {verb}", interval_s=POLL_S)
     hits = list(load.hits)
     return {
         **transition(hits, t0, t1, t_done),
@@ -109,8 +129,8 @@ def action_under_load(c: Coffeehouse, server: str, verb: str, expect_ok: bool = 
 # ----------------------------------------------------------------------------------------- SIGKILL
 
 
-def sigkill_once(c: Coffeehouse, server: str) -> dict[str, Any]:
-    """SIGKILL the master; probe until the replacement is RUNNING and answered POST_OK probes."""
+def sigkill_once(c: Coffeehouse, server: str, post_ok: int = POST_OK) -> dict[str, Any]:
+    """SIGKILL the master; probe until the replacement is RUNNING and answered post_ok probes."""
     name = program(server)
     port = c.ports[server]
     before = status_row(c, server)
@@ -124,9 +144,9 @@ def sigkill_once(c: Coffeehouse, server: str) -> dict[str, Any]:
     t_kill = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
     next_log = t_kill
-    while running is None or sum(1 for h in hits if h.ok and h.done >= running_at) < POST_OK:
+    while running is None or sum(1 for h in hits if h.ok and h.done >= running_at) < post_ok:
         if time.monotonic() - t_kill > SIGKILL_TIMEOUT_S:
-            raise BenchError(f"{server}: no new RUNNING master answering {POST_OK} probes within "
+            raise BenchError(f"{server}: no new RUNNING master answering {post_ok} probes within "
                              f"{SIGKILL_TIMEOUT_S:g} s of SIGKILL to {old_pid}; RUNNING line: {running}; last "
                              f"probes: {hits[-3:]}; log: {c.d.logfile}")
         hits.append(get_once(port, PROBE_TIMEOUT_S, host="localhost"))

@@ -8,7 +8,7 @@ from benchmarks.harness.load import Load, transition
 from benchmarks.harness.peers import HELD_FD, Program, System, make, peer_missing
 from benchmarks.harness.run import Bench, poll_until
 from benchmarks.harness.stats import summarize
-from benchmarks.servers.actions import CLIENT_INTERVAL_S, CLIENT_THREADS, CLIENT_TIMEOUT_S, POLL_S, POST_OK, STEADY_OK
+from benchmarks.servers.actions import CLIENT_INTERVAL_S, CLIENT_THREADS, CLIENT_TIMEOUT_S, POLL_S, Plan
 from benchmarks.servers.rounds import LOAD_KEYS, load_line
 from procguard.testing import free_port
 from procguard.testing.demo import Coffeehouse, program
@@ -16,7 +16,7 @@ from procguard.testing.demo import Coffeehouse, program
 # ------------------------------------------------------------------------------------------- peers
 
 
-def peer_restarts(c: Coffeehouse, bench: Bench, rounds: int) -> dict[str, Any]:
+def peer_restarts(c: Coffeehouse, bench: Bench, plan: Plan) -> dict[str, Any]:
     """The same gunicorn (conf.d/gunicorn.toml's command, the same release directory and database)
     under supervisord (it binds its port: supervisord holds no socket for a [program]) and circus (its
     held socket, use_sockets), each `restart` under the same load: their figures beside procguard's."""
@@ -46,8 +46,8 @@ def peer_restarts(c: Coffeehouse, bench: Bench, rounds: int) -> dict[str, Any]:
             poll_until(lambda: system.serving(port, "localhost"), 120,
                        f"{kind}: the coffeehouse gunicorn answering", interval_s=0.1)
             system.wait_control()
-            for i in range(rounds):
-                runs.append(peer_restart_once(system, port, label))
+            for i in range(plan.rounds):
+                runs.append(peer_restart_once(system, port, label, plan))
                 print(load_line(label, i, runs[-1]), flush=True)
         finally:
             system.children()  # record them for the bench's cleanup
@@ -56,16 +56,16 @@ def peer_restarts(c: Coffeehouse, bench: Bench, rounds: int) -> dict[str, Any]:
     return out
 
 
-def peer_restart_once(system: System, port: int, label: str) -> dict[str, Any]:
+def peer_restart_once(system: System, port: int, label: str, plan: Plan) -> dict[str, Any]:
     """`<peer>ctl restart web` under the load: the same figures as action_under_load."""
     with Load(port, CLIENT_THREADS, CLIENT_INTERVAL_S, CLIENT_TIMEOUT_S, host="localhost") as load:
-        poll_until(lambda: load.ok_done_after(load.started) >= STEADY_OK, 120, f"{label}: steady requests",
+        poll_until(lambda: load.ok_done_after(load.started) >= plan.steady_ok, 120, f"{label}: steady requests",
                    interval_s=POLL_S)
         t0 = time.monotonic()
         system.run_ctl("restart", "web")
         t1 = time.monotonic()
         system.children()
-        poll_until(lambda: load.ok_done_after(t1) >= POST_OK, 120, f"{label}: requests after", interval_s=POLL_S)
+        poll_until(lambda: load.ok_done_after(t1) >= plan.post_ok, 120, f"{label}: requests after", interval_s=POLL_S)
     hits = list(load.hits)
     # The transition ends with the first 200 after the command returned (supervisord's and circus's
     # restart return before the new gunicorn answers).

@@ -7,7 +7,7 @@ from typing import Any
 
 from benchmarks.harness.run import poll_until
 from benchmarks.harness.stats import summarize
-from benchmarks.servers.actions import KILL, PRE_OK, STABLE_MARGIN_S, action_under_load, sigkill_once, status_row
+from benchmarks.servers.actions import KILL, STABLE_MARGIN_S, Plan, action_under_load, sigkill_once, status_row
 from procguard.config.load import load_config
 from procguard.testing.demo import Breakage, Coffeehouse, program, start
 from procguard.testing.run import DaemonRun
@@ -70,20 +70,22 @@ def coffeehouse(server: str, held: bool, survivors: list[str]) -> Iterator[Coffe
             print(f"  {server} ({setup}): no process outlived the daemon", flush=True)
 
 
-def load_rounds(c: Coffeehouse, server: str, verb: str, label: str, rounds: int, steady_ok: int = PRE_OK,
+def load_rounds(c: Coffeehouse, server: str, verb: str, label: str, plan: Plan, steady: bool = False,
                 breakage: Breakage | None = None) -> dict[str, Any]:
-    """`rounds` of action_under_load. breakage (deploy only): each round deploys a fresh release,
-    Breakage.NONE a good one (it stays), another a broken one (expected to fail; `current` is flipped
-    back to the good release afterwards)."""
+    """`plan.rounds` of action_under_load, each after plan.steady_ok answered requests if `steady` (else
+    pre_ok). breakage (deploy only): each round deploys a fresh release, Breakage.NONE a good one (it
+    stays), another a broken one (expected to fail; `current` is flipped back to the good release
+    afterwards)."""
     runs: list[dict[str, Any]] = []
-    for i in range(rounds):
+    for i in range(plan.rounds):
         c.wait_healthy(server)
         good = c.current() if c.releases is not None else None
         if breakage is not None:
             c.flip(c.new_release(breakage))
         try:
             runs.append(action_under_load(c, server, verb, expect_ok=breakage in (None, Breakage.NONE),
-                                          steady_ok=steady_ok))
+                                          steady_ok=plan.steady_ok if steady else plan.pre_ok,
+                                          post_ok=plan.post_ok))
         finally:
             if breakage not in (None, Breakage.NONE) and good is not None:
                 c.flip(good)
@@ -110,16 +112,18 @@ def wait_stable(c: Coffeehouse, server: str, stable_s: float, what: str) -> None
                interval_s=0.2)
 
 
-def sigkill_rounds(c: Coffeehouse, server: str, rounds: int, under_load: bool) -> dict[str, Any]:
+def sigkill_rounds(c: Coffeehouse, server: str, plan: Plan, under_load: bool) -> dict[str, Any]:
     """SIGKILL of the master, each after a stable uptime: under the load (the requests lost; issue #16: a
     crashed master loses none) or probed one request at a time (sigkill_once)."""
     label = "SIGKILL of the master, " + ("under load" if under_load else "held socket")
     stable_s = backoff_reset_s(c, server) + STABLE_MARGIN_S
     runs: list[dict[str, Any]] = []
-    for i in range(rounds):
+    for i in range(plan.rounds):
         c.wait_healthy(server)
-        wait_stable(c, server, stable_s, f"{label}, round {i + 1}")
-        runs.append(k := action_under_load(c, server, KILL) if under_load else sigkill_once(c, server))
+        if plan.stable_wait:
+            wait_stable(c, server, stable_s, f"{label}, round {i + 1}")
+        runs.append(k := action_under_load(c, server, KILL, steady_ok=plan.pre_ok, post_ok=plan.post_ok)
+                    if under_load else sigkill_once(c, server, plan.post_ok))
         print(load_line(label, i, k) if under_load else sigkill_line(label, i, k), flush=True)
     if under_load:
         out = summarize(runs, LOAD_KEYS)
