@@ -193,6 +193,16 @@ def wall_ms(argv: list[str], out: Path, timeout_s: float = CLI_TIMEOUT_S) -> tup
     return dt, code
 
 
+def cli_ms(argv: list[str], out: Path, expect_lines: int | None = None, timeout_s: float = CLI_TIMEOUT_S) -> float:
+    """wall_ms of a CLI that must exit 0 (and print expect_lines lines, if given), else BenchError."""
+    ms, code = wall_ms(argv, out, timeout_s)
+    text = out.read_text(errors="replace")
+    if code != 0 or (expect_lines is not None and len(text.splitlines()) != expect_lines):
+        raise BenchError(f"`{' '.join(argv)}` exited {code} with {len(text.splitlines())} lines (expected 0"
+                         f"{'' if expect_lines is None else f' and {expect_lines}'}):\n{text[-2000:]}")
+    return ms
+
+
 def run_ctl(argv: list[str], what: str, ok_codes: tuple[int, ...] = (0,), timeout_s: float = CLI_TIMEOUT_S) -> str:
     """Run a control CLI; its stdout and stderr, or BenchError if it failed or did not answer."""
     try:

@@ -2,21 +2,12 @@
 programs; the start-up and shutdown samples of big_n fleets."""
 
 import time
-from pathlib import Path
 
 from benchmarks.harness.peers import PYTHON, System
-from benchmarks.harness.procs import wall_ms
+from benchmarks.harness.procs import cli_ms
 from benchmarks.harness.run import BenchError
 from benchmarks.suite.fleet import shutdown, shutdown_all, sleep_fleet, wait_fleet
 from benchmarks.suite.model import Ctx, cell, rotated
-
-
-def bare_python_ms(out: Path) -> float:
-    """Wall time of `python -c pass` with the venv's interpreter, the one every CLI here runs on."""
-    ms, code = wall_ms([PYTHON, "-c", "pass"], out)
-    if code != 0:
-        raise BenchError(f"`python -c pass` exited {code}")
-    return ms
 
 
 # ----------------------------------------------------------------------------------------- status
@@ -86,20 +77,15 @@ def time_status_cli(ctx: Ctx, s: System, n: int) -> None:
     """One `status` CLI sample (and at n = 50 one `--help`), each set against a bare start of the same
     interpreter taken just before it, so the ratio holds on a loaded machine where absolute times drift."""
     res, out = ctx.res, ctx.bench.root / "status.out"
-    floor_ms = bare_python_ms(out)
+    bare_python = [PYTHON, "-c", "pass"]  # the venv's interpreter, the one every CLI here runs on
+    floor_ms = cli_ms(bare_python, out)
     if n == 50:
         res.add("cli.pass", "procguard", floor_ms)
-        ms, code = wall_ms(s.ctl("--help"), out)
-        if code != 0:
-            raise BenchError(f"`{' '.join(s.ctl('--help'))}` exited {code}")
+        ms = cli_ms(s.ctl("--help"), out)
         res.add("cli.help", s.kind, ms)
         res.add("cli.help_x_pass", s.kind, ms / floor_ms)
-        floor_ms = bare_python_ms(out)
-    ms, code = wall_ms(s.ctl("status"), out)
-    text = out.read_text(errors="replace")
-    if code != 0 or len(text.splitlines()) != n:
-        raise BenchError(f"`{' '.join(s.ctl('status'))}` exited {code} with "
-                         f"{len(text.splitlines())} lines (expected 0 and {n}):\n{text[-1500:]}")
+        floor_ms = cli_ms(bare_python, out)
+    ms = cli_ms(s.ctl("status"), out, expect_lines=n)
     res.add(f"status.cli.{n}", s.kind, ms)
     res.add(f"status.cli_x_pass.{n}", s.kind, ms / floor_ms)
 
