@@ -8,13 +8,11 @@ without waiting for backoff_reset, so the suite stays fast (issue #15).
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.bench_smoke import run_bench
 from procguard.testing.demo import why_missing
 
 pytestmark = pytest.mark.skipif(why_missing("gunicorn") is not None, reason=str(why_missing("gunicorn")))
@@ -34,11 +32,8 @@ def is_number(value: object) -> bool:
 
 def test_quick_gunicorn_run_has_every_figure_and_no_survivors(tmp_path: Path) -> None:
     out = tmp_path / "servers.json"
-    # 600 s is a hang guard on a loaded box, not a speed limit (--quick took 165-250 s on a busy 2-core box,
-    # 34-62 s on a quiet one; the deploy, broken-release, SIGKILL-under-load and peer rounds of issue #16 are
-    # most of it).
-    r = subprocess.run([sys.executable, "benchmarks/bench_servers.py", "--smoke", "--only", "gunicorn", "--json",
-                        str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    # The deploy, broken-release, SIGKILL-under-load and peer rounds of issue #16 are most of the run.
+    r = run_bench("benchmarks/bench_servers.py", "--smoke", "--only", "gunicorn", "--json", str(out))
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
     doc = json.loads(out.read_text())
     assert doc["harness_errors"] == {}

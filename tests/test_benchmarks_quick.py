@@ -8,13 +8,12 @@ and start-up at 50 programs instead of 200, one sample or round each), so the su
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.bench_smoke import run_bench
 
 VENV_BIN = Path(sys.executable).parent
 NEEDED = {
@@ -33,10 +32,9 @@ pytestmark = pytest.mark.skipif(
 
 def test_quick_suite_completes_every_workload_without_lost_bytes_or_survivors(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    # The suite cleans up after itself (every daemon and child it started); 600 s is a hang guard on a
-    # loaded box, not a speed limit (it takes well under a minute on an idle 2-core machine).
-    r = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--json", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
+    # The suite cleans up after itself (every daemon and child it started), also when run_bench's hang guard
+    # stops it.
+    r = run_bench("-m", "benchmarks", "--smoke", "--json", str(out))
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
     doc = json.loads(out.read_text())
     assert doc["failures"] == [], doc["failures"]
