@@ -1,12 +1,14 @@
 """procguard side by side with supervisord and circus: one run, the same workloads, interleaved (issue #9).
 
-    .venv/bin/python -m benchmarks --quick | --full [--only NAME ...] [--json OUT] [--markdown OUT]
+    .venv/bin/python -m benchmarks --quick | --full | --smoke [--only NAME ...] [--json OUT] [--markdown OUT]
     .venv/bin/python -m benchmarks model --examples N | soak --minutes N     (issue #20: benchmarks/proof.py)
 
-Workloads (suite.py says how each is measured; harness/peers.py lists the equivalent configs and every
+Workloads (suite/__init__.py says how each is measured; harness/peers.py lists the equivalent configs and every
 choice that could favour a side): respawn, status, startup, idle, shutdown, output, restart.
-`--quick` (small sizes, one round where the full run does several; under a minute on 2 cores) is what
-CI runs; `--full` produces the figures of benchmarks/RESULTS.md (several minutes). Peers that are not
+`--quick` (small sizes, one round where the full run does several; about a minute on 2 cores) gives a
+first look; `--full` produces the figures of benchmarks/RESULTS.md (several minutes); `--smoke` is what
+the test suite runs: every workload on every system at the smallest sizes (figures too small to compare,
+the same checks: nothing lost, nothing left behind, every row measured). Peers that are not
 installed (`pip install -e '.[bench]'`) show as n/a.
 
 Every figure prints min / median / max per system and the ratio procguard / peer of the medians (for
@@ -38,7 +40,7 @@ from benchmarks.harness.peers import SYSTEMS, peer_missing, version_of
 from benchmarks.harness.procs import kill_all, naming
 from benchmarks.harness.run import REPO, Bench, Interrupted, installed_bytecode, machine, sigterm_unwinds
 from benchmarks.harness.stats import median as med
-from benchmarks.suite import FULL, PHASES, QUICK, WORKLOAD_PHASES, Ctx, Figure, Results
+from benchmarks.suite import MODES, PHASES, WORKLOAD_PHASES, Ctx, Figure, Results
 
 PEERS = [s for s in SYSTEMS if s != "procguard"]
 
@@ -179,6 +181,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--quick", action="store_true", help="small sizes, mostly one round (CI; under a minute on 2 cores)")
     mode.add_argument("--full", action="store_true", help="the sizes and rounds of RESULTS.md (several minutes)")
+    mode.add_argument("--smoke", action="store_true",
+                      help="the smallest sizes that still run every workload on every system (the test suite's)")
     ap.add_argument("--only", action="append", choices=sorted(WORKLOAD_PHASES), metavar="NAME",
                     help=f"run only these workloads (repeatable): {', '.join(WORKLOAD_PHASES)}")
     ap.add_argument("--json", metavar="OUT", help="also write every sample and summary as JSON to OUT")
@@ -246,16 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.proof import main as proof_main
         return proof_main(argv)
     args = parse_args(argv)
-    params = QUICK if args.quick else FULL
+    mode_name = next(m for m in MODES if getattr(args, m))
+    params = MODES[mode_name]
     installed_bytecode()
     wanted = args.only or list(WORKLOAD_PHASES)
     phases = [ph for ph in PHASES if any(ph in WORKLOAD_PHASES[w] for w in wanted)]
     missing = {s: why for s in SYSTEMS if (why := peer_missing(s))}
     res = Results(systems=[s for s in SYSTEMS if s not in missing], missing=missing)
-    ctx = Ctx(bench=Bench(), params=params, res=res)
+    ctx = Ctx(bench=Bench(), params=params, res=res, mode=mode_name)
     t0 = time.monotonic()
     info: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full", "date": date.today().isoformat(), "machine": machine(),
+        "mode": mode_name, "date": date.today().isoformat(), "machine": machine(),
         "versions": versions(), "params": params.__dict__, "phases": phases,
         "load_avg_at_start": os.getloadavg(),
     }

@@ -53,8 +53,9 @@ import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
 from benchmarks.harness.daemon import Daemon  # noqa: E402
-from benchmarks.harness.peers import PROCGUARDCTL as CTL, PYTHON, Reply, StatusProbe, ZmqProbe, procguard_programs, sleep_programs  # noqa: E402
-from benchmarks.harness.procs import clean_env, raise_nofile, wall_ms  # noqa: E402
+from benchmarks.harness.peers import PROCGUARDCTL as CTL, PYTHON, procguard_programs, sleep_programs  # noqa: E402
+from benchmarks.harness.probes import Reply, StatusProbe, ZmqProbe  # noqa: E402
+from benchmarks.harness.procs import clean_env, cli_ms, raise_nofile  # noqa: E402
 from benchmarks.harness.run import Bench, BenchError, begin, bench_main  # noqa: E402
 from benchmarks.harness.stats import fmt_row as stats_row, print_targets  # noqa: E402
 
@@ -81,17 +82,7 @@ def fmt_row(label: str, values: list[float], target: float | None = None, p90: b
 
 def time_command(argv: list[str], runs: int, out: Path, expect_lines: int | None = None) -> list[float]:
     """Wall times of `runs` runs of argv; each must exit 0 (and print expect_lines lines, if given)."""
-    times = []
-    for _ in range(runs):
-        dt, code = wall_ms(argv, out, CLI_TIMEOUT_S)
-        text = out.read_text(errors="replace")
-        if code != 0:
-            raise BenchError(f"{' '.join(argv)} exited {code}; output:\n{text[-2000:]}")
-        if expect_lines is not None and len(text.splitlines()) != expect_lines:
-            raise BenchError(f"{' '.join(argv)} printed {len(text.splitlines())} lines, expected {expect_lines}; "
-                             f"output:\n{text[-2000:]}")
-        times.append(dt)
-    return times
+    return [cli_ms(argv, out, expect_lines, CLI_TIMEOUT_S) for _ in range(runs)]
 
 
 def time_import(runs: int) -> list[float]:
@@ -199,9 +190,8 @@ def bench_programs(bench: Bench, n: int, cli_runs: int, samples: int) -> dict[st
             print(f"  {'  daemon CPU per request (psutil)':<44} {srv['daemon_cpu_ms_per_request']:.2f} ms "
                   f"(clock ticks of {srv['cpu_tick_ms']:.0f} ms: resolution {srv['cpu_tick_ms'] / samples:.2f} ms)")
             if n == 50:
-                dt, code = wall_ms([CTL, "-s", endpoint, "status", "-l"], out, CLI_TIMEOUT_S)
-                if code != 0 or len(out.read_text().splitlines()) != n + 1:  # a header line, then one per process
-                    raise BenchError(f"procguardctl status -l exited {code}:\n{out.read_text()[-2000:]}")
+                # A header line, then one per process.
+                dt = cli_ms([CTL, "-s", endpoint, "status", "-l"], out, n + 1, CLI_TIMEOUT_S)
                 long = probe.status(long=True)
                 check_all_running(long, n)
                 long_ms = long.ms

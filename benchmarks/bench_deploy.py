@@ -68,7 +68,7 @@ def daemon_for(bench: Bench, strategy: str, delay: float) -> tuple[Daemon, int]:
 
 def summary(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     def med(key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+        return float(statistics.median(r[key] for r in rows))
 
     print(f"{name:<34} failed {int(sum(r['failed'] for r in rows))}"
           f"  gap ms median {med('gap_ms'):.0f} max {max(r['gap_ms'] for r in rows):.0f}"

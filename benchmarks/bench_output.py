@@ -14,6 +14,7 @@ figure comes from real daemons and a real child; the script prints min / median 
 procguard / supervisord; it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when the
 harness itself fails (a daemon that does not start, a control command that fails, a child that never
 writes, a capture that stops growing while the child still runs). Lost bytes are printed, not fatal.
+The pieces live in benchmarks/output/ (stream: the child and the check; sides; run: one timed run).
 
 The child (CHILD_SOURCE, written into the temp dir, run as `python -S child.py N SIDE FIFO`, the same
 program and argv shape on every side) first builds its N bytes in memory: lines of exactly 100
@@ -111,343 +112,32 @@ started from its child script survives, and prints how many did (0 expected).
 """
 
 import argparse
-import errno
-import mmap
 import os
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
-from benchmarks.output_stream import CHILD_SOURCE, n_lines, prefix_len, verify_capture  # noqa: E402
-from benchmarks.harness.peers import CIRCUSD, Program, System, make, peer_missing, version_of  # noqa: E402
-from benchmarks.harness.procs import naming, sched_ns  # noqa: E402
-from benchmarks.harness.run import CHILD_PYTHON, Bench, BenchError, bench_main, machine, poll_until  # noqa: E402
+from benchmarks.harness.peers import CIRCUSD, peer_missing, version_of  # noqa: E402
+from benchmarks.harness.procs import naming  # noqa: E402
+from benchmarks.harness.run import CHILD_PYTHON, Bench, bench_main, machine  # noqa: E402
 from benchmarks.harness.stats import fmt_row, median  # noqa: E402
+from benchmarks.output.run import GIB, MIB, one_run  # noqa: E402
+from benchmarks.output.sides import DaemonSide, Side, prepare_sides  # noqa: E402
+from benchmarks.output.stream import n_lines  # noqa: E402
 
-GIB = 1 << 30
-MIB = 1 << 20
-POLL_S = 0.002
-STALL_S = 5.0  # child done and the file unchanged this long: what is missing is lost
-HUNG_S = 60.0  # the file unchanged this long while the child still writes: the harness gives up
 TARGETS = {"throughput_ratio_min": 1.5, "cpu_per_gib_ratio_max": 0.5}
-# ------------------------------------------------------------------------------------------- sides
-
-
-@dataclass(kw_only=True)
-class Side:
-    """One way of capturing the child's stdout: where the file is, how to start the child, whose CPU."""
-
-    key: str
-    label: str
-    kind: str  # the daemon's (peers.SYSTEMS), "" for none
-    work: Path
-    argv: list[str]
-    stamped: bool = False
-    capture: Path = field(init=False)
-    side_file: Path = field(init=False)
-    fifo: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.capture = self.work / "out.log"
-        self.side_file = self.work / "child.side"
-        self.fifo = self.work / "go.fifo"
-
-    @property
-    def keeps_file_open(self) -> bool:
-        """The daemon keeps the capture open after the child exits (no 2 s wait for it): supervisord's
-        handler stays open until the next spawn, circus's FileStream for the daemon's life."""
-        return self.kind in ("supervisord", "circus")
-
-    def prepare(self, bench: Bench) -> None:
-        """Make the working directory; start the daemon, if any, idle until the first run."""
-        raise NotImplementedError
-
-    def start_child(self) -> None:
-        raise NotImplementedError
-
-    def daemon_pid(self) -> int | None:
-        return None
-
-    def after_child(self) -> None:
-        """The child is gone: let the side reap or forget it before the next run."""
-
-    def reset_capture(self) -> None:
-        """Make the capture file absent or empty before a run and after it (it is verified in between)."""
-        self.capture.unlink(missing_ok=True)
-
-
-def child_argv(script: Path, n: int, work: Path) -> list[str]:
-    return [CHILD_PYTHON, "-S", str(script), str(n), str(work / "child.side"), str(work / "go.fifo")]
-
-
-class DaemonSide(Side):
-    """The child as program `writer` (autostart and autorestart false) of a procguard, supervisord or circus
-    daemon (peers.py renders the configs), started with the daemon's own control CLI."""
-
-    system: System
-
-    def prepare(self, bench: Bench) -> None:
-        keys = {"stdout_logfile_timestamps": True} if self.stamped else {}
-        prog = Program(name="writer", argv=tuple(self.argv), autostart=False, autorestart=False,
-                       stdout=str(self.capture), procguard_keys=keys)
-        self.system = make(self.kind, bench, f"output-{self.key}", [prog])
-        self.system.start()
-        self.system.wait_control()
-
-    def start_child(self) -> None:
-        self.system.run_ctl("start", "writer")
-        self.system.check_alive()
-
-    def daemon_pid(self) -> int | None:
-        return self.system.pid
-
-    def after_child(self) -> None:
-        if self.kind == "circus":
-            # With respawn = false the watcher stays "active" after its process exits, and a second
-            # `start` is a no-op: stop it so the next run's `start` spawns again.
-            self.system.run_ctl("stop", "writer")
-
-    def reset_capture(self) -> None:
-        if self.kind != "circus":
-            return super().reset_capture()
-        # circus opens the FileStream once, when it loads the config, and keeps it open (mode 'a+'):
-        # a deleted file would swallow the next run. Truncate in place; O_APPEND writes land at 0.
-        with open(self.capture, "wb"):
-            pass
-
-
-class DirectSide(Side):
-    """Reference: the child's stdout is the file itself (opened by this script), no daemon in between."""
-
-    bench: Bench
-    proc: subprocess.Popen[bytes] | None = None
-
-    def prepare(self, bench: Bench) -> None:
-        self.work.mkdir()
-        self.bench = bench
-
-    def start_child(self) -> None:
-        with open(self.capture, "wb") as out:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.DEVNULL, close_fds=True)
-        self.bench.plain_children.append(self.proc)
-
-    def after_child(self) -> None:
-        if self.proc is not None:
-            self.proc.wait()
-
-
-# --------------------------------------------------------------------------------------------- run
-
-
-def send_go(fifo: Path, timeout_s: float = 60.0) -> None:
-    """Open the FIFO once the child has it open (ENXIO until then) and write the start byte."""
-    def opened() -> int | None:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no reader yet: the child is still building its stream
-                return None
-            raise
-
-    fd = poll_until(opened, timeout_s, f"the child opening {fifo}", interval_s=0.001)
-    try:
-        os.write(fd, b"g")
-    finally:
-        os.close(fd)
-
-
-def read_side(path: Path) -> dict[str, float]:
-    out: dict[str, float] = {}
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return out
-    for line in text.splitlines():
-        parts = line.split()
-        if parts and parts[0] == "start" and len(parts) == 3:
-            out["pid"], out["t0"] = int(parts[1]), float(parts[2])
-        elif parts and parts[0] == "done" and len(parts) == 3:
-            out["t1"], out["n"] = float(parts[1]), int(parts[2])
-    return out
-
-
-def cpu_s(pid: int | None) -> tuple[float, float]:
-    if pid is None:
-        return 0.0, 0.0
-    t = psutil.Process(pid).cpu_times()
-    return t.user, t.system
-
-
-def size_of(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
-
-
-def has_exited(pid: int) -> bool:
-    """Gone, or a zombie its parent has not reaped yet."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def holds_file(pid: int, path: Path) -> bool:
-    """Does pid have an fd open on path (or on its deleted inode)?"""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except FileNotFoundError:
-        return False
-    target = str(path)
-    for fd in fds:
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link == target or link == target + " (deleted)":
-            return True
-    return False
-
-
-def prefault(nbytes: int) -> None:
-    """Touch nbytes of fresh anonymous memory, then free it: the next page-cache pages are host-backed."""
-    page = mmap.PAGESIZE
-    with mmap.mmap(-1, nbytes) as m:
-        for i in range(0, nbytes, page):
-            m[i] = 1
-
-
-def wait_full(side: Side, expected_size: int, pid: int | None,
-              round_no: int) -> tuple[float | None, tuple[float, float], int, int]:
-    """Poll the capture every POLL_S until it is full (or the child is done and it stopped growing: the rest
-    is lost); (when it was full or None, the daemon's CPU (user, system) and schedstat ns then, its RSS).
-
-    The side file is read only once growth pauses, which keeps the poll cheap."""
-    last_size, last_change = -1, time.monotonic()
-    while True:
-        size = size_of(side.capture)
-        now = time.monotonic()
-        if size >= expected_size:
-            rss = psutil.Process(pid).memory_info().rss if pid is not None else 0
-            return now, cpu_s(pid), sched_ns(pid) if pid is not None else 0, rss
-        if size != last_size:
-            last_size, last_change = size, now
-        elif now - last_change > 0.5:
-            info = read_side(side.side_file)
-            if "t1" in info and now - last_change > STALL_S:
-                return None, cpu_s(pid), sched_ns(pid) if pid is not None else 0, 0
-            if "t1" not in info and now - last_change > HUNG_S:
-                raise BenchError(f"{side.label}, round {round_no}: the capture stayed at {size} of "
-                                 f"{expected_size} bytes for {HUNG_S}s while the child had not finished")
-        time.sleep(POLL_S)
-
-
-def one_run(bench: Bench, side: Side, n: int, round_no: int, do_prefault: bool = True) -> dict[str, Any]:
-    side.reset_capture()
-    side.side_file.unlink(missing_ok=True)
-    plen = prefix_len() if side.stamped else 0
-    expected_size = n + n_lines(n) * plen
-    pid = side.daemon_pid()
-
-    side.start_child()
-    if do_prefault:
-        prefault(int(expected_size * 1.5))  # while the child builds its stream (see the docstring)
-    cpu0 = cpu_s(pid)
-    sched0 = sched_ns(pid) if pid is not None else 0
-    send_go(side.fifo)
-    go_mono = time.monotonic()
-
-    t_full, cpu1, sched1, rss = wait_full(side, expected_size, pid, round_no)
-
-    info = poll_until(lambda: (lambda i: i if "t1" in i else None)(read_side(side.side_file)), 120,
-                      f"{side.label}: the child's done marker")
-    child = int(info["pid"])
-    bench.child_pids_seen.add(child)
-    poll_until(lambda: has_exited(child), 30, f"{side.label}: child {child} exiting")
-    side.after_child()
-    poll_until(lambda: not psutil.pid_exists(child), 30, f"{side.label}: child {child} reaped")
-    # procguard closes the file once the pipe reached EOF (output.py _detach); supervisord keeps its
-    # handler until the next spawn. Recorded only: a daemon still writing a deleted inode would show
-    # up next round as a capture that never appears.
-    held_after_exit = False
-    if pid is not None:
-        deadline = time.monotonic() + (0.0 if side.keeps_file_open else 2.0)
-        while holds_file(pid, side.capture) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        held_after_exit = holds_file(pid, side.capture)
-
-    final_size = size_of(side.capture)
-    check = verify_capture(side.capture, n, side.stamped, plen)
-    side.reset_capture()
-    side.side_file.unlink(missing_ok=True)
-
-    t0, t1 = info["t0"], info["t1"]
-    user = cpu1[0] - cpu0[0]
-    system = cpu1[1] - cpu0[1]
-    res: dict[str, Any] = {
-        "round": round_no,
-        "bytes": n,
-        "expected_file_bytes": expected_size,
-        "final_file_bytes": final_size,
-        "complete": t_full is not None,
-        "seconds": (t_full - t0) if t_full is not None else None,
-        "mib_per_s": n / MIB / (t_full - t0) if t_full is not None else None,
-        "child_write_mib_per_s": n / MIB / (t1 - t0),
-        "full_after_child_done_ms": (t_full - t1) * 1e3 if t_full is not None else None,
-        "go_to_child_t0_ms": (t0 - go_mono) * 1e3,
-        "daemon_user_s": user,
-        "daemon_system_s": system,
-        "daemon_cpu_s_per_gib": (user + system) * GIB / n if pid is not None else None,
-        "daemon_schedstat_s_per_gib": (sched1 - sched0) / 1e9 * GIB / n if pid is not None else None,
-        "daemon_rss_mib": rss / MIB if pid is not None else None,
-        "daemon_holds_file_after_exit": held_after_exit,
-    }
-    res.update(check)
-    return res
 
 
 # -------------------------------------------------------------------------------------------- main
-
-
-SIDES = (  # key, label, daemon kind ("": none), timestamps
-    ("a", "procguard", "procguard", False),
-    ("b", "procguard, timestamps", "procguard", True),
-    ("c", "supervisord", "supervisord", False),
-    ("d", "direct to file (no daemon)", "", False),
-    ("e", "circus", "circus", False))
 
 
 def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     keys = "abcde" if os.path.exists(CIRCUSD) else "abcd"
     return run_sides(bench, 200 * MIB if args.quick else GIB, 2 if args.quick else 3, keys,
                      prefault_on=not args.no_prefault, mode="quick" if args.quick else "full")
-
-
-def prepare_sides(bench: Bench, n: int, keys: str) -> list[Side]:
-    """The sides named by keys, each daemon started and idle, each child's FIFO made."""
-    script = bench.root / "child.py"
-    script.write_text(CHILD_SOURCE)
-    sides: list[Side] = []
-    for key, label, kind, stamped in SIDES:
-        if key not in keys:
-            continue
-        work = bench.root / (f"{kind}-output-{key}" if kind else f"{key}-direct")  # make() names it so
-        argv = child_argv(script, n, work)
-        cls = DaemonSide if kind else DirectSide
-        new = cls(key=key, label=label, kind=kind, work=work, argv=argv, stamped=stamped)
-        bench.known_cmdlines.append(argv)
-        new.prepare(bench)
-        os.mkfifo(new.fifo)
-        sides.append(new)
-    return sides
 
 
 def run_sides(bench: Bench, n: int, rounds: int, keys: str, prefault_on: bool = True,

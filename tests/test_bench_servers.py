@@ -1,18 +1,18 @@
-"""`benchmarks/bench_servers.py --quick --only gunicorn` measures every figure and leaves no server behind.
+"""`benchmarks/bench_servers.py --smoke --only gunicorn` measures every figure and leaves no server behind.
 
 Speed and failed requests are never asserted (DESIGN.md, "Tests"): the script prints them; this test
 only checks that it ran, that every measurement has its figures as numbers (counts as integers >= 0),
-and that no server process outlived a daemon it started.
+and that no server process outlived a daemon it started. --smoke measures every figure of --quick once
+with 10 requests around each action (--quick: 40, and 400 before a deploy or restart) and SIGKILLs
+without waiting for backoff_reset, so the suite stays fast (issue #15).
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.bench_smoke import run_bench
 from procguard.testing.demo import why_missing
 
 pytestmark = pytest.mark.skipif(why_missing("gunicorn") is not None, reason=str(why_missing("gunicorn")))
@@ -32,11 +32,8 @@ def is_number(value: object) -> bool:
 
 def test_quick_gunicorn_run_has_every_figure_and_no_survivors(tmp_path: Path) -> None:
     out = tmp_path / "servers.json"
-    # 600 s is a hang guard on a loaded box, not a speed limit (the run took 165-250 s on a busy 2-core box,
-    # 62 s on a quiet one; the deploy, broken-release, SIGKILL-under-load and peer rounds of issue #16 are
-    # most of it).
-    r = subprocess.run([sys.executable, "benchmarks/bench_servers.py", "--quick", "--only", "gunicorn", "--json",
-                        str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    # The deploy, broken-release, SIGKILL-under-load and peer rounds of issue #16 are most of the run.
+    r = run_bench("benchmarks/bench_servers.py", "--smoke", "--only", "gunicorn", "--json", str(out))
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
     doc = json.loads(out.read_text())
     assert doc["harness_errors"] == {}

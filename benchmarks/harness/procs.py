@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 
 from benchmarks.harness.run import POLL_S, REPO, BenchError
-from procguard.testing import free_port
+from procguard.testing import free_port as free_port  # re-exported: the benchmarks' one free port
 
 HAVE_CHILDREN_FILE = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 CLI_TIMEOUT_S = 120.0
@@ -150,11 +150,6 @@ def kill_all(procs: list[psutil.Process]) -> list[int]:
     return [p.pid for p in procs]
 
 
-def kill_survivors(before: list[psutil.Process]) -> list[int]:
-    """Kill what of `before` (children recorded while their daemon ran) outlived it; return their pids."""
-    return kill_all(alive_of(before))
-
-
 def wait_exit(proc: "subprocess.Popen[Any]", timeout_s: float) -> int | None:
     """proc's exit code once it exited; None if it still runs after timeout_s.
 
@@ -196,6 +191,16 @@ def wall_ms(argv: list[str], out: Path, timeout_s: float = CLI_TIMEOUT_S) -> tup
                 p.kill()
                 p.wait()
     return dt, code
+
+
+def cli_ms(argv: list[str], out: Path, expect_lines: int | None = None, timeout_s: float = CLI_TIMEOUT_S) -> float:
+    """wall_ms of a CLI that must exit 0 (and print expect_lines lines, if given), else BenchError."""
+    ms, code = wall_ms(argv, out, timeout_s)
+    text = out.read_text(errors="replace")
+    if code != 0 or (expect_lines is not None and len(text.splitlines()) != expect_lines):
+        raise BenchError(f"`{' '.join(argv)}` exited {code} with {len(text.splitlines())} lines (expected 0"
+                         f"{'' if expect_lines is None else f' and {expect_lines}'}):\n{text[-2000:]}")
+    return ms
 
 
 def run_ctl(argv: list[str], what: str, ok_codes: tuple[int, ...] = (0,), timeout_s: float = CLI_TIMEOUT_S) -> str:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -87,6 +87,29 @@ def begin(what: str, args: argparse.Namespace, detail: str = "", children: str =
     return results
 
 
+class SeenPids:
+    """Child pids seen during a run, each with when it was last seen (time.time()).
+
+    On a busy machine the kernel reuses pids within minutes (pid_max 32768): a process created after its
+    pid was last seen as ours is someone else's, and the cleanup must leave it alone.
+    """
+
+    def __init__(self) -> None:
+        self.last_seen: dict[int, float] = {}
+
+    def add(self, pid: int) -> None:
+        self.last_seen[pid] = time.time()
+
+    def update(self, pids: Iterable[int]) -> None:
+        now = time.time()
+        self.last_seen.update((pid, now) for pid in pids)
+
+    def ours(self, proc: psutil.Process) -> bool:
+        """Was proc already running when its pid was last seen (the creation clock ticks in 10 ms)?"""
+        seen = self.last_seen.get(proc.pid)
+        return seen is not None and proc.create_time() <= seen + 0.05
+
+
 class Bench:
     """Owns the temp directory, every daemon started and every child pid seen; `close` cleans all up."""
 
@@ -94,7 +117,7 @@ class Bench:
         self.started_wall = time.time()
         self.root = Path(tempfile.mkdtemp(prefix="procguard-bench-"))
         self.daemons: list["Daemon"] = []
-        self.child_pids_seen: set[int] = set()
+        self.child_pids_seen = SeenPids()
         self.known_cmdlines: list[list[str]] = [SLEEP_ARGV]
         self.plain_children: list[subprocess.Popen[bytes]] = []
 
@@ -118,12 +141,13 @@ class Bench:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        for pid in sorted(self.child_pids_seen - set(killed)):
+        for pid in sorted(set(self.child_pids_seen.last_seen) - set(killed)):
             try:
                 proc = psutil.Process(pid)
-                # Ours only: started after this script, running one of its commands (pid reuse is ruled out).
-                if (proc.create_time() >= self.started_wall - 1 and proc.cmdline() in self.known_cmdlines
-                        and proc.status() != psutil.STATUS_ZOMBIE):
+                # Ours only: started after this script, running one of its commands, and already running when
+                # its pid was last seen as ours (not a reused pid).
+                if (proc.create_time() >= self.started_wall - 1 and self.child_pids_seen.ours(proc)
+                        and proc.cmdline() in self.known_cmdlines and proc.status() != psutil.STATUS_ZOMBIE):
                     proc.kill()
                     killed.append(pid)
             except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -98,69 +98,90 @@ class Expected:
         return out
 
 
+class Comparison:
+    """Pieces of a capture compared, front to back, with the child's stream: bytes seen, the first mismatch."""
+
+    def __init__(self, n: int) -> None:
+        self._expected = Expected(n)
+        self.recovered = 0
+        self.mismatch_at: int | None = None
+
+    def compare(self, piece: bytes) -> None:
+        want = self._expected.take(len(piece))
+        if self.mismatch_at is None and want != piece[:len(want)]:
+            i = next(i for i, (a, b) in enumerate(zip(want, piece)) if a != b)
+            self.mismatch_at = self.recovered + i
+        if self.mismatch_at is None and len(want) < len(piece):
+            self.mismatch_at = self.recovered + len(want)  # more than the child wrote
+        self.recovered += len(piece)
+
+
+class Unstamper:
+    """A stamped capture, block by block, with each line's prefix (plen bytes) stripped; counts the lines,
+    those too short for a prefix, and keeps every distinct prefix for checking."""
+
+    def __init__(self, plen: int) -> None:
+        self.plen = plen
+        self.carry = b""
+        self.lines = self.bad_prefix = 0
+        self.prefixes: set[bytes] = set()
+
+    def feed(self, block: bytes) -> bytes:
+        """The unstamped bytes of the complete lines so far (b"" ends the file: a partial last line too)."""
+        data = self.carry + block
+        if block:
+            cut = data.rfind(b"\n") + 1
+            data, self.carry = data[:cut], data[cut:]
+        else:
+            self.carry = b""
+        if not data:
+            return b""
+        plen = self.plen
+        parts = data.split(b"\n")
+        last = parts.pop()  # b"" after a final newline; a partial last line at EOF otherwise
+        self.prefixes.update(p[:plen] for p in parts)
+        self.bad_prefix += sum(1 for p in parts if len(p) < plen)
+        self.lines += len(parts)
+        body = b"\n".join(p[plen:] for p in parts) + b"\n" if parts else b""
+        if last:
+            self.lines += 1
+            self.prefixes.add(last[:plen])
+            body += last[plen:]
+        return body
+
+    def count_bad_prefixes(self, path: Path) -> int:
+        """Lines carrying a malformed prefix (a second read, only when some prefix seen is malformed)."""
+        bad = {p for p in self.prefixes if not PREFIX_RE.match(p)}
+        if not bad:
+            return self.bad_prefix
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line[:self.plen] in bad)
+
+
 def verify_capture(path: Path, n: int, stamped: bool, plen: int) -> dict[str, Any]:
     """Compare the file with the child's stream (stamps checked and stripped first); count what differs."""
-    expected = Expected(n)
-    recovered = 0
-    mismatch_at: int | None = None
-    lines = bad_prefix = 0
-    prefixes: set[bytes] = set()
-
-    def compare(piece: bytes) -> None:
-        nonlocal recovered, mismatch_at
-        want = expected.take(len(piece))
-        if mismatch_at is None and want != piece[:len(want)]:
-            i = next(i for i, (a, b) in enumerate(zip(want, piece)) if a != b)
-            mismatch_at = recovered + i
-        if mismatch_at is None and len(want) < len(piece):
-            mismatch_at = recovered + len(want)  # more than the child wrote
-        recovered += len(piece)
-
+    seen = Comparison(n)
+    unstamp = Unstamper(plen) if stamped else None
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         return {"bytes_recovered": 0, "bytes_lost": n, "bytes_extra": 0, "first_mismatch_at": 0 if n else None,
                 "content_ok": n == 0, "lines": 0, "lines_bad_prefix": 0}
     with f:
-        carry = b""
         while True:
             block = f.read(READ_BLOCK)
-            if not stamped:
-                if not block:
-                    break
-                compare(block)
-                continue
-            data = carry + block
-            if block:
-                cut = data.rfind(b"\n") + 1
-                data, carry = data[:cut], data[cut:]
-            else:
-                carry = b""
-            if data:
-                parts = data.split(b"\n")
-                last = parts.pop()  # b"" after a final newline; a partial last line at EOF otherwise
-                prefixes.update(p[:plen] for p in parts)
-                bad_prefix += sum(1 for p in parts if len(p) < plen)
-                lines += len(parts)
-                body = b"\n".join(p[plen:] for p in parts) + b"\n" if parts else b""
-                if last:
-                    lines += 1
-                    prefixes.add(last[:plen])
-                    body += last[plen:]
-                compare(body)
+            piece = unstamp.feed(block) if unstamp is not None else block
+            if piece:
+                seen.compare(piece)
             if not block:
                 break
-    if stamped:
-        bad = {p for p in prefixes if not PREFIX_RE.match(p)}
-        if bad:  # count the lines carrying a malformed prefix (slow path, only when some exist)
-            with open(path, "rb") as f2:
-                bad_prefix = sum(1 for line in f2 if line[:plen] in bad)
+    recovered, mismatch_at = seen.recovered, seen.mismatch_at
     return {
         "bytes_recovered": recovered,
         "bytes_lost": max(0, n - recovered),
         "bytes_extra": max(0, recovered - n),
         "first_mismatch_at": mismatch_at,
         "content_ok": mismatch_at is None and recovered == n,
-        "lines": lines if stamped else n_lines(n),
-        "lines_bad_prefix": bad_prefix,
+        "lines": unstamp.lines if unstamp is not None else n_lines(n),
+        "lines_bad_prefix": unstamp.count_bad_prefixes(path) if unstamp is not None else 0,
     }
