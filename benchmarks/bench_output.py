@@ -3,112 +3,21 @@
     .venv/bin/python benchmarks/bench_output.py [--quick] [--json OUT]
     (also `python -m benchmarks --only output`, which runs it beside the other workloads)
 
-Issue #4, "Done when": throughput (MiB/s) and daemon CPU seconds per GiB for ONE child writing 1 GiB
-(--quick: 200 MiB) to stdout, captured to a file by (a) procguard without timestamps, (b) procguard with
-`stdout_logfile_timestamps = true`, (c) supervisord 4.x (PyPI `supervisor`, the `bench` extra, run as
-`supervisord -n -c CONF` from the venv), plus (d) a reference with no daemon: the same child with its
-stdout opened on the file by this script (the machine's ceiling for this child and file system), and
-(e) circus (PyPI `circus`, the `bench` extra, `circusd CONF`; skipped if it is not installed). The
-aim stated by the issue is at least 1.5x supervisord's throughput at half its CPU per GiB. Every
-figure comes from real daemons and a real child; the script prints min / median / max and the ratios
-procguard / supervisord; it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when the
-harness itself fails (a daemon that does not start, a control command that fails, a child that never
-writes, a capture that stops growing while the child still runs). Lost bytes are printed, not fatal.
+Issue #4: throughput (MiB/s) and daemon CPU seconds per GiB for one child writing 1 GiB (--quick:
+200 MiB), captured by (a) procguard, (b) procguard with `stdout_logfile_timestamps`, (c) supervisord,
+(d) no daemon (the child's stdout opened on the file: the ceiling), (e) circus if installed. Prints
+min / median / max and procguard / supervisord ratios; never asserts speed. Exits non-zero only when
+the harness fails (a daemon or command fails, a capture stops growing); lost bytes are printed.
 The pieces live in benchmarks/output/ (stream: the child and the check; sides; run: one timed run).
 
-The child (CHILD_SOURCE, written into the temp dir, run as `python -S child.py N SIDE FIFO`, the same
-program and argv shape on every side) first builds its N bytes in memory: lines of exactly 100
-printable bytes `SSSSSS:TTTTT <filler>\\n` (S: block number, T: line in the block), blocks of 16384
-lines = 25 writes of 64 KiB, the last byte of the stream forced to a newline. Every line of the
-stream is distinct, so loss, duplication and reordering all show in the comparison. It then blocks
-reading one byte from a FIFO; this script takes the daemon's CPU times and writes that byte, so
-neither the child's interpreter start-up nor the control command is inside any figure. The child
-appends `start PID T0` (time.monotonic(), system-wide) to SIDE, writes the stream to fd 1 in 64 KiB
-os.write calls, appends `done T1 N`, and exits 0.
-
-What is measured, and how, per run:
-
-- Throughput: N / (time from the child's T0 until the capture file reaches its full size). The size
-  is polled every POLL_S = 2 ms with os.stat (a coarser poll than bench_engine's 0.5 ms: on 2 cores
-  the child and the daemon each want one; the poll error is <= 2 ms of runs of >= 0.2 s). Full size
-  is N, or with timestamps N + lines x len(prefix), the prefix being procguard's
-  `datetime.now().astimezone().isoformat(timespec="milliseconds") + " "` (30 bytes for +HH:MM).
-- Daemon CPU: psutil cpu_times (user + system, the daemon process only, all its threads, not its
-  children) from just before the FIFO byte until the file is full, scaled to seconds per GiB.
-  procguard moves untimestamped bytes pipe -> file with splice(2): that copy is kernel work, counted
-  in the daemon's system time; supervisord's read(2) + write(2) copies are also system time. So is
-  allocating the page-cache pages of the file, which the writer (the daemon; the child in (d)) pays.
-  psutil's times tick at 1/SC_CLK_TCK (10 ms: +-10 % of a --quick figure), so the sum of the daemon's
-  threads' /proc schedstat (ns) over the same window is shown as a cross-check. User and system apart.
-- Also recorded: the child's own write rate (N / (T1 - T0)), how long after the child's last write
-  the file was full, the daemon's RSS at that moment.
-- Zero bytes lost: after the child has exited, the file is read back and compared with the stream the
-  child wrote (the same generator, run again here). With timestamps every line's prefix is checked
-  against the ISO pattern and stripped, then the rest is compared. Bytes lost = N - bytes recovered;
-  also reported: the offset of the first mismatch, bytes in excess, lines without a valid prefix.
-
-Order and state: one daemon per side (two procguards, one per config, one supervisord, one circus;
-harness/peers.py renders their configs), each started once and idle (autostart = false) until its
-control interface answers a status request, before the first round; each run starts the child with
-the daemon's own control interface (`procguardctl -s ENDPOINT start writer`; `supervisorctl -c CONF
-start writer`; `circusctl --endpoint E start writer`), which answer once the process is RUNNING
-(startsecs = 0) or, for circus, spawned, and only then is the FIFO byte written. circus keeps its
-watcher "active" after a respawn = false child exits, so after each run it gets `circusctl stop
-writer`; and it opens its FileStream once, at start, and keeps it open, so its capture is truncated
-in place between runs rather than deleted. Rounds are interleaved a, b, c, d, a, b, c, d, ... (3 rounds, --quick: 2). Between runs the
-child is awaited (gone from /proc), the capture and side files are deleted. Daemon start-up is
-therefore outside every figure; the daemons stay resident between runs, so round 1 may carry cold
-effects (Python caches, the first runs of each code path), which the min / median / max show.
-
-Prefault (on unless --no-prefault): after the control command, while the child builds its stream,
-this script touches and frees 1.5 x the file's size of anonymous memory. In a VM whose balloon does
-free-page reporting (virtio-balloon F_REPORTING, as on the Firecracker box this was written on), memory
-freed for more than ~2 s is handed back to the host, and the next first touch of each page is a host
-fault: page-cache allocation then costs the writer several times more system time, at random (direct
-writes ranged 390-4160 MiB/s over six identical runs without prefault, 3190-4230 with). Touching the
-memory just before the run makes the page-cache pages host-backed for every side alike; on bare metal
-it costs ~0.3 s per run and changes nothing. Files are deleted seconds after they are written, far
-below vm.dirty_background_ratio of a large box, so the figures are of the page cache, not the disk
-(the vm.dirty_* settings are in the JSON).
-
-procguard and procguardctl are imported from the checkout holding this script (the daemon runs with
-cwd = that checkout, procguardctl with PYTHONPATH = it), so a snapshot such as `git archive HEAD`
-unpacked elsewhere, with this file copied in, measures that snapshot with the venv's interpreter.
-
-Config choices, and which side each could favour:
-
-- Same child, argv, 64 KiB writes, FIFO start, file system (the temp dir's), and autorestart = false,
-  startsecs = 0 on both daemons; stderr to NONE on both (each still creates a stderr pipe).
-- No rotation: stdout_logfile_maxbytes = 0 on both. For supervisord this also selects its plain
-  FileHandler rather than RotatingFileHandler (its "optimization": no size check per write).
-- supervisord: stdout_capture_maxbytes = 0 (its default: no capture-mode scanning for
-  <!--XSUPERVISOR:BEGIN--> tokens), stdout_events_enabled = false, stdout_syslog = false,
-  strip_ansi = false (defaults), loglevel = info so child output is not copied to its main log (it
-  is at debug/trace). These are supervisord's cheapest settings; they favour supervisord.
-- supervisord's loop is poll(2) with a 1 s timeout and handles readable pipes as they come, so the 1 s
-  tick does not delay output; but it reads at most 128 KiB per wake-up (options.readfd) from a pipe of
-  the kernel's default 64 KiB, appends to a bytes buffer and writes through a buffered file object
-  opened 'ab' and flushed per write. procguard (by design, not by config) raises its pipes to 1 MiB
-  (F_SETPIPE_SZ), splices up to 1 MiB per call and 4 MiB per wake-up, and reads back the last
-  stdout_tail_maxbytes (64 KiB default, kept) of each splice into its tail buffer. Pipe and chunk
-  sizes thus favour procguard; they are what each ships.
-- procguard's timestamps stamp each line with the time its chunk (up to 1 MiB) was read, not the time
-  the line was written; supervisord has no timestamp option, so (b) has no like-for-like opponent and
-  is compared with (c) as the issue asks.
-- circus: `stdout_stream.class = FileStream`, `max_bytes = 0` (no rotation), no time_format,
-  close_child_stderr = true (stderr to /dev/null: it has no NONE stream), respawn = false. Its
-  Redirector reads at most 1024 bytes per wake-up (circus/stream/redirector.py, `buffer=1024`, not a
-  config key) and FileStream decodes each read to str (utf-8) and writes it through a text file
-  flushed per read: that, not the config, is why it is an order of magnitude slower here.
-- The daemons log at info: procguard JSON to a file (--log-format json), supervisord to its logfile,
-  circus to its logoutput file.
-- supervisord runs as whoever runs this script (as root it logs a CRIT warning about running as root);
-  it is the venv's Python, the same interpreter as procguard's.
-
-Cleanup: every daemon (procguard and supervisord) is recorded in the harness's Bench (benchmarks/harness/run.py); in `finally`
-(also on Ctrl-C or SIGTERM) each gets SIGTERM, then SIGKILL, every recorded child still running the
-child's argv is killed, and the temp directory is removed. The script then checks that no process
-started from its child script survives, and prints how many did (0 expected).
+Invariants of every run: the same child and argv on every side, started through the daemon's own
+control command, blocked on a FIFO until this script has taken the daemon's CPU times, so neither
+interpreter start-up nor the command is inside a figure. Throughput ends when the file reaches its
+full size; daemon CPU is psutil user + system of the daemon alone (schedstat as a cross-check).
+After the child exits the file is compared line by line with the stream it wrote. Daemons start once,
+idle, before round 1; rounds are interleaved a, b, c, d, ...; unless --no-prefault it touches 1.5x the
+file's size of memory before each run (RESULTS.md, "Prefault"). Config choices per side are in
+harness/peers.py and RESULTS.md; cleanup (SIGTERM, SIGKILL, survivors counted) is the harness's Bench.
 """
 
 import argparse
