@@ -3,8 +3,8 @@
     .venv/bin/python -m benchmarks --quick | --full | --smoke [--only NAME ...] [--json OUT] [--markdown OUT]
     .venv/bin/python -m benchmarks model --examples N | soak --minutes N     (issue #20: benchmarks/proof.py)
 
-Workloads (suite/__init__.py says how each is measured; harness/peers.py lists the equivalent configs and every
-choice that could favour a side): respawn, status, startup, idle, shutdown, output, restart.
+Workloads (suite/__init__.py says how each is measured; harness/peers.py lists the equivalent configs,
+RESULTS.md every choice that could favour a side): respawn, status, startup, idle, shutdown, output, restart.
 `--quick` (small sizes, one round where the full run does several; about a minute on 2 cores) gives a
 first look; `--full` produces the figures of benchmarks/RESULTS.md (several minutes); `--smoke` is what
 the test suite runs: every workload on every system at the smallest sizes (figures too small to compare,
@@ -17,10 +17,8 @@ status is 0 unless a workload could not complete on some system, procguard lost 
 children outlived a procguard daemon's shutdown (1), or the run was interrupted (130). Lost bytes and
 survivors of the peers are reported too; they do not change the exit status.
 
-Cleanup: every daemon started is owned by the harness's Bench (harness/run.py): in `finally` (also on Ctrl-C or
-SIGTERM) each gets SIGTERM, then SIGKILL, every child pid recorded that still runs one of the suite's
-commands is killed, and the temp directory is removed; then any process still naming the temp
-directory in its argv is reported and killed.
+Cleanup is the harness's Bench (harness/run.py); then any process still naming the temp directory in
+its argv is reported and killed.
 """
 
 import argparse

@@ -2,61 +2,29 @@
 
     .venv/bin/python benchmarks/bench_health.py [--quick] [--json OUT]
 
-Issue #5, "Done when": (1) the daemon's CPU cost of checking 100 programs every 5 s over HTTP (aim:
-under 1 % of a core); (2) the time from a health endpoint going bad to the restart (aim: within
-about interval x retries). Every figure comes from a real `python -m procguard` (the harness's
-Daemon) supervising real HTTP servers:
-tests/programs/healthserver.py, run as `python -S healthserver.py --dir DIR --name NAME --port PORT`
-(the resolved interpreter, as the engine benchmark's children), whose /health/ answers 200 while DIR/health
-says "ok" and 503 while it says "bad", and which appends "NAME PID health ok|bad" to DIR/events.log
-before answering each request. The script prints figures (min / median / max) next to the aims with
-the ratio to the aim; it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when the
-harness itself fails (a daemon that does not start, programs never healthy, a restart never seen).
+Issue #5: (1) the daemon's CPU for checking 100 programs every 5 s over HTTP (aim: under 1 % of a
+core); (2) bad endpoint -> restart (aim: within about interval x retries). The servers are
+tests/programs/healthserver.py: /health/ answers 200 while DIR/health says "ok", 503 while "bad", and
+each answer appends "NAME PID health ok|bad" to DIR/events.log. Prints min / median / max beside the
+aims; never asserts speed; exits non-zero only when the harness fails.
 
-What is measured, and how:
+1. Checker CPU: two daemons in turn with the same 100 servers, without and with
+   `healthcheck = {type = "http", interval = "5s", timeout = "2s", retries = 3}`. Once all are RUNNING
+   (and healthy), SETTLE_S, then a window (60 s; --quick 15 s) in 5 s slices of the daemon's own pid:
+   psutil user + system and the sum of its threads' schedstat (ns; a thread lost inside the window is
+   printed). The checks' cost is with minus without, also per check; checks performed are the servers'
+   "health" lines in the window (counted after it, so nothing is parsed while measuring). Nothing
+   talks to the daemon during a window. Runs after section 2, so that one is quiet.
+2. Bad endpoint -> restart: two settings (interval 1s x 3 retries, 500ms x 2), ROUNDS rounds each. A
+   round waits for a "health ok" line, then (i + 0.5) / rounds of the interval (rounds spread over the
+   check cycle's phase), flips DIR/health to "bad" atomically, and times the daemon's STOPPING line
+   (reason "restarting: unhealthy") both when the POLL_S poll sees it and by the line's own timestamp;
+   also flip -> first bad check, first bad check -> STOPPING, bad checks answered, STOPPING -> RUNNING
+   and healthy. Expected: (retries - 1) x interval .. retries x interval, plus the checks' durations.
 
-1. Checker CPU. Two daemons, one after the other, each with the same 100 programs (one server each,
-   on its own free loopback port, sharing one DIR whose health file stays "ok"; startsecs = 0,
-   stdout to NONE): the baseline without health checks, then with
-   `[program.X.healthcheck] type = "http", interval = "5s", timeout = "2s", retries = 3` (so also
-   ready = "healthcheck", start_timeout = "300s" for a slow start on 2 cores). Each is measured once
-   all 100 are RUNNING in its log, all 100 servers have logged "listening", and (with checks) all 100
-   have logged health_changed -> healthy and `procguardctl -s ENDPOINT --json status` shows every one
-   RUNNING and "healthy" (the baseline's show no health); then SETTLE_S, then a window (60 s; --quick
-   15 s) cut into 5 s slices. Only the daemon's own pid is measured (not the servers): psutil's
-   user + system (tick resolution) and the sum over its threads of /proc/PID/task/*/schedstat (ns;
-   a thread that exits inside the window takes its time with it: the thread ids are compared and any
-   such loss is printed). The figure is the window's mean CPU in % of one core; the per-slice values
-   give min / median / max. The checks' own cost is with-checks minus baseline (schedstat), also
-   per check performed. Checks performed are the servers' "health" lines in events.log within the
-   window (byte offsets taken at the slice boundaries, counted after the window, so nothing is
-   parsed while measuring); expected 100 / 5 s = 20 per second, a little less because the checker
-   sleeps `interval` after each check ends; 100 x window / checks estimates the mean cycle (each
-   program answers floor or ceil of window / cycle checks). Nothing talks to the daemon during the
-   windows. The latency section runs first, while the machine is quiet of the 100 servers.
-2. Bad endpoint -> restart. One daemon, two programs with their own DIR and port: interval "1s",
-   retries 3, and interval "500ms", retries 2 (timeout "1s" for both); measured one setting at a
-   time, ROUNDS rounds each (6; --quick 2). A round waits for the server's next "health ok" line
-   (detected by polling events.log every POLL_S), then for a fraction (i + 0.5) / rounds of the
-   interval, so the rounds spread evenly over the phase of the check cycle instead of all landing
-   at one point of it; then it replaces DIR/health with "bad" (write + os.replace, atomic) and takes
-   time.monotonic() (and time.time()). The restart moment is when the daemon's JSON log shows
-   process_state_changed new = STOPPING with a reason starting "restarting: unhealthy", taken two
-   ways: the monotonic time at which this script's POLL_S poll of the log first sees the line
-   (late by at most a poll), and the line's own timestamp (local ISO, microseconds) against the flip's
-   time.time(). Also: flip -> the server's first "health bad" line (the wait for the next check:
-   0 .. interval), first bad check -> STOPPING (the retries: about (retries - 1) x interval), the
-   number of bad checks answered before the restart, and STOPPING -> RUNNING + healthy again. The
-   health file goes back to "ok" as soon as STOPPING is seen; the next round starts when the new pid
-   is RUNNING and healthy. Expected range: (retries - 1) x interval .. retries x interval, plus the
-   checks' own durations (the checker sleeps a full interval after each check ends).
-
-Cleanup: every daemon and every server pid (its process_spawned events, psutil's view of its
-children, and the pids the servers append to DIR/pids) is recorded. Each daemon gets SIGTERM after
-its section (SIGKILL after 60 s); its servers are then checked with psutil and any survivor is
-reported and killed. In `finally` (also on Ctrl-C or SIGTERM) the harness's Bench stops every
-daemon still up, kills every recorded child still running one of this script's server commands, and
-removes the temp directory.
+Cleanup: every daemon and server pid is recorded; each daemon gets SIGTERM after its section, any
+surviving server is reported and killed; in `finally` the harness's Bench stops the rest and removes
+the temp directory.
 """
 
 import argparse

@@ -2,79 +2,40 @@
 
     .venv/bin/python benchmarks/bench_servers.py [--quick | --smoke] [--only SERVER[,SERVER]] [--json OUT]
 
-Issues #6 and #16. For each app server (uwsgi, gunicorn, daphne, uvicorn, hypercorn; each skipped, with the
-reason printed, when procguard.testing.demo.why_missing() names one), the coffeehouse demo runs
-from the conf.d files we ship under a real daemon of its own, started by procguard/testing/demo.py
-(`start()`: fresh directory, free ports, the migrate and collectstatic jobs). The script prints every
-round and the median / max, next to the peers' figures the issue quotes (printed as a reference, not
-measured here); it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when the harness
-itself fails (a daemon or server that never comes up, a command that fails), after measuring the
-other servers; survivors and failed requests are figures, not harness failures. The pieces live in
-benchmarks/servers/ (actions, rounds, memory, peers, report); this script runs them per server.
+Issues #6 and #16. Per app server (uwsgi, gunicorn, daphne, uvicorn, hypercorn; skipped with the reason
+when procguard.testing.demo.why_missing() names one) the demo runs from the shipped conf.d files under a
+daemon of its own (procguard/testing/demo.py `start()`). Prints every round and median / max, beside the
+peers' figures the issue quotes; never asserts speed. Exits non-zero only when the harness fails, after
+measuring the other servers; survivors and failed requests are figures. The pieces are in
+benchmarks/servers/ (actions, rounds, memory, peers, report). Rounds: --quick 1, else 5; --smoke measures
+each figure once with 10 requests where the text says 40 or STEADY_OK, and kills without the stable wait.
 
-What is measured, and how (rounds: --quick 1, otherwise 5; --smoke, the test suite's, measures every figure
-once with 10 requests where the text says 40 or STEADY_OK, and SIGKILLs without the stable wait):
+The load: 4 threads, each a GET / (Host: localhost) on a new connection every ~10 ms, 5 s timeout;
+failed = an exception or a status other than 200. A round loads until 40 requests answered 200, runs
+the command, loads until 40 more answered after it returned: bounded, covering the whole transition.
 
-1. Restart under load, held socket (the shipped conf.d file: procguard binds the port and passes it
-   on) and own bind (`start(held=False)`: the server binds its port itself, what a supervisord user
-   has), each on a daemon of its own. The load: 4 client threads, each a GET / with Host: localhost
-   on a new http.client connection every ~10 ms (start to start), 5 s timeout; a request failed on an
-   exception or a status other than 200. A round runs the load until 40 requests answered 200, then
-   `procguardctl restart coffeehouse<server>` (its wall time includes procguardctl's own start-up),
-   then waits until 40 more answered 200 after the command returned, and stops the load: so the
-   load is bounded and covers the whole transition. Figures: failed requests (all of the round's;
-   those failed before the command are also given apart, expected 0), the command's wall time, and
-   the longest gap between two successive 200 responses (by the time each was received) from the
-   last one before the command to the first one after it returned.
-2. `procguardctl reload-app coffeehouse<server>` under the same load, held socket. reload-app sends
-   HUP to gunicorn, uWSGI and uvicorn (with --workers), which replace their workers while the master
-   stays: the command returns once the signal is sent, so the round also waits until every worker
-   the master had before is gone and as many new ones run (uvicorn's multiprocessing resource
-   tracker is a helper, not a worker: it stays) before counting the 40 requests after. Daphne and
-   Hypercorn have no in-place reload: reload-app restarts them and returns when they are RUNNING.
-3. SIGKILL of the server's master (the `pid` of `procguardctl --json status`), held socket, no load.
-   From the kill, one probe at a time: a GET / (Host: localhost) on a new connection with a short
-   timeout (PROBE_TIMEOUT_S), started every PROBE_INTERVAL_S (start to start; at once after a probe
-   that took longer). The port stays open (held socket), so a probe waits in the backlog and is
-   answered as soon as a server accepts again; one at a time, so the probes never queue more work
-   than the demo serves (a probe that timed out leaves one dead request in the backlog). Figures:
-   kill -> first 200 received (whichever process answered it: until procguard kills the old master's
-   group, its orphaned workers may still accept on the held socket); kill -> the daemon's
-   process_state_changed new=RUNNING line for a new pid (the line's own timestamp; the log is read
-   every LOG_POLL_S between probes); probes failed, by kind (TimeoutError: waited longer than
-   PROBE_TIMEOUT_S), from the kill until 40 probes answered 200 after that RUNNING line (the whole
-   transition); the longest time without a 200 from the kill on, and when the 200 that ended it was
-   received (the recovery, when orphaned workers answered first). Each kill waits until the master
-   has been up for the program's backoff_reset (10 s by default) plus STABLE_MARGIN_S: procguard
-   restarts a process that crashed after such a stable run at once, and one that crashed sooner
-   after a backoff doubling per crash in a row; so every round times the usual production crash,
-   not a backoff that grows round by round.
+1. Restart, held socket (the shipped file) and own bind (`start(held=False)`, as under supervisord):
+   failed requests (those before the command apart, expected 0), the command's wall time (procguardctl's
+   start-up included), the longest gap between successive 200s across the command.
+2. reload-app, held socket: HUP for gunicorn, uWSGI and uvicorn, so the round also waits until every
+   old worker is gone and as many new ones run; daphne and hypercorn restart instead.
+3. SIGKILL of the master (`pid` of `procguardctl --json status`), no load: one probe at a time every
+   PROBE_INTERVAL_S with PROBE_TIMEOUT_S; kill -> first 200, kill -> the daemon's RUNNING line for a new
+   pid, probes failed by kind until 40 answered after RUNNING, and the longest time without a 200. Each
+   kill waits until the master has been up backoff_reset + STABLE_MARGIN_S, so every round times the
+   usual production crash, not a growing backoff.
+4. Deploys (#16) in the release layout (`start(releases=True)`, where 1-2 run too): copy demo/ to the
+   next release, flip `current`, `procguardctl deploy` under load. STEADY_OK requests first give the
+   steady p50/p99, against the p50/p99 "across" the command. Figures as in 1.
+5. A broken release (an import nobody installed): the deploy must fail; failed requests and the seconds
+   to its verdict. One round.
+6. SIGKILL of the master under load, after the stable wait of 3: requests lost, the longest gap.
+7. Peers, gunicorn only: the same gunicorn under supervisord (it binds its port) and circus (held
+   socket), `restart` under the same load (harness/peers.py renders their configs).
 
-4. Deploys (issue #16), held socket, in the release layout (`start(releases=True)`: releases/N and a
-   `current` symlink the programs' directory goes through; the restart and reload-app rounds above run
-   in it too): each round copies demo/ to the next release, flips `current` to it and runs
-   `procguardctl deploy coffeehouse<server>` under the load (the migrate and collectstatic jobs run
-   again, then the next generation starts beside the current one and takes over once healthy). The
-   load first runs until STEADY_OK requests answered: their latencies (those completed before the
-   command) are the steady p50/p99, against the p50/p99 of the requests sent from the command to its
-   return ("across"). The restart rounds get the same steady phase. Figures as in 1.
-5. A broken release: `current` flipped to a copy whose wsgi.py/asgi.py import a module nobody
-   installed, `procguardctl deploy` under the load (it must fail; `current` is flipped back after).
-   Figures: failed requests, and the command's wall time: the seconds to the deploy's verdict (jobs
-   included; start_timeout where the next generation never exits, as uvicorn's process manager keeps
-   respawning workers that cannot import). One round.
-6. SIGKILL of the master under the load (after the same stable uptime as 3): the requests lost, and
-   the longest gap until the new master is RUNNING and 40 more answered.
-7. Peers, gunicorn only: the same gunicorn (conf.d/gunicorn.toml's command, the same release
-   directory and database) under supervisord (gunicorn binds its port: supervisord holds no socket for
-   a [program]) and under circus (its held socket, use_sockets), `restart` under the same load, with
-   the same figures (the transition ends with the first 200 after their ctl returned: both return
-   before the new gunicorn answers). benchmarks/harness/peers.py renders their configs.
-
-Cleanup: each daemon runs inside try/finally (also on Ctrl-C and SIGTERM, which bench_main turns into
-an exception): the load threads stop, then `Coffeehouse.stop()` stops the daemon and names (and kills)
-every server process that outlived it (printed, counted, in the JSON), then `DaemonRun.cleanup()`
-removes its directory. A second Ctrl-C is ignored while a daemon is being stopped.
+Cleanup: per daemon, try/finally (Ctrl-C and SIGTERM become an exception in bench_main): the load stops,
+`Coffeehouse.stop()` stops the daemon and names and kills any server process that outlived it (counted
+in the JSON), `DaemonRun.cleanup()` removes its directory.
 """
 
 import argparse

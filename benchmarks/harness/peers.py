@@ -20,27 +20,7 @@ How each is asked for status over the wire, and timed, is in harness/probes.py.
 | held_socket   | [socket.N] + sockets      | (none: see below)        | [socket:N] + use_sockets = True      |
 | directory     | directory                 | directory                | working_dir                          |
 
-Choices that could favour one side (repeated in RESULTS.md):
-- Whom the stop signal reaches is each one's default: procguard the process group (stopasgroup =
-  true, its documented safer default), supervisord and circus the process only. Same for `sleep`.
-- Up means "exec'd" (psutil), not each daemon's RUNNING: supervisord reports RUNNING about 1 s after
-  the spawn even with startsecs = 0 (its next loop tick), so start-up figures favour supervisord.
-- procguard and supervisord still give a NONE stream a pipe and drain it; circus has no "discard"
-  stream, so its children get /dev/null (close_child_*): no pipes to create, watch or close. Favours
-  circus slightly at start-up and shutdown.
-- procguard: `backoff_reset = "0"` for the respawn workload only. By default procguard backs a process
-  off (1 s) when it dies within 10 s of starting, even after RUNNING; supervisord and circus never back
-  off a process that reached RUNNING, so this setting gives procguard their semantics.
-- circus: `check_delay` (1 s, its default) is the period of its reap-and-respawn poll; circus has no
-  SIGCHLD handler, so respawn latency is that poll. A smaller check_delay would favour circus at the
-  cost of idle CPU; left at the default, as are supervisord's 1 s poll timeout (not configurable).
-- circus: `copy_env = true`, so children see this script's environment as under supervisord; procguard
-  passes its base environment (docs/configuration.md). `statsd` and `httpd` off (its defaults).
-- supervisord has no held socket for a [program]: an [fcgi-program] socket is closed when the group's
-  last process stops, so a restart refuses connections there too. Its gunicorn binds the port itself.
-- Logging: procguard at info as JSON to a file; supervisord at info to its logfile; circus at info to
-  its logoutput file. Each writes a line or more per process state change.
-- Each daemon is the venv's Python (the same interpreter binary), run as this script's user.
+Choices that could favour one side are in RESULTS.md, "Config choices that could favour one side".
 """
 
 import json

@@ -41,7 +41,7 @@ round, so a burst of load from elsewhere on the machine lands on all of them ali
    socket, procguard with gunicorn binding the port, supervisord (binds), circus with a held socket
    ([socket:web] + use_sockets) and circus with gunicorn binding the port.
 
-Config choices that could favour a side are listed in harness/peers.py and RESULTS.md.
+Config choices that could favour a side are listed in RESULTS.md.
 """
 
 from collections.abc import Callable
