@@ -2,40 +2,23 @@
 
     .venv/bin/python benchmarks/bench_control.py [--quick] [--json OUT]
 
-Issue #3, "Done when": `procguardctl status` under 80 ms with 50 programs, the daemon's side of
-`status` under 20 ms with 1000 processes (supervisorctl status takes ~1.5 s at 1000). Every figure
-comes from a real `python -m procguard` (the harness's Daemon) with N programs of `sleep 100000` (startsecs = 0, output to NONE), all
-RUNNING (log and psutil agree) before anything is timed. The script prints figures (min / median /
-max) next to the targets, with the ratio median / target; it never asserts speed (DESIGN.md,
-"Tests"). It exits non-zero only when the harness itself fails (a daemon that does not start, a
-client that exits non-zero or prints the wrong number of processes).
+Issue #3: `procguardctl status` under 80 ms with 50 programs, the daemon's side of `status` under 20 ms
+with 1000 processes (supervisorctl takes ~1.5 s at 1000). N programs of `sleep 100000`, all RUNNING (log
+and psutil agree) before anything is timed. Prints min / median / max beside the targets; never asserts
+speed; exits non-zero only when the harness fails (a daemon does not start, a client errs or prints the
+wrong number of processes).
 
-What is measured, and how:
+1. Client start-up, no daemon: Popen -> exit of `python -c pass` and `procguardctl --version`; the import
+   of `procguardctl.client` in a fresh interpreter, and one `-X importtime` run naming the costliest.
+2. CLI: Popen -> exit of `procguardctl -s ENDPOINT status` (and `--json status`) at 50 and 1000
+   programs; each run must exit 0 and list N processes.
+3. Server side: one DEALER, warmed up, sends a pre-encoded `status` and times send -> reply frame
+   (decoded after the clock stops), requests 5 ms apart; also the reply's size and the daemon's CPU per
+   request. 4. At 50 programs, once each: `status -l` and a long server-side status.
 
-1. Client start-up, no daemon involved: wall time from Popen to exit of `python -c pass` (the venv's
-   interpreter, which procguardctl's script uses too) and of `procguardctl --version` (argparse and
-   procguard.protocol, no pyzmq), so the reader sees how much of the CLI's time is the interpreter.
-   Then the import of `procguardctl.client` (pyzmq included), timed with perf_counter around the
-   import in a fresh interpreter, plus one `-X importtime` run naming the costliest imports.
-2. CLI: wall time from Popen to exit of `procguardctl -s ENDPOINT status` (and `--json status`) with
-   stdout to a file, at 50 and 1000 programs. Includes interpreter start-up, imports, connect and
-   ZAP handshake, the request, and printing. Each run must exit 0 and list N processes.
-3. Server side: one pyzmq DEALER in this script, connected and handshaken by a warm-up request, sends
-   `status` (protocol.encode_request, encoded before the clock starts) and blocks on the reply; the
-   round trip send -> recv of the reply frame is the figure (decoding happens after the clock
-   stops). Requests are 5 ms apart so each finds the daemon idle, as an operator's would. Also: the
-   reply's size, and the daemon's CPU time (psutil) over all requests divided by their number.
-4. For information, at 50 programs: one `procguardctl status -l` and one server-side `status` with
-   long = true; both include the daemon's 0.2 s CPU sampling window.
-
-A child's exit is seen through a pidfd, not Popen.wait(timeout), which polls with sleeps of up to 50 ms
-and would quantise every wall time. Full mode: 20 runs of each command, 200 server-side requests;
---quick: 5 runs and 30 requests, still at 50 and 1000 programs (~6 s on a 2-core box).
-
-Cleanup: each daemon gets SIGTERM after its section (SIGKILL after 60 s); its `sleep` children are
-recorded first and checked with psutil afterwards: any survivor is reported and killed. In `finally`
-(also on Ctrl-C or SIGTERM) the harness's Bench stops every daemon still up, kills every recorded
-child still running `sleep 100000`, and removes the temp directory.
+Exits are seen through a pidfd: Popen.wait(timeout) polls with sleeps of up to 50 ms. Full: 20 runs of
+each command, 200 requests; --quick: 5 and 30. Cleanup: each daemon gets SIGTERM after its section and
+any surviving `sleep` child is reported and killed; the harness's Bench does the rest.
 """
 
 import argparse

@@ -2,28 +2,20 @@
 
     .venv/bin/python benchmarks/bench_engine.py [--quick] [--json OUT]
 
-Every figure comes from a real `python -m procguard` started as a subprocess on a config this script
-writes into a temp directory, with real children. The script prints figures (min / median / max) next
-to the targets of the issue; it never asserts speed (DESIGN.md, "Tests"). It exits non-zero only when
-the harness itself fails (a daemon that does not start, a child that never shows up).
+Prints min / median / max beside the issue's targets; never asserts speed; exits non-zero only when the
+harness fails (a daemon does not start, a child never shows up).
 
-What is measured, and how:
-
-1. Respawn: SIGKILL of a RUNNING child (startsecs = 0, backoff_reset = 0, so no backoff) until the
-   replacement is (a) visible as a new child of the daemon, (b) exec'd (its /proc cmdline is the
-   program's), (c) running its first Python instruction, which appends time.monotonic_ns() to a file.
-   (c) includes the child's own interpreter start-up, so the same child is also timed started plainly
-   by this script (the baseline) for the reader to subtract. (a) and (b) are found by polling /proc
-   every 0.5 ms, so they carry up to ~0.5 ms of polling error (and the cost of the poll itself).
-2. Start-up: N programs of `sleep 100000` (startsecs = 0, output to NONE) from the daemon's Popen until
-   the log has N `process_state_changed new=RUNNING` AND psutil sees N exec'd `sleep` children.
-3. Idle: with 100 idle children, the daemon's CPU over a window (psutil's tick-resolution times and
-   the scheduler's ns-resolution /proc/PID/task/*/schedstat), context switches, RSS and USS.
+1. Respawn: SIGKILL of a RUNNING child (startsecs = 0, backoff_reset = 0) until the replacement is (a) a
+   new child of the daemon, (b) exec'd, (c) running its first instruction (it appends
+   time.monotonic_ns() to a file). (c) includes interpreter start-up, so the same child started plainly
+   is the baseline to subtract. (a) and (b) poll /proc every 0.5 ms (up to ~0.5 ms of error).
+2. Start-up: N programs of `sleep 100000` from the daemon's Popen until the log has N RUNNING lines and
+   psutil sees N exec'd `sleep` children.
+3. Idle: with 100 idle children, the daemon's CPU over a window (psutil ticks and schedstat ns),
+   context switches, RSS and USS.
 4. Shutdown: SIGTERM with the children up; time until the daemon exited; children still alive after.
 
-Cleanup: every daemon and every child pid seen (log events and /proc scans) is recorded; in `finally`
-(also on Ctrl-C or SIGTERM) daemons get SIGTERM, then SIGKILL, and any recorded child that still runs
-one of this script's commands is killed. The temp directory is removed.
+Cleanup is the harness's Bench: daemons and every child pid seen are recorded and stopped.
 """
 
 import argparse

@@ -2,29 +2,18 @@
 
     .venv/bin/python benchmarks/bench_reexec.py [--programs 1000] [--runs 3] [--clients 2]
 
-Issue #19, "Done when": the time the control socket is unavailable during a re-exec with 1000 programs
-(aim: under 300 ms) and zero failed requests. A real `python -m procguard` supervises N programs of
-`sleep 100000` (startsecs = 0, output to NONE); once all are RUNNING, `clients` threads send `version`
-back to back through procguardctl's own client (procguardctl.client.request, 30 s timeout) while this
-script asks for `reexec`. Figures per run:
+Issue #19: the control socket's unavailable time during a re-exec with 1000 programs (aim: under 300 ms)
+and zero failed requests. N programs of `sleep 100000`, all RUNNING; `clients` threads send `version`
+back to back through procguardctl.client.request (30 s timeout) while this script asks for `reexec`.
+Per run: unavailable (the `reexec` reply -> the new image's first `version` reply); the daemon's CPU over
+that span (it goes on across exec); the daemon's own split from its log (saving, the new image's start,
+adopting, adopted -> ready), in wall and CPU time, the config's share split off; the longest gap any
+client saw; requests that ended in an error (a connection closed by exec) or a timeout (must be 0); every
+pid the same after (else the run fails). Last, in this process: the new image's CPU for the config,
+loaded from the files against carried from the pre-flight.
 
-- unavailable: from the `reexec` reply to the first `version` reply of the new image (a prober that
-  sends the next request as soon as one ends; its requests wait in the socket's backlog meanwhile);
-- the daemon's CPU time (user + system, psutil; it goes on across exec) over the same span: what the
-  unavailable time comes to on an otherwise idle machine;
-- the daemon's own split from its log: saving the state (daemon_reexec's saved_ms), the new image's
-  start until it adopted (interpreter, imports, config), adopting (processes_adopted's took_ms), and
-  adopted -> ready (daemon_ready); then the same split in CPU time (each event's cpu_ms: the process's
-  CPU goes on across exec), with the config's start split off (interpreter+imports, then reading the
-  state and the config: carried from the pre-flight, or loaded from the files);
-- longest gap between two replies any client saw, and the requests that ended in an error (a
-  connection the old image had accepted, closed by exec) or a timeout (a hang: must be 0);
-- every pid the same before and after (checked, else the run fails);
-- last, in this process: the CPU the new image spends on the config, loading the files against reading
-  the config the pre-flight carried over.
-
-The package's bytecode is compiled first, as pip does on install. Prints figures, never asserts speed. Cleanup: SIGTERM to the daemon (SIGKILL after 60 s), then every
-recorded child still alive is killed; the temp directory is removed.
+Bytecode is compiled first, as pip does on install. Prints figures, never asserts speed. Cleanup: SIGTERM
+to the daemon (SIGKILL after 60 s), every recorded child still alive killed, the temp directory removed.
 """
 
 import argparse
