@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,12 @@ def publish_cost() -> dict[str, float]:
         for label, bus in (("without bus", None), ("with bus", EventBus())):
             configure_logging("info", "json", bus=bus)
             log = get_logger()
-            for what, call in (
+            calls: tuple[tuple[str, Callable[[], object]], ...] = (
                 ("stable event", lambda: log.info("process_state_changed", program="web", process="web", pid=1,
                                                   old="RUNNING", new="EXITED", exit_status=1, expected=False)),
                 ("debug, below level", lambda: log.debug("health_check_failed", process="web", reason="x")),
-            ):
+            )
+            for what, call in calls:
                 best = float("inf")
                 for _ in range(5):
                     t0 = time.perf_counter()

@@ -166,6 +166,7 @@ def run_soak(args: argparse.Namespace) -> int:
         figures["end"] = daemon_figures(dpid)
     finally:
         load.stop()
+        exit_code: int | None
         try:
             if w.ctl is not None:
                 w.ctl.close()
