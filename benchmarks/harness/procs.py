@@ -6,6 +6,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,30 +72,28 @@ def tids(pid: int) -> set[int]:
         return set()
 
 
-def sched_ns(pid: int) -> int:
-    """CPU time of every live thread of pid in ns (sched_info, first field of schedstat)."""
+def _threads_sum(pid: int, name: str, count: Callable[[str], int]) -> int:
+    """The sum of count(text of /proc/pid/task/TID/name) over every live thread of pid."""
     total = 0
     for tid in tids(pid):
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                total += count(f.read())
         except (FileNotFoundError, ProcessLookupError):
             pass
     return total
+
+
+def sched_ns(pid: int) -> int:
+    """CPU time of every live thread of pid in ns (sched_info, first field of schedstat)."""
+    return _threads_sum(pid, "schedstat", lambda text: int(text.split()[0]))
 
 
 def ctx_switches(pid: int) -> int:
     """Context switches of every live thread of pid (psutil's figure is the main thread's only)."""
-    total = 0
-    for tid in tids(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                        total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
+    return _threads_sum(pid, "status", lambda text: sum(
+        int(line.split()[1]) for line in text.splitlines()
+        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))))
 
 
 def idle_cost(pid: int, window_s: float, settle_s: float = 2.0) -> dict[str, Any]:

@@ -6,17 +6,15 @@ from typing import Any
 # ------------------------------------------------------------------------------------------ report
 
 
+def med(s: dict[str, Any] | None, key: str, fmt: str = ".0f") -> str:
+    return format(s[key]["median"], fmt) if s and s.get(key) else "-"
+
+
+def mm(s: dict[str, Any] | None, key: str) -> str:
+    return f"{s[key]['median']:.0f}/{s[key]['max']:.0f}" if s and s.get(key) else "-"
+
+
 def print_table(results: dict[str, Any]) -> None:
-    def mm(s: dict[str, Any] | None, key: str) -> str:
-        if not s or not s.get(key):
-            return "-"
-        return f"{s[key]['median']:.0f}/{s[key]['max']:.0f}"
-
-    def med(s: dict[str, Any] | None, key: str) -> str:
-        if not s or not s.get(key):
-            return "-"
-        return f"{s[key]['median']:.0f}"
-
     cols = ("server", "restart failed held", "restart failed own bind", "gap held/own (ms)", "reload-app failed",
             "SIGKILL->first 200", "SIGKILL->RUNNING")
     units = ("", "median/max", "median/max", "median", "median/max", "median ms", "median ms")
@@ -58,9 +56,6 @@ def print_table(results: dict[str, Any]) -> None:
 
 def print_deploy_table(results: dict[str, Any]) -> None:
     """Deploys beside restarts (issue #16): medians, max in brackets where it matters."""
-    def med(s: dict[str, Any] | None, key: str, fmt: str = ".0f") -> str:
-        return format(s[key]["median"], fmt) if s and s.get(key) else "-"
-
     def mx(s: dict[str, Any] | None, key: str) -> str:
         return f"{s[key]['max']:.0f}" if s and s.get(key) else "-"
 
