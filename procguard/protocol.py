@@ -147,9 +147,28 @@ def decode_request(frame: bytes) -> Request:
     return Request(id=rid, cmd=cmd, args=args)
 
 
+class JSONArray(list[bytes]):
+    """A result that is a JSON array of items already encoded (encode_json's text, as bytes): encode_reply
+    puts them into the reply as they are (status caches each process's object, #17)."""
+
+
+def encode_json(value: Any) -> str:
+    """value as encode_reply writes it: compact, ASCII (ensure_ascii), keys in insertion order."""
+    return _ENCODER.encode(value)
+
+
 def encode_reply(request_id: str | None, result: Any = None, error: tuple[str, str] | None = None,
                  more: bool = False) -> bytes:
     """One reply; `more` marks a streamed reply (tail follow) after which further ones come."""
+    if isinstance(result, JSONArray) and error is None and not more:
+        # The bytes _ENCODER makes of the dict below, built with one copy of the items (390 KB at 1000).
+        head = b'{"v":%d,"id":%b,"ok":true,"result":[' % (PROTOCOL_VERSION, _ENCODER.encode(request_id).encode())
+        if not result:
+            return head + b"]}"
+        items = list(result)
+        items[0] = head + items[0]
+        items[-1] += b"]}"
+        return b",".join(items)
     msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id}
     if error is None:
         msg.update(ok=True, result=result)

@@ -130,6 +130,11 @@ def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="version", version=f"procguardctl {VERSION}")
 
 
+def _with_names(sub: _Commands, command: str, text: str, nargs: str, **names: Any) -> None:
+    """A command whose one argument is the names it acts on (`names` sets their help or metavar)."""
+    sub.add_parser(command, help=text).add_argument("names", nargs=nargs, **names)
+
+
 def _add_process_commands(sub: _Commands) -> None:
     """status, the actions on processes, and the config's programs (reload, reread, add, remove, update)."""
     s = sub.add_parser("status", help="show processes (exit 3 if any is not RUNNING)")
@@ -143,21 +148,17 @@ def _add_process_commands(sub: _Commands) -> None:
                                   "beside the current one and switch to it once ready (exit 1 if it fails)"),
                        ("reload-app", "graceful in-place reload where the server has one (gunicorn/uWSGI HUP), "
                                       "else a restart")):
-        c = sub.add_parser(verb, help=text)
-        c.add_argument("names", nargs="+", help="program, program:process, group:* or all")
+        _with_names(sub, verb, text, "+", help="program, program:process, group:* or all")
     c = sub.add_parser("signal", help="send a signal to processes")
     c.add_argument("signal", help="name (HUP, SIGHUP) or number")
     c.add_argument("names", nargs="+")
     sub.add_parser("reload", help="re-read the config files and apply the difference")
     sub.add_parser("reread", help="read the config files and show what changed (NAME: available, changed, "
                    "disappeared); apply nothing until add, remove or update")
-    c = sub.add_parser("add", help="put a group or program that reread found available into use")
-    c.add_argument("names", nargs="+", metavar="NAME")
-    c = sub.add_parser("remove", help="take a stopped group or program out of use")
-    c.add_argument("names", nargs="+", metavar="NAME")
-    c = sub.add_parser("update", help="re-read the config files and apply them to the named groups and "
-                       "programs, or to all (stops removed and changed ones, starts changed and added ones)")
-    c.add_argument("names", nargs="*", metavar="NAME")
+    _with_names(sub, "add", "put a group or program that reread found available into use", "+", metavar="NAME")
+    _with_names(sub, "remove", "take a stopped group or program out of use", "+", metavar="NAME")
+    _with_names(sub, "update", "re-read the config files and apply them to the named groups and programs, or to all "
+                "(stops removed and changed ones, starts changed and added ones)", "*", metavar="NAME")
 
 
 def _add_daemon_commands(sub: _Commands) -> None:
@@ -168,8 +169,7 @@ def _add_daemon_commands(sub: _Commands) -> None:
     c.add_argument("bytes", nargs="?", metavar="-N", help=f"the last N bytes (default {MAINTAIL_DEFAULT_BYTES})")
     c = sub.add_parser("help", help="list the commands, or describe one")
     c.add_argument("topic", nargs="?", metavar="COMMAND")
-    c = sub.add_parser("pid", help="the daemon's pid, or the pids of processes")
-    c.add_argument("names", nargs="*")
+    _with_names(sub, "pid", "the daemon's pid, or the pids of processes", "*")
     sub.add_parser("version", help="the daemon's version")
     sub.add_parser("shutdown", help="stop every program, then the daemon")
     sub.add_parser("reexec", help="run the installed procguard in place of the daemon (same pid), keeping every "
@@ -200,8 +200,7 @@ def _add_local_commands(sub: _Commands) -> None:
     c.add_argument("action", choices=("test",))
     c.add_argument("name", help="an [alert.NAME] of the daemon's config")
     sub.add_parser("logreopen", help="reopen every log file (after an external logrotate moved them)")
-    c = sub.add_parser("logrotate", help="rotate the log files of processes now")
-    c.add_argument("names", nargs="*", help="default all")
+    _with_names(sub, "logrotate", "rotate the log files of processes now", "*", help="default all")
     c = sub.add_parser("keygen", help="write a CURVE key pair NAME.key and NAME.key_secret into DIR")
     c.add_argument("directory")
     c.add_argument("name", nargs="?", default="client")
@@ -216,9 +215,8 @@ def _add_local_commands(sub: _Commands) -> None:
     c = sub.add_parser("avail", help="supervisorctl's avail: every configured process (all are in use: "
                        "procguard applies its config on reload)")
     c.set_defaults(names=[], long=False)
-    c = sub.add_parser("clear", help="supervisorctl's clear: start fresh log files now (the same as logrotate; "
-                       "the old output is kept as FILE.1)")
-    c.add_argument("names", nargs="+", help="program, program:process or all")
+    _with_names(sub, "clear", "supervisorctl's clear: start fresh log files now (the same as logrotate; the old "
+                "output is kept as FILE.1)", "+", help="program, program:process or all")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -13,7 +13,6 @@ Wire format (rfc.zeromq.org/spec/23, ZMTP 3.0):
 """
 
 import _socket
-import struct
 import time
 
 GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
@@ -37,12 +36,12 @@ class TooLarge(Exception):
 
 
 def _property(name: bytes, value: bytes) -> bytes:
-    return bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
+    return bytes([len(name)]) + name + len(value).to_bytes(4, "big") + value
 
 
 def _frame(body: bytes, flags: int = 0) -> bytes:
     if len(body) > 255:
-        return bytes([flags | LONG]) + struct.pack(">Q", len(body)) + body
+        return bytes([flags | LONG]) + len(body).to_bytes(8, "big") + body
     return bytes([flags, len(body)]) + body
 
 
@@ -89,7 +88,7 @@ class Dealer:
     def _read_frame(self, deadline: float | None) -> tuple[int, bytes]:
         flags = self._read(1, deadline)[0]
         if flags & LONG:
-            size = struct.unpack(">Q", self._read(8, deadline))[0]
+            size = int.from_bytes(self._read(8, deadline), "big")  # not struct: 1.5 M instructions to import
         else:
             size = self._read(1, deadline)[0]
         if size > self._max:

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from procguard.config.model import ConfigDiff
 from procguard.control.follow import MAX_EVENT_FOLLOWERS, MAX_FOLLOWERS, Followed, Followers, FollowStart, b64
-from procguard.engine.records import ActionResult, ProcessStatus, ReplaceOutcome
+from procguard.control.statusview import StatusView
+from procguard.engine.records import ActionResult
 from procguard.engine.supervisor import Supervisor
 from procguard.errors import ControlError
 from procguard.io.output import Output
@@ -23,7 +24,9 @@ from procguard.log import LogRing
 from procguard.log import dropped_lines as log_dropped_lines
 from procguard.observe.alerts import AlertManager
 from procguard.observe.events import EventBus
-from procguard.protocol import E_BAD_ARGS, E_INTERNAL, E_NO_SUCH_PROCESS, PROTOCOL_VERSION, VERSION, Request
+from procguard.protocol import (
+    E_BAD_ARGS, E_INTERNAL, E_NO_SUCH_PROCESS, PROTOCOL_VERSION, VERSION, JSONArray, Request, encode_json,
+)
 from procguard.runtime import procfs
 
 Handler = Callable[[Request], Awaitable[Any]]
@@ -33,26 +36,6 @@ CPU_SAMPLE_S = 0.2
 DEPLOY_OUTPUT_LINES = 20  # a failed deploy's reply carries this many last lines of the process's output
 _NO_SAMPLE = {"rss_bytes": None, "cpu_percent": None, "tree_pids": 0}
 _NO_USAGE = {"cpu_s": None, "rss_bytes": None, "fds": None, "tree_pids": 0}
-
-
-def outcome_dict(o: ReplaceOutcome | None) -> dict[str, Any] | None:
-    if o is None:
-        return None
-    return {"at": o.at, "ok": o.ok, "trigger": str(o.trigger), "generation": o.generation, "pid": o.pid,
-            "step": str(o.step), "reason": o.reason}
-
-
-def status_dict(st: ProcessStatus) -> dict[str, Any]:
-    replace = {"generation": st.generation, "next": None if st.next is None else status_dict(st.next),
-               "replace_phase": None if st.replace_phase is None else str(st.replace_phase),
-               "last_deploy": outcome_dict(st.last_deploy)}
-    return replace | {
-        "name": st.name, "program": st.program, "state": str(st.state), "pid": st.pid,
-        "started_at": st.started_at, "uptime_s": st.uptime_s, "exit_status": st.exit_status,
-        "reason": st.reason, "retry_in_s": st.retry_in_s, "failures": st.failures,
-        "health": st.health, "health_reason": st.health_reason, "status_text": st.status_text,
-        "autostart": st.autostart, "priority": st.priority, "restarts": st.restarts, "completed": st.completed,
-    }
 
 
 def action_dicts(results: Iterable[ActionResult], action: str) -> list[dict[str, Any]]:
@@ -119,6 +102,7 @@ class Handlers:
         self._alerts = alerts
         self._mainlog = mainlog
         self._reexec = reexec  # the daemon's re-exec (upgrade/handoff.py)
+        self._view = StatusView(supervisor, output)
 
     def table(self) -> dict[str, Handler]:
         """Each command's method, by the command's name (the server's dispatch table)."""
@@ -166,12 +150,13 @@ class Handlers:
         names, unknown = self._known(req)
         return action_dicts(self._sup.signal(req.args["signal"], names), "signal") + self._not_acted(req, unknown)
 
-    async def status(self, req: Request) -> list[dict[str, Any]]:
+    async def status(self, req: Request) -> list[dict[str, Any]] | JSONArray:
         names, unknown = self._known(req) if req.args.get("names") else ([], [])
-        statuses = [status_dict(s) for s in self._sup.status(names)]
-        if self._output is not None:
-            for st in statuses:
-                st["output_dropped_bytes"] = self._output.dropped(st["name"])
+        procs = self._sup.resolve(names)
+        if not req.args.get("long") and not req.args.get("usage"):
+            items = self._view.items(procs, keep=not names)
+            return JSONArray(items + [encode_json(d).encode() for d in unknown_dicts(unknown)])
+        statuses = self._view.dicts(procs)
         pids = [s["pid"] for s in statuses if s["pid"]]
         if req.args.get("long"):
             sampled = await sample_usage(pids)

@@ -80,6 +80,10 @@ class Deployer:
         phase = r.phase if r is not None and not r.done else None
         return st._replace(next=nxt, replace_phase=phase, last_deploy=self.outcomes.get(proc.name))
 
+    def replacing(self) -> set[Process]:
+        """The processes whose replace is under way: annotate() adds their next generation to status."""
+        return {p for p, r in self._running.items() if not r.done}
+
     def abort_all(self, reason: str) -> None:
         """The daemon is stopping: give up every replace that has not switched, and begin no other."""
         self._closing = True

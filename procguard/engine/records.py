@@ -71,16 +71,33 @@ class ActionResult:
     tried: int | None = None  # the next generation that failed (its own output is the reply's `output`)
 
 
+# States in which status shows an uptime (from the spawn), and those in which it shows the health.
+UP_STATES = frozenset({ProcessState.RUNNING, ProcessState.STARTING, ProcessState.STOPPING})
+CHECKED_STATES = frozenset({ProcessState.STARTING, ProcessState.RUNNING})
+
+
+def shown_spawn(proc: "Process") -> float | None:
+    """The spawn time status counts uptime and started_at from (monotonic), None if it shows none."""
+    return proc.spawned_at if proc.state in UP_STATES and proc.spawned_at else None
+
+
+def shown_retry(proc: "Process") -> float | None:
+    """When the next try is due (monotonic) if status shows a retry_in_s: in BACKOFF only."""
+    return proc.retry_at if proc.state == ProcessState.BACKOFF else None
+
+
 def snapshot(proc: "Process", now_monotonic: float, now_wall: float) -> ProcessStatus:
     """proc as status shows it now (uptime and started_at from its spawn, retry_in_s while in BACKOFF)."""
     uptime = None
     started = None
-    if proc.state in (ProcessState.RUNNING, ProcessState.STARTING, ProcessState.STOPPING) and proc.spawned_at:
-        uptime = now_monotonic - proc.spawned_at
+    spawned_at = shown_spawn(proc)
+    if spawned_at is not None:
+        uptime = now_monotonic - spawned_at
         started = now_wall - uptime
     retry_in = None
-    if proc.state == ProcessState.BACKOFF and proc.retry_at is not None:
-        retry_in = max(0.0, proc.retry_at - now_monotonic)
+    retry_at = shown_retry(proc)
+    if retry_at is not None:
+        retry_in = max(0.0, retry_at - now_monotonic)
     return ProcessStatus(
         name=proc.name,
         program=proc.program.name,
@@ -92,7 +109,7 @@ def snapshot(proc: "Process", now_monotonic: float, now_wall: float) -> ProcessS
         reason=proc.reason,
         retry_in_s=retry_in,
         failures=proc.failures,
-        health=proc.health if proc.state in (ProcessState.STARTING, ProcessState.RUNNING) else None,
+        health=proc.health if proc.state in CHECKED_STATES else None,
         health_reason=proc.health_reason,
         status_text=proc.status_text,
         autostart=proc.program.autostart,
@@ -103,4 +120,16 @@ def snapshot(proc: "Process", now_monotonic: float, now_wall: float) -> ProcessS
     )
 
 
-__all__ = ["ActionResult", "ProcessStatus", "ReplaceOutcome", "snapshot"]
+def status_key(proc: "Process") -> tuple[object, ...]:
+    """Everything snapshot() reads of proc: equal keys, equal snapshots at the same instant.
+
+    Status replies cache each process's encoded object under this key (control/statusview.py): a field
+    added to ProcessStatus must be read here too (tests/unit/test_status_view.py checks the two lists).
+    """
+    return (proc.state, proc.live_pid, proc.spawned_at, proc.retry_at, proc.exit_status, proc.reason,
+            proc.failures, proc.health, proc.health_reason, proc.status_text, proc.restarts, proc.generation,
+            proc.hold, proc.program, proc.config)
+
+
+__all__ = ["ActionResult", "CHECKED_STATES", "ProcessStatus", "ReplaceOutcome", "UP_STATES", "shown_retry",
+           "shown_spawn", "snapshot", "status_key"]

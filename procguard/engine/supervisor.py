@@ -136,8 +136,12 @@ class Supervisor:
 
     # ---------------------------------------------------------------------------- control API
 
+    def now(self) -> tuple[float, float]:
+        """The (monotonic, wall) clock readings status computes uptimes and retry delays from."""
+        return self._os.monotonic(), time.time()
+
     def status(self, names: Iterable[str] = ()) -> list[ProcessStatus]:
-        now_m, now_w = self._os.monotonic(), time.time()
+        now_m, now_w = self.now()
         return [self.deployer.annotate(snapshot(p, now_m, now_w), p, now_m, now_w) for p in self.resolve(names)]
 
     async def deploy(self, names: Iterable[str]) -> list[ActionResult]:

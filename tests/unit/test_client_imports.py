@@ -68,3 +68,21 @@ def test_procguardctl_status_over_ipc_loads_no_pyzmq_and_no_slow_stdlib(tmp_path
     assert "procguardctl.client" in loaded
     slow = {"zmq", "dataclasses", "socket", "datetime", "shutil", "inspect"}
     assert not (loaded & slow), sorted(loaded & slow)
+
+
+def test_procguardctl_status_loads_neither_gettext_nor_locale(tmp_path):
+    """argparse's messages are shown untranslated (no catalog exists for them): procguardctl's entry point
+    gives argparse a stand-in gettext, so the real one and locale (8.7 M instructions) stay unloaded (#17)."""
+    code = (
+        "import atexit, sys, json\n"
+        "atexit.register(lambda: print(json.dumps([sorted(m for m, v in sys.modules.items() if v is not None),\n"
+        "                                          hasattr(sys.modules['gettext'], 'translation')])))\n"
+        "from procguardctl.__main__ import main\n"
+        f"sys.exit(main(['-s', 'ipc://{tmp_path}/none.sock', 'status']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 4 and "no socket there" in r.stderr, r
+    loaded, real_gettext = json.loads(r.stdout.splitlines()[-1])
+    assert "locale" not in loaded and not real_gettext
+    usage = subprocess.run([sys.executable, "-m", "procguardctl", "bogus"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "procguardctl: error: argument COMMAND: invalid choice: 'bogus'" in usage.stderr
