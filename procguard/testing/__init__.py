@@ -24,9 +24,8 @@ import zmq.auth
 
 from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, SocketConfig
 from procguard.engine.process import Process
-from procguard.protocol import encode_request
+from procguard.protocol import client_settings_from_config, encode_request
 from procguard.runtime.seam import CheckRoute
-from procguardctl.endpoint import client_settings_from_config
 
 
 @dataclass
