@@ -7,6 +7,7 @@ The fake seam records every call the engine makes and keeps a fake clock, so the
 
 import asyncio
 import json
+import os
 import random
 import signal
 import socket
@@ -205,6 +206,22 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _process_groups() -> list[tuple[int, int]]:
+    """(pid, process group id) of every process /proc shows."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        out.append((int(entry.name), int(fields[2])))
+    return out
+
+
 def free_port() -> int:
     """A free loopback TCP port below the ephemeral range.
 
@@ -300,6 +317,7 @@ class RealDaemon:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.started: dict[int, float] = {}  # pid -> create time, of everything seen started
+        self._born = 0.0  # the daemon's create time: whatever it started was created after it
         self._client: ControlClient | None = None
         self._events: list[dict[str, Any]] = []  # the log's events up to byte _log_read
         self._log_read = 0
@@ -323,6 +341,10 @@ class RealDaemon:
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(self.cwd),
                 env=dict(env) if env is not None else None,
             )
+        try:
+            self._born = psutil.Process(self.proc.pid).create_time()
+        except psutil.NoSuchProcess:  # it exited already: what it started (if anything) is in its log
+            self._born = time.time() - 1
         if wait:
             self.wait_ready(timeout)
         return self
@@ -426,6 +448,33 @@ class RealDaemon:
                     pass
         return list(self.started)
 
+    def track_groups(self) -> list[int]:
+        """Also track every live process in a group led by a pid tracked so far; all pids known.
+
+        The daemon starts each child in its own process group (pgid = the child's pid), so a child's
+        workers are found here even once the daemon is gone and can no longer be walked from
+        (they were reparented) and the log never named them. Only processes created after the
+        daemon count: a group id is a pid, and nothing older can be ours.
+        """
+        ours = {os.getpid(), os.getpgrp()}
+        groups = {pid for pid in self.started if pid not in ours and not self._reused(pid)}
+        members = [pid for pid, pgid in _process_groups() if pgid in groups and pid not in self.started]
+        for pid in members:
+            try:
+                created = psutil.Process(pid).create_time()
+            except psutil.NoSuchProcess:
+                continue
+            if created >= self._born:
+                self.started[pid] = created
+        return list(self.started)
+
+    def _reused(self, pid: int) -> bool:
+        """Does pid now name another process than the one tracked?"""
+        try:
+            return bool(psutil.Process(pid).create_time() != self.started[pid])
+        except psutil.NoSuchProcess:
+            return False
+
     def survivors(self) -> list[int]:
         """Pids this daemon started (as far as track() saw) that still run."""
         out = []
@@ -452,23 +501,38 @@ class RealDaemon:
         return self.proc.wait(timeout)
 
     def close(self) -> list[int]:
-        """Stop the daemon (SIGKILL after 30 s), then kill what it started that survived; those pids."""
+        """Stop the daemon (SIGKILL after 30 s), then kill what it started that survived; those pids.
+
+        Also when a test failed midway or the daemon died: the daemon is frozen (SIGSTOP) before it is
+        killed, so the walk of its tree from /proc is complete (a stopped process forks nothing); after
+        its exit the log is read again (spawns since the last look), and the process groups of what it
+        started are searched (workers it never logged, reparented once it died).
+        """
         self.track()  # also when it has already exited: its log still names what it spawned
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.stop(timeout=30)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGSTOP)
+                self.track()
                 self.proc.kill()
                 self.proc.wait()
+        self.track()
         self.disconnect()
-        left = self.survivors()
-        killed = []
-        for pid in left:
-            try:
-                p = psutil.Process(pid)
-                p.kill()
-                killed.append(p)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(killed, timeout=10)  # gone (or a zombie awaiting its parent) when we return
+        left: list[int] = []
+        for _ in range(3):  # a worker that forked between a look and its kill is found by the next look
+            self.track_groups()
+            found = [pid for pid in self.survivors() if pid not in left]
+            if not found:
+                break
+            left += found
+            killed = []
+            for pid in found:
+                try:
+                    p = psutil.Process(pid)
+                    p.kill()
+                    killed.append(p)
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(killed, timeout=10)  # gone (or a zombie awaiting its parent) when we return
         return left
