@@ -209,7 +209,7 @@ def shut_down(s: Soak) -> dict[str, Any]:
         exit_code = None
         s.violations.append(f"shutdown: {exc!r}")
     owners = w.owners()
-    survivors = [p for ps in owners.values() for p in ps if _alive(p)]
+    survivors = [p for ps in owners.values() for p in ps if w.alive(p)]  # never a reused pid
     lost = lost_bytes(w)
     return {"survivors": survivors, "lost_bytes": lost, "cleanup_killed": w.cleanup(), "daemon_exit": exit_code,
             "processes_started": sum(len(v) for v in owners.values())}
@@ -288,11 +288,3 @@ def print_soak(result: dict[str, Any], args: argparse.Namespace) -> None:
               + ("  GREW" if grew(g) else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False

@@ -453,11 +453,12 @@ class RealDaemon:
 
         The daemon starts each child in its own process group (pgid = the child's pid), so a child's
         workers are found here even once the daemon is gone and can no longer be walked from
-        (they were reparented) and the log never named them. Only processes created after the
-        daemon count: a group id is a pid, and nothing older can be ours.
+        (they were reparented) and the log never named them. Only groups whose leader still runs as
+        the very process tracked count (pids are reused within minutes where pid_max is 32768: a
+        group id once ours may now be another test's), and only members created after the daemon.
         """
         ours = {os.getpid(), os.getpgrp()}
-        groups = {pid for pid in self.started if pid not in ours and not self._reused(pid)}
+        groups = {pid for pid in self.started if pid not in ours and self._runs_as_tracked(pid)}
         members = [pid for pid, pgid in _process_groups() if pgid in groups and pid not in self.started]
         for pid in members:
             try:
@@ -468,10 +469,10 @@ class RealDaemon:
                 self.started[pid] = created
         return list(self.started)
 
-    def _reused(self, pid: int) -> bool:
-        """Does pid now name another process than the one tracked?"""
+    def _runs_as_tracked(self, pid: int) -> bool:
+        """Is pid alive and the very process tracked (not a reuse of its pid)?"""
         try:
-            return bool(psutil.Process(pid).create_time() != self.started[pid])
+            return bool(psutil.Process(pid).create_time() == self.started[pid])
         except psutil.NoSuchProcess:
             return False
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-import psutil
 
 from procguard.testing import CHECKOUT, RealDaemon, wait_until
 
@@ -99,15 +98,17 @@ class DaemonRun(RealDaemon):
     def survivors(self) -> list[int]:
         """Pids started by this test still alive: the daemon's (RealDaemon.track) and every probe's.
 
-        A probe's recorded pid counts only if that process started after this run (no pid reuse), and
-        only where the daemon shares our pid namespace.
+        A probe's recorded pid counts only while it is provably the probe: a descendant of the daemon
+        (track() walks them) or a member of a process group a tracked child still leads
+        (track_groups()). A start time after this run's is no proof: pids are reused within minutes
+        where pid_max is 32768, and a 30-minute soak killed other tests' processes that way.
         """
-        for pid in self.recorded_pids() if self.logged_pids_are_ours else ():
-            try:
-                if psutil.Process(pid).create_time() >= self.started_at - 1:
-                    self.track(pid)
-            except psutil.NoSuchProcess:
-                pass
+        if self.logged_pids_are_ours:
+            recorded = set(self.recorded_pids())
+            if self.proc is not None and self.proc.poll() is None:
+                self.track()
+            if recorded - set(self.started):
+                self.track_groups()
         return super().survivors()
 
     def cleanup(self) -> list[int]:

@@ -29,6 +29,7 @@ import psutil
 
 from procguard.testing import ControlClient, recorder, wait_until
 from procguard.testing.recorder import parse as parse_record
+from procguard.testing.recorder import start_ticks
 from procguard.testing.run import DaemonRun
 
 RECORDER = recorder.__file__  # run by path, as a script of its own
@@ -96,6 +97,7 @@ class World:
     _log_offset: int = 0
     _last_state: dict[tuple[str, int], str] = field(default_factory=dict)  # by (process, generation)
     problems_seen: list[str] = field(default_factory=list)
+    _starts: dict[int, int] = field(default_factory=dict)  # pid -> start ticks, as the owners file says
     ctl: ControlClient | None = None
     # Programs besides the recorders (the soak's web server): written into the config as they are,
     # checked for nothing but being accounted for (their group is a live process's).
@@ -162,13 +164,21 @@ class World:
         return {s["name"]: s for s in reply["result"]}
 
     def owners(self) -> dict[str, list[int]]:
+        """The pids every recorder (and its worker) reported, by program; their start times into _starts."""
         out: dict[str, list[int]] = {}
         path = self.run.work / "owners"
         for line in path.read_text().splitlines():
-            name, _, pid = line.partition(" ")
-            if pid.strip().isdigit():
+            name, pid, start = (line.split(" ") + ["", ""])[:3]
+            if pid.isdigit():
                 out.setdefault(name, []).append(int(pid))
+                if start.isdigit():
+                    self._starts[int(pid)] = int(start)
         return out
+
+    def alive(self, pid: int) -> bool:
+        """Does the recorder (or worker) that reported pid still run? A reused pid is another process."""
+        start = self._starts.get(pid)
+        return _alive(pid) and (start is None or start_ticks(pid) == start)
 
     def written(self, pid: int) -> int:
         """The last record number pid reported written (-1: none yet)."""
@@ -213,11 +223,11 @@ class World:
             if state == "RUNNING":
                 out += self._running_problems(self.specs[name], s["pid"])
             if state in AT_REST:
-                alive = [p for p in owners.get(name, []) if _alive(p)]
+                alive = [p for p in owners.get(name, []) if self.alive(p)]
                 if alive:
                     out.append(f"{name} is {state} but pids it started live: {alive}")
         for name in self.removed - set(self.specs):
-            alive = [p for p in owners.get(name, []) if _alive(p)]
+            alive = [p for p in owners.get(name, []) if self.alive(p)]
             if alive:
                 out.append(f"{name} was removed but pids it started live: {alive}")
         out += self._descendant_problems(live_groups)
@@ -252,7 +262,7 @@ class World:
     def check_gone(self, names: list[str]) -> None:
         """At once (no waiting): every pid these programs started is gone (a stop or reload returned)."""
         owners = self.owners()
-        left = {n: [p for p in owners.get(n, []) if _alive(p)] for n in names}
+        left = {n: [p for p in owners.get(n, []) if self.alive(p)] for n in names}
         left = {n: v for n, v in left.items() if v}
         assert not left, f"a stop/reload replied while processes it stopped still live: {left}"
 
@@ -377,7 +387,7 @@ class World:
         code = self.run.stop(timeout=60)
         assert code == 0, f"daemon exited {code}"
         owners = self.owners()
-        left = [p for ps in owners.values() for p in ps if _alive(p)]
+        left = [p for ps in owners.values() for p in ps if self.alive(p)]
         assert not left, f"processes outlived the daemon: {left}"
         probs = self._log_problems()
         for name in set(owners) | set(self.specs):

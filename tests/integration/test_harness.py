@@ -4,11 +4,16 @@ It must find what a daemon started even when the daemon could not stop it: other
 "nothing survives" check would pass on a leak.
 """
 
+import os
+import subprocess
 from pathlib import Path
 
 import psutil
 
 from procguard.testing import RealDaemon
+from procguard.testing.recorder import start_ticks
+from procguard.testing.run import DaemonRun
+from procguard.testing.world import World
 from tests.helpers import alive, prog, wait_until
 
 
@@ -93,3 +98,38 @@ def test_a_daemon_that_dies_midway_leaves_none_of_its_processes_behind(tmp_path:
                 p.kill()
     assert not still, f"{len(still)} of {2 * n} outlived close(): {still}"
     assert sorted(left) == sorted(p.pid for p in family)  # and each was reported as a survivor
+
+
+def test_a_recorded_pid_now_naming_another_process_is_never_killed() -> None:
+    """A probe's pid in DIR/pids may be reused by the time of cleanup (pid_max 32768 wraps within minutes
+    under load): cleanup must not kill the process that holds it now, however recent (issue #20's soak
+    killed ten other tests' processes that way)."""
+    run = DaemonRun(prog("one", ["sleep", "3600"], startsecs=0))
+    stranger = subprocess.Popen(["sleep", "3600"])  # started after the run: a reused pid looks like this
+    try:
+        run.start()
+        (run.work / "pids").write_text(f"{stranger.pid}\n")  # a probe that ran once had this pid
+        left = run.cleanup()
+        assert stranger.poll() is None, "cleanup killed a process that was not the daemon's"
+        assert stranger.pid not in left and left == []
+    finally:
+        stranger.kill()
+        stranger.wait()
+        run.cleanup()
+
+
+def test_the_world_tells_a_reused_recorder_pid_from_its_recorder() -> None:
+    """World.alive(): an owners line's pid is the recorder only with the start time it wrote."""
+    w = World.create([])
+    stranger = subprocess.Popen(["sleep", "3600"])
+    try:
+        ticks = start_ticks(stranger.pid)
+        assert ticks is not None
+        (w.run.work / "owners").write_text(f"r0 {stranger.pid} {ticks - 100}\nr1 {os.getpid()} {start_ticks(os.getpid())}\n")
+        assert w.owners() == {"r0": [stranger.pid], "r1": [os.getpid()]}
+        assert not w.alive(stranger.pid)  # same pid, another start time: another process
+        assert w.alive(os.getpid())
+    finally:
+        stranger.kill()
+        stranger.wait()
+        w.cleanup()
