@@ -64,6 +64,7 @@ class FakeOS:
     switches: list[tuple[Process, Process, Callable[[], None]]] = field(default_factory=list)
     discarded: list[Process] = field(default_factory=list)
     forgotten: list[Process] = field(default_factory=list)
+    retired: list[Process] = field(default_factory=list)
     orphan_drains: list[tuple[Process, int, Callable[[], None]]] = field(default_factory=list)
     tree_rss_bytes: dict[int, int] = field(default_factory=dict)  # tree_rss's answer by pid (absent: gone)
 
@@ -124,6 +125,9 @@ class FakeOS:
 
     def forget(self, process: Process) -> None:
         self.forgotten.append(process)
+
+    def retire(self, process: Process) -> None:
+        self.retired.append(process)
 
     def drain_orphans(self, process: Process, pgid: int, done: Callable[[], None]) -> None:
         self.orphan_drains.append((process, pgid, done))
