@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-
 from procguard.testing import CHECKOUT, RealDaemon, wait_until
 
 REPO = CHECKOUT
@@ -24,7 +23,7 @@ class DaemonRun(RealDaemon):
 
     `work` is world-writable so children running as nobody can report into it. Cleanup stops the
     daemon, then kills anything it started that is still alive (RealDaemon.close, plus any pid a probe
-    recorded), and reports them as survivors.
+    recorded that is provably its probe: see survivors()), and reports them as survivors.
     """
 
     def __init__(self, config_text: str = "") -> None:
