@@ -71,7 +71,7 @@ def lost_bytes(w: World) -> dict[str, int]:
                 have[int(parts[1])] += len(line) + 1
         lost = 0
         for pid in owners.get(name, []):
-            wrote = sum(len(record(pid, s)) for s in range(w.written(pid) + 1))
+            wrote = sum(len(record(pid, s)) for s in range(w.written(name, pid) + 1))
             lost += max(0, wrote - have[pid])
         out[name] = lost
     return out

@@ -7,7 +7,7 @@ Every TICK it writes one record to stdout, one os.write of one line (atomic on a
 
     R PID SEQ CRC PAD\n        CRC = crc32 of "PID SEQ PAD" (hex), PAD a run of 'x' (SEQ % 41 long)
 
-and then stores SEQ in DIR/seq/PID (so a test knows what was written before any kill: every record up to
+and then stores SEQ in DIR/seq/PROCESS.PID (so a test knows what was written before any kill: every record up to
 that number must be in the output file, in order). On SIGTERM it writes one more record and exits 0.
 
 Commands: a file DIR/cmd/PID holding "exit CODE" makes it exit with CODE after its next record.
@@ -99,7 +99,8 @@ def main() -> None:
         append(os.path.join(d, "owners"), f"{args.name} {wpid} {start_ticks(wpid)}\n")
         while True:
             time.sleep(3600)
-    seq_fd = os.open(os.path.join(d, "seq", str(pid)), os.O_WRONLY | os.O_CREAT, 0o666)
+    # Keyed by process name and pid: a later recorder of another program may get the same pid.
+    seq_fd = os.open(os.path.join(d, "seq", f"{args.name}.{pid}"), os.O_WRONLY | os.O_CREAT, 0o666)
     cmd_path = os.path.join(d, "cmd", str(pid))
     seq = 0
     while True:

@@ -180,10 +180,10 @@ class World:
         start = self._starts.get(pid)
         return _alive(pid) and (start is None or start_ticks(pid) == start)
 
-    def written(self, pid: int) -> int:
-        """The last record number pid reported written (-1: none yet)."""
+    def written(self, name: str, pid: int) -> int:
+        """The last record number process `name`'s recorder pid reported written (-1: none yet)."""
         try:
-            text = (self.run.work / "seq" / str(pid)).read_text()
+            text = (self.run.work / "seq" / f"{name}.{pid}").read_text()
         except FileNotFoundError:
             return -1
         return int(text) if text.strip().isdigit() else -1
@@ -195,7 +195,7 @@ class World:
         return b"".join(p.read_bytes() for p in [*backups, base] if p.exists())
 
     # ------------------------------------------------------------------------------ checking
-    def problems(self, *, final: bool = False, floors: dict[int, int] | None = None) -> list[str]:
+    def problems(self, *, final: bool = False, floors: dict[tuple[str, int], int] | None = None) -> list[str]:
         """Everything wrong right now (an empty list when the world is consistent).
 
         floors: per pid, the record number its file must reach, fixed at the first look of a check: a
@@ -238,7 +238,7 @@ class World:
     def check(self, timeout_s: float = 20.0) -> None:
         """Wait until the world is consistent; fail with what is still wrong after timeout_s."""
         deadline = time.monotonic() + timeout_s
-        floors: dict[int, int] = {}
+        floors: dict[tuple[str, int], int] = {}
         while True:
             probs = self.problems(floors=floors)
             hard = [p for p in probs if p.startswith("LOG:")]
@@ -254,7 +254,7 @@ class World:
         """Wait until the program's current process has written a record (so its signal set-up is done); its pid."""
         def pid() -> int | None:
             p = self.status()[name]["pid"]
-            return p if p and self.written(p) >= 0 else None
+            return p if p and self.written(name, p) >= 0 else None
         found = wait_until(pid, timeout_s, f"{name} recording")
         assert found is not None
         return found
@@ -316,7 +316,7 @@ class World:
         return out
 
     def _record_problems(self, name: str, pids: list[int], *, final: bool,
-                         floors: dict[int, int] | None = None) -> list[str]:
+                         floors: dict[tuple[str, int], int] | None = None) -> list[str]:
         data = self.output(name)
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" after a final newline, else a record being written
@@ -335,7 +335,7 @@ class World:
                 return [f"LOG: {name}: records of pid {pid} out of order or missing at #{bad}: "
                         f"{got[max(0, bad - 3):bad + 3]}"]
         for pid in pids:
-            wrote = self.written(pid) if floors is None else floors.setdefault(pid, self.written(pid))
+            wrote = self.written(name, pid) if floors is None else floors.setdefault((name, pid), self.written(name, pid))
             have = len(seqs.get(pid, []))
             if have < wrote + 1:
                 out.append(f"{name}: pid {pid} wrote records 0..{wrote}, its file has {have}")

@@ -133,3 +133,28 @@ def test_the_world_tells_a_reused_recorder_pid_from_its_recorder() -> None:
         stranger.kill()
         stranger.wait()
         w.cleanup()
+
+
+def test_two_recorders_that_had_the_same_pid_keep_their_own_record_counts() -> None:
+    """pids are reused within a soak (pid_max 32768): a recorder of r3 may get the pid an r5 recorder had.
+    Each keeps its own count of records written, so neither looks like lost output. Here each recorder
+    is pid 1 of a pid namespace of its own: the same pid, for sure."""
+    from procguard.testing.world import PYTHON, RECORDER
+
+    w = World.create([])
+    try:
+        for name, count in (("r5", 3), ("r3", 12)):
+            with open(w.out_path(name), "wb") as out:
+                child = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", PYTHON, RECORDER, "--dir",
+                                          str(w.run.work), "--name", name, "--tick", "0.01"], stdout=out)
+                try:
+                    wait_until(lambda n=name, c=count: w.written(n, 1) >= c, 30, f"{name}: {count} records")
+                finally:
+                    child.kill()  # --kill-child: the recorder (pid 1 of its namespace) goes with it
+                    child.wait()
+        owners = w.owners()
+        assert owners == {"r5": [1], "r3": [1]}, owners
+        for name in ("r5", "r3"):
+            assert w._record_problems(name, owners[name], final=False) == [], name
+    finally:
+        w.cleanup()
