@@ -539,5 +539,8 @@ class RealDaemon:
                     killed.append(p)
                 except psutil.NoSuchProcess:
                     pass
-            psutil.wait_procs(killed, timeout=10)  # gone (or a zombie awaiting its parent) when we return
+            try:
+                psutil.wait_procs(killed, timeout=10)  # gone (or a zombie awaiting its parent) when we return
+            except OSError:  # psutil's pidfd_open on a pid already gone (seen: ENOENT at a soak's end)
+                pass
         return left
