@@ -42,6 +42,8 @@ def main(argv: list[str]) -> int:
     s.add_argument("--minutes", type=float, required=True)
     s.add_argument("--programs", type=int, default=6)
     s.add_argument("--seed", type=int, default=20)
+    s.add_argument("--sample-s", type=float, default=60.0, help="seconds between the daemon's RSS samples")
+    s.add_argument("--warmup", type=float, help="minutes before RSS growth counts (default: a third, at most 10)")
     s.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
     if args.what == "model":

@@ -1,6 +1,6 @@
 """A soak: a real daemon under HTTP load with random faults for N minutes (issue #20, item 4).
 
-    python -m benchmarks soak --minutes N [--programs 6] [--seed 20] [--json OUT]
+    python -m benchmarks soak --minutes N [--programs 6] [--seed 20] [--sample-s 60] [--warmup MIN] [--json OUT]
 
 The daemon runs recorder programs (procguard/testing/recorder.py: checksummed, numbered records; some with
 a worker, one as nobody, one with an exec health check) and a web server (tests/programs/fdserver.py)
@@ -11,8 +11,15 @@ failing health check, and `deploy` when the daemon has that command. Every 10 s 
 procguard/testing/world.py are checked against /proc, the files and the socket.
 
 Reported: survivors after shutdown, lost bytes (records a child wrote that are not in its file),
-failed requests, invariant violations, and the daemon's RSS, descriptors and threads after a warm-up
-and at the end. Figures, not assertions; the exit status is 1 if anything was lost or survived.
+failed requests, invariant violations, and the daemon's RSS, descriptors, threads and event-ring fill
+every --sample-s (60) seconds: RSS at every 10-minute mark and, after --warmup minutes (default a third
+of the run, at most 10), the RSS growth per 10 minutes (least squares over the samples) and the growth
+of descriptors. The exit status is 1 if anything was lost or survived, or if, over 5 or more minutes
+after the warm-up, RSS grew by more than 1 MiB per 10 minutes or descriptors grew (issue #20's bound).
+
+The warm-up is long because the daemon's bounded buffers fill slowly under the soak: each stream's
+tail (64 KiB, kept in memory once a rotation or close reads it back), the event ring (1000 events, about
+0.3 KiB each) and the log ring (500 lines); together over 1 MiB, reached over the first minutes.
 """
 
 import argparse
@@ -23,15 +30,16 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
 from benchmarks.harness.load import Load  # noqa: E402
-from benchmarks.harness.procs import free_port  # noqa: E402
+from procguard.testing import free_port  # noqa: E402
 from benchmarks.harness.run import REPO  # noqa: E402
-from procguard.testing.world import DOWN, UP, Expect, Spec, World  # noqa: E402
+from procguard.testing.world import UP, Expect, Spec, World  # noqa: E402
+from procguard.observe.events import RING_SIZE, STABLE_EVENTS  # noqa: E402
 from procguard.testing.recorder import record  # noqa: E402
 
 FDSERVER = str(REPO / "tests" / "programs" / "fdserver.py")
@@ -63,7 +71,7 @@ def lost_bytes(w: World) -> dict[str, int]:
                 have[int(parts[1])] += len(line) + 1
         lost = 0
         for pid in owners.get(name, []):
-            wrote = sum(len(record(pid, s)) for s in range(w.written(pid) + 1))
+            wrote = sum(len(record(pid, s)) for s in range(w.written(name, pid) + 1))
             lost += max(0, wrote - have[pid])
         out[name] = lost
     return out
@@ -112,8 +120,23 @@ def inject(w: World, fault: str, name: str, rng: random.Random, dpid: int, names
         w.ctl.request("deploy", {"names": ["web"]}, 300)
 
 
-def run_soak(args: argparse.Namespace) -> int:
-    rng = random.Random(args.seed)
+@dataclass
+class Soak:
+    """One soak: its world (a real daemon on recorder programs and a web server), the load, what it saw."""
+
+    args: argparse.Namespace
+    rng: random.Random
+    names: list[str]
+    w: World
+    load: Load
+    faults: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # the daemon's figures, every --sample-s
+    t0: float = field(default_factory=time.monotonic)
+
+
+def build_soak(args: argparse.Namespace) -> Soak:
+    """The recorder programs (some with a worker, one as nobody, one health-checked) and the web server."""
     names = [f"r{i}" for i in range(args.programs)]
     specs = [Spec(n, worker=(i % 2 == 1), user="nobody" if i == 2 else "root", health=(i == 3),
                   umask=0o027 if i % 3 == 0 else 0o022) for i, n in enumerate(names)]
@@ -125,72 +148,122 @@ def run_soak(args: argparse.Namespace) -> int:
         f'[program.web]\ncommand = {json.dumps([sys.executable, FDSERVER, "--dir", str(w.run.work), "--name", "web"])}\n'
         'sockets = ["web"]\ndrain_timeout = "10s"\nstartsecs = 0\n\n')
     w.write_config()
-    t_start = time.monotonic()
-    deadline = t_start + args.minutes * 60
-    warmup_s = min(60.0, args.minutes * 60 * 0.1)
-    faults: Counter[str] = Counter()
-    violations: list[str] = []
-    figures: dict[str, Any] = {}
     load = Load(port, interval_s=0.0, timeout_s=30.0, error_pause_s=0.05, keep_hits=False)
-    stopped: set[str] = set()
-    code = 0
+    return Soak(args, random.Random(args.seed), names, w, load)
+
+
+def take_sample(s: Soak, dpid: int) -> None:
+    """The daemon's RSS, descriptors and threads now, and how full its event ring is (from its log)."""
+    events = sum(1 for e in s.w.run.events() if e.get("event") in STABLE_EVENTS)
+    row = {"minute": round((time.monotonic() - s.t0) / 60, 2), **daemon_figures(dpid),
+           "event_ring": min(events, RING_SIZE)}
+    s.samples.append(row)
+    print(f"soak: minute {row['minute']:.1f}: RSS {row['rss_kib']} KiB, fds {row['fds']}, threads "
+          f"{row['threads']}, event ring {row['event_ring']}/{RING_SIZE}, load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def one_fault(s: Soak, dpid: int) -> None:
+    """Wait 1-3 s, then inject a random fault into a random program."""
+    time.sleep(s.rng.uniform(1.0, 3.0))
+    fault, name = s.rng.choice(FAULTS), s.rng.choice(s.names)
+    s.faults[fault] += 1
     try:
-        w.start()
-        assert w.run.proc is not None and w.ctl is not None
-        dpid = w.run.proc.pid
-        load.start()
-        last_check = time.monotonic()
-        while time.monotonic() < deadline:
-            if "start" not in figures and time.monotonic() - t_start >= warmup_s:
-                figures["start"] = daemon_figures(dpid)
-                print(f"soak: after {warmup_s:.0f} s of warm-up: {figures['start']}", flush=True)
-            time.sleep(rng.uniform(1.0, 3.0))
-            fault = rng.choice(FAULTS)
-            name = rng.choice(names)
-            faults[fault] += 1
+        inject(s.w, fault, name, s.rng, dpid, s.names)
+    except (ProcessLookupError, FileNotFoundError):
+        pass
+    except AssertionError as exc:
+        s.violations.append(f"{fault} {name}: {exc}")
+    for n in s.names:
+        s.w.expect[n] = Expect(UP, "soak")
+
+
+def drive(s: Soak, dpid: int) -> None:
+    """Faults until the deadline; the invariants every 10 s; the daemon's figures every --sample-s."""
+    deadline = s.t0 + s.args.minutes * 60
+    last_check = next_sample = time.monotonic()
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_sample:
+            take_sample(s, dpid)
+            next_sample += s.args.sample_s
+        one_fault(s, dpid)
+        if time.monotonic() - last_check > 10:
+            last_check = time.monotonic()
             try:
-                inject(w, fault, name, rng, dpid, names)
-            except (ProcessLookupError, FileNotFoundError):
-                pass
+                s.w.check(timeout_s=60)
             except AssertionError as exc:
-                violations.append(f"{fault} {name}: {exc}")
-            for n in names:
-                w.expect[n] = Expect(UP if n not in stopped else DOWN, "soak")
-            if time.monotonic() - last_check > 10:
-                last_check = time.monotonic()
-                try:
-                    w.check(timeout_s=60)
-                except AssertionError as exc:
-                    violations.append(str(exc))
-                    print(f"soak: VIOLATION {exc}", flush=True)
-        figures["end"] = daemon_figures(dpid)
+                s.violations.append(str(exc))
+                print(f"soak: VIOLATION {exc}", flush=True)
+    take_sample(s, dpid)
+
+
+def shut_down(s: Soak) -> dict[str, Any]:
+    """Stop the load and the daemon; what survived, what was lost, what cleanup had to kill."""
+    s.load.stop()
+    w = s.w
+    try:
+        if w.ctl is not None:
+            w.ctl.close()
+            w.ctl = None
+        exit_code = w.run.stop(timeout=120) if w.run.proc is not None else None
+    except Exception as exc:  # noqa: BLE001
+        exit_code = None
+        s.violations.append(f"shutdown: {exc!r}")
+    owners = w.owners()
+    survivors = [p for ps in owners.values() for p in ps if w.alive(p)]  # never a reused pid
+    lost = lost_bytes(w)
+    return {"survivors": survivors, "lost_bytes": lost, "cleanup_killed": w.cleanup(), "daemon_exit": exit_code,
+            "processes_started": sum(len(v) for v in owners.values())}
+
+
+def growth(samples: list[dict[str, Any]], warmup_min: float) -> dict[str, Any]:
+    """RSS at every 10-minute mark, and after the warm-up: RSS growth per 10 min (least squares) and fds growth."""
+    marks = {f"{m}": min(samples, key=lambda r: abs(r["minute"] - m))["rss_kib"]
+             for m in range(0, int(samples[-1]["minute"]) + 1, 10)} if samples else {}
+    after = [r for r in samples if r["minute"] >= warmup_min]
+    out: dict[str, Any] = {"warmup_min": warmup_min, "rss_kib_at_minute": marks, "samples_after_warmup": len(after)}
+    if len(after) >= 3:
+        xs, ys = [r["minute"] for r in after], [r["rss_kib"] for r in after]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        out.update(span_min=round(xs[-1] - xs[0], 1), rss_kib_per_10_min=round(slope * 10),
+                   rss_kib_after_warmup=(ys[0], ys[-1]),
+                   fds_growth=min(r["fds"] for r in after[-3:]) - min(r["fds"] for r in after[:3]),
+                   event_ring_after_warmup=(after[0]["event_ring"], after[-1]["event_ring"]))
+    return out
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    s = build_soak(args)
+    violations = s.violations
+    try:
+        s.w.start()
+        assert s.w.run.proc is not None and s.w.ctl is not None
+        s.load.start()
+        drive(s, s.w.run.proc.pid)
     finally:
-        load.stop()
-        exit_code: int | None
-        try:
-            if w.ctl is not None:
-                w.ctl.close()
-                w.ctl = None
-            exit_code = w.run.stop(timeout=120) if w.run.proc is not None else None
-        except Exception as exc:  # noqa: BLE001
-            exit_code = None
-            violations.append(f"shutdown: {exc!r}")
-        owners = w.owners()
-        survivors = [p for ps in owners.values() for p in ps if _alive(p)]
-        lost = lost_bytes(w)
-        killed = w.cleanup()
-    elapsed = time.monotonic() - t_start
+        ended = shut_down(s)
+    warmup_min = args.warmup if args.warmup is not None else min(10.0, args.minutes / 3)
     result = {
-        "minutes": args.minutes, "elapsed_s": round(elapsed, 1), "load_avg_end": os.getloadavg(),
-        "programs": args.programs + 1, "faults": dict(faults), "survivors": survivors, "cleanup_killed": killed,
-        "lost_bytes": lost, "requests_ok": load.ok, "requests_failed": dict(load.errors),
-        "violations": violations[:20], "violation_count": len(violations), "daemon_exit": exit_code,
-        "daemon": figures, "processes_started": sum(len(v) for v in owners.values()),
+        "minutes": args.minutes, "elapsed_s": round(time.monotonic() - s.t0, 1), "load_avg_end": os.getloadavg(),
+        "programs": args.programs + 1, "faults": dict(s.faults), **ended, "requests_ok": s.load.ok,
+        "requests_failed": dict(s.load.errors), "violations": violations[:20], "violation_count": len(violations),
+        "daemon": {"start": next((r for r in s.samples if r["minute"] >= warmup_min), None),  # after the warm-up
+                   "end": s.samples[-1] if s.samples else None},
+        "samples": s.samples, "growth": growth(s.samples, warmup_min),
     }
     print_soak(result, args)
-    if survivors or sum(lost.values()) or violations or exit_code != 0:
-        code = 1
-    return code
+    return 1 if ended["survivors"] or sum(ended["lost_bytes"].values()) or violations or ended["daemon_exit"] != 0 \
+        or grew(result["growth"]) else 0
+
+
+def grew(g: dict[str, Any]) -> bool:
+    """Did RSS or descriptors grow after the warm-up past issue #20's bound (1 MiB per 10 min, 0 fds)?
+
+    Judged only over at least 5 minutes after the warm-up: a shorter span only prints its figures.
+    """
+    if g.get("span_min", 0) < 5:
+        return False
+    return bool(g["rss_kib_per_10_min"] > 1024 or g["fds_growth"] > 0)
 
 
 def print_soak(result: dict[str, Any], args: argparse.Namespace) -> None:
@@ -204,13 +277,14 @@ def print_soak(result: dict[str, Any], args: argparse.Namespace) -> None:
               f"{sum(result['lost_bytes'].values())}; survivors {len(result['survivors'])}; violations "
               f"{result['violation_count']}; daemon RSS {start['rss_kib']} -> {end['rss_kib']} KiB, fds "
               f"{start['fds']} -> {end['fds']}, threads {start['threads']} -> {end['threads']}")
+    g = result["growth"]
+    marks = ", ".join(f"{m} min {kib}" for m, kib in g["rss_kib_at_minute"].items())
+    print(f"soak: daemon RSS (KiB) at {marks}")
+    if "rss_kib_per_10_min" in g:
+        print(f"soak: after {g['warmup_min']:.1f} min of warm-up, over {g['span_min']} min: RSS "
+              f"{g['rss_kib_after_warmup'][0]} -> {g['rss_kib_after_warmup'][1]} KiB, {g['rss_kib_per_10_min']:+d} KiB "
+              f"per 10 min (bound 1024 over 5+ min), fds {g['fds_growth']:+d}, event ring "
+              f"{g['event_ring_after_warmup'][0]} -> {g['event_ring_after_warmup'][1]} of {RING_SIZE}"
+              + ("  GREW" if grew(g) else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False

@@ -217,3 +217,46 @@ def ipc_path(endpoint: str) -> str | None:
     if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
         return endpoint[len("ipc://"):]
     return None
+
+
+class ClientSettings(NamedTuple):
+    """What a client learns from the daemon's config file: where to connect and with which keys."""
+
+    endpoint: str
+    server_public_key_file: str | None = None
+    client_secret_key_file: str | None = None
+
+
+def client_settings_from_config(path: str) -> ClientSettings:
+    """Read only the [procguard] control keys of a config file (raises OSError, ValueError).
+
+    Here, not in procguardctl: procguard.testing reads a config's endpoint as procguardctl does, and
+    procguard never imports procguardctl (tests/unit/test_import_rules.py).
+    """
+    import tomllib  # only procguardctl -c needs it; keeps `procguardctl` start-up lean
+
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    section = data.get("procguard", {})
+    here = os.path.dirname(os.path.abspath(path))
+    control = section.get("control")
+    if isinstance(control, str):
+        endpoint = resolve_endpoint(control, here)
+    elif os.stat(path).st_uid == 0:
+        # No control key: the daemon uses its own default. A root-owned config is a root daemon's,
+        # whose default is /run/procguard (not the one for this client's uid).
+        endpoint = ROOT_ENDPOINT
+    else:
+        endpoint = default_endpoint()
+    curve = section.get("curve", {})
+    server_public = client_secret = None
+    if isinstance(curve, dict):
+        secret = curve.get("server_secret_key")
+        if isinstance(secret, str):
+            # The public half sits beside the secret (procguardctl keygen writes NAME.key and NAME.key_secret).
+            public = os.path.join(here, secret)
+            server_public = public[: -len("_secret")] if public.endswith("_secret") else public
+        cs = curve.get("client_secret_key")
+        if isinstance(cs, str):
+            client_secret = os.path.join(here, os.path.expanduser(cs))
+    return ClientSettings(endpoint, server_public, client_secret)

@@ -375,6 +375,8 @@ class Supervisor:
                 self._reg.remove(name)
                 for p in old:
                     self._os.forget(p)
+                    if not in_new:  # removed for good: a changed program keeps its tails under its name
+                        self._os.retire(p)
             if new is not None:
                 self._add_program(new)
                 if new.autostart:

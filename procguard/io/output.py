@@ -19,8 +19,9 @@ import asyncio
 import fcntl
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
-from procguard.config.model import ProcessConfig, ProgramConfig
+from procguard.config.model import LOG_NONE, ProcessConfig, ProgramConfig
 from procguard.io.inherit import InheritWriter
 from procguard.io.logfile import LogFile
 from procguard.io.stream import AGAIN, EOF, GenerationTail, Stream, StreamSettings, settings_for
@@ -89,6 +90,18 @@ class Output:
         cap = max(s.settings.tail_maxbytes for s in self.streams_of(program, proc) if s is not None)
         tail = self._trials[proc.name] = GenerationTail(generation, cap, active)
         return tail
+
+    def retire(self, process: str) -> None:
+        """The process's program was removed: drop its streams (tails) and release their files (#20).
+
+        A stream a pipe still feeds (a stray of the removed process writes on) is kept until a later retire.
+        """
+        for name in ("stdout", "stderr"):
+            s = self._streams.get((process, name))
+            if s is not None and not s.pipes:
+                s.configure(replace(s.settings, path=LOG_NONE))  # settles its tail, releases its file
+                del self._streams[(process, name)]
+        self._trials.pop(process, None)
 
     def generation_output(self, process: str, generation: int, lines: int) -> list[str] | None:
         """The last lines of that generation on trial of the process (stdout and stderr as they came);

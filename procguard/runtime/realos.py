@@ -128,6 +128,9 @@ class RealOS:
         self.discard_next(process)
         self._notify.close(process)
 
+    def retire(self, process: Process) -> None:
+        self.output.retire(process.name)
+
     # ------------------------------------------------------------------------------ a re-exec
 
     def adopt(self, process: Process, pid: int | None, notify: tuple[int, str] | None) -> None:

@@ -134,6 +134,10 @@ class OSApi(Protocol):
         """The process is gone for good (its program removed, or a newer generation took over)."""
         ...
 
+    def retire(self, process: "Process") -> None:
+        """Its program was removed: nothing kept by its name (output tails, log files) outlives it."""
+        ...
+
 
 def describe_exit(status: int, *, signalled: str = "terminated by") -> str:
     """Render an os.waitstatus_to_exitcode value: 'exit status 1', or `signalled` and the signal

@@ -7,6 +7,7 @@ The fake seam records every call the engine makes and keeps a fake clock, so the
 
 import asyncio
 import json
+import os
 import random
 import signal
 import socket
@@ -24,9 +25,8 @@ import zmq.auth
 
 from procguard.config.model import AutoRestart, ProcessConfig, ProgramConfig, SocketConfig
 from procguard.engine.process import Process
-from procguard.protocol import encode_request
+from procguard.protocol import client_settings_from_config, encode_request
 from procguard.runtime.seam import CheckRoute
-from procguardctl.endpoint import client_settings_from_config
 
 
 @dataclass
@@ -64,6 +64,7 @@ class FakeOS:
     switches: list[tuple[Process, Process, Callable[[], None]]] = field(default_factory=list)
     discarded: list[Process] = field(default_factory=list)
     forgotten: list[Process] = field(default_factory=list)
+    retired: list[Process] = field(default_factory=list)
     orphan_drains: list[tuple[Process, int, Callable[[], None]]] = field(default_factory=list)
     tree_rss_bytes: dict[int, int] = field(default_factory=dict)  # tree_rss's answer by pid (absent: gone)
 
@@ -124,6 +125,9 @@ class FakeOS:
 
     def forget(self, process: Process) -> None:
         self.forgotten.append(process)
+
+    def retire(self, process: Process) -> None:
+        self.retired.append(process)
 
     def drain_orphans(self, process: Process, pgid: int, done: Callable[[], None]) -> None:
         self.orphan_drains.append((process, pgid, done))
@@ -204,6 +208,22 @@ def alive(pid: int) -> bool:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
+
+
+def _process_groups() -> list[tuple[int, int]]:
+    """(pid, process group id) of every process /proc shows."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        out.append((int(entry.name), int(fields[2])))
+    return out
 
 
 def free_port() -> int:
@@ -301,6 +321,7 @@ class RealDaemon:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.started: dict[int, float] = {}  # pid -> create time, of everything seen started
+        self._born = 0.0  # the daemon's create time: whatever it started was created after it
         self._client: ControlClient | None = None
         self._events: list[dict[str, Any]] = []  # the log's events up to byte _log_read
         self._log_read = 0
@@ -324,6 +345,10 @@ class RealDaemon:
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(self.cwd),
                 env=dict(env) if env is not None else None,
             )
+        try:
+            self._born = psutil.Process(self.proc.pid).create_time()
+        except psutil.NoSuchProcess:  # it exited already: what it started (if anything) is in its log
+            self._born = time.time() - 1
         if wait:
             self.wait_ready(timeout)
         return self
@@ -427,6 +452,34 @@ class RealDaemon:
                     pass
         return list(self.started)
 
+    def track_groups(self) -> list[int]:
+        """Also track every live process in a group led by a pid tracked so far; all pids known.
+
+        The daemon starts each child in its own process group (pgid = the child's pid), so a child's
+        workers are found here even once the daemon is gone and can no longer be walked from
+        (they were reparented) and the log never named them. Only groups whose leader still runs as
+        the very process tracked count (pids are reused within minutes where pid_max is 32768: a
+        group id once ours may now be another test's), and only members created after the daemon.
+        """
+        ours = {os.getpid(), os.getpgrp()}
+        groups = {pid for pid in self.started if pid not in ours and self._runs_as_tracked(pid)}
+        members = [pid for pid, pgid in _process_groups() if pgid in groups and pid not in self.started]
+        for pid in members:
+            try:
+                created = psutil.Process(pid).create_time()
+            except psutil.NoSuchProcess:
+                continue
+            if created >= self._born:
+                self.started[pid] = created
+        return list(self.started)
+
+    def _runs_as_tracked(self, pid: int) -> bool:
+        """Is pid alive and the very process tracked (not a reuse of its pid)?"""
+        try:
+            return bool(psutil.Process(pid).create_time() == self.started[pid])
+        except psutil.NoSuchProcess:
+            return False
+
     def survivors(self) -> list[int]:
         """Pids this daemon started (as far as track() saw) that still run."""
         out = []
@@ -453,23 +506,41 @@ class RealDaemon:
         return self.proc.wait(timeout)
 
     def close(self) -> list[int]:
-        """Stop the daemon (SIGKILL after 30 s), then kill what it started that survived; those pids."""
+        """Stop the daemon (SIGKILL after 30 s), then kill what it started that survived; those pids.
+
+        Also when a test failed midway or the daemon died: the daemon is frozen (SIGSTOP) before it is
+        killed, so the walk of its tree from /proc is complete (a stopped process forks nothing); after
+        its exit the log is read again (spawns since the last look), and the process groups of what it
+        started are searched (workers it never logged, reparented once it died).
+        """
         self.track()  # also when it has already exited: its log still names what it spawned
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.stop(timeout=30)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGSTOP)
+                self.track()
                 self.proc.kill()
                 self.proc.wait()
+        self.track()
         self.disconnect()
-        left = self.survivors()
-        killed = []
-        for pid in left:
+        left: list[int] = []
+        for _ in range(3):  # a worker that forked between a look and its kill is found by the next look
+            self.track_groups()
+            found = [pid for pid in self.survivors() if pid not in left]
+            if not found:
+                break
+            left += found
+            killed = []
+            for pid in found:
+                try:
+                    p = psutil.Process(pid)
+                    p.kill()
+                    killed.append(p)
+                except psutil.NoSuchProcess:
+                    pass
             try:
-                p = psutil.Process(pid)
-                p.kill()
-                killed.append(p)
-            except psutil.NoSuchProcess:
+                psutil.wait_procs(killed, timeout=10)  # gone (or a zombie awaiting its parent) when we return
+            except OSError:  # psutil's pidfd_open on a pid already gone (seen: ENOENT at a soak's end)
                 pass
-        psutil.wait_procs(killed, timeout=10)  # gone (or a zombie awaiting its parent) when we return
         return left

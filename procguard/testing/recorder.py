@@ -7,14 +7,16 @@ Every TICK it writes one record to stdout, one os.write of one line (atomic on a
 
     R PID SEQ CRC PAD\n        CRC = crc32 of "PID SEQ PAD" (hex), PAD a run of 'x' (SEQ % 41 long)
 
-and then stores SEQ in DIR/seq/PID (so a test knows what was written before any kill: every record up to
+and then stores SEQ in DIR/seq/PROCESS.PID (so a test knows what was written before any kill: every record up to
 that number must be in the output file, in order). On SIGTERM it writes one more record and exits 0.
 
 Commands: a file DIR/cmd/PID holding "exit CODE" makes it exit with CODE after its next record.
 With --worker it forks one worker that stays in its process group (as an app server's worker does).
 With --ignore-signals it ignores every signal that can be ignored (only SIGKILL stops it).
 
-Every pid it starts goes to DIR/pids (for cleanup) and "PROCESS PID" to DIR/owners.
+Every pid it starts goes to DIR/pids (for cleanup) and "PROCESS PID START" to DIR/owners, START being
+its start time in clock ticks since boot (proc(5), /proc/PID/stat field 22): pids are reused quickly
+(pid_max may be 32768), and only the pid with that start time is the recorder.
 """
 
 import argparse
@@ -31,6 +33,16 @@ def append(path: str, line: str) -> None:
         os.write(fd, line.encode())  # one write with O_APPEND: lines never interleave
     finally:
         os.close(fd)
+
+
+def start_ticks(pid: int) -> int | None:
+    """pid's start time in clock ticks since boot (/proc/PID/stat field 22); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2:].split()[19])
 
 
 def record(pid: int, seq: int) -> bytes:
@@ -71,7 +83,7 @@ def main() -> None:
     if not args.ignore_signals:
         signal.signal(signal.SIGTERM, on_term)  # first: a stop may come as soon as it is spawned
     append(os.path.join(d, "pids"), f"{pid}\n")
-    append(os.path.join(d, "owners"), f"{args.name} {pid}\n")
+    append(os.path.join(d, "owners"), f"{args.name} {pid} {start_ticks(pid)}\n")
     if args.ignore_signals:
         for sig in signal.valid_signals():
             if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
@@ -84,10 +96,11 @@ def main() -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a worker dies of the stop signal
         wpid = os.getpid()
         append(os.path.join(d, "pids"), f"{wpid}\n")
-        append(os.path.join(d, "owners"), f"{args.name} {wpid}\n")
+        append(os.path.join(d, "owners"), f"{args.name} {wpid} {start_ticks(wpid)}\n")
         while True:
             time.sleep(3600)
-    seq_fd = os.open(os.path.join(d, "seq", str(pid)), os.O_WRONLY | os.O_CREAT, 0o666)
+    # Keyed by process name and pid: a later recorder of another program may get the same pid.
+    seq_fd = os.open(os.path.join(d, "seq", f"{args.name}.{pid}"), os.O_WRONLY | os.O_CREAT, 0o666)
     cmd_path = os.path.join(d, "cmd", str(pid))
     seq = 0
     while True:

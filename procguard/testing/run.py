@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-import psutil
-
 from procguard.testing import CHECKOUT, RealDaemon, wait_until
 
 REPO = CHECKOUT
@@ -25,7 +23,7 @@ class DaemonRun(RealDaemon):
 
     `work` is world-writable so children running as nobody can report into it. Cleanup stops the
     daemon, then kills anything it started that is still alive (RealDaemon.close, plus any pid a probe
-    recorded), and reports them as survivors.
+    recorded that is provably its probe: see survivors()), and reports them as survivors.
     """
 
     def __init__(self, config_text: str = "") -> None:
@@ -99,15 +97,17 @@ class DaemonRun(RealDaemon):
     def survivors(self) -> list[int]:
         """Pids started by this test still alive: the daemon's (RealDaemon.track) and every probe's.
 
-        A probe's recorded pid counts only if that process started after this run (no pid reuse), and
-        only where the daemon shares our pid namespace.
+        A probe's recorded pid counts only while it is provably the probe: a descendant of the daemon
+        (track() walks them) or a member of a process group a tracked child still leads
+        (track_groups()). A start time after this run's is no proof: pids are reused within minutes
+        where pid_max is 32768, and a 30-minute soak killed other tests' processes that way.
         """
-        for pid in self.recorded_pids() if self.logged_pids_are_ours else ():
-            try:
-                if psutil.Process(pid).create_time() >= self.started_at - 1:
-                    self.track(pid)
-            except psutil.NoSuchProcess:
-                pass
+        if self.logged_pids_are_ours:
+            recorded = set(self.recorded_pids())
+            if self.proc is not None and self.proc.poll() is None:
+                self.track()
+            if recorded - set(self.started):
+                self.track_groups()
         return super().survivors()
 
     def cleanup(self) -> list[int]:

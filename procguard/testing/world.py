@@ -29,6 +29,7 @@ import psutil
 
 from procguard.testing import ControlClient, recorder, wait_until
 from procguard.testing.recorder import parse as parse_record
+from procguard.testing.recorder import start_ticks
 from procguard.testing.run import DaemonRun
 
 RECORDER = recorder.__file__  # run by path, as a script of its own
@@ -96,6 +97,7 @@ class World:
     _log_offset: int = 0
     _last_state: dict[tuple[str, int], str] = field(default_factory=dict)  # by (process, generation)
     problems_seen: list[str] = field(default_factory=list)
+    _starts: dict[int, int] = field(default_factory=dict)  # pid -> start ticks, as the owners file says
     ctl: ControlClient | None = None
     # Programs besides the recorders (the soak's web server): written into the config as they are,
     # checked for nothing but being accounted for (their group is a live process's).
@@ -162,18 +164,26 @@ class World:
         return {s["name"]: s for s in reply["result"]}
 
     def owners(self) -> dict[str, list[int]]:
+        """The pids every recorder (and its worker) reported, by program; their start times into _starts."""
         out: dict[str, list[int]] = {}
         path = self.run.work / "owners"
         for line in path.read_text().splitlines():
-            name, _, pid = line.partition(" ")
-            if pid.strip().isdigit():
+            name, pid, start = (line.split(" ") + ["", ""])[:3]
+            if pid.isdigit():
                 out.setdefault(name, []).append(int(pid))
+                if start.isdigit():
+                    self._starts[int(pid)] = int(start)
         return out
 
-    def written(self, pid: int) -> int:
-        """The last record number pid reported written (-1: none yet)."""
+    def alive(self, pid: int) -> bool:
+        """Does the recorder (or worker) that reported pid still run? A reused pid is another process."""
+        start = self._starts.get(pid)
+        return _alive(pid) and (start is None or start_ticks(pid) == start)
+
+    def written(self, name: str, pid: int) -> int:
+        """The last record number process `name`'s recorder pid reported written (-1: none yet)."""
         try:
-            text = (self.run.work / "seq" / str(pid)).read_text()
+            text = (self.run.work / "seq" / f"{name}.{pid}").read_text()
         except FileNotFoundError:
             return -1
         return int(text) if text.strip().isdigit() else -1
@@ -185,7 +195,7 @@ class World:
         return b"".join(p.read_bytes() for p in [*backups, base] if p.exists())
 
     # ------------------------------------------------------------------------------ checking
-    def problems(self, *, final: bool = False, floors: dict[int, int] | None = None) -> list[str]:
+    def problems(self, *, final: bool = False, floors: dict[tuple[str, int], int] | None = None) -> list[str]:
         """Everything wrong right now (an empty list when the world is consistent).
 
         floors: per pid, the record number its file must reach, fixed at the first look of a check: a
@@ -213,11 +223,11 @@ class World:
             if state == "RUNNING":
                 out += self._running_problems(self.specs[name], s["pid"])
             if state in AT_REST:
-                alive = [p for p in owners.get(name, []) if _alive(p)]
+                alive = [p for p in owners.get(name, []) if self.alive(p)]
                 if alive:
                     out.append(f"{name} is {state} but pids it started live: {alive}")
         for name in self.removed - set(self.specs):
-            alive = [p for p in owners.get(name, []) if _alive(p)]
+            alive = [p for p in owners.get(name, []) if self.alive(p)]
             if alive:
                 out.append(f"{name} was removed but pids it started live: {alive}")
         out += self._descendant_problems(live_groups)
@@ -228,7 +238,7 @@ class World:
     def check(self, timeout_s: float = 20.0) -> None:
         """Wait until the world is consistent; fail with what is still wrong after timeout_s."""
         deadline = time.monotonic() + timeout_s
-        floors: dict[int, int] = {}
+        floors: dict[tuple[str, int], int] = {}
         while True:
             probs = self.problems(floors=floors)
             hard = [p for p in probs if p.startswith("LOG:")]
@@ -244,7 +254,7 @@ class World:
         """Wait until the program's current process has written a record (so its signal set-up is done); its pid."""
         def pid() -> int | None:
             p = self.status()[name]["pid"]
-            return p if p and self.written(p) >= 0 else None
+            return p if p and self.written(name, p) >= 0 else None
         found = wait_until(pid, timeout_s, f"{name} recording")
         assert found is not None
         return found
@@ -252,7 +262,7 @@ class World:
     def check_gone(self, names: list[str]) -> None:
         """At once (no waiting): every pid these programs started is gone (a stop or reload returned)."""
         owners = self.owners()
-        left = {n: [p for p in owners.get(n, []) if _alive(p)] for n in names}
+        left = {n: [p for p in owners.get(n, []) if self.alive(p)] for n in names}
         left = {n: v for n, v in left.items() if v}
         assert not left, f"a stop/reload replied while processes it stopped still live: {left}"
 
@@ -306,7 +316,7 @@ class World:
         return out
 
     def _record_problems(self, name: str, pids: list[int], *, final: bool,
-                         floors: dict[int, int] | None = None) -> list[str]:
+                         floors: dict[tuple[str, int], int] | None = None) -> list[str]:
         data = self.output(name)
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" after a final newline, else a record being written
@@ -325,7 +335,7 @@ class World:
                 return [f"LOG: {name}: records of pid {pid} out of order or missing at #{bad}: "
                         f"{got[max(0, bad - 3):bad + 3]}"]
         for pid in pids:
-            wrote = self.written(pid) if floors is None else floors.setdefault(pid, self.written(pid))
+            wrote = self.written(name, pid) if floors is None else floors.setdefault((name, pid), self.written(name, pid))
             have = len(seqs.get(pid, []))
             if have < wrote + 1:
                 out.append(f"{name}: pid {pid} wrote records 0..{wrote}, its file has {have}")
@@ -377,7 +387,7 @@ class World:
         code = self.run.stop(timeout=60)
         assert code == 0, f"daemon exited {code}"
         owners = self.owners()
-        left = [p for ps in owners.values() for p in ps if _alive(p)]
+        left = [p for ps in owners.values() for p in ps if self.alive(p)]
         assert not left, f"processes outlived the daemon: {left}"
         probs = self._log_problems()
         for name in set(owners) | set(self.specs):

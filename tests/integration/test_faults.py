@@ -442,13 +442,13 @@ def test_a_full_disk_during_rotation_drops_counted_bytes_and_recovers(world):
         data = b"".join(p.read_bytes() for p in files)
         [pid] = w.owners()["app"]
         from procguard.testing.recorder import record
-        written = sum(len(record(pid, s)) for s in range(w.written(pid) + 1))
+        written = sum(len(record(pid, s)) for s in range(w.written("app", pid) + 1))
         assert len(data) + deleted + dropped == written, (len(data), deleted, dropped, written)
         # What is in the files is in order: whole records with increasing numbers, gaps only at drops.
         import re
         seqs = [int(m.group(1)) for m in re.finditer(rb"R %d (\d+) [0-9a-f]{8} x*\n" % pid, data)]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-        assert seqs[-1] == w.written(pid)  # the last record, written at the stop, is there
+        assert seqs[-1] == w.written("app", pid)  # the last record, written at the stop, is there
         w.run.stop(timeout=60)
     finally:
         if w.run.proc is not None and w.run.proc.poll() is None:
