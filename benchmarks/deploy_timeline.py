@@ -37,7 +37,7 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]  # run as a script: the repo's packages
 from benchmarks.harness.daemon import LogTail, parse_ts  # noqa: E402
 from benchmarks.harness.stats import percentile_ms  # noqa: E402
-from procguard.testing.demo import SERVERS, Coffeehouse, program, start, why_missing  # noqa: E402
+from procguard.testing.demo import SERVERS, Coffeehouse, get, program, start, why_missing  # noqa: E402
 from procguard.testing.run import DaemonRun  # noqa: E402
 
 CLIENT_THREADS = 4
@@ -198,6 +198,47 @@ class CpuSampler:
         self._thread.join(5)
 
 
+def thread_ns(pid: int) -> int:
+    """CPU time of every live thread of pid, ns, exact (/proc/PID/task/*/schedstat; a thread that exited
+    drops out, so take deltas over short spans)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for t in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def first_requests(c: Coffeehouse, server: str, paths: tuple[str, ...] = ("/health/", "/")) -> list[dict[str, Any]]:
+    """The CPU each process of a fresh generation spends on its first requests (`--first-requests`): one
+    request at a time, 4 of each path in turn, after the generation became healthy (its health check
+    has reached one worker). CPU is independent of the machine's load, unlike the wall time beside it."""
+    master = int(c.status()[program(server)]["pid"])
+    procs = [master]
+    todo = [master]
+    while todo:
+        kids = children_of(todo.pop())
+        procs += kids
+        todo += kids
+    out = []
+    for path in [p for p in paths for _ in range(4)]:
+        before = {p: thread_ns(p) for p in procs}
+        sent = time.monotonic()
+        status = get(c.ports[server], path, timeout=CLIENT_TIMEOUT_S)[0]
+        wall_ms = (time.monotonic() - sent) * 1e3
+        cpu = {p: (thread_ns(p) - before[p]) / 1e6 for p in procs}
+        out.append({"path": path, "status": status, "wall_ms": wall_ms,
+                    "cpu_ms": {str(p): round(v, 1) for p, v in cpu.items() if v >= 0.5}})
+        print(f"  {path:<9} {status} wall {wall_ms:6.1f} ms; cpu ms by pid "
+              f"{ {p: round(v, 1) for p, v in cpu.items() if v >= 0.5} }", flush=True)
+    return out
+
+
 def event_label(e: dict[str, Any], name: str) -> str | None:
     ev = e.get("event")
     if ev == "process_state_changed":
@@ -345,6 +386,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--window-ms", type=float, default=60.0)
     ap.add_argument("--json")
+    ap.add_argument("--first-requests", action="store_true",
+                    help="instead of deploys: the CPU a fresh generation's processes spend on their first requests")
     args = ap.parse_args()
     out = []
     for server in [s for s in args.only.split(",") if s]:
@@ -358,6 +401,9 @@ def main() -> int:
         try:
             c = start(d, (server,), releases=True)
             c.wait_healthy(server)
+            if args.first_requests:
+                out.append({"server": server, "first_requests": first_requests(c, server)})
+                continue
             for _ in range(args.rounds):
                 c.wait_healthy(server)
                 out.append(one_round(c, server, args.window_ms))
@@ -370,6 +416,8 @@ def main() -> int:
             d.cleanup()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
+    if args.first_requests:
+        return 0
     print("summary per round: failed, longest gap / steady gap ms, p99 across / steady ms (load average, 1 min)")
     for server in dict.fromkeys(o["server"] for o in out):
         rows = [o for o in out if o["server"] == server]
