@@ -34,17 +34,18 @@ _DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")  # struct inet_diag_msg (sp
 _STATES = (1 << _ESTABLISHED) | (1 << _SYN_RECV) | (1 << _CLOSE_WAIT) | (1 << _LISTEN)
 
 
-def _diag_rows(family: int, port: int) -> list[Row]:
+def _diag_rows(family: int, port: int, states: int = _STATES) -> list[Row]:
     """The sockets with local port `port`, from the kernel's sock_diag dump (what ss(8) reads).
 
     The kernel skips TIME_WAIT and every other state not asked for, and a bytecode filter keeps only
     this port, so a look costs the same with 20000 TIME_WAIT entries as with none; /proc/net/tcp
     formats every one of them (60-180 ms of CPU a look on a machine serving 400 connections a second).
-    Raises OSError when the kernel has no sock_diag (then the caller reads /proc).
+    Raises OSError when the kernel has no sock_diag (then the caller reads /proc). states: a mask of
+    (1 << state); with listeners only, the kernel does not walk the connections at all.
     """
     # Bytecode: "sport == port": yes jumps past both ops (accept), no jumps past the end (reject).
     bytecode = struct.pack("=BBH", _INET_DIAG_BC_S_EQ, 8, 12) + struct.pack("=BBH", _INET_DIAG_BC_NOP, 0, port)
-    req = struct.pack("=BBBBI48x", family, socket.IPPROTO_TCP, 0, 0, _STATES)  # inet_diag_req_v2, any sockid
+    req = struct.pack("=BBBBI48x", family, socket.IPPROTO_TCP, 0, 0, states)  # inet_diag_req_v2, any sockid
     attr = struct.pack("=HH", 4 + len(bytecode), _INET_DIAG_REQ_BYTECODE) + bytecode
     body = req + attr
     rows: list[Row] = []
@@ -93,6 +94,24 @@ def _proc_rows(family: int, port: int) -> list[Row]:
     return rows
 
 
+def _rows_on(sock: socket.socket, states: int = _STATES) -> list[Row]:
+    """The sockets on sock's local address (any address for a wildcard one) in `states`; sock_diag, else
+    /proc/net/tcp{,6} (every state then: the callers look at the states they count)."""
+    host, port = sock.getsockname()[:2]
+    try:
+        rows = _diag_rows(sock.family, port, states)
+    except OSError:
+        rows = _proc_rows(sock.family, port)
+    if host in ("0.0.0.0", "::"):
+        return rows
+    return [row for row in rows if row[1] == host]
+
+
+def listeners_on(sock: socket.socket) -> int:
+    """How many sockets listen on sock's local address (sock included); as tcp_sockets_on(sock)[1]."""
+    return sum(1 for state, *_ in _rows_on(sock, 1 << _LISTEN) if state == _LISTEN)
+
+
 def tcp_sockets_on(sock: socket.socket, owned: frozenset[str] | None = None) -> tuple[int, int, int]:
     """(accepted connections, listening sockets, handshakes under way) on sock's local address, from
     the kernel's socket tables (sock_diag, else /proc/net/tcp{,6}). A handshake under way (SYN_RECV)
@@ -107,16 +126,8 @@ def tcp_sockets_on(sock: socket.socket, owned: frozenset[str] | None = None) -> 
     owned: count only accepted connections with these inodes (one generation's, while another one
     accepts on the same address: socket_inodes).
     """
-    host, port = sock.getsockname()[:2]
-    wildcard = host in ("0.0.0.0", "::")
-    try:
-        rows = _diag_rows(sock.family, port)
-    except OSError:
-        rows = _proc_rows(sock.family, port)
     accepted = listening = handshakes = 0
-    for state, addr, inode, unread in rows:
-        if not wildcard and addr != host:
-            continue
+    for state, _, inode, unread in _rows_on(sock):
         if state == _LISTEN:
             listening += 1
         elif state == _SYN_RECV:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from procguard.io import inflight
-from procguard.io.inflight import in_flight, socket_inodes, tcp_sockets_on
+from procguard.io.inflight import in_flight, listeners_on, socket_inodes, tcp_sockets_on
 from procguard.testing import wait_until
 
 FAMILIES = [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
@@ -89,3 +89,25 @@ def test_time_wait_sockets_are_not_read(family: int, host: str, opened: list[soc
     monkeypatch.setattr(inflight, "_proc_rows", no_proc)
     assert tcp_sockets_on(srv) == (0, 1, 0)
     assert in_flight([srv]) == (0, 0)
+
+
+@pytest.mark.parametrize("family,host", FAMILIES)
+def test_listeners_on_counts_the_reuseport_group_only(family: int, host: str, opened: list[socket.socket]) -> None:
+    """What a handover and a next generation's preparation ask before they add a socket to the group."""
+    def member(port: int) -> socket.socket:
+        s = socket.socket(family)
+        opened.append(s)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((host, port))
+        s.listen(16)
+        return s
+
+    first = member(0)
+    port = first.getsockname()[1]
+    connect(family, first.getsockname(), opened)  # a connection on the address: not a listener
+    assert listeners_on(first) == 1
+    member(port)
+    assert listeners_on(first) == 2 == tcp_sockets_on(first)[1]
+    # Only listeners were asked for: the kernel returned no connection at all.
+    assert {s for s, *_ in inflight._diag_rows(family, port)} == {1, 10}
+    assert {s for s, *_ in inflight._diag_rows(family, port, 1 << 10)} == {10}
