@@ -16,7 +16,8 @@ import random
 import signal
 from collections.abc import Callable, Iterable
 
-from procguard.config.model import AutoRestart, OnUnhealthy, ProcessConfig, ProgramConfig, ProgramType, Ready
+from procguard.config.model import OnUnhealthy, ProcessConfig, ProgramConfig, ProgramType, Ready
+from procguard.engine import policy
 from procguard.engine.orphans import OrphanGroups
 from procguard.engine.stopping import StopSequence
 from procguard.engine.states import (
@@ -361,7 +362,7 @@ class Process:
         self.exit_status = status
         ran_s = self._os.monotonic() - (self.spawned_at or self._os.monotonic())
         what = describe_exit(status)
-        self.exits[self._exit_reason(status)] += 1
+        self.exits[policy.exit_reason(self.program, self.state, status)] += 1
         if self.state == ProcessState.STOPPING:
             self._check_stopped()
             return
@@ -405,22 +406,8 @@ class Process:
             self.failures += 1
             self._backoff()
 
-    def _exit_reason(self, status: int) -> ExitReason:
-        if self.state == ProcessState.STOPPING:
-            return ExitReason.STOPPED
-        if self.state == ProcessState.STARTING and not (self.program.type == ProgramType.ONESHOT and status in self.program.exitcodes):
-            return ExitReason.EARLY
-        if status in self.program.exitcodes:
-            return ExitReason.EXPECTED
-        return ExitReason.SIGNAL if status < 0 else ExitReason.UNEXPECTED
-
     def _will_restart(self, expected: bool) -> bool:
-        """After an exit while RUNNING: does autorestart start it again? Never a trial (its exit ends its
-        replace) nor a retiring generation (a newer one serves)."""
-        restart = self.program.autorestart == AutoRestart.ALWAYS or (
-            self.program.autorestart == AutoRestart.UNEXPECTED and not expected
-        )
-        return restart and not self.trial and not self.retiring
+        return policy.will_restart(self.program, expected, trial=self.trial, retiring=self.retiring)
 
     def child_reaped(self, pid: int) -> None:
         """Some other child of the daemon was reaped: maybe one of our strays or group members."""
@@ -465,11 +452,7 @@ class Process:
     def _failed_start(self) -> None:
         self.failures += 1
         self.failed_starts += 1
-        limit = self.program.startretries
-        if (limit is None and self.program.type == ProgramType.ONESHOT) or self.trial:
-            # A job that failed stays failed (and blocks its dependents) unless startretries says; a next
-            # generation that failed ends its replace (the current one keeps serving).
-            limit = 0
+        limit = policy.start_limit(self.program, trial=self.trial)
         if limit is not None and self.failed_starts > limit and self.trial:
             self._set(ProcessState.FATAL)
             return
@@ -480,19 +463,10 @@ class Process:
         self._backoff()
 
     def _backoff(self) -> None:
-        delay_s = self.backoff_delay(self.failures)
+        delay_s = policy.backoff_delay(self.program, self.failures)
         self.retry_at = self._os.monotonic() + delay_s
         self._set(ProcessState.BACKOFF)
         self._timer = self._os.call_later(delay_s, self._retry)
-
-    def backoff_delay(self, failures: int) -> float:
-        """Exponential from backoff_initial, doubling per consecutive failure, capped at backoff_max.
-
-        Jitter (up to -20%) keeps many programs that failed together (a database blip) from
-        retrying in lockstep.
-        """
-        base = self.program.backoff_initial * 2.0 ** max(0, failures - 1)
-        return min(self.program.backoff_max, base) * random.uniform(0.8, 1.0)
 
     def _retry(self) -> None:
         self._timer = None

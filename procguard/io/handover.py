@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from procguard.engine.process import Process
-from procguard.io.inflight import in_flight, tcp_sockets_on
+from procguard.io.inflight import in_flight, listeners_on
 from procguard.io.listeners import NextSockets, SocketSet, SocketsNotReady
 from procguard.log import get_logger
 from procguard.runtime import procfs
@@ -135,7 +135,7 @@ class Handover:
         caller closes every one even when a later handover fails."""
         candidates = [(name, sock) for name in process.program.sockets
                       if (sock := self._sockets.can_hand_over(name)) is not None]
-        listeners = await asyncio.to_thread(lambda: [tcp_sockets_on(sock)[1] for _, sock in candidates])
+        listeners = await asyncio.to_thread(lambda: [listeners_on(sock) for _, sock in candidates])
         for (name, _), count in zip(candidates, listeners):
             old = self._sockets.handover(name, count)
             if old is not None:

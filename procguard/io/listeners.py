@@ -19,7 +19,7 @@ from procguard.config.model import SocketConfig
 from procguard.log import get_logger
 from procguard.runtime.seam import CheckRoute
 from procguard.errors import ProcguardError
-from procguard.io.inflight import tcp_sockets_on
+from procguard.io.inflight import listeners_on
 from procguard.io.steering import reserve_checker_ports, steer_checker_to_second, steer_to_first, steer_to_second
 
 log = get_logger()
@@ -118,7 +118,7 @@ class SocketSet:
         old one, which the caller closes once its process has drained. None (nothing changed) unless
         can_hand_over(name), or when the kernel refuses.
 
-        listeners: how many sockets listen on its address now (tcp_sockets_on, read off the loop).
+        listeners: how many sockets listen on its address now (listeners_on, read off the loop).
         """
         if self.can_hand_over(name) is None:
             return None
@@ -145,7 +145,7 @@ class SocketSet:
         """Fresh sockets for a next generation of a program on `names` (section "next generation" below).
         Raises SocketsNotReady (and changes nothing) when one cannot be made.
 
-        listeners: how many sockets listen on each TCP socket's address now (tcp_sockets_on, off-loop).
+        listeners: how many sockets listen on each TCP socket's address now (listeners_on, off-loop).
         """
         fresh: dict[str, socket.socket] = {}
         private: dict[str, str] = {}
@@ -225,7 +225,7 @@ class SocketSet:
 
     def listener_counts(self, names: tuple[str, ...]) -> dict[str, int]:
         """How many sockets listen on each held TCP socket's address (blocking: reads /proc)."""
-        return {n: tcp_sockets_on(self._held[n][1])[1] for n in names
+        return {n: listeners_on(self._held[n][1]) for n in names
                 if n in self._held and not self._held[n][0].bind.startswith("unix:")}
 
     def fds(self, names: tuple[str, ...]) -> list[int]:
