@@ -158,49 +158,12 @@ def run(programs: int, runs: int, clients: int) -> int:
         wait(lambda: logfile.exists() and "daemon_started" in logfile.read_text(errors="replace"), 60, "start")
         wait(lambda: sum(s["state"] == "RUNNING" for s in status(endpoint)) == programs, 120, "all RUNNING")
         print(f"bench_reexec: {programs} programs RUNNING under pid {daemon.pid}; {clients} clients; {runs} runs")
-        rows = []
-        splits: list[dict[str, float]] = []
+        rows, splits = [], []
         for n in range(1, runs + 1):
-            before = {s["name"]: s["pid"] for s in status(endpoint)}
-            children.update(before.values())
-            load = Clients(endpoint, clients)
-            wait(lambda: len(load.replies) >= 5, 30, "clients answered")
-            reply = request(ClientSettings(endpoint), "reexec", {}, 120.0)
-            replied = time.monotonic()
-            cpu_before = sum(psutil.Process(daemon.pid).cpu_times()[:2])
-            if not reply.ok:
-                load.stop()
-                raise SystemExit(f"bench_reexec: reexec refused: {reply.message}")
-            while True:  # the prober: the first answer from the new image
-                try:
-                    if request(ClientSettings(endpoint), "version", {}, 60.0).ok:
-                        break
-                except Unreachable:
-                    continue
-            unavailable_ms = (time.monotonic() - replied) * 1e3
-            cpu_ms = (sum(psutil.Process(daemon.pid).cpu_times()[:2]) - cpu_before) * 1e3
-            wait(lambda: len(load.replies) > 0 and load.replies[-1] > replied + 0.2, 30, "clients after the exec")
-            load.stop()
-            after = {s["name"]: s["pid"] for s in status(endpoint)}
-            if after != before:
-                raise SystemExit(f"bench_reexec: pids changed across the re-exec: "
-                                 f"{sum(before[k] != after.get(k) for k in before)} of {len(before)}")
-            times = sorted(load.replies)
-            gap_ms = max((b - a for a, b in zip(times, times[1:])), default=0.0) * 1e3
-            split, cpu_split = phases(logfile, n)
+            row, cpu_split = one_round(endpoint, daemon.pid, logfile, n, clients, children)
+            rows.append(row)
             splits.append(cpu_split)
-            rows.append((unavailable_ms, gap_ms, len(load.replies), len(load.errors), load.hangs, cpu_ms))
-            print(f"  run {n}: unavailable {unavailable_ms:.0f} ms (aim {AIM_MS:.0f}: ratio "
-                  f"{unavailable_ms / AIM_MS:.2f}), daemon CPU meanwhile {cpu_ms:.0f} ms; {split}; longest gap {gap_ms:.0f} ms; "
-                  f"{len(load.replies)} replies, {len(load.errors)} errors, {load.hangs} timeouts; pids kept")
-        med = statistics.median(r[0] for r in rows)
-        print(f"bench_reexec: unavailable median {med:.0f} ms over {runs} runs (aim {AIM_MS:.0f} ms, ratio "
-              f"{med / AIM_MS:.2f}; the daemon's CPU meanwhile, median {statistics.median(r[5] for r in rows):.0f} "
-              f"ms: the figure on an idle machine); failed requests {sum(r[3] for r in rows)} errors + "
-              f"{sum(r[4] for r in rows)} timeouts of {sum(r[2] + r[3] + r[4] for r in rows)}")
-        if all(splits):
-            print("bench_reexec: the daemon's CPU split, median ms: " + ", ".join(
-                f"{k} {statistics.median(s[k] for s in splits):.0f}" for k in splits[0]))
+        summary(rows, splits, runs)
         config_cost(config)
         return 0
     finally:
@@ -218,6 +181,56 @@ def run(programs: int, runs: int, clients: int) -> int:
             except (psutil.Error, ProcessLookupError):
                 pass
         shutil.rmtree(work, ignore_errors=True)
+
+
+Row = tuple[float, float, int, int, int, float]  # unavailable ms, longest gap ms, replies, errors, hangs, CPU ms
+
+
+def one_round(endpoint: str, dpid: int, logfile: Path, n: int, clients: int, children: set[int]
+              ) -> tuple[Row, dict[str, float]]:
+    """One re-exec under `clients` clients: its figures, checked to keep every pid."""
+    before = {s["name"]: s["pid"] for s in status(endpoint)}
+    children.update(before.values())
+    load = Clients(endpoint, clients)
+    wait(lambda: len(load.replies) >= 5, 30, "clients answered")
+    reply = request(ClientSettings(endpoint), "reexec", {}, 120.0)
+    replied = time.monotonic()
+    cpu_before = sum(psutil.Process(dpid).cpu_times()[:2])
+    if not reply.ok:
+        load.stop()
+        raise SystemExit(f"bench_reexec: reexec refused: {reply.message}")
+    while True:  # the prober: the first answer from the new image
+        try:
+            if request(ClientSettings(endpoint), "version", {}, 60.0).ok:
+                break
+        except Unreachable:
+            continue
+    unavailable_ms = (time.monotonic() - replied) * 1e3
+    cpu_ms = (sum(psutil.Process(dpid).cpu_times()[:2]) - cpu_before) * 1e3
+    wait(lambda: len(load.replies) > 0 and load.replies[-1] > replied + 0.2, 30, "clients after the exec")
+    load.stop()
+    after = {s["name"]: s["pid"] for s in status(endpoint)}
+    if after != before:
+        raise SystemExit(f"bench_reexec: pids changed across the re-exec: "
+                         f"{sum(before[k] != after.get(k) for k in before)} of {len(before)}")
+    times = sorted(load.replies)
+    gap_ms = max((b - a for a, b in zip(times, times[1:])), default=0.0) * 1e3
+    split, cpu_split = phases(logfile, n)
+    print(f"  run {n}: unavailable {unavailable_ms:.0f} ms (aim {AIM_MS:.0f}: ratio "
+          f"{unavailable_ms / AIM_MS:.2f}), daemon CPU meanwhile {cpu_ms:.0f} ms; {split}; longest gap {gap_ms:.0f} ms; "
+          f"{len(load.replies)} replies, {len(load.errors)} errors, {load.hangs} timeouts; pids kept")
+    return (unavailable_ms, gap_ms, len(load.replies), len(load.errors), load.hangs, cpu_ms), cpu_split
+
+
+def summary(rows: list[Row], splits: list[dict[str, float]], runs: int) -> None:
+    med = statistics.median(r[0] for r in rows)
+    print(f"bench_reexec: unavailable median {med:.0f} ms over {runs} runs (aim {AIM_MS:.0f} ms, ratio "
+          f"{med / AIM_MS:.2f}; the daemon's CPU meanwhile, median {statistics.median(r[5] for r in rows):.0f} "
+          f"ms: the figure on an idle machine); failed requests {sum(r[3] for r in rows)} errors + "
+          f"{sum(r[4] for r in rows)} timeouts of {sum(r[2] + r[3] + r[4] for r in rows)}")
+    if all(splits):
+        print("bench_reexec: the daemon's CPU split, median ms: " + ", ".join(
+            f"{k} {statistics.median(s[k] for s in splits):.0f}" for k in splits[0]))
 
 
 def config_cost(config: Path, repeat: int = 7) -> None:

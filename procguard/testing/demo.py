@@ -319,27 +319,32 @@ def start(d: DaemonRun, servers: tuple[str, ...], replace: dict[str, str] | None
             text = own_bind(server, text, ports)
         (conf_d / f"{server}.toml").write_text(text)
     if "nginx" in servers:
-        # demo/nginx/procguard.toml is the main config `./dev run` uses with nginx; its program table
-        # runs here from conf.d/, one directory up from demo/nginx/, with the nginx found here. With
-        # releases, nginx's own files are not part of a release: they live in nginx/ beside releases/.
-        main = (REPO / "demo" / "nginx" / "procguard.toml").read_text()
-        table = main[main.index("[program.coffeehousenginx]"):]
-        nginx_dir = "nginx" if releases else "demo/nginx"
-        table = (table.replace("{here}/nginx.conf", f"{{here}}/../{nginx_dir}/nginx.conf")
-                 .replace("{here}/../../", "{here}/../")
-                 .replace("/usr/sbin/nginx", str(nginx_binary())))
-        (conf_d / "nginx.toml").write_text(edit(table))
-        nginx_conf = d.work / nginx_dir / "nginx.conf"
-        nginx_conf.parent.mkdir(parents=True, exist_ok=True)
-        text = (REPO / "demo" / "nginx" / "nginx.conf").read_text()
-        if releases:  # the static files of the release `current` points at
-            text = text.replace("../../demo/staticfiles/", "../../current/staticfiles/")
-        nginx_conf.write_text(edit(text))
-        (d.work / "var" / "nginx").mkdir(parents=True)
+        write_nginx(d, conf_d, edit, releases)
     d.write_config(f'[procguard]\ninclude = ["conf.d/*.toml"]\nlogdir = "{d.work}/logs"\n'
                    f'loglevel = "debug"\ncontrol = "{d.endpoint}"\n')
     d.start()
     return Coffeehouse(d, ports, d.work if releases else None)
+
+
+def write_nginx(d: DaemonRun, conf_d: Path, edit: Callable[[str], str], releases: bool) -> None:
+    """conf.d/nginx.toml and nginx's own config for start(), each through start's `edit`."""
+    # demo/nginx/procguard.toml is the main config `./dev run` uses with nginx; its program table
+    # runs here from conf.d/, one directory up from demo/nginx/, with the nginx found here. With
+    # releases, nginx's own files are not part of a release: they live in nginx/ beside releases/.
+    main = (REPO / "demo" / "nginx" / "procguard.toml").read_text()
+    table = main[main.index("[program.coffeehousenginx]"):]
+    nginx_dir = "nginx" if releases else "demo/nginx"
+    table = (table.replace("{here}/nginx.conf", f"{{here}}/../{nginx_dir}/nginx.conf")
+             .replace("{here}/../../", "{here}/../")
+             .replace("/usr/sbin/nginx", str(nginx_binary())))
+    (conf_d / "nginx.toml").write_text(edit(table))
+    nginx_conf = d.work / nginx_dir / "nginx.conf"
+    nginx_conf.parent.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "demo" / "nginx" / "nginx.conf").read_text()
+    if releases:  # the static files of the release `current` points at
+        text = text.replace("../../demo/staticfiles/", "../../current/staticfiles/")
+    nginx_conf.write_text(edit(text))
+    (d.work / "var" / "nginx").mkdir(parents=True)
 
 
 def in_release_layout(text: str, database: Path) -> str:
