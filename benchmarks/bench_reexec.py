@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
+from benchmarks.harness.run import SeenPids  # noqa: E402
 from procguardctl.client import TimedOut, Unreachable, request  # noqa: E402
 from procguardctl.endpoint import ClientSettings  # noqa: E402
 
@@ -150,7 +151,7 @@ def run(programs: int, runs: int, clients: int) -> int:
                      'stderr_logfile = "NONE"\n')
     config.write_text("\n".join(lines))
     logfile = work / "daemon.log"
-    children: set[int] = set()
+    children = SeenPids()
     with open(logfile, "ab") as log:
         daemon = subprocess.Popen([sys.executable, "-m", "procguard", "-c", str(config), "--log-format", "json"],
                                   stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(REPO))
@@ -173,9 +174,10 @@ def run(programs: int, runs: int, clients: int) -> int:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-        for pid in children:  # only one that survived the daemon's shutdown, and still ours (not a reused pid)
+        for pid in children.last_seen:  # one that survived the daemon's shutdown, and still ours (not a reused pid)
             try:
-                if psutil.Process(pid).cmdline() == ["sleep", "100000"]:
+                proc = psutil.Process(pid)
+                if proc.cmdline() == ["sleep", "100000"] and children.ours(proc):
                     os.kill(pid, signal.SIGKILL)
                     print(f"bench_reexec: killed a survivor, pid {pid}", file=sys.stderr)
             except (psutil.Error, ProcessLookupError):
@@ -186,7 +188,7 @@ def run(programs: int, runs: int, clients: int) -> int:
 Row = tuple[float, float, int, int, int, float]  # unavailable ms, longest gap ms, replies, errors, hangs, CPU ms
 
 
-def one_round(endpoint: str, dpid: int, logfile: Path, n: int, clients: int, children: set[int]
+def one_round(endpoint: str, dpid: int, logfile: Path, n: int, clients: int, children: SeenPids
               ) -> tuple[Row, dict[str, float]]:
     """One re-exec under `clients` clients: its figures, checked to keep every pid."""
     before = {s["name"]: s["pid"] for s in status(endpoint)}
